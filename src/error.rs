@@ -1,0 +1,539 @@
+//! [`GatewayError`]: the one error type inner layers return, and the one place it becomes a
+//! response ([`ErrorResponse`], the edge layer).
+//!
+//! The body is OpenAI-shaped — `{"error": {"message", "type", "param", "code"}}` — plus where it
+//! came from: `origin` (`"gateway"` or `"upstream"`), and, when known, `provider` and
+//! `upstream_status`. Status classes are kept: an upstream 429 is answered 429, a 5xx stays a 5xx,
+//! a 4xx a 4xx. Every 429 and 503 carries `Retry-After`.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+use pin_project_lite::pin_project;
+use serde::Serialize;
+use tower::{Layer, Service};
+
+use crate::body::Body;
+
+/// Which side produced an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The gateway refused or failed the request itself.
+    Gateway,
+    /// An upstream provider answered with an error (or could not be reached).
+    Upstream,
+}
+
+/// A low-cardinality classification of errors, used for metrics labels and fallback decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Malformed or invalid request (400).
+    BadRequest,
+    /// Request body over the configured cap (413).
+    PayloadTooLarge,
+    /// Wrong HTTP method for the endpoint (405).
+    MethodNotAllowed,
+    /// Unknown path (404).
+    NotFound,
+    /// Unknown model name (404).
+    ModelNotFound,
+    /// Missing or unknown credential (401).
+    Unauthorized,
+    /// The key may not use this model (403).
+    Forbidden,
+    /// A gateway limit refused the request (429).
+    RateLimited,
+    /// A gateway spend budget refused the request (429).
+    BudgetExceeded,
+    /// The upstream said 429.
+    UpstreamRateLimited,
+    /// The upstream said some other 4xx.
+    UpstreamClientError,
+    /// The upstream said 5xx.
+    UpstreamServerError,
+    /// The upstream said it is overloaded (529, Anthropic `overloaded_error`).
+    UpstreamOverloaded,
+    /// The upstream could not be reached (connect refused, DNS, TLS).
+    UpstreamConnect,
+    /// An attempt deadline expired.
+    UpstreamTimeout,
+    /// The upstream broke the protocol (bad JSON, bad SSE, connection cut).
+    UpstreamProtocol,
+    /// The target is ejected by the circuit breaker or waiting out a `Retry-After`.
+    CircuitOpen,
+    /// Bug or unexpected state inside the gateway (500).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
+            ErrorKind::UpstreamRateLimited => "upstream_rate_limited",
+            ErrorKind::UpstreamClientError => "upstream_client_error",
+            ErrorKind::UpstreamServerError => "upstream_server_error",
+            ErrorKind::UpstreamOverloaded => "upstream_overloaded",
+            ErrorKind::UpstreamConnect => "upstream_connect",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamProtocol => "upstream_protocol",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The OpenAI `error.type` string for this kind.
+    fn openai_type(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::NotFound
+            | ErrorKind::ModelNotFound
+            | ErrorKind::UpstreamClientError => "invalid_request_error",
+            ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::Forbidden => "permission_error",
+            ErrorKind::RateLimited | ErrorKind::UpstreamRateLimited => "rate_limit_error",
+            ErrorKind::BudgetExceeded => "insufficient_quota",
+            ErrorKind::UpstreamOverloaded | ErrorKind::CircuitOpen => "service_unavailable_error",
+            ErrorKind::UpstreamTimeout => "timeout_error",
+            ErrorKind::UpstreamServerError
+            | ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamProtocol => "api_error",
+            ErrorKind::Internal => "server_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error every inner tollgate layer returns. Boxed so `Result` stays one pointer wide.
+#[derive(Clone)]
+pub struct GatewayError {
+    inner: Box<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: ErrorKind,
+    status: StatusCode,
+    message: Cow<'static, str>,
+    param: Option<Cow<'static, str>>,
+    code: Option<Cow<'static, str>>,
+    origin: Origin,
+    provider: Option<Arc<str>>,
+    upstream_status: Option<u16>,
+    retry_after: Option<Duration>,
+    headers: HeaderMap,
+}
+
+impl GatewayError {
+    /// A new error of `kind` with its default status and origin.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        let (status, origin) = match kind {
+            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, Origin::Gateway),
+            ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, Origin::Gateway),
+            ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, Origin::Gateway),
+            ErrorKind::NotFound | ErrorKind::ModelNotFound => {
+                (StatusCode::NOT_FOUND, Origin::Gateway)
+            }
+            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, Origin::Gateway),
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, Origin::Gateway),
+            ErrorKind::RateLimited | ErrorKind::BudgetExceeded => {
+                (StatusCode::TOO_MANY_REQUESTS, Origin::Gateway)
+            }
+            ErrorKind::UpstreamRateLimited => (StatusCode::TOO_MANY_REQUESTS, Origin::Upstream),
+            ErrorKind::UpstreamClientError => (StatusCode::BAD_REQUEST, Origin::Upstream),
+            ErrorKind::UpstreamServerError => (StatusCode::BAD_GATEWAY, Origin::Upstream),
+            ErrorKind::UpstreamOverloaded => (StatusCode::SERVICE_UNAVAILABLE, Origin::Upstream),
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => {
+                (StatusCode::BAD_GATEWAY, Origin::Upstream)
+            }
+            ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, Origin::Upstream),
+            ErrorKind::CircuitOpen => (StatusCode::SERVICE_UNAVAILABLE, Origin::Gateway),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, Origin::Gateway),
+        };
+        GatewayError {
+            inner: Box::new(Inner {
+                kind,
+                status,
+                message: message.into(),
+                param: None,
+                code: None,
+                origin,
+                provider: None,
+                upstream_status: None,
+                retry_after: None,
+                headers: HeaderMap::new(),
+            }),
+        }
+    }
+
+    /// 400 naming the offending request field.
+    pub fn bad_request(message: impl Into<Cow<'static, str>>, param: Option<&'static str>) -> Self {
+        let mut e = Self::new(ErrorKind::BadRequest, message);
+        e.inner.param = param.map(Cow::Borrowed);
+        e.inner.code = Some(Cow::Borrowed("invalid_request_error"));
+        e
+    }
+
+    /// 500 for a gateway bug.
+    pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// An error answered by an upstream with `status`: the status class is kept
+    /// (429 stays 429, other 4xx stay 4xx, 5xx stay 5xx; 529 becomes 503 "overloaded").
+    pub fn upstream_status(
+        status: StatusCode,
+        message: impl Into<Cow<'static, str>>,
+        provider: Option<Arc<str>>,
+    ) -> Self {
+        let code = status.as_u16();
+        let kind = match code {
+            429 => ErrorKind::UpstreamRateLimited,
+            529 => ErrorKind::UpstreamOverloaded,
+            408 => ErrorKind::UpstreamTimeout,
+            400..=499 => ErrorKind::UpstreamClientError,
+            _ => ErrorKind::UpstreamServerError,
+        };
+        let mut e = Self::new(kind, message);
+        e.inner.status = match code {
+            529 => StatusCode::SERVICE_UNAVAILABLE,
+            400..=599 => status,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        e.inner.upstream_status = Some(code);
+        e.inner.provider = provider;
+        e.inner.code = Some(Cow::Borrowed(match code {
+            429 => "rate_limit_exceeded",
+            529 => "server_is_overloaded",
+            _ => "upstream_error",
+        }));
+        e
+    }
+
+    /// Set the HTTP status answered to the client.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.inner.status = status;
+        self
+    }
+    /// Set `error.code`.
+    pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.code = Some(code.into());
+        self
+    }
+    /// Set `error.param`.
+    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.param = Some(param.into());
+        self
+    }
+    /// Set the provider the error came from.
+    pub fn with_provider(mut self, provider: Arc<str>) -> Self {
+        self.inner.provider = Some(provider);
+        self
+    }
+    /// Set `Retry-After` (whole seconds, rounded up, at least 1).
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.inner.retry_after = Some(wait);
+        self
+    }
+    /// Add a header to the error response (e.g. `x-ratelimit-*`, `allow`).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.inner.headers.append(name, value);
+        self
+    }
+    /// Set the origin explicitly.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.inner.origin = origin;
+        self
+    }
+
+    /// The classification of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+    /// The status the client is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.inner.status
+    }
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+    /// Which side produced the error.
+    pub fn origin(&self) -> Origin {
+        self.inner.origin
+    }
+    /// The upstream status, when an upstream answered.
+    pub fn upstream_status_code(&self) -> Option<u16> {
+        self.inner.upstream_status
+    }
+    /// The provider, when known.
+    pub fn provider(&self) -> Option<&Arc<str>> {
+        self.inner.provider.as_ref()
+    }
+    /// The wait the client is told, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+    /// Extra response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.inner.headers
+    }
+    /// Mutable access to the extra response headers.
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.inner.headers
+    }
+
+    /// Whether another target may be tried after this error (before the commit point).
+    /// True for upstream 408/429/5xx/529, connect errors, timeouts, protocol errors and open
+    /// circuits; never for the client's own mistakes or the gateway's refusals.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            ErrorKind::UpstreamRateLimited
+                | ErrorKind::UpstreamServerError
+                | ErrorKind::UpstreamOverloaded
+                | ErrorKind::UpstreamConnect
+                | ErrorKind::UpstreamTimeout
+                | ErrorKind::UpstreamProtocol
+                | ErrorKind::CircuitOpen
+        )
+    }
+
+    /// The JSON error object (`{"error": {...}}`), as sent in bodies and in-band SSE events.
+    pub fn to_json(&self) -> serde_json::Value {
+        let i = &self.inner;
+        let mut err = serde_json::json!({
+            "message": i.message,
+            "type": i.kind.openai_type(),
+            "param": i.param,
+            "code": i.code.clone().unwrap_or(Cow::Borrowed(i.kind.as_str())),
+            "origin": i.origin,
+        });
+        if let Some(obj) = err.as_object_mut() {
+            if let Some(p) = &i.provider {
+                obj.insert("provider".into(), serde_json::Value::from(&**p));
+            }
+            if let Some(s) = i.upstream_status {
+                obj.insert("upstream_status".into(), serde_json::Value::from(s));
+            }
+        }
+        serde_json::json!({ "error": err })
+    }
+
+    /// Turn the error into the HTTP response the client sees.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        let i = *self.inner;
+        let mut res = Response::new(Body::full(body));
+        *res.status_mut() = i.status;
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let needs_retry_after = matches!(i.status.as_u16(), 429 | 503);
+        match i.retry_after {
+            Some(wait) => {
+                headers.insert(RETRY_AFTER, retry_after_value(wait));
+                if let Ok(v) = HeaderValue::try_from(wait.as_millis().max(1).to_string()) {
+                    headers.insert(HeaderName::from_static("retry-after-ms"), v);
+                }
+            }
+            None if needs_retry_after => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            None => {}
+        }
+        if i.kind == ErrorKind::MethodNotAllowed && !i.headers.contains_key(ALLOW) {
+            headers.insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        for (name, value) in i.headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+        res
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_value(wait: Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
+}
+
+impl std::fmt::Debug for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayError")
+            .field("kind", &self.inner.kind)
+            .field("status", &self.inner.status)
+            .field("message", &self.inner.message)
+            .field("origin", &self.inner.origin)
+            .field("provider", &self.inner.provider)
+            .field("upstream_status", &self.inner.upstream_status)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.inner.kind, self.inner.status, self.inner.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+/// Layer for [`ErrorResponse`]: the single place a [`GatewayError`] becomes a response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorResponseLayer;
+
+impl ErrorResponseLayer {
+    /// A new layer.
+    pub fn new() -> Self {
+        ErrorResponseLayer
+    }
+}
+
+impl<S> Layer<S> for ErrorResponseLayer {
+    type Service = ErrorResponse<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorResponse { inner }
+    }
+}
+
+/// The edge service: `Error = Infallible`; inner errors become OpenAI-shaped responses.
+#[derive(Debug, Clone)]
+pub struct ErrorResponse<S> {
+    inner: S,
+}
+
+impl<S> ErrorResponse<S> {
+    /// Wrap `inner`.
+    pub fn new(inner: S) -> Self {
+        ErrorResponse { inner }
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwrap.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+    /// The layer.
+    pub fn layer() -> ErrorResponseLayer {
+        ErrorResponseLayer
+    }
+}
+
+impl<S, R> Service<R> for ErrorResponse<S>
+where
+    S: Service<R, Response = Response<Body>, Error = GatewayError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ErrorResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // An inner service that fails readiness has nothing to answer with; stay ready and
+        // surface the error on `call` instead.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                tracing::error!(error = %e, "inner service failed readiness");
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        ErrorResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`ErrorResponse`].
+    pub struct ErrorResponseFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Future for ErrorResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, GatewayError>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let res = ready!(self.project().inner.poll(cx));
+        Poll::Ready(Ok(match res {
+            Ok(res) => res,
+            Err(e) => e.into_response(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn upstream_429_keeps_status_and_retry_after() {
+        let e = GatewayError::upstream_status(StatusCode::TOO_MANY_REQUESTS, "slow down", None)
+            .with_retry_after(Duration::from_millis(1500));
+        assert!(e.is_retryable());
+        let res = e.into_response();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()[RETRY_AFTER], "2");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["origin"], "upstream");
+        assert_eq!(v["error"]["upstream_status"], 429);
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    }
+
+    #[test]
+    fn status_classes_kept() {
+        for (up, want) in [(500, 500), (502, 502), (503, 503), (504, 504), (529, 503), (404, 404)] {
+            let e = GatewayError::upstream_status(StatusCode::from_u16(up).unwrap(), "x", None);
+            assert_eq!(e.status().as_u16(), want, "upstream {up}");
+        }
+        assert!(!GatewayError::upstream_status(StatusCode::BAD_REQUEST, "x", None).is_retryable());
+        assert!(!GatewayError::bad_request("x", Some("model")).is_retryable());
+    }
+
+    #[test]
+    fn every_503_has_retry_after() {
+        let res = GatewayError::new(ErrorKind::CircuitOpen, "ejected").into_response();
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().contains_key(RETRY_AFTER));
+    }
+}

@@ -1,0 +1,257 @@
+//! Usage, usage records and the [`UsageTap`] through which inner layers hand the exact
+//! upstream usage of a stream to the UsageMeter.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts in OpenAI's semantics: `prompt_tokens` includes cached tokens,
+/// `completion_tokens` includes reasoning tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input tokens, including cache reads and writes.
+    pub prompt_tokens: u64,
+    /// Output tokens, including reasoning tokens.
+    pub completion_tokens: u64,
+    /// `prompt_tokens + completion_tokens` as the upstream reported it.
+    pub total_tokens: u64,
+    /// Input tokens read from the provider's prompt cache (a subset of `prompt_tokens`).
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (a subset of `prompt_tokens`).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    /// Reasoning tokens (a subset of `completion_tokens`).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+/// The `usage` object as OpenAI sends it; tolerant of missing and extra fields.
+#[derive(Debug, Default, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<WirePromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<WireCompletionDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WirePromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WireCompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(w: WireUsage) -> Self {
+        let p = w.prompt_tokens_details.unwrap_or_default();
+        let c = w.completion_tokens_details.unwrap_or_default();
+        Usage {
+            prompt_tokens: w.prompt_tokens,
+            completion_tokens: w.completion_tokens,
+            total_tokens: w
+                .total_tokens
+                .unwrap_or(w.prompt_tokens + w.completion_tokens),
+            cached_tokens: p.cached_tokens.unwrap_or(0),
+            cache_write_tokens: p.cache_write_tokens.unwrap_or(0),
+            reasoning_tokens: c.reasoning_tokens.unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct HasUsage {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+impl Usage {
+    /// Read the top-level `usage` object of an OpenAI JSON document (a `chat.completion`, a
+    /// `chat.completion.chunk`, an embeddings or completions response). `None` when absent or null.
+    pub fn from_openai_json(doc: &[u8]) -> Option<Usage> {
+        serde_json::from_slice::<HasUsage>(doc)
+            .ok()?
+            .usage
+            .map(Usage::from)
+    }
+
+    /// Sum of two usages (for aggregation).
+    pub fn add(&self, other: &Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+            total_tokens: self.total_tokens + other.total_tokens,
+            cached_tokens: self.cached_tokens + other.cached_tokens,
+            cache_write_tokens: self.cache_write_tokens + other.cache_write_tokens,
+            reasoning_tokens: self.reasoning_tokens + other.reasoning_tokens,
+        }
+    }
+}
+
+/// Where a record's usage came from. An estimate is never presented as exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// Counted by the upstream and reported by it.
+    Upstream,
+    /// Estimated by the gateway (the upstream reported nothing, e.g. a cut stream).
+    Estimated,
+    /// No usage known.
+    None,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Complete answer delivered.
+    Success,
+    /// The upstream answered with an error status (before the commit point).
+    UpstreamError,
+    /// A deadline expired.
+    Timeout,
+    /// The client went away before the answer was complete.
+    ClientDisconnect,
+    /// The stream failed after the commit point (cut, in-band error).
+    StreamError,
+    /// Refused by the gateway (auth, limits, bad request, no route).
+    Refused,
+    /// Any other gateway failure.
+    GatewayError,
+}
+
+impl Outcome {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Timeout => "timeout",
+            Outcome::ClientDisconnect => "client_disconnect",
+            Outcome::StreamError => "stream_error",
+            Outcome::Refused => "refused",
+            Outcome::GatewayError => "gateway_error",
+        }
+    }
+}
+
+/// One record per request, emitted on every terminal path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The request id (`x-request-id`).
+    pub request_id: Option<String>,
+    /// The virtual key's id (never the secret).
+    pub key_id: Option<String>,
+    /// The key's tenant.
+    pub tenant: Option<String>,
+    /// The public model name after alias resolution (or as requested, if unrouted).
+    pub model: String,
+    /// The provider that served (or last failed).
+    pub provider: Option<String>,
+    /// The exact upstream model id.
+    pub upstream_model: Option<String>,
+    /// A/B variant, when a split chose one.
+    pub variant: Option<String>,
+    /// Number of upstream attempts made.
+    pub attempts: u32,
+    /// Whether the request was a stream.
+    pub stream: bool,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// HTTP status sent to the client.
+    pub status: u16,
+    /// Error kind label, when failed.
+    pub error_kind: Option<String>,
+    /// Token usage.
+    pub usage: Usage,
+    /// Where `usage` came from.
+    pub usage_source: UsageSource,
+    /// Cost in micro-USD (integer: no float drift in sums), when priced.
+    pub cost_micros: Option<u64>,
+    /// Time to first body byte from the upstream, ms.
+    pub ttft_ms: Option<f64>,
+    /// Total time, ms.
+    pub total_ms: f64,
+    /// Time spent in the gateway itself, excluding waiting on the upstream, µs.
+    pub overhead_us: Option<f64>,
+    /// Unix time (ms) the request started.
+    pub started_at_ms: u64,
+}
+
+/// What an inner layer observed of a streamed response, shared with the meter.
+#[derive(Debug, Default, Clone)]
+pub struct TapState {
+    /// Exact upstream usage, when the upstream reported it.
+    pub usage: Option<Usage>,
+    /// The stream ended with `[DONE]` (or the provider's equivalent).
+    pub done: bool,
+    /// An in-band error event was seen / emitted.
+    pub error: bool,
+    /// Number of content events seen (for estimates).
+    pub events: u64,
+    /// Bytes of content seen (for estimates).
+    pub content_bytes: u64,
+    /// Time to first content event, measured by whoever observed it.
+    pub first_event_after: Option<Duration>,
+}
+
+/// A shared slot for what inner layers learn about a response body. The
+/// UsageMeter puts one in the request extensions; the
+/// StreamPassthrough body (and translating providers) fill it.
+#[derive(Debug, Clone, Default)]
+pub struct UsageTap(Arc<Mutex<TapState>>);
+
+impl UsageTap {
+    /// A new, empty tap.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Update the state.
+    pub fn update(&self, f: impl FnOnce(&mut TapState)) {
+        if let Ok(mut g) = self.0.lock() {
+            f(&mut g)
+        }
+    }
+    /// A copy of the state.
+    pub fn snapshot(&self) -> TapState {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_usage_with_details() {
+        let doc = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":6,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        let u = Usage::from_openai_json(doc).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 11,
+                completion_tokens: 6,
+                total_tokens: 17,
+                cached_tokens: 4,
+                cache_write_tokens: 0,
+                reasoning_tokens: 2
+            }
+        );
+        assert_eq!(Usage::from_openai_json(br#"{"usage":null}"#), None);
+        assert_eq!(Usage::from_openai_json(br#"{"choices":[]}"#), None);
+    }
+}
