@@ -396,7 +396,11 @@ impl std::fmt::Debug for GatewayError {
 
 impl std::fmt::Display for GatewayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.inner.kind, self.inner.status, self.inner.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.inner.kind, self.inner.status, self.inner.message
+        )
     }
 }
 
@@ -522,7 +526,14 @@ mod tests {
 
     #[test]
     fn status_classes_kept() {
-        for (up, want) in [(500, 500), (502, 502), (503, 503), (504, 504), (529, 503), (404, 404)] {
+        for (up, want) in [
+            (500, 500),
+            (502, 502),
+            (503, 503),
+            (504, 504),
+            (529, 503),
+            (404, 404),
+        ] {
             let e = GatewayError::upstream_status(StatusCode::from_u16(up).unwrap(), "x", None);
             assert_eq!(e.status().as_u16(), want, "upstream {up}");
         }

@@ -4,5 +4,8 @@
 
 pub mod body;
 pub mod error;
+pub mod health;
+pub mod provider;
 pub mod request;
+pub mod target;
 pub mod usage;

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use pin_project_lite::pin_project;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use tower::{Layer, Service};
 
@@ -325,10 +325,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             ));
         }
     };
-    let max_tokens = match opt_u64(
-        fields.get("max_completion_tokens"),
-        "max_completion_tokens",
-    )? {
+    let max_tokens = match opt_u64(fields.get("max_completion_tokens"), "max_completion_tokens")? {
         Some(n) => Some(n),
         None => opt_u64(fields.get("max_tokens"), "max_tokens")?,
     };
@@ -379,9 +376,9 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             .is_some_and(|v| starts_with(v, b'[') && !v.get()[1..].trim_start().starts_with(']'))
     };
     let has_tools = non_empty_array("tools") || non_empty_array("functions");
-    let has_images = fields.get("messages").is_some_and(|m| {
-        memchr::memmem::find(m.get().as_bytes(), b"\"image_url\"").is_some()
-    });
+    let has_images = fields
+        .get("messages")
+        .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), b"\"image_url\"").is_some());
     let json_mode = fields.get("response_format").is_some_and(|v| {
         let s = v.get().as_bytes();
         memchr::memmem::find(s, b"json_object").is_some()
@@ -520,7 +517,11 @@ where
         if parts.method != Method::POST {
             return ParseFuture::failed(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
-                format!("{} is not allowed on {}; use POST", parts.method, parts.uri.path()),
+                format!(
+                    "{} is not allowed on {}; use POST",
+                    parts.method,
+                    parts.uri.path()
+                ),
             ));
         }
         if let Some(len) = parts
@@ -680,16 +681,37 @@ mod tests {
             ("", None),
             ("{", None),
             ("[1]", None),
-            (r#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model")),
-            (r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#, Some("model")),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+            ),
+            (
+                r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+            ),
             (r#"{"model":"m"}"#, Some("messages")),
             (r#"{"model":"m","messages":{}}"#, Some("messages")),
             (r#"{"model":"m","messages":[]}"#, Some("messages")),
-            (r#"{"model":"m","messages":[{}],"stream":"yes"}"#, Some("stream")),
-            (r#"{"model":"m","messages":[{}],"stream":[null,null]}"#, Some("stream")),
-            (r#"{"model":"m","messages":[{}],"max_tokens":-1}"#, Some("max_tokens")),
-            (r#"{"model":"m","messages":[{}],"stream_options":3}"#, Some("stream_options")),
-            (r#"{"model":"m","messages":[{}],"models":"x"}"#, Some("models")),
+            (
+                r#"{"model":"m","messages":[{}],"stream":"yes"}"#,
+                Some("stream"),
+            ),
+            (
+                r#"{"model":"m","messages":[{}],"stream":[null,null]}"#,
+                Some("stream"),
+            ),
+            (
+                r#"{"model":"m","messages":[{}],"max_tokens":-1}"#,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[{}],"stream_options":3}"#,
+                Some("stream_options"),
+            ),
+            (
+                r#"{"model":"m","messages":[{}],"models":"x"}"#,
+                Some("models"),
+            ),
         ];
         for (body, param) in cases {
             let e = parse(body).expect_err(body);

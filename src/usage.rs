@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::target::{AttemptInfo, ServedBy};
+
 /// Token counts in OpenAI's semantics: `prompt_tokens` includes cached tokens,
 /// `completion_tokens` includes reasoning tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,7 +194,7 @@ pub struct UsageRecord {
     pub started_at_ms: u64,
 }
 
-/// What an inner layer observed of a streamed response, shared with the meter.
+/// What the layers learned about one request, shared with the meter through [`UsageTap`].
 #[derive(Debug, Default, Clone)]
 pub struct TapState {
     /// Exact upstream usage, when the upstream reported it.
@@ -201,19 +203,58 @@ pub struct TapState {
     pub done: bool,
     /// An in-band error event was seen / emitted.
     pub error: bool,
+    /// The error kind label of an in-band (post-commit) failure.
+    pub error_kind: Option<&'static str>,
     /// Number of content events seen (for estimates).
     pub events: u64,
     /// Bytes of content seen (for estimates).
     pub content_bytes: u64,
-    /// Time to first content event, measured by whoever observed it.
+    /// Time to first content event, measured from when the request was received.
     pub first_event_after: Option<Duration>,
+    /// The virtual key's id (Auth).
+    pub key_id: Option<Arc<str>>,
+    /// The key's tenant (Auth).
+    pub tenant: Option<Arc<str>>,
+    /// The public model after alias resolution (Route).
+    pub model: Option<Arc<str>>,
+    /// The split variant (Route).
+    pub variant: Option<Arc<str>>,
+    /// Who served (Fallback).
+    pub served: Option<ServedBy>,
+    /// Every attempt made (Fallback), also when all failed.
+    pub attempts: Vec<AttemptInfo>,
+    /// Time spent waiting on upstreams (Fallback), to subtract from total for the overhead figure.
+    pub upstream_wait: Duration,
 }
 
-/// A shared slot for what inner layers learn about a response body. The
-/// UsageMeter puts one in the request extensions; the
-/// StreamPassthrough body (and translating providers) fill it.
-#[derive(Debug, Clone, Default)]
-pub struct UsageTap(Arc<Mutex<TapState>>);
+type Hook = Box<dyn FnOnce(&UsageRecord) + Send>;
+
+#[derive(Default)]
+struct Finish {
+    hooks: Vec<Hook>,
+    guards: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+#[derive(Default)]
+struct TapInner {
+    state: Mutex<TapState>,
+    finish: Mutex<Finish>,
+}
+
+/// The per-request ledger. The UsageMeter puts one in the request extensions; inner layers
+/// write what they learn (Auth: key; Route: model, variant; Fallback: attempts; StreamPassthrough
+/// and translating adapters: usage), register completion hooks (RateLimit settles its
+/// reservation) and hand over guards that must live until the response body ends (concurrency
+/// permits). The meter finalizes exactly once: it builds the [`UsageRecord`], runs the hooks,
+/// then drops the guards.
+#[derive(Clone, Default)]
+pub struct UsageTap(Arc<TapInner>);
+
+impl std::fmt::Debug for UsageTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("UsageTap").field(&self.snapshot()).finish()
+    }
+}
 
 impl UsageTap {
     /// A new, empty tap.
@@ -222,13 +263,80 @@ impl UsageTap {
     }
     /// Update the state.
     pub fn update(&self, f: impl FnOnce(&mut TapState)) {
-        if let Ok(mut g) = self.0.lock() {
-            f(&mut g)
-        }
+        let mut g = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
     }
     /// A copy of the state.
     pub fn snapshot(&self) -> TapState {
-        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// Run `hook` with the final record when the request ends (exactly once).
+    pub fn on_complete(&self, hook: impl FnOnce(&UsageRecord) + Send + 'static) {
+        let mut g = self.0.finish.lock().unwrap_or_else(|e| e.into_inner());
+        g.hooks.push(Box::new(hook));
+    }
+    /// Keep `guard` alive until the request ends (the response body ends or is dropped).
+    pub fn hold(&self, guard: impl std::any::Any + Send) {
+        let mut g = self.0.finish.lock().unwrap_or_else(|e| e.into_inner());
+        g.guards.push(Box::new(guard));
+    }
+    /// Run the hooks with `record`, then drop the guards. Later calls do nothing.
+    pub fn finish(&self, record: &UsageRecord) {
+        let f = std::mem::take(&mut *self.0.finish.lock().unwrap_or_else(|e| e.into_inner()));
+        for hook in f.hooks {
+            hook(record);
+        }
+        drop(f.guards);
+    }
+}
+
+/// A price in **micro-USD per million tokens**, which is exactly **pico-USD per token**: costs
+/// are integer products, so sums never drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Price {
+    /// Uncached input tokens.
+    pub input: u64,
+    /// Output tokens (reasoning included).
+    pub output: u64,
+    /// Input tokens read from the cache; `None`: same as `input`.
+    pub cached_input: Option<u64>,
+    /// Input tokens written to the cache; `None`: same as `input`.
+    pub cache_write: Option<u64>,
+}
+
+impl Price {
+    /// From USD per million tokens (as config writes it), rounded to the micro-dollar.
+    pub fn from_usd_per_mtok(input: f64, output: f64) -> Price {
+        Price {
+            input: usd_to_micros(input),
+            output: usd_to_micros(output),
+            cached_input: None,
+            cache_write: None,
+        }
+    }
+
+    /// The cost of `usage` in pico-USD (10^-12 USD).
+    pub fn cost_pico(&self, u: &Usage) -> u128 {
+        let cached = u.cached_tokens.min(u.prompt_tokens);
+        let write = u.cache_write_tokens.min(u.prompt_tokens - cached);
+        let plain = u.prompt_tokens - cached - write;
+        u128::from(plain) * u128::from(self.input)
+            + u128::from(cached) * u128::from(self.cached_input.unwrap_or(self.input))
+            + u128::from(write) * u128::from(self.cache_write.unwrap_or(self.input))
+            + u128::from(u.completion_tokens) * u128::from(self.output)
+    }
+}
+
+/// USD (a config float) to integer micro-USD, rounded.
+pub fn usd_to_micros(usd: f64) -> u64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * 1_000_000.0).round() as u64
+    } else {
+        0
     }
 }
 

@@ -1,0 +1,1 @@
+//! The scripted mock provider (to be written).

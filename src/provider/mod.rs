@@ -1,0 +1,279 @@
+//! Provider adapters and the leaf [`Dispatch`] service.
+//!
+//! A [`Provider`] turns one attempt into one upstream call. Its contract:
+//! - `Ok(response)` only for a 2xx upstream answer; the body is in **OpenAI's** wire format for
+//!   the request's [`Api`](crate::request::Api) (JSON, or SSE `chat.completion.chunk`s ending in
+//!   `data: [DONE]`) — translating adapters translate, pass-through adapters pass through.
+//! - `Err(GatewayError)` for everything else, classified with [`upstream_error`]: the status class
+//!   kept, `Retry-After` (`retry-after-ms`, `retry-after` seconds or HTTP date) parsed, the provider
+//!   named, the upstream's error message kept.
+//! - Connect failures are [`ErrorKind::UpstreamConnect`](crate::error::ErrorKind).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::Full;
+use tower::Service;
+
+use crate::body::Body;
+use crate::error::{ErrorKind, GatewayError};
+use crate::request::ParsedRequest;
+use crate::target::Attempt;
+
+pub mod mock;
+pub mod openai;
+
+/// A boxed, `Send` future (the leaf is where dynamic dispatch happens).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Everything an adapter needs for one attempt.
+#[derive(Debug, Clone)]
+pub struct UpstreamCall {
+    /// The parsed client request (cheap to clone: `Arc`s and `Bytes`).
+    pub parsed: ParsedRequest,
+    /// The exact upstream model id to send.
+    pub upstream_model: Arc<str>,
+    /// The client's request headers, with its credentials already removed. Adapters forward
+    /// only what they choose to (e.g. `x-request-id`).
+    pub headers: HeaderMap,
+    /// Connect deadline for this attempt, if any.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// One upstream provider.
+pub trait Provider: Send + Sync + 'static {
+    /// The provider's configured name (bounded: used in metrics labels).
+    fn name(&self) -> &str;
+    /// The adapter kind: `openai`, `anthropic`, `gemini`, `mock`.
+    fn kind(&self) -> &'static str;
+    /// Make the call. See the module docs for the contract.
+    fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>>;
+}
+
+/// Parse `retry-after-ms`, then `retry-after` (seconds, fractional allowed, or an HTTP date).
+pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs));
+        }
+        return None;
+    }
+    let when = httpdate_parse(v)?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Minimal IMF-fixdate parser (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: u64 = parts[1].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as u64
+        + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<u64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 {
+        return None;
+    }
+    // days from civil (Howard Hinnant's algorithm)
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m as i64 + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + (hms[0] * 3600 + hms[1] * 60 + hms[2]) as i64;
+    let secs = u64::try_from(secs).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Classify a non-2xx upstream answer. `body` is the (small, capped) error body the upstream
+/// sent; its `error.message` (OpenAI and Anthropic shapes) or `message` is kept.
+pub fn upstream_error(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    provider: &Arc<str>,
+) -> GatewayError {
+    let message = error_message(body).unwrap_or_else(|| {
+        format!(
+            "upstream {provider} answered {}",
+            status.canonical_reason().unwrap_or("an error")
+        )
+    });
+    let mut e = GatewayError::upstream_status(status, message, Some(provider.clone()));
+    match parse_retry_after(headers) {
+        Some(wait) => e = e.with_retry_after(wait),
+        None if matches!(status.as_u16(), 429 | 503 | 529) => {}
+        None => {}
+    }
+    if let Some(v) = headers.get("x-should-retry") {
+        e = e.with_header(http::HeaderName::from_static("x-should-retry"), v.clone());
+    }
+    e
+}
+
+/// Pull a human message out of an upstream error body (OpenAI `{"error":{"message"}}`,
+/// Anthropic `{"type":"error","error":{"message"}}`, Gemini `{"error":{"message"}}` or a list).
+pub fn error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let v = match &v {
+        serde_json::Value::Array(a) => a.first()?.clone(),
+        _ => v,
+    };
+    let err = v.get("error").unwrap_or(&v);
+    match err {
+        serde_json::Value::String(s) => Some(s.clone()),
+        _ => err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned),
+    }
+}
+
+/// A connect/transport failure to `provider`.
+pub fn connect_error(provider: &Arc<str>, err: impl std::fmt::Display) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamConnect,
+        format!("could not reach upstream {provider}: {err}"),
+    )
+    .with_provider(provider.clone())
+}
+
+/// The leaf service: sends the request's current [`Attempt`] to its target's provider.
+///
+/// Reads the [`ParsedRequest`] and [`Attempt`] extensions; the client's `authorization`,
+/// `x-api-key` and `api-key` headers are removed before anything goes upstream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dispatch;
+
+impl Dispatch {
+    /// The leaf.
+    pub fn new() -> Self {
+        Dispatch
+    }
+}
+
+/// Request headers that carry the client's credential and must never reach an upstream.
+pub const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "proxy-authorization",
+];
+
+impl Service<Request<Full<Bytes>>> for Dispatch {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let (mut parts, _body) = req.into_parts();
+        let (Some(parsed), Some(attempt)) = (
+            parts.extensions.remove::<ParsedRequest>(),
+            parts.extensions.remove::<Attempt>(),
+        ) else {
+            return Box::pin(async {
+                Err(GatewayError::internal(
+                    "Dispatch needs the ParsedRequest and Attempt extensions (Parse and Fallback layers)",
+                ))
+            });
+        };
+        for h in CREDENTIAL_HEADERS {
+            parts.headers.remove(h);
+        }
+        let call = UpstreamCall {
+            parsed,
+            upstream_model: attempt.target.upstream_model.clone(),
+            headers: parts.headers,
+            connect_timeout: attempt.timeouts.connect,
+        };
+        attempt.target.provider.call(call)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(1500)));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(
+            httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(784111777))
+        );
+    }
+
+    #[test]
+    fn classifies_upstream_errors() {
+        let p: Arc<str> = Arc::from("prov");
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "3".parse().unwrap());
+        let e = upstream_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"error":{"message":"slow down","type":"requests"}}"#,
+            &p,
+        );
+        assert_eq!(e.status(), 429);
+        assert_eq!(e.message(), "slow down");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        let e = upstream_error(
+            StatusCode::from_u16(529).unwrap(),
+            &HeaderMap::new(),
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            &p,
+        );
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.message(), "Overloaded");
+    }
+}

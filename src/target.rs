@@ -1,0 +1,175 @@
+//! [`Target`]: one concrete place a request can be sent (a provider and an exact upstream model),
+//! with its deadlines, capabilities, price and health. Route produces an ordered list of targets
+//! ([`RouteDecision`]); Fallback walks it, one [`Attempt`] per try.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::health::Health;
+use crate::provider::Provider;
+use crate::usage::Price;
+
+/// Per-attempt deadlines. `None` means "no deadline of this kind".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timeouts {
+    /// TCP/TLS connect.
+    pub connect: Option<Duration>,
+    /// Until the first content event of a stream (headers alone do not count). For a
+    /// non-streaming request, until the response head.
+    pub first_token: Option<Duration>,
+    /// Longest gap between two events of a stream, after the first.
+    pub idle: Option<Duration>,
+    /// The whole attempt, body included.
+    pub total: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Each deadline is the shorter of the two (a request may only shorten what config set).
+    pub fn min(self, other: Timeouts) -> Timeouts {
+        fn m(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, None) => a,
+                (None, b) => b,
+            }
+        }
+        Timeouts {
+            connect: m(self.connect, other.connect),
+            first_token: m(self.first_token, other.first_token),
+            idle: m(self.idle, other.idle),
+            total: m(self.total, other.total),
+        }
+    }
+}
+
+/// What a target can do (for tier routing and request-feature rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Context window in tokens (prompt + completion), if known.
+    pub context_window: Option<u64>,
+    /// Accepts `tools`.
+    pub tools: bool,
+    /// Accepts image parts.
+    pub vision: bool,
+    /// Accepts `response_format` JSON modes.
+    pub json_mode: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            context_window: None,
+            tools: true,
+            vision: true,
+            json_mode: true,
+        }
+    }
+}
+
+/// One concrete destination: a provider plus the exact upstream model id.
+pub struct Target {
+    /// `provider/upstream_model`: the bounded label used in metrics and the attempts header.
+    pub id: Arc<str>,
+    /// The adapter that speaks to the provider.
+    pub provider: Arc<dyn Provider>,
+    /// The exact model id sent upstream. Never substituted.
+    pub upstream_model: Arc<str>,
+    /// Deadlines for each attempt on this target.
+    pub timeouts: Timeouts,
+    /// Weight in a weighted split.
+    pub weight: u32,
+    /// Price, if known.
+    pub price: Option<Price>,
+    /// What the target can do.
+    pub caps: Capabilities,
+    /// Circuit breaker, `Retry-After` memory and latency EWMA of this target.
+    pub health: Arc<Health>,
+}
+
+impl Target {
+    /// A target with default deadlines, weight 1, default capabilities and fresh health.
+    pub fn new(provider: Arc<dyn Provider>, upstream_model: impl Into<Arc<str>>) -> Target {
+        let upstream_model = upstream_model.into();
+        Target {
+            id: Arc::from(format!("{}/{}", provider.name(), upstream_model)),
+            provider,
+            upstream_model,
+            timeouts: Timeouts::default(),
+            weight: 1,
+            price: None,
+            caps: Capabilities::default(),
+            health: Arc::new(Health::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("id", &self.id)
+            .field("timeouts", &self.timeouts)
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Request extension written by Route, read by Fallback: the ordered targets to try.
+#[derive(Debug, Clone)]
+pub struct RouteDecision {
+    /// The public model name after alias resolution.
+    pub model: Arc<str>,
+    /// Targets in the order they may be tried. Only the first is tried when
+    /// `allow_fallback` is false.
+    pub targets: Arc<[Arc<Target>]>,
+    /// The A/B variant chosen by a weighted split, if any.
+    pub variant: Option<Arc<str>>,
+    /// Whether Fallback may go past the first target.
+    pub allow_fallback: bool,
+    /// Deadlines the client asked for (header); they can only shorten the target's own.
+    pub client_timeouts: Timeouts,
+}
+
+/// Request extension written by Fallback for each try, read by Timeout and Dispatch.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The target of this try.
+    pub target: Arc<Target>,
+    /// 1-based attempt number.
+    pub number: u32,
+    /// The deadlines in force for this attempt (target's, shortened by the client's).
+    pub timeouts: Timeouts,
+}
+
+/// One finished (failed or successful) attempt, as reported in `x-tollgate-attempts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptInfo {
+    /// The target's id (`provider/model`).
+    pub target: Arc<str>,
+    /// The upstream status, or 0 when none (connect error, timeout before headers, skipped).
+    pub status: u16,
+    /// Time the attempt took.
+    pub elapsed: Duration,
+    /// The error kind label when the attempt failed.
+    pub error: Option<&'static str>,
+}
+
+impl AttemptInfo {
+    /// `provider/model/status/ms` as in the attempts header.
+    pub fn header_part(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.target,
+            self.status,
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+/// Response extension: who served the request and what was tried before.
+#[derive(Debug, Clone)]
+pub struct ServedBy {
+    /// The target that served.
+    pub target: Arc<Target>,
+    /// Every attempt made, the serving one last.
+    pub attempts: Arc<[AttemptInfo]>,
+}
