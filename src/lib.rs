@@ -9,3 +9,4 @@ pub mod provider;
 pub mod request;
 pub mod target;
 pub mod usage;
+pub mod secret;
