@@ -5,8 +5,10 @@
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod meter;
+pub mod metrics;
 pub mod provider;
 pub mod request;
+pub mod secret;
 pub mod target;
 pub mod usage;
-pub mod secret;

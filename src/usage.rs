@@ -182,8 +182,8 @@ pub struct UsageRecord {
     pub usage: Usage,
     /// Where `usage` came from.
     pub usage_source: UsageSource,
-    /// Cost in micro-USD (integer: no float drift in sums), when priced.
-    pub cost_micros: Option<u64>,
+    /// Cost in pico-USD (10^-12 USD; integer, so sums never drift), when priced.
+    pub cost_pico: Option<u64>,
     /// Time to first body byte from the upstream, ms.
     pub ttft_ms: Option<f64>,
     /// Total time, ms.
@@ -192,6 +192,22 @@ pub struct UsageRecord {
     pub overhead_us: Option<f64>,
     /// Unix time (ms) the request started.
     pub started_at_ms: u64,
+}
+
+impl UsageRecord {
+    /// The cost in USD as a decimal string with 12 places (exact), when priced.
+    pub fn cost_usd(&self) -> Option<String> {
+        self.cost_pico.map(pico_to_usd_string)
+    }
+}
+
+/// Format pico-USD as an exact decimal USD string (`"0.000012500000"`).
+pub fn pico_to_usd_string(pico: u64) -> String {
+    format!(
+        "{}.{:012}",
+        pico / 1_000_000_000_000,
+        pico % 1_000_000_000_000
+    )
 }
 
 /// What the layers learned about one request, shared with the meter through [`UsageTap`].

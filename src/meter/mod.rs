@@ -1,0 +1,618 @@
+//! The UsageMeter layer: one [`UsageRecord`] per request, on every terminal path.
+//!
+//! The meter puts a fresh [`UsageTap`] (the per-request ledger) into the request extensions,
+//! lets the inner layers fill it (key, route, attempts, stream usage, completion hooks, guards),
+//! and wraps the response body. It finalizes **exactly once**:
+//! - when the body ends (success, or a stream that ended in an in-band error),
+//! - when the body yields an error,
+//! - when the body is dropped before its end (the client went away),
+//! - or at once when the inner service answers with an error (refusals, upstream errors,
+//!   timeouts before the commit point).
+//!
+//! Finalizing builds the record (usage from the upstream — the tap for streams, the JSON
+//! `usage` of a non-streaming body otherwise — marked `upstream`, `estimated` or `none`), prices
+//! it with the serving target's [`Price`](crate::usage::Price), sends it to every sink, records
+//! the metrics in [`crate::metrics`], runs the tap's completion hooks (RateLimit settles) and
+//! then drops the held guards (concurrency permits).
+//!
+//! The body is never buffered: frames pass through as they come. For a non-streaming JSON
+//! answer the meter keeps reference-counted handles to the frames it forwarded (no copy) and
+//! reads `usage` when the body ends.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use tollgate::meter::UsageMeterLayer;
+//! use tollgate::usage::UsageRecord;
+//!
+//! let seen: Arc<Mutex<Vec<UsageRecord>>> = Arc::default();
+//! let sink = seen.clone();
+//! let layer = UsageMeterLayer::new().on_record(move |r: &UsageRecord| {
+//!     sink.lock().unwrap().push(r.clone())
+//! });
+//! # let _ = layer;
+//! ```
+
+mod body;
+mod future;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+pub use self::body::MeterBody;
+pub use self::future::MeterFuture;
+use crate::body::Body;
+use crate::error::{ErrorKind, GatewayError};
+use crate::metrics as m;
+use crate::request::ParsedRequest;
+use crate::usage::{Outcome, Usage, UsageRecord, UsageSource, UsageTap};
+
+/// Where usage records go. Implemented for any `Fn(&UsageRecord) + Send + Sync`.
+pub trait RecordSink: Send + Sync + 'static {
+    /// Take one record. Called on the request path: must not block (queue and return).
+    fn record(&self, record: &UsageRecord);
+}
+
+impl<F> RecordSink for F
+where
+    F: Fn(&UsageRecord) + Send + Sync + 'static,
+{
+    fn record(&self, record: &UsageRecord) {
+        self(record)
+    }
+}
+
+struct Shared {
+    sinks: Vec<Arc<dyn RecordSink>>,
+    json_cap: usize,
+}
+
+/// Layer for [`UsageMeter`]: configuration only.
+#[derive(Clone)]
+pub struct UsageMeterLayer {
+    shared: Arc<Shared>,
+}
+
+impl Default for UsageMeterLayer {
+    fn default() -> Self {
+        UsageMeterLayer {
+            shared: Arc::new(Shared {
+                sinks: Vec::new(),
+                json_cap: 8 << 20,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for UsageMeterLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageMeterLayer")
+            .field("sinks", &self.shared.sinks.len())
+            .finish()
+    }
+}
+
+impl UsageMeterLayer {
+    /// A meter with no sinks (metrics only).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        let mut shared = Shared {
+            sinks: self.shared.sinks.clone(),
+            json_cap: self.shared.json_cap,
+        };
+        f(&mut shared);
+        self.shared = Arc::new(shared);
+        self
+    }
+
+    /// Add a sink.
+    pub fn sink(self, sink: Arc<dyn RecordSink>) -> Self {
+        self.edit(|s| s.sinks.push(sink))
+    }
+
+    /// Add a callback sink.
+    pub fn on_record(self, f: impl Fn(&UsageRecord) + Send + Sync + 'static) -> Self {
+        self.sink(Arc::new(f))
+    }
+
+    /// The most bytes of a non-streaming JSON body kept (by reference) to read its `usage`.
+    pub fn json_cap(self, bytes: usize) -> Self {
+        self.edit(|s| s.json_cap = bytes)
+    }
+}
+
+impl<S> Layer<S> for UsageMeterLayer {
+    type Service = UsageMeter<S>;
+    fn layer(&self, inner: S) -> UsageMeter<S> {
+        UsageMeter {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Meters every request; see the [module docs](self).
+#[derive(Clone)]
+pub struct UsageMeter<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> UsageMeter<S> {
+    /// Wrap `inner` with a meter that has no sinks.
+    pub fn new(inner: S) -> Self {
+        UsageMeterLayer::new().layer(inner)
+    }
+    /// The default layer.
+    pub fn layer() -> UsageMeterLayer {
+        UsageMeterLayer::new()
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwrap.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for UsageMeter<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = MeterFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let tap = UsageTap::new();
+        req.extensions_mut().insert(tap.clone());
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let ctx = match req.extensions().get::<ParsedRequest>() {
+            Some(p) => Ctx {
+                shared: self.shared.clone(),
+                tap,
+                model: p.model.clone(),
+                stream: p.stream,
+                received_at: p.received_at,
+                prompt_estimate: p.prompt_tokens_estimate(),
+                request_id,
+                started_at_ms: unix_ms(),
+            },
+            None => Ctx {
+                shared: self.shared.clone(),
+                tap,
+                model: Arc::from(""),
+                stream: false,
+                received_at: Instant::now(),
+                prompt_estimate: 0,
+                request_id,
+                started_at_ms: unix_ms(),
+            },
+        };
+        MeterFuture::new(self.inner.call(req), ctx)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the meter knows of one request until it finalizes.
+pub(crate) struct Ctx {
+    shared: Arc<Shared>,
+    tap: UsageTap,
+    model: Arc<str>,
+    stream: bool,
+    received_at: Instant,
+    prompt_estimate: u64,
+    request_id: Option<String>,
+    started_at_ms: u64,
+}
+
+/// How the response ended, as seen by the meter.
+pub(crate) enum End<'a> {
+    /// The inner service failed before a response.
+    Failed(&'a GatewayError),
+    /// The body ended normally.
+    Eof {
+        status: u16,
+        head: Duration,
+        json_usage: Option<Usage>,
+    },
+    /// The body yielded an error.
+    BodyError { status: u16, head: Duration },
+    /// The body was dropped before its end.
+    Dropped { status: u16, head: Duration },
+}
+
+fn outcome_of(kind: ErrorKind) -> Outcome {
+    match kind {
+        ErrorKind::BadRequest
+        | ErrorKind::PayloadTooLarge
+        | ErrorKind::MethodNotAllowed
+        | ErrorKind::NotFound
+        | ErrorKind::ModelNotFound
+        | ErrorKind::Unauthorized
+        | ErrorKind::Forbidden
+        | ErrorKind::RateLimited
+        | ErrorKind::BudgetExceeded => Outcome::Refused,
+        ErrorKind::UpstreamTimeout => Outcome::Timeout,
+        ErrorKind::Internal => Outcome::GatewayError,
+        _ => Outcome::UpstreamError,
+    }
+}
+
+impl Ctx {
+    pub(crate) fn json_cap(&self) -> usize {
+        self.shared.json_cap
+    }
+
+    pub(crate) fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// Build the record, emit it everywhere, run the hooks, drop the guards.
+    pub(crate) fn finalize(self, end: End<'_>) -> UsageRecord {
+        let now = Instant::now();
+        let tap = self.tap.snapshot();
+        let total = now.saturating_duration_since(self.received_at);
+        let (outcome, status, error_kind, head) = match &end {
+            End::Failed(e) => (
+                outcome_of(e.kind()),
+                e.status().as_u16(),
+                Some(e.kind().as_str().to_owned()),
+                None,
+            ),
+            End::Eof { status, head, .. } => {
+                let (outcome, kind) = if !self.stream || tap.done {
+                    (Outcome::Success, None)
+                } else if tap.error_kind == Some(ErrorKind::UpstreamTimeout.as_str()) {
+                    (Outcome::Timeout, tap.error_kind)
+                } else {
+                    (
+                        Outcome::StreamError,
+                        tap.error_kind.or(Some("upstream_protocol")),
+                    )
+                };
+                (outcome, *status, kind.map(str::to_owned), Some(*head))
+            }
+            End::BodyError { status, head } => (
+                Outcome::StreamError,
+                *status,
+                Some(tap.error_kind.unwrap_or("upstream_protocol").to_owned()),
+                Some(*head),
+            ),
+            End::Dropped { status, head } => {
+                (Outcome::ClientDisconnect, *status, None, Some(*head))
+            }
+        };
+
+        let json_usage = match &end {
+            End::Eof { json_usage, .. } => *json_usage,
+            _ => None,
+        };
+        let got_response = head.is_some();
+        let (usage, usage_source) = match tap.usage.or(json_usage) {
+            Some(u) => (u, UsageSource::Upstream),
+            None if got_response => {
+                let completion = tap.content_bytes.div_ceil(4);
+                let u = Usage {
+                    prompt_tokens: self.prompt_estimate,
+                    completion_tokens: completion,
+                    total_tokens: self.prompt_estimate + completion,
+                    ..Usage::default()
+                };
+                (u, UsageSource::Estimated)
+            }
+            None => (Usage::default(), UsageSource::None),
+        };
+
+        let served = tap.served.as_ref();
+        let price = served.and_then(|s| s.target.price);
+        let cost_pico = match usage_source {
+            UsageSource::None => None,
+            _ => price.map(|p| u64::try_from(p.cost_pico(&usage)).unwrap_or(u64::MAX)),
+        };
+        let provider: Option<Arc<str>> = served.map(|s| Arc::from(s.target.provider.name()));
+        let ttft = if self.stream {
+            tap.first_event_after
+        } else {
+            head
+        };
+        let overhead = head.map(|h| h.saturating_sub(tap.upstream_wait));
+        let attempts = tap.attempts.len().max(usize::from(served.is_some())) as u32;
+
+        let record = UsageRecord {
+            request_id: self.request_id,
+            key_id: tap.key_id.as_deref().map(str::to_owned),
+            tenant: tap.tenant.as_deref().map(str::to_owned),
+            model: tap.model.as_deref().unwrap_or(&self.model).to_owned(),
+            provider: provider.as_deref().map(str::to_owned),
+            upstream_model: served.map(|s| s.target.upstream_model.to_string()),
+            variant: tap.variant.as_deref().map(str::to_owned),
+            attempts,
+            stream: self.stream,
+            outcome,
+            status,
+            error_kind,
+            usage,
+            usage_source,
+            cost_pico,
+            ttft_ms: ttft.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms: total.as_secs_f64() * 1000.0,
+            overhead_us: overhead.map(|d| d.as_secs_f64() * 1e6),
+            started_at_ms: self.started_at_ms,
+        };
+
+        emit_metrics(&record, ttft, total, overhead);
+        for sink in &self.shared.sinks {
+            sink.record(&record);
+        }
+        self.tap.finish(&record);
+        record
+    }
+}
+
+fn emit_metrics(
+    r: &UsageRecord,
+    ttft: Option<Duration>,
+    total: Duration,
+    overhead: Option<Duration>,
+) {
+    let model = r.model.clone();
+    let provider = r.provider.clone().unwrap_or_else(|| "none".to_owned());
+    metrics::counter!(m::REQUESTS,
+        "outcome" => r.outcome.as_str(),
+        "status_class" => m::status_class(r.status),
+        "model" => model.clone(),
+        "provider" => provider.clone())
+    .increment(1);
+    metrics::histogram!(m::OPERATION_DURATION,
+        "model" => model.clone(), "provider" => provider.clone(), "outcome" => r.outcome.as_str())
+    .record(total.as_secs_f64());
+    if r.usage_source != UsageSource::None {
+        metrics::histogram!(m::TOKEN_USAGE,
+            "gen_ai.token.type" => "input", "model" => model.clone(), "provider" => provider.clone())
+        .record(r.usage.prompt_tokens as f64);
+        metrics::histogram!(m::TOKEN_USAGE,
+            "gen_ai.token.type" => "output", "model" => model.clone(), "provider" => provider.clone())
+        .record(r.usage.completion_tokens as f64);
+    }
+    if let Some(t) = ttft {
+        metrics::histogram!(m::TIME_TO_FIRST_TOKEN, "model" => model.clone(), "provider" => provider.clone())
+            .record(t.as_secs_f64());
+        if r.usage.completion_tokens > 1 && r.outcome == Outcome::Success {
+            let per =
+                total.saturating_sub(t).as_secs_f64() / (r.usage.completion_tokens - 1) as f64;
+            metrics::histogram!(m::TIME_PER_OUTPUT_TOKEN, "model" => model.clone(), "provider" => provider.clone())
+                .record(per);
+        }
+    }
+    if let Some(o) = overhead {
+        metrics::histogram!(m::GATEWAY_OVERHEAD).record(o.as_secs_f64());
+    }
+    if let Some(c) = r.cost_pico {
+        metrics::counter!(m::COST_PICO_USD, "model" => model, "provider" => provider).increment(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tokio::sync::mpsc;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::request::{Api, parse_body};
+
+    type Records = Arc<Mutex<Vec<UsageRecord>>>;
+
+    fn req(stream: bool) -> Request<Full<Bytes>> {
+        let body = if stream {
+            r#"{"model":"m","messages":[{"role":"user","content":"hello there"}],"stream":true}"#
+        } else {
+            r#"{"model":"m","messages":[{"role":"user","content":"hello there"}]}"#
+        };
+        let parsed = parse_body(Api::ChatCompletions, Bytes::from_static(body.as_bytes())).unwrap();
+        let mut r = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+        r.headers_mut()
+            .insert("x-request-id", "rid-1".parse().unwrap());
+        r.extensions_mut().insert(parsed);
+        r
+    }
+
+    fn layer() -> (UsageMeterLayer, Records) {
+        let recs: Records = Arc::default();
+        let r = recs.clone();
+        (
+            UsageMeterLayer::new()
+                .on_record(move |x: &UsageRecord| r.lock().unwrap().push(x.clone())),
+            recs,
+        )
+    }
+
+    #[tokio::test]
+    async fn non_stream_usage_is_read_exactly_across_frames() {
+        let (layer, recs) = layer();
+        let svc = layer.layer(service_fn(|_req: Request<Full<Bytes>>| async {
+            let parts: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                Ok(Frame::data(Bytes::from_static(br#"{"id":"x","choices":[],"usage":{"prompt_to"#))),
+                Ok(Frame::data(Bytes::from_static(br#"kens":11,"completion_tokens":6,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#))),
+            ];
+            Ok::<_, GatewayError>(Response::new(Body::new(StreamBody::new(futures_util::stream::iter(parts)))))
+        }));
+        let res = svc.oneshot(req(false)).await.unwrap();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(bytes.ends_with(b"}}}"));
+        let recs = recs.lock().unwrap();
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(r.outcome, Outcome::Success);
+        assert_eq!(r.usage_source, UsageSource::Upstream);
+        assert_eq!(
+            r.usage,
+            Usage {
+                prompt_tokens: 11,
+                completion_tokens: 6,
+                total_tokens: 17,
+                cached_tokens: 4,
+                cache_write_tokens: 0,
+                reasoning_tokens: 2
+            }
+        );
+        assert_eq!(r.request_id.as_deref(), Some("rid-1"));
+    }
+
+    #[tokio::test]
+    async fn refusal_is_recorded_once_and_hooks_run() {
+        let (layer, recs) = layer();
+        let hook_runs = Arc::new(Mutex::new(0));
+        let h = hook_runs.clone();
+        let svc = layer.layer(service_fn(move |req: Request<Full<Bytes>>| {
+            let h = h.clone();
+            async move {
+                let tap = req.extensions().get::<UsageTap>().unwrap().clone();
+                tap.on_complete(move |r| {
+                    assert_eq!(r.outcome, Outcome::Refused);
+                    *h.lock().unwrap() += 1;
+                });
+                Err::<Response<Body>, _>(GatewayError::new(ErrorKind::RateLimited, "no"))
+            }
+        }));
+        let e = svc.oneshot(req(false)).await.unwrap_err();
+        assert_eq!(e.status(), 429);
+        let recs = recs.lock().unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].outcome, Outcome::Refused);
+        assert_eq!(recs[0].status, 429);
+        assert_eq!(recs[0].usage_source, UsageSource::None);
+        assert_eq!(*hook_runs.lock().unwrap(), 1);
+    }
+
+    struct Guard(Arc<Mutex<bool>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = true;
+        }
+    }
+
+    #[tokio::test]
+    async fn dropped_stream_is_a_client_disconnect_and_releases_guards_then() {
+        let (layer, recs) = layer();
+        let released = Arc::new(Mutex::new(false));
+        let rel = released.clone();
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let rx = Arc::new(Mutex::new(Some(rx)));
+        let svc = layer.layer(service_fn(move |req: Request<Full<Bytes>>| {
+            let rx = rx.lock().unwrap().take().unwrap();
+            let tap = req.extensions().get::<UsageTap>().unwrap().clone();
+            tap.hold(Guard(rel.clone()));
+            async move {
+                let s = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|x| (x, rx))
+                });
+                Ok::<_, GatewayError>(Response::new(Body::new(StreamBody::new(s))))
+            }
+        }));
+        let res = svc.oneshot(req(true)).await.unwrap();
+        let mut body = res.into_body();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))))
+            .await
+            .unwrap();
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"data: {}\n\n"));
+        assert!(
+            !*released.lock().unwrap(),
+            "guard must live while the stream is open"
+        );
+        assert!(recs.lock().unwrap().is_empty());
+        drop(body);
+        assert!(*released.lock().unwrap());
+        let recs = recs.lock().unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].outcome, Outcome::ClientDisconnect);
+        // no usage from upstream: an estimate, marked as such (never "upstream")
+        assert_eq!(recs[0].usage_source, UsageSource::Estimated);
+        assert!(tx.is_closed(), "dropping the body drops the upstream side");
+    }
+
+    #[test]
+    fn stream_usage_from_the_tap_and_metrics() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let (layer, recs) = layer();
+        let svc = layer.layer(service_fn(|req: Request<Full<Bytes>>| async move {
+            let tap = req.extensions().get::<UsageTap>().unwrap().clone();
+            tap.update(|t| {
+                t.usage = Some(Usage {
+                    prompt_tokens: 5,
+                    completion_tokens: 7,
+                    total_tokens: 12,
+                    ..Usage::default()
+                });
+                t.done = true;
+            });
+            Ok::<_, GatewayError>(Response::new(Body::full("data: [DONE]\n\n")))
+        }));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let res = svc.oneshot(req(true)).await.unwrap();
+                res.into_body().collect().await.unwrap().to_bytes()
+            })
+        });
+        assert_eq!(&body[..], b"data: [DONE]\n\n");
+        let recs = recs.lock().unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].outcome, Outcome::Success);
+        assert_eq!(recs[0].usage.total_tokens, 12);
+        assert_eq!(recs[0].usage_source, UsageSource::Upstream);
+        let snap = snapshotter.snapshot().into_vec();
+        let requests = snap
+            .iter()
+            .find(|(k, _, _, _)| k.key().name() == m::REQUESTS)
+            .expect("requests counter");
+        assert!(matches!(
+            requests.3,
+            metrics_util::debugging::DebugValue::Counter(1)
+        ));
+        let labels: Vec<_> = requests
+            .0
+            .key()
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        assert!(labels.contains(&("outcome".into(), "success".into())));
+        assert!(labels.contains(&("status_class".into(), "2xx".into())));
+    }
+}
