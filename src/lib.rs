@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod body;
+pub mod config;
 pub mod error;
 pub mod health;
 pub mod meter;
@@ -10,5 +11,6 @@ pub mod metrics;
 pub mod provider;
 pub mod request;
 pub mod secret;
+pub mod sink;
 pub mod target;
 pub mod usage;

@@ -1,0 +1,406 @@
+//! Configuration: a TOML file (or the embedded default) deserialized into plain structs with
+//! unknown fields rejected, then validated into runtime tables (providers, routes, keys, limits,
+//! prices). Reusable by any application, not only the reference gateway.
+//!
+//! Secrets are never written into the file: string values may reference environment variables
+//! as `${NAME}` or `${NAME:-default}`; they are resolved when the runtime tables are built, so a
+//! provider whose key variable is unset can be switched off (`enabled_if_env`) instead of failing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub mod presets;
+
+/// The embedded default configuration: mock models to try at once, plus real providers that
+/// switch on when their API-key variables are set.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A configuration error, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// An error about `field` in `file`.
+    pub fn field(file: &str, field: &str, msg: impl std::fmt::Display) -> Self {
+        ConfigError(format!("{file}: {field}: {msg}"))
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the file came from (set by the loader; not a TOML field).
+    #[serde(skip)]
+    pub source: String,
+    /// HTTP server settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Virtual keys.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Rate limits and budgets.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Usage records.
+    #[serde(default)]
+    pub usage: UsageConfig,
+    /// Routing policy shared by all models.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Public models by name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Virtual tier models (`tier:NAME`).
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Price overrides by `provider/upstream_model` (USD per million tokens).
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address (the command line's `--listen` wins).
+    pub listen: Option<String>,
+    /// Request body cap in bytes (default 16 MiB).
+    pub max_body_bytes: Option<usize>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `false` switches authentication off (a local single-user gateway). Default `true`.
+    pub enabled: Option<bool>,
+    /// The virtual keys.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One virtual key (`[[auth.keys]]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// A name for the key (shown in records as the key id).
+    pub name: String,
+    /// SHA-256 of the key, hex (`tollgate-gateway --hash-key KEY` prints it).
+    pub sha256: String,
+    /// Tenant (team) the key belongs to.
+    pub tenant: Option<String>,
+    /// Model globs the key may use (default: all).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Limits of this key.
+    #[serde(flatten)]
+    pub limits: LimitValues,
+}
+
+/// Limit values; every one optional.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitValues {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Concurrent requests (held until the response stream ends).
+    pub concurrency: Option<u64>,
+    /// USD per day.
+    pub budget_usd_day: Option<f64>,
+    /// USD per month.
+    pub budget_usd_month: Option<f64>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `memory` (default) or `redis`.
+    pub store: Option<String>,
+    /// Redis URL for the `redis` store.
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis.
+    pub redis_prefix: Option<String>,
+    /// `fail_open` or `fail_closed` (default) when the store is unreachable.
+    pub on_store_error: Option<String>,
+    /// Tokens reserved for a request that sets no `max_tokens`.
+    pub default_max_tokens: Option<u64>,
+    /// Limits over all traffic.
+    #[serde(default)]
+    pub global: LimitValues,
+    /// Limits per public model.
+    #[serde(default)]
+    pub models: BTreeMap<String, LimitValues>,
+}
+
+/// `[usage]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    /// JSON-lines file for usage records (`""` switches it off).
+    pub jsonl: Option<String>,
+    /// Report `cost` in the response usage object (as OpenRouter does).
+    pub report_cost: Option<bool>,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Default deadlines for every target.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// May clients send their own ordered fallback list (`models: [...]`)? Default false.
+    pub allow_client_models: Option<bool>,
+    /// May clients switch fallback off (`x-tollgate-fallback: off`)? Default true.
+    pub allow_client_fallback_off: Option<bool>,
+}
+
+/// Deadlines in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP/TLS connect.
+    pub connect_ms: Option<u64>,
+    /// First content event (stream) or response head (non-stream).
+    pub first_token_ms: Option<u64>,
+    /// Longest gap between stream events.
+    pub idle_ms: Option<u64>,
+    /// Whole attempt.
+    pub total_ms: Option<u64>,
+}
+
+/// `[providers.NAME]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `openai` (any OpenAI-compatible server), `anthropic`, `gemini`, `mock`, or a preset:
+    /// `azure`, `deepseek`, `mistral`, `qwen`, `groq`, `together`, `fireworks`, `openrouter`,
+    /// `xai`, `vllm`, `ollama`, `llamacpp`.
+    pub kind: String,
+    /// Base URL (presets fill it in).
+    pub base_url: Option<String>,
+    /// API key; usually `${ENV_VAR}`.
+    pub api_key: Option<String>,
+    /// Switch the provider on only when this environment variable is set and non-empty.
+    pub enabled_if_env: Option<String>,
+    /// Header that carries the key instead of `Authorization: Bearer` (Azure: `api-key`).
+    pub auth_header: Option<String>,
+    /// Query string appended to every call (Azure: `api-version=...`).
+    pub query: Option<String>,
+    /// Extra headers sent upstream.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Connect deadline for this provider.
+    pub connect_timeout_ms: Option<u64>,
+    /// Anthropic: `max_tokens` sent when the client gives none.
+    pub default_max_tokens: Option<u64>,
+}
+
+/// `[models.NAME]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Targets, in priority order.
+    pub targets: Vec<TargetConfig>,
+    /// `ordered` (default), `weighted`, `latency`, `cheapest`.
+    pub strategy: Option<String>,
+    /// Other names that resolve to exactly this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Weighted split: sticky per key (`key`), per header (`header:NAME`), or not (`none`).
+    pub sticky: Option<String>,
+    /// Whether fallback to later targets is allowed (default true).
+    pub fallback: Option<bool>,
+    /// Deadlines for this model's targets (override `[routing.timeouts]`).
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Shown in `/v1/models` as `owned_by`.
+    pub owned_by: Option<String>,
+}
+
+/// One target of a model.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Provider name (a key of `[providers]`).
+    pub provider: String,
+    /// Exact upstream model id.
+    pub model: String,
+    /// Weight for `weighted` splits.
+    pub weight: Option<u32>,
+    /// Variant name reported for splits (default: `provider/model`).
+    pub variant: Option<String>,
+    /// Deadlines for this target (override the model's).
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Price (USD per million tokens); default from the shipped price table.
+    pub price: Option<PriceConfig>,
+    /// Context window in tokens.
+    pub context_window: Option<u64>,
+    /// Accepts tools (default true).
+    pub tools: Option<bool>,
+    /// Accepts images (default true).
+    pub vision: Option<bool>,
+    /// Accepts JSON modes (default true).
+    pub json_mode: Option<bool>,
+}
+
+/// `[tiers.NAME]`: the virtual model `tier:NAME`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Candidate public models (their targets are the candidates).
+    pub models: Vec<String>,
+    /// `cheapest` (default) or `ordered`.
+    pub strategy: Option<String>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Cached input tokens (default: `input`).
+    pub cached_input: Option<f64>,
+    /// Cache-write input tokens (default: `input`).
+    pub cache_write: Option<f64>,
+}
+
+impl PriceConfig {
+    /// The runtime price.
+    pub fn to_price(self) -> crate::usage::Price {
+        use crate::usage::usd_to_micros;
+        crate::usage::Price {
+            input: usd_to_micros(self.input),
+            output: usd_to_micros(self.output),
+            cached_input: self.cached_input.map(usd_to_micros),
+            cache_write: self.cache_write.map(usd_to_micros),
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text; `source` names the file in error messages.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError(format!("{source}: {e}")))?;
+        cfg.source = source.to_owned();
+        Ok(cfg)
+    }
+
+    /// Read and parse a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{name}: cannot read: {e}")))?;
+        Self::parse(&text, &name)
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Config {
+        // The embedded file is tested to parse; fall back to an empty config rather than panic.
+        Self::parse(DEFAULT_CONFIG, "<embedded default>").unwrap_or_default()
+    }
+}
+
+/// Resolve `${NAME}` and `${NAME:-default}` references in `value`; `field` names the setting in
+/// errors. `$$` is a literal `$`.
+pub fn interpolate(value: &str, source: &str, field: &str) -> Result<String, ConfigError> {
+    interpolate_with(value, source, field, |k| std::env::var(k).ok())
+}
+
+fn interpolate_with(
+    value: &str,
+    source: &str,
+    field: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let end = r.find('}').ok_or_else(|| {
+                ConfigError::field(source, field, "unterminated ${...} reference")
+            })?;
+            let inner = &r[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(ConfigError::field(
+                        source,
+                        field,
+                        format!("environment variable {name} is not set"),
+                    ));
+                }
+            }
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let cfg = Config::parse(DEFAULT_CONFIG, "<embedded default>").unwrap();
+        assert!(cfg.models.contains_key("mock"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_the_file() {
+        let e = Config::parse("[server]\nlisten = \"x\"\nlisen = 1\n", "gw.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("gw.toml"), "{msg}");
+        assert!(msg.contains("lisen"), "{msg}");
+        let e = Config::parse(
+            "[models.a]\ntargets = [{ provider = \"p\", modle = \"x\" }]\n",
+            "gw.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("modle") && e.contains("gw.toml"), "{e}");
+    }
+
+    #[test]
+    fn env_interpolation() {
+        let env = |k: &str| (k == "SET").then(|| "v".to_owned());
+        assert_eq!(interpolate_with("a${SET}b", "f", "x", env).unwrap(), "avb");
+        assert_eq!(interpolate_with("${UNSET:-d}", "f", "x", env).unwrap(), "d");
+        assert_eq!(interpolate_with("$$x", "f", "x", env).unwrap(), "$x");
+        let e = interpolate_with("${UNSET}", "f.toml", "providers.p.api_key", env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "f.toml: providers.p.api_key: environment variable UNSET is not set"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! Usage-record sinks that keep records off the request path.
+//!
+//! [`JsonlSink`] appends one JSON object per line to a file. Records go through a bounded
+//! queue to a writer thread: the request path never waits on the disk. When the queue is full
+//! the record is dropped and counted ([`RECORDS_DROPPED`](crate::metrics::RECORDS_DROPPED));
+//! [`JsonlSink::flush`] (called on graceful shutdown) waits until every queued record is written.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use crate::meter::RecordSink;
+use crate::usage::UsageRecord;
+
+enum Msg {
+    Record(Box<UsageRecord>),
+    Flush(SyncSender<()>),
+}
+
+/// A JSON-lines file sink with a bounded queue and a writer thread.
+pub struct JsonlSink {
+    tx: SyncSender<Msg>,
+    path: PathBuf,
+    dropped: Arc<AtomicU64>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for JsonlSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonlSink")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl JsonlSink {
+    /// Open (append to) `path`, with a queue of `capacity` records.
+    pub fn open(path: impl AsRef<Path>, capacity: usize) -> std::io::Result<JsonlSink> {
+        let path = path.as_ref().to_path_buf();
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let (tx, rx) = sync_channel(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = std::thread::Builder::new()
+            .name("tollgate-jsonl".into())
+            .spawn(move || write_loop(rx, BufWriter::new(file)))?;
+        Ok(JsonlSink {
+            tx,
+            path,
+            dropped,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Records dropped because the queue was full or the writer had stopped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Block until every record queued so far is written and flushed to the file.
+    pub fn flush(&self) {
+        let (done_tx, done_rx) = sync_channel(1);
+        if self.tx.send(Msg::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
+    }
+}
+
+impl Drop for JsonlSink {
+    fn drop(&mut self) {
+        self.flush();
+        // The writer ends when the last sender (ours) is dropped; we cannot drop `tx` before
+        // the join, so a flush is what guarantees the data is on disk.
+        if let Ok(mut w) = self.writer.lock() {
+            drop(w.take());
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Msg>, mut out: BufWriter<std::fs::File>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Record(r) => {
+                if serde_json::to_writer(&mut out, &r).is_ok() {
+                    let _ = out.write_all(b"\n");
+                }
+                // Batch: drain what is already queued before flushing.
+                while let Ok(next) = rx.try_recv() {
+                    match next {
+                        Msg::Record(r) => {
+                            if serde_json::to_writer(&mut out, &r).is_ok() {
+                                let _ = out.write_all(b"\n");
+                            }
+                        }
+                        Msg::Flush(done) => {
+                            let _ = out.flush();
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                let _ = out.flush();
+            }
+            Msg::Flush(done) => {
+                let _ = out.flush();
+                let _ = done.send(());
+            }
+        }
+    }
+    let _ = out.flush();
+}
+
+impl RecordSink for JsonlSink {
+    fn record(&self, record: &UsageRecord) {
+        match self.tx.try_send(Msg::Record(Box::new(record.clone()))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::RECORDS_DROPPED, "sink" => "jsonl").increment(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::{Outcome, Usage, UsageSource};
+
+    fn rec(i: u64) -> UsageRecord {
+        UsageRecord {
+            request_id: Some(format!("r{i}")),
+            key_id: None,
+            tenant: None,
+            model: "m".into(),
+            provider: None,
+            upstream_model: None,
+            variant: None,
+            attempts: 1,
+            stream: false,
+            outcome: Outcome::Success,
+            status: 200,
+            error_kind: None,
+            usage: Usage {
+                prompt_tokens: i,
+                ..Usage::default()
+            },
+            usage_source: UsageSource::Upstream,
+            cost_pico: Some(i),
+            ttft_ms: None,
+            total_ms: 1.0,
+            overhead_us: None,
+            started_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn writes_every_record_and_flushes() {
+        let dir = std::env::temp_dir().join(format!("tollgate-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("u.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let sink = JsonlSink::open(&path, 100_000).unwrap();
+        for i in 0..10_000 {
+            sink.record(&rec(i));
+        }
+        sink.flush();
+        assert_eq!(sink.dropped(), 0);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<UsageRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 10_000);
+        assert_eq!(
+            lines.iter().map(|r| r.usage.prompt_tokens).sum::<u64>(),
+            (0..10_000).sum::<u64>()
+        );
+    }
+}
