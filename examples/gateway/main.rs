@@ -1,1 +1,221 @@
-fn main() {}
+//! The reference gateway: an OpenAI-compatible endpoint in front of many providers, assembled
+//! from tollgate's layers (the stack is spelled out in `app.rs`).
+//!
+//! ```text
+//! gateway [--config FILE] [--listen ADDR] [--print-config] [--hash-key KEY]
+//! ```
+//! Without `--config` it runs on the embedded default (mock models, no API key needed; real
+//! providers switch on when their key variables are set). SIGHUP reloads the config file;
+//! SIGTERM / ctrl-c shut down gracefully (in-flight requests finish, usage records are flushed).
+
+mod app;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tollgate::config::{Config, DEFAULT_CONFIG};
+
+struct Args {
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    print_config: bool,
+    hash_key: Option<String>,
+}
+
+const USAGE: &str = "usage: gateway [--config FILE] [--listen ADDR] [--print-config] [--hash-key KEY]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        config: None,
+        listen: None,
+        print_config: false,
+        hash_key: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--config" | "-c" => args.config = Some(PathBuf::from(value("--config")?)),
+            "--listen" | "-l" => args.listen = Some(value("--listen")?),
+            "--print-config" => args.print_config = true,
+            "--hash-key" => args.hash_key = Some(value("--hash-key")?),
+            "--help" | "-h" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(key) = &args.hash_key {
+        println!("{}", tollgate::auth::hash_key(key));
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Config::parse(DEFAULT_CONFIG, "<embedded default>").map_err(|e| e.to_string()),
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("metrics: {e}"))?;
+    {
+        let p = prometheus.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                p.run_upkeep();
+            }
+        });
+    }
+
+    let cfg = load(args.config.as_ref())?;
+    let listen = args
+        .listen
+        .clone()
+        .or_else(|| cfg.server.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("--listen {listen}: {e}"))?;
+    let app = Arc::new(app::App::build(&cfg, Some(prometheus)).map_err(|e| e.to_string())?);
+
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("tollgate listening on http://{local}");
+    tracing::info!(models = ?app.model_names(), "serving {} models", app.model_names().len());
+
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
+
+    loop {
+        #[cfg(unix)]
+        let reload = hup.recv();
+        #[cfg(not(unix))]
+        let reload = std::future::pending::<Option<()>>();
+        tokio::select! {
+            conn = listener.accept() => {
+                let (stream, _) = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = TowerToHyperService::new(app.service());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = reload => {
+                match args.config.as_ref() {
+                    None => tracing::warn!("SIGHUP: no --config file to reload"),
+                    Some(path) => match load(Some(path)).and_then(|c| app.reload(&c).map_err(|e| e.to_string())) {
+                        Ok(()) => tracing::info!(file = %path.display(), "config reloaded"),
+                        Err(e) => tracing::error!(error = %e, "config reload refused; the old config stays"),
+                    },
+                }
+            }
+            _ = &mut shutdown => {
+                tracing::info!("shutting down: finishing in-flight requests");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("in-flight requests still running after 30 s; closing");
+        }
+    }
+    app.flush();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
