@@ -12,5 +12,6 @@ pub mod provider;
 pub mod request;
 pub mod secret;
 pub mod sink;
+pub mod sse;
 pub mod target;
 pub mod usage;
