@@ -30,7 +30,8 @@ struct Args {
     hash_key: Option<String>,
 }
 
-const USAGE: &str = "usage: gateway [--config FILE] [--listen ADDR] [--print-config] [--hash-key KEY]";
+const USAGE: &str =
+    "usage: gateway [--config FILE] [--listen ADDR] [--print-config] [--hash-key KEY]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(key) = &args.hash_key {
-        println!("{}", tollgate::auth::hash_key(key));
+        println!("{}", hash_key(key));
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
@@ -87,7 +88,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -202,13 +206,14 @@ async fn run(args: Args) -> Result<(), String> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -218,4 +223,10 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn hash_key(key: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(key.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
