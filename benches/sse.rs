@@ -101,3 +101,48 @@ fn network_pieces(bencher: Bencher, size: usize) {
         .collect();
     bench_pieces(bencher, pieces);
 }
+
+/// The whole StreamPassthrough body, one upstream chunk per event (the usual shape of an LLM
+/// stream): scanning, the usage search, counting, the tap updates, stripping the usage chunk.
+/// Time per item is the per-chunk overhead of the layer.
+#[divan::bench]
+fn passthrough_body_one_event_per_chunk(bencher: Bencher) {
+    use http_body::Body as _;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use tollgate::request::{Api, parse_body};
+    use tollgate::stream::ResponseBody;
+    use tollgate::usage::UsageTap;
+
+    let (whole, events) = stream();
+    let parsed = parse_body(
+        Api::ChatCompletions,
+        Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+        ),
+    )
+    .expect("valid request");
+    bencher
+        .counter(BytesCount::new(whole.len()))
+        .counter(ItemsCount::new(EVENTS + 2))
+        .with_inputs(|| {
+            let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = events
+                .iter()
+                .map(|e| Ok(http_body::Frame::data(e.clone())))
+                .collect();
+            let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            ResponseBody::new(inner, &parsed, Some(UsageTap::new()))
+        })
+        .bench_local_values(|body| {
+            let mut body = pin!(body);
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut out = 0;
+            while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+                out += frame
+                    .map(|f| f.into_data().map_or(0, |d| d.len()))
+                    .unwrap_or(0);
+            }
+            assert_eq!(out, whole.len() - events[EVENTS].len());
+            black_box(out)
+        });
+}

@@ -9,5 +9,6 @@ pub mod provider;
 pub mod request;
 pub mod secret;
 pub mod sse;
+pub mod stream;
 pub mod target;
 pub mod usage;
