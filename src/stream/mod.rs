@@ -546,6 +546,62 @@ mod tests {
         tx.closed().await;
     }
 
+    /// Poll a body that never waits (built from ready frames) to its end.
+    fn collect_now(body: Body) -> Vec<u8> {
+        let mut body = std::pin::pin!(body);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            match http_body::Body::poll_frame(body.as_mut(), &mut cx) {
+                Poll::Ready(Some(frame)) => {
+                    out.extend_from_slice(&frame.unwrap().into_data().unwrap());
+                }
+                Poll::Ready(None) => return out,
+                Poll::Pending => panic!("a body of ready frames must not wait"),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_gives_the_same_client_bytes_and_tap(
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..10),
+            wants_usage in proptest::prelude::any::<bool>(),
+        ) {
+            let upstream = [CHUNK1, b": ping\n\n", CHUNK2, USAGE_CHUNK, DONE_EVENT].concat();
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(upstream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut prev = 0;
+            for c in cuts {
+                pieces.push(&upstream[prev..c]);
+                prev = c;
+            }
+            pieces.push(&upstream[prev..]);
+
+            let parsed = parse_body(
+                Api::ChatCompletions,
+                Bytes::from_static(if wants_usage { STREAM_USAGE } else { STREAM }.as_bytes()),
+            )
+            .unwrap();
+            let tap = UsageTap::new();
+            let body = Body::new(ResponseBody::new(body_of(&pieces), &parsed, Some(tap.clone())));
+            let out = collect_now(body);
+
+            let want = if wants_usage {
+                upstream.clone()
+            } else {
+                [CHUNK1, b": ping\n\n", CHUNK2, DONE_EVENT].concat()
+            };
+            proptest::prop_assert_eq!(out, want);
+            let s = tap.snapshot();
+            proptest::prop_assert_eq!(s.usage, Some(exact_usage()));
+            proptest::prop_assert!(s.done && !s.error);
+            proptest::prop_assert_eq!(s.events, 2);
+            proptest::prop_assert_eq!(s.content_bytes, 11);
+        }
+    }
+
     #[tokio::test]
     async fn body_polls_pending_without_busy_looping() {
         // A poll with nothing new must return Pending (not spin) and resume on the next chunk.
