@@ -13,5 +13,6 @@ pub mod request;
 pub mod secret;
 pub mod sink;
 pub mod sse;
+pub mod stream;
 pub mod target;
 pub mod usage;

@@ -1,0 +1,481 @@
+//! [`ResponseBody`]: the SSE body of a streaming response, observed event by event.
+
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http_body::{Frame, SizeHint};
+use memchr::memmem::Finder;
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::body::BoxError;
+use crate::error::{ErrorKind, GatewayError};
+use crate::request::ParsedRequest;
+use crate::sse::{DONE, SseEvent, SseScanner, data_event};
+use crate::usage::{Usage, UsageTap};
+
+/// What the body needs to know about the request, taken from its extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamInfo {
+    /// The client asked for the usage chunk itself.
+    wants_usage: bool,
+    /// When the gateway received the request.
+    received_at: Instant,
+    /// Where to write what the stream tells (absent: record nothing).
+    tap: Option<UsageTap>,
+}
+
+impl StreamInfo {
+    pub(crate) fn new(parsed: &ParsedRequest, tap: Option<UsageTap>) -> Self {
+        StreamInfo {
+            wants_usage: parsed.wants_usage,
+            received_at: parsed.received_at,
+            tap,
+        }
+    }
+}
+
+/// Set the headers of a streaming response. Returns false, leaving the headers alone, when the
+/// response is not an event stream (a `content-type` other than `text/event-stream`).
+pub(crate) fn prepare_headers(headers: &mut HeaderMap) -> bool {
+    match headers.get(CONTENT_TYPE) {
+        None => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        }
+        Some(v) => {
+            let v = v.as_bytes();
+            let essence = v.split(|&b| b == b';').next().unwrap_or(v);
+            if !essence
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"text/event-stream")
+            {
+                return false;
+            }
+        }
+    }
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        http::header::HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    // The length changes (stripped usage chunk, in-band error) and nothing is compressed:
+    // compression would hold events back in the encoder.
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(CONTENT_ENCODING);
+    true
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reading the upstream.
+    Streaming,
+    /// One last frame to send (the in-band error, or a `[DONE]` the upstream left unterminated),
+    /// then the end.
+    Last(Bytes),
+    /// Done: nothing more, the inner body is not polled again.
+    Ended,
+}
+
+/// What the body learned so far, and where it writes it.
+#[derive(Debug)]
+struct Observer {
+    info: StreamInfo,
+    /// `[DONE]` was seen.
+    done: bool,
+    /// An error event went out (the upstream's or ours).
+    error: bool,
+    /// A content event was seen.
+    started: bool,
+}
+
+pin_project! {
+    /// The body of a streaming response, wrapped by
+    /// [`StreamPassthrough`](super::StreamPassthrough).
+    ///
+    /// Forwards each SSE event as soon as its blank line has arrived (complete events of one
+    /// upstream chunk go out together, as one zero-copy slice when they are adjacent); strips the
+    /// extra usage chunk when the client did not ask for it; writes usage, `[DONE]`, event counts
+    /// and time to first event into the request's [`UsageTap`]; and ends a failed stream with an
+    /// in-band `data: {"error": …}` event and no `[DONE]`. Dropping it drops the upstream body,
+    /// which cancels the upstream request.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        scanner: SseScanner,
+        // The last chunk pushed into the scanner, to join adjacent events into one slice.
+        chunk: Bytes,
+        // An event already observed, to go out in the next frame.
+        held: Option<Bytes>,
+        state: State,
+        observer: Observer,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wrap the SSE body `inner` of a response to `parsed`, recording into `tap` if given.
+    pub fn new(inner: B, parsed: &ParsedRequest, tap: Option<UsageTap>) -> Self {
+        Self::from_info(inner, StreamInfo::new(parsed, tap))
+    }
+
+    pub(crate) fn from_info(inner: B, info: StreamInfo) -> Self {
+        ResponseBody {
+            inner,
+            scanner: SseScanner::new(),
+            chunk: Bytes::new(),
+            held: None,
+            state: State::Streaming,
+            observer: Observer {
+                info,
+                done: false,
+                error: false,
+                started: false,
+            },
+        }
+    }
+
+    /// The upstream body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B> http_body::Body for ResponseBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            match std::mem::replace(this.state, State::Streaming) {
+                State::Ended => {
+                    *this.state = State::Ended;
+                    return Poll::Ready(None);
+                }
+                State::Last(frame) => {
+                    *this.state = State::Ended;
+                    return Poll::Ready(Some(Ok(Frame::data(frame))));
+                }
+                State::Streaming => {}
+            }
+            // Complete events first: never wait for more data while one is ready.
+            if let Some(frame) = drain(this.scanner, this.chunk, this.held, this.observer) {
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        this.chunk.clone_from(&data);
+                        this.scanner.push(data);
+                    }
+                    // Trailers pass through.
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(e)) => *this.state = this.observer.on_error(e.into()),
+                None => {
+                    let tail = this.scanner.finish();
+                    *this.state = this.observer.on_eof(tail);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Ended)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Take every complete event from the scanner; return the bytes of the next frame, if any.
+/// Adjacent kept events of one chunk are joined into one slice; an event that cannot be joined
+/// waits in `held` for the next frame.
+fn drain(
+    scanner: &mut SseScanner,
+    chunk: &Bytes,
+    held: &mut Option<Bytes>,
+    observer: &mut Observer,
+) -> Option<Bytes> {
+    let mut out = held.take();
+    while let Some(ev) = scanner.next_event() {
+        if !observer.on_event(&ev) {
+            continue;
+        }
+        out = match out {
+            None => Some(ev.raw),
+            Some(prev) => match join_adjacent(chunk, &prev, &ev.raw) {
+                Some(joined) => Some(joined),
+                None => {
+                    *held = Some(ev.raw);
+                    return Some(prev);
+                }
+            },
+        };
+    }
+    out
+}
+
+/// `a` followed by `b` as one slice of `parent`, when both lie in `parent` and `b` starts
+/// where `a` ends.
+fn join_adjacent(parent: &Bytes, a: &Bytes, b: &Bytes) -> Option<Bytes> {
+    let p = parent.as_ptr() as usize;
+    let a0 = a.as_ptr() as usize;
+    let b0 = b.as_ptr() as usize;
+    if a0.checked_add(a.len())? != b0 || a0 < p || b0 + b.len() > p + parent.len() {
+        return None;
+    }
+    let start = a0 - p;
+    Some(parent.slice(start..start + a.len() + b.len()))
+}
+
+impl Observer {
+    /// Look at one complete event; returns whether it goes to the client.
+    fn on_event(&mut self, ev: &SseEvent) -> bool {
+        if !ev.has_data {
+            return true; // keep-alive comments and the like pass through
+        }
+        if ev.is_done() {
+            self.done = true;
+            self.update(|s| s.done = true);
+            return true;
+        }
+        let data = &ev.data[..];
+        if is_error_event(data) {
+            self.error = true;
+            self.update(|s| {
+                s.error = true;
+                s.error_kind
+                    .get_or_insert(ErrorKind::UpstreamServerError.as_str());
+            });
+            return true;
+        }
+        let mut usage_only = false;
+        if has_usage_object(data) {
+            if let Some(usage) = Usage::from_openai_json(data) {
+                usage_only = has_no_choices(data);
+                self.update(|s| s.usage = Some(usage));
+            }
+        }
+        if usage_only {
+            // The extra chunk the gateway asked for: the client sees it only if it asked too.
+            return self.info.wants_usage;
+        }
+        let first = !self.started;
+        self.started = true;
+        let first_after = first.then(|| self.info.received_at.elapsed());
+        let content = content_bytes(data);
+        self.update(|s| {
+            s.events += 1;
+            s.content_bytes += content;
+            if s.first_event_after.is_none() {
+                s.first_event_after = first_after;
+            }
+        });
+        true
+    }
+
+    /// The upstream body failed: end with an in-band error unless the stream is already over.
+    fn on_error(&mut self, e: BoxError) -> State {
+        if self.done || self.error {
+            return State::Ended;
+        }
+        let err = match e.downcast::<GatewayError>() {
+            Ok(err) => *err,
+            Err(e) => GatewayError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("the upstream stream failed: {e}"),
+            ),
+        };
+        self.fail(&err)
+    }
+
+    /// The upstream body ended. Without `[DONE]`, the stream was cut: say so in-band.
+    fn on_eof(&mut self, tail: Option<SseEvent>) -> State {
+        if self.done || self.error {
+            return State::Ended;
+        }
+        if tail.as_ref().is_some_and(SseEvent::is_done) {
+            // `[DONE]` without its blank line: finish it properly for the client.
+            self.done = true;
+            self.update(|s| s.done = true);
+            return State::Last(Bytes::from_static(DONE));
+        }
+        let err = GatewayError::new(
+            ErrorKind::UpstreamProtocol,
+            "the upstream closed the stream before [DONE]",
+        );
+        self.fail(&err)
+    }
+
+    fn fail(&mut self, err: &GatewayError) -> State {
+        self.error = true;
+        let kind = err.kind().as_str();
+        self.update(|s| {
+            s.error = true;
+            s.error_kind = Some(kind);
+        });
+        let json = serde_json::to_vec(&err.to_json()).unwrap_or_else(|_| {
+            br#"{"error":{"message":"stream failed","type":"api_error","param":null,"code":null}}"#
+                .to_vec()
+        });
+        State::Last(data_event(&json))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut crate::usage::TapState)) {
+        if let Some(tap) = &self.info.tap {
+            tap.update(f);
+        }
+    }
+}
+
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static KEY_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\":"));
+
+/// Skip JSON whitespace from `i`.
+fn skip_ws(s: &[u8], mut i: usize) -> usize {
+    while s
+        .get(i)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Whether the chunk has a `"usage": {` (not `"usage": null`), found without parsing.
+fn has_usage_object(data: &[u8]) -> bool {
+    USAGE_KEY.find_iter(data).any(|at| {
+        let i = skip_ws(data, at + b"\"usage\"".len());
+        data.get(i) == Some(&b':') && data.get(skip_ws(data, i + 1)) == Some(&b'{')
+    })
+}
+
+/// Whether the chunk's `choices` is an empty array (or absent): the final usage chunk.
+fn has_no_choices(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Choices {
+        #[serde(default)]
+        choices: Option<Vec<IgnoredAny>>,
+    }
+    serde_json::from_slice::<Choices>(data)
+        .map(|c| c.choices.is_none_or(|c| c.is_empty()))
+        .unwrap_or(false)
+}
+
+/// Whether the event is an error object (`{"error": {…}}` or `{"error": "…"}`).
+fn is_error_event(data: &[u8]) -> bool {
+    let d = data.trim_ascii_start();
+    let Some(rest) = d.strip_prefix(b"{") else {
+        return false;
+    };
+    let Some(rest) = rest.trim_ascii_start().strip_prefix(b"\"error\"") else {
+        return false;
+    };
+    let Some(rest) = rest.trim_ascii_start().strip_prefix(b":") else {
+        return false;
+    };
+    matches!(rest.trim_ascii_start().first(), Some(b'{' | b'"'))
+}
+
+/// Bytes of generated text in a chunk (for estimates): the JSON-escaped length of every
+/// `content`, `reasoning_content`, `refusal`, `text` and `arguments` string value.
+fn content_bytes(data: &[u8]) -> u64 {
+    const KEYS: [&[u8]; 5] = [
+        b"\"content",
+        b"\"reasoning_content",
+        b"\"refusal",
+        b"\"text",
+        b"\"arguments",
+    ];
+    let mut total = 0u64;
+    let mut from = 0;
+    while let Some(at) = KEY_END.find(&data[from..]) {
+        let key_end = from + at;
+        from = key_end + 2;
+        if !KEYS.iter().any(|k| data[..key_end].ends_with(k)) {
+            continue;
+        }
+        let open = skip_ws(data, from);
+        if data.get(open) != Some(&b'"') {
+            continue;
+        }
+        let Some(close) = string_end(data, open + 1) else {
+            break;
+        };
+        total += (close - open - 1) as u64;
+        from = close + 1;
+    }
+    total
+}
+
+/// The index of the quote closing the JSON string that starts at `i`.
+fn string_end(s: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let at = i + memchr::memchr2(b'"', b'\\', s.get(i..)?)?;
+        if s[at] == b'"' {
+            return Some(at);
+        }
+        i = at + 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_usage_objects_without_parsing() {
+        assert!(has_usage_object(
+            br#"{"choices":[],"usage":{"total_tokens":1}}"#
+        ));
+        assert!(has_usage_object(
+            br#"{"choices": [], "usage" : {"total_tokens": 1}}"#
+        ));
+        assert!(!has_usage_object(br#"{"choices":[{}],"usage":null}"#));
+        assert!(!has_usage_object(br#"{"delta":{"content":"\"usage\":{"}}"#));
+        assert!(has_no_choices(br#"{"choices":[],"usage":{}}"#));
+        assert!(!has_no_choices(br#"{"choices":[{"index":0}],"usage":{}}"#));
+    }
+
+    #[test]
+    fn counts_content_bytes() {
+        let d = br#"{"id":"x","choices":[{"delta":{"content":"He said \"hi\""}}],"usage":null}"#;
+        assert_eq!(content_bytes(d), 14);
+        let d =
+            br#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}"#;
+        assert_eq!(content_bytes(d), 9);
+        assert_eq!(
+            content_bytes(br#"{"choices":[{"delta":{"content":null}}]}"#),
+            0
+        );
+        assert!(is_error_event(br#" { "error": {"message":"x"}}"#));
+        assert!(!is_error_event(br#"{"choices":[],"error":null}"#));
+        assert!(!is_error_event(br#"{"error":null,"choices":[]}"#));
+    }
+
+    #[test]
+    fn joins_only_adjacent_slices_of_the_chunk() {
+        let chunk = Bytes::from_static(b"aaabbbccc");
+        let a = chunk.slice(0..3);
+        let b = chunk.slice(3..6);
+        let c = chunk.slice(6..9);
+        assert_eq!(&join_adjacent(&chunk, &a, &b).unwrap()[..], b"aaabbb");
+        assert!(join_adjacent(&chunk, &a, &c).is_none());
+        let other = Bytes::from_static(b"bbb");
+        assert!(join_adjacent(&chunk, &a, &other).is_none());
+    }
+}
