@@ -7,6 +7,6 @@ pub mod error;
 pub mod health;
 pub mod provider;
 pub mod request;
+pub mod secret;
 pub mod target;
 pub mod usage;
-pub mod secret;
