@@ -395,3 +395,25 @@ fn builder_rejects_bad_config() {
     assert_eq!(p.base_url(), "https://api.openai.com/v1");
     assert_eq!(p.kind(), "openai");
 }
+
+#[tokio::test]
+async fn connect_timeout_covers_the_tls_handshake() {
+    // A listener that never answers: TCP connects (the kernel accepts into the backlog) but the
+    // TLS handshake never completes.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let p = OpenAiProvider::builder("silent", format!("https://127.0.0.1:{port}/v1"))
+        .build()
+        .unwrap();
+    let mut c = chat("ok", false);
+    c.connect_timeout = Some(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(20), p.call(c))
+        .await
+        .expect("the connect deadline fired")
+        .unwrap_err();
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert_eq!(e.kind(), ErrorKind::UpstreamConnect);
+    assert!(e.message().contains("timed out"), "{}", e.message());
+    drop(silent);
+}

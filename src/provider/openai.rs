@@ -382,7 +382,43 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<DeadlineConnector, Full<Bytes>>;
+
+/// The HTTPS connector with one deadline over DNS, TCP connect and the TLS handshake together
+/// (hyper's own connect timeout covers only TCP). Boxes one future per new connection, never
+/// per request.
+#[derive(Clone)]
+struct DeadlineConnector {
+    inner: HttpsConnector<HttpConnector>,
+    deadline: Option<Duration>,
+}
+
+impl tower::Service<Uri> for DeadlineConnector {
+    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let deadline = self.deadline;
+        Box::pin(async move {
+            match deadline {
+                None => connecting.await,
+                Some(d) => match tokio::time::timeout(d, connecting).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("connect timed out after {d:?}").into()),
+                },
+            }
+        })
+    }
+}
 
 /// The rustls client config (ring provider, webpki roots, ALPN set by the connector), built once.
 /// Also installs `ring` as the process-wide default crypto provider if none is installed yet.
@@ -402,7 +438,8 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
         .clone()
 }
 
-/// The shared pooled client for `connect_timeout` (one per distinct timeout, ms granularity).
+/// The shared pooled client for `connect_timeout` (one per distinct timeout, ms granularity;
+/// past [`MAX_CACHED_CLIENTS`] distinct values a client is built for the call and not kept).
 fn client_for(connect_timeout: Option<Duration>) -> Result<HttpsClient, GatewayError> {
     static CLIENTS: OnceLock<RwLock<HashMap<Option<u64>, HttpsClient>>> = OnceLock::new();
     let key = connect_timeout.map(|d| {
@@ -436,12 +473,17 @@ fn build_client(connect_timeout: Option<Duration>) -> Result<HttpsClient, Gatewa
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(connect_timeout);
+    // ALPN offers h2 and http/1.1 on https; plain http speaks HTTP/1.1.
     http.set_keepalive(Some(Duration::from_secs(60)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
+    let https = DeadlineConnector {
+        inner: https,
+        deadline: connect_timeout,
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
