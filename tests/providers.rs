@@ -417,3 +417,21 @@ async fn connect_timeout_covers_the_tls_handshake() {
     assert!(e.message().contains("timed out"), "{}", e.message());
     drop(silent);
 }
+
+#[tokio::test]
+async fn dropping_a_stalled_stream_cancels_it_without_waiting_for_the_stall() {
+    let server = MockServer::start().await.unwrap();
+    let p = provider(&server);
+    let res = p
+        .call(chat("stall?phase=first_token&ms=60000", true))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    let log = server.log();
+    assert!(
+        log.wait_until(Duration::from_secs(10), |l| l.streams_cancelled() == 1)
+            .await,
+        "the mock noticed the disconnect during its stall: {log:?}"
+    );
+}
