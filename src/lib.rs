@@ -4,9 +4,12 @@
 
 pub mod body;
 pub mod error;
+pub mod fallback;
 pub mod health;
 pub mod provider;
 pub mod request;
-pub mod target;
-pub mod usage;
+pub mod route;
 pub mod secret;
+pub mod target;
+pub mod timeout;
+pub mod usage;
