@@ -10,6 +10,7 @@ pub mod provider;
 pub mod request;
 pub mod route;
 pub mod secret;
+pub mod sse;
 pub mod target;
 pub mod timeout;
 pub mod usage;
