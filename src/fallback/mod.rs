@@ -155,3 +155,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -21,7 +21,7 @@ use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, GatewayError};
 
 use super::body::ResponseBody;
-use super::scan::Scanner;
+use crate::sse::SseScanner;
 
 /// What the gate waits for after the head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pin_project! {
             body: Option<Body>,
             frames: VecDeque<Frame<Bytes>>,
             read: usize,
-            scanner: Option<Scanner>,
+            scanner: Option<SseScanner>,
             json: Vec<u8>,
         },
         Done,
@@ -285,7 +285,7 @@ where
                         body: Some(body),
                         frames: VecDeque::new(),
                         read: 0,
-                        scanner: (mode == Mode::Stream).then(Scanner::new),
+                        scanner: (mode == Mode::Stream).then(SseScanner::new),
                         json: Vec::new(),
                     });
                 }
@@ -321,7 +321,7 @@ where
                                 if let Some(data) = frame.data_ref() {
                                     *read += data.len();
                                     if let Some(sc) = scanner.as_mut() {
-                                        sc.push(data);
+                                        sc.push(data.clone());
                                         while let Some(ev) = sc.next_event() {
                                             if !ev.has_data {
                                                 continue;
@@ -363,7 +363,18 @@ where
                         }
                     }
                     if ended && !commit {
-                        if scanner.is_some() {
+                        if let Some(sc) = scanner.as_mut() {
+                            // An unterminated trailing event may still say what went wrong.
+                            while let Some(ev) = sc.finish() {
+                                if let Some(e) = ev
+                                    .has_data
+                                    .then(|| error_in_body(&ev.data, this.provider.as_ref()))
+                                    .flatten()
+                                {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(e));
+                                }
+                            }
                             this.state.set(State::Done);
                             return Poll::Ready(Err(with_provider(
                                 GatewayError::new(

@@ -53,7 +53,6 @@ use crate::target::Attempt;
 mod body;
 mod future;
 mod layer;
-mod scan;
 
 pub use self::body::ResponseBody;
 pub use self::future::{ResponseFuture, error_in_body};
