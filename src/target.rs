@@ -24,6 +24,40 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
+    /// No deadline at all (what [`Timeouts::default`] gives).
+    pub const NONE: Timeouts = Timeouts {
+        connect: None,
+        first_token: None,
+        idle: None,
+        total: None,
+    };
+
+    /// The documented defaults the reference configuration starts from: connect 5 s, first
+    /// token 60 s, idle gap 60 s, total 10 min. (A [`Target`] built with [`Target::new`] has
+    /// none; the config layer decides.)
+    pub const RECOMMENDED: Timeouts = Timeouts {
+        connect: Some(Duration::from_secs(5)),
+        first_token: Some(Duration::from_secs(60)),
+        idle: Some(Duration::from_secs(60)),
+        total: Some(Duration::from_secs(600)),
+    };
+
+    /// Each deadline of `self`, or `defaults`' where `self` has none (a target's own setting
+    /// over its model's).
+    pub fn or(self, defaults: Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.connect.or(defaults.connect),
+            first_token: self.first_token.or(defaults.first_token),
+            idle: self.idle.or(defaults.idle),
+            total: self.total.or(defaults.total),
+        }
+    }
+
+    /// Whether no deadline is set.
+    pub fn is_none(&self) -> bool {
+        *self == Timeouts::NONE
+    }
+
     /// Each deadline is the shorter of the two (a request may only shorten what config set).
     pub fn min(self, other: Timeouts) -> Timeouts {
         fn m(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -103,6 +137,48 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Set the deadlines.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Target {
+        self.timeouts = timeouts;
+        self
+    }
+    /// Set the split weight (used by [`Strategy::Weighted`](crate::route::Strategy)).
+    pub fn with_weight(mut self, weight: u32) -> Target {
+        self.weight = weight;
+        self
+    }
+    /// Set the price.
+    pub fn with_price(mut self, price: Price) -> Target {
+        self.price = Some(price);
+        self
+    }
+    /// Set the capabilities.
+    pub fn with_caps(mut self, caps: Capabilities) -> Target {
+        self.caps = caps;
+        self
+    }
+    /// Use `health` (share one `Arc<Health>` between targets naming the same upstream).
+    pub fn with_health(mut self, health: Arc<Health>) -> Target {
+        self.health = health;
+        self
+    }
+    /// Wrap in an `Arc`, as route tables hold targets.
+    pub fn into_arc(self) -> Arc<Target> {
+        Arc::new(self)
+    }
+
+    /// The estimated cost of a request with `prompt_tokens` in and `output_tokens` out, in
+    /// pico-USD; `None` when the target has no price.
+    pub fn cost_estimate(&self, prompt_tokens: u64, output_tokens: u64) -> Option<u128> {
+        let p = self.price?;
+        Some(
+            u128::from(prompt_tokens) * u128::from(p.input)
+                + u128::from(output_tokens) * u128::from(p.output),
+        )
+    }
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
@@ -154,14 +230,28 @@ pub struct AttemptInfo {
 }
 
 impl AttemptInfo {
-    /// `provider/model/status/ms` as in the attempts header.
+    /// `provider/model/status/ms` as in the attempts header. When no upstream status exists
+    /// (connect error, timeout, a target skipped because it is blocked) the status part is the
+    /// error kind label, e.g. `openai/gpt-4o/upstream_timeout/2000` or
+    /// `openai/gpt-4o/circuit_open/0`.
     pub fn header_part(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.target,
-            self.status,
-            self.elapsed.as_millis()
-        )
+        let mut s = String::with_capacity(self.target.len() + 16);
+        self.write_header_part(&mut s);
+        s
+    }
+
+    /// Append [`header_part`](Self::header_part) to `out`.
+    pub fn write_header_part(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str(&self.target);
+        out.push('/');
+        match (self.status, self.error) {
+            (0, Some(kind)) => out.push_str(kind),
+            (status, _) => {
+                let _ = write!(out, "{status}");
+            }
+        }
+        let _ = write!(out, "/{}", self.elapsed.as_millis());
     }
 }
 

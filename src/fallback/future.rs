@@ -1,0 +1,365 @@
+//! [`ResponseFuture`] of [`Fallback`](super::Fallback): a state machine in the style of
+//! tower's retry future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::Service;
+use tower::retry::budget::Budget;
+
+use crate::body::Body;
+use crate::error::{ErrorKind, GatewayError};
+use crate::health::Admission;
+use crate::target::{Attempt, AttemptInfo, ServedBy, Target, Timeouts};
+use crate::usage::UsageTap;
+
+use super::{ATTEMPTS_HEADER, TARGET_HEADER};
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // Choose the next target (skipping blocked ones).
+        Next,
+        // A target is chosen; drive the service to readiness, then call it.
+        Ready,
+        // Waiting on an attempt.
+        Called {
+            #[pin]
+            fut: F,
+        },
+        Done,
+    }
+}
+
+pin_project! {
+    /// Future of [`Fallback`](super::Fallback).
+    pub struct ResponseFuture<S, F> {
+        service: S,
+        // Whether `service` is known ready (the one `call` was given is).
+        ready: bool,
+        // The request each attempt is cloned from (taken, not cloned, for the last candidate).
+        template: Option<Request<Full<Bytes>>>,
+        targets: Arc<[Arc<Target>]>,
+        limit: usize,
+        client_timeouts: Timeouts,
+        budget: Arc<dyn Budget + Send + Sync>,
+        tap: Option<UsageTap>,
+        next: usize,
+        calls: u32,
+        attempts: Vec<AttemptInfo>,
+        best: Option<GatewayError>,
+        earliest_retry: Option<Duration>,
+        current: Option<(Arc<Target>, Instant)>,
+        upstream_wait: Duration,
+        budget_exhausted: bool,
+        #[pin]
+        state: State<F>,
+    }
+}
+
+impl<S, F> ResponseFuture<S, F> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        service: S,
+        request: Request<Full<Bytes>>,
+        targets: Arc<[Arc<Target>]>,
+        allow_fallback: bool,
+        client_timeouts: Timeouts,
+        budget: Arc<dyn Budget + Send + Sync>,
+        tap: Option<UsageTap>,
+        error: Option<GatewayError>,
+    ) -> Self {
+        let limit = if allow_fallback {
+            targets.len()
+        } else {
+            targets.len().min(1)
+        };
+        ResponseFuture {
+            service,
+            ready: true,
+            template: Some(request),
+            targets,
+            limit,
+            client_timeouts,
+            budget,
+            tap,
+            next: 0,
+            calls: 0,
+            attempts: Vec::with_capacity(limit.min(4)),
+            best: error,
+            earliest_retry: None,
+            current: None,
+            upstream_wait: Duration::ZERO,
+            budget_exhausted: false,
+            state: State::Next,
+        }
+    }
+}
+
+/// How informative a failure is when every target failed: an upstream's own status beats a
+/// deadline, which beats a transport failure, which beats the gateway's own "circuit open".
+fn rank(e: &GatewayError) -> u8 {
+    match e.kind() {
+        ErrorKind::UpstreamRateLimited => 6,
+        ErrorKind::UpstreamServerError | ErrorKind::UpstreamOverloaded => 5,
+        _ if e.upstream_status_code().is_some() => 5,
+        ErrorKind::UpstreamTimeout => 4,
+        ErrorKind::UpstreamProtocol => 3,
+        ErrorKind::UpstreamConnect => 2,
+        ErrorKind::CircuitOpen => 1,
+        _ => 0,
+    }
+}
+
+fn clone_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut n = Request::new(r.body().clone());
+    *n.method_mut() = r.method().clone();
+    *n.uri_mut() = r.uri().clone();
+    *n.version_mut() = r.version();
+    *n.headers_mut() = r.headers().clone();
+    *n.extensions_mut() = r.extensions().clone();
+    n
+}
+
+fn attempts_value(attempts: &[AttemptInfo]) -> Option<HeaderValue> {
+    let mut s = String::with_capacity(attempts.len() * 40);
+    for (i, a) in attempts.iter().enumerate() {
+        if i > 0 {
+            s.push(';');
+        }
+        a.write_header_part(&mut s);
+    }
+    HeaderValue::try_from(s).ok()
+}
+
+impl<S, F> ResponseFuture<S, F> {
+    fn note_failure(
+        best: &mut Option<GatewayError>,
+        earliest: &mut Option<Duration>,
+        e: GatewayError,
+    ) {
+        if let Some(w) = e.retry_after() {
+            *earliest = Some(earliest.map_or(w, |x| x.min(w)));
+        }
+        match best {
+            Some(b) if rank(b) >= rank(&e) => {}
+            _ => *best = Some(e),
+        }
+    }
+}
+
+impl<S, F> Future for ResponseFuture<S, F>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = GatewayError, Future = F>,
+    F: Future<Output = Result<Response<Body>, GatewayError>>,
+{
+    type Output = Result<Response<Body>, GatewayError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { fut } => {
+                    let res = ready!(fut.poll(cx));
+                    let now = Instant::now();
+                    let Some((target, started)) = this.current.take() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(GatewayError::internal(
+                            "fallback lost its current attempt",
+                        )));
+                    };
+                    let elapsed = now.saturating_duration_since(started);
+                    *this.upstream_wait += elapsed;
+                    match res {
+                        Ok(mut res) => {
+                            target.health.on_success(now, elapsed);
+                            this.attempts.push(AttemptInfo {
+                                target: target.id.clone(),
+                                status: res.status().as_u16(),
+                                elapsed,
+                                error: None,
+                            });
+                            let attempts: Arc<[AttemptInfo]> = std::mem::take(this.attempts).into();
+                            let headers = res.headers_mut();
+                            if let Some(v) = attempts_value(&attempts) {
+                                headers.insert(HeaderName::from_static(ATTEMPTS_HEADER), v);
+                            }
+                            if let Ok(v) = HeaderValue::from_str(&target.id) {
+                                headers.insert(HeaderName::from_static(TARGET_HEADER), v);
+                            }
+                            let served = ServedBy {
+                                target,
+                                attempts: attempts.clone(),
+                            };
+                            if let Some(tap) = this.tap.as_ref() {
+                                let wait = *this.upstream_wait;
+                                let served = served.clone();
+                                tap.update(move |s| {
+                                    s.attempts = attempts.to_vec();
+                                    s.served = Some(served);
+                                    s.upstream_wait += wait;
+                                });
+                            }
+                            res.extensions_mut().insert(served);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(res));
+                        }
+                        Err(e) => {
+                            target.health.on_failure(&e, now);
+                            this.attempts.push(AttemptInfo {
+                                target: target.id.clone(),
+                                status: e.upstream_status_code().unwrap_or(0),
+                                elapsed,
+                                error: Some(e.kind().as_str()),
+                            });
+                            if !e.is_retryable() {
+                                // The client's own mistake (or a gateway refusal): one attempt.
+                                *this.best = Some(e);
+                                *this.earliest_retry = None;
+                                this.next.clone_from(this.limit);
+                            } else {
+                                Self::note_failure(this.best, this.earliest_retry, e);
+                            }
+                            this.state.set(State::Next);
+                        }
+                    }
+                }
+                StateProj::Next => {
+                    let now = Instant::now();
+                    let mut chosen = None;
+                    while *this.next < *this.limit {
+                        let target = this.targets[*this.next].clone();
+                        *this.next += 1;
+                        let blocked = match target.health.peek(now) {
+                            Err(until) => Some(until),
+                            Ok(()) if *this.calls > 0 && !this.budget.withdraw() => {
+                                *this.budget_exhausted = true;
+                                *this.next = *this.limit;
+                                break;
+                            }
+                            Ok(()) => match target.health.admit(now) {
+                                Admission::Allowed | Admission::Probe => None,
+                                Admission::Blocked { until, .. } => Some(until),
+                            },
+                        };
+                        match blocked {
+                            None => {
+                                chosen = Some(target);
+                                break;
+                            }
+                            Some(until) => {
+                                let wait = until.saturating_duration_since(now);
+                                this.attempts.push(AttemptInfo {
+                                    target: target.id.clone(),
+                                    status: 0,
+                                    elapsed: Duration::ZERO,
+                                    error: Some(ErrorKind::CircuitOpen.as_str()),
+                                });
+                                let e = GatewayError::new(
+                                    ErrorKind::CircuitOpen,
+                                    format!(
+                                        "target {} is unavailable (circuit open or Retry-After) for another {} ms",
+                                        target.id,
+                                        wait.as_millis()
+                                    ),
+                                )
+                                .with_provider(target.id.clone())
+                                .with_retry_after(wait);
+                                Self::note_failure(this.best, this.earliest_retry, e);
+                            }
+                        }
+                    }
+                    match chosen {
+                        Some(target) => {
+                            *this.current = Some((target, now));
+                            this.state.set(State::Ready);
+                        }
+                        None => {
+                            this.state.set(State::Done);
+                            let mut e = this.best.take().unwrap_or_else(|| {
+                                GatewayError::internal("no route targets (Route layer missing?)")
+                            });
+                            if matches!(e.status().as_u16(), 429 | 503) {
+                                if let Some(w) = *this.earliest_retry {
+                                    e = e.with_retry_after(w);
+                                }
+                            }
+                            if let Some(v) = attempts_value(this.attempts) {
+                                e = e.with_header(HeaderName::from_static(ATTEMPTS_HEADER), v);
+                            }
+                            if *this.budget_exhausted {
+                                e = e.with_header(
+                                    HeaderName::from_static("x-tollgate-fallback-stopped"),
+                                    HeaderValue::from_static("retry-budget"),
+                                );
+                            }
+                            if let Some(tap) = this.tap.as_ref() {
+                                let attempts = std::mem::take(this.attempts);
+                                let wait = *this.upstream_wait;
+                                tap.update(move |s| {
+                                    s.attempts = attempts;
+                                    s.upstream_wait += wait;
+                                });
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                StateProj::Ready => {
+                    if !*this.ready {
+                        if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    *this.ready = false;
+                    let Some((target, _)) = this.current.as_mut() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(GatewayError::internal(
+                            "fallback lost its chosen target",
+                        )));
+                    };
+                    let last = *this.next >= *this.limit;
+                    let mut req = match (last, this.template.as_ref()) {
+                        (false, Some(t)) => clone_request(t),
+                        _ => match this.template.take() {
+                            Some(t) => t,
+                            None => {
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(GatewayError::internal(
+                                    "fallback has no request left to send",
+                                )));
+                            }
+                        },
+                    };
+                    *this.calls += 1;
+                    req.extensions_mut().insert(Attempt {
+                        target: target.clone(),
+                        number: *this.calls,
+                        timeouts: target.timeouts.min(*this.client_timeouts),
+                    });
+                    // Time the attempt from the call, not from the readiness wait.
+                    let started = Instant::now();
+                    if let Some(c) = this.current.as_mut() {
+                        c.1 = started;
+                    }
+                    let fut = this.service.call(req);
+                    this.state.set(State::Called { fut });
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err(GatewayError::internal(
+                        "fallback future polled after completion",
+                    )));
+                }
+            }
+        }
+    }
+}

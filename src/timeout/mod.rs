@@ -1,0 +1,143 @@
+//! The Timeout layer: four deadlines per attempt, and the commit-point gate.
+//!
+//! Reads the [`Attempt`] extension's `timeouts` (the target's, shortened by the client's):
+//! - **connect** is passed to the provider by [`Dispatch`](crate::provider::Dispatch);
+//! - **first token**: for a streaming request the future does not resolve until the first SSE
+//!   event *carrying data* has arrived (comments and keep-alives do not count) — so a stalled
+//!   stream fails over before the client has a byte. The bytes read meanwhile are replayed,
+//!   unchanged, at the start of the returned body. For a non-streaming request it bounds the
+//!   wait for the response head;
+//! - **idle**: the longest gap between two body frames after the gate;
+//! - **total**: the whole attempt, head and body.
+//!
+//! Before the response resolves, an expired deadline is an `Err` of kind
+//! [`UpstreamTimeout`](crate::error::ErrorKind::UpstreamTimeout) (retryable: Fallback tries the
+//! next target). After it, the body ends with an `Err(BoxError)` holding that `GatewayError`;
+//! StreamPassthrough, outside, turns it into the in-band `data: {"error": ...}` event with no
+//! `[DONE]`.
+//!
+//! **Errors inside a 200.** When the first data event of a stream is an `{"error": ...}`
+//! object, the attempt fails with an error classified like an upstream status (see
+//! [`error_in_body`]: rate limit → 429, overloaded → 529, timeout → 504, a numeric code is kept,
+//! anything else 500). A non-streaming 2xx answer's body is read before resolving (capped,
+//! [`TimeoutLayer::max_preread`], 1 MiB by default; bounded by `total` and `idle`) and an
+//! `{"error": ...}` document in it falls back the same way ([`TimeoutLayer::inspect_json`]
+//! switches this off). A stream that ends before any data event is an
+//! [`UpstreamProtocol`](crate::error::ErrorKind::UpstreamProtocol) error (retryable).
+//!
+//! Deadlines run on tokio's clock (tests use `tokio::time::pause`).
+//!
+//! ```
+//! use tollgate::timeout::TimeoutLayer;
+//! use tollgate::provider::Dispatch;
+//! let svc = tower::ServiceBuilder::new()
+//!     .layer(TimeoutLayer::new().max_preread(256 * 1024))
+//!     .service(Dispatch::new());
+//! # let _ = svc;
+//! ```
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::request::ParsedRequest;
+use crate::target::Attempt;
+
+mod body;
+mod future;
+mod layer;
+
+pub use self::body::ResponseBody;
+pub use self::future::{ResponseFuture, error_in_body};
+pub use self::layer::{DEFAULT_MAX_PREREAD, TimeoutLayer};
+
+use self::future::{Config, Mode};
+
+/// Enforces each attempt's deadlines and gates the response on its first token; see the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    config: TimeoutLayer,
+}
+
+impl<S> Timeout<S> {
+    /// Wrap `inner` with the default settings.
+    pub fn new(inner: S) -> Self {
+        Timeout {
+            inner,
+            config: TimeoutLayer::default(),
+        }
+    }
+    /// The default layer.
+    pub fn layer() -> TimeoutLayer {
+        TimeoutLayer::new()
+    }
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwrap.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> Service<Request<Full<Bytes>>> for Timeout<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = GatewayError>,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let started = Instant::now();
+        let stream = req
+            .extensions()
+            .get::<ParsedRequest>()
+            .is_some_and(|p| p.stream);
+        let (timeouts, provider) = match req.extensions().get::<Attempt>() {
+            Some(a) => (a.timeouts, Some(Arc::from(a.target.provider.name()))),
+            None => (Default::default(), None),
+        };
+        let mode = if stream {
+            Mode::Stream
+        } else if self.config.inspect_json {
+            Mode::Json
+        } else if timeouts.idle.is_none() && timeouts.total.is_none() {
+            Mode::Passthrough
+        } else {
+            Mode::Json
+        };
+        let cfg = Config {
+            mode,
+            started,
+            first_token: timeouts.first_token,
+            idle: timeouts.idle,
+            total: timeouts.total,
+            max_preread: if mode == Mode::Json && !self.config.inspect_json {
+                0
+            } else {
+                self.config.max_preread
+            },
+            provider,
+        };
+        ResponseFuture::new(self.inner.call(req), cfg)
+    }
+}
