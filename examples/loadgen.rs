@@ -1,0 +1,782 @@
+//! Loopback load harness: direct-to-mock versus through the reference gateway, in one run.
+//!
+//! ```text
+//! cargo build --release --example gateway --example loadgen
+//! target/release/examples/loadgen [--requests N] [--concurrency C] [--time-cap SECS]
+//!                                 [--gateway PATH] [--gateway-log FILTER]
+//! ```
+//!
+//! What it does, all on 127.0.0.1:
+//! 1. starts a [`MockServer`] in a child process (this binary with `--serve-mock`; the child
+//!    exits when its stdin closes, i.e. when this process ends);
+//! 2. writes a gateway config whose only provider is that mock (`kind = "openai"`,
+//!    `base_url = "http://127.0.0.1:PORT/v1"`, auth off, no usage file), and starts the
+//!    reference gateway binary (`target/release/examples/gateway`) on it as a child process;
+//! 3. drives both with its own HTTP/1.1 client (hyper, keep-alive connections, `C` of them, a
+//!    fixed number of requests and a time cap per phase), and measures requests per second,
+//!    p50/p99 latency, time to the first streamed byte, and the gateway's CPU time per request
+//!    (`utime + stime` of the gateway process from `/proc/PID/stat`, before and after each
+//!    gateway phase; also the per-thread `schedstat` run time in nanoseconds as a finer check);
+//! 4. checks that the gateway never buffers a stream: with `ok?chunks=10&delay_ms=50` the
+//!    client's inter-arrival times of the content events through the gateway must match the
+//!    upstream's 50 ms pacing;
+//! 5. prints a table with ratios and the added microseconds, then stops both children.
+//!
+//! Phases: `json` (a non-streaming `ok` answer) at concurrency 1 and at `C`, `stream20` (a
+//! 20-chunk stream, body read to the end) at concurrency 1, then the pacing check.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tollgate::provider::mock::{MockLog, MockServer};
+
+const USAGE: &str = "usage: loadgen [--requests N] [--concurrency C] [--time-cap SECS] \
+                     [--gateway PATH] [--gateway-log FILTER] [--serve-mock]";
+
+struct Args {
+    requests: usize,
+    concurrency: usize,
+    time_cap: Duration,
+    gateway: PathBuf,
+    gateway_log: String,
+    serve_mock: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        requests: 5_000,
+        concurrency: 16,
+        time_cap: Duration::from_secs(20),
+        gateway: PathBuf::from("target/release/examples/gateway"),
+        gateway_log: "warn".to_owned(),
+        serve_mock: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let num = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: `{v}` is not a number"))
+        };
+        match flag.as_str() {
+            "--requests" | "-n" => a.requests = num(value()?)?.max(1) as usize,
+            "--concurrency" | "-c" => a.concurrency = num(value()?)?.max(1) as usize,
+            "--time-cap" => a.time_cap = Duration::from_secs(num(value()?)?.max(1)),
+            "--gateway" => a.gateway = PathBuf::from(value()?),
+            "--gateway-log" => a.gateway_log = value()?,
+            "--serve-mock" => a.serve_mock = true,
+            "--help" | "-h" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if args.serve_mock {
+        rt.block_on(serve_mock())
+    } else {
+        rt.block_on(run(&args))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mock child
+// ---------------------------------------------------------------------------------------------
+
+/// Serve the mock on 127.0.0.1:0, print the port, run until stdin closes.
+async fn serve_mock() -> Result<(), String> {
+    let server = MockServer::start_with_log(MockLog::with_limit(0))
+        .await
+        .map_err(|e| format!("mock: {e}"))?;
+    println!("{}", server.addr().port());
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    drop(server);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+/// A child process that is killed when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        // The mock exits on its own when stdin closes; give it a moment, then make sure.
+        for _ in 0..20 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Err(e) = self.child.kill() {
+            eprintln!("loadgen: could not stop {}: {e}", self.name);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Read the child's stdout until `pick` finds what it wants in a line; then keep draining it
+/// in a thread (the gateway logs to stdout).
+fn read_until<T>(
+    proc: &mut Proc,
+    within: Duration,
+    pick: impl Fn(&str) -> Option<T>,
+) -> Result<T, String> {
+    let out = proc
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| format!("{}: no stdout", proc.name))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                // The reader stopped caring; keep draining so the child never blocks.
+                continue;
+            }
+        }
+    });
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(v) = pick(&line) {
+                    return Ok(v);
+                }
+            }
+            Err(_) => return Err(format!("{}: did not start within {within:?}", proc.name)),
+        }
+    }
+}
+
+fn start_mock() -> Result<(Proc, u16), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = Command::new(me)
+        .arg("--serve-mock")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the mock child: {e}"))?;
+    let mut proc = Proc {
+        name: "mock",
+        child,
+    };
+    let port = read_until(&mut proc, Duration::from_secs(10), |l| {
+        l.trim().parse::<u16>().ok()
+    })?;
+    Ok((proc, port))
+}
+
+fn gateway_config(mock_port: u16) -> String {
+    format!(
+        r#"# Generated by examples/loadgen.rs
+[auth]
+enabled = false
+
+[usage]
+jsonl = ""
+
+[routing.timeouts]
+connect_ms = 5000
+first_token_ms = 60000
+idle_ms = 60000
+total_ms = 600000
+
+[providers.mock]
+kind = "openai"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+
+[models.ok]
+targets = [{{ provider = "mock", model = "ok" }}]
+
+[models."ok?chunks=20"]
+targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
+
+[models."ok?chunks=10&delay_ms=50"]
+targets = [{{ provider = "mock", model = "ok?chunks=10&delay_ms=50" }}]
+"#
+    )
+}
+
+fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr, PathBuf), String> {
+    let path = std::env::temp_dir().join(format!("tollgate-loadgen-{}.toml", std::process::id()));
+    std::fs::write(&path, gateway_config(mock_port))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let child = Command::new(&args.gateway)
+        .arg("--config")
+        .arg(&path)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("RUST_LOG", &args.gateway_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start the gateway `{}` (build it with `cargo build --release --example gateway`): {e}",
+                args.gateway.display()
+            )
+        })?;
+    let mut proc = Proc {
+        name: "gateway",
+        child,
+    };
+    let addr = read_until(&mut proc, Duration::from_secs(30), |l| {
+        let rest = &l[l.find("http://")? + "http://".len()..];
+        let end = rest
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        rest[..end].parse::<SocketAddr>().ok()
+    })?;
+    Ok((proc, addr, path))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting
+// ---------------------------------------------------------------------------------------------
+
+/// CPU used by a process so far: `utime + stime` from `/proc/PID/stat` (clock ticks, 10 ms on
+/// Linux) and the sum of its threads' `schedstat` run time (nanoseconds).
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    stat: Duration,
+    sched: Duration,
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn cpu_of(pid: u32, ticks: u64) -> Result<Cpu, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or("malformed /proc/PID/stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64, String> {
+        f.get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("/proc/{pid}/stat: no field {n}"))
+    };
+    let t = field(14)? + field(15)?;
+    let stat = Duration::from_nanos(t * 1_000_000_000 / ticks.max(1));
+    let mut sched = 0u64;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in dir.flatten() {
+            if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
+                sched += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Ok(Cpu {
+        stat,
+        sched: Duration::from_nanos(sched),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------------
+
+fn body_for(model: &str, stream: bool) -> Bytes {
+    let model = serde_json::to_string(model).unwrap_or_else(|_| "\"ok\"".to_owned());
+    let stream = if stream { r#","stream":true"# } else { "" };
+    Bytes::from(format!(
+        r#"{{"model":{model},"messages":[{{"role":"system","content":"You are terse."}},{{"role":"user","content":"Say hello to the benchmark."}}],"max_tokens":64,"temperature":0.2{stream}}}"#
+    ))
+}
+
+/// One request's timings.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Until the body ended.
+    total: Duration,
+    /// Until the first body byte.
+    first_byte: Duration,
+}
+
+/// One request's events, for the pacing check: arrival time of each SSE event.
+type EventTimes = Vec<Duration>;
+
+/// A keep-alive HTTP/1.1 connection of ours.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Result<Conn, String> {
+        if !addr.ip().is_loopback() {
+            return Err(format!("{addr} is not a loopback address"));
+        }
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake {addr}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn {
+            sender,
+            host: addr.to_string(),
+        })
+    }
+
+    /// One request; the body is read to its end. With `events`, the arrival time of every SSE
+    /// event (a blank line) is recorded.
+    async fn request(
+        &mut self,
+        body: &Bytes,
+        mut events: Option<&mut EventTimes>,
+    ) -> Result<Sample, String> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("connection: {e}"))?;
+        let req = Request::post("/v1/chat/completions")
+            .header("host", &self.host)
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let res = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = res.status();
+        let mut body = res.into_body();
+        let mut first = None;
+        let mut tail = 0u8; // the last byte seen, to find "\n\n" across frames
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("body: {e}"))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            let at = t0.elapsed();
+            first.get_or_insert(at);
+            if let Some(ev) = events.as_deref_mut() {
+                let mut prev = tail;
+                for &b in data.iter() {
+                    if b == b'\n' && prev == b'\n' {
+                        ev.push(at);
+                    }
+                    prev = b;
+                }
+            }
+            tail = data[data.len() - 1];
+            if !status.is_success() && bytes.len() < 512 {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        let total = t0.elapsed();
+        if !status.is_success() {
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        Ok(Sample {
+            total,
+            first_byte: first.unwrap_or(total),
+        })
+    }
+}
+
+/// A phase's result.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    samples: Vec<Sample>,
+    errors: usize,
+    first_error: Option<String>,
+    wall: Duration,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.samples.len() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+    fn pct(&self, p: f64, f: impl Fn(&Sample) -> Duration) -> Duration {
+        let mut v: Vec<Duration> = self.samples.iter().map(f).collect();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v.sort_unstable();
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
+    }
+    fn p(&self, p: f64) -> Duration {
+        self.pct(p, |s| s.total)
+    }
+    fn fb(&self, p: f64) -> Duration {
+        self.pct(p, |s| s.first_byte)
+    }
+}
+
+/// `requests` requests on `concurrency` keep-alive connections, stopping at `cap`.
+async fn drive(
+    addr: SocketAddr,
+    body: Bytes,
+    requests: usize,
+    concurrency: usize,
+    cap: Duration,
+) -> Result<Run, String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let deadline = started + cap;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(requests) {
+        let (next, body) = (next.clone(), body.clone());
+        tasks.spawn(async move {
+            let mut run = Run::default();
+            let mut conn = Conn::open(addr).await?;
+            while next.fetch_add(1, Ordering::Relaxed) < requests && Instant::now() < deadline {
+                match conn.request(&body, None).await {
+                    Ok(s) => run.samples.push(s),
+                    Err(e) => {
+                        run.errors += 1;
+                        run.first_error.get_or_insert(e);
+                        conn = Conn::open(addr).await?;
+                    }
+                }
+            }
+            Ok::<Run, String>(run)
+        });
+    }
+    let mut all = Run::default();
+    while let Some(r) = tasks.join_next().await {
+        let r = r.map_err(|e| e.to_string())??;
+        all.samples.extend(r.samples);
+        all.errors += r.errors;
+        if all.first_error.is_none() {
+            all.first_error = r.first_error;
+        }
+    }
+    all.wall = started.elapsed();
+    if let Some(e) = &all.first_error {
+        eprintln!("  {} errors; first: {e}", all.errors);
+    }
+    if all.samples.is_empty() {
+        return Err(format!("no request to {addr} succeeded"));
+    }
+    Ok(all)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One table row: direct, gateway, ratio, added.
+fn row(name: &str, unit: &str, direct: f64, gateway: f64) {
+    println!(
+        "{name:<34} {direct:>11.1} {gateway:>11.1} {:>7.2}x {:>+10.1} {unit}",
+        gateway / direct.max(1e-9),
+        gateway - direct
+    );
+}
+
+struct GatewayCpu {
+    name: String,
+    requests: usize,
+    stat: Duration,
+    sched: Duration,
+}
+
+/// Run a phase against the mock, then against the gateway (measuring its CPU).
+#[allow(clippy::too_many_arguments)]
+async fn phase(
+    name: &str,
+    mock: SocketAddr,
+    gw: SocketAddr,
+    gw_pid: u32,
+    ticks: u64,
+    body: Bytes,
+    requests: usize,
+    concurrency: usize,
+    cap: Duration,
+    cpu: &mut Vec<GatewayCpu>,
+) -> Result<(Run, Run), String> {
+    eprintln!("- {name}: {requests} requests, concurrency {concurrency}");
+    let direct = drive(mock, body.clone(), requests, concurrency, cap).await?;
+    let before = cpu_of(gw_pid, ticks)?;
+    let through = drive(gw, body, requests, concurrency, cap).await?;
+    let after = cpu_of(gw_pid, ticks)?;
+    cpu.push(GatewayCpu {
+        name: name.to_owned(),
+        requests: through.samples.len() + through.errors,
+        stat: after.stat.saturating_sub(before.stat),
+        sched: after.sched.saturating_sub(before.sched),
+    });
+    Ok((direct, through))
+}
+
+/// The pacing check: gaps between content events of `ok?chunks=10&delay_ms=50`.
+async fn pacing(addr: SocketAddr, rounds: usize) -> Result<Vec<Duration>, String> {
+    let body = body_for("ok?chunks=10&delay_ms=50", true);
+    let mut gaps = Vec::new();
+    let mut conn = Conn::open(addr).await?;
+    for _ in 0..rounds {
+        let mut ev = EventTimes::new();
+        conn.request(&body, Some(&mut ev)).await?;
+        // Events: 10 content chunks, the finish chunk, [DONE] (and a usage chunk only when
+        // the client asks). The 50 ms waits lie between the 10 content chunks.
+        if ev.len() < 10 {
+            return Err(format!(
+                "{addr}: expected at least 10 events, got {}",
+                ev.len()
+            ));
+        }
+        gaps.extend(ev.windows(2).take(9).map(|w| w[1] - w[0]));
+    }
+    Ok(gaps)
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let ticks = clock_ticks();
+    let (mock_proc, mock_port) = start_mock()?;
+    let mock = SocketAddr::from(([127, 0, 0, 1], mock_port));
+    let (gw_proc, gw, config_path) = start_gateway(args, mock_port)?;
+    let gw_pid = gw_proc.pid();
+    let _ = std::fs::remove_file(&config_path);
+    eprintln!(
+        "mock on {mock} (pid {}), gateway on {gw} (pid {gw_pid}); {} cores",
+        mock_proc.pid(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let (n, c, cap) = (args.requests, args.concurrency, args.time_cap);
+    let json = body_for("ok", false);
+    let stream = body_for("ok?chunks=20", true);
+
+    // Warm up both paths (connections, the gateway's upstream pool, allocators).
+    for addr in [mock, gw] {
+        drive(addr, json.clone(), 300, c, cap).await?;
+        drive(addr, stream.clone(), 100, 2, cap).await?;
+    }
+
+    let mut cpu = Vec::new();
+    let (j1d, j1g) = phase(
+        "json c=1",
+        mock,
+        gw,
+        gw_pid,
+        ticks,
+        json.clone(),
+        n,
+        1,
+        cap,
+        &mut cpu,
+    )
+    .await?;
+    let (jcd, jcg) = phase(
+        &format!("json c={c}"),
+        mock,
+        gw,
+        gw_pid,
+        ticks,
+        json.clone(),
+        n * 2,
+        c,
+        cap,
+        &mut cpu,
+    )
+    .await?;
+    let (s1d, s1g) = phase(
+        "stream20 c=1",
+        mock,
+        gw,
+        gw_pid,
+        ticks,
+        stream.clone(),
+        n / 2,
+        1,
+        cap,
+        &mut cpu,
+    )
+    .await?;
+    eprintln!("- pacing: ok?chunks=10&delay_ms=50, 3 streams each way");
+    let pace_d = pacing(mock, 3).await?;
+    let pace_g = pacing(gw, 3).await?;
+
+    println!();
+    println!(
+        "{:<34} {:>11} {:>11} {:>8} {:>10}",
+        "", "direct", "gateway", "ratio", "added"
+    );
+    println!("{}", "-".repeat(80));
+    for (label, d, g) in [
+        ("json c=1", &j1d, &j1g),
+        (&*format!("json c={c}"), &jcd, &jcg),
+        ("stream20 c=1 (whole body)", &s1d, &s1g),
+    ] {
+        row(&format!("{label}: requests/s"), "req/s", d.rps(), g.rps());
+        row(&format!("{label}: p50"), "µs", us(d.p(0.50)), us(g.p(0.50)));
+        row(&format!("{label}: p99"), "µs", us(d.p(0.99)), us(g.p(0.99)));
+    }
+    row(
+        "stream20 c=1: first byte p50",
+        "µs",
+        us(s1d.fb(0.50)),
+        us(s1g.fb(0.50)),
+    );
+    row(
+        "stream20 c=1: first byte p99",
+        "µs",
+        us(s1d.fb(0.99)),
+        us(s1g.fb(0.99)),
+    );
+    println!();
+    println!("gateway CPU per request (utime+stime from /proc/PID/stat; per-thread schedstat):");
+    for g in &cpu {
+        let per = |d: Duration| us(d) / g.requests.max(1) as f64;
+        println!(
+            "  {:<28} {:>7.1} µs   {:>7.1} µs   ({} requests, {:.2} s CPU)",
+            g.name,
+            per(g.stat),
+            per(g.sched),
+            g.requests,
+            g.stat.as_secs_f64()
+        );
+    }
+    let gap_stats = |v: &[Duration]| {
+        let min = v.iter().min().copied().unwrap_or_default();
+        let max = v.iter().max().copied().unwrap_or_default();
+        let mean = v.iter().sum::<Duration>() / v.len().max(1) as u32;
+        (min, mean, max)
+    };
+    let (dmin, dmean, dmax) = gap_stats(&pace_d);
+    let (gmin, gmean, gmax) = gap_stats(&pace_g);
+    println!();
+    println!("pacing (ok?chunks=10&delay_ms=50; gaps between content events, ms):");
+    println!(
+        "  direct : {} gaps, min {:.2}, mean {:.2}, max {:.2}",
+        pace_d.len(),
+        ms(dmin),
+        ms(dmean),
+        ms(dmax)
+    );
+    println!(
+        "  gateway: {} gaps, min {:.2}, mean {:.2}, max {:.2}",
+        pace_g.len(),
+        ms(gmin),
+        ms(gmean),
+        ms(gmax)
+    );
+
+    // Verdicts against the targets of issue 2.
+    let added_p50 = us(j1g.p(0.50)) - us(j1d.p(0.50));
+    let cpu_json1 = cpu
+        .first()
+        .map_or(0.0, |g| us(g.stat) / g.requests.max(1) as f64);
+    let added_fb = us(s1g.fb(0.50)) - us(s1d.fb(0.50));
+    let paced = gmin >= Duration::from_millis(40) && gmax <= Duration::from_millis(80);
+    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    println!();
+    println!("targets:");
+    println!(
+        "  added p50 at concurrency 1 < 50 µs          : {added_p50:>7.1} µs  {}",
+        verdict(added_p50 < 50.0)
+    );
+    println!(
+        "  gateway CPU per request < 25 µs (json c=1)  : {cpu_json1:>7.1} µs  {}",
+        verdict(cpu_json1 < 25.0)
+    );
+    println!(
+        "  first streamed byte added < 100 µs (p50)    : {added_fb:>7.1} µs  {}",
+        verdict(added_fb < 100.0)
+    );
+    println!(
+        "  stream never buffered (gaps 50 ms ± 10)     : {:.1}..{:.1} ms  {}",
+        ms(gmin),
+        ms(gmax),
+        verdict(paced)
+    );
+
+    drop(gw_proc);
+    drop(mock_proc);
+    Ok(())
+}
