@@ -83,6 +83,7 @@ pub struct ModelRoute {
     sticky: bool,
     strategy: Strategy,
     require_caps: bool,
+    fallback: bool,
 }
 
 impl ModelRoute {
@@ -97,6 +98,7 @@ impl ModelRoute {
             sticky: false,
             strategy: Strategy::Ordered,
             require_caps: false,
+            fallback: true,
         }
     }
 
@@ -111,6 +113,7 @@ impl ModelRoute {
             sticky: false,
             strategy: Strategy::Ordered,
             require_caps: false,
+            fallback: true,
         }
     }
 
@@ -121,6 +124,13 @@ impl ModelRoute {
         ModelRoute::new(name, candidates)
             .strategy(Strategy::Cheapest)
             .require_capabilities(true)
+    }
+
+    /// Whether Fallback may go past the first target of this model (default true). With
+    /// `false` every request is exactly one attempt, whatever the client asks.
+    pub fn fallback(mut self, allowed: bool) -> Self {
+        self.fallback = allowed;
+        self
     }
 
     /// Set the strategy that orders each variant's targets.
@@ -456,7 +466,7 @@ impl RouteTable {
         let mut targets = self.order(route, variant, parsed, point)?;
 
         // Per-request controls.
-        let mut allow_fallback = true;
+        let mut allow_fallback = route.fallback;
         if let Some(v) = header(FALLBACK_HEADER) {
             let off = match v.trim().to_ascii_lowercase().as_str() {
                 "off" | "false" | "0" | "none" | "no" => true,
