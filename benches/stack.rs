@@ -42,7 +42,13 @@ use tower::{ServiceBuilder, ServiceExt};
 
 fn main() {
     // As in the reference gateway: a global Prometheus recorder, kept trimmed.
-    if let Ok(handle) = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+    // `TOLLGATE_BENCH_METRICS=0` leaves it out, to see what the metrics cost.
+    let metrics = std::env::var("TOLLGATE_BENCH_METRICS").map_or(true, |v| v != "0");
+    if !metrics {
+        eprintln!("no metrics recorder installed (TOLLGATE_BENCH_METRICS=0)");
+    } else if let Ok(handle) =
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()
+    {
         std::thread::spawn(move || {
             loop {
                 std::thread::sleep(Duration::from_secs(1));

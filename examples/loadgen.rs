@@ -3,8 +3,16 @@
 //! ```text
 //! cargo build --release --example gateway --example loadgen
 //! target/release/examples/loadgen [--requests N] [--concurrency C] [--time-cap SECS]
-//!                                 [--gateway PATH] [--gateway-log FILTER]
+//!                                 [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N]
+//!                                 [--rounds R]
 //! ```
+//!
+//! Defaults: `--requests 5000` (the json phase at concurrency C runs twice as many, the stream
+//! phase half as many), `--concurrency 16`, `--time-cap 20` (seconds, per phase), `--rounds 5`
+//! (each phase alternates direct and gateway this many times, so that load from elsewhere on a
+//! shared machine falls on both sides),
+//! `--gateway-log info` (the gateway's `RUST_LOG`), and the gateway's own runtime size (one
+//! tokio worker per core) unless `--gateway-workers N` sets `TOKIO_WORKER_THREADS` for it.
 //!
 //! What it does, all on 127.0.0.1:
 //! 1. starts a [`MockServer`] in a child process (this binary with `--serve-mock`; the child
@@ -40,7 +48,7 @@ use hyper_util::rt::TokioIo;
 use tollgate::provider::mock::{MockLog, MockServer};
 
 const USAGE: &str = "usage: loadgen [--requests N] [--concurrency C] [--time-cap SECS] \
-                     [--gateway PATH] [--gateway-log FILTER] [--serve-mock]";
+                     [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--rounds R] [--serve-mock]";
 
 struct Args {
     requests: usize,
@@ -48,6 +56,8 @@ struct Args {
     time_cap: Duration,
     gateway: PathBuf,
     gateway_log: String,
+    gateway_workers: Option<u64>,
+    rounds: usize,
     serve_mock: bool,
 }
 
@@ -57,12 +67,17 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 16,
         time_cap: Duration::from_secs(20),
         gateway: PathBuf::from("target/release/examples/gateway"),
-        gateway_log: "warn".to_owned(),
+        gateway_log: "info".to_owned(),
+        gateway_workers: None,
+        rounds: 5,
         serve_mock: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         let num = |v: String| {
             v.parse::<u64>()
                 .map_err(|_| format!("{flag}: `{v}` is not a number"))
@@ -73,6 +88,8 @@ fn parse_args() -> Result<Args, String> {
             "--time-cap" => a.time_cap = Duration::from_secs(num(value()?)?.max(1)),
             "--gateway" => a.gateway = PathBuf::from(value()?),
             "--gateway-log" => a.gateway_log = value()?,
+            "--rounds" => a.rounds = num(value()?)?.max(1) as usize,
+            "--gateway-workers" => a.gateway_workers = Some(num(value()?)?.max(1)),
             "--serve-mock" => a.serve_mock = true,
             "--help" | "-h" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -259,12 +276,18 @@ fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr, PathB
     let path = std::env::temp_dir().join(format!("tollgate-loadgen-{}.toml", std::process::id()));
     std::fs::write(&path, gateway_config(mock_port))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let child = Command::new(&args.gateway)
-        .arg("--config")
+    let mut cmd = Command::new(&args.gateway);
+    cmd.arg("--config")
         .arg(&path)
         .arg("--listen")
         .arg("127.0.0.1:0")
-        .env("RUST_LOG", &args.gateway_log)
+        .env("RUST_LOG", &args.gateway_log);
+    // tokio's multi-thread runtime reads its worker count from this variable.
+    match args.gateway_workers {
+        Some(n) => cmd.env("TOKIO_WORKER_THREADS", n.to_string()),
+        None => cmd.env_remove("TOKIO_WORKER_THREADS"),
+    };
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -425,7 +448,9 @@ impl Conn {
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| format!("body: {e}"))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             if data.is_empty() {
                 continue;
             }
@@ -564,9 +589,34 @@ struct GatewayCpu {
     requests: usize,
     stat: Duration,
     sched: Duration,
+    /// Per round: schedstat CPU per request, µs.
+    rounds: Vec<f64>,
 }
 
-/// Run a phase against the mock, then against the gateway (measuring its CPU).
+impl GatewayCpu {
+    fn per_request(&self, d: Duration) -> f64 {
+        us(d) / self.requests.max(1) as f64
+    }
+    fn median_round(&self) -> f64 {
+        let mut v = self.rounds.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+impl Run {
+    fn absorb(&mut self, other: Run) {
+        self.samples.extend(other.samples);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.wall += other.wall;
+    }
+}
+
+/// Run a phase in `rounds` alternations of direct-to-mock then through the gateway (measuring
+/// the gateway's CPU), so that a burst of load from elsewhere on the machine hits both sides.
 #[allow(clippy::too_many_arguments)]
 async fn phase(
     name: &str,
@@ -577,20 +627,35 @@ async fn phase(
     body: Bytes,
     requests: usize,
     concurrency: usize,
+    rounds: usize,
     cap: Duration,
     cpu: &mut Vec<GatewayCpu>,
 ) -> Result<(Run, Run), String> {
-    eprintln!("- {name}: {requests} requests, concurrency {concurrency}");
-    let direct = drive(mock, body.clone(), requests, concurrency, cap).await?;
-    let before = cpu_of(gw_pid, ticks)?;
-    let through = drive(gw, body, requests, concurrency, cap).await?;
-    let after = cpu_of(gw_pid, ticks)?;
-    cpu.push(GatewayCpu {
+    eprintln!("- {name}: {requests} requests, concurrency {concurrency}, {rounds} rounds");
+    let per = requests.div_ceil(rounds.max(1));
+    let cap = cap / rounds.max(1) as u32;
+    let (mut direct, mut through) = (Run::default(), Run::default());
+    let mut g = GatewayCpu {
         name: name.to_owned(),
-        requests: through.samples.len() + through.errors,
-        stat: after.stat.saturating_sub(before.stat),
-        sched: after.sched.saturating_sub(before.sched),
-    });
+        requests: 0,
+        stat: Duration::ZERO,
+        sched: Duration::ZERO,
+        rounds: Vec::new(),
+    };
+    for _ in 0..rounds.max(1) {
+        direct.absorb(drive(mock, body.clone(), per, concurrency, cap).await?);
+        let before = cpu_of(gw_pid, ticks)?;
+        let r = drive(gw, body.clone(), per, concurrency, cap).await?;
+        let after = cpu_of(gw_pid, ticks)?;
+        let n = r.samples.len() + r.errors;
+        let sched = after.sched.saturating_sub(before.sched);
+        g.requests += n;
+        g.stat += after.stat.saturating_sub(before.stat);
+        g.sched += sched;
+        g.rounds.push(us(sched) / n.max(1) as f64);
+        through.absorb(r);
+    }
+    cpu.push(g);
     Ok((direct, through))
 }
 
@@ -622,10 +687,10 @@ async fn run(args: &Args) -> Result<(), String> {
     let (gw_proc, gw, config_path) = start_gateway(args, mock_port)?;
     let gw_pid = gw_proc.pid();
     let _ = std::fs::remove_file(&config_path);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!(
-        "mock on {mock} (pid {}), gateway on {gw} (pid {gw_pid}); {} cores",
+        "mock on {mock} (pid {}), gateway on {gw} (pid {gw_pid}); {cores} cores",
         mock_proc.pid(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
     let (n, c, cap) = (args.requests, args.concurrency, args.time_cap);
@@ -648,6 +713,7 @@ async fn run(args: &Args) -> Result<(), String> {
         json.clone(),
         n,
         1,
+        args.rounds,
         cap,
         &mut cpu,
     )
@@ -661,6 +727,7 @@ async fn run(args: &Args) -> Result<(), String> {
         json.clone(),
         n * 2,
         c,
+        args.rounds,
         cap,
         &mut cpu,
     )
@@ -674,6 +741,7 @@ async fn run(args: &Args) -> Result<(), String> {
         stream.clone(),
         n / 2,
         1,
+        args.rounds,
         cap,
         &mut cpu,
     )
@@ -683,6 +751,15 @@ async fn run(args: &Args) -> Result<(), String> {
     let pace_g = pacing(gw, 3).await?;
 
     println!();
+    println!(
+        "loadgen: {cores} cores; gateway tokio workers: {}; requests {n} (json c={c}: {}, stream20: {}) in {} rounds; gateway RUST_LOG={}",
+        args.gateway_workers
+            .map_or_else(|| format!("default ({cores})"), |w| w.to_string()),
+        n * 2,
+        n / 2,
+        args.rounds,
+        args.gateway_log
+    );
     println!(
         "{:<34} {:>11} {:>11} {:>8} {:>10}",
         "", "direct", "gateway", "ratio", "added"
@@ -710,14 +787,16 @@ async fn run(args: &Args) -> Result<(), String> {
         us(s1g.fb(0.99)),
     );
     println!();
-    println!("gateway CPU per request (utime+stime from /proc/PID/stat; per-thread schedstat):");
+    println!(
+        "gateway CPU per request: utime+stime (/proc/PID/stat) | per-thread schedstat | schedstat, median round"
+    );
     for g in &cpu {
-        let per = |d: Duration| us(d) / g.requests.max(1) as f64;
         println!(
-            "  {:<28} {:>7.1} µs   {:>7.1} µs   ({} requests, {:.2} s CPU)",
+            "  {:<28} {:>7.1} µs | {:>7.1} µs | {:>7.1} µs   ({} requests, {:.2} s CPU)",
             g.name,
-            per(g.stat),
-            per(g.sched),
+            g.per_request(g.stat),
+            g.per_request(g.sched),
+            g.median_round(),
             g.requests,
             g.stat.as_secs_f64()
         );
@@ -749,9 +828,7 @@ async fn run(args: &Args) -> Result<(), String> {
 
     // Verdicts against the targets of issue 2.
     let added_p50 = us(j1g.p(0.50)) - us(j1d.p(0.50));
-    let cpu_json1 = cpu
-        .first()
-        .map_or(0.0, |g| us(g.stat) / g.requests.max(1) as f64);
+    let cpu_json1 = cpu.first().map_or(0.0, |g| g.per_request(g.stat));
     let added_fb = us(s1g.fb(0.50)) - us(s1d.fb(0.50));
     let paced = gmin >= Duration::from_millis(40) && gmax <= Duration::from_millis(80);
     let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
