@@ -4,13 +4,15 @@
 //! cargo build --release --example gateway --example loadgen
 //! target/release/examples/loadgen [--requests N] [--concurrency C] [--time-cap SECS]
 //!                                 [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N]
-//!                                 [--rounds R]
+//!                                 [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R]
 //! ```
 //!
 //! Defaults: `--requests 5000` (the json phase at concurrency C runs twice as many, the stream
 //! phase half as many), `--concurrency 16`, `--time-cap 20` (seconds, per phase), `--rounds 5`
 //! (each phase alternates direct and gateway this many times, so that load from elsewhere on a
-//! shared machine falls on both sides),
+//! shared machine falls on both sides), `--gateway-cpus LIST` (start the gateway under
+//! `taskset -c LIST`), `--mock-cpus LIST` (the same for the mock child; pin the harness itself
+//! with `taskset -c CPUS loadgen ...`),
 //! `--gateway-log info` (the gateway's `RUST_LOG`), and the gateway's own runtime size (one
 //! tokio worker per core) unless `--gateway-workers N` sets `TOKIO_WORKER_THREADS` for it.
 //!
@@ -48,7 +50,7 @@ use hyper_util::rt::TokioIo;
 use tollgate::provider::mock::{MockLog, MockServer};
 
 const USAGE: &str = "usage: loadgen [--requests N] [--concurrency C] [--time-cap SECS] \
-                     [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--rounds R] [--serve-mock]";
+                     [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R] [--serve-mock]";
 
 struct Args {
     requests: usize,
@@ -57,6 +59,8 @@ struct Args {
     gateway: PathBuf,
     gateway_log: String,
     gateway_workers: Option<u64>,
+    gateway_cpus: Option<String>,
+    mock_cpus: Option<String>,
     rounds: usize,
     serve_mock: bool,
 }
@@ -69,6 +73,8 @@ fn parse_args() -> Result<Args, String> {
         gateway: PathBuf::from("target/release/examples/gateway"),
         gateway_log: "info".to_owned(),
         gateway_workers: None,
+        gateway_cpus: None,
+        mock_cpus: None,
         rounds: 5,
         serve_mock: false,
     };
@@ -88,6 +94,8 @@ fn parse_args() -> Result<Args, String> {
             "--time-cap" => a.time_cap = Duration::from_secs(num(value()?)?.max(1)),
             "--gateway" => a.gateway = PathBuf::from(value()?),
             "--gateway-log" => a.gateway_log = value()?,
+            "--gateway-cpus" => a.gateway_cpus = Some(value()?),
+            "--mock-cpus" => a.mock_cpus = Some(value()?),
             "--rounds" => a.rounds = num(value()?)?.max(1) as usize,
             "--gateway-workers" => a.gateway_workers = Some(num(value()?)?.max(1)),
             "--serve-mock" => a.serve_mock = true,
@@ -222,9 +230,17 @@ fn read_until<T>(
     }
 }
 
-fn start_mock() -> Result<(Proc, u16), String> {
+fn start_mock(cpus: Option<&str>) -> Result<(Proc, u16), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let child = Command::new(me)
+    let mut cmd = match cpus {
+        None => Command::new(me),
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(me);
+            c
+        }
+    };
+    let child = cmd
         .arg("--serve-mock")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -276,7 +292,15 @@ fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr, PathB
     let path = std::env::temp_dir().join(format!("tollgate-loadgen-{}.toml", std::process::id()));
     std::fs::write(&path, gateway_config(mock_port))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let mut cmd = Command::new(&args.gateway);
+    let mut cmd = match &args.gateway_cpus {
+        None => Command::new(&args.gateway),
+        Some(cpus) => {
+            // taskset execs the gateway: the child's pid is the gateway's.
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(&args.gateway);
+            c
+        }
+    };
     cmd.arg("--config")
         .arg(&path)
         .arg("--listen")
@@ -322,6 +346,36 @@ fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr, PathB
 struct Cpu {
     stat: Duration,
     sched: Duration,
+    /// Context switches of all its threads (voluntary + involuntary).
+    switches: u64,
+}
+
+/// CPUs online on the machine (whatever this process's affinity).
+fn online_cpus() -> usize {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    list.trim()
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => 1,
+        })
+        .sum()
+}
+
+/// `Cpus_allowed_list` of a process (what `taskset` set), or `?`.
+fn allowed_cpus(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn clock_ticks() -> u64 {
@@ -350,7 +404,7 @@ fn cpu_of(pid: u32, ticks: u64) -> Result<Cpu, String> {
     };
     let t = field(14)? + field(15)?;
     let stat = Duration::from_nanos(t * 1_000_000_000 / ticks.max(1));
-    let mut sched = 0u64;
+    let (mut sched, mut switches) = (0u64, 0u64);
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in dir.flatten() {
             if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
@@ -360,11 +414,19 @@ fn cpu_of(pid: u32, ticks: u64) -> Result<Cpu, String> {
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
             }
+            if let Ok(s) = std::fs::read_to_string(task.path().join("status")) {
+                switches += s
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
         }
     }
     Ok(Cpu {
         stat,
         sched: Duration::from_nanos(sched),
+        switches,
     })
 }
 
@@ -589,6 +651,10 @@ struct GatewayCpu {
     requests: usize,
     stat: Duration,
     sched: Duration,
+    switches: u64,
+    /// The mock's CPU (schedstat) in the direct runs, and their requests.
+    mock_sched: Duration,
+    mock_requests: usize,
     /// Per round: schedstat CPU per request, µs.
     rounds: Vec<f64>,
 }
@@ -620,7 +686,7 @@ impl Run {
 #[allow(clippy::too_many_arguments)]
 async fn phase(
     name: &str,
-    mock: SocketAddr,
+    (mock, mock_pid): (SocketAddr, u32),
     gw: SocketAddr,
     gw_pid: u32,
     ticks: u64,
@@ -640,10 +706,18 @@ async fn phase(
         requests: 0,
         stat: Duration::ZERO,
         sched: Duration::ZERO,
+        switches: 0,
+        mock_sched: Duration::ZERO,
+        mock_requests: 0,
         rounds: Vec::new(),
     };
     for _ in 0..rounds.max(1) {
-        direct.absorb(drive(mock, body.clone(), per, concurrency, cap).await?);
+        let m0 = cpu_of(mock_pid, ticks)?;
+        let d = drive(mock, body.clone(), per, concurrency, cap).await?;
+        let m1 = cpu_of(mock_pid, ticks)?;
+        g.mock_sched += m1.sched.saturating_sub(m0.sched);
+        g.mock_requests += d.samples.len() + d.errors;
+        direct.absorb(d);
         let before = cpu_of(gw_pid, ticks)?;
         let r = drive(gw, body.clone(), per, concurrency, cap).await?;
         let after = cpu_of(gw_pid, ticks)?;
@@ -652,6 +726,7 @@ async fn phase(
         g.requests += n;
         g.stat += after.stat.saturating_sub(before.stat);
         g.sched += sched;
+        g.switches += after.switches.saturating_sub(before.switches);
         g.rounds.push(us(sched) / n.max(1) as f64);
         through.absorb(r);
     }
@@ -682,12 +757,13 @@ async fn pacing(addr: SocketAddr, rounds: usize) -> Result<Vec<Duration>, String
 
 async fn run(args: &Args) -> Result<(), String> {
     let ticks = clock_ticks();
-    let (mock_proc, mock_port) = start_mock()?;
+    let (mock_proc, mock_port) = start_mock(args.mock_cpus.as_deref())?;
+    let mock_pid = mock_proc.pid();
     let mock = SocketAddr::from(([127, 0, 0, 1], mock_port));
     let (gw_proc, gw, config_path) = start_gateway(args, mock_port)?;
     let gw_pid = gw_proc.pid();
     let _ = std::fs::remove_file(&config_path);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = online_cpus();
     eprintln!(
         "mock on {mock} (pid {}), gateway on {gw} (pid {gw_pid}); {cores} cores",
         mock_proc.pid(),
@@ -706,7 +782,7 @@ async fn run(args: &Args) -> Result<(), String> {
     let mut cpu = Vec::new();
     let (j1d, j1g) = phase(
         "json c=1",
-        mock,
+        (mock, mock_pid),
         gw,
         gw_pid,
         ticks,
@@ -720,7 +796,7 @@ async fn run(args: &Args) -> Result<(), String> {
     .await?;
     let (jcd, jcg) = phase(
         &format!("json c={c}"),
-        mock,
+        (mock, mock_pid),
         gw,
         gw_pid,
         ticks,
@@ -734,7 +810,7 @@ async fn run(args: &Args) -> Result<(), String> {
     .await?;
     let (s1d, s1g) = phase(
         "stream20 c=1",
-        mock,
+        (mock, mock_pid),
         gw,
         gw_pid,
         ticks,
@@ -752,9 +828,14 @@ async fn run(args: &Args) -> Result<(), String> {
 
     println!();
     println!(
-        "loadgen: {cores} cores; gateway tokio workers: {}; requests {n} (json c={c}: {}, stream20: {}) in {} rounds; gateway RUST_LOG={}",
-        args.gateway_workers
-            .map_or_else(|| format!("default ({cores})"), |w| w.to_string()),
+        "loadgen: {cores} cores; harness on CPUs {}; mock on CPUs {}; gateway on CPUs {}, tokio workers: {}; requests {n} (json c={c}: {}, stream20: {}) in {} rounds; gateway RUST_LOG={}",
+        allowed_cpus(std::process::id()),
+        allowed_cpus(mock_proc.pid()),
+        allowed_cpus(gw_pid),
+        args.gateway_workers.map_or_else(
+            || "default (one per CPU it may use)".to_owned(),
+            |w| w.to_string()
+        ),
         n * 2,
         n / 2,
         args.rounds,
@@ -788,15 +869,17 @@ async fn run(args: &Args) -> Result<(), String> {
     );
     println!();
     println!(
-        "gateway CPU per request: utime+stime (/proc/PID/stat) | per-thread schedstat | schedstat, median round"
+        "gateway CPU per request: utime+stime (/proc/PID/stat) | per-thread schedstat | schedstat, median round | context switches || the mock's CPU per request, direct (schedstat)"
     );
     for g in &cpu {
         println!(
-            "  {:<28} {:>7.1} µs | {:>7.1} µs | {:>7.1} µs   ({} requests, {:.2} s CPU)",
+            "  {:<20} {:>7.1} µs | {:>7.1} µs | {:>7.1} µs | {:>5.1} || {:>7.1} µs   ({} requests, {:.2} s CPU)",
             g.name,
             g.per_request(g.stat),
             g.per_request(g.sched),
             g.median_round(),
+            g.switches as f64 / g.requests.max(1) as f64,
+            us(g.mock_sched) / g.mock_requests.max(1) as f64,
             g.requests,
             g.stat.as_secs_f64()
         );
