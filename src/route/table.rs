@@ -130,7 +130,8 @@ impl ModelRoute {
     }
 
     /// Keep each sticky key (the `x-tollgate-sticky` header, else the key id) on one variant
-    /// (and, with [`Strategy::Weighted`], on one first target).
+    /// (and, with [`Strategy::Weighted`], on one first target). A request without a key is
+    /// assigned at random, by weight.
     pub fn sticky(mut self, sticky: bool) -> Self {
         self.sticky = sticky;
         self
