@@ -41,7 +41,7 @@ struct Http {
 }
 
 impl Http {
-    fn new(name: &str, base: String) -> Arc<dyn Provider> {
+    fn provider(name: &str, base: String) -> Arc<dyn Provider> {
         Arc::new(Http {
             name: Arc::from(name),
             base,
@@ -205,9 +205,9 @@ async fn fault_matrix() {
         drop(l);
         format!("http://{a}/v1")
     };
-    let up_p = Http::new("up", up.base_url());
-    let down_p = Http::new("down", closed);
-    let backup_p = Http::new("backup", backup.base_url());
+    let up_p = Http::provider("up", up.base_url());
+    let down_p = Http::provider("down", closed);
+    let backup_p = Http::provider("backup", backup.base_url());
 
     use End::*;
     let cases = [
@@ -371,7 +371,7 @@ async fn two_second_first_token_timeout_fails_over_in_under_2_2_s() {
     let up = MockServer::start().await.expect("mock");
     let backup = MockServer::start().await.expect("mock");
     let primary = Target::new(
-        Http::new("up", up.base_url()),
+        Http::provider("up", up.base_url()),
         "stall?phase=first_token&ms=60000",
     )
     .with_timeouts(Timeouts {
@@ -379,7 +379,7 @@ async fn two_second_first_token_timeout_fails_over_in_under_2_2_s() {
         ..Timeouts::NONE
     })
     .into_arc();
-    let secondary = Target::new(Http::new("backup", backup.base_url()), "ok").into_arc();
+    let secondary = Target::new(Http::provider("backup", backup.base_url()), "ok").into_arc();
     let h = RouteHandle::new(
         RouteTable::builder()
             .model(ModelRoute::new("m", vec![primary, secondary]))
@@ -412,8 +412,8 @@ async fn fallback_off_is_one_upstream_attempt() {
             .model(ModelRoute::new(
                 "m",
                 vec![
-                    Target::new(Http::new("up", up.base_url()), "status?code=503").into_arc(),
-                    Target::new(Http::new("backup", backup.base_url()), "ok").into_arc(),
+                    Target::new(Http::provider("up", up.base_url()), "status?code=503").into_arc(),
+                    Target::new(Http::provider("backup", backup.base_url()), "ok").into_arc(),
                 ],
             ))
             .build()
@@ -437,7 +437,7 @@ async fn fallback_off_is_one_upstream_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_fails_fast_without_upstream_calls() {
     let up = MockServer::start().await.expect("mock");
-    let t = Target::new(Http::new("up", up.base_url()), "status?code=500")
+    let t = Target::new(Http::provider("up", up.base_url()), "status?code=500")
         .with_health(Arc::new(Health::new(BreakerConfig {
             consecutive_failures: 3,
             base_ejection: Duration::from_secs(30),
