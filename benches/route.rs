@@ -104,7 +104,7 @@ where
     }
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 2000, sample_size = 16)]
 fn bare_dispatch(b: Bencher) {
     let f = fixture("m");
     let mut svc = Dispatch::new();
@@ -120,7 +120,7 @@ fn bare_dispatch(b: Bencher) {
     .bench_local_values(|req| run(&mut svc, req));
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 2000, sample_size = 16)]
 fn route_fallback(b: Bencher) {
     let f = fixture("m");
     let mut svc =
@@ -129,7 +129,7 @@ fn route_fallback(b: Bencher) {
         .bench_local_values(|req| run(&mut svc, req));
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 2000, sample_size = 16)]
 fn route_fallback_tap_sticky_split(b: Bencher) {
     let f = fixture("canary");
     let mut svc =
@@ -144,7 +144,7 @@ fn route_fallback_tap_sticky_split(b: Bencher) {
     .bench_local_values(|req| run(&mut svc, req));
 }
 
-#[divan::bench]
+#[divan::bench(sample_count = 2000, sample_size = 16)]
 fn route_fallback_timeout(b: Bencher) {
     let f = fixture("m");
     let mut svc = RouteLayer::new(f.handle.clone())
