@@ -178,7 +178,7 @@ async fn body_end(res: Response<Body>, stream: bool) -> (End, String) {
     (end, text)
 }
 
-const DEADLINE: Duration = Duration::from_millis(400);
+const DEADLINE: Duration = Duration::from_secs(1);
 
 /// One failure of the matrix.
 struct Case {
