@@ -540,3 +540,23 @@ fn bad_tables_are_refused() {
             .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn split_through_the_stack_10000_requests_records_variants() {
+    let h = RouteHandle::new(canary());
+    let mut svc = stack(&h);
+    let mut stable = 0u32;
+    for i in 0..10_000 {
+        let mut req = chat("canary", false);
+        let tap = UsageTap::new();
+        req.extensions_mut().insert(tap.clone());
+        let res = send(&mut svc, req).await;
+        assert_eq!(res.status(), 200, "request {i}");
+        let v = res.headers()[VARIANT_HEADER].to_str().unwrap().to_owned();
+        assert_eq!(tap.snapshot().variant.as_deref(), Some(v.as_str()));
+        if v == "stable" {
+            stable += 1;
+        }
+    }
+    assert!((8800..=9200).contains(&stable), "{stable}");
+}
