@@ -1,5 +1,5 @@
 //! The fault matrix over real sockets: the mock provider's HTTP server ([`MockServer`]) as the
-//! upstream, a minimal OpenAI-compatible HTTP provider (below) as the adapter, and the stack
+//! upstream, the OpenAI-compatible adapter ([`OpenAiProvider`]), and the stack
 //! ErrorResponse · Route · Fallback · Timeout · Dispatch in process.
 //!
 //! For each failure × (stream, non-stream) × (alone, with a healthy second target) it checks the
@@ -12,10 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -24,64 +21,23 @@ use tollgate::error::{ErrorKind, ErrorResponseLayer, GatewayError};
 use tollgate::fallback::FallbackLayer;
 use tollgate::health::{BreakerConfig, Health};
 use tollgate::provider::mock::MockServer;
-use tollgate::provider::{
-    BoxFuture, Dispatch, Provider, UpstreamCall, connect_error, upstream_error,
-};
+use tollgate::provider::openai::OpenAiProvider;
+use tollgate::provider::{Dispatch, Provider};
 use tollgate::request::{Api, parse_body};
 use tollgate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable};
 use tollgate::target::{Target, Timeouts};
 use tollgate::timeout::TimeoutLayer;
 
-/// A minimal OpenAI-compatible HTTP adapter for the test (the real one lives in
-/// `provider::openai`).
-struct Http {
-    name: Arc<str>,
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
+/// The real OpenAI-compatible adapter, pointed at a mock server.
+struct Http;
 
 impl Http {
     fn provider(name: &str, base: String) -> Arc<dyn Provider> {
-        Arc::new(Http {
-            name: Arc::from(name),
-            base,
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-        })
-    }
-}
-
-impl Provider for Http {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn kind(&self) -> &'static str {
-        "openai"
-    }
-    fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
-        let name = self.name.clone();
-        let uri = format!("{}{}", self.base, call.parsed.api.openai_path());
-        let client = self.client.clone();
-        Box::pin(async move {
-            let body = call.parsed.upstream_body(&call.upstream_model)?;
-            let req = Request::post(uri)
-                .header("content-type", "application/json")
-                .body(Full::new(body))
-                .map_err(|e| GatewayError::internal(e.to_string()))?;
-            let res = client
-                .request(req)
-                .await
-                .map_err(|e| connect_error(&name, e))?;
-            if res.status().is_success() {
-                return Ok(res.map(Body::new));
-            }
-            let (parts, body) = res.into_parts();
-            let bytes = Limited::new(body, 64 * 1024)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Err(upstream_error(parts.status, &parts.headers, &bytes, &name))
-        })
+        Arc::new(
+            OpenAiProvider::builder(name, base)
+                .build()
+                .expect("provider"),
+        )
     }
 }
 
