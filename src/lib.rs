@@ -10,3 +10,4 @@ pub mod request;
 pub mod target;
 pub mod usage;
 pub mod secret;
+pub mod translate;

@@ -1,0 +1,1 @@
+//! OpenAI chat ⇄ Google Gemini (to be written).

@@ -1,0 +1,1 @@
+//! Anthropic-style ingress (to be written).
