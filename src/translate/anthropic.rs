@@ -109,7 +109,10 @@ fn text_of(content: &Value, param: &str) -> Result<Vec<String>, GatewayError> {
                 ))),
             })
             .collect(),
-        _ => Err(bad("content must be a string or an array", param.to_owned())),
+        _ => Err(bad(
+            "content must be a string or an array",
+            param.to_owned(),
+        )),
     }
 }
 
@@ -210,7 +213,9 @@ pub fn request_to_anthropic(
     let messages = req
         .get("messages")
         .and_then(Value::as_array)
-        .ok_or_else(|| GatewayError::bad_request("'messages' must be an array", Some("messages")))?;
+        .ok_or_else(|| {
+            GatewayError::bad_request("'messages' must be an array", Some("messages"))
+        })?;
     let mut system: Vec<Value> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
@@ -408,10 +413,7 @@ pub fn request_to_anthropic(
                 }
             };
             let mut tool = Map::new();
-            tool.insert(
-                "name".into(),
-                f.get("name").cloned().unwrap_or(Value::Null),
-            );
+            tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
             if let Some(d) = f.get("description").filter(|v| !v.is_null()) {
                 tool.insert("description".into(), d.clone());
             }
@@ -969,14 +971,14 @@ impl StreamTranslator for AnthropicStream {
                 match &*b.ty {
                     "text" => {
                         self.blocks[i] = BlockKind::Text;
-                        if let Some(t) = b.text.filter(|t| is_json_string(t) && t.get() != "\"\"")
-                        {
+                        if let Some(t) = b.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
                             self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
                         }
                     }
                     "tool_use" => {
                         let (Some(id), Some(name)) = (b.id, b.name) else {
-                            return self.fail(out, protocol_error("tool_use block without id/name"));
+                            return self
+                                .fail(out, protocol_error("tool_use block without id/name"));
                         };
                         let k = self.next_tool;
                         self.next_tool += 1;
@@ -1008,8 +1010,7 @@ impl StreamTranslator for AnthropicStream {
                 let kind = self.blocks.get(i).copied().unwrap_or(BlockKind::Ignored);
                 match (d.ty.as_deref(), kind) {
                     (Some("text_delta"), BlockKind::Text) => {
-                        if let Some(t) = d.text.filter(|t| is_json_string(t) && t.get() != "\"\"")
-                        {
+                        if let Some(t) = d.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
                             self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
                         }
                     }
@@ -1056,7 +1057,7 @@ impl StreamTranslator for AnthropicStream {
                 if self.include_usage {
                     out.extend_from_slice(&self.prefix);
                     out.extend_from_slice(b"],\"usage\":");
-                    out.extend_from_slice(usage_json(&self.usage.usage()).to_string().as_bytes());
+                    super::write_usage(out, &self.usage.usage());
                     out.extend_from_slice(b"}\n\n");
                 }
                 out.extend_from_slice(DONE);

@@ -242,6 +242,23 @@ pub(crate) fn is_json_string(raw: &serde_json::value::RawValue) -> bool {
     raw.get().as_bytes().first() == Some(&b'"')
 }
 
+/// Appends the OpenAI `usage` object for `u`, keys in OpenAI's order.
+pub(crate) fn write_usage(out: &mut BytesMut, u: &crate::usage::Usage) {
+    out.extend_from_slice(b"{\"prompt_tokens\":");
+    write_u64(out, u.prompt_tokens);
+    out.extend_from_slice(b",\"completion_tokens\":");
+    write_u64(out, u.completion_tokens);
+    out.extend_from_slice(b",\"total_tokens\":");
+    write_u64(out, u.total_tokens);
+    out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+    write_u64(out, u.cached_tokens);
+    out.extend_from_slice(b",\"cache_write_tokens\":");
+    write_u64(out, u.cache_write_tokens);
+    out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
+    write_u64(out, u.reasoning_tokens);
+    out.extend_from_slice(b"}}");
+}
+
 /// The OpenAI `usage` object for `u`.
 pub(crate) fn usage_json(u: &crate::usage::Usage) -> serde_json::Value {
     serde_json::json!({

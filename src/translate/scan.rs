@@ -154,7 +154,8 @@ mod tests {
 
     #[test]
     fn scans_any_split() {
-        let input = b"\xEF\xBB\xBFevent: a\r\ndata: x\r\ndata:y\r\n\r\n: ping\n\ndata: z\r\rdata: w";
+        let input =
+            b"\xEF\xBB\xBFevent: a\r\ndata: x\r\ndata:y\r\n\r\n: ping\n\ndata: z\r\rdata: w";
         for split in 0..input.len() {
             let mut s = SseScanner::new();
             s.push(Bytes::copy_from_slice(&input[..split]));

@@ -1,0 +1,663 @@
+//! Golden transcripts for the provider translations, written from the documented wire formats
+//! (reference/protocols.md Part 1 §1, §4–6). Streams must translate to exactly the same bytes
+//! for any split of the upstream bytes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tollgate::error::ErrorKind;
+use tollgate::translate::anthropic::{
+    AnthropicOptions, AnthropicStream, error_from_anthropic, request_to_anthropic,
+    response_from_anthropic,
+};
+use tollgate::translate::{StreamTranslator, TranslateBody, translate_chunks};
+
+const CREATED: u64 = 1_700_000_000;
+
+fn v(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap()
+}
+
+/// Split `input` at `cuts` (any order, duplicates allowed).
+fn split(input: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for c in cuts {
+        out.push(Bytes::copy_from_slice(&input[at..c]));
+        at = c;
+    }
+    out.push(Bytes::copy_from_slice(&input[at..]));
+    out
+}
+
+fn run<T: StreamTranslator>(mut t: T, chunks: Vec<Bytes>) -> (String, Option<ErrorKind>) {
+    let (out, err) = translate_chunks(&mut t, chunks);
+    (
+        String::from_utf8(out.to_vec()).unwrap(),
+        err.map(|e| e.kind()),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// Anthropic: streams
+
+const A_TEXT_STREAM: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":10,\"cache_creation_input_tokens\":3,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n",
+    "\n",
+    "event: content_block_start\r\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\r\n",
+    "\r\n",
+    "event: ping\n",
+    "data: {\"type\": \"ping\"}\n",
+    "\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n",
+    "\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\", w\\u00f6rld \\\"x\\\"\\n\"}}\n",
+    "\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":0}\n",
+    "\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":7}}\n",
+    "\n",
+    "event: message_stop\n",
+    "data: {\"type\":\"message_stop\"}\n",
+    "\n",
+);
+
+const A_TEXT_EXPECTED: &str = concat!(
+    "data: {\"id\":\"chatcmpl-msg_01\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_01\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_01\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\", w\\u00f6rld \\\"x\\\"\\n\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_01\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_01\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":18,\"completion_tokens\":7,\"total_tokens\":25,\"prompt_tokens_details\":{\"cached_tokens\":5,\"cache_write_tokens\":3},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const A_TOOL_STREAM: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_02\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":50,\"output_tokens\":1}}}\n",
+    "\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n",
+    "\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Checking.\"}}\n",
+    "\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":0}\n",
+    "\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_A\",\"name\":\"get_weather\",\"input\":{}}}\n",
+    "\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n",
+    "\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \\\"Pa\"}}\n",
+    "\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"ris\\\"}\"}}\n",
+    "\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":1}\n",
+    "\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_B\",\"name\":\"get_time\",\"input\":{}}}\n",
+    "\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n",
+    "\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":2}\n",
+    "\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":40}}\n",
+    "\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":65}}\n",
+    "\n",
+    "event: some_future_event\n",
+    "data: {\"type\":\"some_future_event\"}\n",
+    "\n",
+    "event: message_stop\n",
+    "data: {\"type\":\"message_stop\"}\n",
+    "\n",
+);
+
+const A_TOOL_EXPECTED: &str = concat!(
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Checking.\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"toolu_A\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\": \\\"Pa\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"ris\\\"}\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"toolu_B\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":{\"arguments\":\"{}\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-msg_02\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"claude-x\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}]}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const A_ERROR_STREAM: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_03\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n",
+    "\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"Hi\"}}\n",
+    "\n",
+    "event: error\n",
+    "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n",
+    "\n",
+    "event: message_stop\n",
+    "data: {\"type\":\"message_stop\"}\n",
+    "\n",
+);
+
+#[test]
+fn anthropic_text_stream_golden_with_usage() {
+    let (out, err) = run(
+        AnthropicStream::new(true, CREATED),
+        vec![Bytes::from_static(A_TEXT_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    assert_eq!(out, A_TEXT_EXPECTED);
+}
+
+#[test]
+fn anthropic_tool_stream_golden_tool_ordinals_and_no_usage_chunk() {
+    let (out, err) = run(
+        AnthropicStream::new(false, CREATED),
+        vec![Bytes::from_static(A_TOOL_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    assert_eq!(out, A_TOOL_EXPECTED);
+}
+
+#[test]
+fn anthropic_tool_stream_usage_is_cumulative_last_wins() {
+    let mut t = AnthropicStream::new(true, CREATED);
+    let (out, _) = translate_chunks(&mut t, [Bytes::from_static(A_TOOL_STREAM.as_bytes())]);
+    let out = String::from_utf8(out.to_vec()).unwrap();
+    let usage_line = out
+        .split("\n\n")
+        .find(|l| l.contains("\"choices\":[]"))
+        .unwrap();
+    let u = v(usage_line.strip_prefix("data: ").unwrap().as_bytes());
+    assert_eq!(u["usage"]["completion_tokens"], 65);
+    assert_eq!(u["usage"]["prompt_tokens"], 50);
+    assert_eq!(u["usage"]["total_tokens"], 115);
+    // every other chunk carries "usage": null
+    for l in out.split("\n\n").filter(|l| l.starts_with("data: {")) {
+        let c = v(l[6..].as_bytes());
+        if !c["choices"].as_array().unwrap().is_empty() {
+            assert!(c["usage"].is_null() && c.get("usage").is_some(), "{l}");
+        }
+    }
+}
+
+#[test]
+fn anthropic_error_event_becomes_inband_error_without_done() {
+    let (out, err) = run(
+        AnthropicStream::new(false, CREATED).with_provider(Arc::from("anth")),
+        vec![Bytes::from_static(A_ERROR_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{out}");
+    assert!(events[1].contains("\"content\":\"Hi\""));
+    let e = v(events[2].strip_prefix("data: ").unwrap().as_bytes());
+    assert_eq!(e["error"]["message"], "Overloaded");
+    assert_eq!(e["error"]["type"], "service_unavailable_error");
+    assert_eq!(e["error"]["code"], "server_is_overloaded");
+    assert_eq!(e["error"]["provider"], "anth");
+    assert!(!out.contains("[DONE]"));
+}
+
+#[test]
+fn anthropic_cut_stream_is_an_error_not_a_clean_finish() {
+    let cut = &A_TEXT_STREAM[..A_TEXT_STREAM.find("event: message_delta").unwrap()];
+    let (out, err) = run(
+        AnthropicStream::new(true, CREATED),
+        vec![Bytes::copy_from_slice(cut.as_bytes())],
+    );
+    assert_eq!(err, Some(ErrorKind::UpstreamProtocol));
+    assert!(!out.contains("[DONE]") && !out.contains("finish_reason\":\"stop"));
+}
+
+#[test]
+fn anthropic_event_before_message_start_is_a_protocol_error() {
+    let input = "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+    let (out, err) = run(
+        AnthropicStream::new(false, CREATED),
+        vec![Bytes::from_static(input.as_bytes())],
+    );
+    assert_eq!(err, None);
+    let e = v(out.trim().strip_prefix("data: ").unwrap().as_bytes());
+    assert_eq!(e["error"]["code"], "upstream_protocol");
+}
+
+#[tokio::test]
+async fn anthropic_translate_body_streams_and_ends_cut_streams_with_an_error() {
+    let chunks: Vec<Result<http_body::Frame<Bytes>, Infallible>> =
+        split(A_TEXT_STREAM.as_bytes(), &[1, 100, 101, 333, 600])
+            .into_iter()
+            .map(|b| Ok(http_body::Frame::data(b)))
+            .collect();
+    let body = TranslateBody::new(
+        StreamBody::new(futures_util::stream::iter(chunks)),
+        AnthropicStream::new(true, CREATED),
+    );
+    let out = body.collect().await.unwrap().to_bytes();
+    assert_eq!(std::str::from_utf8(&out).unwrap(), A_TEXT_EXPECTED);
+
+    let cut = &A_TEXT_STREAM.as_bytes()[..A_TEXT_STREAM.find("event: message_stop").unwrap()];
+    let frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> =
+        vec![Ok(http_body::Frame::data(Bytes::copy_from_slice(cut)))];
+    let mut body = TranslateBody::new(
+        StreamBody::new(futures_util::stream::iter(frames)),
+        AnthropicStream::new(true, CREATED),
+    );
+    let mut got = Vec::new();
+    let mut error = None;
+    while let Some(f) = body.frame().await {
+        match f {
+            Ok(f) => got.extend_from_slice(&f.into_data().unwrap()),
+            Err(e) => error = Some(e),
+        }
+    }
+    let e = error.expect("a cut stream ends with an error");
+    let ge = e.downcast_ref::<tollgate::error::GatewayError>().unwrap();
+    assert_eq!(ge.kind(), ErrorKind::UpstreamProtocol);
+    assert!(
+        String::from_utf8(got)
+            .unwrap()
+            .contains("finish_reason\":\"stop")
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn anthropic_streams_translate_identically_for_any_split(cuts in prop::collection::vec(0usize..4096, 0..12)) {
+        let (out, err) = run(AnthropicStream::new(true, CREATED), split(A_TEXT_STREAM.as_bytes(), &cuts));
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(out, A_TEXT_EXPECTED);
+        let (out, err) = run(AnthropicStream::new(false, CREATED), split(A_TOOL_STREAM.as_bytes(), &cuts));
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(out, A_TOOL_EXPECTED);
+        let whole = run(AnthropicStream::new(false, CREATED), vec![Bytes::from_static(A_ERROR_STREAM.as_bytes())]);
+        let parts = run(AnthropicStream::new(false, CREATED), split(A_ERROR_STREAM.as_bytes(), &cuts));
+        prop_assert_eq!(whole, parts);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Anthropic: non-streaming responses
+
+#[test]
+fn anthropic_text_response_golden() {
+    let body = br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-x","content":[{"type":"thinking","thinking":"hmm","signature":"s"},{"type":"text","text":"Hello "},{"type":"text","text":"there"}],"stop_reason":"max_tokens","stop_sequence":null,"usage":{"input_tokens":10,"cache_creation_input_tokens":3,"cache_read_input_tokens":5,"output_tokens":7,"output_tokens_details":{"thinking_tokens":2}}}"#;
+    let out = response_from_anthropic(body, CREATED).unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "id": "chatcmpl-msg_01", "object": "chat.completion", "created": CREATED, "model": "claude-x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": null},
+                         "logprobs": null, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 18, "completion_tokens": 7, "total_tokens": 25,
+                      "prompt_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 3},
+                      "completion_tokens_details": {"reasoning_tokens": 2}}
+        })
+    );
+}
+
+#[test]
+fn anthropic_tool_response_golden() {
+    let body = br#"{"id":"msg_02","type":"message","role":"assistant","model":"claude-x","content":[{"type":"tool_use","id":"toolu_A","name":"get_weather","input":{"city":"Paris"}},{"type":"tool_use","id":"toolu_B","name":"get_time","input":{}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":50,"output_tokens":20}}"#;
+    let out = response_from_anthropic(body, CREATED).unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "id": "chatcmpl-msg_02", "object": "chat.completion", "created": CREATED, "model": "claude-x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+                "tool_calls": [
+                    {"id": "toolu_A", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "toolu_B", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+                ]}, "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70,
+                      "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0}}
+        })
+    );
+}
+
+#[test]
+fn anthropic_stop_reasons_map_to_finish_reasons() {
+    use tollgate::translate::anthropic::finish_reason;
+    for (a, o) in [
+        (Some("end_turn"), "stop"),
+        (Some("stop_sequence"), "stop"),
+        (Some("max_tokens"), "length"),
+        (Some("tool_use"), "tool_calls"),
+        (Some("refusal"), "content_filter"),
+        (Some("model_context_window_exceeded"), "length"),
+        (Some("pause_turn"), "stop"),
+        (Some("brand_new"), "stop"),
+        (None, "stop"),
+    ] {
+        assert_eq!(finish_reason(a), o, "{a:?}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Anthropic: requests
+
+#[test]
+fn anthropic_request_golden_full() {
+    let req = json!({
+        "model": "alias",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Use metric."}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is here?"},
+                {"type": "text", "text": ""},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "high"}}
+            ]},
+            {"role": "assistant", "content": "Let me look.", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "You are welcome  \n"}
+        ],
+        "max_completion_tokens": 300,
+        "max_tokens": 99,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["END", "  "],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "user": "user-42",
+        "tools": [
+            {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+            {"type": "function", "function": {"name": "get_time"}}
+        ],
+        "tool_choice": "required",
+        "parallel_tool_calls": false,
+        "seed": 7,
+        "frequency_penalty": 0.1,
+        "metadata": {"tag": "x"},
+        "x_unknown": 1
+    });
+    let out = request_to_anthropic(
+        req.to_string().as_bytes(),
+        "claude-real",
+        &AnthropicOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "model": "claude-real",
+            "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric."}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is here?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me look."},
+                    {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
+                    {"type": "text", "text": "Thanks"}
+                ]},
+                {"role": "assistant", "content": [{"type": "text", "text": "You are welcome"}]}
+            ],
+            "max_tokens": 300,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "stop_sequences": ["END"],
+            "stream": true,
+            "metadata": {"user_id": "user-42"},
+            "tools": [
+                {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
+            ],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true}
+        })
+    );
+}
+
+#[test]
+fn anthropic_request_defaults_and_small_mappings() {
+    let opts = AnthropicOptions {
+        default_max_tokens: 1234,
+    };
+    let t = |req: Value| v(&request_to_anthropic(req.to_string().as_bytes(), "m", &opts).unwrap());
+    let out = t(
+        json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "stop": "X",
+                       "tool_choice": {"type": "function", "function": {"name": "f"}},
+                       "tools": [{"type": "function", "function": {"name": "f"}}],
+                       "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}}),
+    );
+    assert_eq!(out["max_tokens"], 1234);
+    assert_eq!(out["stop_sequences"], json!(["X"]));
+    assert_eq!(out["tool_choice"], json!({"type": "tool", "name": "f"}));
+    assert_eq!(
+        out["output_config"],
+        json!({"format": {"type": "json_schema", "schema": {"type": "object"}}})
+    );
+    assert_eq!(
+        out["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    );
+    assert!(out.get("stream").is_none());
+    let out = t(
+        json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "tool_choice": "none", "max_tokens": 8000,
+                 "reasoning_effort": "medium", "safety_identifier": "sid"}),
+    );
+    assert_eq!(out["tool_choice"], json!({"type": "none"}));
+    assert_eq!(
+        out["thinking"],
+        json!({"type": "enabled", "budget_tokens": 4096})
+    );
+    assert_eq!(out["metadata"], json!({"user_id": "sid"}));
+}
+
+#[test]
+fn anthropic_request_refuses_what_it_cannot_honour() {
+    let opts = AnthropicOptions::default();
+    let cases = [
+        (json!({"temperature": 1.5}), "temperature"),
+        (json!({"n": 2}), "n"),
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (json!({"audio": {"voice": "x"}}), "audio"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (
+            json!({"reasoning_effort": "high", "max_tokens": 100}),
+            "reasoning_effort",
+        ),
+    ];
+    for (extra, param) in cases {
+        let mut req = json!({"model": "a", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, val) in extra.as_object().unwrap() {
+            req[k] = val.clone();
+        }
+        let e = request_to_anthropic(req.to_string().as_bytes(), "m", &opts).unwrap_err();
+        assert_eq!(e.status(), 400, "{param}");
+        assert_eq!(e.to_json()["error"]["param"], param, "{param}");
+    }
+    let msg_cases = [
+        (
+            json!({"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}]}),
+            "messages[0].content[0]",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}),
+            "messages[0].content[0]",
+        ),
+        (
+            json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}),
+            "messages[0].tool_calls[0]",
+        ),
+        (
+            json!({"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}),
+            "messages[0].tool_calls[0]",
+        ),
+    ];
+    for (m, param) in msg_cases {
+        let req = json!({"model": "a", "messages": [m]});
+        let e = request_to_anthropic(req.to_string().as_bytes(), "m", &opts).unwrap_err();
+        assert_eq!(e.status(), 400, "{param}");
+        assert_eq!(e.to_json()["error"]["param"], param);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Anthropic: error mapping
+
+#[test]
+fn anthropic_error_mapping_table() {
+    let p: Arc<str> = Arc::from("anth");
+    let body = |ty: &str, msg: &str| {
+        format!(
+            r#"{{"type":"error","error":{{"type":"{ty}","message":"{msg}"}},"request_id":"req_1"}}"#
+        )
+    };
+    // (upstream status, error type, message, retry-after header, client status, code, retryable)
+    let cases: [(u16, &str, &str, Option<&str>, u16, &str, bool); 10] = [
+        (
+            400,
+            "invalid_request_error",
+            "bad field",
+            None,
+            400,
+            "invalid_request_error",
+            false,
+        ),
+        (
+            401,
+            "authentication_error",
+            "invalid x-api-key",
+            None,
+            401,
+            "upstream_authentication_error",
+            false,
+        ),
+        (
+            403,
+            "permission_error",
+            "no access",
+            None,
+            403,
+            "upstream_permission_error",
+            false,
+        ),
+        (
+            404,
+            "not_found_error",
+            "model: claude-nope",
+            None,
+            404,
+            "model_not_found",
+            false,
+        ),
+        (
+            404,
+            "not_found_error",
+            "no such path",
+            None,
+            502,
+            "upstream_error",
+            false,
+        ),
+        (
+            413,
+            "request_too_large",
+            "too big",
+            None,
+            413,
+            "upstream_error",
+            false,
+        ),
+        (
+            429,
+            "rate_limit_error",
+            "slow down",
+            Some("7"),
+            429,
+            "rate_limit_exceeded",
+            true,
+        ),
+        (
+            529,
+            "overloaded_error",
+            "Overloaded",
+            None,
+            503,
+            "server_is_overloaded",
+            true,
+        ),
+        (500, "api_error", "boom", None, 502, "upstream_error", true),
+        (
+            503,
+            "overloaded_error",
+            "Overloaded",
+            Some("2"),
+            503,
+            "server_is_overloaded",
+            true,
+        ),
+    ];
+    for (status, ty, msg, ra, want, code, retryable) in cases {
+        let mut h = HeaderMap::new();
+        if let Some(ra) = ra {
+            h.insert("retry-after", ra.parse().unwrap());
+        }
+        let e = error_from_anthropic(
+            StatusCode::from_u16(status).unwrap(),
+            &h,
+            body(ty, msg).as_bytes(),
+            &p,
+        );
+        assert_eq!(e.status().as_u16(), want, "{status} {ty}");
+        assert_eq!(e.message(), msg, "{status} {ty}");
+        assert_eq!(e.to_json()["error"]["code"], code, "{status} {ty}");
+        assert_eq!(e.is_retryable(), retryable, "{status} {ty}");
+        assert_eq!(e.provider().map(|p| &**p), Some("anth"));
+        let res = e.into_response();
+        if matches!(want, 429 | 503) {
+            let got = res
+                .headers()
+                .get("retry-after")
+                .expect("Retry-After on 429/503");
+            if let Some(ra) = ra {
+                assert_eq!(got, ra);
+            }
+        }
+    }
+}
