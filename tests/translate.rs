@@ -661,3 +661,403 @@ fn anthropic_error_mapping_table() {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Gemini
+
+use tollgate::translate::gemini::{
+    GeminiStream, error_from_gemini, gemini_path, request_to_gemini, response_from_gemini,
+};
+
+const G_TEXT_STREAM: &str = concat!(
+    "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Hel\"}]},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":1,\"totalTokenCount\":10},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r1\"}\r\n\r\n",
+    "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"thought\":true,\"text\":\"thinking...\"},{\"text\":\"lo \\\"w\\\"\"}]},\"index\":0}],\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r1\"}\n\n",
+    "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":4,\"totalTokenCount\":20,\"cachedContentTokenCount\":2,\"thoughtsTokenCount\":7},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r1\"}\n\n",
+);
+
+const G_TEXT_EXPECTED: &str = concat!(
+    "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo \\\"w\\\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":11,\"total_tokens\":20,\"prompt_tokens_details\":{\"cached_tokens\":2,\"cache_write_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":7}}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const G_TOOL_STREAM: &str = concat!(
+    "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Sure.\"}]},\"index\":0}],\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r2\"}\n\n",
+    "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"functionCall\":{\"name\":\"get_weather\",\"args\":{\"city\":\"Paris\"}}},{\"functionCall\":{\"name\":\"get_time\",\"args\":{}}}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":30,\"candidatesTokenCount\":10,\"totalTokenCount\":40},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r2\"}\n\n",
+);
+
+const G_TOOL_EXPECTED: &str = concat!(
+    "data: {\"id\":\"chatcmpl-r2\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r2\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Sure.\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r2\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_r2_0\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r2\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_r2_1\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{}\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r2\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}]}\n\n",
+    "data: [DONE]\n\n",
+);
+
+const G_ERROR_STREAM: &str = concat!(
+    "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Hi\"}]},\"index\":0}],\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r3\"}\n\n",
+    "{\n  \"error\": {\n    \"code\": 503,\n    \"message\": \"The model is overloaded.\",\n    \"status\": \"UNAVAILABLE\"\n  }\n}\n",
+);
+
+fn gem(include_usage: bool) -> GeminiStream {
+    GeminiStream::new(include_usage, CREATED, "gemini-fallback")
+}
+
+#[test]
+fn gemini_text_stream_golden_with_usage() {
+    let (out, err) = run(
+        gem(true),
+        vec![Bytes::from_static(G_TEXT_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    assert_eq!(out, G_TEXT_EXPECTED);
+}
+
+#[test]
+fn gemini_tool_stream_golden_finish_is_tool_calls() {
+    let (out, err) = run(
+        gem(false),
+        vec![Bytes::from_static(G_TOOL_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    assert_eq!(out, G_TOOL_EXPECTED);
+}
+
+#[test]
+fn gemini_raw_error_midstream_becomes_inband_error_without_done() {
+    let (out, err) = run(
+        gem(false).with_provider(Arc::from("gem")),
+        vec![Bytes::from_static(G_ERROR_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 3, "{out}");
+    let e = v(events[2].strip_prefix("data: ").unwrap().as_bytes());
+    assert_eq!(e["error"]["message"], "The model is overloaded.");
+    assert_eq!(e["error"]["upstream_status"], 503);
+    assert_eq!(e["error"]["provider"], "gem");
+    assert!(!out.contains("[DONE]"));
+    // the same as a data: event
+    let data_err = "data: {\"error\":{\"code\":429,\"message\":\"quota\",\"status\":\"RESOURCE_EXHAUSTED\"}}\n\n";
+    let (out, _) = run(gem(false), vec![Bytes::from_static(data_err.as_bytes())]);
+    let e = v(out.trim().strip_prefix("data: ").unwrap().as_bytes());
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+}
+
+#[test]
+fn gemini_stream_without_finish_reason_is_an_error() {
+    let first = &G_TEXT_STREAM[..G_TEXT_STREAM.find("\r\n\r\n").unwrap() + 4];
+    let (out, err) = run(gem(true), vec![Bytes::copy_from_slice(first.as_bytes())]);
+    assert_eq!(err, Some(ErrorKind::UpstreamProtocol));
+    assert!(!out.contains("[DONE]"));
+    let (_, err) = run(gem(true), vec![]);
+    assert_eq!(err, Some(ErrorKind::UpstreamProtocol));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn gemini_streams_translate_identically_for_any_split(cuts in prop::collection::vec(0usize..4096, 0..12)) {
+        let (out, err) = run(gem(true), split(G_TEXT_STREAM.as_bytes(), &cuts));
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(out, G_TEXT_EXPECTED);
+        let (out, err) = run(gem(false), split(G_TOOL_STREAM.as_bytes(), &cuts));
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(out, G_TOOL_EXPECTED);
+        let whole = run(gem(false), vec![Bytes::from_static(G_ERROR_STREAM.as_bytes())]);
+        let parts = run(gem(false), split(G_ERROR_STREAM.as_bytes(), &cuts));
+        prop_assert_eq!(whole, parts);
+    }
+}
+
+#[test]
+fn gemini_text_response_golden() {
+    let body = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"thinking","thought":true},{"text":"Hello "},{"text":"there"}]},"finishReason":"MAX_TOKENS","index":0}],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":5,"totalTokenCount":20,"cachedContentTokenCount":4,"thoughtsTokenCount":3},"modelVersion":"gemini-2.5-pro","responseId":"abc"}"#;
+    let out = response_from_gemini(body, CREATED, "fallback").unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "id": "chatcmpl-abc", "object": "chat.completion", "created": CREATED, "model": "gemini-2.5-pro",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": null},
+                         "logprobs": null, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20,
+                      "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 3}}
+        })
+    );
+}
+
+#[test]
+fn gemini_tool_response_golden() {
+    let body = br#"{"candidates":[{"content":{"role":"model","parts":[{"functionCall":{"name":"get_weather","args":{"city":"Paris"}}},{"functionCall":{"id":"fc-9","name":"get_time","args":{}}}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":30,"candidatesTokenCount":10,"totalTokenCount":40,"toolUsePromptTokenCount":5},"modelVersion":"gemini-2.5-flash","responseId":"r9"}"#;
+    let out = response_from_gemini(body, CREATED, "fallback").unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "id": "chatcmpl-r9", "object": "chat.completion", "created": CREATED, "model": "gemini-2.5-flash",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null,
+                "tool_calls": [
+                    {"id": "call_r9_0", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "fc-9", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+                ]}, "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 35, "completion_tokens": 10, "total_tokens": 40,
+                      "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0}}
+        })
+    );
+    let blocked = br#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":3,"totalTokenCount":3},"responseId":"b"}"#;
+    let out = v(&response_from_gemini(blocked, CREATED, "gm").unwrap());
+    assert_eq!(out["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(out["model"], "gm");
+}
+
+#[test]
+fn gemini_finish_reasons_map() {
+    use tollgate::translate::gemini::finish_reason;
+    for (g, called, o) in [
+        ("STOP", false, "stop"),
+        ("STOP", true, "tool_calls"),
+        ("MAX_TOKENS", false, "length"),
+        ("SAFETY", false, "content_filter"),
+        ("RECITATION", false, "content_filter"),
+        ("PROHIBITED_CONTENT", true, "content_filter"),
+        ("MALFORMED_FUNCTION_CALL", false, "stop"),
+        ("OTHER", false, "stop"),
+    ] {
+        assert_eq!(finish_reason(g, called), o, "{g} {called}");
+    }
+}
+
+#[test]
+fn gemini_request_golden_full() {
+    let req = json!({
+        "model": "alias",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is here?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.JPG?x=1"}}
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            {"role": "user", "content": "Thanks"}
+        ],
+        "max_tokens": 300,
+        "temperature": 1.5,
+        "top_p": 0.9,
+        "stop": "END",
+        "n": 2,
+        "seed": 7,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "user": "u",
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": false}}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}},
+        "reasoning_effort": "low"
+    });
+    let out = request_to_gemini(req.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "systemInstruction": {"parts": [{"text": "Be brief."}]},
+            "contents": [
+                {"role": "user", "parts": [
+                    {"text": "What is here?"},
+                    {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+                    {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.JPG?x=1"}}
+                ]},
+                {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "get_weather", "response": {"content": "18C"}}},
+                    {"text": "Thanks"}
+                ]}
+            ],
+            "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "Weather",
+                "parametersJsonSchema": {"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": false}}]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}},
+            "generationConfig": {
+                "maxOutputTokens": 300, "temperature": 1.5, "topP": 0.9, "stopSequences": ["END"],
+                "candidateCount": 2, "seed": 7, "responseMimeType": "application/json",
+                "responseJsonSchema": {"type": "object"}, "thinkingConfig": {"thinkingBudget": 1024}
+            }
+        })
+    );
+    assert_eq!(
+        gemini_path("gemini-2.5-flash", true),
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    assert_eq!(
+        gemini_path("gemini-2.5-flash", false),
+        "/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+}
+
+#[test]
+fn gemini_request_refuses_what_it_cannot_honour() {
+    let cases = [
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"audio": {}}), "audio"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+    ];
+    for (extra, param) in cases {
+        let mut req = json!({"model": "a", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, val) in extra.as_object().unwrap() {
+            req[k] = val.clone();
+        }
+        let e = request_to_gemini(req.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.to_json()["error"]["param"], param);
+    }
+    for (m, param) in [
+        (
+            json!([{"role": "tool", "tool_call_id": "nope", "content": "x"}]),
+            "messages[0].tool_call_id",
+        ),
+        (
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/img"}}]}]),
+            "messages[0].content[0]",
+        ),
+        (
+            json!([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]),
+            "messages[0].content[0]",
+        ),
+    ] {
+        let req = json!({"model": "a", "messages": m});
+        let e = request_to_gemini(req.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.status(), 400, "{param}");
+        assert_eq!(e.to_json()["error"]["param"], param);
+    }
+}
+
+#[test]
+fn gemini_error_mapping_table() {
+    let p: Arc<str> = Arc::from("gem");
+    let body = |code: u16, status: &str, msg: &str, details: &str| {
+        format!(
+            r#"{{"error":{{"code":{code},"message":"{msg}","status":"{status}","details":[{details}]}}}}"#
+        )
+    };
+    let key = r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}"#;
+    let retry = r#"{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"30s"}"#;
+    // (status, rpc status, message, details, client status, code, retry-after secs, retryable)
+    let cases: [(u16, &str, &str, &str, u16, &str, Option<u64>, bool); 9] = [
+        (
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key.",
+            key,
+            401,
+            "upstream_api_key_invalid",
+            None,
+            false,
+        ),
+        (
+            400,
+            "INVALID_ARGUMENT",
+            "bad schema",
+            "",
+            400,
+            "invalid_request_error",
+            None,
+            false,
+        ),
+        (
+            400,
+            "FAILED_PRECONDITION",
+            "region",
+            "",
+            400,
+            "invalid_request_error",
+            None,
+            false,
+        ),
+        (
+            403,
+            "PERMISSION_DENIED",
+            "denied",
+            "",
+            403,
+            "upstream_permission_error",
+            None,
+            false,
+        ),
+        (
+            404,
+            "NOT_FOUND",
+            "models/gemini-nope is not found",
+            "",
+            404,
+            "model_not_found",
+            None,
+            false,
+        ),
+        (
+            429,
+            "RESOURCE_EXHAUSTED",
+            "quota",
+            retry,
+            429,
+            "rate_limit_exceeded",
+            Some(30),
+            true,
+        ),
+        (
+            500,
+            "INTERNAL",
+            "oops",
+            "",
+            502,
+            "upstream_error",
+            None,
+            true,
+        ),
+        (
+            503,
+            "UNAVAILABLE",
+            "overloaded",
+            "",
+            503,
+            "upstream_error",
+            None,
+            true,
+        ),
+        (
+            504,
+            "DEADLINE_EXCEEDED",
+            "slow",
+            "",
+            504,
+            "upstream_error",
+            None,
+            true,
+        ),
+    ];
+    for (status, rpc, msg, details, want, code, ra, retryable) in cases {
+        let e = error_from_gemini(
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            body(status, rpc, msg, details).as_bytes(),
+            &p,
+        );
+        assert_eq!(e.status().as_u16(), want, "{status} {rpc}");
+        assert_eq!(e.message(), msg);
+        assert_eq!(e.to_json()["error"]["code"], code, "{status} {rpc}");
+        assert_eq!(e.upstream_status_code(), Some(status));
+        assert_eq!(e.is_retryable(), retryable, "{status} {rpc}");
+        assert_eq!(e.retry_after().map(|d| d.as_secs()), ra);
+        let res = e.into_response();
+        if matches!(want, 429 | 503) {
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+}
