@@ -8,6 +8,7 @@ pub mod health;
 pub mod provider;
 pub mod request;
 pub mod secret;
+pub mod sse;
 pub mod target;
 pub mod translate;
 pub mod usage;

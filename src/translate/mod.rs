@@ -30,13 +30,11 @@ use pin_project_lite::pin_project;
 
 use crate::body::BoxError;
 use crate::error::{ErrorKind, GatewayError};
+use crate::sse::{SseEvent, SseScanner};
 
 pub mod anthropic;
 pub mod gemini;
 pub mod ingress;
-mod scan;
-
-pub use scan::{SseEvent, SseScanner};
 
 /// What a translator wants after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,8 +209,7 @@ pub(crate) fn protocol_error(msg: impl Into<std::borrow::Cow<'static, str>>) -> 
     GatewayError::new(ErrorKind::UpstreamProtocol, msg)
 }
 
-/// `data: [DONE]\n\n`.
-pub(crate) const DONE: &[u8] = b"data: [DONE]\n\n";
+pub(crate) use crate::sse::DONE;
 
 /// Appends `n` in decimal.
 pub(crate) fn write_u64(out: &mut BytesMut, n: u64) {
