@@ -1,1 +1,492 @@
-//! The OpenAI-compatible adapter (to be written).
+//! The OpenAI-compatible adapter: a pass-through [`Provider`] for OpenAI, Azure OpenAI (v1 API),
+//! vLLM, llama.cpp, Ollama, Groq, Together, OpenRouter and every other server that speaks
+//! OpenAI's wire format.
+//!
+//! The request body is [`ParsedRequest::upstream_body`](crate::request::ParsedRequest::upstream_body)
+//! (the model replaced, every other field byte-for-byte); a 2xx answer streams straight through,
+//! never buffered; a non-2xx answer is read (at most [`MAX_ERROR_BODY`] bytes) and classified with
+//! [`upstream_error`]; a connect or transport failure is [`connect_error`].
+//!
+//! All adapters share one pooled hyper-util client per distinct connect timeout (HTTP/1.1 and
+//! HTTP/2 by ALPN, `http` and `https`, rustls on `ring` with the webpki roots).
+//!
+//! ```
+//! use tollgate::provider::openai::{AuthStyle, OpenAiProvider};
+//! use tollgate::secret::Secret;
+//!
+//! let openai = OpenAiProvider::builder("openai", "https://api.openai.com/v1")
+//!     .api_key(Secret::new("sk-..."))
+//!     .build()?;
+//! let azure = OpenAiProvider::builder("azure", "https://example.openai.azure.com/openai/v1")
+//!     .api_key(Secret::new("..."))
+//!     .auth(AuthStyle::header("api-key")?)
+//!     .query("api-version=preview")
+//!     .build()?;
+//! let local = OpenAiProvider::builder("vllm", "http://127.0.0.1:8000/v1").build()?;
+//! # let _ = (openai, azure, local);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{Body, BoxError};
+use crate::error::{ErrorKind, GatewayError};
+use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error, upstream_error};
+use crate::request::Api;
+use crate::secret::Secret;
+
+/// The most of an upstream error body that is read (the rest is dropped).
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Client request headers forwarded upstream. Nothing else of the client's headers is sent; in
+/// particular never its credentials.
+pub const FORWARDED_HEADERS: [&str; 3] = ["x-request-id", "openai-organization", "openai-project"];
+
+/// Hop-by-hop response headers dropped from a passed-through answer (plus `content-length`, which
+/// the server re-derives from the body).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "content-length",
+];
+
+/// How many distinct connect timeouts get their own pooled client.
+const MAX_CACHED_CLIENTS: usize = 32;
+
+/// How the upstream API key is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>` (OpenAI and most compatible servers).
+    #[default]
+    Bearer,
+    /// `<name>: <key>` (Azure OpenAI's `api-key`).
+    Header(HeaderName),
+}
+
+impl AuthStyle {
+    /// A named-header style, e.g. `AuthStyle::header("api-key")`.
+    pub fn header(name: &str) -> Result<AuthStyle, OpenAiConfigError> {
+        HeaderName::try_from(name)
+            .map(AuthStyle::Header)
+            .map_err(|_| OpenAiConfigError(format!("`{name}` is not a valid header name")))
+    }
+}
+
+/// A bad [`OpenAiProvider`] configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("openai provider config: {0}")]
+pub struct OpenAiConfigError(String);
+
+/// Builder of [`OpenAiProvider`].
+#[derive(Debug, Clone)]
+pub struct OpenAiProviderBuilder {
+    name: Arc<str>,
+    base_url: String,
+    api_key: Option<Secret>,
+    auth: AuthStyle,
+    query: Option<String>,
+    headers: Vec<(String, Secret)>,
+}
+
+impl OpenAiProviderBuilder {
+    /// The upstream API key (optional: local servers need none).
+    pub fn api_key(mut self, key: Secret) -> Self {
+        self.api_key = Some(key);
+        self
+    }
+
+    /// How the key is sent (default [`AuthStyle::Bearer`]).
+    pub fn auth(mut self, style: AuthStyle) -> Self {
+        self.auth = style;
+        self
+    }
+
+    /// A query string added to every request, without the `?` (Azure: `api-version=...`).
+    pub fn query(mut self, query: impl Into<String>) -> Self {
+        let q: String = query.into();
+        let q = q.trim_start_matches('?').to_owned();
+        self.query = (!q.is_empty()).then_some(q);
+        self
+    }
+
+    /// An extra header sent with every request (its value is treated as sensitive).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Arc<str>>) -> Self {
+        self.headers.push((name.into(), Secret::new(value)));
+        self
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<OpenAiProvider, OpenAiConfigError> {
+        let name = self.name;
+        let err = |m: String| OpenAiConfigError(format!("provider `{name}`: {m}"));
+        let base = self.base_url.trim().trim_end_matches('/').to_owned();
+        let parsed: Uri = base
+            .parse()
+            .map_err(|e| err(format!("base_url `{base}` is not a URL: {e}")))?;
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+            return Err(err(format!(
+                "base_url `{base}` must be an absolute http:// or https:// URL"
+            )));
+        }
+        if parsed.query().is_some() {
+            return Err(err(format!(
+                "base_url `{base}` must not carry a query; use `query` instead"
+            )));
+        }
+        if !base.ends_with("/v1") {
+            tracing::warn!(provider = %name, base_url = %base, "OpenAI-compatible base_url does not end in /v1");
+        }
+        let uri_for = |api: Api| -> Result<Uri, OpenAiConfigError> {
+            let mut s = format!("{base}{}", api.openai_path());
+            if let Some(q) = &self.query {
+                s.push('?');
+                s.push_str(q);
+            }
+            s.parse()
+                .map_err(|e| err(format!("`{s}` is not a valid request URL: {e}")))
+        };
+        let uris = [
+            uri_for(Api::ChatCompletions)?,
+            uri_for(Api::Completions)?,
+            uri_for(Api::Embeddings)?,
+        ];
+        let auth = match &self.api_key {
+            None => None,
+            Some(key) => {
+                let (name, value) = match &self.auth {
+                    AuthStyle::Bearer => {
+                        (header::AUTHORIZATION, format!("Bearer {}", key.expose()))
+                    }
+                    AuthStyle::Header(h) => (h.clone(), key.expose().to_owned()),
+                };
+                let mut value = HeaderValue::try_from(value)
+                    .map_err(|_| err("the API key is not a valid header value".to_owned()))?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
+        let mut headers = HeaderMap::new();
+        for (k, v) in &self.headers {
+            let k = HeaderName::try_from(k.as_str())
+                .map_err(|_| err(format!("`{k}` is not a valid header name")))?;
+            let mut v = HeaderValue::try_from(v.expose())
+                .map_err(|_| err(format!("the value of header `{k}` is not valid")))?;
+            v.set_sensitive(true);
+            headers.append(k, v);
+        }
+        // Build the TLS config now, so a broken TLS setup fails at start, not on a request.
+        tls_config().map_err(err)?;
+        Ok(OpenAiProvider {
+            name,
+            base_url: Arc::from(base),
+            uris,
+            auth,
+            headers,
+        })
+    }
+}
+
+/// The OpenAI-compatible pass-through adapter (kind `"openai"`).
+pub struct OpenAiProvider {
+    name: Arc<str>,
+    base_url: Arc<str>,
+    /// Request URLs of chat, text completions and embeddings (query included).
+    uris: [Uri; 3],
+    auth: Option<(HeaderName, HeaderValue)>,
+    headers: HeaderMap,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("auth", &self.auth.as_ref().map(|(h, _)| h))
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenAiProvider {
+    /// Start building a provider called `name` (used in metrics and errors) at `base_url`
+    /// (normally ending in `/v1`; the API path, e.g. `/chat/completions`, is appended).
+    pub fn builder(
+        name: impl Into<Arc<str>>,
+        base_url: impl Into<String>,
+    ) -> OpenAiProviderBuilder {
+        OpenAiProviderBuilder {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key: None,
+            auth: AuthStyle::Bearer,
+            query: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// The base URL, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn uri(&self, api: Api) -> &Uri {
+        match api {
+            Api::ChatCompletions => &self.uris[0],
+            Api::Completions => &self.uris[1],
+            Api::Embeddings => &self.uris[2],
+        }
+    }
+
+    fn request(
+        &self,
+        call: &UpstreamCall,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, GatewayError> {
+        let mut req = Request::post(self.uri(call.parsed.api).clone())
+            .body(Full::new(body))
+            .map_err(|e| {
+                GatewayError::internal(format!("could not build upstream request: {e}"))
+            })?;
+        let h = req.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(if call.parsed.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
+        );
+        for name in FORWARDED_HEADERS {
+            if let Some(v) = call.headers.get(name) {
+                h.insert(HeaderName::from_static(name), v.clone());
+            }
+        }
+        for (k, v) in &self.headers {
+            h.append(k.clone(), v.clone());
+        }
+        if let Some((k, v)) = &self.auth {
+            h.insert(k.clone(), v.clone());
+        }
+        Ok(req)
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
+    fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+        let prepared = call
+            .parsed
+            .upstream_body(&call.upstream_model)
+            .and_then(|body| self.request(&call, body))
+            .and_then(|req| Ok((req, client_for(call.connect_timeout)?)));
+        let name = self.name.clone();
+        Box::pin(async move {
+            let (req, client) = prepared?;
+            let res = client
+                .request(req)
+                .await
+                .map_err(|e| connect_error(&name, error_chain(&e)))?;
+            let (mut parts, body) = res.into_parts();
+            if parts.status.is_success() {
+                strip_hop_by_hop(&mut parts.headers);
+                let body = body.map_err(move |e| -> BoxError {
+                    Box::new(
+                        GatewayError::new(
+                            ErrorKind::UpstreamProtocol,
+                            format!("upstream {name} broke off the response: {e}"),
+                        )
+                        .with_provider(name.clone()),
+                    )
+                });
+                return Ok(Response::from_parts(parts, Body::new(body)));
+            }
+            let bytes = read_capped(body, MAX_ERROR_BODY).await;
+            Err(upstream_error(parts.status, &parts.headers, &bytes, &name))
+        })
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Read at most `cap` bytes of `body`; a read error ends the read (what was read is kept).
+pub(crate) async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> Bytes {
+    let mut buf = BytesMut::new();
+    while buf.len() < cap {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = cap - buf.len();
+                    buf.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Some(Err(_)) | None => break,
+        }
+    }
+    buf.freeze()
+}
+
+/// `e: cause: cause` — hyper-util's own `Display` hides the useful part in its sources.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+type HttpsClient = Client<DeadlineConnector, Full<Bytes>>;
+
+/// The HTTPS connector with one deadline over DNS, TCP connect and the TLS handshake together
+/// (hyper's own connect timeout covers only TCP). Boxes one future per new connection, never
+/// per request.
+#[derive(Clone)]
+struct DeadlineConnector {
+    inner: HttpsConnector<HttpConnector>,
+    deadline: Option<Duration>,
+}
+
+impl tower::Service<Uri> for DeadlineConnector {
+    type Response = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let deadline = self.deadline;
+        Box::pin(async move {
+            match deadline {
+                None => connecting.await,
+                Some(d) => match tokio::time::timeout(d, connecting).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("connect timed out after {d:?}").into()),
+                },
+            }
+        })
+    }
+}
+
+/// The rustls client config (ring provider, webpki roots, ALPN set by the connector), built once.
+/// Also installs `ring` as the process-wide default crypto provider if none is installed yet.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    use hyper_rustls::ConfigBuilderExt as _;
+    static CONFIG: OnceLock<Result<rustls::ClientConfig, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            // Ignore the error: another provider is already the default, which is fine.
+            let _ = rustls::crypto::CryptoProvider::install_default((*provider).clone());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| b.with_webpki_roots().with_no_client_auth())
+                .map_err(|e| format!("TLS setup failed: {e}"))
+        })
+        .clone()
+}
+
+/// The shared pooled client for `connect_timeout` (one per distinct timeout, ms granularity;
+/// past [`MAX_CACHED_CLIENTS`] distinct values a client is built for the call and not kept).
+pub(crate) fn client_for(connect_timeout: Option<Duration>) -> Result<HttpsClient, GatewayError> {
+    static CLIENTS: OnceLock<RwLock<HashMap<Option<u64>, HttpsClient>>> = OnceLock::new();
+    let key = connect_timeout.map(|d| {
+        let ms = d.as_nanos().div_ceil(1_000_000);
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    });
+    let clients = CLIENTS.get_or_init(|| RwLock::new(HashMap::new()));
+    if let Some(c) = clients
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+    {
+        return Ok(c.clone());
+    }
+    let client = build_client(key.map(Duration::from_millis))?;
+    let mut map = clients
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(c) = map.get(&key) {
+        return Ok(c.clone());
+    }
+    if map.len() < MAX_CACHED_CLIENTS {
+        map.insert(key, client.clone());
+    }
+    Ok(client)
+}
+
+fn build_client(connect_timeout: Option<Duration>) -> Result<HttpsClient, GatewayError> {
+    let tls = tls_config().map_err(GatewayError::internal)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(connect_timeout);
+    // ALPN offers h2 and http/1.1 on https; plain http speaks HTTP/1.1.
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    let https = DeadlineConnector {
+        inner: https,
+        deadline: connect_timeout,
+    };
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
