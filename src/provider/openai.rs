@@ -382,13 +382,13 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-type HttpsClient = Client<DeadlineConnector, Full<Bytes>>;
+pub(crate) type HttpsClient = Client<DeadlineConnector, Full<Bytes>>;
 
 /// The HTTPS connector with one deadline over DNS, TCP connect and the TLS handshake together
 /// (hyper's own connect timeout covers only TCP). Boxes one future per new connection, never
 /// per request.
 #[derive(Clone)]
-struct DeadlineConnector {
+pub(crate) struct DeadlineConnector {
     inner: HttpsConnector<HttpConnector>,
     deadline: Option<Duration>,
 }
