@@ -1061,3 +1061,373 @@ fn gemini_error_mapping_table() {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Anthropic-style ingress
+
+use tollgate::error::GatewayError;
+use tollgate::translate::ingress::{
+    IngressStream, error_to_anthropic, request_from_anthropic, response_to_anthropic,
+};
+
+/// Parse an Anthropic SSE byte string into (event name, data JSON) pairs, checking that the
+/// `event:` name equals the data's `type`.
+fn anthropic_events(s: &str) -> Vec<(String, Value)> {
+    s.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let mut lines = e.lines();
+            let name = lines
+                .next()
+                .unwrap()
+                .strip_prefix("event: ")
+                .unwrap()
+                .to_owned();
+            let data = v(lines
+                .next()
+                .unwrap()
+                .strip_prefix("data: ")
+                .unwrap()
+                .as_bytes());
+            assert_eq!(data["type"], name.as_str());
+            (name, data)
+        })
+        .collect()
+}
+
+const O_STREAM: &str = concat!(
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Let me \"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"check.\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    ": keep-alive\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":40,\"completion_tokens\":12,\"total_tokens\":52,\"prompt_tokens_details\":{\"cached_tokens\":30}}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+fn ingress_expected() -> Vec<(String, Value)> {
+    let e = |name: &str, data: Value| (name.to_owned(), data);
+    vec![
+        e(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "chatcmpl-9", "type": "message", "role": "assistant",
+            "model": "gpt-x", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+        ),
+        e(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me "}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "check."}}),
+        ),
+        e(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        e(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1,
+            "content_block": {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+        ),
+        e(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ),
+        e(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 2,
+            "content_block": {"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}}}),
+        ),
+        e(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+        ),
+        e(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 2}),
+        ),
+        e(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"input_tokens": 10, "output_tokens": 12, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 0}}),
+        ),
+        e("message_stop", json!({"type": "message_stop"})),
+    ]
+}
+
+#[test]
+fn ingress_stream_golden_text_then_tools_with_usage() {
+    let (out, err) = run(
+        IngressStream::new("fallback"),
+        vec![Bytes::from_static(O_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    assert_eq!(anthropic_events(&out), ingress_expected());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn ingress_stream_translates_identically_for_any_split(cuts in prop::collection::vec(0usize..4096, 0..12)) {
+        let (out, err) = run(IngressStream::new("fallback"), split(O_STREAM.as_bytes(), &cuts));
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(anthropic_events(&out), ingress_expected());
+    }
+}
+
+#[test]
+fn ingress_stream_errors_inband_and_on_a_cut() {
+    let with_err = concat!(
+        "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"service_unavailable_error\",\"param\":null,\"code\":\"server_is_overloaded\"}}\n\n",
+    );
+    let (out, err) = run(
+        IngressStream::new("m"),
+        vec![Bytes::from_static(with_err.as_bytes())],
+    );
+    assert_eq!(err, None);
+    let evs = anthropic_events(&out);
+    let last = evs.last().unwrap();
+    assert_eq!(last.0, "error");
+    assert_eq!(
+        last.1,
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    );
+    assert!(!out.contains("message_stop"));
+
+    let cut = &O_STREAM[..O_STREAM.find("data: [DONE]").unwrap()];
+    let (out, err) = run(
+        IngressStream::new("m"),
+        vec![Bytes::copy_from_slice(cut.as_bytes())],
+    );
+    assert_eq!(err, Some(ErrorKind::UpstreamProtocol));
+    assert_eq!(anthropic_events(&out).last().unwrap().0, "error");
+    assert!(!out.contains("message_stop"));
+}
+
+#[test]
+fn ingress_request_golden() {
+    let req = json!({
+        "model": "claude-alias",
+        "max_tokens": 256,
+        "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric."}],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "18C"}]},
+                {"type": "text", "text": "And this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+            ]}
+        ],
+        "stop_sequences": ["END"],
+        "temperature": 0.2,
+        "top_k": 5,
+        "metadata": {"user_id": "u-1"},
+        "stream": true,
+        "tools": [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": true}
+    });
+    let out = request_from_anthropic(req.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "model": "claude-alias",
+            "messages": [
+                {"role": "system", "content": "Be brief.\nUse metric."},
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "And this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+                ]}
+            ],
+            "max_tokens": 256,
+            "stop": ["END"],
+            "temperature": 0.2,
+            "user": "u-1",
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": false
+        })
+    );
+    let e = request_from_anthropic(
+        json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+               "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert_eq!(e.to_json()["error"]["param"], "tools[0]");
+}
+
+#[test]
+fn ingress_response_golden() {
+    let body = br#"{"id":"chatcmpl-7","object":"chat.completion","created":1,"model":"gpt-x","choices":[{"index":0,"message":{"role":"assistant","content":"Sure.","refusal":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},"logprobs":null,"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":40,"completion_tokens":12,"total_tokens":52,"prompt_tokens_details":{"cached_tokens":30,"cache_write_tokens":4}}}"#;
+    let out = response_to_anthropic(body).unwrap();
+    assert_eq!(
+        v(&out),
+        json!({
+            "id": "chatcmpl-7", "type": "message", "role": "assistant", "model": "gpt-x",
+            "content": [
+                {"type": "text", "text": "Sure."},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 6, "output_tokens": 12, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 4}
+        })
+    );
+    let bad_args = br#"{"id":"x","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]},"finish_reason":"tool_calls"}]}"#;
+    assert_eq!(
+        response_to_anthropic(bad_args).unwrap_err().kind(),
+        ErrorKind::UpstreamProtocol
+    );
+}
+
+#[test]
+fn ingress_round_trips_through_the_anthropic_translation() {
+    // Anthropic request -> OpenAI (ingress) -> Anthropic (provider): the conversation survives.
+    let original = json!({
+        "model": "claude-x", "max_tokens": 300,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+                {"type": "text", "text": "Thanks"}
+            ]}
+        ],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}],
+        "tool_choice": {"type": "auto"},
+        "stop_sequences": ["END"], "temperature": 0.5
+    });
+    let openai = request_from_anthropic(original.to_string().as_bytes()).unwrap();
+    let back = request_to_anthropic(&openai, "claude-x", &AnthropicOptions::default()).unwrap();
+    assert_eq!(v(&back), original);
+
+    // Anthropic response -> OpenAI -> Anthropic.
+    let resp = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "text", "text": "Hi"}, {"type": "tool_use", "id": "toolu_2", "name": "f", "input": {"a": [1, 2]}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2}});
+    let openai = response_from_anthropic(resp.to_string().as_bytes(), CREATED).unwrap();
+    let mut back = v(&response_to_anthropic(&openai).unwrap());
+    assert_eq!(back["id"], "chatcmpl-msg_1");
+    back["id"] = json!("msg_1");
+    assert_eq!(back, resp);
+
+    // Anthropic stream -> OpenAI chunks -> Anthropic stream: same text, tool input, stop
+    // reason and usage.
+    let (openai, err) = run(
+        AnthropicStream::new(true, CREATED),
+        vec![Bytes::from_static(A_TOOL_STREAM.as_bytes())],
+    );
+    assert_eq!(err, None);
+    let (anth, err) = run(IngressStream::new("m"), vec![Bytes::from(openai)]);
+    assert_eq!(err, None);
+    let evs = anthropic_events(&anth);
+    let text: String = evs
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "Checking.");
+    let json_parts: String = evs
+        .iter()
+        .filter(|(_, d)| d["index"] == 1)
+        .filter_map(|(_, d)| d["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(v(json_parts.as_bytes()), json!({"city": "Paris"}));
+    let tools: Vec<&Value> = evs
+        .iter()
+        .filter(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")
+        .map(|(_, d)| &d["content_block"]["id"])
+        .collect();
+    assert_eq!(tools, vec!["toolu_A", "toolu_B"]);
+    let md = &evs.iter().find(|(n, _)| n == "message_delta").unwrap().1;
+    assert_eq!(md["delta"]["stop_reason"], "tool_use");
+    assert_eq!(md["usage"]["input_tokens"], 50);
+    assert_eq!(md["usage"]["output_tokens"], 65);
+}
+
+#[test]
+fn ingress_error_bodies_are_anthropic_shaped() {
+    let p: Arc<str> = Arc::from("x");
+    for (e, status, ty) in [
+        (
+            GatewayError::bad_request("bad", Some("model")),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            GatewayError::new(ErrorKind::Unauthorized, "no key"),
+            401,
+            "authentication_error",
+        ),
+        (
+            GatewayError::new(ErrorKind::RateLimited, "slow"),
+            429,
+            "rate_limit_error",
+        ),
+        (
+            GatewayError::upstream_status(
+                StatusCode::from_u16(529).unwrap(),
+                "Overloaded",
+                Some(p.clone()),
+            ),
+            503,
+            "overloaded_error",
+        ),
+        (
+            GatewayError::new(ErrorKind::UpstreamTimeout, "late"),
+            504,
+            "timeout_error",
+        ),
+        (
+            GatewayError::new(ErrorKind::ModelNotFound, "no model"),
+            404,
+            "not_found_error",
+        ),
+        (GatewayError::internal("bug"), 500, "api_error"),
+    ] {
+        let (s, body) = error_to_anthropic(&e);
+        assert_eq!(s.as_u16(), status);
+        assert_eq!(
+            v(&body),
+            json!({"type": "error", "error": {"type": ty, "message": e.message()}})
+        );
+    }
+}
