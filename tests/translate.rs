@@ -197,7 +197,7 @@ fn anthropic_tool_stream_usage_is_cumulative_last_wins() {
     assert_eq!(u["usage"]["total_tokens"], 115);
     // every other chunk carries "usage": null
     for l in out.split("\n\n").filter(|l| l.starts_with("data: {")) {
-        let c = v(l[6..].as_bytes());
+        let c = v(&l.as_bytes()[6..]);
         if !c["choices"].as_array().unwrap().is_empty() {
             assert!(c["usage"].is_null() && c.get("usage").is_some(), "{l}");
         }
@@ -549,7 +549,8 @@ fn anthropic_error_mapping_table() {
         )
     };
     // (upstream status, error type, message, retry-after header, client status, code, retryable)
-    let cases: [(u16, &str, &str, Option<&str>, u16, &str, bool); 10] = [
+    type Case<'a> = (u16, &'a str, &'a str, Option<&'a str>, u16, &'a str, bool);
+    let cases: [Case<'_>; 10] = [
         (
             400,
             "invalid_request_error",
@@ -950,7 +951,17 @@ fn gemini_error_mapping_table() {
     let key = r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}"#;
     let retry = r#"{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"30s"}"#;
     // (status, rpc status, message, details, client status, code, retry-after secs, retryable)
-    let cases: [(u16, &str, &str, &str, u16, &str, Option<u64>, bool); 9] = [
+    type Case<'a> = (
+        u16,
+        &'a str,
+        &'a str,
+        &'a str,
+        u16,
+        &'a str,
+        Option<u64>,
+        bool,
+    );
+    let cases: [Case<'_>; 9] = [
         (
             400,
             "INVALID_ARGUMENT",

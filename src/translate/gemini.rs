@@ -531,8 +531,11 @@ struct WireContent {
     parts: Vec<Value>,
 }
 
+/// A function call of a candidate: (Gemini id, name, arguments JSON).
+type Call = (Option<String>, String, String);
+
 /// Text and function calls of one candidate's parts (thought parts skipped).
-fn split_parts(parts: &[Value]) -> (Option<String>, Vec<(Option<String>, String, String)>) {
+fn split_parts(parts: &[Value]) -> (Option<String>, Vec<Call>) {
     let mut text: Option<String> = None;
     let mut calls = Vec::new();
     for p in parts {
