@@ -1442,3 +1442,22 @@ fn ingress_error_bodies_are_anthropic_shaped() {
         );
     }
 }
+
+#[test]
+fn anthropic_request_skips_empty_turns_and_keeps_roles_alternating() {
+    let req = json!({"model": "a", "messages": [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": [{"type": "text", "text": "two"}]}
+    ]});
+    let out = v(&request_to_anthropic(
+        req.to_string().as_bytes(),
+        "m",
+        &AnthropicOptions::default(),
+    )
+    .unwrap());
+    assert_eq!(
+        out["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}])
+    );
+}

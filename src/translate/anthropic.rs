@@ -314,6 +314,9 @@ pub fn request_to_anthropic(
                 ));
             }
         };
+        if blocks.is_empty() {
+            continue;
+        }
         match turns.last_mut() {
             Some((r, b)) if *r == role => b.extend(blocks),
             _ => turns.push((role, blocks)),
@@ -976,20 +979,23 @@ impl StreamTranslator for AnthropicStream {
                         }
                     }
                     "tool_use" => {
-                        let (Some(id), Some(name)) = (b.id, b.name) else {
+                        let (Some(id), Some(name)) = (
+                            b.id.filter(|v| is_json_string(v)),
+                            b.name.filter(|v| is_json_string(v)),
+                        ) else {
                             return self
                                 .fail(out, protocol_error("tool_use block without id/name"));
                         };
                         let k = self.next_tool;
                         self.next_tool += 1;
                         self.blocks[i] = BlockKind::Tool(k);
-                        let mut idx = BytesMut::with_capacity(10);
-                        super::write_u64(&mut idx, u64::from(k));
+                        let mut buf = [0u8; 20];
+                        let idx = super::decimal(u64::from(k), &mut buf);
                         self.choice(
                             out,
                             &[
                                 b"{\"tool_calls\":[{\"index\":",
-                                &idx,
+                                idx,
                                 b",\"id\":",
                                 id.get().as_bytes(),
                                 b",\"type\":\"function\",\"function\":{\"name\":",
@@ -1019,13 +1025,13 @@ impl StreamTranslator for AnthropicStream {
                             .partial_json
                             .filter(|p| is_json_string(p) && p.get() != "\"\"")
                         {
-                            let mut idx = BytesMut::with_capacity(10);
-                            super::write_u64(&mut idx, u64::from(k));
+                            let mut buf = [0u8; 20];
+                            let idx = super::decimal(u64::from(k), &mut buf);
                             self.choice(
                                 out,
                                 &[
                                     b"{\"tool_calls\":[{\"index\":",
-                                    &idx,
+                                    idx,
                                     b",\"function\":{\"arguments\":",
                                     p.get().as_bytes(),
                                     b"}}]}",

@@ -214,6 +214,11 @@ pub(crate) use crate::sse::DONE;
 /// Appends `n` in decimal.
 pub(crate) fn write_u64(out: &mut BytesMut, n: u64) {
     let mut buf = [0u8; 20];
+    out.extend_from_slice(decimal(n, &mut buf));
+}
+
+/// `n` in decimal, formatted into `buf` (no allocation).
+pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut n = n;
     loop {
@@ -224,7 +229,7 @@ pub(crate) fn write_u64(out: &mut BytesMut, n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    &buf[i..]
 }
 
 /// Appends `s` as a JSON string literal.
