@@ -400,3 +400,43 @@ async fn gemini_invalid_key_is_401_and_non_stream_translates() {
         "/v1beta/models/gemini-y:generateContent"
     );
 }
+
+#[tokio::test]
+async fn anthropic_messages_pass_through_replaces_only_the_model() {
+    const SSE: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_p\",\"model\":\"claude-real\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let (base, seen) = fake(Script {
+        status: 200,
+        headers: vec![
+            ("content-type", "text/event-stream"),
+            ("request-id", "req_up"),
+        ],
+        frames: vec![SSE],
+    })
+    .await;
+    let body = json!({"model": "claude-alias", "max_tokens": 5, "stream": true, "thinking": {"type": "enabled", "budget_tokens": 1024},
+                      "messages": [{"role": "user", "content": "x"}]});
+    let mut client = HeaderMap::new();
+    client.insert("authorization", "Bearer client".parse().unwrap());
+    client.insert("anthropic-version", "2026-10-21".parse().unwrap());
+    client.insert("anthropic-beta", "some-beta".parse().unwrap());
+    let res = anthropic(&base)
+        .call_messages(
+            body.to_string().as_bytes(),
+            "claude-real",
+            &client,
+            Some(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    assert_eq!(res.headers()["request-id"], "req_up");
+    assert_eq!(body_string(res).await, SSE);
+    let seen = seen.lock().unwrap()[0].clone();
+    let mut want = body.clone();
+    want["model"] = json!("claude-real");
+    assert_eq!(seen.body, want);
+    assert_eq!(seen.headers["x-api-key"], "sk-ant-upstream");
+    assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(seen.headers["anthropic-beta"], "some-beta");
+    assert!(seen.headers.get("authorization").is_none());
+}

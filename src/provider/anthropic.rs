@@ -163,6 +163,77 @@ impl AnthropicProvider {
     pub fn uri(&self) -> &Uri {
         &self.uri
     }
+
+    /// Pass an Anthropic Messages request (from an Anthropic-style `/v1/messages` ingress)
+    /// through: only `model` is replaced by `upstream_model`, every other field is kept; the
+    /// client's `anthropic-beta` header is forwarded, its credentials never are (the adapter's
+    /// `x-api-key` and `anthropic-version` are sent). A 2xx answer is returned as is (JSON, or
+    /// SSE streamed without buffering); errors are mapped with
+    /// [`error_from_anthropic`] (render them with
+    /// [`error_to_anthropic`](crate::translate::ingress::error_to_anthropic)).
+    pub fn call_messages(
+        &self,
+        body: &[u8],
+        upstream_model: &str,
+        client_headers: &HeaderMap,
+        connect_timeout: Option<std::time::Duration>,
+    ) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+        let prepared = (|| {
+            let mut req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+                .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
+            let stream = req.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+            req.insert("model".into(), serde_json::Value::from(upstream_model));
+            let bytes = serde_json::to_vec(&req)
+                .map_err(|e| GatewayError::internal(format!("serializing the request: {e}")))?;
+            let mut own = self.headers.clone();
+            if let Some(beta) = client_headers.get("anthropic-beta") {
+                own.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
+            }
+            let req = json_post(
+                self.uri.clone(),
+                Bytes::from(bytes),
+                stream,
+                &own,
+                client_headers,
+            )?;
+            Ok::<_, GatewayError>((req, stream, client_for(connect_timeout)?))
+        })();
+        let name = self.name.clone();
+        Box::pin(async move {
+            let (req, stream, client) = prepared?;
+            let res = client
+                .request(req)
+                .await
+                .map_err(|e| connect_error(&name, error_chain(&e)))?;
+            let (parts, body) = res.into_parts();
+            if !parts.status.is_success() {
+                let bytes = read_capped(body, MAX_ERROR_BODY).await;
+                return Err(error_from_anthropic(
+                    parts.status,
+                    &parts.headers,
+                    &bytes,
+                    &name,
+                ));
+            }
+            let provider = name.clone();
+            let body = body.map_err(move |e| -> BoxError {
+                Box::new(
+                    GatewayError::new(
+                        ErrorKind::UpstreamProtocol,
+                        format!("upstream {provider} broke off the response: {e}"),
+                    )
+                    .with_provider(provider.clone()),
+                )
+            });
+            let mut res = translated_response(stream, Body::new(body));
+            *res.status_mut() = parts.status;
+            if let Some(id) = parts.headers.get("request-id") {
+                res.headers_mut()
+                    .insert(HeaderName::from_static("request-id"), id.clone());
+            }
+            Ok(res)
+        })
+    }
 }
 
 /// Build the upstream POST with the JSON body, the adapter's headers and the forwarded
