@@ -1,11 +1,11 @@
 //! The Anthropic adapter: OpenAI's face in front of the Messages API.
 //!
 //! The client's chat request is translated with
-//! [`request_to_anthropic`](crate::translate::anthropic::request_to_anthropic) and sent to
+//! [`request_to_anthropic`] and sent to
 //! `{base}/v1/messages` with `x-api-key` and `anthropic-version`; a 2xx answer is translated back
 //! (JSON → `chat.completion`; SSE → `chat.completion.chunk`s, event by event, never buffered);
 //! a non-2xx answer is read (capped) and mapped with
-//! [`error_from_anthropic`](crate::translate::anthropic::error_from_anthropic).
+//! [`error_from_anthropic`].
 //! The pooled HTTPS client is the one the OpenAI adapter uses.
 //!
 //! ```

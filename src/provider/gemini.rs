@@ -1,11 +1,11 @@
 //! The Google Gemini adapter: OpenAI's face in front of `generateContent`.
 //!
 //! The client's chat request is translated with
-//! [`request_to_gemini`](crate::translate::gemini::request_to_gemini) and sent to
+//! [`request_to_gemini`] and sent to
 //! `{base}/v1beta/models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`) with
 //! `x-goog-api-key`; a 2xx answer is translated back (JSON → `chat.completion`; SSE →
 //! `chat.completion.chunk`s ending in `[DONE]`, which Gemini does not send); a non-2xx answer is
-//! mapped with [`error_from_gemini`](crate::translate::gemini::error_from_gemini).
+//! mapped with [`error_from_gemini`].
 //!
 //! ```
 //! use tollgate::provider::gemini::GeminiProvider;
