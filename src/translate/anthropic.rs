@@ -24,7 +24,8 @@
 //!
 //! Dropped (hints and bookkeeping): `stream_options`, `seed`, `logit_bias`, `presence_penalty`,
 //! `frequency_penalty`, `metadata`, `store`, `service_tier`, `prompt_cache_key`, `verbosity`,
-//! `prediction`-free fields unknown to both APIs. Refused with 400: `n > 1`, `logprobs: true`,
+//! image `detail`, message `name`, and any field the Messages API does not know (it rejects
+//! unknown fields). Refused with 400: `n > 1`, `logprobs: true`,
 //! `top_logprobs`, `audio`, `modalities` other than text, `prediction`, `web_search_options`,
 //! `response_format: json_object`, legacy `functions`/`function_call`, `input_audio` parts,
 //! `file_id` parts, custom tools.
