@@ -1461,3 +1461,87 @@ fn anthropic_request_skips_empty_turns_and_keeps_roles_alternating() {
         json!([{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}])
     );
 }
+
+/// Build an Anthropic stream from text deltas and tool-argument fragments (any unicode, JSON
+/// escaped by serde_json), with the tool block after the text block.
+fn anthropic_stream_of(texts: &[String], args: &[String]) -> String {
+    let mut s = String::new();
+    let mut ev = |name: &str, data: Value| {
+        s.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    };
+    ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_p", "model": "claude-x", "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+    );
+    ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    for t in texts {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+        );
+    }
+    ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    );
+    ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_\u{e9}\"", "name": "f", "input": {}}}),
+    );
+    for a in args {
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": a}}),
+        );
+    }
+    ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+    );
+    ev("message_stop", json!({"type": "message_stop"}));
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Any text and argument fragments (quotes, backslashes, control characters, non-ASCII)
+    /// survive Anthropic SSE → OpenAI chunks → (ingress) Anthropic SSE exactly, for any split.
+    #[test]
+    fn arbitrary_fragments_survive_both_stream_translations(
+        texts in prop::collection::vec("\\PC{0,12}|[\"\\\\\n\t\u{0}-\u{1f}]{1,3}", 0..6),
+        args in prop::collection::vec("\\PC{0,8}", 0..4),
+        cuts in prop::collection::vec(0usize..4096, 0..6),
+    ) {
+        let wire = anthropic_stream_of(&texts, &args);
+        let (openai, err) = run(AnthropicStream::new(true, CREATED), split(wire.as_bytes(), &cuts));
+        prop_assert_eq!(err, None);
+        // the OpenAI view, as a client accumulates it
+        let mut text = String::new();
+        let mut arguments = String::new();
+        let mut id = None;
+        for e in openai.split("\n\n").filter(|e| e.starts_with("data: {")) {
+            let c = v(&e.as_bytes()[6..]);
+            if let Some(t) = c["choices"][0]["delta"]["content"].as_str() { text.push_str(t); }
+            let tc = &c["choices"][0]["delta"]["tool_calls"][0];
+            if let Some(a) = tc["function"]["arguments"].as_str() { arguments.push_str(a); }
+            if let Some(i) = tc["id"].as_str() { id = Some(i.to_owned()); }
+            if !tc.is_null() { prop_assert_eq!(&tc["index"], &json!(0)); }
+        }
+        prop_assert_eq!(&text, &texts.concat());
+        prop_assert_eq!(&arguments, &args.concat());
+        prop_assert_eq!(id.as_deref(), Some("toolu_\u{e9}\""));
+        // and back to Anthropic events
+        let (anth, err) = run(IngressStream::new("m"), split(openai.as_bytes(), &cuts));
+        prop_assert_eq!(err, None);
+        let evs = anthropic_events(&anth);
+        let back_text: String = evs.iter().filter_map(|(_, d)| d["delta"]["text"].as_str()).collect();
+        let back_args: String = evs.iter().filter_map(|(_, d)| d["delta"]["partial_json"].as_str()).collect();
+        prop_assert_eq!(back_text, texts.concat());
+        prop_assert_eq!(back_args, args.concat());
+        prop_assert_eq!(&evs.last().unwrap().0, "message_stop");
+    }
+}

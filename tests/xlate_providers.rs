@@ -440,3 +440,27 @@ async fn anthropic_messages_pass_through_replaces_only_the_model() {
     assert_eq!(seen.headers["anthropic-beta"], "some-beta");
     assert!(seen.headers.get("authorization").is_none());
 }
+
+#[tokio::test]
+async fn anthropic_count_tokens_passes_through() {
+    let (base, seen) = fake(Script {
+        status: 200,
+        headers: vec![("content-type", "application/json")],
+        frames: vec![r#"{"input_tokens":14}"#],
+    })
+    .await;
+    let body = json!({"model": "alias", "messages": [{"role": "user", "content": "x"}]});
+    let res = anthropic(&format!("{base}/v1"))
+        .count_tokens(
+            body.to_string().as_bytes(),
+            "claude-real",
+            &HeaderMap::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(body_string(res).await, r#"{"input_tokens":14}"#);
+    let seen = seen.lock().unwrap()[0].clone();
+    assert_eq!(seen.uri, "/v1/messages/count_tokens");
+    assert_eq!(seen.body["model"], "claude-real");
+}

@@ -95,6 +95,9 @@ impl AnthropicProviderBuilder {
         let uri: Uri = url
             .parse()
             .map_err(|e| ProviderConfigError(format!("bad base_url {:?}: {e}", self.base_url)))?;
+        let count_uri: Uri = format!("{url}/count_tokens")
+            .parse()
+            .map_err(|e| ProviderConfigError(format!("bad base_url {:?}: {e}", self.base_url)))?;
         let mut headers = HeaderMap::new();
         headers.insert(
             HeaderName::from_static("anthropic-version"),
@@ -118,6 +121,7 @@ impl AnthropicProviderBuilder {
         Ok(AnthropicProvider {
             name: self.name,
             uri,
+            count_uri,
             headers,
             options: self.options,
         })
@@ -128,6 +132,7 @@ impl AnthropicProviderBuilder {
 pub struct AnthropicProvider {
     name: Arc<str>,
     uri: Uri,
+    count_uri: Uri,
     headers: HeaderMap,
     options: AnthropicOptions,
 }
@@ -178,6 +183,41 @@ impl AnthropicProvider {
         client_headers: &HeaderMap,
         connect_timeout: Option<std::time::Duration>,
     ) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+        self.pass_through(
+            self.uri.clone(),
+            body,
+            upstream_model,
+            client_headers,
+            connect_timeout,
+        )
+    }
+
+    /// Pass a `/v1/messages/count_tokens` request through to `…/v1/messages/count_tokens`, as
+    /// [`call_messages`](Self::call_messages) does (the count is Anthropic's own, exact).
+    pub fn count_tokens(
+        &self,
+        body: &[u8],
+        upstream_model: &str,
+        client_headers: &HeaderMap,
+        connect_timeout: Option<std::time::Duration>,
+    ) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+        self.pass_through(
+            self.count_uri.clone(),
+            body,
+            upstream_model,
+            client_headers,
+            connect_timeout,
+        )
+    }
+
+    fn pass_through(
+        &self,
+        uri: Uri,
+        body: &[u8],
+        upstream_model: &str,
+        client_headers: &HeaderMap,
+        connect_timeout: Option<std::time::Duration>,
+    ) -> BoxFuture<Result<Response<Body>, GatewayError>> {
         let prepared = (|| {
             let mut req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
                 .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
@@ -189,13 +229,7 @@ impl AnthropicProvider {
             if let Some(beta) = client_headers.get("anthropic-beta") {
                 own.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
             }
-            let req = json_post(
-                self.uri.clone(),
-                Bytes::from(bytes),
-                stream,
-                &own,
-                client_headers,
-            )?;
+            let req = json_post(uri, Bytes::from(bytes), stream, &own, client_headers)?;
             Ok::<_, GatewayError>((req, stream, client_for(connect_timeout)?))
         })();
         let name = self.name.clone();
