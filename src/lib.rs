@@ -129,4 +129,5 @@ pub mod sse;
 pub mod stream;
 pub mod target;
 pub mod timeout;
+pub mod translate;
 pub mod usage;
