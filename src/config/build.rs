@@ -8,6 +8,8 @@ use super::presets::{Adapter, preset};
 use super::{Config, ConfigError, TimeoutsConfig, interpolate};
 use crate::health::Health;
 use crate::provider::Provider;
+use crate::provider::anthropic::AnthropicProvider;
+use crate::provider::gemini::GeminiProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{AuthStyle, OpenAiProvider};
 use crate::route::{ClientControl, ModelRoute, RoutePolicy, RouteTable, Strategy, Variant};
@@ -347,15 +349,153 @@ impl Config {
 
 fn build_translating(
     name: &str,
-    _adapter: Adapter,
-    _base_url: &str,
-    _api_key: Option<String>,
-    _p: &super::ProviderConfig,
+    adapter: Adapter,
+    base_url: &str,
+    api_key: Option<String>,
+    p: &super::ProviderConfig,
     file: &str,
 ) -> Result<Arc<dyn Provider>, ConfigError> {
-    Err(ConfigError::field(
-        file,
-        &format!("providers.{name}.kind"),
-        "this adapter is not available in this build yet",
-    ))
+    let field = |f: &str| format!("providers.{name}.{f}");
+    let key = api_key.filter(|k| !k.is_empty()).map(Secret::new);
+    match adapter {
+        Adapter::Anthropic => {
+            let mut b = AnthropicProvider::builder(name, base_url);
+            if let Some(k) = key {
+                b = b.api_key(k);
+            }
+            if let Some(n) = p.default_max_tokens {
+                b = b.default_max_tokens(n);
+            }
+            for (k, v) in &p.headers {
+                b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
+            }
+            Ok(Arc::new(b.build().map_err(|e| {
+                ConfigError::field(file, &field("base_url"), e)
+            })?))
+        }
+        _ => {
+            let mut b = GeminiProvider::builder(name, base_url);
+            if let Some(k) = key {
+                b = b.api_key(k);
+            }
+            Ok(Arc::new(b.build().map_err(|e| {
+                ConfigError::field(file, &field("base_url"), e)
+            })?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn every_preset_builds_and_routes() {
+        let mut text = String::new();
+        for kind in super::super::presets::KINDS {
+            text.push_str(&format!(
+                "[providers.p-{kind}]\nkind = \"{kind}\"\napi_key = \"k\"\n"
+            ));
+            if *kind == "azure" {
+                text.push_str("base_url = \"https://x.openai.azure.com/openai/deployments/d\"\nquery = \"api-version=2024-10-21\"\n");
+            }
+            text.push_str(&format!(
+                "[models.m-{kind}]\ntargets = [{{ provider = \"p-{kind}\", model = \"x\" }}]\n"
+            ));
+        }
+        let rt = cfg(&text)
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        assert_eq!(rt.providers.len(), super::super::presets::KINDS.len());
+        assert_eq!(rt.providers["p-anthropic"].kind(), "anthropic");
+        assert_eq!(rt.providers["p-gemini"].kind(), "gemini");
+        assert_eq!(rt.providers["p-deepseek"].kind(), "openai");
+        assert_eq!(rt.providers["p-mock"].kind(), "mock");
+        assert_eq!(rt.models.len(), super::super::presets::KINDS.len());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_file() {
+        let cases = [
+            ("[providers.a]\nkind = \"nope\"\n", "providers.a.kind"),
+            (
+                "[providers.a]\nkind = \"azure\"\napi_key = \"k\"\n",
+                "providers.a.base_url",
+            ),
+            (
+                "[providers.a]\nkind = \"deepseek\"\n",
+                "providers.a.api_key",
+            ),
+            (
+                "[providers.a]\nkind = \"openai\"\napi_key = \"${TOLLGATE_TEST_SURELY_UNSET}\"\n",
+                "providers.a.api_key",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\ntargets = [{ provider = \"b\", model = \"x\" }]\n",
+                "models.m.targets[0].provider",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\nstrategy = \"random\"\ntargets = [{ provider = \"a\", model = \"x\" }]\n",
+                "models.m.strategy",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\ntargets = [{ provider = \"a\", model = \"x\" }]\n[tiers.cheap]\nmodels = [\"zzz\"]\n",
+                "tiers.cheap.models",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = cfg(text)
+                .build_runtime(&mut HealthRegistry::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.toml: "), "{e}");
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn providers_without_their_key_variable_are_switched_off_with_their_models() {
+        let rt = cfg(
+            "[providers.a]\nkind = \"openai\"\napi_key = \"${TOLLGATE_TEST_SURELY_UNSET}\"\nenabled_if_env = \"TOLLGATE_TEST_SURELY_UNSET\"\n[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"a\", model = \"x\" }]\n[models.y]\ntargets = [{ provider = \"a\", model = \"x\" }, { provider = \"m\", model = \"ok\" }]\n",
+        )
+        .build_runtime(&mut HealthRegistry::new())
+        .unwrap();
+        assert_eq!(rt.disabled_providers, vec!["a".to_owned()]);
+        let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, vec!["y"]);
+    }
+
+    #[test]
+    fn health_is_kept_across_rebuilds() {
+        let c = cfg(
+            "[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"m\", model = \"ok\" }]\n",
+        );
+        let mut reg = HealthRegistry::new();
+        let a = c.build_runtime(&mut reg).unwrap();
+        let b = c.build_runtime(&mut reg).unwrap();
+        let ta = a.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        let tb = b.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        assert!(Arc::ptr_eq(&ta.health, &tb.health));
+    }
+
+    #[test]
+    fn the_embedded_default_builds_with_mock_models() {
+        let rt = Config::embedded()
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
+        for m in [
+            "mock",
+            "mock-tool",
+            "mock-fallback",
+            "mock-429",
+            "mock-embed",
+        ] {
+            assert!(ids.contains(&m), "{m} in {ids:?}");
+        }
+    }
 }
