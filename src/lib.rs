@@ -10,3 +10,5 @@ pub mod request;
 pub mod target;
 pub mod usage;
 pub mod secret;
+pub mod auth;
+pub mod ratelimit;
