@@ -122,6 +122,7 @@ impl LimitKind {
         matches!(self, LimitKind::BudgetDay | LimitKind::BudgetMonth)
     }
     /// The one-letter tag used in store keys.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn tag(self) -> &'static str {
         match self {
             LimitKind::Requests => "r",
@@ -154,6 +155,7 @@ impl Scope {
         }
     }
     /// The store-key part: `g`, `k:<key_id>`, `m:<model>`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn key_part(&self) -> String {
         match self {
             Scope::Global => "g".to_owned(),
