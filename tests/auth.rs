@@ -66,7 +66,11 @@ async fn missing_key_is_401_and_never_calls_inner() {
     // A non-bearer scheme is no key either.
     let (status, _, _) = send(
         &c,
-        chat(addr, &chat_body("gpt-4o", 5), &[("authorization", "Basic abc")]),
+        chat(
+            addr,
+            &chat_body("gpt-4o", 5),
+            &[("authorization", "Basic abc")],
+        ),
     )
     .await;
     assert_eq!(status, 401);
@@ -85,7 +89,11 @@ async fn unknown_key_is_401_without_echoing_the_key() {
     assert_eq!(status, 401);
     assert_eq!(error_json(&body)["error"]["code"], "invalid_api_key");
     assert!(!body.contains(UNKNOWN) && !body.contains(&UNKNOWN[..12]));
-    assert!(headers.iter().all(|(_, v)| !v.as_bytes().windows(8).any(|w| w == &UNKNOWN.as_bytes()[..8])));
+    assert!(headers.iter().all(|(_, v)| {
+        !v.as_bytes()
+            .windows(8)
+            .any(|w| w == &UNKNOWN.as_bytes()[..8])
+    }));
     assert_eq!(up.seen.calls.load(Ordering::SeqCst), 0);
 }
 
@@ -145,7 +153,12 @@ async fn model_outside_the_globs_is_403() {
     assert_eq!(j["error"]["type"], "permission_error");
     assert_eq!(j["error"]["code"], "model_not_allowed");
     assert_eq!(j["error"]["param"], "model");
-    assert!(j["error"]["message"].as_str().unwrap().contains("gemini-pro"));
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gemini-pro")
+    );
     assert!(!body.contains(KEY_A));
     assert_eq!(up.seen.calls.load(Ordering::SeqCst), 0);
 }
@@ -155,7 +168,11 @@ async fn disabled_auth_inserts_anonymous_and_still_strips() {
     let (addr, up) = gateway(AuthLayer::disabled()).await;
     let (status, _, _) = send(
         &client(),
-        chat(addr, &chat_body("any-model", 5), &[("authorization", "Bearer whatever")]),
+        chat(
+            addr,
+            &chat_body("any-model", 5),
+            &[("authorization", "Bearer whatever")],
+        ),
     )
     .await;
     assert_eq!(status, 200);
@@ -176,7 +193,9 @@ async fn tap_gets_key_id_and_tenant() {
     let tap = UsageTap::new();
     let mut req = http::Request::post("/v1/chat/completions")
         .header("x-api-key", KEY_A)
-        .body(http_body_util::Full::new(bytes::Bytes::from(chat_body("gpt-4o", 3))))
+        .body(http_body_util::Full::new(bytes::Bytes::from(chat_body(
+            "gpt-4o", 3,
+        ))))
         .unwrap();
     req.extensions_mut().insert(tap.clone());
     let res = svc.oneshot(req).await.unwrap();
@@ -202,12 +221,19 @@ async fn pluggable_async_validator() {
     let v: Arc<dyn KeyValidator> = Arc::new(Remote);
     let (addr, up) = gateway(AuthLayer::from_arc(v)).await;
     let c = client();
-    let ok = send(&c, chat(addr, &chat_body("m", 1), &[("x-api-key", "remote-key")])).await;
+    let ok = send(
+        &c,
+        chat(addr, &chat_body("m", 1), &[("x-api-key", "remote-key")]),
+    )
+    .await;
     let bad = send(&c, chat(addr, &chat_body("m", 1), &[("x-api-key", "nope")])).await;
     assert_eq!((ok.0, bad.0), (200, 401));
     assert_eq!(up.seen.calls.load(Ordering::SeqCst), 1);
     assert_eq!(
-        &*up.seen.identities.lock().unwrap()[0].clone().unwrap().key_id,
+        &*up.seen.identities.lock().unwrap()[0]
+            .clone()
+            .unwrap()
+            .key_id,
         "r1"
     );
 }

@@ -345,7 +345,10 @@ mod tests {
             hash_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(unhex(&hash_key("abc")).map(|h| hex(&h)), Some(hash_key("abc")));
+        assert_eq!(
+            unhex(&hash_key("abc")).map(|h| hex(&h)),
+            Some(hash_key("abc"))
+        );
         assert!(unhex("zz").is_none());
     }
 

@@ -75,7 +75,8 @@ where
                     cfg,
                 } => {
                     let decision = ready!(Pin::new(fut).poll(cx));
-                    let (Some(req), Some(inner), Some(ctx)) = (req.take(), inner.take(), ctx.take())
+                    let (Some(req), Some(inner), Some(ctx)) =
+                        (req.take(), inner.take(), ctx.take())
                     else {
                         return Poll::Ready(Err(GatewayError::internal("polled after completion")));
                     };

@@ -198,7 +198,10 @@ mod tests {
         let Decision::Refused(r) = s.reserve_now(req(scopes, 60, 0)) else {
             panic!("admitted")
         };
-        assert_eq!((r.kind, r.scope, r.used, r.needed), (LimitKind::Tokens, Scope::Global, 60, 60));
+        assert_eq!(
+            (r.kind, r.scope, r.used, r.needed),
+            (LimitKind::Tokens, Scope::Global, 60, 60)
+        );
         assert_eq!(r.retry_after, std::time::Duration::from_secs(59));
         assert_eq!(s.used(&key, LimitKind::Requests, T0), 1);
     }
@@ -219,12 +222,21 @@ mod tests {
             s.reserve_now(req(vec![(Scope::Global, l)], 1, 1)),
             Decision::Refused(r) if r.kind == LimitKind::Concurrency
         ));
-        s.settle_now(&ticket, Some(Settlement { tokens: 120, cost_pico: 300 }));
+        s.settle_now(
+            &ticket,
+            Some(Settlement {
+                tokens: 120,
+                cost_pico: 300,
+            }),
+        );
         assert_eq!(s.used(&Scope::Global, LimitKind::Tokens, T0), 120);
         assert_eq!(s.used(&Scope::Global, LimitKind::BudgetDay, T0), 300);
         assert_eq!(s.used(&Scope::Global, LimitKind::Concurrency, T0), 0);
         // Next minute: the token window is fresh, the day budget is not.
         assert_eq!(s.used(&Scope::Global, LimitKind::Tokens, T0 + 60_000), 0);
-        assert_eq!(s.used(&Scope::Global, LimitKind::BudgetDay, T0 + 60_000), 300);
+        assert_eq!(
+            s.used(&Scope::Global, LimitKind::BudgetDay, T0 + 60_000),
+            300
+        );
     }
 }

@@ -313,11 +313,7 @@ pub(crate) struct Pending {
 impl Pending {
     /// Settle (first call only): `Some` with the exact amounts, `None` to keep the reserved.
     fn complete(&self, actual: Option<Settlement>) {
-        let ticket = self
-            .ticket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let ticket = self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = ticket {
             run_settle(self.store.settle(t, actual));
         }

@@ -236,12 +236,7 @@ impl RedisStore {
     }
 
     /// The Redis key of `kind` for `scope` in `windows` (see the key schema).
-    pub fn key(
-        &self,
-        scope: &super::Scope,
-        kind: LimitKind,
-        windows: &super::Windows,
-    ) -> String {
+    pub fn key(&self, scope: &super::Scope, kind: LimitKind, windows: &super::Windows) -> String {
         self.inner.key(scope, kind, windows)
     }
 
@@ -336,10 +331,14 @@ impl Inner {
             let amount = req.amount(kind);
             inv.key(self.key(&req.scopes[i].0, kind, &w));
             let expire = w.end_ms(kind).saturating_add(60_000);
-            inv.arg(if kind == LimitKind::Concurrency { "c" } else { "w" })
-                .arg(limit)
-                .arg(amount)
-                .arg(expire);
+            inv.arg(if kind == LimitKind::Concurrency {
+                "c"
+            } else {
+                "w"
+            })
+            .arg(limit)
+            .arg(amount)
+            .arg(expire);
             views.push(View {
                 scope: i,
                 kind,
@@ -355,7 +354,9 @@ impl Inner {
             })
             .await?;
         if reply.len() != views.len() + 1 {
-            return Err(StoreError("unexpected reply from the reserve script".into()));
+            return Err(StoreError(
+                "unexpected reply from the reserve script".into(),
+            ));
         }
         for (v, u) in views.iter_mut().zip(&reply[1..]) {
             v.used = u64::try_from(*u).unwrap_or(0);

@@ -61,7 +61,8 @@ pub struct Upstream {
 impl tower::Service<Request<Full<Bytes>>> for Upstream {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         Poll::Ready(Ok(()))
@@ -97,8 +98,11 @@ impl tower::Service<Request<Full<Bytes>>> for Upstream {
 /// Serve `svc` on 127.0.0.1:0.
 pub async fn serve<S>(svc: S) -> SocketAddr
 where
-    S: tower::Service<Request<hyper::body::Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
+    S: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
