@@ -180,7 +180,7 @@ pub fn record(model: &str, outcome: Outcome, usage: Option<Usage>) -> UsageRecor
         } else {
             UsageSource::None
         },
-        cost_micros: None,
+        cost_pico: None,
         ttft_ms: None,
         total_ms: 1.0,
         overhead_us: None,
