@@ -61,13 +61,21 @@ fn store(prefix: &str) -> RedisStore {
 async fn get(key: &str) -> Option<i64> {
     let client = redis::Client::open(URL).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("GET").arg(key).query_async(&mut con).await.unwrap()
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap()
 }
 
 async fn zcard(key: &str) -> i64 {
     let client = redis::Client::open(URL).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("ZCARD").arg(key).query_async(&mut con).await.unwrap()
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .unwrap()
 }
 
 /// `n` concurrent reservations spread round-robin over `replicas` independent stores.
@@ -135,14 +143,20 @@ async fn exact_admission_across_replicas() {
     )
     .await;
     assert_eq!(admitted, 14);
-    assert_eq!(get(&replicas[1].key(&model, LimitKind::Tokens, &w)).await, Some(980));
+    assert_eq!(
+        get(&replicas[1].key(&model, LimitKind::Tokens, &w)).await,
+        Some(980)
+    );
 
     // A daily budget of 5.5 requests' worst case: 5 admitted, spend never above the budget.
     let cost = 3_000_000_000u64;
     let admitted = spread(
         &replicas,
         40,
-        vec![(Scope::Global, Limits::new().pico_per_day(5 * cost + cost / 2))],
+        vec![(
+            Scope::Global,
+            Limits::new().pico_per_day(5 * cost + cost / 2),
+        )],
         1,
         cost,
         now,
@@ -156,7 +170,10 @@ async fn exact_admission_across_replicas() {
     let admitted = spread(
         &replicas,
         20,
-        vec![(Scope::Key(Arc::from("c")), Limits::new().concurrent_requests(3))],
+        vec![(
+            Scope::Key(Arc::from("c")),
+            Limits::new().concurrent_requests(3),
+        )],
         1,
         0,
         now,
@@ -207,8 +224,14 @@ async fn settle_refunds_and_releases_in_one_call() {
     .await
     .unwrap();
     assert_eq!(get(&tk).await, Some(45));
-    assert_eq!(get(&s.key(&scope, LimitKind::BudgetDay, &w)).await, Some(700));
-    assert_eq!(get(&s.key(&scope, LimitKind::BudgetMonth, &w)).await, Some(700));
+    assert_eq!(
+        get(&s.key(&scope, LimitKind::BudgetDay, &w)).await,
+        Some(700)
+    );
+    assert_eq!(
+        get(&s.key(&scope, LimitKind::BudgetMonth, &w)).await,
+        Some(700)
+    );
     assert_eq!(zcard(&ck).await, 0);
 
     // No usage (a disconnect): the reserved amount stays, the slot is released.
@@ -266,7 +289,14 @@ impl Drop for Server {
 
 fn start_redis(port: u16) -> Option<Server> {
     std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .args(["--bind", "127.0.0.1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -322,12 +352,19 @@ async fn recovers_when_redis_returns() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(recovered, "the store did not recover after redis-server came back");
+    assert!(
+        recovered,
+        "the store did not recover after redis-server came back"
+    );
     // Counting works again: the new server holds this request.
     let w = Windows::at(now_ms());
     let k = s.key(&Scope::Global, LimitKind::Requests, &w);
     let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let n: Option<i64> = redis::cmd("GET").arg(&k).query_async(&mut con).await.unwrap();
+    let n: Option<i64> = redis::cmd("GET")
+        .arg(&k)
+        .query_async(&mut con)
+        .await
+        .unwrap();
     assert!(n.unwrap_or(0) >= 1);
 }
