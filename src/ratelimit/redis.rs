@@ -269,9 +269,8 @@ impl Inner {
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
-        let Ok(_guard) = self.connecting.try_lock() else {
-            return Err(StoreError("connecting to redis".into()));
-        };
+        // One connection attempt at a time; the others wait for it (bounded by the timeouts).
+        let _guard = self.connecting.lock().await;
         if let Some(c) = self.conn.load_full() {
             return Ok((*c).clone());
         }
