@@ -130,7 +130,7 @@ struct Inner {
     leases: AtomicU64,
 }
 
-/// [`RedisStore`]: counters shared by every replica in one redis-server (feature `redis`).
+/// Limits shared by every replica through one redis-server (feature `redis`).
 ///
 /// # Key schema
 ///
