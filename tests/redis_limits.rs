@@ -78,6 +78,24 @@ async fn zcard(key: &str) -> i64 {
         .unwrap()
 }
 
+/// Delete every key under `prefix` (budget keys would otherwise live to the month's end).
+async fn cleanup(prefix: &str) {
+    let client = redis::Client::open(URL).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}
+
 /// `n` concurrent reservations spread round-robin over `replicas` independent stores.
 async fn spread(
     replicas: &[RedisStore],
@@ -180,6 +198,7 @@ async fn exact_admission_across_replicas() {
     )
     .await;
     assert_eq!(admitted, 3);
+    cleanup(&p).await;
 }
 
 #[tokio::test]
@@ -241,6 +260,7 @@ async fn settle_refunds_and_releases_in_one_call() {
     s.settle_async(ticket, None).await.unwrap();
     assert_eq!(get(&tk).await, Some(645));
     assert_eq!(zcard(&ck).await, 0);
+    cleanup(&p).await;
 }
 
 fn chat_req() -> Request<Full<Bytes>> {
@@ -418,4 +438,5 @@ async fn layer_settles_through_the_tap_on_redis() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(settled, "tokens {:?}", get(&tk).await);
+    cleanup(&p).await;
 }
