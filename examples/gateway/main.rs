@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(key) = &args.hash_key {
-        println!("{}", hash_key(key));
+        println!("{}", tollgate::auth::hash_key(key));
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
@@ -198,8 +198,3 @@ async fn shutdown_signal() {
     }
 }
 
-fn hash_key(key: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(key.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
