@@ -52,7 +52,15 @@ async fn non_streaming_passes_through_byte_exact() {
     let client = tokio::spawn({
         let addr = gw.addr;
         async move {
-            chat(addr, req, &[("authorization", "Bearer client-key-123"), ("x-request-id", "req-77")]).await
+            chat(
+                addr,
+                req,
+                &[
+                    ("authorization", "Bearer client-key-123"),
+                    ("x-request-id", "req-77"),
+                ],
+            )
+            .await
         }
     });
     let ex = up.next().await;
@@ -64,7 +72,9 @@ async fn non_streaming_passes_through_byte_exact() {
     );
     assert_eq!(ex.headers["authorization"], "Bearer sk-upstream-secret");
     assert!(
-        !ex.headers.values().any(|v| v.as_bytes().windows(14).any(|w| w == b"client-key-123")),
+        !ex.headers
+            .values()
+            .any(|v| v.as_bytes().windows(14).any(|w| w == b"client-key-123")),
         "the client's credential must never reach the upstream"
     );
     let answer = "{\"id\":\"x\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"up-model\",\n \"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":9,\"total_tokens\":30,\"prompt_tokens_details\":{\"cached_tokens\":5},\"completion_tokens_details\":{\"reasoning_tokens\":3}},\"vendor_extra\":[1]}";
@@ -100,7 +110,12 @@ async fn streaming_is_never_buffered_and_usage_is_injected_then_stripped() {
     assert_eq!(res.headers["cache-control"], "no-cache");
     assert_eq!(res.headers["x-accel-buffering"], "no");
     assert!(res.headers.get("content-length").is_none());
-    assert!(res.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        res.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     assert_eq!(res.next_data().await.unwrap(), CHUNK1.as_bytes());
     // each later event, too, reaches the client while the upstream is still waiting
     for ev in [CHUNK2, CHUNK3] {
@@ -137,7 +152,10 @@ async fn usage_chunk_kept_when_the_client_asked() {
     drop(tx);
     let res = client.await.unwrap();
     let body = res.rest().await;
-    assert_eq!(&body[..], [CHUNK1, CHUNK3, USAGE_CHUNK, DONE].concat().as_bytes());
+    assert_eq!(
+        &body[..],
+        [CHUNK1, CHUNK3, USAGE_CHUNK, DONE].concat().as_bytes()
+    );
     assert_eq!(gw.records(1).await[0].usage, exact_usage());
 }
 
@@ -170,7 +188,14 @@ async fn upstream_429_stays_429_with_retry_after() {
     let gw = Gateway::start(&config(&up, "")).await;
     let client = tokio::spawn({
         let addr = gw.addr;
-        async move { chat(addr, r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#, &[]).await }
+        async move {
+            chat(
+                addr,
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+                &[],
+            )
+            .await
+        }
     });
     up.next().await.respond(
         429,
@@ -198,13 +223,57 @@ async fn bad_inputs_get_their_status_and_an_openai_error_and_the_gateway_keeps_s
         ("POST", "/v1/chat/completions", "{".into(), 400, None),
         ("POST", "/v1/chat/completions", "[]".into(), 400, None),
         ("POST", "/v1/chat/completions", "".into(), 400, None),
-        ("POST", "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}]}"#.into(), 400, Some("model")),
-        ("POST", "/v1/chat/completions", r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#.into(), 400, Some("model")),
-        ("POST", "/v1/chat/completions", r#"{"model":"m"}"#.into(), 400, Some("messages")),
-        ("POST", "/v1/chat/completions", r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#.into(), 400, Some("stream")),
-        ("POST", "/v1/chat/completions", r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}"#.into(), 400, Some("max_tokens")),
-        ("POST", "/v1/chat/completions", r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":[]}"#.into(), 400, Some("stream_options")),
-        ("POST", "/v1/chat/completions", r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#.into(), 404, Some("model")),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"x"}]}"#.into(),
+            400,
+            Some("model"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#.into(),
+            400,
+            Some("model"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":"m"}"#.into(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#.into(),
+            400,
+            Some("stream"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}"#
+                .into(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":[]}"#
+                .into(),
+            400,
+            Some("stream_options"),
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#.into(),
+            404,
+            Some("model"),
+        ),
         ("POST", "/v1/chat/completions", big, 413, None),
         ("PUT", "/v1/chat/completions", "{}".into(), 405, None),
         ("GET", "/v1/chat/completions", "".into(), 405, None),
@@ -219,9 +288,15 @@ async fn bad_inputs_get_their_status_and_an_openai_error_and_the_gateway_keeps_s
         assert_eq!(res.headers["content-type"], "application/json");
         let v = res.json().await;
         let err = &v["error"];
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
         assert!(err["type"].is_string(), "{v}");
-        assert!(err.get("param").is_some() && err.get("code").is_some(), "{v}");
+        assert!(
+            err.get("param").is_some() && err.get("code").is_some(),
+            "{v}"
+        );
         assert_eq!(err["origin"], "gateway", "{v}");
         if let Some(p) = param {
             assert_eq!(err["param"], p, "{method} {path} {body:.60}: {v}");

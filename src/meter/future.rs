@@ -6,7 +6,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::body::{Finalizer, MeterBody};
-use super::{Ctx, End};
+use super::{Ctx, CtxGuard, End};
 use crate::body::Body;
 use crate::error::GatewayError;
 
@@ -15,7 +15,7 @@ pin_project! {
     pub struct MeterFuture<F> {
         #[pin]
         inner: F,
-        ctx: Option<Ctx>,
+        ctx: CtxGuard,
     }
 }
 
@@ -23,7 +23,7 @@ impl<F> MeterFuture<F> {
     pub(crate) fn new(inner: F, ctx: Ctx) -> Self {
         MeterFuture {
             inner,
-            ctx: Some(ctx),
+            ctx: CtxGuard::new(ctx),
         }
     }
 }

@@ -33,6 +33,7 @@
 //! ```
 
 mod body;
+pub mod cost;
 mod future;
 
 use std::sync::Arc;
@@ -43,10 +44,12 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 pub use self::body::MeterBody;
+pub use self::cost::{CostBody, CostReport, CostReportFuture, CostReportLayer};
 pub use self::future::MeterFuture;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::metrics as m;
+use crate::pricing::{PriceDate, PriceTable};
 use crate::request::ParsedRequest;
 use crate::usage::{Outcome, Usage, UsageRecord, UsageSource, UsageTap};
 
@@ -68,6 +71,7 @@ where
 struct Shared {
     sinks: Vec<Arc<dyn RecordSink>>,
     json_cap: usize,
+    prices: Option<Arc<PriceTable>>,
 }
 
 /// Layer for [`UsageMeter`]: configuration only.
@@ -82,6 +86,7 @@ impl Default for UsageMeterLayer {
             shared: Arc::new(Shared {
                 sinks: Vec::new(),
                 json_cap: 8 << 20,
+                prices: None,
             }),
         }
     }
@@ -105,6 +110,7 @@ impl UsageMeterLayer {
         let mut shared = Shared {
             sinks: self.shared.sinks.clone(),
             json_cap: self.shared.json_cap,
+            prices: self.shared.prices.clone(),
         };
         f(&mut shared);
         self.shared = Arc::new(shared);
@@ -119,6 +125,13 @@ impl UsageMeterLayer {
     /// Add a callback sink.
     pub fn on_record(self, f: impl Fn(&UsageRecord) + Send + Sync + 'static) -> Self {
         self.sink(Arc::new(f))
+    }
+
+    /// Price records with `table` (by provider, upstream model and the request's date; see
+    /// [`PriceTable`]); without it, or when it does not know the model, the serving target's
+    /// [`Target::price`](crate::target::Target::price) is used.
+    pub fn prices(self, table: Arc<PriceTable>) -> Self {
+        self.edit(|s| s.prices = Some(table))
     }
 
     /// The most bytes of a non-streaming JSON body kept (by reference) to read its `usage`.
@@ -246,6 +259,34 @@ pub(crate) enum End<'a> {
     BodyError { status: u16, head: Duration },
     /// The body was dropped before its end.
     Dropped { status: u16, head: Duration },
+    /// The response future was dropped before the inner service answered (the client went
+    /// away while the gateway waited on the upstream, or a deadline outside the meter fired).
+    Cancelled,
+}
+
+/// Status recorded for a request the client abandoned before any response was sent
+/// (nginx's "client closed request").
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
+
+/// Owns the request's [`Ctx`] until it finalizes; finalizes as [`End::Cancelled`] on drop.
+pub(crate) struct CtxGuard(Option<Ctx>);
+
+impl CtxGuard {
+    pub(crate) fn new(ctx: Ctx) -> Self {
+        CtxGuard(Some(ctx))
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Ctx> {
+        self.0.take()
+    }
+}
+
+impl Drop for CtxGuard {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0.take() {
+            ctx.finalize(End::Cancelled);
+        }
+    }
 }
 
 fn outcome_of(kind: ErrorKind) -> Outcome {
@@ -308,6 +349,7 @@ impl Ctx {
             End::Dropped { status, head } => {
                 (Outcome::ClientDisconnect, *status, None, Some(*head))
             }
+            End::Cancelled => (Outcome::ClientDisconnect, CLIENT_CLOSED_STATUS, None, None),
         };
 
         let json_usage = match &end {
@@ -331,12 +373,24 @@ impl Ctx {
         };
 
         let served = tap.served.as_ref();
-        let price = served.and_then(|s| s.target.price);
+        let date = PriceDate::from_unix_ms(self.started_at_ms);
+        let price = served
+            .and_then(|s| crate::pricing::resolve(self.shared.prices.as_ref(), &s.target, date));
         let cost_pico = match usage_source {
             UsageSource::None => None,
             _ => price.map(|p| u64::try_from(p.cost_pico(&usage)).unwrap_or(u64::MAX)),
         };
-        let provider: Option<Arc<str>> = served.map(|s| Arc::from(s.target.provider.name()));
+        // Who served; for a failed request, the target of the last attempt (`provider/model`).
+        let (provider, upstream_model) = match served {
+            Some(s) => (
+                Some(s.target.provider.name().to_owned()),
+                Some(s.target.upstream_model.to_string()),
+            ),
+            None => match tap.attempts.last().and_then(|a| a.target.split_once('/')) {
+                Some((p, m)) => (Some(p.to_owned()), Some(m.to_owned())),
+                None => (None, None),
+            },
+        };
         let ttft = if self.stream {
             tap.first_event_after
         } else {
@@ -350,8 +404,8 @@ impl Ctx {
             key_id: tap.key_id.as_deref().map(str::to_owned),
             tenant: tap.tenant.as_deref().map(str::to_owned),
             model: tap.model.as_deref().unwrap_or(&self.model).to_owned(),
-            provider: provider.as_deref().map(str::to_owned),
-            upstream_model: served.map(|s| s.target.upstream_model.to_string()),
+            provider,
+            upstream_model,
             variant: tap.variant.as_deref().map(str::to_owned),
             attempts,
             stream: self.stream,

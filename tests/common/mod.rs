@@ -94,14 +94,20 @@ impl ScriptedUpstream {
         let (tx, rx) = mpsc::channel::<Exchange>(64);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let tx = tx.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let (rtx, rrx) = oneshot::channel();
                             let ex = Exchange {
                                 method: parts.method,
@@ -159,9 +165,13 @@ impl Gateway {
         let records: Arc<Mutex<Vec<UsageRecord>>> = Arc::default();
         let r = records.clone();
         let app = Arc::new(
-            app::App::build_with(&cfg, None, Some(Arc::new(move |rec: &UsageRecord| {
-                r.lock().unwrap().push(rec.clone())
-            })))
+            app::App::build_with(
+                &cfg,
+                None,
+                Some(Arc::new(move |rec: &UsageRecord| {
+                    r.lock().unwrap().push(rec.clone())
+                })),
+            )
             .expect("app"),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -174,7 +184,12 @@ impl Gateway {
             })
             .await
         });
-        Gateway { addr, records, app, shutdown: Some(tx) }
+        Gateway {
+            addr,
+            records,
+            app,
+            shutdown: Some(tx),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -237,7 +252,8 @@ impl Streaming {
 
     pub async fn json(self) -> serde_json::Value {
         let b = self.rest().await;
-        serde_json::from_slice(&b).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b)))
+        serde_json::from_slice(&b)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&b)))
     }
 }
 
@@ -267,10 +283,13 @@ pub async fn send(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = tokio::time::timeout(Duration::from_secs(15), sender.send_request(req.body(Full::new(body)).unwrap()))
-        .await
-        .expect("no response head in 15 s")
-        .unwrap();
+    let res = tokio::time::timeout(
+        Duration::from_secs(15),
+        sender.send_request(req.body(Full::new(body)).unwrap()),
+    )
+    .await
+    .expect("no response head in 15 s")
+    .unwrap();
     let (parts, body) = res.into_parts();
     Streaming {
         status: parts.status,
@@ -282,5 +301,12 @@ pub async fn send(
 
 /// POST JSON to the gateway's chat endpoint.
 pub async fn chat(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Streaming {
-    send(addr, "POST", "/v1/chat/completions", headers, body.to_owned()).await
+    send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        headers,
+        body.to_owned(),
+    )
+    .await
 }
