@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use crate::meter::RecordSink;
 use crate::usage::UsageRecord;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 enum Msg {
     Record(Box<UsageRecord>),
     Flush(SyncSender<()>),
