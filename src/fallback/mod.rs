@@ -127,8 +127,12 @@ where
         let tap = req.extensions().get::<UsageTap>().cloned();
         match req.extensions().get::<RouteDecision>() {
             Some(d) => {
-                let (targets, allow, timeouts) =
-                    (d.targets.clone(), d.allow_fallback, d.client_timeouts);
+                let (targets, allow, timeouts, model) = (
+                    d.targets.clone(),
+                    d.allow_fallback,
+                    d.client_timeouts,
+                    d.model.clone(),
+                );
                 ResponseFuture::new(
                     service,
                     req,
@@ -138,6 +142,7 @@ where
                     self.budget.clone(),
                     tap,
                     None,
+                    model,
                 )
             }
             None => ResponseFuture::new(
@@ -151,6 +156,7 @@ where
                 Some(GatewayError::internal(
                     "Fallback needs the RouteDecision extension (Route layer)",
                 )),
+                Arc::from(""),
             ),
         }
     }

@@ -474,6 +474,9 @@ fn emit_metrics(
 }
 
 #[cfg(test)]
+mod paths;
+
+#[cfg(test)]
 mod tests {
     use std::convert::Infallible;
     use std::sync::Mutex;
