@@ -9,6 +9,7 @@ use super::body::{Finalizer, MeterBody};
 use super::{Ctx, CtxGuard, End};
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::target::ServedBy;
 
 pin_project! {
     /// Future of [`UsageMeter`](super::UsageMeter).
@@ -42,6 +43,14 @@ where
         };
         Poll::Ready(match res {
             Ok(res) => {
+                // Who served, from the response when no Fallback wrote it into the tap.
+                if let Some(served) = res.extensions().get::<ServedBy>() {
+                    ctx.tap.update(|t| {
+                        if t.served.is_none() {
+                            t.served = Some(served.clone());
+                        }
+                    });
+                }
                 let head = ctx.received_at.elapsed();
                 let status = res.status().as_u16();
                 let keep_json = !ctx.stream() && res.status().is_success();

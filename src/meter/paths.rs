@@ -525,3 +525,80 @@ fn layer_is_config_only() {
     }));
     assert_eq!(a.shared.json_cap, 1024);
 }
+
+#[tokio::test]
+async fn metering_never_copies_the_body() {
+    // 1,000 content events, the usage chunk and [DONE], one event per upstream read.
+    let mut chunks: Vec<Bytes> = (0..1000)
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i}\"}}}}],\"usage\":null}}\n\n"
+            ))
+        })
+        .collect();
+    chunks.push(Bytes::from_static(b"data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":1000,\"total_tokens\":1011}}\n\n"));
+    chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let source: Vec<(usize, usize)> = chunks
+        .iter()
+        .map(|c| (c.as_ptr() as usize, c.len()))
+        .collect();
+    let upstream_bytes: Vec<u8> = chunks.concat();
+
+    let provider: Arc<dyn Provider> = Arc::new(MockProvider::new("mock"));
+    let served = crate::target::ServedBy {
+        target: Target::new(provider, "gpt-4o-mini")
+            .with_price(PRICE)
+            .into_arc(),
+        attempts: Arc::from(Vec::new()),
+    };
+    let body = Mutex::new(Some(chunks));
+    let upstream = service_fn(move |_req: Request<Full<Bytes>>| {
+        let chunks = body.lock().unwrap().take().unwrap();
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::convert::Infallible>(http_body::Frame::data(c)));
+        let mut res = Response::new(Body::new(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        )));
+        res.extensions_mut().insert(served.clone());
+        std::future::ready(Ok::<_, GatewayError>(res))
+    });
+    let (records, r) = {
+        let recs: Records = Arc::default();
+        (recs.clone(), recs)
+    };
+    let svc = ServiceBuilder::new()
+        .layer(
+            UsageMeterLayer::new()
+                .on_record(move |x: &UsageRecord| r.lock().unwrap().push(x.clone())),
+        )
+        .layer(CostReportLayer::new())
+        .layer(StreamPassthroughLayer::new())
+        .service(upstream);
+    let res = svc.oneshot(chat(true, true)).await.unwrap();
+    let mut body = res.into_body();
+    let mut got = Vec::new();
+    let mut inserted = Vec::new();
+    let mut frames = 0;
+    while let Some(f) = body.frame().await {
+        let data = f.unwrap().into_data().unwrap();
+        frames += 1;
+        let p = data.as_ptr() as usize;
+        let borrowed = source
+            .iter()
+            .any(|&(s, len)| p >= s && p + data.len() <= s + len);
+        if !borrowed {
+            inserted.push(String::from_utf8(data.to_vec()).unwrap());
+        }
+        got.extend_from_slice(&data);
+    }
+    assert!(frames >= 1002);
+    // Every frame is a slice of an upstream allocation, except the added cost member.
+    assert_eq!(inserted, vec![",\"cost\":0.00060165".to_owned()]);
+    let want = String::from_utf8(upstream_bytes).unwrap().replace(
+        "\"total_tokens\":1011}",
+        "\"total_tokens\":1011,\"cost\":0.00060165}",
+    );
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+    assert_eq!(one(&records).cost_pico, Some(601_650_000));
+}

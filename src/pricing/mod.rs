@@ -532,6 +532,63 @@ mod tests {
         assert!(e.0.contains("from"), "{e}");
     }
 
+    fn usage() -> impl proptest::strategy::Strategy<Value = Usage> {
+        use proptest::prelude::*;
+        (0u64..1_000_000_000, 0u64..1_000_000_000)
+            .prop_flat_map(|(prompt, completion)| {
+                (Just(prompt), Just(completion), 0..=prompt, 0..=completion)
+            })
+            .prop_flat_map(|(prompt, completion, cached, reasoning)| {
+                (
+                    Just(prompt),
+                    Just(completion),
+                    Just(cached),
+                    0..=(prompt - cached),
+                    Just(reasoning),
+                )
+            })
+            .prop_map(|(p, c, cached, write, reasoning)| Usage {
+                prompt_tokens: p,
+                completion_tokens: c,
+                total_tokens: p + c,
+                cached_tokens: cached,
+                cache_write_tokens: write,
+                reasoning_tokens: reasoning,
+            })
+    }
+
+    proptest::proptest! {
+        /// The sum of per-request costs equals the cost of the summed tokens — in pico-USD, in
+        /// the records' u64, and in the spend report's decimal string.
+        #[test]
+        fn sum_of_costs_is_the_cost_of_the_sum(
+            input in 0u64..100_000_000,
+            output in 0u64..100_000_000,
+            cached in proptest::option::of(0u64..100_000_000),
+            write in proptest::option::of(0u64..100_000_000),
+            usages in proptest::collection::vec(usage(), 0..40),
+        ) {
+            let price = Price { input, output, cached_input: cached, cache_write: write };
+            let each: u128 = usages.iter().map(|u| price.cost_pico(u)).sum();
+            let total = usages.iter().fold(Usage::default(), |a, u| a.add(u));
+            proptest::prop_assert_eq!(each, price.cost_pico(&total));
+
+            let records: Vec<crate::usage::UsageRecord> = usages
+                .iter()
+                .map(|u| crate::usage::UsageRecord {
+                    request_id: None, key_id: Some("k".into()), tenant: None, model: "m".into(),
+                    provider: None, upstream_model: None, variant: None, attempts: 1,
+                    stream: false, outcome: crate::usage::Outcome::Success, status: 200,
+                    error_kind: None, usage: *u, usage_source: crate::usage::UsageSource::Upstream,
+                    cost_pico: Some(u64::try_from(price.cost_pico(u)).unwrap()),
+                    ttft_ms: None, total_ms: 0.0, overhead_us: None, started_at_ms: 0,
+                })
+                .collect();
+            let report = spend_report_records(records.iter(), &SpendQuery::default());
+            proptest::prop_assert_eq!(report.total_cost_usd, pico_to_usd(price.cost_pico(&total)));
+        }
+    }
+
     #[test]
     fn usd_strings_are_exact() {
         assert_eq!(pico_to_usd(0), "0");
