@@ -138,6 +138,29 @@ fn bare_body(b: divan::Bencher) {
         .bench_values(|c| drain(body_of(c)));
 }
 
+/// The UsageMeter body alone (no SSE parsing): what the meter itself adds.
+#[divan::bench]
+fn meter_only(b: divan::Bencher) {
+    let c = chunks();
+    b.with_inputs(|| c.clone()).bench_values(|c| {
+        let mut body = Some(body_of(c));
+        let upstream = service_fn(move |_req: Request<Full<Bytes>>| {
+            std::future::ready(Ok::<_, GatewayError>(Response::new(
+                body.take().unwrap_or_else(Body::empty),
+            )))
+        });
+        let mut svc = UsageMeterLayer::new()
+            .on_record(|r: &UsageRecord| {
+                black_box(r);
+            })
+            .layer(upstream);
+        match ready(svc.call(request(false))) {
+            Ok(res) => drain(res.into_body()),
+            Err(e) => panic!("{e}"),
+        }
+    });
+}
+
 #[divan::bench]
 fn passthrough_and_meter(b: divan::Bencher) {
     let c = chunks();

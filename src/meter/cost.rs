@@ -114,6 +114,8 @@ where
         CostReportFuture {
             inner: self.inner.call(req),
             stream,
+            // Priced as of the request's arrival, as the meter does.
+            date: PriceDate::today(),
             prices: self.prices.clone(),
         }
     }
@@ -126,6 +128,7 @@ pin_project! {
         inner: F,
         // `None`: not a parsed model request, pass through.
         stream: Option<bool>,
+        date: PriceDate,
         prices: Option<Arc<PriceTable>>,
     }
 }
@@ -145,9 +148,10 @@ where
         if !res.status().is_success() || res.headers().contains_key(CONTENT_ENCODING) {
             return Poll::Ready(Ok(res));
         }
-        let price = res.extensions().get::<ServedBy>().and_then(|s| {
-            crate::pricing::resolve(this.prices.as_ref(), &s.target, PriceDate::today())
-        });
+        let price = res
+            .extensions()
+            .get::<ServedBy>()
+            .and_then(|s| crate::pricing::resolve(this.prices.as_ref(), &s.target, *this.date));
         let Some(price) = price else {
             return Poll::Ready(Ok(res));
         };
@@ -273,8 +277,26 @@ fn splice(data: Bytes, cuts: Vec<(usize, Bytes)>, pending: &mut VecDeque<Bytes>)
     first
 }
 
+/// Whether `data` has a `"usage"` key followed by an object (not `"usage":null`, which
+/// OpenAI puts in every chunk), found with a byte search: the fast path of every frame.
+fn has_usage_object(data: &[u8]) -> bool {
+    let skip_ws = |mut i: usize| {
+        while data
+            .get(i)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            i += 1;
+        }
+        i
+    };
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let i = skip_ws(at + b"\"usage\"".len());
+        data.get(i) == Some(&b':') && data.get(skip_ws(i + 1)) == Some(&b'{')
+    })
+}
+
 fn rewrite_sse(data: Bytes, price: &Price, pending: &mut VecDeque<Bytes>) -> Bytes {
-    if memchr::memmem::find(&data, b"\"usage\"").is_none() {
+    if !has_usage_object(&data) {
         return data;
     }
     let mut cuts = Vec::new();

@@ -346,6 +346,10 @@ impl Ctx {
                 Some(tap.error_kind.unwrap_or("upstream_protocol").to_owned()),
                 Some(*head),
             ),
+            // A client that hangs up right after `[DONE]` got the whole answer.
+            End::Dropped { status, head } if self.stream && tap.done && !tap.error => {
+                (Outcome::Success, *status, None, Some(*head))
+            }
             End::Dropped { status, head } => {
                 (Outcome::ClientDisconnect, *status, None, Some(*head))
             }

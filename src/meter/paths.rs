@@ -602,3 +602,20 @@ async fn metering_never_copies_the_body() {
     assert_eq!(String::from_utf8(got).unwrap(), want);
     assert_eq!(one(&records).cost_pico, Some(601_650_000));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_hangs_up_after_done_got_a_success() {
+    let Stack { svc, records, .. } = stack(&["ok?reasoning=2"], Timeouts::NONE, false);
+    let res = svc.oneshot(chat(true, false)).await.unwrap();
+    let mut body = res.into_body();
+    loop {
+        let f = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        if f.ends_with(b"data: [DONE]\n\n") {
+            break;
+        }
+    }
+    drop(body); // before the body reported its end
+    let r = one(&records);
+    assert_eq!(r.outcome, Outcome::Success);
+    assert_eq!((r.usage, r.usage_source), (EXACT, UsageSource::Upstream));
+}

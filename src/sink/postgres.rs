@@ -95,6 +95,32 @@ impl PostgresSinkConfig {
         }
     }
 
+    /// From the config's `[usage.postgres]` (and `[usage] queue`); `${VAR}` in the URL is
+    /// resolved from the environment.
+    pub fn from_config(
+        usage: &crate::config::UsageConfig,
+        source: &str,
+    ) -> Result<Option<Self>, crate::config::ConfigError> {
+        let Some(pg) = &usage.postgres else {
+            return Ok(None);
+        };
+        let url = crate::config::interpolate(&pg.url, source, "usage.postgres.url")?;
+        let mut cfg = PostgresSinkConfig::new(url);
+        cfg.schema = pg.schema.clone();
+        if let Some(t) = &pg.table {
+            cfg.table = t.clone();
+        }
+        if let Some(n) = usage.queue {
+            cfg.capacity = n;
+        }
+        if let Some(n) = pg.batch_size {
+            cfg.batch_size = n;
+        }
+        cfg.check()
+            .map_err(|e| crate::config::ConfigError::field(source, "usage.postgres", e))?;
+        Ok(Some(cfg))
+    }
+
     /// Use `schema` (created if missing).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());
