@@ -1,6 +1,7 @@
 //! The PostgreSQL usage sink against a real server (127.0.0.1:5432, user `postgres`, database
 //! `test`; override with `TOLLGATE_TEST_PG`). Without a reachable server every test prints
-//! `SKIPPED: postgres not reachable` and returns.
+//! `SKIPPED: postgres not reachable` and returns — unless `TOLLGATE_REQUIRE_POSTGRES=1`, which
+//! makes it fail (CI).
 #![cfg(feature = "postgres")]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +28,10 @@ async fn admin() -> Option<Client> {
             Some(client)
         }
         Err(e) => {
+            // CI sets TOLLGATE_REQUIRE_POSTGRES=1 after starting a server: then a miss fails.
+            if std::env::var_os("TOLLGATE_REQUIRE_POSTGRES").is_some_and(|v| v == "1") {
+                panic!("TOLLGATE_REQUIRE_POSTGRES=1 but postgres is not reachable: {e}");
+            }
             println!("SKIPPED: postgres not reachable ({e})");
             None
         }
