@@ -5,7 +5,7 @@
 //! [`StreamPassthrough`](crate::stream::StreamPassthrough) (whose frames hold whole SSE events,
 //! and which strips the usage chunk when the client did not ask for it — then there is nothing
 //! to annotate). The price is the serving target's ([`ServedBy`] response extension), resolved
-//! with the same [`PriceTable`] and date rule as the meter, so the client's `cost` equals the
+//! with the same [`PriceHandle`] and date rule as the meter, so the client's `cost` equals the
 //! record's `cost_pico`.
 //!
 //! Nothing is buffered and nothing is copied: a frame without a top-level `"usage"` object is
@@ -21,7 +21,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -32,7 +31,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
-use crate::pricing::{PriceDate, PriceTable, pico_to_usd};
+use crate::pricing::{PriceDate, PriceHandle, pico_to_usd};
 use crate::request::ParsedRequest;
 use crate::target::ServedBy;
 use crate::usage::{Price, Usage};
@@ -40,7 +39,7 @@ use crate::usage::{Price, Usage};
 /// Layer for [`CostReport`]: configuration only.
 #[derive(Debug, Clone, Default)]
 pub struct CostReportLayer {
-    prices: Option<Arc<PriceTable>>,
+    prices: Option<PriceHandle>,
 }
 
 impl CostReportLayer {
@@ -51,8 +50,8 @@ impl CostReportLayer {
 
     /// Resolve prices with `table` first (give it the same table as
     /// [`UsageMeterLayer::prices`](super::UsageMeterLayer::prices)).
-    pub fn prices(mut self, table: Arc<PriceTable>) -> Self {
-        self.prices = Some(table);
+    pub fn prices(mut self, table: impl Into<PriceHandle>) -> Self {
+        self.prices = Some(table.into());
         self
     }
 }
@@ -71,7 +70,7 @@ impl<S> Layer<S> for CostReportLayer {
 #[derive(Debug, Clone)]
 pub struct CostReport<S> {
     inner: S,
-    prices: Option<Arc<PriceTable>>,
+    prices: Option<PriceHandle>,
 }
 
 impl<S> CostReport<S> {
@@ -129,7 +128,7 @@ pin_project! {
         // `None`: not a parsed model request, pass through.
         stream: Option<bool>,
         date: PriceDate,
-        prices: Option<Arc<PriceTable>>,
+        prices: Option<PriceHandle>,
     }
 }
 

@@ -49,7 +49,7 @@ pub use self::future::MeterFuture;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::metrics as m;
-use crate::pricing::{PriceDate, PriceTable};
+use crate::pricing::{PriceDate, PriceHandle};
 use crate::request::ParsedRequest;
 use crate::usage::{Outcome, Usage, UsageRecord, UsageSource, UsageTap};
 
@@ -71,7 +71,7 @@ where
 struct Shared {
     sinks: Vec<Arc<dyn RecordSink>>,
     json_cap: usize,
-    prices: Option<Arc<PriceTable>>,
+    prices: Option<PriceHandle>,
 }
 
 /// Layer for [`UsageMeter`]: configuration only.
@@ -128,9 +128,10 @@ impl UsageMeterLayer {
     }
 
     /// Price records with `table` (by provider, upstream model and the request's date; see
-    /// [`PriceTable`]); without it, or when it does not know the model, the serving target's
+    /// [`PriceTable`](crate::pricing::PriceTable); pass a [`PriceHandle`] to swap it on reload); without it, or when it does not know the model, the serving target's
     /// [`Target::price`](crate::target::Target::price) is used.
-    pub fn prices(self, table: Arc<PriceTable>) -> Self {
+    pub fn prices(self, table: impl Into<PriceHandle>) -> Self {
+        let table = table.into();
         self.edit(|s| s.prices = Some(table))
     }
 

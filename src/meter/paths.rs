@@ -54,6 +54,15 @@ struct Stack {
 /// The stack with one model `m` whose targets are the given mock models, in order.
 /// `refuse`: a limit layer inside the meter that refuses every request (429).
 fn stack(models: &[&str], timeouts: Timeouts, refuse: bool) -> Stack {
+    stack_priced(models, timeouts, refuse, None)
+}
+
+fn stack_priced(
+    models: &[&str],
+    timeouts: Timeouts,
+    refuse: bool,
+    prices: Option<crate::pricing::PriceHandle>,
+) -> Stack {
     let log = MockLog::default();
     let provider: Arc<dyn Provider> = Arc::new(MockProvider::with_log("mock", log.clone()));
     let targets = models
@@ -71,8 +80,13 @@ fn stack(models: &[&str], timeouts: Timeouts, refuse: bool) -> Stack {
         .unwrap();
     let records: Records = Arc::default();
     let r = records.clone();
-    let meter =
+    let mut meter =
         UsageMeterLayer::new().on_record(move |x: &UsageRecord| r.lock().unwrap().push(x.clone()));
+    let mut cost_layer = CostReportLayer::new();
+    if let Some(p) = prices {
+        meter = meter.prices(p.clone());
+        cost_layer = cost_layer.prices(p);
+    }
     let inner = ServiceBuilder::new()
         .layer(StreamPassthroughLayer::new())
         .layer(RouteLayer::new(RouteHandle::new(table)))
@@ -92,7 +106,7 @@ fn stack(models: &[&str], timeouts: Timeouts, refuse: bool) -> Stack {
     let svc = BoxService::new(
         ServiceBuilder::new()
             .layer(meter)
-            .layer(CostReportLayer::new())
+            .layer(cost_layer)
             .service(limited),
     );
     Stack { svc, records, log }
@@ -618,4 +632,60 @@ async fn a_client_that_hangs_up_after_done_got_a_success() {
     let r = one(&records);
     assert_eq!(r.outcome, Outcome::Success);
     assert_eq!((r.usage, r.usage_source), (EXACT, UsageSource::Upstream));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_price_table_prices_records_and_the_client_and_reloads() {
+    use crate::pricing::{PriceHandle, PriceTable};
+    let mut table = PriceTable::new();
+    let p1 = Price {
+        input: 1_000_000,
+        output: 2_000_000,
+        cached_input: None,
+        cache_write: None,
+    };
+    table.set_override("mock", "ok?reasoning=2", p1);
+    let handle = PriceHandle::new(table);
+    let Stack { svc, records, .. } = stack_priced(
+        &["ok?reasoning=2"],
+        Timeouts::NONE,
+        false,
+        Some(handle.clone()),
+    );
+    let mut svc = svc;
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(chat(false, false))
+        .await
+        .unwrap();
+    let body = text(res).await;
+    // The table wins over the target's own price: 11 * 1 + 8 * 2 micro-USD.
+    let want = 11 * 1_000_000 + 8 * 2_000_000;
+    assert_eq!(records.lock().unwrap()[0].cost_pico, Some(want));
+    assert!(body.contains("\"cost\":0.000027}"), "{body}");
+
+    // A reload stores a new table: the next request is priced with it.
+    let mut table = PriceTable::new();
+    table.set_override(
+        "mock",
+        "ok?reasoning=2",
+        Price {
+            input: 0,
+            output: 1_000_000,
+            ..p1
+        },
+    );
+    handle.store(table);
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(chat(false, false))
+        .await
+        .unwrap();
+    let body = text(res).await;
+    assert_eq!(records.lock().unwrap()[1].cost_pico, Some(8_000_000));
+    assert!(body.contains("\"cost\":0.000008}"), "{body}");
 }

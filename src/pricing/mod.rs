@@ -31,6 +31,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+
 use crate::config::{Config, ConfigError, PriceConfig};
 use crate::target::Target;
 use crate::usage::{Price, usd_to_micros};
@@ -320,11 +322,47 @@ impl PriceTable {
     }
 }
 
+/// A [`PriceTable`] shared by the UsageMeter and CostReport, swappable at run time: a config
+/// reload [`store`](Self::store)s the new table and the next request is priced with it.
+#[derive(Clone)]
+pub struct PriceHandle(Arc<ArcSwap<PriceTable>>);
+
+impl std::fmt::Debug for PriceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PriceHandle")
+            .field(&self.0.load().len())
+            .finish()
+    }
+}
+
+impl PriceHandle {
+    /// A handle on `table`.
+    pub fn new(table: PriceTable) -> Self {
+        PriceHandle(Arc::new(ArcSwap::from_pointee(table)))
+    }
+
+    /// Replace the table (requests already priced keep their price).
+    pub fn store(&self, table: PriceTable) {
+        self.0.store(Arc::new(table));
+    }
+
+    /// The current table.
+    pub fn load(&self) -> Arc<PriceTable> {
+        self.0.load_full()
+    }
+}
+
+impl From<PriceTable> for PriceHandle {
+    fn from(table: PriceTable) -> Self {
+        PriceHandle::new(table)
+    }
+}
+
 /// The price used for a request served by `target` on `date`: from `table` when given and it
 /// knows the model, else [`Target::price`].
-pub fn resolve(table: Option<&Arc<PriceTable>>, target: &Target, date: PriceDate) -> Option<Price> {
+pub fn resolve(table: Option<&PriceHandle>, target: &Target, date: PriceDate) -> Option<Price> {
     match table {
-        Some(t) => t.price_for_target(target, date),
+        Some(t) => t.0.load().price_for_target(target, date),
         None => target.price,
     }
 }

@@ -52,6 +52,39 @@ pub struct SpendQuery {
 }
 
 impl SpendQuery {
+    /// From a URL query string: `key_id=k1&from=2026-01-01&to=2026-01-31` (also `key`, `day`
+    /// for a single day). Percent-escapes and `+` are decoded; unknown keys are an error.
+    pub fn from_query_string(q: &str) -> Result<SpendQuery, String> {
+        let mut out = SpendQuery::default();
+        for pair in q
+            .trim_start_matches('?')
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v).ok_or_else(|| format!("bad escape in `{pair}`"))?;
+            let check_day = |v: &str| {
+                PriceDate::parse(v)
+                    .map(|_| v.to_owned())
+                    .ok_or_else(|| format!("`{k}` must be a date (YYYY-MM-DD), got `{v}`"))
+            };
+            match k {
+                "key_id" | "key" => out.key_id = Some(v),
+                "tenant" => out.tenant = Some(v),
+                "model" => out.model = Some(v),
+                "from" => out.from = Some(check_day(&v)?),
+                "to" => out.to = Some(check_day(&v)?),
+                "day" => {
+                    let d = check_day(&v)?;
+                    out.from = Some(d.clone());
+                    out.to = Some(d);
+                }
+                other => return Err(format!("unknown parameter `{other}`")),
+            }
+        }
+        Ok(out)
+    }
+
     fn day_range(&self) -> (PriceDate, PriceDate) {
         let from = self
             .from
@@ -261,6 +294,25 @@ pub struct SpendGroup {
     pub cost_pico: u128,
 }
 
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The report over `records` that match `query`.
 pub fn spend_report_records<'a>(
     records: impl IntoIterator<Item = &'a UsageRecord>,
@@ -405,6 +457,24 @@ mod tests {
             to: Some("2026-01-01".into()),
             ..SpendQuery::default()
         };
+        let parsed = SpendQuery::from_query_string("?key=a&day=2026-01-01").unwrap();
+        assert_eq!(
+            (
+                parsed.key_id.as_deref(),
+                parsed.from.as_deref(),
+                parsed.to.as_deref()
+            ),
+            (Some("a"), Some("2026-01-01"), Some("2026-01-01"))
+        );
+        assert_eq!(
+            SpendQuery::from_query_string("tenant=team%20x+y")
+                .unwrap()
+                .tenant
+                .as_deref(),
+            Some("team x y")
+        );
+        assert!(SpendQuery::from_query_string("from=yesterday").is_err());
+        assert!(SpendQuery::from_query_string("secret=1").is_err());
         let json = spend_report_jsonl_json(&path, &q).unwrap();
         assert_eq!(json["requests"], 3);
         assert_eq!(json["rows"][0]["tenant"], "t-a");
