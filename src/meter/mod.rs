@@ -19,6 +19,27 @@
 //! answer the meter keeps reference-counted handles to the frames it forwarded (no copy) and
 //! reads `usage` when the body ends.
 //!
+//! Outcomes and usage sources per terminal path:
+//!
+//! | path | outcome | usage source |
+//! |---|---|---|
+//! | complete stream (`[DONE]`), complete JSON | `success` | `upstream` (exact, cached and reasoning tokens included), else `estimated` |
+//! | upstream error status before the commit point | `upstream_error` | `none` |
+//! | deadline before the commit point | `timeout` | `none` |
+//! | deadline after the commit point (in-band error) | `timeout` | `upstream` if the usage chunk came, else `estimated` |
+//! | stream cut / in-band error | `stream_error` | `upstream` if the usage chunk came, else `estimated` — never presented as upstream |
+//! | client hangs up mid-answer | `client_disconnect` | as above |
+//! | client hangs up before the answer (future dropped) | `client_disconnect`, status 499 | `none` |
+//! | refused by auth / limits / bad request | `refused` | `none` |
+//!
+//! Cost: the record is priced with the [`PriceHandle`] given to
+//! [`UsageMeterLayer::prices`] (by provider, upstream model and the request's date), else with
+//! the serving target's own price. [`CostReportLayer`] (placed directly inside the meter) reports
+//! the same cost to the client in its `usage` object.
+//!
+//! Where it sits: `Parse · UsageMeter · [CostReport] · Auth · RateLimit · StreamPassthrough ·
+//! Route · Fallback · Timeout · Dispatch` — outside Auth and RateLimit, so refusals get records.
+//!
 //! ```
 //! use std::sync::{Arc, Mutex};
 //! use tollgate::meter::UsageMeterLayer;
