@@ -689,3 +689,24 @@ async fn a_price_table_prices_records_and_the_client_and_reloads() {
     assert_eq!(records.lock().unwrap()[1].cost_pico, Some(8_000_000));
     assert!(body.contains("\"cost\":0.000008}"), "{body}");
 }
+
+#[tokio::test]
+async fn a_json_answer_without_usage_is_estimated_from_its_text() {
+    let svc = service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, GatewayError>(Response::new(Body::full(
+            r#"{"choices":[{"message":{"role":"assistant","content":"0123456789abcdef"}}]}"#,
+        )))
+    });
+    let records: Records = Arc::default();
+    let r = records.clone();
+    let svc = UsageMeterLayer::new()
+        .on_record(move |x: &UsageRecord| r.lock().unwrap().push(x.clone()))
+        .layer(svc);
+    let res = svc.oneshot(chat(false, false)).await.unwrap();
+    let _ = text(res).await;
+    let rec = one(&records);
+    assert_eq!(rec.outcome, Outcome::Success);
+    assert_eq!(rec.usage_source, UsageSource::Estimated);
+    assert_eq!(rec.usage.completion_tokens, 4, "16 bytes of text");
+    assert!(rec.usage.prompt_tokens > 0);
+}
