@@ -165,8 +165,10 @@ struct Dated {
 /// 3. the same for the longest shipped id that is a prefix of the model followed by `-`.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
-    shipped: HashMap<(String, String), Vec<Dated>>,
-    overrides: HashMap<(String, String), Price>,
+    // kind -> model -> dated entries (nested, so lookups by `&str` allocate nothing)
+    shipped: HashMap<String, HashMap<String, Vec<Dated>>>,
+    // provider name or kind -> model -> price
+    overrides: HashMap<String, HashMap<String, Price>>,
     kinds: HashMap<String, String>,
 }
 
@@ -211,7 +213,11 @@ impl PriceTable {
                         "two entries with the same `from` date",
                     ));
                 }
-                table.shipped.insert((kind.clone(), model.clone()), dated);
+                table
+                    .shipped
+                    .entry(kind.clone())
+                    .or_default()
+                    .insert(model.clone(), dated);
             }
         }
         Ok(table)
@@ -257,14 +263,18 @@ impl PriceTable {
     /// Set the price of `model` at `provider` (a name or a kind), for every date.
     pub fn set_override(&mut self, provider: &str, model: &str, price: Price) {
         self.overrides
-            .insert((provider.to_owned(), model.to_owned()), price);
+            .entry(provider.to_owned())
+            .or_default()
+            .insert(model.to_owned(), price);
     }
 
     /// Add a shipped-style entry effective from `from` (`None`: from the start).
     pub fn insert(&mut self, kind: &str, model: &str, from: Option<PriceDate>, price: Price) {
         let list = self
             .shipped
-            .entry((kind.to_owned(), model.to_owned()))
+            .entry(kind.to_owned())
+            .or_default()
+            .entry(model.to_owned())
             .or_default();
         let from = from.unwrap_or(PriceDate::MIN);
         list.retain(|d| d.from != from);
@@ -274,36 +284,30 @@ impl PriceTable {
 
     /// Number of (provider, model) entries shipped or inserted.
     pub fn len(&self) -> usize {
-        self.shipped.len()
+        self.shipped.values().map(HashMap::len).sum()
     }
 
     /// Whether there are no shipped entries.
     pub fn is_empty(&self) -> bool {
-        self.shipped.is_empty()
+        self.len() == 0
     }
 
     /// The price of `model` at `provider` (a configured name or a kind) on `date`; see the
     /// [type docs](Self) for the order.
     pub fn lookup(&self, provider: &str, model: &str, date: PriceDate) -> Option<Price> {
         let kind = self.kinds.get(provider).map(String::as_str);
-        let key = |p: &str, m: &str| (p.to_owned(), m.to_owned());
-        if let Some(p) = self.overrides.get(&key(provider, model)) {
-            return Some(*p);
+        let over = |p: &str| self.overrides.get(p).and_then(|m| m.get(model)).copied();
+        if let Some(p) = over(provider).or_else(|| kind.and_then(over)) {
+            return Some(p);
         }
-        if let Some(k) = kind {
-            if let Some(p) = self.overrides.get(&key(k, model)) {
-                return Some(*p);
-            }
-        }
-        let kind = kind.unwrap_or(provider);
-        if let Some(list) = self.shipped.get(&key(kind, model)) {
+        let models = self.shipped.get(kind.unwrap_or(provider))?;
+        if let Some(list) = models.get(model) {
             return at(list, date);
         }
         // The longest shipped id of this kind that prefixes the model at a `-` boundary.
         let mut best: Option<(&str, &Vec<Dated>)> = None;
-        for ((k, m), list) in &self.shipped {
-            if k == kind
-                && model.len() > m.len()
+        for (m, list) in models {
+            if model.len() > m.len()
                 && model.starts_with(m.as_str())
                 && model.as_bytes()[m.len()] == b'-'
                 && best.is_none_or(|(b, _)| m.len() > b.len())
