@@ -16,10 +16,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tollgate::config::{Config, DEFAULT_CONFIG};
 
@@ -147,59 +143,35 @@ async fn run(args: Args) -> Result<(), String> {
     println!("tollgate listening on http://{local}");
     tracing::info!(models = ?app.model_names(), "serving {} models", app.model_names().len());
 
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| e.to_string())?;
-
-    loop {
-        #[cfg(unix)]
-        let reload = hup.recv();
-        #[cfg(not(unix))]
-        let reload = std::future::pending::<Option<()>>();
-        tokio::select! {
-            conn = listener.accept() => {
-                let (stream, _) = match conn {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(app.service());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            _ = reload => {
-                match args.config.as_ref() {
+    {
+        // SIGHUP: reload the config file; a bad file is refused and the old config stays.
+        let app = app.clone();
+        let path = args.config.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match path.as_ref() {
                     None => tracing::warn!("SIGHUP: no --config file to reload"),
-                    Some(path) => match load(Some(path)).and_then(|c| app.reload(&c).map_err(|e| e.to_string())) {
-                        Ok(()) => tracing::info!(file = %path.display(), "config reloaded"),
-                        Err(e) => tracing::error!(error = %e, "config reload refused; the old config stays"),
+                    Some(p) => match load(Some(p))
+                        .and_then(|c| app.reload(&c).map_err(|e| e.to_string()))
+                    {
+                        Ok(()) => tracing::info!(file = %p.display(), "config reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "config reload refused; the old config stays")
+                        }
                     },
                 }
             }
-            _ = &mut shutdown => {
-                tracing::info!("shutting down: finishing in-flight requests");
-                break;
-            }
-        }
+        });
     }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(30)) => {
-            tracing::warn!("in-flight requests still running after 30 s; closing");
-        }
-    }
-    app.flush();
+
+    app::serve(app, listener, async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+    .await;
     Ok(())
 }
 

@@ -11,7 +11,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod build;
 pub mod presets;
+
+pub use build::{HealthRegistry, ModelInfo, Runtime};
 
 /// The embedded default configuration: mock models to try at once, plus real providers that
 /// switch on when their API-key variables are set.

@@ -25,6 +25,8 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::request::ParsedRequest;
 use crate::target::Attempt;
 
+pub mod anthropic;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 
@@ -226,7 +228,16 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
             headers: parts.headers,
             connect_timeout: attempt.timeouts.connect,
         };
-        attempt.target.provider.call(call)
+        let fut = attempt.target.provider.call(call);
+        Box::pin(async move {
+            let mut res = fut.await?;
+            // The gateway's own request id is the one the client sees; the upstream's is kept
+            // under another name.
+            if let Some(id) = res.headers_mut().remove("x-request-id") {
+                res.headers_mut().insert("x-upstream-request-id", id);
+            }
+            Ok(res)
+        })
     }
 }
 

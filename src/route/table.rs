@@ -83,6 +83,7 @@ pub struct ModelRoute {
     sticky: bool,
     strategy: Strategy,
     require_caps: bool,
+    fallback: bool,
 }
 
 impl ModelRoute {
@@ -97,6 +98,7 @@ impl ModelRoute {
             sticky: false,
             strategy: Strategy::Ordered,
             require_caps: false,
+            fallback: true,
         }
     }
 
@@ -111,6 +113,7 @@ impl ModelRoute {
             sticky: false,
             strategy: Strategy::Ordered,
             require_caps: false,
+            fallback: true,
         }
     }
 
@@ -123,6 +126,13 @@ impl ModelRoute {
             .require_capabilities(true)
     }
 
+    /// Whether Fallback may go past the first target of this model (default true). With
+    /// `false` every request is exactly one attempt, whatever the client asks.
+    pub fn fallback(mut self, allowed: bool) -> Self {
+        self.fallback = allowed;
+        self
+    }
+
     /// Set the strategy that orders each variant's targets.
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
@@ -130,7 +140,8 @@ impl ModelRoute {
     }
 
     /// Keep each sticky key (the `x-tollgate-sticky` header, else the key id) on one variant
-    /// (and, with [`Strategy::Weighted`], on one first target).
+    /// (and, with [`Strategy::Weighted`], on one first target). A request without a key is
+    /// assigned at random, by weight.
     pub fn sticky(mut self, sticky: bool) -> Self {
         self.sticky = sticky;
         self
@@ -405,6 +416,33 @@ impl RouteTable {
         self.models.keys()
     }
 
+    /// Every target of the table (each `Arc` once, in no particular order).
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        let mut out: Vec<Arc<Target>> = Vec::new();
+        for m in self.models.values() {
+            for v in &m.variants {
+                for t in v.targets.iter() {
+                    if !out.iter().any(|x| Arc::ptr_eq(x, t)) {
+                        out.push(t.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The first target named `id` (`provider/upstream_model`). On reload, give the new table's
+    /// target the old one's [`Health`](crate::health::Health)
+    /// (`Target::with_health(old.find_target(id)?.health.clone())`) so an ejected upstream
+    /// stays ejected.
+    pub fn find_target(&self, id: &str) -> Option<&Arc<Target>> {
+        self.models
+            .values()
+            .flat_map(|m| m.variants.iter())
+            .flat_map(|v| v.targets.iter())
+            .find(|t| &*t.id == id)
+    }
+
     /// The route of a model or alias.
     pub fn get(&self, name: &str) -> Option<&Arc<ModelRoute>> {
         self.models
@@ -456,7 +494,7 @@ impl RouteTable {
         let mut targets = self.order(route, variant, parsed, point)?;
 
         // Per-request controls.
-        let mut allow_fallback = true;
+        let mut allow_fallback = route.fallback;
         if let Some(v) = header(FALLBACK_HEADER) {
             let off = match v.trim().to_ascii_lowercase().as_str() {
                 "off" | "false" | "0" | "none" | "no" => true,

@@ -1,0 +1,501 @@
+//! Config → runtime tables: providers, targets (with shared health), the route table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::presets::{Adapter, preset};
+use super::{Config, ConfigError, TimeoutsConfig, interpolate};
+use crate::health::Health;
+use crate::provider::Provider;
+use crate::provider::anthropic::AnthropicProvider;
+use crate::provider::gemini::GeminiProvider;
+use crate::provider::mock::MockProvider;
+use crate::provider::openai::{AuthStyle, OpenAiProvider};
+use crate::route::{ClientControl, ModelRoute, RoutePolicy, RouteTable, Strategy, Variant};
+use crate::secret::Secret;
+use crate::target::{Capabilities, Target, Timeouts};
+
+/// A public model as listed by `/v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The public name (or alias).
+    pub id: String,
+    /// `owned_by`.
+    pub owned_by: String,
+}
+
+/// What a config builds into.
+pub struct Runtime {
+    /// Enabled providers by name.
+    pub providers: BTreeMap<String, Arc<dyn Provider>>,
+    /// The route table.
+    pub routes: RouteTable,
+    /// Models (and aliases) served, for `/v1/models`.
+    pub models: Vec<ModelInfo>,
+    /// Providers switched off because their key variable is unset.
+    pub disabled_providers: Vec<String>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(v: Option<u64>) -> Option<Duration> {
+    v.map(Duration::from_millis)
+}
+
+fn timeouts(t: &TimeoutsConfig) -> Timeouts {
+    Timeouts {
+        connect: ms(t.connect_ms),
+        first_token: ms(t.first_token_ms),
+        idle: ms(t.idle_ms),
+        total: ms(t.total_ms),
+    }
+}
+
+/// Keeps health per target id, so a reload keeps circuit state and latency history.
+pub type HealthRegistry = HashMap<Arc<str>, Arc<Health>>;
+
+impl Config {
+    /// Build providers and the route table. `health` carries circuit state across reloads
+    /// (pass the previous registry; new targets get fresh health).
+    pub fn build_runtime(&self, health: &mut HealthRegistry) -> Result<Runtime, ConfigError> {
+        let file = if self.source.is_empty() {
+            "<config>"
+        } else {
+            &self.source
+        };
+        let mut providers: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
+        let mut provider_connect: HashMap<String, Option<Duration>> = HashMap::new();
+        let mut disabled = Vec::new();
+        for (name, p) in &self.providers {
+            let field = |f: &str| format!("providers.{name}.{f}");
+            if let Some(var) = &p.enabled_if_env {
+                if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
+                    disabled.push(name.clone());
+                    continue;
+                }
+            }
+            let pre = preset(&p.kind).ok_or_else(|| {
+                ConfigError::field(
+                    file,
+                    &field("kind"),
+                    format!(
+                        "unknown kind `{}`; expected one of {}",
+                        p.kind,
+                        super::presets::KINDS.join(", ")
+                    ),
+                )
+            })?;
+            let api_key = match &p.api_key {
+                Some(k) => Some(interpolate(k, file, &field("api_key"))?),
+                None => None,
+            };
+            let base_url = match (&p.base_url, pre.base_url) {
+                (Some(u), _) => interpolate(u, file, &field("base_url"))?,
+                (None, Some(u)) => u.to_owned(),
+                (None, None) if pre.adapter == Adapter::Mock => String::new(),
+                (None, None) => {
+                    return Err(ConfigError::field(
+                        file,
+                        &field("base_url"),
+                        format!("kind `{}` needs a base_url", p.kind),
+                    ));
+                }
+            };
+            if pre.needs_key && api_key.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::field(
+                    file,
+                    &field("api_key"),
+                    format!("kind `{}` needs an api_key", p.kind),
+                ));
+            }
+            provider_connect.insert(name.clone(), ms(p.connect_timeout_ms));
+            let provider: Arc<dyn Provider> = match pre.adapter {
+                Adapter::Mock => Arc::new(MockProvider::new(name.as_str())),
+                Adapter::OpenAi => {
+                    let mut b = OpenAiProvider::builder(name.as_str(), base_url);
+                    if let Some(k) = api_key.filter(|k| !k.is_empty()) {
+                        b = b.api_key(Secret::new(k));
+                    }
+                    if let Some(h) = p.auth_header.as_deref().or(pre.auth_header) {
+                        b = b.auth(
+                            AuthStyle::header(h)
+                                .map_err(|e| ConfigError::field(file, &field("auth_header"), e))?,
+                        );
+                    }
+                    if let Some(q) = &p.query {
+                        b = b.query(interpolate(q, file, &field("query"))?);
+                    }
+                    for (k, v) in &p.headers {
+                        b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
+                    }
+                    Arc::new(
+                        b.build()
+                            .map_err(|e| ConfigError::field(file, &field("base_url"), e))?,
+                    )
+                }
+                Adapter::Anthropic | Adapter::Gemini => {
+                    build_translating(name, pre.adapter, &base_url, api_key, p, file)?
+                }
+            };
+            providers.insert(name.clone(), provider);
+        }
+
+        let defaults = timeouts(&self.routing.timeouts);
+        let mut builder = RouteTable::builder();
+        let mut models = Vec::new();
+        let mut targets_of: HashMap<&str, Vec<Arc<Target>>> = HashMap::new();
+        for (mname, m) in &self.models {
+            let mfield = |f: &str| format!("models.{mname}.{f}");
+            if m.targets.is_empty() {
+                return Err(ConfigError::field(
+                    file,
+                    &mfield("targets"),
+                    "must not be empty",
+                ));
+            }
+            let model_timeouts = timeouts(&m.timeouts);
+            let mut targets: Vec<(Option<String>, Arc<Target>)> = Vec::new();
+            for (i, t) in m.targets.iter().enumerate() {
+                let tfield = format!("models.{mname}.targets[{i}]");
+                let Some(provider) = providers.get(&t.provider) else {
+                    if disabled.contains(&t.provider) {
+                        continue;
+                    }
+                    return Err(ConfigError::field(
+                        file,
+                        &format!("{tfield}.provider"),
+                        format!("no provider `{}` in [providers]", t.provider),
+                    ));
+                };
+                let tt = timeouts(&t.timeouts)
+                    .or(model_timeouts)
+                    .or(Timeouts {
+                        connect: provider_connect.get(&t.provider).copied().flatten(),
+                        ..Timeouts::default()
+                    })
+                    .or(defaults);
+                let mut target = Target::new(provider.clone(), t.model.as_str())
+                    .with_timeouts(tt)
+                    .with_weight(t.weight.unwrap_or(1))
+                    .with_caps(Capabilities {
+                        context_window: t.context_window,
+                        tools: t.tools.unwrap_or(true),
+                        vision: t.vision.unwrap_or(true),
+                        json_mode: t.json_mode.unwrap_or(true),
+                    });
+                let key = format!("{}/{}", t.provider, t.model);
+                if let Some(p) = t.price.or_else(|| self.prices.get(&key).copied()) {
+                    target = target.with_price(p.to_price());
+                }
+                let h = health
+                    .entry(target.id.clone())
+                    .or_insert_with(|| target.health.clone())
+                    .clone();
+                targets.push((t.variant.clone(), target.with_health(h).into_arc()));
+            }
+            if targets.is_empty() {
+                continue; // every provider of this model is switched off
+            }
+            let strategy = match m.strategy.as_deref() {
+                None | Some("ordered") | Some("priority") => Strategy::Ordered,
+                Some("weighted") | Some("split") => Strategy::Weighted,
+                Some("latency") => Strategy::Latency,
+                Some("cheapest") => Strategy::Cheapest,
+                Some(other) => {
+                    return Err(ConfigError::field(
+                        file,
+                        &mfield("strategy"),
+                        format!(
+                            "unknown strategy `{other}`; expected ordered, weighted, latency, cheapest"
+                        ),
+                    ));
+                }
+            };
+            let sticky = match m.sticky.as_deref() {
+                None | Some("none") => false,
+                Some("key") => true,
+                Some(other) => {
+                    return Err(ConfigError::field(
+                        file,
+                        &mfield("sticky"),
+                        format!("unknown value `{other}`; expected key or none"),
+                    ));
+                }
+            };
+            let has_variants = targets.iter().any(|(v, _)| v.is_some());
+            let route = if has_variants {
+                // A weighted split: one variant per name; a variant's targets are tried in order.
+                let mut variants: Vec<(String, u32, Vec<Arc<Target>>)> = Vec::new();
+                for (v, t) in &targets {
+                    let name = v.clone().unwrap_or_else(|| t.id.to_string());
+                    match variants.iter_mut().find(|(n, _, _)| *n == name) {
+                        Some((_, _, ts)) => ts.push(t.clone()),
+                        None => variants.push((name, t.weight, vec![t.clone()])),
+                    }
+                }
+                ModelRoute::split(
+                    mname.as_str(),
+                    variants
+                        .into_iter()
+                        .map(|(n, w, ts)| Variant::new(n, w, ts))
+                        .collect(),
+                )
+                .sticky(sticky)
+            } else {
+                ModelRoute::new(
+                    mname.as_str(),
+                    targets.iter().map(|(_, t)| t.clone()).collect(),
+                )
+                .strategy(strategy)
+                .sticky(sticky)
+            };
+            let route = if m.fallback == Some(false) {
+                route.fallback(false)
+            } else {
+                route
+            };
+            builder = builder.model(route);
+            let owned_by = m.owned_by.clone().unwrap_or_else(|| {
+                m.targets
+                    .first()
+                    .map(|t| t.provider.clone())
+                    .unwrap_or_default()
+            });
+            models.push(ModelInfo {
+                id: mname.clone(),
+                owned_by: owned_by.clone(),
+            });
+            for a in &m.aliases {
+                builder = builder.alias(a.as_str(), mname.as_str());
+                models.push(ModelInfo {
+                    id: a.clone(),
+                    owned_by: owned_by.clone(),
+                });
+            }
+            targets_of.insert(
+                mname.as_str(),
+                targets.into_iter().map(|(_, t)| t).collect(),
+            );
+        }
+        for (tname, tier) in &self.tiers {
+            let mut candidates = Vec::new();
+            for m in &tier.models {
+                match targets_of.get(m.as_str()) {
+                    Some(ts) => candidates.extend(ts.iter().cloned()),
+                    None if self.models.contains_key(m) => {} // switched off
+                    None => {
+                        return Err(ConfigError::field(
+                            file,
+                            &format!("tiers.{tname}.models"),
+                            format!("no model `{m}` in [models]"),
+                        ));
+                    }
+                }
+            }
+            if candidates.is_empty() {
+                continue;
+            }
+            let name = format!("tier:{tname}");
+            let route = match tier.strategy.as_deref() {
+                None | Some("cheapest") => ModelRoute::tier(name.as_str(), candidates),
+                Some("ordered") => {
+                    ModelRoute::new(name.as_str(), candidates).require_capabilities(true)
+                }
+                Some(other) => {
+                    return Err(ConfigError::field(
+                        file,
+                        &format!("tiers.{tname}.strategy"),
+                        format!("unknown strategy `{other}`; expected cheapest or ordered"),
+                    ));
+                }
+            };
+            builder = builder.model(route);
+            models.push(ModelInfo {
+                id: name,
+                owned_by: "tollgate".into(),
+            });
+        }
+        let control = |allowed: Option<bool>, default: bool| {
+            if allowed.unwrap_or(default) {
+                ClientControl::Allow
+            } else {
+                ClientControl::Reject
+            }
+        };
+        builder = builder.policy(RoutePolicy {
+            client_fallback_list: control(self.routing.allow_client_models, false),
+            client_fallback_off: control(self.routing.allow_client_fallback_off, true),
+            client_timeouts: ClientControl::Allow,
+        });
+        let routes = builder
+            .build()
+            .map_err(|e| ConfigError(format!("{file}: {e}")))?;
+        Ok(Runtime {
+            providers,
+            routes,
+            models,
+            disabled_providers: disabled,
+        })
+    }
+}
+
+fn build_translating(
+    name: &str,
+    adapter: Adapter,
+    base_url: &str,
+    api_key: Option<String>,
+    p: &super::ProviderConfig,
+    file: &str,
+) -> Result<Arc<dyn Provider>, ConfigError> {
+    let field = |f: &str| format!("providers.{name}.{f}");
+    let key = api_key.filter(|k| !k.is_empty()).map(Secret::new);
+    match adapter {
+        Adapter::Anthropic => {
+            let mut b = AnthropicProvider::builder(name, base_url);
+            if let Some(k) = key {
+                b = b.api_key(k);
+            }
+            if let Some(n) = p.default_max_tokens {
+                b = b.default_max_tokens(n);
+            }
+            for (k, v) in &p.headers {
+                b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
+            }
+            Ok(Arc::new(b.build().map_err(|e| {
+                ConfigError::field(file, &field("base_url"), e)
+            })?))
+        }
+        _ => {
+            let mut b = GeminiProvider::builder(name, base_url);
+            if let Some(k) = key {
+                b = b.api_key(k);
+            }
+            Ok(Arc::new(b.build().map_err(|e| {
+                ConfigError::field(file, &field("base_url"), e)
+            })?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn every_preset_builds_and_routes() {
+        let mut text = String::new();
+        for kind in super::super::presets::KINDS {
+            text.push_str(&format!(
+                "[providers.p-{kind}]\nkind = \"{kind}\"\napi_key = \"k\"\n"
+            ));
+            if *kind == "azure" {
+                text.push_str("base_url = \"https://x.openai.azure.com/openai/deployments/d\"\nquery = \"api-version=2024-10-21\"\n");
+            }
+            text.push_str(&format!(
+                "[models.m-{kind}]\ntargets = [{{ provider = \"p-{kind}\", model = \"x\" }}]\n"
+            ));
+        }
+        let rt = cfg(&text)
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        assert_eq!(rt.providers.len(), super::super::presets::KINDS.len());
+        assert_eq!(rt.providers["p-anthropic"].kind(), "anthropic");
+        assert_eq!(rt.providers["p-gemini"].kind(), "gemini");
+        assert_eq!(rt.providers["p-deepseek"].kind(), "openai");
+        assert_eq!(rt.providers["p-mock"].kind(), "mock");
+        assert_eq!(rt.models.len(), super::super::presets::KINDS.len());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_file() {
+        let cases = [
+            ("[providers.a]\nkind = \"nope\"\n", "providers.a.kind"),
+            (
+                "[providers.a]\nkind = \"azure\"\napi_key = \"k\"\n",
+                "providers.a.base_url",
+            ),
+            (
+                "[providers.a]\nkind = \"deepseek\"\n",
+                "providers.a.api_key",
+            ),
+            (
+                "[providers.a]\nkind = \"openai\"\napi_key = \"${TOLLGATE_TEST_SURELY_UNSET}\"\n",
+                "providers.a.api_key",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\ntargets = [{ provider = \"b\", model = \"x\" }]\n",
+                "models.m.targets[0].provider",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\nstrategy = \"random\"\ntargets = [{ provider = \"a\", model = \"x\" }]\n",
+                "models.m.strategy",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\ntargets = [{ provider = \"a\", model = \"x\" }]\n[tiers.cheap]\nmodels = [\"zzz\"]\n",
+                "tiers.cheap.models",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = cfg(text)
+                .build_runtime(&mut HealthRegistry::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.toml: "), "{e}");
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn providers_without_their_key_variable_are_switched_off_with_their_models() {
+        let rt = cfg(
+            "[providers.a]\nkind = \"openai\"\napi_key = \"${TOLLGATE_TEST_SURELY_UNSET}\"\nenabled_if_env = \"TOLLGATE_TEST_SURELY_UNSET\"\n[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"a\", model = \"x\" }]\n[models.y]\ntargets = [{ provider = \"a\", model = \"x\" }, { provider = \"m\", model = \"ok\" }]\n",
+        )
+        .build_runtime(&mut HealthRegistry::new())
+        .unwrap();
+        assert_eq!(rt.disabled_providers, vec!["a".to_owned()]);
+        let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, vec!["y"]);
+    }
+
+    #[test]
+    fn health_is_kept_across_rebuilds() {
+        let c = cfg(
+            "[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"m\", model = \"ok\" }]\n",
+        );
+        let mut reg = HealthRegistry::new();
+        let a = c.build_runtime(&mut reg).unwrap();
+        let b = c.build_runtime(&mut reg).unwrap();
+        let ta = a.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        let tb = b.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        assert!(Arc::ptr_eq(&ta.health, &tb.health));
+    }
+
+    #[test]
+    fn the_embedded_default_builds_with_mock_models() {
+        let rt = Config::embedded()
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
+        for m in [
+            "mock",
+            "mock-tool",
+            "mock-fallback",
+            "mock-429",
+            "mock-embed",
+        ] {
+            assert!(ids.contains(&m), "{m} in {ids:?}");
+        }
+    }
+}
