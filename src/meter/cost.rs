@@ -15,7 +15,8 @@
 //! machine that tracks depth and strings, so only the **top-level** `usage` is touched (not,
 //! e.g., Groq's `x_groq.usage`); streams are scanned only in frames where a byte search finds
 //! `"usage"`. A usage object that already has a `cost` (an upstream such as OpenRouter) is left
-//! as the upstream sent it. Responses with no known price, errors and compressed bodies pass
+//! as the upstream sent it, and so is one that is not OpenAI-shaped (no `prompt_tokens` /
+//! `completion_tokens`, e.g. Anthropic's on the `/v1/messages` ingress). Responses with no known price, errors and compressed bodies pass
 //! through untouched; a rewritten non-streaming response loses its `content-length`.
 
 use std::collections::VecDeque;
@@ -242,6 +243,12 @@ where
 /// not a usage object or already has a cost.
 fn cost_member(usage_obj: &[u8], price: &Price) -> Option<Bytes> {
     if memchr::memmem::find(usage_obj, b"\"cost\"").is_some() {
+        return None;
+    }
+    // Only OpenAI-shaped usage (an Anthropic-style `input_tokens` object is not ours to price).
+    if memchr::memmem::find(usage_obj, b"\"prompt_tokens\"").is_none()
+        && memchr::memmem::find(usage_obj, b"\"completion_tokens\"").is_none()
+    {
         return None;
     }
     let mut doc = Vec::with_capacity(usage_obj.len() + 10);
@@ -510,6 +517,9 @@ mod tests {
             r#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2,"cost":0.5}}"#;
         assert_eq!(run_json(&[doc]), doc);
         let doc = r#"{"usage":null,"choices":[]}"#;
+        assert_eq!(run_json(&[doc]), doc);
+        // Anthropic-shaped usage (the /v1/messages ingress) is left alone.
+        let doc = r#"{"type":"message","usage":{"input_tokens":5,"output_tokens":2}}"#;
         assert_eq!(run_json(&[doc]), doc);
     }
 
