@@ -135,7 +135,11 @@ async fn run(args: Args) -> Result<(), String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| format!("--listen {listen}: {e}"))?;
-    let app = Arc::new(app::App::build(&cfg, Some(prometheus)).map_err(|e| e.to_string())?);
+    let app = Arc::new(
+        app::App::build(&cfg, Some(prometheus))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
 
     let listener = TcpListener::bind(addr)
         .await
@@ -197,4 +201,3 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
-

@@ -503,7 +503,7 @@ mod tests {
                 ..Usage::default()
             },
             usage_source: source,
-            cost_micros: None,
+            cost_pico: None,
             ttft_ms: None,
             total_ms: 1.0,
             overhead_us: None,
