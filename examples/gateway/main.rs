@@ -57,10 +57,7 @@ fn parse_args() -> Result<Args, String> {
             "--hash-key" => args.hash_key = Some(value("--hash-key")?),
             "--spend-report" => {
                 // the query is optional: take the next word unless it is another flag
-                args.spend_report = Some(match inline.clone() {
-                    Some(q) => q,
-                    None => String::new(),
-                });
+                args.spend_report = Some(inline.clone().unwrap_or_default());
             }
             q if args.spend_report.as_deref() == Some("") && !q.starts_with("--") => {
                 args.spend_report = Some(q.to_owned());
