@@ -16,8 +16,9 @@
 //!   as long as the upstream's `Retry-After` says.
 //! - **half-open**: after the ejection, exactly one request (the probe) is let through; every
 //!   other request is refused until its outcome is known. A success closes the circuit, a failure
-//!   ejects again (for longer). A probe that never reports back (its request was dropped) frees
-//!   the slot after `probe_timeout`.
+//!   ejects again (for longer). A probe whose request is dropped hands its slot back
+//!   ([`Health::release_probe`], done by Fallback); one that never reports back at all frees the
+//!   slot after `probe_timeout`.
 //!
 //! Independently of the breaker, an upstream `Retry-After` blocks the target until it has
 //! passed, and a success clears it. A client error (another 4xx) proves the target is up: it
@@ -217,6 +218,15 @@ impl Health {
                 };
                 Admission::Probe
             }
+        }
+    }
+
+    /// Hand back the half-open probe slot without an outcome (the probe's request was dropped
+    /// before it answered), so the next request may probe at once.
+    pub fn release_probe(&self) {
+        let mut s = self.lock();
+        if let Circuit::HalfOpen { probe_since } = &mut s.circuit {
+            *probe_since = None;
         }
     }
 

@@ -1,7 +1,119 @@
-//! tollgate: composable Tower layers for LLM gateways.
+//! # tollgate
+//!
+//! Composable [Tower](https://docs.rs/tower) layers for LLM gateways: one OpenAI-compatible
+//! endpoint in front of many providers, with explicit routing and fallback, true error codes,
+//! exact usage and cost, and limits that hold. The reference gateway in `examples/gateway`
+//! assembles them; you can stack them in your own hyper or axum service.
+//!
+//! ## The stack (request flow, outside in)
+//!
+//! ```text
+//! edge:   CatchPanic · request-id · Trace · ErrorResponse   GatewayError -> OpenAI-shaped JSON
+//!         Parse              Incoming -> Request<Full<Bytes>> (capped) + ParsedRequest
+//!         UsageMeter         UsageTap ledger in; one UsageRecord per request, every outcome
+//!         Auth               virtual key -> KeyIdentity (tenant, allowed models, limits)
+//!         RateLimit          RPM / TPM / concurrency / budget: reserve, then settle
+//!         StreamPassthrough  SSE hygiene, include_usage injection and stripping, in-band errors
+//!         Route              model name -> RouteDecision (alias, pin, split, tier, rules)
+//!         Fallback           tries targets in order until the commit point; attempts header
+//!         Timeout            per attempt: connect, first token, idle gap, total
+//! leaf:   Dispatch           Attempt -> Provider (OpenAI-compatible, Anthropic, Gemini, mock)
+//! ```
+//!
+//! Ordering rules:
+//! - **Parse** buffers the request once, so Fallback can replay it; the response body is never
+//!   buffered.
+//! - **UsageMeter** sits right after Parse — outside Auth and RateLimit — so that refusals get a
+//!   record too. It hands the inner layers a [`UsageTap`](usage::UsageTap): Auth writes the key,
+//!   RateLimit registers its settle hook and its concurrency permit, Route the model and variant,
+//!   Fallback the attempts, StreamPassthrough the stream's usage. The meter finalizes exactly
+//!   once, when the body ends, fails or is dropped: it settles the reservation, then releases the
+//!   permit, so a 60-second stream holds its permit for 60 seconds.
+//! - **Auth and RateLimit** run before anything that costs money.
+//! - **Fallback** sits outside Timeout, so every attempt gets its own deadlines; it is inside
+//!   UsageMeter, so exactly one winning attempt is metered and the failed ones are listed.
+//! - **The commit point** is the first byte to the client: before it any retryable failure falls
+//!   back (connect error, 408/429/5xx/529, a first-token timeout, an error as the first event of
+//!   a 200 stream); after it a failure ends the stream with an in-band `data: {"error":…}` event
+//!   and no `[DONE]`.
+//!
+//! ## Contracts between layers (request and response extensions)
+//!
+//! | extension | written by | read by |
+//! |---|---|---|
+//! | [`ParsedRequest`](request::ParsedRequest) | Parse | everyone |
+//! | [`UsageTap`](usage::UsageTap) | UsageMeter | Auth, RateLimit, StreamPassthrough, Route, Fallback |
+//! | [`RouteDecision`](target::RouteDecision) | Route | Fallback |
+//! | [`Attempt`](target::Attempt) | Fallback | Timeout, Dispatch |
+//! | [`ServedBy`](target::ServedBy) (response) | Fallback | UsageMeter, headers |
+//!
+//! Inner layers return [`GatewayError`](error::GatewayError); exactly one edge layer,
+//! [`ErrorResponse`](error::ErrorResponse), turns it into an OpenAI-shaped response that keeps the
+//! upstream's status class (an upstream 429 stays 429, with `Retry-After`).
+//!
+//! ## Stacking the layers in your own service
+//!
+//! ```
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tollgate::error::ErrorResponseLayer;
+//! use tollgate::fallback::FallbackLayer;
+//! use tollgate::meter::UsageMeterLayer;
+//! use tollgate::provider::{Dispatch, Provider, mock::MockProvider};
+//! use tollgate::request::ParseLayer;
+//! use tollgate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable};
+//! use tollgate::stream::StreamPassthroughLayer;
+//! use tollgate::target::Target;
+//! use tollgate::timeout::TimeoutLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // One public model, two targets: the first answers 503, the second serves.
+//! let mock: Arc<dyn Provider> = Arc::new(MockProvider::new("mock"));
+//! let table = RouteTable::builder()
+//!     .model(ModelRoute::new(
+//!         "my-model",
+//!         vec![
+//!             Target::new(mock.clone(), "status?code=503").into_arc(),
+//!             Target::new(mock.clone(), "ok").into_arc(),
+//!         ],
+//!     ))
+//!     .build()
+//!     .expect("a valid table");
+//!
+//! let gateway = ServiceBuilder::new()
+//!     .layer(ErrorResponseLayer::new())
+//!     .layer(ParseLayer::new())
+//!     .layer(UsageMeterLayer::new().on_record(|r: &tollgate::usage::UsageRecord| {
+//!         println!("{} tokens, {:?}", r.usage.total_tokens, r.outcome)
+//!     }))
+//!     .layer(StreamPassthroughLayer::new())
+//!     .layer(RouteLayer::new(RouteHandle::new(table)))
+//!     .layer(FallbackLayer::new())
+//!     .layer(TimeoutLayer::new())
+//!     .service(Dispatch::new());
+//!
+//! let req = http::Request::post("/v1/chat/completions")
+//!     .body(Full::new(Bytes::from_static(
+//!         br#"{"model":"my-model","messages":[{"role":"user","content":"hi"}]}"#,
+//!     )))
+//!     .unwrap();
+//! let res = gateway.oneshot(req).await.unwrap(); // Error = Infallible
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(res.headers()["x-tollgate-attempts"].to_str().unwrap().split(';').count(), 2);
+//! let body = res.into_body().collect().await.unwrap().to_bytes();
+//! assert!(std::str::from_utf8(&body).unwrap().contains("Hello there!"));
+//! # }
+//! ```
+//!
+//! In axum, the same stack is a `tower::Service<Request<axum::body::Body>>` and mounts with
+//! `Router::route_service("/v1/chat/completions", gateway)`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -9,7 +121,9 @@ pub mod fallback;
 pub mod health;
 pub mod meter;
 pub mod metrics;
+pub mod pricing;
 pub mod provider;
+pub mod ratelimit;
 pub mod request;
 pub mod route;
 pub mod secret;
@@ -18,4 +132,5 @@ pub mod sse;
 pub mod stream;
 pub mod target;
 pub mod timeout;
+pub mod translate;
 pub mod usage;

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use super::presets::{Adapter, preset};
 use super::{Config, ConfigError, TimeoutsConfig, interpolate};
+use crate::auth::{AuthLayer, KeyEntry, StaticKeys};
 use crate::health::Health;
 use crate::provider::Provider;
+use crate::provider::anthropic::AnthropicProvider;
+use crate::provider::gemini::GeminiProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{AuthStyle, OpenAiProvider};
+use crate::ratelimit::{FailurePolicy, LimitStore, Limits, MemoryStore, RateLimitLayer};
 use crate::route::{ClientControl, ModelRoute, RoutePolicy, RouteTable, Strategy, Variant};
 use crate::secret::Secret;
 use crate::target::{Capabilities, Target, Timeouts};
@@ -23,6 +27,133 @@ pub struct ModelInfo {
     pub owned_by: String,
 }
 
+/// Build the Auth layer from `[auth]`: `enabled = false` switches it off explicitly; otherwise
+/// the `[[auth.keys]]` (SHA-256 hashes) with their model globs and limits.
+pub fn auth_layer(cfg: &Config) -> Result<AuthLayer, ConfigError> {
+    let file = cfg.source.as_str();
+    if cfg.auth.enabled == Some(false) {
+        return Ok(AuthLayer::disabled());
+    }
+    let mut entries = Vec::with_capacity(cfg.auth.keys.len());
+    for (i, k) in cfg.auth.keys.iter().enumerate() {
+        let field = format!("auth.keys[{i}]");
+        let mut e = KeyEntry::from_hash(k.name.as_str(), k.sha256.trim())
+            .map_err(|e| ConfigError::field(file, &format!("{field}.sha256"), e.message()))?
+            .key_id(k.name.as_str());
+        if let Some(t) = &k.tenant {
+            e = e.tenant(t.as_str());
+        }
+        if !k.models.is_empty() {
+            e = e.models(k.models.iter().map(String::as_str));
+        }
+        e = e.limits(limits(&k.limits));
+        entries.push(e);
+    }
+    let keys = StaticKeys::from_entries(entries)
+        .map_err(|e| ConfigError::field(file, "auth.keys", e.message()))?;
+    Ok(AuthLayer::new(keys))
+}
+
+/// Runtime limits from config values.
+pub fn limits(v: &super::LimitValues) -> Limits {
+    let mut l = Limits::new();
+    if let Some(n) = v.rpm {
+        l = l.requests_per_minute(n);
+    }
+    if let Some(n) = v.tpm {
+        l = l.tokens_per_minute(n);
+    }
+    if let Some(n) = v.concurrency {
+        l = l.concurrent_requests(n);
+    }
+    if let Some(usd) = v.budget_usd_day {
+        l = l.usd_per_day(usd);
+    }
+    if let Some(usd) = v.budget_usd_month {
+        l = l.usd_per_month(usd);
+    }
+    l
+}
+
+/// Build the RateLimit layer from `[limits]` (store, failure policy, global and per-model
+/// limits; per-key limits travel with the key). `price` gives the worst-case price of a public
+/// model for budget reservations.
+pub fn ratelimit_layer(
+    cfg: &Config,
+    price: impl Fn(&str) -> Option<crate::usage::Price> + Send + Sync + 'static,
+) -> Result<RateLimitLayer, ConfigError> {
+    let file = cfg.source.as_str();
+    let l = &cfg.limits;
+    let store: Arc<dyn LimitStore> = match l.store.as_deref() {
+        None | Some("memory") => Arc::new(MemoryStore::new()),
+        #[cfg(feature = "redis")]
+        Some("redis") => {
+            let url = interpolate(
+                l.redis_url.as_deref().unwrap_or("redis://127.0.0.1:6379"),
+                file,
+                "limits.redis_url",
+            )?;
+            let mut rc = crate::ratelimit::RedisConfig::new(url);
+            if let Some(p) = &l.redis_prefix {
+                rc = rc.prefix(p.as_str());
+            }
+            Arc::new(
+                crate::ratelimit::RedisStore::new(rc)
+                    .map_err(|e| ConfigError::field(file, "limits.redis_url", e))?,
+            )
+        }
+        #[cfg(not(feature = "redis"))]
+        Some("redis") => {
+            return Err(ConfigError::field(
+                file,
+                "limits.store",
+                "this build has no Redis support (cargo feature `redis`)",
+            ));
+        }
+        Some(other) => {
+            return Err(ConfigError::field(
+                file,
+                "limits.store",
+                format!("unknown store `{other}`; expected memory or redis"),
+            ));
+        }
+    };
+    let policy = match l.on_store_error.as_deref() {
+        None | Some("fail_closed") => FailurePolicy::Closed,
+        Some("fail_open") => FailurePolicy::Open,
+        Some(other) => {
+            return Err(ConfigError::field(
+                file,
+                "limits.on_store_error",
+                format!("unknown policy `{other}`; expected fail_open or fail_closed"),
+            ));
+        }
+    };
+    let mut layer = RateLimitLayer::with_store(store)
+        .global(limits(&l.global))
+        .failure_policy(policy)
+        .prices(price);
+    for (m, v) in &l.models {
+        layer = layer.model(m.as_str(), limits(v));
+    }
+    if let Some(n) = l.default_max_tokens {
+        layer = layer.default_max_tokens(n);
+    }
+    Ok(layer)
+}
+
+/// The highest price among the targets a public model may use (budget reservations are
+/// upper bounds).
+pub fn worst_price(routes: &RouteTable, model: &str) -> Option<crate::usage::Price> {
+    let route = routes.get(model)?;
+    route
+        .variants()
+        .iter()
+        .flat_map(|v| v.targets.iter())
+        .filter_map(|t| t.price)
+        .max_by_key(|p| (p.output, p.input))
+}
+
 /// What a config builds into.
 pub struct Runtime {
     /// Enabled providers by name.
@@ -33,6 +164,8 @@ pub struct Runtime {
     pub models: Vec<ModelInfo>,
     /// Providers switched off because their key variable is unset.
     pub disabled_providers: Vec<String>,
+    /// The price table: shipped prices, overridden by `[prices]` and targets' own `price`.
+    pub prices: crate::pricing::PriceTable,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -146,6 +279,8 @@ impl Config {
             providers.insert(name.clone(), provider);
         }
 
+        let prices = crate::pricing::PriceTable::from_config(self)?;
+        let today = crate::pricing::PriceDate::today();
         let defaults = timeouts(&self.routing.timeouts);
         let mut builder = RouteTable::builder();
         let mut models = Vec::new();
@@ -190,8 +325,13 @@ impl Config {
                         json_mode: t.json_mode.unwrap_or(true),
                     });
                 let key = format!("{}/{}", t.provider, t.model);
-                if let Some(p) = t.price.or_else(|| self.prices.get(&key).copied()) {
-                    target = target.with_price(p.to_price());
+                let price = t
+                    .price
+                    .or_else(|| self.prices.get(&key).copied())
+                    .map(|p| p.to_price())
+                    .or_else(|| prices.lookup(&t.provider, &t.model, today));
+                if let Some(p) = price {
+                    target = target.with_price(p);
                 }
                 let h = health
                     .entry(target.id.clone())
@@ -341,21 +481,160 @@ impl Config {
             routes,
             models,
             disabled_providers: disabled,
+            prices,
         })
     }
 }
 
 fn build_translating(
     name: &str,
-    _adapter: Adapter,
-    _base_url: &str,
-    _api_key: Option<String>,
-    _p: &super::ProviderConfig,
+    adapter: Adapter,
+    base_url: &str,
+    api_key: Option<String>,
+    p: &super::ProviderConfig,
     file: &str,
 ) -> Result<Arc<dyn Provider>, ConfigError> {
-    Err(ConfigError::field(
-        file,
-        &format!("providers.{name}.kind"),
-        "this adapter is not available in this build yet",
-    ))
+    let field = |f: &str| format!("providers.{name}.{f}");
+    let key = api_key.filter(|k| !k.is_empty()).map(Secret::new);
+    match adapter {
+        Adapter::Anthropic => {
+            let mut b = AnthropicProvider::builder(name, base_url);
+            if let Some(k) = key {
+                b = b.api_key(k);
+            }
+            if let Some(n) = p.default_max_tokens {
+                b = b.default_max_tokens(n);
+            }
+            for (k, v) in &p.headers {
+                b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
+            }
+            Ok(Arc::new(b.build().map_err(|e| {
+                ConfigError::field(file, &field("base_url"), e)
+            })?))
+        }
+        _ => {
+            let mut b = GeminiProvider::builder(name, base_url);
+            if let Some(k) = key {
+                b = b.api_key(k);
+            }
+            Ok(Arc::new(b.build().map_err(|e| {
+                ConfigError::field(file, &field("base_url"), e)
+            })?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn every_preset_builds_and_routes() {
+        let mut text = String::new();
+        for kind in super::super::presets::KINDS {
+            text.push_str(&format!(
+                "[providers.p-{kind}]\nkind = \"{kind}\"\napi_key = \"k\"\n"
+            ));
+            if *kind == "azure" {
+                text.push_str("base_url = \"https://x.openai.azure.com/openai/deployments/d\"\nquery = \"api-version=2024-10-21\"\n");
+            }
+            text.push_str(&format!(
+                "[models.m-{kind}]\ntargets = [{{ provider = \"p-{kind}\", model = \"x\" }}]\n"
+            ));
+        }
+        let rt = cfg(&text)
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        assert_eq!(rt.providers.len(), super::super::presets::KINDS.len());
+        assert_eq!(rt.providers["p-anthropic"].kind(), "anthropic");
+        assert_eq!(rt.providers["p-gemini"].kind(), "gemini");
+        assert_eq!(rt.providers["p-deepseek"].kind(), "openai");
+        assert_eq!(rt.providers["p-mock"].kind(), "mock");
+        assert_eq!(rt.models.len(), super::super::presets::KINDS.len());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_file() {
+        let cases = [
+            ("[providers.a]\nkind = \"nope\"\n", "providers.a.kind"),
+            (
+                "[providers.a]\nkind = \"azure\"\napi_key = \"k\"\n",
+                "providers.a.base_url",
+            ),
+            (
+                "[providers.a]\nkind = \"deepseek\"\n",
+                "providers.a.api_key",
+            ),
+            (
+                "[providers.a]\nkind = \"openai\"\napi_key = \"${TOLLGATE_TEST_SURELY_UNSET}\"\n",
+                "providers.a.api_key",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\ntargets = [{ provider = \"b\", model = \"x\" }]\n",
+                "models.m.targets[0].provider",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\nstrategy = \"random\"\ntargets = [{ provider = \"a\", model = \"x\" }]\n",
+                "models.m.strategy",
+            ),
+            (
+                "[providers.a]\nkind = \"mock\"\n[models.m]\ntargets = [{ provider = \"a\", model = \"x\" }]\n[tiers.cheap]\nmodels = [\"zzz\"]\n",
+                "tiers.cheap.models",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = cfg(text)
+                .build_runtime(&mut HealthRegistry::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.toml: "), "{e}");
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn providers_without_their_key_variable_are_switched_off_with_their_models() {
+        let rt = cfg(
+            "[providers.a]\nkind = \"openai\"\napi_key = \"${TOLLGATE_TEST_SURELY_UNSET}\"\nenabled_if_env = \"TOLLGATE_TEST_SURELY_UNSET\"\n[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"a\", model = \"x\" }]\n[models.y]\ntargets = [{ provider = \"a\", model = \"x\" }, { provider = \"m\", model = \"ok\" }]\n",
+        )
+        .build_runtime(&mut HealthRegistry::new())
+        .unwrap();
+        assert_eq!(rt.disabled_providers, vec!["a".to_owned()]);
+        let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, vec!["y"]);
+    }
+
+    #[test]
+    fn health_is_kept_across_rebuilds() {
+        let c = cfg(
+            "[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"m\", model = \"ok\" }]\n",
+        );
+        let mut reg = HealthRegistry::new();
+        let a = c.build_runtime(&mut reg).unwrap();
+        let b = c.build_runtime(&mut reg).unwrap();
+        let ta = a.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        let tb = b.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        assert!(Arc::ptr_eq(&ta.health, &tb.health));
+    }
+
+    #[test]
+    fn the_embedded_default_builds_with_mock_models() {
+        let rt = Config::embedded()
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
+        for m in [
+            "mock",
+            "mock-tool",
+            "mock-fallback",
+            "mock-429",
+            "mock-embed",
+        ] {
+            assert!(ids.contains(&m), "{m} in {ids:?}");
+        }
+    }
 }

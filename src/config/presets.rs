@@ -79,7 +79,7 @@ pub fn preset(kind: &str) -> Option<Preset> {
         },
         "gemini" => Preset {
             adapter: Adapter::Gemini,
-            base_url: Some("https://generativelanguage.googleapis.com/v1beta"),
+            base_url: Some("https://generativelanguage.googleapis.com"),
             auth_header: Some("x-goog-api-key"),
             needs_key: true,
         },

@@ -22,6 +22,21 @@ use crate::target::{Attempt, AttemptInfo, ServedBy, Target, Timeouts};
 use crate::usage::UsageTap;
 
 use super::{ATTEMPTS_HEADER, TARGET_HEADER};
+use crate::health::CircuitState;
+use crate::metrics as m;
+
+/// Count an attempt (`result` = `ok` or the error kind) and publish the target's circuit state
+/// (0 closed, 1 half-open, 2 open).
+fn record_attempt(target: &Target, result: &'static str) {
+    metrics::counter!(m::ATTEMPTS, "target" => target.id.to_string(), "result" => result)
+        .increment(1);
+    let state = match target.health.circuit() {
+        CircuitState::Closed => 0.0,
+        CircuitState::HalfOpen => 1.0,
+        CircuitState::Open { .. } => 2.0,
+    };
+    metrics::gauge!(m::CIRCUIT_STATE, "target" => target.id.to_string()).set(state);
+}
 
 pin_project! {
     #[project = StateProj]
@@ -57,9 +72,10 @@ pin_project! {
         attempts: Vec<AttemptInfo>,
         best: Option<GatewayError>,
         earliest_retry: Option<Duration>,
-        current: Option<(Arc<Target>, Instant)>,
+        current: Option<Current>,
         upstream_wait: Duration,
         budget_exhausted: bool,
+        model: Arc<str>,
         #[pin]
         state: State<F>,
     }
@@ -76,6 +92,7 @@ impl<S, F> ResponseFuture<S, F> {
         budget: Arc<dyn Budget + Send + Sync>,
         tap: Option<UsageTap>,
         error: Option<GatewayError>,
+        model: Arc<str>,
     ) -> Self {
         let limit = if allow_fallback {
             targets.len()
@@ -99,6 +116,7 @@ impl<S, F> ResponseFuture<S, F> {
             current: None,
             upstream_wait: Duration::ZERO,
             budget_exhausted: false,
+            model,
             state: State::Next,
         }
     }
@@ -116,6 +134,25 @@ fn rank(e: &GatewayError) -> u8 {
         ErrorKind::UpstreamConnect => 2,
         ErrorKind::CircuitOpen => 1,
         _ => 0,
+    }
+}
+
+/// The attempt in progress. Dropped unreported (the client went away), a half-open probe hands
+/// its slot back so the next request can probe.
+struct Current {
+    target: Arc<Target>,
+    started: Instant,
+    probe: bool,
+    /// The client's deadlines were shorter than the target's: a timeout says nothing about the
+    /// target's health.
+    shortened: bool,
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        if self.probe {
+            self.target.health.release_probe();
+        }
     }
 }
 
@@ -141,6 +178,35 @@ fn attempts_value(attempts: &[AttemptInfo]) -> Option<HeaderValue> {
 }
 
 impl<S, F> ResponseFuture<S, F> {
+    /// Record a target skipped because its health says blocked until `until`.
+    fn skip(
+        attempts: &mut Vec<AttemptInfo>,
+        best: &mut Option<GatewayError>,
+        earliest: &mut Option<Duration>,
+        target: &Arc<Target>,
+        until: Instant,
+        now: Instant,
+    ) {
+        let wait = until.saturating_duration_since(now);
+        attempts.push(AttemptInfo {
+            target: target.id.clone(),
+            status: 0,
+            elapsed: Duration::ZERO,
+            error: Some(ErrorKind::CircuitOpen.as_str()),
+        });
+        let e = GatewayError::new(
+            ErrorKind::CircuitOpen,
+            format!(
+                "target {} is unavailable (circuit open or Retry-After) for another {} ms",
+                target.id,
+                wait.as_millis()
+            ),
+        )
+        .with_provider(target.id.clone())
+        .with_retry_after(wait);
+        Self::note_failure(best, earliest, e);
+    }
+
     fn note_failure(
         best: &mut Option<GatewayError>,
         earliest: &mut Option<Duration>,
@@ -170,17 +236,21 @@ where
                 StateProj::Called { fut } => {
                     let res = ready!(fut.poll(cx));
                     let now = Instant::now();
-                    let Some((target, started)) = this.current.take() else {
+                    let Some(mut current) = this.current.take() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(GatewayError::internal(
                             "fallback lost its current attempt",
                         )));
                     };
-                    let elapsed = now.saturating_duration_since(started);
+                    // The outcome is reported below: the probe slot is not handed back.
+                    current.probe = false;
+                    let target = current.target.clone();
+                    let elapsed = now.saturating_duration_since(current.started);
                     *this.upstream_wait += elapsed;
                     match res {
                         Ok(mut res) => {
                             target.health.on_success(now, elapsed);
+                            record_attempt(&target, "ok");
                             this.attempts.push(AttemptInfo {
                                 target: target.id.clone(),
                                 status: res.status().as_u16(),
@@ -213,7 +283,11 @@ where
                             return Poll::Ready(Ok(res));
                         }
                         Err(e) => {
-                            target.health.on_failure(&e, now);
+                            if !(current.shortened && e.kind() == ErrorKind::UpstreamTimeout) {
+                                target.health.on_failure(&e, now);
+                            }
+                            record_attempt(&target, e.kind().as_str());
+                            tracing::debug!(target = %target.id, error = %e, "attempt failed");
                             this.attempts.push(AttemptInfo {
                                 target: target.id.clone(),
                                 status: e.upstream_status_code().unwrap_or(0),
@@ -238,48 +312,57 @@ where
                     while *this.next < *this.limit {
                         let target = this.targets[*this.next].clone();
                         *this.next += 1;
-                        let blocked = match target.health.peek(now) {
-                            Err(until) => Some(until),
-                            Ok(()) if *this.calls > 0 && !this.budget.withdraw() => {
+                        // A retry needs budget; check health first so a skip costs none.
+                        if *this.calls > 0 {
+                            if let Err(until) = target.health.peek(now) {
+                                Self::skip(
+                                    this.attempts,
+                                    this.best,
+                                    this.earliest_retry,
+                                    &target,
+                                    until,
+                                    now,
+                                );
+                                continue;
+                            }
+                            if !this.budget.withdraw() {
                                 *this.budget_exhausted = true;
                                 *this.next = *this.limit;
                                 break;
                             }
-                            Ok(()) => match target.health.admit(now) {
-                                Admission::Allowed | Admission::Probe => None,
-                                Admission::Blocked { until, .. } => Some(until),
-                            },
+                        }
+                        let blocked = match target.health.admit(now) {
+                            Admission::Allowed => Ok(false),
+                            Admission::Probe => Ok(true),
+                            Admission::Blocked { until, .. } => Err(until),
                         };
                         match blocked {
-                            None => {
-                                chosen = Some(target);
+                            Ok(probe) => {
+                                chosen = Some((target, probe));
                                 break;
                             }
-                            Some(until) => {
-                                let wait = until.saturating_duration_since(now);
-                                this.attempts.push(AttemptInfo {
-                                    target: target.id.clone(),
-                                    status: 0,
-                                    elapsed: Duration::ZERO,
-                                    error: Some(ErrorKind::CircuitOpen.as_str()),
-                                });
-                                let e = GatewayError::new(
-                                    ErrorKind::CircuitOpen,
-                                    format!(
-                                        "target {} is unavailable (circuit open or Retry-After) for another {} ms",
-                                        target.id,
-                                        wait.as_millis()
-                                    ),
-                                )
-                                .with_provider(target.id.clone())
-                                .with_retry_after(wait);
-                                Self::note_failure(this.best, this.earliest_retry, e);
+                            Err(until) => {
+                                Self::skip(
+                                    this.attempts,
+                                    this.best,
+                                    this.earliest_retry,
+                                    &target,
+                                    until,
+                                    now,
+                                );
                             }
                         }
                     }
                     match chosen {
-                        Some(target) => {
-                            *this.current = Some((target, now));
+                        Some((target, probe)) => {
+                            let shortened =
+                                target.timeouts.min(*this.client_timeouts) != target.timeouts;
+                            *this.current = Some(Current {
+                                target,
+                                started: now,
+                                probe,
+                                shortened,
+                            });
                             this.state.set(State::Ready);
                         }
                         None => {
@@ -321,7 +404,7 @@ where
                         }
                     }
                     *this.ready = false;
-                    let Some((target, _)) = this.current.as_mut() else {
+                    let Some(target) = this.current.as_ref().map(|c| c.target.clone()) else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(GatewayError::internal(
                             "fallback lost its chosen target",
@@ -341,6 +424,15 @@ where
                         },
                     };
                     *this.calls += 1;
+                    if *this.calls > 1 {
+                        if let Some(prev) = this.attempts.last() {
+                            metrics::counter!(m::FALLBACKS,
+                                "model" => this.model.to_string(),
+                                "from" => prev.target.to_string(),
+                                "reason" => prev.error.unwrap_or("unknown"))
+                            .increment(1);
+                        }
+                    }
                     req.extensions_mut().insert(Attempt {
                         target: target.clone(),
                         number: *this.calls,
@@ -349,7 +441,7 @@ where
                     // Time the attempt from the call, not from the readiness wait.
                     let started = Instant::now();
                     if let Some(c) = this.current.as_mut() {
-                        c.1 = started;
+                        c.started = started;
                     }
                     let fut = this.service.call(req);
                     this.state.set(State::Called { fut });

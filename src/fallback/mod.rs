@@ -11,8 +11,11 @@
 //!   with its probe in flight, an upstream `Retry-After` not yet passed) is **skipped without a
 //!   call** and recorded as `provider/model/circuit_open/0`;
 //! - otherwise one [`Attempt`](crate::target::Attempt) extension (target, number, deadlines =
-//!   the target's shortened by the client's) is put on a clone of the request and the inner
-//!   service is called; the outcome is reported to the target's `Health`;
+//!   the target's shortened by the client's) is put on a clone of the request (the last
+//!   candidate gets the request itself) and the inner service is called; the outcome is
+//!   reported to the target's `Health` — except a timeout under deadlines the client shortened,
+//!   which says nothing about the target. A half-open probe whose request is dropped hands its
+//!   slot back;
 //! - an error for which [`GatewayError::is_retryable`] is false (a 4xx other than 408/429) ends
 //!   the chain at once: a bad request is the client's and stays one attempt;
 //! - attempts after the first withdraw from a retry budget (tower's
@@ -127,8 +130,12 @@ where
         let tap = req.extensions().get::<UsageTap>().cloned();
         match req.extensions().get::<RouteDecision>() {
             Some(d) => {
-                let (targets, allow, timeouts) =
-                    (d.targets.clone(), d.allow_fallback, d.client_timeouts);
+                let (targets, allow, timeouts, model) = (
+                    d.targets.clone(),
+                    d.allow_fallback,
+                    d.client_timeouts,
+                    d.model.clone(),
+                );
                 ResponseFuture::new(
                     service,
                     req,
@@ -138,6 +145,7 @@ where
                     self.budget.clone(),
                     tap,
                     None,
+                    model,
                 )
             }
             None => ResponseFuture::new(
@@ -151,6 +159,7 @@ where
                 Some(GatewayError::internal(
                     "Fallback needs the RouteDecision extension (Route layer)",
                 )),
+                Arc::from(""),
             ),
         }
     }

@@ -650,3 +650,81 @@ async fn connect_refused_falls_back() {
         assert_eq!(attempts(&res), "a/refuse/upstream_connect/0;b/ok/200/0");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn client_shortened_timeout_does_not_count_against_the_target() {
+    let (a, _) = mock("a");
+    let mk = || {
+        Target::new(a.clone(), "stall?phase=first_token&ms=5000")
+            .with_timeouts(Timeouts {
+                first_token: Some(Duration::from_secs(10)),
+                ..Timeouts::NONE
+            })
+            .with_health(Arc::new(Health::new(BreakerConfig {
+                consecutive_failures: 1,
+                ..BreakerConfig::default()
+            })))
+            .into_arc()
+    };
+    let t = mk();
+    let h = table(vec![ModelRoute::new("m", vec![t.clone()])]);
+    let mut req = chat("m", true);
+    req.headers_mut()
+        .insert("x-tollgate-first-token-timeout-ms", "100".parse().unwrap());
+    let res = send(&mut stack(&h), req).await;
+    assert_eq!(res.status(), 504);
+    assert_eq!(
+        t.health.circuit(),
+        CircuitState::Closed,
+        "the client's impatience"
+    );
+
+    // The target's own deadline expiring does count.
+    let t = Target::new(a.clone(), "stall?phase=first_token&ms=60000")
+        .with_timeouts(Timeouts {
+            first_token: Some(Duration::from_secs(1)),
+            ..Timeouts::NONE
+        })
+        .with_health(Arc::new(Health::new(BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::default()
+        })))
+        .into_arc();
+    let h = table(vec![ModelRoute::new("m", vec![t.clone()])]);
+    let res = send(&mut stack(&h), chat("m", true)).await;
+    assert_eq!(res.status(), 504);
+    assert!(matches!(t.health.circuit(), CircuitState::Open { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_hands_its_slot_back() {
+    let (a, log) = mock("a");
+    let t = Target::new(a.clone(), "stall?phase=headers&ms=60000")
+        .with_health(Arc::new(Health::new(BreakerConfig {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(10),
+            ..BreakerConfig::default()
+        })))
+        .into_arc();
+    t.health.on_failure(
+        &GatewayError::new(ErrorKind::UpstreamConnect, "refused"),
+        Instant::now(),
+    );
+    let h = table(vec![ModelRoute::new("m", vec![t.clone()])]);
+    let svc = stack(&h);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // The probe starts, then its client goes away.
+    let mut s = svc.clone();
+    let probe = tokio::spawn(async move { send(&mut s, chat("m", false)).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(log.request_count(), 1);
+    assert_eq!(t.health.circuit(), CircuitState::HalfOpen);
+    probe.abort();
+    let _ = probe.await;
+    // The next request may probe at once instead of waiting for probe_timeout.
+    let mut s = svc.clone();
+    let next = tokio::spawn(async move { send(&mut s, chat("m", false)).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(log.request_count(), 2);
+    next.abort();
+}

@@ -25,6 +25,8 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::request::ParsedRequest;
 use crate::target::Attempt;
 
+pub mod anthropic;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 

@@ -354,7 +354,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Read at most `cap` bytes of `body`; a read error ends the read (what was read is kept).
-async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> Bytes {
+pub(crate) async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> Bytes {
     let mut buf = BytesMut::new();
     while buf.len() < cap {
         match body.frame().await {
@@ -371,7 +371,7 @@ async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> Bytes {
 }
 
 /// `e: cause: cause` — hyper-util's own `Display` hides the useful part in its sources.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
@@ -382,13 +382,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-type HttpsClient = Client<DeadlineConnector, Full<Bytes>>;
+pub(crate) type HttpsClient = Client<DeadlineConnector, Full<Bytes>>;
 
 /// The HTTPS connector with one deadline over DNS, TCP connect and the TLS handshake together
 /// (hyper's own connect timeout covers only TCP). Boxes one future per new connection, never
 /// per request.
 #[derive(Clone)]
-struct DeadlineConnector {
+pub(crate) struct DeadlineConnector {
     inner: HttpsConnector<HttpConnector>,
     deadline: Option<Duration>,
 }
@@ -440,7 +440,7 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
 
 /// The shared pooled client for `connect_timeout` (one per distinct timeout, ms granularity;
 /// past [`MAX_CACHED_CLIENTS`] distinct values a client is built for the call and not kept).
-fn client_for(connect_timeout: Option<Duration>) -> Result<HttpsClient, GatewayError> {
+pub(crate) fn client_for(connect_timeout: Option<Duration>) -> Result<HttpsClient, GatewayError> {
     static CLIENTS: OnceLock<RwLock<HashMap<Option<u64>, HttpsClient>>> = OnceLock::new();
     let key = connect_timeout.map(|d| {
         let ms = d.as_nanos().div_ceil(1_000_000);

@@ -170,3 +170,6 @@ where
         ResponseFuture::inner(self.inner.call(req), variant)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -140,7 +140,8 @@ impl ModelRoute {
     }
 
     /// Keep each sticky key (the `x-tollgate-sticky` header, else the key id) on one variant
-    /// (and, with [`Strategy::Weighted`], on one first target).
+    /// (and, with [`Strategy::Weighted`], on one first target). A request without a key is
+    /// assigned at random, by weight.
     pub fn sticky(mut self, sticky: bool) -> Self {
         self.sticky = sticky;
         self
@@ -413,6 +414,33 @@ impl RouteTable {
     /// The public model names (for `GET /v1/models`), aliases excluded.
     pub fn model_names(&self) -> impl Iterator<Item = &Arc<str>> {
         self.models.keys()
+    }
+
+    /// Every target of the table (each `Arc` once, in no particular order).
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        let mut out: Vec<Arc<Target>> = Vec::new();
+        for m in self.models.values() {
+            for v in &m.variants {
+                for t in v.targets.iter() {
+                    if !out.iter().any(|x| Arc::ptr_eq(x, t)) {
+                        out.push(t.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The first target named `id` (`provider/upstream_model`). On reload, give the new table's
+    /// target the old one's [`Health`](crate::health::Health)
+    /// (`Target::with_health(old.find_target(id)?.health.clone())`) so an ejected upstream
+    /// stays ejected.
+    pub fn find_target(&self, id: &str) -> Option<&Arc<Target>> {
+        self.models
+            .values()
+            .flat_map(|m| m.variants.iter())
+            .flat_map(|v| v.targets.iter())
+            .find(|t| &*t.id == id)
     }
 
     /// The route of a model or alias.

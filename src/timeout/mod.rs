@@ -141,3 +141,54 @@ where
         ResponseFuture::new(self.inner.call(req), cfg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn errors_inside_2xx_are_classified_like_statuses() {
+        let p: Arc<str> = Arc::from("up");
+        let cls = |doc: &str| {
+            error_in_body(doc.as_bytes(), Some(&p)).map(|e| (e.status().as_u16(), e.kind()))
+        };
+        assert_eq!(
+            cls(
+                r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#
+            ),
+            Some((429, ErrorKind::UpstreamRateLimited))
+        );
+        assert_eq!(
+            cls(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            Some((503, ErrorKind::UpstreamOverloaded))
+        );
+        // OpenRouter puts the HTTP status in `code`
+        assert_eq!(
+            cls(r#"{"error":{"message":"no","code":429}}"#),
+            Some((429, ErrorKind::UpstreamRateLimited))
+        );
+        assert_eq!(
+            cls(r#"{"error":{"message":"bad input","code":400}}"#),
+            Some((400, ErrorKind::UpstreamClientError))
+        );
+        assert_eq!(
+            cls(r#"{"error":{"message":"boom","type":"server_error"}}"#),
+            Some((500, ErrorKind::UpstreamServerError))
+        );
+        assert_eq!(
+            cls(r#"{"error":"upstream timed out"}"#),
+            Some((504, ErrorKind::UpstreamServerError))
+        );
+        assert_eq!(cls(r#"{"id":"x","choices":[],"error":null}"#), None);
+        assert_eq!(cls(r#"{"id":"x","choices":[{"text":"\"error\""}]}"#), None);
+        assert_eq!(cls("[DONE]"), None);
+        let e = error_in_body(
+            br#"{"error":{"message":"m","code":"rate_limit_exceeded"}}"#,
+            Some(&p),
+        )
+        .unwrap();
+        assert!(e.is_retryable());
+        assert_eq!(e.provider().map(|p| &**p), Some("up"));
+    }
+}

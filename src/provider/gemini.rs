@@ -1,0 +1,154 @@
+//! The Google Gemini adapter: OpenAI's face in front of `generateContent`.
+//!
+//! The client's chat request is translated with
+//! [`request_to_gemini`] and sent to
+//! `{base}/v1beta/models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`) with
+//! `x-goog-api-key`; a 2xx answer is translated back (JSON → `chat.completion`; SSE →
+//! `chat.completion.chunk`s ending in `[DONE]`, which Gemini does not send); a non-2xx answer is
+//! mapped with [`error_from_gemini`].
+//!
+//! ```
+//! use tollgate::provider::gemini::GeminiProvider;
+//! use tollgate::secret::Secret;
+//!
+//! let gemini = GeminiProvider::builder("gemini", "https://generativelanguage.googleapis.com")
+//!     .api_key(Secret::new("AIza..."))
+//!     .build()?;
+//! # let _ = gemini;
+//! # Ok::<(), tollgate::provider::anthropic::ProviderConfigError>(())
+//! ```
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Response, Uri};
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::provider::anthropic::{ProviderConfigError, json_post, send_translated};
+use crate::provider::{BoxFuture, Provider, UpstreamCall};
+use crate::request::Api;
+use crate::secret::Secret;
+use crate::translate::gemini::{
+    GeminiStream, error_from_gemini, gemini_path, request_to_gemini, response_from_gemini,
+};
+use crate::translate::unix_now;
+
+/// Builder of [`GeminiProvider`].
+#[derive(Debug)]
+pub struct GeminiProviderBuilder {
+    name: Arc<str>,
+    base_url: String,
+    api_key: Option<Secret>,
+}
+
+impl GeminiProviderBuilder {
+    /// The API key, sent as `x-goog-api-key`.
+    pub fn api_key(mut self, key: Secret) -> Self {
+        self.api_key = Some(key);
+        self
+    }
+    /// Validate and build.
+    pub fn build(self) -> Result<GeminiProvider, ProviderConfigError> {
+        let base = self.base_url.trim_end_matches('/').to_owned();
+        let _: Uri = format!("{base}/v1beta/models/m:generateContent")
+            .parse()
+            .map_err(|e| ProviderConfigError(format!("bad base_url {:?}: {e}", self.base_url)))?;
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &self.api_key {
+            let mut v = HeaderValue::try_from(key.expose()).map_err(|_| {
+                ProviderConfigError("the API key is not a valid header value".into())
+            })?;
+            v.set_sensitive(true);
+            headers.insert(HeaderName::from_static("x-goog-api-key"), v);
+        }
+        Ok(GeminiProvider {
+            name: self.name,
+            base,
+            headers,
+        })
+    }
+}
+
+/// The Gemini adapter (kind `"gemini"`).
+pub struct GeminiProvider {
+    name: Arc<str>,
+    base: String,
+    headers: HeaderMap,
+}
+
+impl std::fmt::Debug for GeminiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeminiProvider")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GeminiProvider {
+    /// Start building a provider called `name` at `base_url`
+    /// (`https://generativelanguage.googleapis.com`).
+    pub fn builder(
+        name: impl Into<Arc<str>>,
+        base_url: impl Into<String>,
+    ) -> GeminiProviderBuilder {
+        GeminiProviderBuilder {
+            name: name.into(),
+            base_url: base_url.into(),
+            api_key: None,
+        }
+    }
+}
+
+impl Provider for GeminiProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "gemini"
+    }
+
+    fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+        if call.parsed.api != Api::ChatCompletions {
+            let e = GatewayError::bad_request(
+                format!(
+                    "the Gemini provider serves chat completions only, not {}",
+                    call.parsed.api.as_str()
+                ),
+                None,
+            )
+            .with_code("unsupported_endpoint");
+            return Box::pin(async move { Err(e) });
+        }
+        let stream = call.parsed.stream;
+        let prepared = request_to_gemini(&call.parsed.body).and_then(|body| {
+            let url = format!("{}{}", self.base, gemini_path(&call.upstream_model, stream));
+            let uri: Uri = url.parse().map_err(|_| {
+                GatewayError::internal(format!(
+                    "the upstream model {:?} does not make a valid URL",
+                    call.upstream_model
+                ))
+            })?;
+            json_post(uri, body, stream, &self.headers, &call.headers)
+        });
+        let req = match prepared {
+            Ok(r) => r,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let created = unix_now();
+        let include_usage = call.parsed.wants_usage || call.parsed.upstream_include_usage;
+        let model = call.upstream_model.clone();
+        let translator =
+            GeminiStream::new(include_usage, created, &model).with_provider(self.name.clone());
+        send_translated(
+            self.name.clone(),
+            &call,
+            req,
+            translator,
+            move |b| response_from_gemini(b, created, &model),
+            error_from_gemini,
+        )
+    }
+}

@@ -1,0 +1,562 @@
+//! Route table tests: splits, stickiness, tiers, rules, aliases, per-request controls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use super::*;
+use crate::error::{ErrorKind, GatewayError};
+use crate::fallback::tests::{attempts, chat, request, send, stack, text};
+use crate::provider::Provider;
+use crate::provider::mock::MockProvider;
+use crate::request::{Api, ParsedRequest, parse_body};
+use crate::target::{Capabilities, Target};
+use crate::usage::{Price, UsageTap};
+
+fn p(name: &str) -> Arc<dyn Provider> {
+    Arc::new(MockProvider::new(name.to_owned()))
+}
+
+fn t(provider: &Arc<dyn Provider>, model: &str) -> Arc<Target> {
+    Target::new(provider.clone(), model).into_arc()
+}
+
+fn parsed(body: &str) -> ParsedRequest {
+    parse_body(Api::ChatCompletions, bytes::Bytes::from(body.to_owned())).unwrap()
+}
+
+fn simple(model: &str) -> ParsedRequest {
+    parsed(&format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#
+    ))
+}
+
+fn ids(d: &RouteDecision) -> Vec<String> {
+    d.targets.iter().map(|t| t.id.to_string()).collect()
+}
+
+fn canary() -> RouteTable {
+    let a = p("a");
+    RouteTable::builder()
+        .model(
+            ModelRoute::split(
+                "canary",
+                vec![
+                    Variant::new("stable", 90, vec![t(&a, "v1")]),
+                    Variant::new("next", 10, vec![t(&a, "v2")]),
+                ],
+            )
+            .sticky(true),
+        )
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn split_90_10_over_10000_requests_is_within_2_percent() {
+    let table = canary();
+    let req = simple("canary");
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..10_000 {
+        let d = table.route(&req, RouteInput::default()).unwrap();
+        *counts
+            .entry(d.variant.as_deref().unwrap().to_owned())
+            .or_default() += 1;
+        // the variant's targets are the ones used
+        assert_eq!(
+            ids(&d)[0],
+            if d.variant.as_deref() == Some("stable") {
+                "a/v1"
+            } else {
+                "a/v2"
+            }
+        );
+    }
+    let stable = f64::from(counts["stable"]) / 10_000.0;
+    assert!((0.88..=0.92).contains(&stable), "stable share {stable}");
+    assert_eq!(counts["stable"] + counts["next"], 10_000);
+}
+
+#[test]
+fn sticky_keys_stay_on_one_variant() {
+    let table = canary();
+    let req = simple("canary");
+    let mut stable_keys = 0;
+    for k in 0..1000 {
+        let key = format!("key-{k}");
+        let mut h = HeaderMap::new();
+        h.insert(STICKY_HEADER, key.parse().unwrap());
+        let first = table
+            .route(
+                &req,
+                RouteInput {
+                    headers: Some(&h),
+                    key_id: None,
+                },
+            )
+            .unwrap()
+            .variant;
+        for _ in 0..10 {
+            let v = table
+                .route(
+                    &req,
+                    RouteInput {
+                        headers: Some(&h),
+                        key_id: None,
+                    },
+                )
+                .unwrap()
+                .variant;
+            assert_eq!(v, first, "{key} moved");
+        }
+        // the key id (from Auth, via the tap) is the sticky key when no header is sent
+        let by_key_id = table
+            .route(
+                &req,
+                RouteInput {
+                    headers: None,
+                    key_id: Some(&key),
+                },
+            )
+            .unwrap()
+            .variant;
+        assert_eq!(by_key_id, first);
+        if first.as_deref() == Some("stable") {
+            stable_keys += 1;
+        }
+    }
+    // keys spread by weight too
+    assert!((850..=950).contains(&stable_keys), "{stable_keys}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn variant_is_sent_as_header_and_written_to_the_tap() {
+    let h = RouteHandle::new(canary());
+    let mut svc = stack(&h);
+    let mut req = chat("canary", false);
+    let tap = UsageTap::new();
+    tap.update(|s| s.key_id = Some(Arc::from("k1")));
+    req.extensions_mut().insert(tap.clone());
+    let res = send(&mut svc, req).await;
+    assert_eq!(res.status(), 200);
+    let v = res.headers()[VARIANT_HEADER].to_str().unwrap().to_owned();
+    let snap = tap.snapshot();
+    assert_eq!(snap.variant.as_deref(), Some(v.as_str()));
+    assert_eq!(snap.model.as_deref(), Some("canary"));
+    let target = if v == "stable" { "a/v1" } else { "a/v2" };
+    assert_eq!(attempts(&res), format!("{target}/200/0"));
+}
+
+#[tokio::test]
+async fn aliases_and_pins_resolve_exactly_and_unknown_is_404() {
+    let a = p("anthropic");
+    let table = RouteTable::builder()
+        .model(ModelRoute::new(
+            "claude-opus-4-20260315",
+            vec![t(&a, "claude-opus-4-20260315")],
+        ))
+        .model(ModelRoute::new(
+            "claude-opus-4-20250514",
+            vec![t(&a, "claude-opus-4-20250514")],
+        ))
+        .alias("claude-opus-4", "claude-opus-4-20260315")
+        .build()
+        .unwrap();
+    let d = table
+        .route(&simple("claude-opus-4"), RouteInput::default())
+        .unwrap();
+    assert_eq!(&*d.model, "claude-opus-4-20260315");
+    assert_eq!(ids(&d), ["anthropic/claude-opus-4-20260315"]);
+    let d = table
+        .route(&simple("claude-opus-4-20250514"), RouteInput::default())
+        .unwrap();
+    assert_eq!(ids(&d), ["anthropic/claude-opus-4-20250514"]);
+    // no prefix or fuzzy matching
+    for name in ["claude-opus", "claude-opus-4-2026", "CLAUDE-OPUS-4"] {
+        let e = table
+            .route(&simple(name), RouteInput::default())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ModelNotFound, "{name}");
+    }
+    // OpenAI-shaped 404 through the stack
+    let h = RouteHandle::new(table);
+    let res = send(&mut stack(&h), chat("gpt-5", false)).await;
+    assert_eq!(res.status(), 404);
+    let v: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
+    assert_eq!(v["error"]["param"], "model");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+}
+
+fn priced(
+    provider: &Arc<dyn Provider>,
+    model: &str,
+    usd_in: f64,
+    caps: Capabilities,
+) -> Arc<Target> {
+    Target::new(provider.clone(), model)
+        .with_price(Price::from_usd_per_mtok(usd_in, usd_in * 4.0))
+        .with_caps(caps)
+        .into_arc()
+}
+
+#[tokio::test(start_paused = true)]
+async fn tier_picks_cheapest_capable_healthy_target() {
+    let a = p("p");
+    let no_tools = Capabilities {
+        tools: false,
+        ..Capabilities::default()
+    };
+    let small_ctx = Capabilities {
+        context_window: Some(1000),
+        ..Capabilities::default()
+    };
+    let cheapest = priced(&a, "cheapest-no-tools", 0.1, no_tools);
+    let cheap = priced(&a, "cheap", 0.5, Capabilities::default());
+    let mid = priced(&a, "mid-small-ctx", 0.3, small_ctx);
+    let dear = priced(&a, "dear", 5.0, Capabilities::default());
+    let table = RouteTable::builder()
+        .model(ModelRoute::tier(
+            "tier:cheap",
+            vec![dear.clone(), cheap.clone(), mid.clone(), cheapest.clone()],
+        ))
+        .build()
+        .unwrap();
+    let plain = simple("tier:cheap");
+    let d = table.route(&plain, RouteInput::default()).unwrap();
+    assert_eq!(
+        ids(&d),
+        [
+            "p/cheapest-no-tools",
+            "p/mid-small-ctx",
+            "p/cheap",
+            "p/dear"
+        ]
+    );
+
+    let tools = parsed(
+        r#"{"model":"tier:cheap","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    let d = table.route(&tools, RouteInput::default()).unwrap();
+    assert_eq!(ids(&d), ["p/mid-small-ctx", "p/cheap", "p/dear"]);
+
+    // a long prompt does not fit the 1000-token window
+    let long = parsed(&format!(
+        r#"{{"model":"tier:cheap","max_tokens":500,"tools":[{{"type":"function"}}],"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(4000)
+    ));
+    let d = table.route(&long, RouteInput::default()).unwrap();
+    assert_eq!(ids(&d), ["p/cheap", "p/dear"]);
+
+    // an ejected target goes last (Fallback skips it without a call)
+    for _ in 0..5 {
+        mid.health.on_failure(
+            &GatewayError::new(ErrorKind::UpstreamConnect, "refused"),
+            Instant::now(),
+        );
+    }
+    let d = table.route(&tools, RouteInput::default()).unwrap();
+    assert_eq!(ids(&d), ["p/cheap", "p/dear", "p/mid-small-ctx"]);
+    let h = RouteHandle::new(table);
+    let res = send(
+        &mut stack(&h),
+        request(
+            r#"{"model":"tier:cheap","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"hi"}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(attempts(&res), "p/cheap/200/0");
+
+    // nothing capable: an explicit 400, not a silent downgrade
+    let vision_less = priced(
+        &a,
+        "text-only",
+        0.1,
+        Capabilities {
+            vision: false,
+            ..Capabilities::default()
+        },
+    );
+    let table = RouteTable::builder()
+        .model(ModelRoute::tier("tier:text", vec![vision_less]))
+        .build()
+        .unwrap();
+    let img = parsed(
+        r#"{"model":"tier:text","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:"}}]}]}"#,
+    );
+    let e = table.route(&img, RouteInput::default()).unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(e.message().contains("images"), "{}", e.message());
+}
+
+#[test]
+fn strategies_latency_cheapest_weighted() {
+    let a = p("p");
+    let fast = t(&a, "fast");
+    let slow = t(&a, "slow");
+    let now = Instant::now();
+    fast.health.on_success(now, Duration::from_millis(100));
+    slow.health.on_success(now, Duration::from_millis(900));
+    let table = RouteTable::builder()
+        .model(ModelRoute::new("lat", vec![slow.clone(), fast.clone()]).strategy(Strategy::Latency))
+        .model(
+            ModelRoute::new(
+                "w",
+                vec![
+                    Target::new(a.clone(), "w1").with_weight(3).into_arc(),
+                    Target::new(a.clone(), "w2").with_weight(1).into_arc(),
+                ],
+            )
+            .strategy(Strategy::Weighted),
+        )
+        .build()
+        .unwrap();
+    let d = table.route(&simple("lat"), RouteInput::default()).unwrap();
+    assert_eq!(ids(&d), ["p/fast", "p/slow"]);
+    let mut first_w1 = 0;
+    for _ in 0..4000 {
+        let d = table.route(&simple("w"), RouteInput::default()).unwrap();
+        assert_eq!(d.targets.len(), 2, "the other target stays as fallback");
+        if &*d.targets[0].id == "p/w1" {
+            first_w1 += 1;
+        }
+    }
+    assert!((2840..=3160).contains(&first_w1), "{first_w1}");
+}
+
+#[test]
+fn rules_route_on_request_features() {
+    let a = p("p");
+    let table = RouteTable::builder()
+        .model(ModelRoute::new("auto", vec![t(&a, "default")]))
+        .model(ModelRoute::new("vision", vec![t(&a, "vision")]))
+        .model(ModelRoute::new("long", vec![t(&a, "long")]))
+        .model(ModelRoute::new("batch", vec![t(&a, "batch")]))
+        .rule(Rule {
+            models: Some(vec![Arc::from("auto")]),
+            when: Condition {
+                has_images: Some(true),
+                ..Condition::default()
+            },
+            route_to: Arc::from("vision"),
+        })
+        .rule(Rule {
+            models: Some(vec![Arc::from("auto")]),
+            when: Condition {
+                min_prompt_tokens: Some(1000),
+                ..Condition::default()
+            },
+            route_to: Arc::from("long"),
+        })
+        .rule(Rule {
+            models: None,
+            when: Condition {
+                tag: Some(Arc::from("batch")),
+                ..Condition::default()
+            },
+            route_to: Arc::from("batch"),
+        })
+        .build()
+        .unwrap();
+    let route = |body: &str, h: Option<&HeaderMap>| {
+        table
+            .route(
+                &parsed(body),
+                RouteInput {
+                    headers: h,
+                    key_id: None,
+                },
+            )
+            .unwrap()
+    };
+    let d = route(
+        r#"{"model":"auto","messages":[{"role":"user","content":"hi"}]}"#,
+        None,
+    );
+    assert_eq!((&*d.model, ids(&d)), ("auto", vec!["p/default".to_owned()]));
+    let d = route(
+        r#"{"model":"auto","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+        None,
+    );
+    assert_eq!(&*d.model, "vision");
+    let d = route(
+        &format!(
+            r#"{{"model":"auto","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "y".repeat(5000)
+        ),
+        None,
+    );
+    assert_eq!(&*d.model, "long");
+    let mut h = HeaderMap::new();
+    h.insert(TAG_HEADER, "batch".parse().unwrap());
+    let d = route(
+        r#"{"model":"vision","messages":[{"role":"user","content":"hi"}]}"#,
+        Some(&h),
+    );
+    assert_eq!(&*d.model, "batch");
+    // a rule naming an unknown model is refused at build time
+    assert!(
+        RouteTable::builder()
+            .model(ModelRoute::new("auto", vec![t(&a, "x")]))
+            .rule(Rule {
+                models: None,
+                when: Condition::default(),
+                route_to: Arc::from("nope"),
+            })
+            .build()
+            .is_err()
+    );
+}
+
+#[test]
+fn client_controls_obey_the_policy() {
+    let a = p("p");
+    let build = |policy: RoutePolicy| {
+        RouteTable::builder()
+            .model(ModelRoute::new("m", vec![t(&a, "m1"), t(&a, "m2")]))
+            .model(ModelRoute::new("other", vec![t(&a, "o1"), t(&a, "m2")]))
+            .policy(policy)
+            .build()
+            .unwrap()
+    };
+    let with_list =
+        parsed(r#"{"model":"m","models":["other"],"messages":[{"role":"user","content":"hi"}]}"#);
+    let mut off = HeaderMap::new();
+    off.insert(FALLBACK_HEADER, "off".parse().unwrap());
+    let mut tmo = HeaderMap::new();
+    tmo.insert(TIMEOUT_HEADER, "1500".parse().unwrap());
+    let input = |h| RouteInput {
+        headers: Some(h),
+        key_id: None,
+    };
+
+    let allow = build(RoutePolicy::default());
+    let d = allow.route(&with_list, RouteInput::default()).unwrap();
+    assert_eq!(ids(&d), ["p/m1", "p/m2", "p/o1"], "appended, de-duplicated");
+    assert!(d.allow_fallback);
+    let d = allow.route(&simple("m"), input(&off)).unwrap();
+    assert!(!d.allow_fallback);
+    let d = allow.route(&simple("m"), input(&tmo)).unwrap();
+    assert_eq!(d.client_timeouts.total, Some(Duration::from_millis(1500)));
+    let unknown =
+        parsed(r#"{"model":"m","models":["nope"],"messages":[{"role":"user","content":"hi"}]}"#);
+    assert_eq!(
+        allow
+            .route(&unknown, RouteInput::default())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::ModelNotFound
+    );
+    let mut bad = HeaderMap::new();
+    bad.insert(FALLBACK_HEADER, "maybe".parse().unwrap());
+    assert_eq!(
+        allow.route(&simple("m"), input(&bad)).unwrap_err().status(),
+        400
+    );
+
+    let ignore = build(RoutePolicy {
+        client_fallback_list: ClientControl::Ignore,
+        client_fallback_off: ClientControl::Ignore,
+        client_timeouts: ClientControl::Ignore,
+    });
+    assert_eq!(
+        ids(&ignore.route(&with_list, RouteInput::default()).unwrap()),
+        ["p/m1", "p/m2"]
+    );
+    assert!(
+        ignore
+            .route(&simple("m"), input(&off))
+            .unwrap()
+            .allow_fallback
+    );
+    assert!(
+        ignore
+            .route(&simple("m"), input(&tmo))
+            .unwrap()
+            .client_timeouts
+            .is_none()
+    );
+
+    let reject = build(RoutePolicy {
+        client_fallback_list: ClientControl::Reject,
+        client_fallback_off: ClientControl::Reject,
+        client_timeouts: ClientControl::Reject,
+    });
+    let e = reject.route(&with_list, RouteInput::default()).unwrap_err();
+    assert_eq!(
+        (e.status().as_u16(), e.kind()),
+        (400, ErrorKind::BadRequest)
+    );
+    assert_eq!(
+        reject
+            .route(&simple("m"), input(&off))
+            .unwrap_err()
+            .status(),
+        400
+    );
+    assert_eq!(
+        reject
+            .route(&simple("m"), input(&tmo))
+            .unwrap_err()
+            .status(),
+        400
+    );
+}
+
+#[test]
+fn bad_tables_are_refused() {
+    let a = p("p");
+    assert!(
+        RouteTable::builder()
+            .model(ModelRoute::new("m", vec![]))
+            .build()
+            .is_err()
+    );
+    assert!(
+        RouteTable::builder()
+            .model(ModelRoute::new("m", vec![t(&a, "x")]))
+            .model(ModelRoute::new("m", vec![t(&a, "y")]))
+            .build()
+            .is_err()
+    );
+    assert!(
+        RouteTable::builder()
+            .model(ModelRoute::split(
+                "s",
+                vec![Variant::new("a", 0, vec![t(&a, "x")])]
+            ))
+            .build()
+            .is_err()
+    );
+    assert!(
+        RouteTable::builder()
+            .model(ModelRoute::new("m", vec![t(&a, "x")]))
+            .alias("m", "m")
+            .build()
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn split_through_the_stack_10000_requests_records_variants() {
+    let h = RouteHandle::new(canary());
+    let mut svc = stack(&h);
+    let mut stable = 0u32;
+    for i in 0..10_000 {
+        let mut req = chat("canary", false);
+        let tap = UsageTap::new();
+        req.extensions_mut().insert(tap.clone());
+        let res = send(&mut svc, req).await;
+        assert_eq!(res.status(), 200, "request {i}");
+        let v = res.headers()[VARIANT_HEADER].to_str().unwrap().to_owned();
+        assert_eq!(tap.snapshot().variant.as_deref(), Some(v.as_str()));
+        if v == "stable" {
+            stable += 1;
+        }
+    }
+    assert!((8800..=9200).contains(&stable), "{stable}");
+}

@@ -1,0 +1,1086 @@
+//! OpenAI chat ⇄ Anthropic Messages.
+//!
+//! - [`request_to_anthropic`]: an OpenAI `chat/completions` body → a Messages body.
+//! - [`response_from_anthropic`]: a Messages response → `chat.completion`.
+//! - [`AnthropicStream`]: Anthropic SSE events → `chat.completion.chunk` SSE bytes.
+//! - [`error_from_anthropic`]: an Anthropic error answer → [`GatewayError`].
+//!
+//! ## Request fields
+//! | OpenAI | Anthropic |
+//! |---|---|
+//! | `system` / `developer` messages (anywhere) | `system` text blocks, in order |
+//! | `user` text / `image_url` (data URL → base64 source, http(s) → url source) / `file` (PDF data URL → document) | user content blocks (empty text dropped) |
+//! | `assistant` content + `tool_calls` | text blocks + `tool_use {id, name, input}` (`arguments` must be a JSON object, else 400; `""` → `{}`) |
+//! | `tool` messages (+ a following `user`) | one user turn, `tool_result` blocks first |
+//! | `max_completion_tokens` ?? `max_tokens` ?? [`AnthropicOptions::default_max_tokens`] | `max_tokens` |
+//! | `stop` (string or list) | `stop_sequences` (whitespace-only entries dropped: Anthropic rejects them) |
+//! | `temperature` 0..=1, `top_p` | same (a temperature above 1 is a 400, never clamped) |
+//! | `tools` / `tool_choice` / `parallel_tool_calls: false` | `tools` (`input_schema`) / `auto`·`any`·`none`·`tool` / `disable_parallel_tool_use` |
+//! | `user` (else `safety_identifier`) | `metadata.user_id` |
+//! | `response_format: json_schema` | `output_config.format {type: json_schema, schema}` |
+//! | `reasoning_effort: low/medium/high` | `thinking {type: enabled, budget_tokens: 1024/4096/16384}` (must be below `max_tokens`, else 400); `minimal`/`none` dropped |
+//! | `stream` | `stream` |
+//! | `top_k`, `thinking` (Anthropic-native extensions) | passed through |
+//!
+//! Dropped (hints and bookkeeping): `stream_options`, `seed`, `logit_bias`, `presence_penalty`,
+//! `frequency_penalty`, `metadata`, `store`, `service_tier`, `prompt_cache_key`, `verbosity`,
+//! image `detail`, message `name`, and any field the Messages API does not know (it rejects
+//! unknown fields). Refused with 400: `n > 1`, `logprobs: true`,
+//! `top_logprobs`, `audio`, `modalities` other than text, `prediction`, `web_search_options`,
+//! `response_format: json_object`, legacy `functions`/`function_call`, `input_audio` parts,
+//! `file_id` parts, custom tools.
+//!
+//! ## Errors (upstream → OpenAI face)
+//! | Anthropic | client sees |
+//! |---|---|
+//! | 400 `invalid_request_error` | 400, message kept |
+//! | 401 / 403 | 401 / 403 (status class kept), code `upstream_authentication_error` / `upstream_permission_error` |
+//! | 404 naming a model | 404 `model_not_found`; other 404 → 502 |
+//! | 413 | 413 |
+//! | 429 `rate_limit_error` | 429 `rate_limit_exceeded`, `Retry-After` kept |
+//! | 529 `overloaded_error` (or that type under any status) | 503 `server_is_overloaded` with `Retry-After` |
+//! | 500 `api_error` | 502 |
+//! | other 5xx | kept |
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::{
+    DONE, Flow, StreamTranslator, chunk_prefix, chunk_suffix, is_json_string, protocol_error,
+    split_data_url, usage_json,
+};
+use crate::error::GatewayError;
+use crate::provider::upstream_error;
+use crate::usage::Usage;
+
+/// Options of the OpenAI → Anthropic request translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnthropicOptions {
+    /// `max_tokens` sent when the client set neither `max_completion_tokens` nor `max_tokens`
+    /// (Anthropic requires it).
+    pub default_max_tokens: u64,
+}
+
+impl Default for AnthropicOptions {
+    fn default() -> Self {
+        AnthropicOptions {
+            default_max_tokens: 4096,
+        }
+    }
+}
+
+fn bad(msg: impl Into<Cow<'static, str>>, param: impl Into<Cow<'static, str>>) -> GatewayError {
+    GatewayError::bad_request(msg, None).with_param(param)
+}
+
+fn unsupported(field: &'static str) -> GatewayError {
+    GatewayError::bad_request(
+        format!("'{field}' is not supported by the Anthropic provider"),
+        Some(field),
+    )
+    .with_code("unsupported_parameter")
+}
+
+/// The JSON text of a content that is a string or a list of `{type:"text", text}` parts.
+fn text_of(content: &Value, param: &str) -> Result<Vec<String>, GatewayError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(parts) => parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p.get("type").and_then(Value::as_str) {
+                Some("text") => p
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(|t| Ok(t.to_owned())),
+                Some("refusal") => p
+                    .get("refusal")
+                    .and_then(Value::as_str)
+                    .map(|t| Ok(t.to_owned())),
+                _ => Some(Err(bad(
+                    "only text parts are allowed here",
+                    format!("{param}[{i}]"),
+                ))),
+            })
+            .collect(),
+        _ => Err(bad(
+            "content must be a string or an array",
+            param.to_owned(),
+        )),
+    }
+}
+
+fn text_block(t: String) -> Value {
+    json!({"type": "text", "text": t})
+}
+
+/// An OpenAI user content part → an Anthropic content block (`None`: dropped, e.g. empty text).
+fn user_part(p: &Value, param: String) -> Result<Option<Value>, GatewayError> {
+    match p.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            let t = p.get("text").and_then(Value::as_str).unwrap_or("");
+            Ok((!t.is_empty()).then(|| text_block(t.to_owned())))
+        }
+        Some("image_url") => {
+            let url = p
+                .get("image_url")
+                .and_then(|i| i.get("url").or(Some(i)))
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("image_url.url is required", param.clone()))?;
+            if let Some((media, data)) = split_data_url(url) {
+                Ok(Some(json!({"type": "image", "source": {
+                    "type": "base64", "media_type": media, "data": data}})))
+            } else if url.starts_with("https://") || url.starts_with("http://") {
+                Ok(Some(
+                    json!({"type": "image", "source": {"type": "url", "url": url}}),
+                ))
+            } else {
+                Err(bad(
+                    "image_url.url must be an http(s) URL or a base64 data URL",
+                    param,
+                ))
+            }
+        }
+        Some("file") => {
+            let f = p.get("file").unwrap_or(&Value::Null);
+            match f
+                .get("file_data")
+                .and_then(Value::as_str)
+                .and_then(split_data_url)
+            {
+                Some((media, data)) => Ok(Some(json!({"type": "document", "source": {
+                    "type": "base64", "media_type": media, "data": data}}))),
+                None => Err(bad(
+                    "only inline file_data (a base64 data URL) is supported by the Anthropic provider",
+                    param,
+                )
+                .with_code("unsupported_parameter")),
+            }
+        }
+        Some("input_audio") => Err(bad(
+            "audio input is not supported by the Anthropic provider",
+            param,
+        )
+        .with_code("unsupported_parameter")),
+        _ => Err(bad("unknown content part type", param)),
+    }
+}
+
+/// Translate an OpenAI chat request body into an Anthropic Messages request body for
+/// `upstream_model`. See the module docs for the field rules.
+pub fn request_to_anthropic(
+    body: &[u8],
+    upstream_model: &str,
+    opts: &AnthropicOptions,
+) -> Result<Bytes, GatewayError> {
+    let req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
+    let mut out = Map::new();
+    out.insert("model".into(), Value::from(upstream_model));
+
+    // Fields refused: honouring them is part of the answer's contract.
+    for key in [
+        "audio",
+        "prediction",
+        "web_search_options",
+        "functions",
+        "function_call",
+        "top_logprobs",
+    ] {
+        if req.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(unsupported(key));
+        }
+    }
+    if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(unsupported("n"));
+    }
+    if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err(unsupported("logprobs"));
+    }
+    if let Some(m) = req.get("modalities").and_then(Value::as_array) {
+        if m.iter().any(|x| x.as_str() != Some("text")) {
+            return Err(unsupported("modalities"));
+        }
+    }
+
+    // Messages.
+    let messages = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            GatewayError::bad_request("'messages' must be an array", Some("messages"))
+        })?;
+    let mut system: Vec<Value> = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let param = format!("messages[{i}].content");
+        let (role, blocks): (&'static str, Vec<Value>) = match role {
+            "system" | "developer" => {
+                for t in text_of(content, &param)? {
+                    if !t.is_empty() {
+                        system.push(text_block(t));
+                    }
+                }
+                continue;
+            }
+            "user" => {
+                let blocks = match content {
+                    Value::String(s) if s.is_empty() => Vec::new(),
+                    Value::String(s) => vec![text_block(s.clone())],
+                    Value::Array(parts) => {
+                        let mut b = Vec::with_capacity(parts.len());
+                        for (j, p) in parts.iter().enumerate() {
+                            if let Some(x) = user_part(p, format!("{param}[{j}]"))? {
+                                b.push(x);
+                            }
+                        }
+                        b
+                    }
+                    _ => return Err(bad("content must be a string or an array", param)),
+                };
+                ("user", blocks)
+            }
+            "assistant" => {
+                let mut blocks: Vec<Value> = text_of(content, &param)?
+                    .into_iter()
+                    .filter(|t| !t.is_empty())
+                    .map(text_block)
+                    .collect();
+                if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                    for (j, c) in calls.iter().enumerate() {
+                        let p = format!("messages[{i}].tool_calls[{j}]");
+                        let f = c.get("function").ok_or_else(|| {
+                            bad("only function tool calls are supported", p.clone())
+                        })?;
+                        let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
+                        let input: Value = if args.trim().is_empty() {
+                            json!({})
+                        } else {
+                            serde_json::from_str(args).map_err(|_| {
+                                bad("function.arguments is not valid JSON", p.clone())
+                            })?
+                        };
+                        if !input.is_object() {
+                            return Err(bad("function.arguments must be a JSON object", p));
+                        }
+                        blocks.push(json!({
+                            "type": "tool_use",
+                            "id": c.get("id").cloned().unwrap_or(Value::Null),
+                            "name": f.get("name").cloned().unwrap_or(Value::Null),
+                            "input": input,
+                        }));
+                    }
+                }
+                ("assistant", blocks)
+            }
+            "tool" => {
+                let id = m.get("tool_call_id").cloned().ok_or_else(|| {
+                    bad(
+                        "tool_call_id is required",
+                        format!("messages[{i}].tool_call_id"),
+                    )
+                })?;
+                let texts = text_of(content, &param)?;
+                let content = match (content, texts.len()) {
+                    (Value::String(_), _) | (_, 0) => {
+                        Value::from(texts.into_iter().next().unwrap_or_default())
+                    }
+                    _ => Value::Array(
+                        texts
+                            .into_iter()
+                            .filter(|t| !t.is_empty())
+                            .map(text_block)
+                            .collect(),
+                    ),
+                };
+                (
+                    "user",
+                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": content})],
+                )
+            }
+            "function" => return Err(unsupported("functions")),
+            other => {
+                return Err(bad(
+                    format!("unknown message role '{other}'"),
+                    format!("messages[{i}].role"),
+                ));
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((r, b)) if *r == role => b.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    // tool_result blocks go first in their user turn; a final assistant prefill must not end
+    // in whitespace.
+    let n_turns = turns.len();
+    let mut msgs = Vec::with_capacity(n_turns);
+    for (k, (role, mut blocks)) in turns.into_iter().enumerate() {
+        if role == "user" {
+            blocks.sort_by_key(|b| b.get("type").and_then(Value::as_str) != Some("tool_result"));
+        }
+        if role == "assistant" && k + 1 == n_turns {
+            if let Some(Value::Object(last)) = blocks.last_mut() {
+                if let Some(Value::String(t)) = last.get_mut("text") {
+                    let trimmed = t.trim_end().len();
+                    t.truncate(trimmed);
+                }
+            }
+            blocks.retain(|b| b.get("text").and_then(Value::as_str) != Some(""));
+        }
+        if blocks.is_empty() {
+            continue;
+        }
+        msgs.push(json!({"role": role, "content": blocks}));
+    }
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert("messages".into(), Value::Array(msgs));
+
+    // max_tokens
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| req.get("max_tokens").and_then(Value::as_u64))
+        .unwrap_or(opts.default_max_tokens);
+    out.insert("max_tokens".into(), Value::from(max_tokens));
+
+    // Sampling.
+    if let Some(t) = req.get("temperature").filter(|v| !v.is_null()) {
+        let x = t.as_f64().ok_or_else(|| {
+            GatewayError::bad_request("'temperature' must be a number", Some("temperature"))
+        })?;
+        if !(0.0..=1.0).contains(&x) {
+            return Err(GatewayError::bad_request(
+                "'temperature' must be between 0 and 1 for the Anthropic provider",
+                Some("temperature"),
+            ));
+        }
+        out.insert("temperature".into(), t.clone());
+    }
+    for key in ["top_p", "top_k", "thinking"] {
+        if let Some(v) = req.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            out.insert("stop_sequences".into(), json!([s]));
+        }
+        Some(Value::Array(list)) => {
+            let stops: Vec<Value> = list
+                .iter()
+                .filter(|s| s.as_str().is_some_and(|s| !s.trim().is_empty()))
+                .cloned()
+                .collect();
+            if !stops.is_empty() {
+                out.insert("stop_sequences".into(), Value::Array(stops));
+            }
+        }
+        _ => {}
+    }
+    if req.get("stream").and_then(Value::as_bool) == Some(true) {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    if let Some(user) = req
+        .get("user")
+        .and_then(Value::as_str)
+        .or_else(|| req.get("safety_identifier").and_then(Value::as_str))
+    {
+        out.insert("metadata".into(), json!({"user_id": user}));
+    }
+
+    // Tools.
+    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
+        let mut list = Vec::with_capacity(tools.len());
+        for (i, t) in tools.iter().enumerate() {
+            let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
+                (Some("function") | None, Some(f)) => f,
+                _ => {
+                    return Err(bad(
+                        "only function tools are supported by the Anthropic provider",
+                        format!("tools[{i}]"),
+                    ));
+                }
+            };
+            let mut tool = Map::new();
+            tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
+            if let Some(d) = f.get("description").filter(|v| !v.is_null()) {
+                tool.insert("description".into(), d.clone());
+            }
+            let schema = f
+                .get("parameters")
+                .filter(|v| !v.is_null())
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+            tool.insert("input_schema".into(), schema);
+            if let Some(s) = f.get("strict").filter(|v| v.is_boolean()) {
+                tool.insert("strict".into(), s.clone());
+            }
+            list.push(Value::Object(tool));
+        }
+        if !list.is_empty() {
+            out.insert("tools".into(), Value::Array(list));
+        }
+    }
+    let mut choice = match req.get("tool_choice") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({"type": "auto"})),
+            "required" => Some(json!({"type": "any"})),
+            "none" => Some(json!({"type": "none"})),
+            _ => {
+                return Err(GatewayError::bad_request(
+                    "unknown tool_choice",
+                    Some("tool_choice"),
+                ));
+            }
+        },
+        Some(obj) => match obj
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => Some(json!({"type": "tool", "name": name})),
+            None => {
+                return Err(GatewayError::bad_request(
+                    "only {type: function, function: {name}} tool_choice objects are supported",
+                    Some("tool_choice"),
+                ));
+            }
+        },
+    };
+    if req.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false)
+        && out.contains_key("tools")
+    {
+        let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
+        if c.get("type").and_then(Value::as_str) != Some("none") {
+            if let Some(o) = c.as_object_mut() {
+                o.insert("disable_parallel_tool_use".into(), Value::Bool(true));
+            }
+        }
+    }
+    if let Some(c) = choice {
+        out.insert("tool_choice".into(), c);
+    }
+
+    // Structured output and reasoning.
+    if let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) {
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_schema") => {
+                let schema = rf
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .cloned()
+                    .ok_or_else(|| {
+                        GatewayError::bad_request(
+                            "response_format.json_schema.schema is required",
+                            Some("response_format"),
+                        )
+                    })?;
+                out.insert(
+                    "output_config".into(),
+                    json!({"format": {"type": "json_schema", "schema": schema}}),
+                );
+            }
+            _ => return Err(unsupported("response_format")),
+        }
+    }
+    match req.get("reasoning_effort").and_then(Value::as_str) {
+        None | Some("none" | "minimal") => {}
+        Some(effort) => {
+            let budget: u64 = match effort {
+                "low" => 1024,
+                "medium" => 4096,
+                "high" => 16384,
+                _ => return Err(unsupported("reasoning_effort")),
+            };
+            if budget >= max_tokens {
+                return Err(GatewayError::bad_request(
+                    format!(
+                        "reasoning_effort '{effort}' needs a thinking budget of {budget} tokens, \
+                         which must be below max_tokens ({max_tokens})"
+                    ),
+                    Some("reasoning_effort"),
+                ));
+            }
+            out.insert(
+                "thinking".into(),
+                json!({"type": "enabled", "budget_tokens": budget}),
+            );
+        }
+    }
+
+    serde_json::to_vec(&Value::Object(out))
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the Anthropic request: {e}")))
+}
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        // end_turn, stop_sequence, pause_turn, null, unknown
+        _ => "stop",
+    }
+}
+
+/// Anthropic's `usage` (all fields optional, as in stream deltas).
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens_details: Option<ThinkingDetails>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct ThinkingDetails {
+    #[serde(default)]
+    thinking_tokens: Option<u64>,
+}
+
+/// Running Anthropic usage; fields are overwritten (cumulative counts), never added.
+#[derive(Debug, Default, Clone, Copy)]
+struct UsageAcc {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+    thinking: u64,
+}
+
+impl UsageAcc {
+    fn apply(&mut self, u: &WireUsage) {
+        if let Some(x) = u.input_tokens {
+            self.input = x;
+        }
+        if let Some(x) = u.output_tokens {
+            self.output = x;
+        }
+        if let Some(x) = u.cache_read_input_tokens {
+            self.cache_read = x;
+        }
+        if let Some(x) = u.cache_creation_input_tokens {
+            self.cache_write = x;
+        }
+        if let Some(x) = u.output_tokens_details.and_then(|d| d.thinking_tokens) {
+            self.thinking = x;
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        usage_from_anthropic(
+            self.input,
+            self.output,
+            self.cache_read,
+            self.cache_write,
+            self.thinking,
+        )
+    }
+}
+
+/// Anthropic usage → OpenAI semantics: `prompt_tokens = input + cache_read + cache_write`
+/// (Anthropic's `input_tokens` excludes both), `cached_tokens = cache_read`,
+/// `cache_write_tokens = cache_write`, `completion_tokens = output` (thinking included),
+/// `reasoning_tokens = thinking`.
+pub fn usage_from_anthropic(
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+    thinking: u64,
+) -> Usage {
+    let prompt = input + cache_read + cache_write;
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: output,
+        total_tokens: prompt + output,
+        cached_tokens: cache_read,
+        cache_write_tokens: cache_write,
+        reasoning_tokens: thinking,
+    }
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    content: Vec<Value>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: WireUsage,
+}
+
+/// Translate an Anthropic Messages response into an OpenAI `chat.completion` body.
+/// `created` is the Unix time to report (Anthropic sends none).
+pub fn response_from_anthropic(body: &[u8], created: u64) -> Result<Bytes, GatewayError> {
+    let m: WireMessage = serde_json::from_slice(body)
+        .map_err(|e| protocol_error(format!("invalid Anthropic response: {e}")))?;
+    let mut text = String::new();
+    let mut has_text = false;
+    let mut calls = Vec::new();
+    for b in &m.content {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                has_text = true;
+                text.push_str(b.get("text").and_then(Value::as_str).unwrap_or(""));
+            }
+            Some("tool_use") => {
+                let args = b
+                    .get("input")
+                    .map(Value::to_string)
+                    .unwrap_or_else(|| "{}".to_owned());
+                calls.push(json!({
+                    "id": b.get("id").cloned().unwrap_or(Value::Null),
+                    "type": "function",
+                    "function": {"name": b.get("name").cloned().unwrap_or(Value::Null), "arguments": args},
+                }));
+            }
+            _ => {}
+        }
+    }
+    let mut message = json!({
+        "role": "assistant",
+        "content": if has_text { Value::String(text) } else { Value::Null },
+        "refusal": null,
+    });
+    if !calls.is_empty() {
+        if let Some(o) = message.as_object_mut() {
+            o.insert("tool_calls".into(), Value::Array(calls));
+        }
+    }
+    let mut acc = UsageAcc::default();
+    acc.apply(&m.usage);
+    let doc = json!({
+        "id": format!("chatcmpl-{}", m.id),
+        "object": "chat.completion",
+        "created": created,
+        "model": m.model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason(m.stop_reason.as_deref()),
+        }],
+        "usage": usage_json(&acc.usage()),
+    });
+    serde_json::to_vec(&doc)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the response: {e}")))
+}
+
+/// Map an Anthropic error answer (`status`, headers, `{"type":"error","error":{type,message}}`
+/// body) to the gateway error the client sees. See the module docs for the table.
+pub fn error_from_anthropic(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    provider: &Arc<str>,
+) -> GatewayError {
+    let ty = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.get("error")
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let status = match ty.as_deref() {
+        Some("overloaded_error") => StatusCode::from_u16(529).unwrap_or(status),
+        _ => status,
+    };
+    let e = upstream_error(status, headers, body, provider);
+    adjust_status(e, status.as_u16())
+}
+
+fn adjust_status(e: GatewayError, upstream: u16) -> GatewayError {
+    match upstream {
+        400 => e.with_code("invalid_request_error"),
+        401 => e.with_code("upstream_authentication_error"),
+        403 => e.with_code("upstream_permission_error"),
+        404 if e.message().contains("model") => e.with_code("model_not_found"),
+        404 => e.with_status(StatusCode::BAD_GATEWAY),
+        500 => e.with_status(StatusCode::BAD_GATEWAY),
+        _ => e,
+    }
+}
+
+/// The status an in-stream `error` event of `error_type` "would normally correspond to".
+fn status_of_error_type(ty: &str) -> u16 {
+    match ty {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "timeout_error" => 504,
+        "overloaded_error" => 529,
+        _ => 500,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default, borrow)]
+    message: Option<StartMessage<'a>>,
+    #[serde(default, borrow)]
+    content_block: Option<Block<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default, borrow)]
+    error: Option<WireError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StartMessage<'a> {
+    #[serde(default, borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    model: Cow<'a, str>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    name: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    ty: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    partial_json: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireError<'a> {
+    #[serde(rename = "type", default, borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    message: Cow<'a, str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Text,
+    Tool(u32),
+    Ignored,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for `message_start`.
+    Start,
+    Open,
+    /// `message_stop` or an error was translated.
+    Done,
+}
+
+/// The streaming state machine: Anthropic SSE events → OpenAI `chat.completion.chunk` SSE bytes.
+///
+/// - `message_start` → a `role: assistant` chunk (the chunk `id` is `chatcmpl-<msg id>`, the
+///   `model` Anthropic's, `created` the value given to [`new`](Self::new)).
+/// - text deltas → `delta.content`; a `tool_use` block → a tool-call start (`id`, `name`,
+///   `arguments: ""`) with OpenAI's **tool ordinal** as `index` (not the content-block index);
+///   `input_json_delta` fragments → `arguments` fragments; thinking and server-tool blocks are
+///   skipped.
+/// - the first `message_delta` with a `stop_reason` → the `finish_reason` chunk; usage is
+///   cumulative: the last value of each counter wins.
+/// - `message_stop` → the usage chunk (`choices: []`) when `include_usage`, then `[DONE]`.
+/// - an `error` event → one in-band `data: {"error":..}` event and the end, without `[DONE]`.
+/// - `ping` and unknown events → nothing.
+#[derive(Debug)]
+pub struct AnthropicStream {
+    include_usage: bool,
+    created: u64,
+    provider: Option<Arc<str>>,
+    prefix: BytesMut,
+    blocks: Vec<BlockKind>,
+    next_tool: u32,
+    usage: UsageAcc,
+    finish_sent: bool,
+    phase: Phase,
+}
+
+impl AnthropicStream {
+    /// A translator for one response. `include_usage`: emit the OpenAI usage chunk before
+    /// `[DONE]` (and `"usage":null` on every other chunk), as `stream_options.include_usage`
+    /// asks. `created` is the Unix time reported in every chunk.
+    pub fn new(include_usage: bool, created: u64) -> Self {
+        AnthropicStream {
+            include_usage,
+            created,
+            provider: None,
+            prefix: BytesMut::new(),
+            blocks: Vec::with_capacity(4),
+            next_tool: 0,
+            usage: UsageAcc::default(),
+            finish_sent: false,
+            phase: Phase::Start,
+        }
+    }
+
+    /// Name the provider in in-band error events.
+    pub fn with_provider(mut self, provider: Arc<str>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// The usage seen so far (OpenAI semantics).
+    pub fn usage(&self) -> Usage {
+        self.usage.usage()
+    }
+
+    fn choice(&self, out: &mut BytesMut, delta_and_rest: &[&[u8]]) {
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"{\"index\":0,\"delta\":");
+        for part in delta_and_rest {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(chunk_suffix(self.include_usage));
+    }
+
+    fn fail(&mut self, out: &mut BytesMut, e: GatewayError) -> Flow {
+        let e = match &self.provider {
+            Some(p) => e.with_provider(p.clone()),
+            None => e,
+        };
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(e.to_json().to_string().as_bytes());
+        out.extend_from_slice(b"\n\n");
+        self.phase = Phase::Done;
+        Flow::End
+    }
+
+    fn finish_chunk(&mut self, out: &mut BytesMut, reason: &str) {
+        self.finish_sent = true;
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(b"{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"");
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\"}");
+        out.extend_from_slice(chunk_suffix(self.include_usage));
+    }
+}
+
+const REST: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}";
+
+impl StreamTranslator for AnthropicStream {
+    fn on_event(&mut self, data: Option<&[u8]>, _raw: &[u8], out: &mut BytesMut) -> Flow {
+        let Some(data) = data else {
+            return Flow::Continue;
+        };
+        if self.phase == Phase::Done {
+            return Flow::End;
+        }
+        let ev: Event<'_> = match serde_json::from_slice(data) {
+            Ok(ev) => ev,
+            Err(e) => {
+                return self.fail(
+                    out,
+                    protocol_error(format!("invalid Anthropic stream event: {e}")),
+                );
+            }
+        };
+        match (&*ev.ty, self.phase) {
+            ("ping", _) => Flow::Continue,
+            ("error", _) => {
+                let (ty, msg) = ev
+                    .error
+                    .map(|e| (e.ty.into_owned(), e.message.into_owned()))
+                    .unwrap_or_else(|| ("api_error".to_owned(), "upstream error".to_owned()));
+                let status = StatusCode::from_u16(status_of_error_type(&ty))
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let e = GatewayError::upstream_status(status, msg, self.provider.clone());
+                let e = adjust_status(e, status.as_u16());
+                self.fail(out, e)
+            }
+            ("message_start", Phase::Start) => {
+                let Some(m) = ev.message else {
+                    return self.fail(out, protocol_error("message_start without a message"));
+                };
+                if let Some(u) = &m.usage {
+                    self.usage.apply(u);
+                }
+                let mut id = String::with_capacity(9 + m.id.len());
+                id.push_str("chatcmpl-");
+                id.push_str(&m.id);
+                self.prefix = chunk_prefix(&id, self.created, &m.model);
+                self.phase = Phase::Open;
+                self.choice(out, &[b"{\"role\":\"assistant\",\"content\":\"\"}", REST]);
+                Flow::Continue
+            }
+            (_, Phase::Start) => self.fail(
+                out,
+                protocol_error(format!(
+                    "Anthropic stream sent '{}' before message_start",
+                    ev.ty
+                )),
+            ),
+            ("content_block_start", _) => {
+                let (Some(i), Some(b)) = (ev.index, ev.content_block) else {
+                    return self.fail(out, protocol_error("malformed content_block_start"));
+                };
+                if self.blocks.len() <= i {
+                    self.blocks.resize(i + 1, BlockKind::Ignored);
+                }
+                match &*b.ty {
+                    "text" => {
+                        self.blocks[i] = BlockKind::Text;
+                        if let Some(t) = b.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
+                            self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
+                        }
+                    }
+                    "tool_use" => {
+                        let (Some(id), Some(name)) = (
+                            b.id.filter(|v| is_json_string(v)),
+                            b.name.filter(|v| is_json_string(v)),
+                        ) else {
+                            return self
+                                .fail(out, protocol_error("tool_use block without id/name"));
+                        };
+                        let k = self.next_tool;
+                        self.next_tool += 1;
+                        self.blocks[i] = BlockKind::Tool(k);
+                        let mut buf = [0u8; 20];
+                        let idx = super::decimal(u64::from(k), &mut buf);
+                        self.choice(
+                            out,
+                            &[
+                                b"{\"tool_calls\":[{\"index\":",
+                                idx,
+                                b",\"id\":",
+                                id.get().as_bytes(),
+                                b",\"type\":\"function\",\"function\":{\"name\":",
+                                name.get().as_bytes(),
+                                b",\"arguments\":\"\"}}]}",
+                                REST,
+                            ],
+                        );
+                    }
+                    _ => self.blocks[i] = BlockKind::Ignored,
+                }
+                Flow::Continue
+            }
+            ("content_block_delta", _) => {
+                let (Some(i), Some(d)) = (ev.index, ev.delta) else {
+                    return self.fail(out, protocol_error("malformed content_block_delta"));
+                };
+                let kind = self.blocks.get(i).copied().unwrap_or(BlockKind::Ignored);
+                match (d.ty.as_deref(), kind) {
+                    (Some("text_delta"), BlockKind::Text) => {
+                        if let Some(t) = d.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
+                            self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
+                        }
+                    }
+                    (Some("input_json_delta"), BlockKind::Tool(k)) => {
+                        if let Some(p) = d
+                            .partial_json
+                            .filter(|p| is_json_string(p) && p.get() != "\"\"")
+                        {
+                            let mut buf = [0u8; 20];
+                            let idx = super::decimal(u64::from(k), &mut buf);
+                            self.choice(
+                                out,
+                                &[
+                                    b"{\"tool_calls\":[{\"index\":",
+                                    idx,
+                                    b",\"function\":{\"arguments\":",
+                                    p.get().as_bytes(),
+                                    b"}}]}",
+                                    REST,
+                                ],
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+                Flow::Continue
+            }
+            ("content_block_stop", _) => Flow::Continue,
+            ("message_delta", _) => {
+                if let Some(u) = &ev.usage {
+                    self.usage.apply(u);
+                }
+                if !self.finish_sent {
+                    if let Some(r) = ev.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
+                        self.finish_chunk(out, finish_reason(Some(r)));
+                    }
+                }
+                Flow::Continue
+            }
+            ("message_stop", _) => {
+                if !self.finish_sent {
+                    self.finish_chunk(out, "stop");
+                }
+                if self.include_usage {
+                    out.extend_from_slice(&self.prefix);
+                    out.extend_from_slice(b"],\"usage\":");
+                    super::write_usage(out, &self.usage.usage());
+                    out.extend_from_slice(b"}\n\n");
+                }
+                out.extend_from_slice(DONE);
+                self.phase = Phase::Done;
+                Flow::End
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    fn on_eof(&mut self, _out: &mut BytesMut) -> Result<(), GatewayError> {
+        match self.phase {
+            Phase::Done => Ok(()),
+            _ => Err(protocol_error(
+                "the Anthropic stream ended before message_stop",
+            )),
+        }
+    }
+}

@@ -1,0 +1,953 @@
+//! OpenAI chat ⇄ Google Gemini (`generateContent`, `streamGenerateContent?alt=sse`).
+//!
+//! - [`request_to_gemini`] and [`gemini_path`]: an OpenAI chat body → a Gemini body and path.
+//! - [`response_from_gemini`]: a `GenerateContentResponse` → `chat.completion`.
+//! - [`GeminiStream`]: Gemini SSE chunks → `chat.completion.chunk` SSE bytes.
+//! - [`error_from_gemini`]: a Gemini error answer → [`GatewayError`].
+//!
+//! ## Request fields
+//! | OpenAI | Gemini |
+//! |---|---|
+//! | `system` / `developer` messages | `systemInstruction.parts[].text` |
+//! | `user` / `assistant` | `contents[].role` `user` / `model` (consecutive turns merged) |
+//! | `image_url` data URL / http(s) URL | `inlineData {mimeType, data}` / `fileData {mimeType (from the extension), fileUri}` |
+//! | `assistant.tool_calls` | `functionCall {name, args}` (`arguments` must be a JSON object) |
+//! | `tool` message | `functionResponse {name (looked up from tool_call_id), response: {content}}` in a user turn |
+//! | `tools` | `tools[{functionDeclarations[{name, description, parametersJsonSchema}]}]` |
+//! | `tool_choice` auto / required / none / named | `toolConfig.functionCallingConfig.mode` AUTO / ANY / NONE / ANY + `allowedFunctionNames` |
+//! | `max_completion_tokens` ?? `max_tokens` | `generationConfig.maxOutputTokens` |
+//! | `temperature`, `top_p`, `stop`, `n`, `seed`, `presence_penalty`, `frequency_penalty` | `temperature`, `topP`, `stopSequences`, `candidateCount`, `seed`, `presencePenalty`, `frequencyPenalty` |
+//! | `response_format` json_object / json_schema | `responseMimeType: application/json` (+ `responseJsonSchema`) |
+//! | `reasoning_effort` none·minimal / low / medium / high | `thinkingConfig.thinkingBudget` 0 / 1024 / 8192 / 24576 |
+//!
+//! Dropped: `stream`, `stream_options` (the path decides), `user`, `safety_identifier`,
+//! `metadata`, `store`, `service_tier`, `prompt_cache_key`, `logit_bias`,
+//! `parallel_tool_calls`, unknown fields. Refused (400): `logprobs: true`, `top_logprobs`,
+//! `audio`, non-text `modalities`, `prediction`, `web_search_options`, legacy
+//! `functions`/`function_call`, audio and file parts, http image URLs of unknown type.
+//!
+//! ## Errors
+//! | Gemini | client sees |
+//! |---|---|
+//! | 400 with reason `API_KEY_INVALID` | 401 `upstream_api_key_invalid` |
+//! | 400 `INVALID_ARGUMENT` / `FAILED_PRECONDITION` | 400 |
+//! | 403 `PERMISSION_DENIED` | 403 `upstream_permission_error` |
+//! | 404 naming a model | 404 `model_not_found`; other 404 → 502 |
+//! | 429 `RESOURCE_EXHAUSTED` | 429, `Retry-After` from the header or `RetryInfo.retryDelay` |
+//! | 499 `CANCELLED`, 500 `INTERNAL` | 502 |
+//! | 503 `UNAVAILABLE` / 504 `DEADLINE_EXCEEDED` | 503 / 504 |
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{
+    DONE, Flow, StreamTranslator, chunk_prefix, chunk_suffix, protocol_error, split_data_url,
+    usage_json, write_json_str, write_u64, write_usage,
+};
+use crate::error::GatewayError;
+use crate::provider::upstream_error;
+use crate::usage::Usage;
+
+fn bad(msg: impl Into<Cow<'static, str>>, param: impl Into<Cow<'static, str>>) -> GatewayError {
+    GatewayError::bad_request(msg, None).with_param(param)
+}
+
+fn unsupported(field: &'static str) -> GatewayError {
+    GatewayError::bad_request(
+        format!("'{field}' is not supported by the Gemini provider"),
+        Some(field),
+    )
+    .with_code("unsupported_parameter")
+}
+
+/// The path of a Gemini call, relative to `https://generativelanguage.googleapis.com`:
+/// `/v1beta/models/{model}:generateContent` or `…:streamGenerateContent?alt=sse`.
+pub fn gemini_path(model: &str, stream: bool) -> String {
+    if stream {
+        format!("/v1beta/models/{model}:streamGenerateContent?alt=sse")
+    } else {
+        format!("/v1beta/models/{model}:generateContent")
+    }
+}
+
+fn mime_from_extension(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let ext = path.rsplit('.').next()?.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "heic" => "image/heic",
+        "heif" => "image/heif",
+        "pdf" => "application/pdf",
+        _ => return None,
+    })
+}
+
+fn texts(content: &Value, param: &str) -> Result<Vec<String>, GatewayError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(parts) => parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").or_else(|| p.get("refusal")),
+                ) {
+                    (Some("text" | "refusal"), Some(Value::String(t))) => Ok(t.clone()),
+                    _ => Err(bad(
+                        "only text parts are allowed here",
+                        format!("{param}[{i}]"),
+                    )),
+                }
+            })
+            .collect(),
+        _ => Err(bad(
+            "content must be a string or an array",
+            param.to_owned(),
+        )),
+    }
+}
+
+fn user_part(p: &Value, param: String) -> Result<Option<Value>, GatewayError> {
+    match p.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            let t = p.get("text").and_then(Value::as_str).unwrap_or("");
+            Ok((!t.is_empty()).then(|| json!({"text": t})))
+        }
+        Some("image_url") => {
+            let url = p
+                .get("image_url")
+                .and_then(|i| i.get("url").or(Some(i)))
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("image_url.url is required", param.clone()))?;
+            if let Some((media, data)) = split_data_url(url) {
+                Ok(Some(
+                    json!({"inlineData": {"mimeType": media, "data": data}}),
+                ))
+            } else if url.starts_with("https://") || url.starts_with("http://") {
+                let mime = mime_from_extension(url).ok_or_else(|| {
+                    bad(
+                        "the Gemini provider needs an image URL ending in a known extension, or a data URL",
+                        param.clone(),
+                    )
+                })?;
+                Ok(Some(
+                    json!({"fileData": {"mimeType": mime, "fileUri": url}}),
+                ))
+            } else {
+                Err(bad(
+                    "image_url.url must be an http(s) URL or a base64 data URL",
+                    param,
+                ))
+            }
+        }
+        Some("file") => match p
+            .get("file")
+            .and_then(|f| f.get("file_data"))
+            .and_then(Value::as_str)
+            .and_then(split_data_url)
+        {
+            Some((media, data)) => Ok(Some(
+                json!({"inlineData": {"mimeType": media, "data": data}}),
+            )),
+            None => Err(bad(
+                "only inline file_data is supported by the Gemini provider",
+                param,
+            )
+            .with_code("unsupported_parameter")),
+        },
+        Some("input_audio") => Err(bad(
+            "audio input is not supported by the Gemini provider",
+            param,
+        )
+        .with_code("unsupported_parameter")),
+        _ => Err(bad("unknown content part type", param)),
+    }
+}
+
+/// Translate an OpenAI chat request body into a Gemini `generateContent` body (the model goes
+/// in the path: [`gemini_path`]). See the module docs for the field rules.
+pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
+    let req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
+    for key in [
+        "audio",
+        "prediction",
+        "web_search_options",
+        "functions",
+        "function_call",
+        "top_logprobs",
+    ] {
+        if req.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(unsupported(key));
+        }
+    }
+    if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err(unsupported("logprobs"));
+    }
+    if let Some(m) = req.get("modalities").and_then(Value::as_array) {
+        if m.iter().any(|x| x.as_str() != Some("text")) {
+            return Err(unsupported("modalities"));
+        }
+    }
+    let messages = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            GatewayError::bad_request("'messages' must be an array", Some("messages"))
+        })?;
+
+    let mut system: Vec<Value> = Vec::new();
+    let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let param = format!("messages[{i}].content");
+        let (role, parts): (&'static str, Vec<Value>) = match role {
+            "system" | "developer" => {
+                for t in texts(content, &param)? {
+                    if !t.is_empty() {
+                        system.push(json!({"text": t}));
+                    }
+                }
+                continue;
+            }
+            "user" => {
+                let parts = match content {
+                    Value::String(s) if s.is_empty() => Vec::new(),
+                    Value::String(s) => vec![json!({"text": s})],
+                    Value::Array(list) => {
+                        let mut out = Vec::with_capacity(list.len());
+                        for (j, p) in list.iter().enumerate() {
+                            if let Some(x) = user_part(p, format!("{param}[{j}]"))? {
+                                out.push(x);
+                            }
+                        }
+                        out
+                    }
+                    _ => return Err(bad("content must be a string or an array", param)),
+                };
+                ("user", parts)
+            }
+            "assistant" => {
+                let mut parts: Vec<Value> = texts(content, &param)?
+                    .into_iter()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| json!({"text": t}))
+                    .collect();
+                if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                    for (j, c) in calls.iter().enumerate() {
+                        let p = format!("messages[{i}].tool_calls[{j}]");
+                        let f = c.get("function").ok_or_else(|| {
+                            bad("only function tool calls are supported", p.clone())
+                        })?;
+                        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+                        let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
+                        let args: Value = if args.trim().is_empty() {
+                            json!({})
+                        } else {
+                            serde_json::from_str(args).map_err(|_| {
+                                bad("function.arguments is not valid JSON", p.clone())
+                            })?
+                        };
+                        if !args.is_object() {
+                            return Err(bad("function.arguments must be a JSON object", p));
+                        }
+                        if let Some(id) = c.get("id").and_then(Value::as_str) {
+                            call_names.insert(id.to_owned(), name.to_owned());
+                        }
+                        parts.push(json!({"functionCall": {"name": name, "args": args}}));
+                    }
+                }
+                ("model", parts)
+            }
+            "tool" => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                let name = call_names.get(id).ok_or_else(|| {
+                    bad(
+                        "tool_call_id does not match any earlier assistant tool call",
+                        format!("messages[{i}].tool_call_id"),
+                    )
+                })?;
+                let text = texts(content, &param)?.concat();
+                (
+                    "user",
+                    vec![
+                        json!({"functionResponse": {"name": name, "response": {"content": text}}}),
+                    ],
+                )
+            }
+            "function" => return Err(unsupported("functions")),
+            other => {
+                return Err(bad(
+                    format!("unknown message role '{other}'"),
+                    format!("messages[{i}].role"),
+                ));
+            }
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        match contents.last_mut() {
+            Some((r, p)) if *r == role => p.extend(parts),
+            _ => contents.push((role, parts)),
+        }
+    }
+
+    let mut out = Map::new();
+    out.insert(
+        "contents".into(),
+        Value::Array(
+            contents
+                .into_iter()
+                .map(|(role, parts)| json!({"role": role, "parts": parts}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        out.insert("systemInstruction".into(), json!({"parts": system}));
+    }
+
+    // Tools.
+    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
+        let mut decls = Vec::with_capacity(tools.len());
+        for (i, t) in tools.iter().enumerate() {
+            let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
+                (Some("function") | None, Some(f)) => f,
+                _ => {
+                    return Err(bad(
+                        "only function tools are supported by the Gemini provider",
+                        format!("tools[{i}]"),
+                    ));
+                }
+            };
+            let mut d = Map::new();
+            d.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
+            if let Some(x) = f.get("description").filter(|v| !v.is_null()) {
+                d.insert("description".into(), x.clone());
+            }
+            if let Some(x) = f.get("parameters").filter(|v| !v.is_null()) {
+                d.insert("parametersJsonSchema".into(), x.clone());
+            }
+            decls.push(Value::Object(d));
+        }
+        if !decls.is_empty() {
+            out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
+        }
+    }
+    let fcc = match req.get("tool_choice") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(match s.as_str() {
+            "auto" => json!({"mode": "AUTO"}),
+            "required" => json!({"mode": "ANY"}),
+            "none" => json!({"mode": "NONE"}),
+            _ => {
+                return Err(GatewayError::bad_request(
+                    "unknown tool_choice",
+                    Some("tool_choice"),
+                ));
+            }
+        }),
+        Some(obj) => match obj
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => Some(json!({"mode": "ANY", "allowedFunctionNames": [name]})),
+            None => {
+                return Err(GatewayError::bad_request(
+                    "only {type: function, function: {name}} tool_choice objects are supported",
+                    Some("tool_choice"),
+                ));
+            }
+        },
+    };
+    if let Some(f) = fcc {
+        out.insert("toolConfig".into(), json!({"functionCallingConfig": f}));
+    }
+
+    // Generation config.
+    let mut gc = Map::new();
+    let mut copy = |from: &str, to: &str| {
+        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+            gc.insert(to.into(), v.clone());
+        }
+    };
+    copy("temperature", "temperature");
+    copy("top_p", "topP");
+    copy("top_k", "topK");
+    copy("n", "candidateCount");
+    copy("seed", "seed");
+    copy("presence_penalty", "presencePenalty");
+    copy("frequency_penalty", "frequencyPenalty");
+    if let Some(n) = req
+        .get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| req.get("max_tokens").and_then(Value::as_u64))
+    {
+        gc.insert("maxOutputTokens".into(), Value::from(n));
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            gc.insert("stopSequences".into(), json!([s]));
+        }
+        Some(Value::Array(list)) if !list.is_empty() => {
+            gc.insert("stopSequences".into(), Value::Array(list.clone()));
+        }
+        _ => {}
+    }
+    if let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) {
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => {
+                gc.insert("responseMimeType".into(), Value::from("application/json"));
+            }
+            Some("json_schema") => {
+                gc.insert("responseMimeType".into(), Value::from("application/json"));
+                if let Some(s) = rf.get("json_schema").and_then(|j| j.get("schema")) {
+                    gc.insert("responseJsonSchema".into(), s.clone());
+                }
+            }
+            _ => return Err(unsupported("response_format")),
+        }
+    }
+    if let Some(effort) = req.get("reasoning_effort").and_then(Value::as_str) {
+        let budget = match effort {
+            "none" | "minimal" => 0,
+            "low" => 1024,
+            "medium" => 8192,
+            "high" => 24576,
+            _ => return Err(unsupported("reasoning_effort")),
+        };
+        gc.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+    }
+    if !gc.is_empty() {
+        out.insert("generationConfig".into(), Value::Object(gc));
+    }
+    serde_json::to_vec(&Value::Object(out))
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the Gemini request: {e}")))
+}
+
+/// Gemini `finishReason` → OpenAI `finish_reason` (`tool_calls` when the candidate called a
+/// function: Gemini ends those with `STOP`).
+pub fn finish_reason(reason: &str, called_tools: bool) -> &'static str {
+    match reason {
+        "MAX_TOKENS" => "length",
+        "SAFETY"
+        | "RECITATION"
+        | "BLOCKLIST"
+        | "PROHIBITED_CONTENT"
+        | "SPII"
+        | "LANGUAGE"
+        | "IMAGE_SAFETY"
+        | "IMAGE_PROHIBITED_CONTENT"
+        | "IMAGE_RECITATION"
+        | "IMAGE_OTHER" => "content_filter",
+        _ if called_tools => "tool_calls",
+        // STOP, MALFORMED_FUNCTION_CALL, UNEXPECTED_TOOL_CALL, TOO_MANY_TOOL_CALLS, OTHER, …
+        _ => "stop",
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireUsage {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    total_token_count: Option<u64>,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+    #[serde(default)]
+    tool_use_prompt_token_count: u64,
+}
+
+impl WireUsage {
+    /// `prompt = promptTokenCount + toolUsePromptTokenCount` (cached included),
+    /// `completion = candidates + thoughts`, `reasoning = thoughts`, `cached = cachedContent`,
+    /// `total = totalTokenCount`.
+    fn usage(&self) -> Usage {
+        let prompt = self.prompt_token_count + self.tool_use_prompt_token_count;
+        let completion = self.candidates_token_count + self.thoughts_token_count;
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: self.total_token_count.unwrap_or(prompt + completion),
+            cached_tokens: self.cached_content_token_count,
+            cache_write_tokens: 0,
+            reasoning_tokens: self.thoughts_token_count,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse {
+    #[serde(default)]
+    candidates: Vec<WireCandidate>,
+    #[serde(default)]
+    prompt_feedback: Option<Value>,
+    #[serde(default)]
+    usage_metadata: Option<WireUsage>,
+    #[serde(default)]
+    model_version: Option<String>,
+    #[serde(default)]
+    response_id: Option<String>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCandidate {
+    #[serde(default)]
+    content: Option<WireContent>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+    #[serde(default)]
+    index: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct WireContent {
+    #[serde(default)]
+    parts: Vec<Value>,
+}
+
+/// A function call of a candidate: (Gemini id, name, arguments JSON).
+type Call = (Option<String>, String, String);
+
+/// Text and function calls of one candidate's parts (thought parts skipped).
+fn split_parts(parts: &[Value]) -> (Option<String>, Vec<Call>) {
+    let mut text: Option<String> = None;
+    let mut calls = Vec::new();
+    for p in parts {
+        if p.get("thought").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
+        if let Some(t) = p.get("text").and_then(Value::as_str) {
+            text.get_or_insert_with(String::new).push_str(t);
+        } else if let Some(fc) = p.get("functionCall") {
+            let name = fc
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let args = fc
+                .get("args")
+                .map(Value::to_string)
+                .unwrap_or_else(|| "{}".to_owned());
+            let id = fc.get("id").and_then(Value::as_str).map(str::to_owned);
+            calls.push((id, name, args));
+        }
+    }
+    (text, calls)
+}
+
+fn random_id() -> String {
+    use rand::{Rng, SeedableRng};
+    let n: u64 = rand::rngs::SmallRng::from_os_rng().random();
+    format!("{n:016x}")
+}
+
+fn model_of(r: &WireResponse, fallback: &str) -> String {
+    r.model_version
+        .clone()
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+/// Translate a Gemini `GenerateContentResponse` into an OpenAI `chat.completion` body.
+/// `model` is reported when the response names no `modelVersion`. Calls without a Gemini `id`
+/// get `call_<responseId>_<n>`.
+pub fn response_from_gemini(body: &[u8], created: u64, model: &str) -> Result<Bytes, GatewayError> {
+    let r: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| protocol_error(format!("invalid Gemini response: {e}")))?;
+    let rid = r.response_id.clone().unwrap_or_else(random_id);
+    let mut choices = Vec::new();
+    let mut call_no = 0usize;
+    for (pos, c) in r.candidates.iter().enumerate() {
+        let parts = c.content.as_ref().map(|c| &c.parts[..]).unwrap_or(&[]);
+        let (text, calls) = split_parts(parts);
+        let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+        let called = !calls.is_empty();
+        if called {
+            let list: Vec<Value> = calls
+                .into_iter()
+                .map(|(id, name, args)| {
+                    let id = id.unwrap_or_else(|| format!("call_{rid}_{call_no}"));
+                    call_no += 1;
+                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+                })
+                .collect();
+            if let Some(o) = message.as_object_mut() {
+                o.insert("tool_calls".into(), Value::Array(list));
+            }
+        }
+        choices.push(json!({
+            "index": c.index.unwrap_or(pos as u32),
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason(c.finish_reason.as_deref().unwrap_or("STOP"), called),
+        }));
+    }
+    if choices.is_empty() {
+        let blocked = r
+            .prompt_feedback
+            .as_ref()
+            .and_then(|f| f.get("blockReason"))
+            .is_some();
+        choices.push(json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "refusal": null},
+            "logprobs": null,
+            "finish_reason": if blocked { "content_filter" } else { "stop" },
+        }));
+    }
+    let mut doc = json!({
+        "id": format!("chatcmpl-{rid}"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model_of(&r, model),
+        "choices": choices,
+    });
+    if let (Some(u), Some(o)) = (r.usage_metadata, doc.as_object_mut()) {
+        o.insert("usage".into(), usage_json(&u.usage()));
+    }
+    serde_json::to_vec(&doc)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the response: {e}")))
+}
+
+fn error_parts(body: &[u8]) -> (bool, Option<Duration>) {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return (false, None);
+    };
+    let v = match v {
+        Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
+        v => v,
+    };
+    let err = v.get("error").unwrap_or(&v);
+    let mut key_invalid = false;
+    let mut delay = None;
+    if let Some(details) = err.get("details").and_then(Value::as_array) {
+        for d in details {
+            if d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID") {
+                key_invalid = true;
+            }
+            if let Some(s) = d.get("retryDelay").and_then(Value::as_str) {
+                delay = s
+                    .strip_suffix('s')
+                    .and_then(|x| x.parse::<f64>().ok())
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .map(Duration::from_secs_f64);
+            }
+        }
+    }
+    (key_invalid, delay)
+}
+
+/// Map a Gemini error answer to the gateway error the client sees. See the module docs.
+pub fn error_from_gemini(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    provider: &Arc<str>,
+) -> GatewayError {
+    let (key_invalid, delay) = error_parts(body);
+    let mut e = upstream_error(status, headers, body, provider);
+    if e.retry_after().is_none() {
+        if let Some(d) = delay {
+            e = e.with_retry_after(d);
+        }
+    }
+    match status.as_u16() {
+        400 if key_invalid => e
+            .with_status(StatusCode::UNAUTHORIZED)
+            .with_code("upstream_api_key_invalid"),
+        400 => e.with_code("invalid_request_error"),
+        401 => e.with_code("upstream_authentication_error"),
+        403 => e.with_code("upstream_permission_error"),
+        404 if e.message().contains("model") => e.with_code("model_not_found"),
+        404 | 499 | 500 => e.with_status(StatusCode::BAD_GATEWAY),
+        _ => e,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+#[derive(Debug, Clone, Copy, Default)]
+struct CandState {
+    started: bool,
+    next_tool: u32,
+    called: bool,
+    finished: bool,
+}
+
+/// The streaming translator: Gemini SSE chunks (each a complete `GenerateContentResponse` with
+/// only the new parts; no `[DONE]`) → OpenAI `chat.completion.chunk` SSE bytes.
+///
+/// - the first chunk of each candidate → a `role: assistant` chunk;
+/// - text parts → `delta.content`; each `functionCall` part → one whole tool call (`id`,
+///   `name`, complete `arguments`) with the tool ordinal as `index`; thought parts skipped;
+/// - `finishReason` → a `finish_reason` chunk (`tool_calls` when the candidate called one);
+/// - `usageMetadata`: the last one wins; at the upstream's end, the usage chunk when
+///   `include_usage`, then `[DONE]` — but only if every started candidate finished: a stream
+///   cut short is an error;
+/// - an error object (as `data:` or raw JSON lines) → an in-band error event and the end.
+#[derive(Debug)]
+pub struct GeminiStream {
+    include_usage: bool,
+    created: u64,
+    model: String,
+    provider: Option<Arc<str>>,
+    prefix: Option<BytesMut>,
+    rid: String,
+    cands: Vec<CandState>,
+    calls: u64,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl GeminiStream {
+    /// A translator for one response; `model` is reported when the chunks name no
+    /// `modelVersion`.
+    pub fn new(include_usage: bool, created: u64, model: &str) -> Self {
+        GeminiStream {
+            include_usage,
+            created,
+            model: model.to_owned(),
+            provider: None,
+            prefix: None,
+            rid: String::new(),
+            cands: Vec::new(),
+            calls: 0,
+            usage: None,
+            done: false,
+        }
+    }
+
+    /// Name the provider in in-band error events.
+    pub fn with_provider(mut self, provider: Arc<str>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    fn fail(&mut self, out: &mut BytesMut, e: GatewayError) -> Flow {
+        let e = match &self.provider {
+            Some(p) => e.with_provider(p.clone()),
+            None => e,
+        };
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(e.to_json().to_string().as_bytes());
+        out.extend_from_slice(b"\n\n");
+        self.done = true;
+        Flow::End
+    }
+
+    fn error_event(&mut self, out: &mut BytesMut, err: &Value) -> Flow {
+        let code = err
+            .get("code")
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"error": err}).to_string();
+        let provider = self.provider.clone().unwrap_or_else(|| Arc::from("gemini"));
+        let e = error_from_gemini(code, &HeaderMap::new(), body.as_bytes(), &provider);
+        self.fail(out, e)
+    }
+
+    fn choice(&self, out: &mut BytesMut, index: u32, delta: &[&[u8]], finish: Option<&str>) {
+        if let Some(p) = &self.prefix {
+            out.extend_from_slice(p);
+        }
+        out.extend_from_slice(b"{\"index\":");
+        write_u64(out, u64::from(index));
+        out.extend_from_slice(b",\"delta\":");
+        for d in delta {
+            out.extend_from_slice(d);
+        }
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                out.extend_from_slice(b"\"");
+                out.extend_from_slice(f.as_bytes());
+                out.extend_from_slice(b"\"}");
+            }
+            None => out.extend_from_slice(b"null}"),
+        }
+        out.extend_from_slice(chunk_suffix(self.include_usage));
+    }
+
+    fn chunk(&mut self, r: WireResponse, out: &mut BytesMut) -> Flow {
+        if let Some(err) = &r.error {
+            let err = err.clone();
+            return self.error_event(out, &err);
+        }
+        if self.prefix.is_none() {
+            self.rid = r.response_id.clone().unwrap_or_else(random_id);
+            let model = model_of(&r, &self.model);
+            self.prefix = Some(chunk_prefix(
+                &format!("chatcmpl-{}", self.rid),
+                self.created,
+                &model,
+            ));
+        }
+        if let Some(u) = &r.usage_metadata {
+            self.usage = Some(u.usage());
+        }
+        if r.candidates.is_empty()
+            && r.prompt_feedback
+                .as_ref()
+                .and_then(|f| f.get("blockReason"))
+                .is_some()
+        {
+            if self.cands.is_empty() {
+                self.cands.push(CandState::default());
+            }
+            if !self.cands[0].started {
+                self.cands[0].started = true;
+                self.choice(
+                    out,
+                    0,
+                    &[b"{\"role\":\"assistant\",\"content\":\"\"}"],
+                    None,
+                );
+            }
+            self.cands[0].finished = true;
+            self.choice(out, 0, &[b"{}"], Some("content_filter"));
+        }
+        for (pos, c) in r.candidates.iter().enumerate() {
+            let idx = c.index.unwrap_or(pos as u32);
+            let i = idx as usize;
+            if self.cands.len() <= i {
+                self.cands.resize(i + 1, CandState::default());
+            }
+            if !self.cands[i].started {
+                self.cands[i].started = true;
+                self.choice(
+                    out,
+                    idx,
+                    &[b"{\"role\":\"assistant\",\"content\":\"\"}"],
+                    None,
+                );
+            }
+            let parts = c.content.as_ref().map(|c| &c.parts[..]).unwrap_or(&[]);
+            for p in parts {
+                if p.get("thought").and_then(Value::as_bool) == Some(true) {
+                    continue;
+                }
+                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    if t.is_empty() {
+                        continue;
+                    }
+                    let mut lit = BytesMut::with_capacity(t.len() + 2);
+                    write_json_str(&mut lit, t);
+                    self.choice(out, idx, &[b"{\"content\":", &lit, b"}"], None);
+                } else if let Some(fc) = p.get("functionCall") {
+                    let k = self.cands[i].next_tool;
+                    self.cands[i].next_tool += 1;
+                    self.cands[i].called = true;
+                    let id = match fc.get("id").and_then(Value::as_str) {
+                        Some(id) => id.to_owned(),
+                        None => format!("call_{}_{}", self.rid, self.calls),
+                    };
+                    self.calls += 1;
+                    let name = fc.get("name").and_then(Value::as_str).unwrap_or("");
+                    let args = fc
+                        .get("args")
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| "{}".to_owned());
+                    let mut buf = BytesMut::with_capacity(64 + args.len());
+                    buf.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                    write_u64(&mut buf, u64::from(k));
+                    buf.extend_from_slice(b",\"id\":");
+                    write_json_str(&mut buf, &id);
+                    buf.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+                    write_json_str(&mut buf, name);
+                    buf.extend_from_slice(b",\"arguments\":");
+                    write_json_str(&mut buf, &args);
+                    buf.extend_from_slice(b"}}]}");
+                    self.choice(out, idx, &[&buf], None);
+                }
+            }
+            if let Some(reason) = c.finish_reason.as_deref() {
+                if !self.cands[i].finished {
+                    self.cands[i].finished = true;
+                    let f = finish_reason(reason, self.cands[i].called);
+                    self.choice(out, idx, &[b"{}"], Some(f));
+                }
+            }
+        }
+        Flow::Continue
+    }
+}
+
+impl StreamTranslator for GeminiStream {
+    fn on_event(&mut self, data: Option<&[u8]>, raw: &[u8], out: &mut BytesMut) -> Flow {
+        if self.done {
+            return Flow::End;
+        }
+        let Some(data) = data else {
+            // A raw (non-`data:`) JSON error object, as Gemini sends mid-stream.
+            let trimmed = raw.trim_ascii_start();
+            if trimmed.first() == Some(&b'{') {
+                if let Ok(v) = serde_json::from_slice::<Value>(raw) {
+                    if let Some(err) = v.get("error") {
+                        return self.error_event(out, err);
+                    }
+                }
+            }
+            return Flow::Continue;
+        };
+        match serde_json::from_slice::<WireResponse>(data) {
+            Ok(r) => self.chunk(r, out),
+            Err(e) => self.fail(
+                out,
+                protocol_error(format!("invalid Gemini stream chunk: {e}")),
+            ),
+        }
+    }
+
+    fn on_eof(&mut self, out: &mut BytesMut) -> Result<(), GatewayError> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let complete =
+            !self.cands.is_empty() && self.cands.iter().all(|c| !c.started || c.finished);
+        if !complete {
+            return Err(protocol_error(
+                "the Gemini stream ended before a finishReason",
+            ));
+        }
+        if self.include_usage {
+            if let Some(p) = &self.prefix {
+                out.extend_from_slice(p);
+            }
+            out.extend_from_slice(b"],\"usage\":");
+            write_usage(out, &self.usage.unwrap_or_default());
+            out.extend_from_slice(b"}\n\n");
+        }
+        out.extend_from_slice(DONE);
+        Ok(())
+    }
+}

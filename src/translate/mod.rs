@@ -1,0 +1,316 @@
+//! Exact translation between OpenAI's chat wire format and the providers that do not speak it.
+//!
+//! Pure functions and push-based state machines, testable without a network:
+//! - [`anthropic`]: OpenAI chat request → Anthropic Messages request; Anthropic response, SSE
+//!   events and errors → OpenAI `chat.completion`, `chat.completion.chunk`s and [`GatewayError`].
+//! - [`gemini`]: the same for Google Gemini `generateContent` / `streamGenerateContent?alt=sse`.
+//! - [`ingress`]: the other direction, for an Anthropic-style `/v1/messages` ingress in front of
+//!   an OpenAI-compatible target.
+//!
+//! Streams are translated event by event with a [`StreamTranslator`]: one upstream SSE event in,
+//! zero or more output bytes out, nothing buffered beyond the event being scanned.
+//! [`TranslateBody`] wraps an upstream body with a scanner and a translator.
+//!
+//! ## Fields a provider cannot take
+//! A request field the target provider has no equivalent for is either **dropped** — when it is
+//! a hint or bookkeeping whose absence cannot change the meaning of an answer (`seed`,
+//! `logit_bias`, `presence_penalty`, `frequency_penalty`, `metadata`, `store`, `service_tier`,
+//! `prompt_cache_key`, `stream_options`, unknown extension fields) — or **refused with a 400**
+//! naming the field — when honouring it is part of the answer's contract (`n > 1`, `logprobs`,
+//! `audio` output, `response_format: json_object` where there is no JSON mode, a `temperature`
+//! outside the provider's range, audio parts). A value is never clamped or approximated.
+//! Each provider module lists its own table.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::body::BoxError;
+use crate::error::{ErrorKind, GatewayError};
+use crate::sse::{SseEvent, SseScanner};
+
+pub mod anthropic;
+pub mod gemini;
+pub mod ingress;
+
+/// What a translator wants after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep feeding events.
+    Continue,
+    /// The translated stream is complete (or ended with an in-band error): stop reading.
+    End,
+}
+
+/// A push-based stream translator: upstream SSE events in, downstream SSE bytes out.
+pub trait StreamTranslator: Send + 'static {
+    /// One upstream event. `data` is its joined `data:` lines, or `None` for a block without
+    /// any (comments, keep-alives, or a provider's raw non-SSE text, whose bytes are `raw`).
+    /// Appends zero or more complete output events to `out`.
+    fn on_event(&mut self, data: Option<&[u8]>, raw: &[u8], out: &mut BytesMut) -> Flow;
+
+    /// The upstream body ended. Appends any closing events; `Err` when the upstream ended
+    /// before its protocol said it was done (the stream must then end with an error, never
+    /// with a faked `[DONE]`).
+    fn on_eof(&mut self, out: &mut BytesMut) -> Result<(), GatewayError>;
+}
+
+/// Translate a whole upstream byte stream, split into `chunks` anywhere, in one go.
+/// Returns the output bytes and the end-of-stream error, if any. Used by tests and benches;
+/// the serving path uses [`TranslateBody`].
+pub fn translate_chunks<T, I>(translator: &mut T, chunks: I) -> (Bytes, Option<GatewayError>)
+where
+    T: StreamTranslator,
+    I: IntoIterator<Item = Bytes>,
+{
+    let mut scanner = SseScanner::new();
+    let mut out = BytesMut::new();
+    for chunk in chunks {
+        scanner.push(chunk);
+        while let Some(ev) = scanner.next_event() {
+            if feed(translator, &ev, &mut out) == Flow::End {
+                return (out.freeze(), None);
+            }
+        }
+    }
+    if let Some(ev) = scanner.finish() {
+        if feed(translator, &ev, &mut out) == Flow::End {
+            return (out.freeze(), None);
+        }
+    }
+    let err = translator.on_eof(&mut out).err();
+    (out.freeze(), err)
+}
+
+fn feed<T: StreamTranslator>(t: &mut T, ev: &SseEvent, out: &mut BytesMut) -> Flow {
+    let data = if ev.has_data {
+        Some(&ev.data[..])
+    } else {
+        None
+    };
+    t.on_event(data, &ev.raw, out)
+}
+
+pin_project! {
+    /// A response body translating an upstream SSE body on the fly, event by event, with no
+    /// buffering beyond the event being scanned. Upstream body errors pass through; an upstream
+    /// that ends too early ends this body with an [`ErrorKind::UpstreamProtocol`] error after
+    /// the bytes translated so far.
+    pub struct TranslateBody<B, T> {
+        #[pin]
+        inner: B,
+        scanner: SseScanner,
+        translator: T,
+        out: BytesMut,
+        state: BodyState,
+    }
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Streaming,
+    /// Upstream finished; emit what is left, then the error if any.
+    Closing(Option<GatewayError>),
+    Ended,
+}
+
+impl<B, T> TranslateBody<B, T> {
+    /// Wrap `inner` (an upstream SSE body) with `translator`.
+    pub fn new(inner: B, translator: T) -> Self {
+        TranslateBody {
+            inner,
+            scanner: SseScanner::new(),
+            translator,
+            out: BytesMut::with_capacity(1024),
+            state: BodyState::Streaming,
+        }
+    }
+}
+
+impl<B, T> HttpBody for TranslateBody<B, T>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    T: StreamTranslator,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            match this.state {
+                BodyState::Ended => return Poll::Ready(None),
+                BodyState::Closing(err) => {
+                    if !this.out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+                    }
+                    let err = err.take();
+                    *this.state = BodyState::Ended;
+                    return Poll::Ready(err.map(|e| Err(Box::new(e) as BoxError)));
+                }
+                BodyState::Streaming => {}
+            }
+            while let Some(ev) = this.scanner.next_event() {
+                if feed(this.translator, &ev, this.out) == Flow::End {
+                    *this.state = BodyState::Closing(None);
+                    break;
+                }
+            }
+            if !matches!(this.state, BodyState::Streaming) {
+                continue;
+            }
+            if !this.out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.scanner.push(data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    *this.state = BodyState::Ended;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    let mut flow = Flow::Continue;
+                    if let Some(ev) = this.scanner.finish() {
+                        flow = feed(this.translator, &ev, this.out);
+                    }
+                    let err = match flow {
+                        Flow::End => None,
+                        Flow::Continue => this.translator.on_eof(this.out).err(),
+                    };
+                    *this.state = BodyState::Closing(err);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Ended)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// An upstream that broke its protocol (bad JSON, events out of order, cut short).
+pub(crate) fn protocol_error(msg: impl Into<std::borrow::Cow<'static, str>>) -> GatewayError {
+    GatewayError::new(ErrorKind::UpstreamProtocol, msg)
+}
+
+pub(crate) use crate::sse::DONE;
+
+/// Appends `n` in decimal.
+pub(crate) fn write_u64(out: &mut BytesMut, n: u64) {
+    let mut buf = [0u8; 20];
+    out.extend_from_slice(decimal(n, &mut buf));
+}
+
+/// `n` in decimal, formatted into `buf` (no allocation).
+pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn write_json_str(out: &mut BytesMut, s: &str) {
+    // serde_json's escaping; a String never fails to serialize.
+    let lit = serde_json::Value::from(s).to_string();
+    out.extend_from_slice(lit.as_bytes());
+}
+
+/// Whether a raw JSON value is a string literal (so it can be copied into output as is).
+pub(crate) fn is_json_string(raw: &serde_json::value::RawValue) -> bool {
+    raw.get().as_bytes().first() == Some(&b'"')
+}
+
+/// Appends the OpenAI `usage` object for `u`, keys in OpenAI's order.
+pub(crate) fn write_usage(out: &mut BytesMut, u: &crate::usage::Usage) {
+    out.extend_from_slice(b"{\"prompt_tokens\":");
+    write_u64(out, u.prompt_tokens);
+    out.extend_from_slice(b",\"completion_tokens\":");
+    write_u64(out, u.completion_tokens);
+    out.extend_from_slice(b",\"total_tokens\":");
+    write_u64(out, u.total_tokens);
+    out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+    write_u64(out, u.cached_tokens);
+    out.extend_from_slice(b",\"cache_write_tokens\":");
+    write_u64(out, u.cache_write_tokens);
+    out.extend_from_slice(b"},\"completion_tokens_details\":{\"reasoning_tokens\":");
+    write_u64(out, u.reasoning_tokens);
+    out.extend_from_slice(b"}}");
+}
+
+/// The OpenAI `usage` object for `u`.
+pub(crate) fn usage_json(u: &crate::usage::Usage) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": u.cached_tokens,
+            "cache_write_tokens": u.cache_write_tokens,
+        },
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    })
+}
+
+/// Seconds since the Unix epoch (the `created` field).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Splits a `data:` URL into its media type and base64 payload (`None` if it is not a base64
+/// data URL).
+pub(crate) fn split_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media = meta.strip_suffix(";base64")?;
+    Some((media, data))
+}
+
+/// The prefix of every chunk of one completion:
+/// `data: {"id":..,"object":"chat.completion.chunk","created":..,"model":..,"choices":[`.
+pub(crate) fn chunk_prefix(id: &str, created: u64, model: &str) -> BytesMut {
+    let mut p = BytesMut::with_capacity(96 + id.len() + model.len());
+    p.extend_from_slice(b"data: {\"id\":");
+    write_json_str(&mut p, id);
+    p.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+    write_u64(&mut p, created);
+    p.extend_from_slice(b",\"model\":");
+    write_json_str(&mut p, model);
+    p.extend_from_slice(b",\"choices\":[");
+    p
+}
+
+/// The end of a content chunk: `]}` or `],"usage":null}` (when the usage chunk was asked for).
+pub(crate) fn chunk_suffix(include_usage: bool) -> &'static [u8] {
+    if include_usage {
+        b"],\"usage\":null}\n\n"
+    } else {
+        b"]}\n\n"
+    }
+}
