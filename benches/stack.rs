@@ -11,12 +11,17 @@
 //!   event and its usage chunk stripped). A Prometheus recorder is installed, as in the
 //!   reference gateway, so the meter's metrics cost what they cost there.
 //!
+//! - **stack_with_auth_ratelimit**: the stack as the reference gateway assembles it now, with
+//!   Auth (switched off, `[auth] enabled = false`) and RateLimit (no limits configured, the
+//!   in-memory store) between UsageMeter and StreamPassthrough.
+//!
 //! The difference between the two is the time the layers add to one request. Cases: a
 //! non-streaming `ok` answer (JSON) and a 20-chunk stream (`ok?chunks=20`, 23 SSE events with
 //! the finish, usage and `[DONE]` events). Both sides ask the mock for the same bytes (the bare
 //! request sets `upstream_include_usage` as StreamPassthrough would).
 //!
-//! Each iteration is one request on a current-thread tokio runtime, body consumed to the end.
+//! Each iteration is one request on a current-thread tokio runtime, body consumed to the end
+//! (1,000 samples of 20 requests per case).
 //! Run with `cargo bench --bench stack`.
 
 use std::sync::Arc;
@@ -150,7 +155,7 @@ async fn drain(res: Response<Body>) -> usize {
 }
 
 /// The bare upstream: Dispatch straight into the mock.
-#[divan::bench(args = Case::ALL)]
+#[divan::bench(args = Case::ALL, sample_count = 1000, sample_size = 20)]
 fn bare(bencher: Bencher, case: Case) {
     let rt = runtime();
     let (json, stream) = targets();
@@ -177,25 +182,25 @@ fn bare(bencher: Bencher, case: Case) {
     });
 }
 
-/// The whole stack in front of the same mock.
-#[divan::bench(args = Case::ALL)]
-fn stack(bencher: Bencher, case: Case) {
-    let rt = runtime();
+fn route_table() -> RouteTable {
     let (json, stream) = targets();
-    let table = RouteTable::builder()
+    RouteTable::builder()
         .model(ModelRoute::new(Case::Json.public(), vec![json]))
         .model(ModelRoute::new(Case::Stream20.public(), vec![stream]))
         .build()
-        .expect("route table");
-    let svc = ServiceBuilder::new()
-        .layer(ErrorResponseLayer::new())
-        .layer(ParseLayer::new())
-        .layer(UsageMeterLayer::new())
-        .layer(StreamPassthroughLayer::new())
-        .layer(RouteLayer::new(RouteHandle::new(table)))
-        .layer(FallbackLayer::new())
-        .layer(TimeoutLayer::new())
-        .service(Dispatch::new());
+        .expect("route table")
+}
+
+/// Drive `svc` (a clone per request, as hyper does) with one request per iteration.
+fn run_stack<S>(bencher: Bencher, case: Case, svc: S)
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    let rt = runtime();
     bencher.bench_local(|| {
         rt.block_on(async {
             let res = svc
@@ -207,4 +212,40 @@ fn stack(bencher: Bencher, case: Case) {
             black_box(drain(res).await)
         })
     });
+}
+
+/// The whole stack in front of the same mock.
+#[divan::bench(args = Case::ALL, sample_count = 1000, sample_size = 20)]
+fn stack(bencher: Bencher, case: Case) {
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(ParseLayer::new())
+        .layer(UsageMeterLayer::new())
+        .layer(StreamPassthroughLayer::new())
+        .layer(RouteLayer::new(RouteHandle::new(route_table())))
+        .layer(FallbackLayer::new())
+        .layer(TimeoutLayer::new())
+        .service(Dispatch::new());
+    run_stack(bencher, case, svc);
+}
+
+/// The stack with Auth (off) and RateLimit (no limits), as the reference gateway has it.
+#[divan::bench(args = Case::ALL, sample_count = 1000, sample_size = 20)]
+fn stack_with_auth_ratelimit(bencher: Bencher, case: Case) {
+    let cfg =
+        tollgate::config::Config::parse("[auth]\nenabled = false\n", "bench.toml").expect("config");
+    let auth = tollgate::config::auth_layer(&cfg).expect("auth layer");
+    let ratelimit = tollgate::config::ratelimit_layer(&cfg, |_| None).expect("ratelimit layer");
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(ParseLayer::new())
+        .layer(UsageMeterLayer::new())
+        .layer(auth)
+        .layer(ratelimit)
+        .layer(StreamPassthroughLayer::new())
+        .layer(RouteLayer::new(RouteHandle::new(route_table())))
+        .layer(FallbackLayer::new())
+        .layer(TimeoutLayer::new())
+        .service(Dispatch::new());
+    run_stack(bencher, case, svc);
 }

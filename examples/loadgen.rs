@@ -37,7 +37,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -288,10 +288,18 @@ targets = [{{ provider = "mock", model = "ok?chunks=10&delay_ms=50" }}]
     )
 }
 
-fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr, PathBuf), String> {
+/// Start the gateway on a generated config (the file is removed once the gateway has read it,
+/// or failed to start).
+fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr), String> {
     let path = std::env::temp_dir().join(format!("tollgate-loadgen-{}.toml", std::process::id()));
     std::fs::write(&path, gateway_config(mock_port))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let started = spawn_gateway(args, &path);
+    let _ = std::fs::remove_file(&path);
+    started
+}
+
+fn spawn_gateway(args: &Args, path: &Path) -> Result<(Proc, SocketAddr), String> {
     let mut cmd = match &args.gateway_cpus {
         None => Command::new(&args.gateway),
         Some(cpus) => {
@@ -302,7 +310,7 @@ fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr, PathB
         }
     };
     cmd.arg("--config")
-        .arg(&path)
+        .arg(path)
         .arg("--listen")
         .arg("127.0.0.1:0")
         .env("RUST_LOG", &args.gateway_log);
@@ -333,7 +341,7 @@ fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr, PathB
             .unwrap_or(rest.len());
         rest[..end].parse::<SocketAddr>().ok()
     })?;
-    Ok((proc, addr, path))
+    Ok((proc, addr))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,9 +768,8 @@ async fn run(args: &Args) -> Result<(), String> {
     let (mock_proc, mock_port) = start_mock(args.mock_cpus.as_deref())?;
     let mock_pid = mock_proc.pid();
     let mock = SocketAddr::from(([127, 0, 0, 1], mock_port));
-    let (gw_proc, gw, config_path) = start_gateway(args, mock_port)?;
+    let (gw_proc, gw) = start_gateway(args, mock_port)?;
     let gw_pid = gw_proc.pid();
-    let _ = std::fs::remove_file(&config_path);
     let cores = online_cpus();
     eprintln!(
         "mock on {mock} (pid {}), gateway on {gw} (pid {gw_pid}); {cores} cores",
