@@ -36,6 +36,11 @@ pub enum Api {
     Completions,
     /// `POST /v1/embeddings`
     Embeddings,
+    /// `POST /v1/messages` (the Anthropic-style ingress): the body and the answer are in
+    /// Anthropic's Messages format.
+    Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic-style; served by Anthropic targets only).
+    CountTokens,
 }
 
 impl Api {
@@ -45,17 +50,27 @@ impl Api {
             "/v1/chat/completions" | "/chat/completions" => Some(Api::ChatCompletions),
             "/v1/completions" | "/completions" => Some(Api::Completions),
             "/v1/embeddings" | "/embeddings" => Some(Api::Embeddings),
+            "/v1/messages" => Some(Api::Messages),
+            "/v1/messages/count_tokens" => Some(Api::CountTokens),
             _ => None,
         }
     }
 
-    /// The upstream path of this API, relative to an OpenAI-style base URL ending in `/v1`.
+    /// The upstream path of this API, relative to a base URL ending in `/v1`.
     pub fn openai_path(self) -> &'static str {
         match self {
             Api::ChatCompletions => "/chat/completions",
             Api::Completions => "/completions",
             Api::Embeddings => "/embeddings",
+            Api::Messages => "/messages",
+            Api::CountTokens => "/messages/count_tokens",
         }
+    }
+
+    /// Whether the request and its answer are in Anthropic's wire format (the `/v1/messages`
+    /// ingress): errors are Anthropic-shaped, streams are Anthropic event streams.
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Api::Messages | Api::CountTokens)
     }
 
     /// Metrics label.
@@ -64,12 +79,14 @@ impl Api {
             Api::ChatCompletions => "chat",
             Api::Completions => "text_completion",
             Api::Embeddings => "embeddings",
+            Api::Messages => "messages",
+            Api::CountTokens => "count_tokens",
         }
     }
 
     /// Whether responses of this API may stream.
     pub fn can_stream(self) -> bool {
-        !matches!(self, Api::Embeddings)
+        !matches!(self, Api::Embeddings | Api::CountTokens)
     }
 }
 
@@ -331,7 +348,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
     };
 
     match api {
-        Api::ChatCompletions => match fields.get("messages") {
+        Api::ChatCompletions | Api::Messages | Api::CountTokens => match fields.get("messages") {
             None => {
                 return Err(GatewayError::bad_request(
                     "'messages' is a required property",
@@ -352,6 +369,15 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             }
             Some(_) => {}
         },
+        Api::Embeddings | Api::Completions => {}
+    }
+    match api {
+        Api::Messages if max_tokens.is_none() => {
+            return Err(GatewayError::bad_request(
+                "'max_tokens' is a required property",
+                Some("max_tokens"),
+            ));
+        }
         Api::Embeddings => {
             if fields.get("input").is_none_or(is_null) {
                 return Err(GatewayError::bad_request(
@@ -368,6 +394,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
                 ));
             }
         }
+        _ => {}
     }
 
     let non_empty_array = |k: &str| {
@@ -376,10 +403,20 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             .is_some_and(|v| starts_with(v, b'[') && !v.get()[1..].trim_start().starts_with(']'))
     };
     let has_tools = non_empty_array("tools") || non_empty_array("functions");
+    let image_key: &[u8] = if api.is_anthropic() {
+        b"\"image\""
+    } else {
+        b"\"image_url\""
+    };
     let has_images = fields
         .get("messages")
-        .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), b"\"image_url\"").is_some());
-    let json_mode = fields.get("response_format").is_some_and(|v| {
+        .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), image_key).is_some());
+    let format_key = if api.is_anthropic() {
+        "output_config"
+    } else {
+        "response_format"
+    };
+    let json_mode = fields.get(format_key).is_some_and(|v| {
         let s = v.get().as_bytes();
         memchr::memmem::find(s, b"json_object").is_some()
             || memchr::memmem::find(s, b"json_schema").is_some()

@@ -48,10 +48,11 @@ impl Finalizer {
 
     fn json_usage(&mut self) -> Option<Usage> {
         let frames = self.json.take()?;
+        let api = self.ctx.as_ref()?.api();
         match frames.as_slice() {
             [] => None,
-            [one] => Usage::from_openai_json(one),
-            many => Usage::from_openai_json(&many.concat()),
+            [one] => Usage::from_json(api, one),
+            many => Usage::from_json(api, &many.concat()),
         }
     }
 

@@ -47,7 +47,7 @@ pub use self::future::MeterFuture;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::metrics as m;
-use crate::request::ParsedRequest;
+use crate::request::{Api, ParsedRequest};
 use crate::usage::{Outcome, Usage, UsageRecord, UsageSource, UsageTap};
 
 /// Where usage records go. Implemented for any `Fn(&UsageRecord) + Send + Sync`.
@@ -192,6 +192,7 @@ where
                 shared: self.shared.clone(),
                 tap,
                 model: p.model.clone(),
+                api: p.api,
                 stream: p.stream,
                 received_at: p.received_at,
                 prompt_estimate: p.prompt_tokens_estimate(),
@@ -202,6 +203,7 @@ where
                 shared: self.shared.clone(),
                 tap,
                 model: Arc::from(""),
+                api: Api::ChatCompletions,
                 stream: false,
                 received_at: Instant::now(),
                 prompt_estimate: 0,
@@ -225,6 +227,7 @@ pub(crate) struct Ctx {
     shared: Arc<Shared>,
     tap: UsageTap,
     model: Arc<str>,
+    api: Api,
     stream: bool,
     received_at: Instant,
     prompt_estimate: u64,
@@ -268,6 +271,10 @@ fn outcome_of(kind: ErrorKind) -> Outcome {
 impl Ctx {
     pub(crate) fn json_cap(&self) -> usize {
         self.shared.json_cap
+    }
+
+    pub(crate) fn api(&self) -> Api {
+        self.api
     }
 
     pub(crate) fn stream(&self) -> bool {

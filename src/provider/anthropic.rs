@@ -8,6 +8,11 @@
 //! [`error_from_anthropic`].
 //! The pooled HTTPS client is the one the OpenAI adapter uses.
 //!
+//! Requests from the Anthropic-style ingress ([`Api::Messages`], [`Api::CountTokens`]) are
+//! passed through instead ([`call_messages`](AnthropicProvider::call_messages),
+//! [`count_tokens`](AnthropicProvider::count_tokens)): only the model is replaced and the answer
+//! comes back untouched.
+//!
 //! ```
 //! use tollgate::provider::anthropic::AnthropicProvider;
 //! use tollgate::secret::Secret;
@@ -386,7 +391,30 @@ impl Provider for AnthropicProvider {
         "anthropic"
     }
 
+    fn speaks_anthropic(&self) -> bool {
+        true
+    }
+
     fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+        match call.parsed.api {
+            Api::Messages => {
+                return self.call_messages(
+                    &call.parsed.body,
+                    &call.upstream_model,
+                    &call.headers,
+                    call.connect_timeout,
+                );
+            }
+            Api::CountTokens => {
+                return self.count_tokens(
+                    &call.parsed.body,
+                    &call.upstream_model,
+                    &call.headers,
+                    call.connect_timeout,
+                );
+            }
+            _ => {}
+        }
         if call.parsed.api != Api::ChatCompletions {
             let e = GatewayError::bad_request(
                 format!(

@@ -138,7 +138,8 @@ where
         let tap = req.extensions().get::<UsageTap>().cloned();
         let info = match req.extensions_mut().get_mut::<ParsedRequest>() {
             Some(parsed) if parsed.stream => {
-                parsed.upstream_include_usage = true;
+                // An Anthropic stream (`/v1/messages`) always carries its usage.
+                parsed.upstream_include_usage = !parsed.api.is_anthropic();
                 Some(StreamInfo::new(parsed, tap))
             }
             _ => None,

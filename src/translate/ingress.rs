@@ -380,11 +380,19 @@ fn anthropic_error_type(status: u16, kind: ErrorKind) -> &'static str {
 }
 
 /// The Anthropic-shaped error body (`{"type":"error","error":{"type","message"}}`) and status
-/// for `e`; headers such as `Retry-After` come from [`GatewayError::into_response`] as usual.
+/// for `e`; headers such as `Retry-After` come from [`GatewayError::into_anthropic_response`].
+///
+/// The status is the one the OpenAI face uses, except that an overloaded upstream
+/// ([`ErrorKind::UpstreamOverloaded`]) is Anthropic's own **529** `overloaded_error`, which the
+/// Anthropic SDKs raise as `OverloadedError` (a 503 would be `ServiceUnavailableError`).
 pub fn error_to_anthropic(e: &GatewayError) -> (StatusCode, Bytes) {
     let ty = anthropic_error_type(e.status().as_u16(), e.kind());
     let body = json!({"type": "error", "error": {"type": ty, "message": e.message()}});
-    (e.status(), Bytes::from(body.to_string()))
+    let status = match e.kind() {
+        ErrorKind::UpstreamOverloaded => StatusCode::from_u16(529).unwrap_or(e.status()),
+        _ => e.status(),
+    };
+    (status, Bytes::from(body.to_string()))
 }
 
 fn write_event(out: &mut BytesMut, name: &str, data: &Value) {
