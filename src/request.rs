@@ -168,6 +168,38 @@ impl ParsedRequest {
     }
 }
 
+/// `body` (a JSON object) with its top-level `model` replaced by `model`; every other field is
+/// copied byte-for-byte, in order. Used to pass a request through to a provider that speaks
+/// its format.
+pub fn with_model(body: &[u8], model: &str) -> Result<Bytes, GatewayError> {
+    let fields = TopLevel::parse(body)?;
+    let mut out = Vec::with_capacity(body.len() + model.len());
+    out.push(b'{');
+    let mut wrote_model = false;
+    for (i, (key, value)) in fields.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(json_string(key).as_bytes());
+        out.push(b':');
+        if key == "model" {
+            wrote_model = true;
+            out.extend_from_slice(json_string(model).as_bytes());
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if !wrote_model {
+        if !fields.0.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"model\":");
+        out.extend_from_slice(json_string(model).as_bytes());
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
+}
+
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }

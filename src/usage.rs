@@ -193,7 +193,10 @@ impl AnthropicUsage {
         };
         set(&mut self.input_tokens, delta.input_tokens);
         set(&mut self.output_tokens, delta.output_tokens);
-        set(&mut self.cache_read_input_tokens, delta.cache_read_input_tokens);
+        set(
+            &mut self.cache_read_input_tokens,
+            delta.cache_read_input_tokens,
+        );
         set(
             &mut self.cache_creation_input_tokens,
             delta.cache_creation_input_tokens,

@@ -224,17 +224,21 @@ impl AnthropicProvider {
         connect_timeout: Option<std::time::Duration>,
     ) -> BoxFuture<Result<Response<Body>, GatewayError>> {
         let prepared = (|| {
-            let mut req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
-                .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
-            let stream = req.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
-            req.insert("model".into(), serde_json::Value::from(upstream_model));
-            let bytes = serde_json::to_vec(&req)
-                .map_err(|e| GatewayError::internal(format!("serializing the request: {e}")))?;
+            #[derive(serde::Deserialize)]
+            struct Flags {
+                #[serde(default)]
+                stream: Option<bool>,
+            }
+            let stream = serde_json::from_slice::<Flags>(body)
+                .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?
+                .stream
+                == Some(true);
+            let bytes = crate::request::with_model(body, upstream_model)?;
             let mut own = self.headers.clone();
             if let Some(beta) = client_headers.get("anthropic-beta") {
                 own.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
             }
-            let req = json_post(uri, Bytes::from(bytes), stream, &own, client_headers)?;
+            let req = json_post(uri, bytes, stream, &own, client_headers)?;
             Ok::<_, GatewayError>((req, stream, client_for(connect_timeout)?))
         })();
         let name = self.name.clone();

@@ -33,9 +33,9 @@ use tower::Service;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::request::{Api, ParsedRequest, parse_body};
+use crate::target::Attempt;
 use crate::translate::TranslateBody;
 use crate::translate::ingress::{IngressStream, request_from_anthropic, response_to_anthropic};
-use crate::target::Attempt;
 
 pub mod anthropic;
 pub mod gemini;
