@@ -410,21 +410,17 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
                 Some("max_tokens"),
             ));
         }
-        Api::Embeddings => {
-            if fields.get("input").is_none_or(is_null) {
-                return Err(GatewayError::bad_request(
-                    "'input' is a required property",
-                    Some("input"),
-                ));
-            }
+        Api::Embeddings if fields.get("input").is_none_or(is_null) => {
+            return Err(GatewayError::bad_request(
+                "'input' is a required property",
+                Some("input"),
+            ));
         }
-        Api::Completions => {
-            if fields.get("prompt").is_none_or(is_null) {
-                return Err(GatewayError::bad_request(
-                    "'prompt' is a required property",
-                    Some("prompt"),
-                ));
-            }
+        Api::Completions if fields.get("prompt").is_none_or(is_null) => {
+            return Err(GatewayError::bad_request(
+                "'prompt' is a required property",
+                Some("prompt"),
+            ));
         }
         _ => {}
     }
@@ -788,6 +784,45 @@ mod tests {
             let j = e.to_json();
             assert_eq!(j["error"]["param"].as_str(), param, "{body}");
         }
+    }
+
+    #[test]
+    fn anthropic_messages_are_parsed_and_need_max_tokens() {
+        let p = parse_body(
+            Api::Messages,
+            Bytes::from_static(br#"{"model":"c","max_tokens":9,"stream":true,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}],"tools":[{"name":"t"}]}"#),
+        )
+        .unwrap();
+        assert_eq!(&*p.model, "c");
+        assert!(p.stream && p.has_tools && p.has_images && !p.wants_usage);
+        assert_eq!(p.max_tokens, Some(9));
+        let e = parse_body(
+            Api::Messages,
+            Bytes::from_static(br#"{"model":"c","messages":[{"role":"user","content":"x"}]}"#),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_json()["error"]["param"], "max_tokens");
+        // count_tokens takes no max_tokens and never streams
+        assert!(
+            parse_body(
+                Api::CountTokens,
+                Bytes::from_static(br#"{"model":"c","messages":[{"role":"user","content":"x"}]}"#),
+            )
+            .is_ok()
+        );
+        assert_eq!(Api::from_path("/v1/messages"), Some(Api::Messages));
+        assert_eq!(
+            Api::from_path("/v1/messages/count_tokens"),
+            Some(Api::CountTokens)
+        );
+    }
+
+    #[test]
+    fn with_model_replaces_only_the_model() {
+        let out = with_model(br#"{"a":[1, 2],"model":"x","b":"h\\u00e9"}"#, "y").unwrap();
+        assert_eq!(&out[..], br#"{"a":[1, 2],"model":"y","b":"h\\u00e9"}"#);
+        let out = with_model(br#"{"a":1}"#, "y").unwrap();
+        assert_eq!(&out[..], br#"{"a":1,"model":"y"}"#);
     }
 
     #[test]

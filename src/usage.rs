@@ -483,6 +483,26 @@ mod tests {
             }
         );
         assert_eq!(Usage::from_openai_json(br#"{"usage":null}"#), None);
+    }
+
+    #[test]
+    fn reads_anthropic_usage_with_cache_in_the_prompt() {
+        let doc = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":3,"cache_read_input_tokens":5,"output_tokens":7,"output_tokens_details":{"thinking_tokens":2}}}"#;
+        assert_eq!(
+            Usage::from_anthropic_json(doc),
+            Some(Usage {
+                prompt_tokens: 18,
+                completion_tokens: 7,
+                total_tokens: 25,
+                cached_tokens: 5,
+                cache_write_tokens: 3,
+                reasoning_tokens: 2
+            })
+        );
+        assert_eq!(
+            Usage::from_json(crate::request::Api::CountTokens, br#"{"input_tokens":4}"#),
+            Some(Usage::default())
+        );
         assert_eq!(Usage::from_openai_json(br#"{"choices":[]}"#), None);
     }
 }

@@ -20,6 +20,12 @@
 //!
 //!   Dropping the body drops the upstream body, which cancels the upstream request.
 //!
+//! An **Anthropic** stream (a `/v1/messages` request, [`Api::is_anthropic`](crate::request::Api::is_anthropic))
+//! is not an OpenAI stream: nothing is injected into the request, every event goes to the client
+//! untouched, the usage is read from `message_start` and the cumulative `message_delta`s (cache
+//! reads and writes added into the prompt tokens) into the tap, `message_stop` ends it, and a
+//! failure after the commit point ends it with an Anthropic `event: error`.
+//!
 //! Non-streaming requests, error responses and 2xx responses that are not event streams pass
 //! through untouched. Without a [`UsageTap`] in the request extensions nothing is recorded.
 //!
