@@ -9,7 +9,8 @@
 //! Requests to the Anthropic-style ingress (`/v1/messages`, `/v1/messages/count_tokens`) get
 //! Anthropic-shaped errors instead (`{"type":"error","error":{"type","message"}}`, an overloaded
 //! upstream as 529 `overloaded_error`), with the same headers; see
-//! [`error_to_anthropic`](crate::translate::ingress::error_to_anthropic).
+//! [`error_to_anthropic`](crate::translate::ingress::error_to_anthropic); every answer on that
+//! face also carries the gateway's `x-request-id` as `request-id`, where Anthropic's SDKs read it.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -498,7 +499,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // One prefix test; the OpenAI paths never match it.
-        let anthropic = req.uri().path().starts_with("/v1/messages");
+        let anthropic = if req.uri().path().starts_with("/v1/messages") {
+            // Anthropic's SDKs read the request id from `request-id`.
+            Some(req.headers().get("x-request-id").cloned())
+        } else {
+            None
+        };
         ErrorResponseFuture {
             inner: self.inner.call(req),
             anthropic,
@@ -511,7 +517,8 @@ pin_project! {
     pub struct ErrorResponseFuture<F> {
         #[pin]
         inner: F,
-        anthropic: bool,
+        // The Anthropic face (`/v1/messages`), with the request's `x-request-id`.
+        anthropic: Option<Option<HeaderValue>>,
     }
 }
 
@@ -524,11 +531,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.inner.poll(cx));
-        Poll::Ready(Ok(match res {
+        let Some(request_id) = this.anthropic.take() else {
+            return Poll::Ready(Ok(match res {
+                Ok(res) => res,
+                Err(e) => e.into_response(),
+            }));
+        };
+        let mut res = match res {
             Ok(res) => res,
-            Err(e) if *this.anthropic => e.into_anthropic_response(),
-            Err(e) => e.into_response(),
-        }))
+            Err(e) => e.into_anthropic_response(),
+        };
+        if let Some(id) = request_id {
+            res.headers_mut()
+                .insert(HeaderName::from_static("request-id"), id);
+        }
+        Poll::Ready(Ok(res))
     }
 }
 

@@ -119,10 +119,7 @@ async fn run_suite(file: &'static str) {
     let anthropic = fakes::anthropic().await;
     let gemini = fakes::gemini().await;
     let gw = common::Gateway::start(&providers_config(&anthropic, &gemini)).await;
-    let env = vec![
-        ("GATEWAY", gw.url("/v1")),
-        ("GATEWAY_ROOT", gw.url("")),
-    ];
+    let env = vec![("GATEWAY", gw.url("/v1")), ("GATEWAY_ROOT", gw.url(""))];
     let out = tokio::task::spawn_blocking(move || run_pytest_env(&py, file, &env))
         .await
         .unwrap();

@@ -140,7 +140,9 @@ async fn pass_through_non_stream_replaces_only_the_model_and_meters_anthropic_us
     );
     let res = client.await.unwrap();
     assert_eq!(res.status, 200);
-    assert_eq!(res.headers["request-id"], "req_up_1");
+    // Anthropic's SDKs read `request-id`: the gateway's own id; the upstream's is kept apart
+    assert_eq!(res.headers["request-id"], res.headers["x-request-id"]);
+    assert_eq!(res.headers["x-upstream-request-id"], "req_up_1");
     let body = res.rest().await;
     assert_eq!(
         std::str::from_utf8(&body).unwrap(),
@@ -424,6 +426,7 @@ async fn errors_are_anthropic_shaped_with_their_status() {
     let (status, h, body) = anthropic_error(client.await.unwrap()).await;
     assert_eq!(status, 429);
     assert_eq!(h["retry-after"], "7");
+    assert_eq!(h["request-id"], h["x-request-id"]);
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(

@@ -248,7 +248,8 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
             connect_timeout: attempt.timeouts.connect,
         };
         let provider = &attempt.target.provider;
-        let fut = if call.parsed.api.is_anthropic() && !provider.speaks_anthropic() {
+        let anthropic = call.parsed.api.is_anthropic();
+        let fut = if anthropic && !provider.speaks_anthropic() {
             messages_via_chat(provider.as_ref(), call)
         } else {
             provider.call(call)
@@ -256,8 +257,13 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
         Box::pin(async move {
             let mut res = fut.await?;
             // The gateway's own request id is the one the client sees; the upstream's is kept
-            // under another name.
-            if let Some(id) = res.headers_mut().remove("x-request-id") {
+            // under another name (Anthropic's is `request-id`).
+            let id_header = if anthropic {
+                "request-id"
+            } else {
+                "x-request-id"
+            };
+            if let Some(id) = res.headers_mut().remove(id_header) {
                 res.headers_mut().insert("x-upstream-request-id", id);
             }
             Ok(res)

@@ -88,7 +88,11 @@ async fn serve(handler: Handler) -> Fake {
                     let state = state.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
                         let seen = Seen {
                             path: parts
                                 .uri
@@ -225,7 +229,12 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     };
     let model = req["model"].as_str().unwrap_or_default().to_owned();
     if !req["messages"].is_array() {
-        return anthropic_error(400, "invalid_request_error", "messages: Field required", &[]);
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            "messages: Field required",
+            &[],
+        );
     }
     if seen.path == "/v1/messages/count_tokens" {
         return json_response(200, &[], json!({"input_tokens": 11}));
@@ -255,14 +264,20 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     let tool = matches!(plan, Plan::Tool);
     let start_usage = json!({"input_tokens": 7, "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 4, "output_tokens": 1, "service_tier": "standard"});
-    let (output_tokens, stop_reason) = if tool { (12, "tool_use") } else { (6, "end_turn") };
+    let (output_tokens, stop_reason) = if tool {
+        (12, "tool_use")
+    } else {
+        (6, "end_turn")
+    };
     let id = "msg_fake01";
     if !stream {
         let mut content = vec![];
         if tool {
             content.push(json!({"type": "text", "text": "Let me check."}));
-            content.push(json!({"type": "tool_use", "id": "toolu_fake01", "name": "get_weather",
-                "input": {"location": "Paris"}}));
+            content.push(
+                json!({"type": "tool_use", "id": "toolu_fake01", "name": "get_weather",
+                "input": {"location": "Paris"}}),
+            );
         } else {
             content.push(json!({"type": "text", "text": WORDS.concat()}));
         }
@@ -385,7 +400,12 @@ fn gemini_chunk(parts: Value, finish: Option<&str>, usage: Option<Value>, model:
 }
 
 async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
-    if seen.headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) != Some(GEMINI_KEY) {
+    if seen
+        .headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        != Some(GEMINI_KEY)
+    {
         return gemini_error(
             400,
             "API key not valid. Please pass a valid API key.",
@@ -427,14 +447,23 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
             Plan::Tool => call,
             _ => json!([{"text": WORDS.concat()}]),
         };
-        return json_response(200, &[], gemini_chunk(parts, Some("STOP"), Some(usage), &model));
+        return json_response(
+            200,
+            &[],
+            gemini_chunk(parts, Some("STOP"), Some(usage), &model),
+        );
     }
     let data = |v: Value| format!("data: {v}\r\n\r\n");
     let mut evs = Vec::new();
     match plan {
         Plan::Tool => evs.push(data(gemini_chunk(call, Some("STOP"), Some(usage), &model))),
         Plan::Midstream => {
-            evs.push(data(gemini_chunk(json!([{"text": "Hello"}]), None, None, &model)));
+            evs.push(data(gemini_chunk(
+                json!([{"text": "Hello"}]),
+                None,
+                None,
+                &model,
+            )));
             // a mid-stream error arrives as raw multi-line JSON, without `data:`
             evs.push(
                 "{\n  \"error\": {\n    \"code\": 503,\n    \"message\": \"The model is overloaded.\",\n    \"status\": \"UNAVAILABLE\"\n  }\n}\n"
