@@ -35,6 +35,9 @@ targets = [{{ provider = "oai", model = "gpt-up" }}]
 targets = [{{ provider = "anth", model = "claude-up-2" }}]
 [models.gpt-2]
 targets = [{{ provider = "oai", model = "gpt-up-2" }}]
+# an Anthropic target first, an OpenAI-compatible one behind it
+[models.mixed]
+targets = [{{ provider = "anth", model = "claude-mixed" }}, {{ provider = "oai", model = "gpt-mixed" }}]
 "#,
         anthropic.addr,
         openai.base_url()
@@ -285,7 +288,8 @@ async fn translated_non_stream_to_an_openai_target_and_back() {
                     "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}}]},
                 "finish_reason": "tool_calls"}],
             "usage": {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
-                "prompt_tokens_details": {"cached_tokens": 10}}})
+                "prompt_tokens_details": {"cached_tokens": 10},
+                "completion_tokens_details": {"reasoning_tokens": 2}}})
         .to_string(),
     );
     let res = client.await.unwrap();
@@ -306,6 +310,7 @@ async fn translated_non_stream_to_an_openai_target_and_back() {
     assert_eq!(m["usage"]["input_tokens"], 20);
     assert_eq!(m["usage"]["cache_read_input_tokens"], 10);
     assert_eq!(m["usage"]["output_tokens"], 5);
+    assert_eq!(m["usage"]["output_tokens_details"]["thinking_tokens"], 2);
     let recs = gw.records(1).await;
     assert_eq!(recs[0].outcome, Outcome::Success);
     assert_eq!(recs[0].usage_source, UsageSource::Upstream);
@@ -317,10 +322,58 @@ async fn translated_non_stream_to_an_openai_target_and_back() {
             total_tokens: 35,
             cached_tokens: 10,
             cache_write_tokens: 0,
-            reasoning_tokens: 0,
+            reasoning_tokens: 2,
         }
     );
     assert_eq!(recs[0].provider.as_deref(), Some("oai"));
+}
+
+#[tokio::test]
+async fn fallback_from_a_pass_through_target_to_a_translated_one_mid_request() {
+    let (mut anth, mut oai, gw) = start().await;
+    let req = r#"{"model":"mixed","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let client = messages(&gw, "/v1/messages", req.to_owned(), SDK_HEADERS);
+    // attempt 1: the Anthropic target is overloaded (before the commit point)
+    let ex = anth.next().await;
+    assert_eq!(ex.json()["model"], "claude-mixed");
+    ex.respond(
+        529,
+        &[("content-type", "application/json")],
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+    );
+    // attempt 2: the same Anthropic request, translated for the OpenAI-compatible target
+    let ex = oai.next().await;
+    assert_eq!(ex.path, "/v1/chat/completions");
+    assert_eq!(ex.json()["model"], "gpt-mixed");
+    assert_eq!(ex.json()["stream_options"]["include_usage"], true);
+    let tx = ex.respond_stream();
+    for c in [O_ROLE, O_HEL, O_LO] {
+        tx.send(c).await;
+    }
+    tx.send(O_FINISH.replace("tool_calls", "stop")).await;
+    tx.send(format!("{O_USAGE}{O_DONE}")).await;
+    drop(tx);
+    let res = client.await.unwrap();
+    assert_eq!(res.status, 200);
+    let attempts = res.headers["x-tollgate-attempts"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(attempts.split(';').count(), 2, "{attempts}");
+    let evs = events(&res.rest().await);
+    assert_eq!(evs.first().unwrap().0, "message_start");
+    assert_eq!(evs.last().unwrap().0, "message_stop");
+    let text: String = evs
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "Hello");
+    let recs = gw.records(1).await;
+    assert_eq!(recs[0].outcome, Outcome::Success);
+    assert_eq!(recs[0].attempts, 2);
+    assert_eq!(recs[0].provider.as_deref(), Some("oai"));
+    assert_eq!(recs[0].usage.prompt_tokens, 21);
+    assert_eq!(recs[0].usage.completion_tokens, 9);
 }
 
 const O_ROLE: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-up\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n";

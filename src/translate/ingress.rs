@@ -286,14 +286,19 @@ pub fn stop_reason(finish_reason: &str) -> &'static str {
     }
 }
 
-/// OpenAI usage → Anthropic usage: `input_tokens` excludes cache reads and writes.
+/// OpenAI usage → Anthropic usage: `input_tokens` excludes cache reads and writes; reasoning
+/// tokens, when any, are `output_tokens_details.thinking_tokens` (part of `output_tokens`).
 fn anthropic_usage(u: &Usage) -> Value {
-    json!({
+    let mut v = json!({
         "input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens + u.cache_write_tokens),
         "output_tokens": u.completion_tokens,
         "cache_read_input_tokens": u.cached_tokens,
         "cache_creation_input_tokens": u.cache_write_tokens,
-    })
+    });
+    if u.reasoning_tokens > 0 {
+        v["output_tokens_details"] = json!({"thinking_tokens": u.reasoning_tokens});
+    }
+    v
 }
 
 fn usage_of(v: &Value) -> Option<Usage> {
