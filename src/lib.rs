@@ -113,6 +113,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -121,6 +122,7 @@ pub mod health;
 pub mod meter;
 pub mod metrics;
 pub mod provider;
+pub mod ratelimit;
 pub mod request;
 pub mod route;
 pub mod secret;

@@ -89,6 +89,13 @@ impl App {
             meter = meter.sink(s);
         }
 
+        // Virtual keys and limits.
+        let auth = tollgate::config::auth_layer(cfg)?;
+        let price_routes = routes.clone();
+        let ratelimit = tollgate::config::ratelimit_layer(cfg, move |model| {
+            tollgate::config::worst_price(&price_routes.load(), model)
+        })?;
+
         // The LLM stack, outermost first. See the crate docs for why this order.
         let llm = ServiceBuilder::new()
             // edge: a panic becomes a 500, every request gets an id, one span per request
@@ -111,6 +118,10 @@ impl App {
             )
             // one usage record per request, every outcome
             .layer(meter)
+            // virtual key -> identity; 401 / 403 (or switched off explicitly)
+            .layer(auth)
+            // RPM / TPM / concurrency / budgets: reserve now, settle when the body ends
+            .layer(ratelimit)
             // SSE hygiene, include_usage injection and stripping, in-band errors after commit
             .layer(StreamPassthroughLayer::new())
             // model name -> ordered targets

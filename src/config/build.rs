@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use super::presets::{Adapter, preset};
 use super::{Config, ConfigError, TimeoutsConfig, interpolate};
+use crate::auth::{AuthLayer, KeyEntry, StaticKeys};
 use crate::health::Health;
 use crate::provider::Provider;
 use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::gemini::GeminiProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{AuthStyle, OpenAiProvider};
+use crate::ratelimit::{FailurePolicy, LimitStore, Limits, MemoryStore, RateLimitLayer};
 use crate::route::{ClientControl, ModelRoute, RoutePolicy, RouteTable, Strategy, Variant};
 use crate::secret::Secret;
 use crate::target::{Capabilities, Target, Timeouts};
@@ -23,6 +25,132 @@ pub struct ModelInfo {
     pub id: String,
     /// `owned_by`.
     pub owned_by: String,
+}
+
+/// Build the Auth layer from `[auth]`: `enabled = false` switches it off explicitly; otherwise
+/// the `[[auth.keys]]` (SHA-256 hashes) with their model globs and limits.
+pub fn auth_layer(cfg: &Config) -> Result<AuthLayer, ConfigError> {
+    let file = cfg.source.as_str();
+    if cfg.auth.enabled == Some(false) {
+        return Ok(AuthLayer::disabled());
+    }
+    let mut entries = Vec::with_capacity(cfg.auth.keys.len());
+    for (i, k) in cfg.auth.keys.iter().enumerate() {
+        let field = format!("auth.keys[{i}]");
+        let mut e = KeyEntry::from_hash(k.name.as_str(), k.sha256.trim())
+            .map_err(|e| ConfigError::field(file, &format!("{field}.sha256"), e.message()))?;
+        if let Some(t) = &k.tenant {
+            e = e.tenant(t.as_str());
+        }
+        if !k.models.is_empty() {
+            e = e.models(k.models.iter().map(String::as_str));
+        }
+        e = e.limits(limits(&k.limits));
+        entries.push(e);
+    }
+    let keys = StaticKeys::from_entries(entries)
+        .map_err(|e| ConfigError::field(file, "auth.keys", e.message()))?;
+    Ok(AuthLayer::new(keys))
+}
+
+/// Runtime limits from config values.
+pub fn limits(v: &super::LimitValues) -> Limits {
+    let mut l = Limits::new();
+    if let Some(n) = v.rpm {
+        l = l.requests_per_minute(n);
+    }
+    if let Some(n) = v.tpm {
+        l = l.tokens_per_minute(n);
+    }
+    if let Some(n) = v.concurrency {
+        l = l.concurrent_requests(n);
+    }
+    if let Some(usd) = v.budget_usd_day {
+        l = l.usd_per_day(usd);
+    }
+    if let Some(usd) = v.budget_usd_month {
+        l = l.usd_per_month(usd);
+    }
+    l
+}
+
+/// Build the RateLimit layer from `[limits]` (store, failure policy, global and per-model
+/// limits; per-key limits travel with the key). `price` gives the worst-case price of a public
+/// model for budget reservations.
+pub fn ratelimit_layer(
+    cfg: &Config,
+    price: impl Fn(&str) -> Option<crate::usage::Price> + Send + Sync + 'static,
+) -> Result<RateLimitLayer, ConfigError> {
+    let file = cfg.source.as_str();
+    let l = &cfg.limits;
+    let store: Arc<dyn LimitStore> = match l.store.as_deref() {
+        None | Some("memory") => Arc::new(MemoryStore::new()),
+        #[cfg(feature = "redis")]
+        Some("redis") => {
+            let url = interpolate(
+                l.redis_url.as_deref().unwrap_or("redis://127.0.0.1:6379"),
+                file,
+                "limits.redis_url",
+            )?;
+            let mut rc = crate::ratelimit::RedisConfig::new(url);
+            if let Some(p) = &l.redis_prefix {
+                rc = rc.prefix(p.as_str());
+            }
+            Arc::new(
+                crate::ratelimit::RedisStore::new(rc)
+                    .map_err(|e| ConfigError::field(file, "limits.redis_url", e))?,
+            )
+        }
+        #[cfg(not(feature = "redis"))]
+        Some("redis") => {
+            return Err(ConfigError::field(
+                file,
+                "limits.store",
+                "this build has no Redis support (cargo feature `redis`)",
+            ));
+        }
+        Some(other) => {
+            return Err(ConfigError::field(
+                file,
+                "limits.store",
+                format!("unknown store `{other}`; expected memory or redis"),
+            ));
+        }
+    };
+    let policy = match l.on_store_error.as_deref() {
+        None | Some("fail_closed") => FailurePolicy::Closed,
+        Some("fail_open") => FailurePolicy::Open,
+        Some(other) => {
+            return Err(ConfigError::field(
+                file,
+                "limits.on_store_error",
+                format!("unknown policy `{other}`; expected fail_open or fail_closed"),
+            ));
+        }
+    };
+    let mut layer = RateLimitLayer::with_store(store)
+        .global(limits(&l.global))
+        .failure_policy(policy)
+        .prices(price);
+    for (m, v) in &l.models {
+        layer = layer.model(m.as_str(), limits(v));
+    }
+    if let Some(n) = l.default_max_tokens {
+        layer = layer.default_max_tokens(n);
+    }
+    Ok(layer)
+}
+
+/// The highest price among the targets a public model may use (budget reservations are
+/// upper bounds).
+pub fn worst_price(routes: &RouteTable, model: &str) -> Option<crate::usage::Price> {
+    let route = routes.get(model)?;
+    route
+        .variants()
+        .iter()
+        .flat_map(|v| v.targets.iter())
+        .filter_map(|t| t.price)
+        .max_by_key(|p| (p.output, p.input))
 }
 
 /// What a config builds into.

@@ -14,7 +14,9 @@ use serde::Deserialize;
 mod build;
 pub mod presets;
 
-pub use build::{HealthRegistry, ModelInfo, Runtime};
+pub use build::{
+    HealthRegistry, ModelInfo, Runtime, auth_layer, limits, ratelimit_layer, worst_price,
+};
 
 /// The embedded default configuration: mock models to try at once, plus real providers that
 /// switch on when their API-key variables are set.

@@ -310,3 +310,78 @@ pub async fn chat(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Str
     )
     .await
 }
+
+/// A gateway process (the reference binary built by `cargo test`), killed on drop.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub config: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    /// Start `target/<profile>/examples/gateway --config <file> --listen 127.0.0.1:0` with
+    /// `config_toml` written to a fresh temp file; returns once it prints its address.
+    pub fn start(config_toml: &str) -> GatewayProcess {
+        use std::io::BufRead;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("examples").join("gateway");
+        assert!(bin.exists(), "{} is not built", bin.display());
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-gw-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let mut child = std::process::Command::new(&bin)
+            .args(["--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("gateway did not start: {line:?}"));
+        GatewayProcess { child, addr, config }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a redis-server answers on `url`'s host:port (`redis://host:port`). When it does not,
+/// the caller skips with a notice, unless `TOLLGATE_REQUIRE_REDIS` is set (CI), which fails.
+pub fn redis_available(url: &str) -> bool {
+    let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
+    let ok = std::net::TcpStream::connect_timeout(
+        &hostport.parse().unwrap_or_else(|_| "127.0.0.1:6379".parse().unwrap()),
+        Duration::from_millis(300),
+    )
+    .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("TOLLGATE_REQUIRE_REDIS").is_err(),
+            "TOLLGATE_REQUIRE_REDIS is set but no redis-server answers at {url}"
+        );
+        eprintln!("SKIPPED: redis-server not reachable at {url}");
+    }
+    ok
+}
