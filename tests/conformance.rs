@@ -75,8 +75,18 @@ const SCENARIOS: [&str; 10] = [
 fn providers_config(anthropic: &fakes::Fake, gemini: &fakes::Fake) -> String {
     let mut cfg = format!(
         r#"
+# virtual keys on: the SDKs' keys, sent as `Authorization: Bearer` or `x-api-key`
 [auth]
-enabled = false
+enabled = true
+[[auth.keys]]
+name = "openai-sdk"
+sha256 = "{}"
+[[auth.keys]]
+name = "anthropic-sdk"
+sha256 = "{}"
+[[auth.keys]]
+name = "anthropic-sdk-token"
+sha256 = "{}"
 [usage]
 jsonl = ""
 [routing.timeouts]
@@ -93,6 +103,9 @@ kind = "gemini"
 base_url = "{}"
 api_key = "{}"
 "#,
+        tollgate::auth::hash_key("sk-client-test"),
+        tollgate::auth::hash_key("sk-ant-client-test"),
+        tollgate::auth::hash_key("bearer-token-test"),
         anthropic.base_url(),
         fakes::ANTHROPIC_KEY,
         gemini.base_url(),

@@ -597,3 +597,65 @@ async fn count_tokens_passes_through_to_anthropic_and_costs_nothing() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["type"], "invalid_request_error");
 }
+
+#[tokio::test]
+async fn virtual_keys_in_either_header_and_anthropic_shaped_refusals() {
+    let mut anth = ScriptedUpstream::start().await;
+    let oai = ScriptedUpstream::start().await;
+    let cfg = config(&anth, &oai).replace(
+        "[auth]\nenabled = false\n",
+        &format!(
+            "[auth]\nenabled = true\n[[auth.keys]]\nname = \"team\"\nsha256 = \"{}\"\nmodels = [\"claude\"]\nrpm = 2\n",
+            tollgate::auth::hash_key("client-key-123")
+        ),
+    );
+    let gw = Gateway::start(&cfg).await;
+    let req = r#"{"model":"claude","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+
+    // `x-api-key` (anthropic 0.x) and `Authorization: Bearer` (anthropic 2.x) both admit
+    for headers in [LEGACY_HEADERS, SDK_HEADERS] {
+        let client = messages(&gw, "/v1/messages", req.to_owned(), headers);
+        let ex = anth.next().await;
+        assert_no_client_key(&ex.headers);
+        assert_eq!(ex.headers["x-api-key"], "sk-ant-upstream-secret");
+        ex.respond(
+            200,
+            &[("content-type", "application/json")],
+            ANTHROPIC_MESSAGE,
+        );
+        let res = client.await.unwrap();
+        assert_eq!(res.status, 200);
+        assert_eq!(res.json().await["type"], "message");
+    }
+    let recs = gw.records(2).await;
+    assert!(recs.iter().all(|r| r.key_id.is_some()));
+
+    // the key's rpm (2) is spent: a 429 rate_limit_error with retry-after, no upstream call
+    let res = send(gw.addr, "POST", "/v1/messages", SDK_HEADERS, req).await;
+    let (status, h, body) = anthropic_error(res).await;
+    assert_eq!(status, 429);
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+
+    // no key, a wrong key: 401 authentication_error; a model the key may not use: 403
+    let bad: &[(&str, &str)] = &[("x-api-key", "nope"), ("anthropic-version", "2023-06-01")];
+    for headers in [&[][..], bad] {
+        let res = send(gw.addr, "POST", "/v1/messages", headers, req).await;
+        let (status, _, body) = anthropic_error(res).await;
+        assert_eq!(status, 401);
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+    let res = send(
+        gw.addr,
+        "POST",
+        "/v1/messages",
+        SDK_HEADERS,
+        req.replace("claude", "gpt"),
+    )
+    .await;
+    let (status, _, body) = anthropic_error(res).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["type"], "permission_error");
+    anth.assert_idle(Duration::from_millis(50)).await;
+}

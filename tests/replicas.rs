@@ -50,7 +50,11 @@ targets = [{{ provider = "up", model = "ok?key=b" }}]
 
 /// Fixed one-minute windows: start a burst with at least 20 s left in the current minute.
 async fn away_from_a_minute_boundary() {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64 % 60_000;
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        % 60_000;
     if ms > 40_000 {
         tokio::time::sleep(Duration::from_millis(60_000 - ms + 200)).await;
     }
@@ -97,7 +101,11 @@ async fn exact_limits(gateways: &[SocketAddr], mock: &MockServer) {
     let (ok, limited) = burst(gateways, KEY_A, "ma", 3 * RPM as usize).await;
     assert_eq!(ok, RPM, "admitted exactly the RPM limit");
     assert_eq!(limited, 2 * RPM);
-    assert_eq!(mock.log().count("ok?key=a"), RPM, "the upstream saw exactly RPM requests");
+    assert_eq!(
+        mock.log().count("ok?key=a"),
+        RPM,
+        "the upstream saw exactly RPM requests"
+    );
 
     // TPM: every admitted request reserved its upper bound first, so what the upstream
     // reported never exceeds the budget.
@@ -106,13 +114,17 @@ async fn exact_limits(gateways: &[SocketAddr], mock: &MockServer) {
     assert_eq!(ok, upstream);
     assert!(ok > 0 && limited > 0, "ok {ok}, limited {limited}");
     let tokens_used = upstream * 17; // the mock reports 11 + 6 tokens per answer
-    assert!(tokens_used <= TPM, "{tokens_used} tokens used with a budget of {TPM}");
+    assert!(
+        tokens_used <= TPM,
+        "{tokens_used} tokens used with a budget of {TPM}"
+    );
 }
 
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_sharing_redis_admit_exactly_the_limit() {
-    let url = std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url =
+        std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     if !common::redis_available(&url) {
         return;
     }
@@ -120,11 +132,16 @@ async fn three_replicas_sharing_redis_admit_exactly_the_limit() {
     let prefix = format!(
         "tollgate-replicas-{}-{}",
         std::process::id(),
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     );
     let cfg = config(
         &mock,
-        &format!("store = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\non_store_error = \"fail_closed\""),
+        &format!(
+            "store = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\non_store_error = \"fail_closed\""
+        ),
     );
     let procs: Vec<GatewayProcess> = (0..3).map(|_| GatewayProcess::start(&cfg)).collect();
     let addrs: Vec<SocketAddr> = procs.iter().map(|p| p.addr).collect();

@@ -325,7 +325,13 @@ impl GatewayProcess {
         use std::io::BufRead;
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let exe = std::env::current_exe().unwrap();
-        let bin = exe.parent().unwrap().parent().unwrap().join("examples").join("gateway");
+        let bin = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples")
+            .join("gateway");
         assert!(bin.exists(), "{} is not built", bin.display());
         let dir = std::env::temp_dir().join(format!(
             "tollgate-gw-{}-{}",
@@ -336,7 +342,12 @@ impl GatewayProcess {
         let config = dir.join("gateway.toml");
         std::fs::write(&config, config_toml).unwrap();
         let mut child = std::process::Command::new(&bin)
-            .args(["--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -344,7 +355,9 @@ impl GatewayProcess {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
         let addr = line
             .trim()
             .rsplit("http://")
@@ -352,7 +365,11 @@ impl GatewayProcess {
             .unwrap()
             .parse()
             .unwrap_or_else(|_| panic!("gateway did not start: {line:?}"));
-        GatewayProcess { child, addr, config }
+        GatewayProcess {
+            child,
+            addr,
+            config,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -372,7 +389,9 @@ impl Drop for GatewayProcess {
 pub fn redis_available(url: &str) -> bool {
     let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
     let ok = std::net::TcpStream::connect_timeout(
-        &hostport.parse().unwrap_or_else(|_| "127.0.0.1:6379".parse().unwrap()),
+        &hostport
+            .parse()
+            .unwrap_or_else(|_| "127.0.0.1:6379".parse().unwrap()),
         Duration::from_millis(300),
     )
     .is_ok();

@@ -189,6 +189,14 @@ def test_legacy_x_api_key_and_any_version_are_accepted(kind):
     assert sdk.messages.create(model=f"{kind}-ok", max_tokens=8, messages=MSGS).content[0].text == "Hello there!"
 
 
+def test_unknown_key_is_authentication_error():
+    bad = Anthropic(base_url=ROOT, api_key="sk-ant-wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as ei:
+        bad.messages.create(model="anthropic-ok", max_tokens=8, messages=MSGS)
+    assert ei.value.status_code == 401
+    assert ei.value.body["error"]["type"] == "authentication_error"
+
+
 def test_count_tokens_on_an_anthropic_target(c):
     r = c.messages.count_tokens(model="anthropic-ok", messages=MSGS)
     assert r.input_tokens == 11
