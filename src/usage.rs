@@ -105,7 +105,8 @@ impl Usage {
         }
     }
 
-    /// Read the top-level `usage` object of an Anthropic Messages response. `None` when absent.
+    /// Read the top-level `usage` object of an Anthropic Messages response. `None` when absent
+    /// or all zero (no report: a real answer always counts its input).
     pub fn from_anthropic_json(doc: &[u8]) -> Option<Usage> {
         #[derive(Deserialize)]
         struct Doc {
@@ -115,7 +116,7 @@ impl Usage {
         let d = serde_json::from_slice::<Doc>(doc).ok()?.usage?;
         let mut u = AnthropicUsage::default();
         u.apply(&d);
-        Some(Usage::from_anthropic(&u))
+        Some(Usage::from_anthropic(&u)).filter(|u| *u != Usage::default())
     }
 
     /// Read the usage of a whole (non-streaming) JSON answer of `api`: OpenAI's `usage` for the

@@ -362,7 +362,11 @@ impl Observer {
         if let Some(d) = delta {
             self.anthropic_usage.apply(&d);
             let usage = Usage::from_anthropic(&self.anthropic_usage);
-            self.update(|s| s.usage = Some(usage));
+            // All zeros is no report (a translated stream whose upstream sent no usage, or a
+            // `message_start` before it is known): the meter then estimates, never fakes.
+            if usage != Usage::default() {
+                self.update(|s| s.usage = Some(usage));
+            }
         }
         let first = !self.started;
         self.started = true;
@@ -416,7 +420,11 @@ impl Observer {
         }
         let err = GatewayError::new(
             ErrorKind::UpstreamProtocol,
-            "the upstream closed the stream before [DONE]",
+            if self.info.anthropic {
+                "the upstream closed the stream before message_stop"
+            } else {
+                "the upstream closed the stream before [DONE]"
+            },
         );
         self.fail(&err)
     }
