@@ -35,6 +35,8 @@ targets = [{{ provider = "oai", model = "gpt-up" }}]
 targets = [{{ provider = "anth", model = "claude-up-2" }}]
 [models.gpt-2]
 targets = [{{ provider = "oai", model = "gpt-up-2" }}]
+[models.gpt-then-claude]
+targets = [{{ provider = "oai", model = "gpt-count" }}, {{ provider = "anth", model = "claude-count" }}]
 # an Anthropic target first, an OpenAI-compatible one behind it
 [models.mixed]
 targets = [{{ provider = "anth", model = "claude-mixed" }}, {{ provider = "oai", model = "gpt-mixed" }}]
@@ -584,7 +586,8 @@ async fn count_tokens_passes_through_to_anthropic_and_costs_nothing() {
     assert_eq!(recs[0].outcome, Outcome::Success);
     assert_eq!(recs[0].usage, Usage::default(), "counting tokens is free");
 
-    // an OpenAI-compatible target cannot count: a clear 400, no upstream call
+    // an OpenAI-compatible target cannot count: Route skips it; with none left, a clear 400
+    // naming the need, no upstream call
     let res = send(
         gw.addr,
         "POST",
@@ -596,6 +599,30 @@ async fn count_tokens_passes_through_to_anthropic_and_costs_nothing() {
     let (status, _, body) = anthropic_error(res).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("count_tokens")
+    );
+
+    // a model with an OpenAI-compatible target first: counted by its Anthropic target
+    let client = messages(
+        &gw,
+        "/v1/messages/count_tokens",
+        r#"{"model":"gpt-then-claude","messages":[{"role":"user","content":"hi"}]}"#.to_owned(),
+        SDK_HEADERS,
+    );
+    let ex = anth.next().await;
+    assert_eq!(ex.json()["model"], "claude-count");
+    ex.respond(
+        200,
+        &[("content-type", "application/json")],
+        r#"{"input_tokens":5}"#,
+    );
+    let res = client.await.unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json().await["input_tokens"], 5);
 }
 
 #[tokio::test]
