@@ -121,6 +121,7 @@ pub mod fallback;
 pub mod health;
 pub mod meter;
 pub mod metrics;
+pub mod pricing;
 pub mod provider;
 pub mod ratelimit;
 pub mod request;

@@ -4,6 +4,10 @@
 //! queue to a writer thread: the request path never waits on the disk. When the queue is full
 //! the record is dropped and counted ([`RECORDS_DROPPED`](crate::metrics::RECORDS_DROPPED));
 //! [`JsonlSink::flush`] (called on graceful shutdown) waits until every queued record is written.
+//!
+//! With the `postgres` feature, `postgres::PostgresSink` writes records to PostgreSQL in
+//! batches, with the same bounded queue, drop counter and flush. Both files can be summed by
+//! the spend report ([`crate::pricing::report`]).
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -14,6 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::meter::RecordSink;
 use crate::usage::UsageRecord;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 enum Msg {
     Record(Box<UsageRecord>),

@@ -42,6 +42,9 @@ struct WireUsage {
     prompt_tokens_details: Option<WirePromptDetails>,
     #[serde(default)]
     completion_tokens_details: Option<WireCompletionDetails>,
+    /// DeepSeek reports cache hits here instead of `prompt_tokens_details.cached_tokens`.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,7 +71,7 @@ impl From<WireUsage> for Usage {
             total_tokens: w
                 .total_tokens
                 .unwrap_or(w.prompt_tokens + w.completion_tokens),
-            cached_tokens: p.cached_tokens.unwrap_or(0),
+            cached_tokens: p.cached_tokens.or(w.prompt_cache_hit_tokens).unwrap_or(0),
             cache_write_tokens: p.cache_write_tokens.unwrap_or(0),
             reasoning_tokens: c.reasoning_tokens.unwrap_or(0),
         }
@@ -484,6 +487,10 @@ mod tests {
             }
         );
         assert_eq!(Usage::from_openai_json(br#"{"usage":null}"#), None);
+        // DeepSeek's cache hits
+        let doc = br#"{"usage":{"prompt_tokens":10,"completion_tokens":1,"total_tokens":11,"prompt_cache_hit_tokens":8,"prompt_cache_miss_tokens":2}}"#;
+        assert_eq!(Usage::from_openai_json(doc).unwrap().cached_tokens, 8);
+        assert_eq!(Usage::from_openai_json(br#"{"choices":[]}"#), None);
     }
 
     #[test]
@@ -504,6 +511,5 @@ mod tests {
             Usage::from_json(crate::request::Api::CountTokens, br#"{"input_tokens":4}"#),
             Some(Usage::default())
         );
-        assert_eq!(Usage::from_openai_json(br#"{"choices":[]}"#), None);
     }
 }

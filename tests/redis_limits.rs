@@ -79,6 +79,24 @@ async fn zcard(key: &str) -> i64 {
         .unwrap()
 }
 
+/// Delete every key under `prefix` (budget keys would otherwise live to the month's end).
+async fn cleanup(prefix: &str) {
+    let client = redis::Client::open(URL).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}
+
 /// `n` concurrent reservations spread round-robin over `replicas` independent stores.
 async fn spread(
     replicas: &[RedisStore],
@@ -181,6 +199,7 @@ async fn exact_admission_across_replicas() {
     )
     .await;
     assert_eq!(admitted, 3);
+    cleanup(&p).await;
 }
 
 #[tokio::test]
@@ -242,6 +261,7 @@ async fn settle_refunds_and_releases_in_one_call() {
     s.settle_async(ticket, None).await.unwrap();
     assert_eq!(get(&tk).await, Some(645));
     assert_eq!(zcard(&ck).await, 0);
+    cleanup(&p).await;
 }
 
 fn chat_req() -> Request<Full<Bytes>> {
@@ -368,4 +388,56 @@ async fn recovers_when_redis_returns() {
         .await
         .unwrap();
     assert!(n.unwrap_or(0) >= 1);
+}
+
+#[tokio::test]
+async fn layer_settles_through_the_tap_on_redis() {
+    require_redis!();
+    let p = prefix("tap");
+    let s = store(&p);
+    let svc = ServiceBuilder::new()
+        .layer(ParseLayer::new())
+        .layer(
+            RateLimitLayer::with_store(Arc::new(s.clone())).global(
+                Limits::new()
+                    .tokens_per_minute(1_000_000)
+                    .concurrent_requests(5),
+            ),
+        )
+        .service(Upstream::default());
+    let tap = tollgate::usage::UsageTap::new();
+    let mut req = chat_req();
+    req.extensions_mut().insert(tap.clone());
+    let now = now_ms();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-ratelimit-limit-tokens"], "1000000");
+    let w = Windows::at(now);
+    let tk = s.key(&Scope::Global, LimitKind::Tokens, &w);
+    let ck = s.key(&Scope::Global, LimitKind::Concurrency, &w);
+    let reserved = get(&tk).await.unwrap();
+    assert!(reserved > 5);
+    assert_eq!(zcard(&ck).await, 1);
+    let usage = tollgate::usage::Usage {
+        prompt_tokens: 3,
+        completion_tokens: 2,
+        total_tokens: 5,
+        ..Default::default()
+    };
+    tap.finish(&common::record(
+        "m",
+        tollgate::usage::Outcome::Success,
+        Some(usage),
+    ));
+    // The settle runs on a spawned task: one round trip.
+    let mut settled = false;
+    for _ in 0..100 {
+        if get(&tk).await == Some(5) && zcard(&ck).await == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(settled, "tokens {:?}", get(&tk).await);
+    cleanup(&p).await;
 }

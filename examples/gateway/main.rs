@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(key) = &args.hash_key {
-        println!("{}", hash_key(key));
+        println!("{}", tollgate::auth::hash_key(key));
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()
@@ -82,6 +82,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -195,10 +196,4 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-fn hash_key(key: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(key.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }

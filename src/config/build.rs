@@ -38,7 +38,8 @@ pub fn auth_layer(cfg: &Config) -> Result<AuthLayer, ConfigError> {
     for (i, k) in cfg.auth.keys.iter().enumerate() {
         let field = format!("auth.keys[{i}]");
         let mut e = KeyEntry::from_hash(k.name.as_str(), k.sha256.trim())
-            .map_err(|e| ConfigError::field(file, &format!("{field}.sha256"), e.message()))?;
+            .map_err(|e| ConfigError::field(file, &format!("{field}.sha256"), e.message()))?
+            .key_id(k.name.as_str());
         if let Some(t) = &k.tenant {
             e = e.tenant(t.as_str());
         }

@@ -155,6 +155,24 @@ pub struct UsageConfig {
     pub jsonl: Option<String>,
     /// Report `cost` in the response usage object (as OpenRouter does).
     pub report_cost: Option<bool>,
+    /// Records a sink queues before it drops new ones (default 65 536).
+    pub queue: Option<usize>,
+    /// `[usage.postgres]`: also write records to PostgreSQL (needs the `postgres` feature).
+    pub postgres: Option<PostgresUsageConfig>,
+}
+
+/// `[usage.postgres]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresUsageConfig {
+    /// Connection string or URL; usually `${DATABASE_URL}`.
+    pub url: String,
+    /// Schema of the table (created if missing); default: the connection's (`public`).
+    pub schema: Option<String>,
+    /// Table name (default `tollgate_usage`).
+    pub table: Option<String>,
+    /// Records per batch (default 1 000).
+    pub batch_size: Option<usize>,
 }
 
 /// `[routing]`

@@ -22,6 +22,21 @@ use crate::target::{Attempt, AttemptInfo, ServedBy, Target, Timeouts};
 use crate::usage::UsageTap;
 
 use super::{ATTEMPTS_HEADER, TARGET_HEADER};
+use crate::health::CircuitState;
+use crate::metrics as m;
+
+/// Count an attempt (`result` = `ok` or the error kind) and publish the target's circuit state
+/// (0 closed, 1 half-open, 2 open).
+fn record_attempt(target: &Target, result: &'static str) {
+    metrics::counter!(m::ATTEMPTS, "target" => target.id.to_string(), "result" => result)
+        .increment(1);
+    let state = match target.health.circuit() {
+        CircuitState::Closed => 0.0,
+        CircuitState::HalfOpen => 1.0,
+        CircuitState::Open { .. } => 2.0,
+    };
+    metrics::gauge!(m::CIRCUIT_STATE, "target" => target.id.to_string()).set(state);
+}
 
 pin_project! {
     #[project = StateProj]
@@ -60,6 +75,7 @@ pin_project! {
         current: Option<Current>,
         upstream_wait: Duration,
         budget_exhausted: bool,
+        model: Arc<str>,
         #[pin]
         state: State<F>,
     }
@@ -76,6 +92,7 @@ impl<S, F> ResponseFuture<S, F> {
         budget: Arc<dyn Budget + Send + Sync>,
         tap: Option<UsageTap>,
         error: Option<GatewayError>,
+        model: Arc<str>,
     ) -> Self {
         let limit = if allow_fallback {
             targets.len()
@@ -99,6 +116,7 @@ impl<S, F> ResponseFuture<S, F> {
             current: None,
             upstream_wait: Duration::ZERO,
             budget_exhausted: false,
+            model,
             state: State::Next,
         }
     }
@@ -232,6 +250,7 @@ where
                     match res {
                         Ok(mut res) => {
                             target.health.on_success(now, elapsed);
+                            record_attempt(&target, "ok");
                             this.attempts.push(AttemptInfo {
                                 target: target.id.clone(),
                                 status: res.status().as_u16(),
@@ -267,6 +286,7 @@ where
                             if !(current.shortened && e.kind() == ErrorKind::UpstreamTimeout) {
                                 target.health.on_failure(&e, now);
                             }
+                            record_attempt(&target, e.kind().as_str());
                             tracing::debug!(target = %target.id, error = %e, "attempt failed");
                             this.attempts.push(AttemptInfo {
                                 target: target.id.clone(),
@@ -404,6 +424,15 @@ where
                         },
                     };
                     *this.calls += 1;
+                    if *this.calls > 1 {
+                        if let Some(prev) = this.attempts.last() {
+                            metrics::counter!(m::FALLBACKS,
+                                "model" => this.model.to_string(),
+                                "from" => prev.target.to_string(),
+                                "reason" => prev.error.unwrap_or("unknown"))
+                            .increment(1);
+                        }
+                    }
                     req.extensions_mut().insert(Attempt {
                         target: target.clone(),
                         number: *this.calls,

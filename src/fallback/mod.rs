@@ -130,8 +130,12 @@ where
         let tap = req.extensions().get::<UsageTap>().cloned();
         match req.extensions().get::<RouteDecision>() {
             Some(d) => {
-                let (targets, allow, timeouts) =
-                    (d.targets.clone(), d.allow_fallback, d.client_timeouts);
+                let (targets, allow, timeouts, model) = (
+                    d.targets.clone(),
+                    d.allow_fallback,
+                    d.client_timeouts,
+                    d.model.clone(),
+                );
                 ResponseFuture::new(
                     service,
                     req,
@@ -141,6 +145,7 @@ where
                     self.budget.clone(),
                     tap,
                     None,
+                    model,
                 )
             }
             None => ResponseFuture::new(
@@ -154,6 +159,7 @@ where
                 Some(GatewayError::internal(
                     "Fallback needs the RouteDecision extension (Route layer)",
                 )),
+                Arc::from(""),
             ),
         }
     }

@@ -6,16 +6,17 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::body::{Finalizer, MeterBody};
-use super::{Ctx, End};
+use super::{Ctx, CtxGuard, End};
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::target::ServedBy;
 
 pin_project! {
     /// Future of [`UsageMeter`](super::UsageMeter).
     pub struct MeterFuture<F> {
         #[pin]
         inner: F,
-        ctx: Option<Ctx>,
+        ctx: CtxGuard,
     }
 }
 
@@ -23,7 +24,7 @@ impl<F> MeterFuture<F> {
     pub(crate) fn new(inner: F, ctx: Ctx) -> Self {
         MeterFuture {
             inner,
-            ctx: Some(ctx),
+            ctx: CtxGuard::new(ctx),
         }
     }
 }
@@ -42,6 +43,14 @@ where
         };
         Poll::Ready(match res {
             Ok(res) => {
+                // Who served, from the response when no Fallback wrote it into the tap.
+                if let Some(served) = res.extensions().get::<ServedBy>() {
+                    ctx.tap.update(|t| {
+                        if t.served.is_none() {
+                            t.served = Some(served.clone());
+                        }
+                    });
+                }
                 let head = ctx.received_at.elapsed();
                 let status = res.status().as_u16();
                 let keep_json = !ctx.stream() && res.status().is_success();

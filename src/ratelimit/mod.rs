@@ -477,3 +477,102 @@ pub fn write_headers(h: &mut HeaderMap, status: &RateStatus) {
     put(&status.requests, [H_LIMIT_REQ, H_REM_REQ, H_RESET_REQ]);
     put(&status.tokens, [H_LIMIT_TOK, H_REM_TOK, H_RESET_TOK]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(outcome: Outcome, source: UsageSource) -> UsageRecord {
+        UsageRecord {
+            request_id: None,
+            key_id: None,
+            tenant: None,
+            model: "m".into(),
+            provider: None,
+            upstream_model: None,
+            variant: None,
+            attempts: 1,
+            stream: true,
+            outcome,
+            status: 200,
+            error_kind: None,
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: 4,
+                total_tokens: 14,
+                ..Usage::default()
+            },
+            usage_source: source,
+            cost_pico: None,
+            ttft_ms: None,
+            total_ms: 1.0,
+            overhead_us: None,
+            started_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn settlement_rules() {
+        let price = Some(Price {
+            input: 5,
+            output: 7,
+            cached_input: None,
+            cache_write: None,
+        });
+        let exact = Some(Settlement {
+            tokens: 14,
+            cost_pico: 10 * 5 + 4 * 7,
+        });
+        assert_eq!(
+            settlement_from_record(&rec(Outcome::Success, UsageSource::Upstream), price),
+            exact
+        );
+        assert_eq!(
+            settlement_from_record(
+                &rec(Outcome::ClientDisconnect, UsageSource::Upstream),
+                price
+            ),
+            exact
+        );
+        // No exact usage: keep the reservation (an estimate never settles).
+        for o in [
+            Outcome::ClientDisconnect,
+            Outcome::Timeout,
+            Outcome::StreamError,
+        ] {
+            for s in [UsageSource::None, UsageSource::Estimated] {
+                assert_eq!(settlement_from_record(&rec(o, s), price), None);
+            }
+        }
+        // Not billed upstream: refund in full.
+        for o in [Outcome::Refused, Outcome::UpstreamError] {
+            assert_eq!(
+                settlement_from_record(&rec(o, UsageSource::None), price),
+                Some(Settlement::default())
+            );
+        }
+    }
+
+    #[test]
+    fn refusal_errors() {
+        let r = Refusal {
+            scope: Scope::Key(Arc::from("k1")),
+            kind: LimitKind::BudgetMonth,
+            limit: 5_000_000_000_000,
+            used: 4_999_000_000_000,
+            needed: 2_000_000_000,
+            retry_after: Duration::from_secs(100),
+            can_fit: true,
+            status: RateStatus::default(),
+        };
+        let e = refusal_error(&r);
+        assert_eq!(e.kind(), ErrorKind::BudgetExceeded);
+        assert_eq!(e.status(), 429);
+        assert_eq!(
+            e.message(),
+            "The monthly budget of key 'k1' is exhausted: $4.999000 of $5.000000 spent; this request may cost up to $0.002000."
+        );
+        assert_eq!(e.headers()["x-should-retry"], "false");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(100)));
+    }
+}

@@ -1,38 +1,4 @@
 //! [`RedisStore`]: counters shared by every replica in one redis-server (feature `redis`).
-//!
-//! # Key schema
-//!
-//! Every key starts with the configured prefix in a hash tag, so all of them live in one
-//! cluster slot and one script may touch them all:
-//!
-//! | key | type | what |
-//! |---|---|---|
-//! | `{P}:r:<scope>:<minute>` | string (int) | requests in the UTC minute `<minute>` (minutes since the epoch) |
-//! | `{P}:t:<scope>:<minute>` | string (int) | tokens reserved/settled in that minute |
-//! | `{P}:d:<scope>:<day>` | string (int) | pico-USD spent on the UTC day (days since the epoch) |
-//! | `{P}:m:<scope>:<month>` | string (int) | pico-USD spent in the UTC month (`year * 12 + month - 1`) |
-//! | `{P}:c:<scope>` | sorted set | in-flight leases: member = lease id, score = lease expiry (Unix ms) |
-//!
-//! `<scope>` is `g` (global), `k:<key_id>` or `m:<model>`. Window keys expire one minute after
-//! their window ends. A concurrency lease expires after [`RedisConfig::lease`] even if its
-//! replica died before releasing it.
-//!
-//! # Round trips
-//!
-//! Check-and-reserve is **one** `EVALSHA` of a Lua script over every applicable counter: it
-//! reads them all, and increments them all only if every one fits — atomically, so N replicas
-//! admit exactly the limit. Settling is one `EVALSHA` too (`INCRBY` of the signed difference on
-//! the counters that still exist, `ZREM` of the lease); a settle with nothing to change costs
-//! nothing. Window ids come from the caller's clock: replicas need synchronised clocks (NTP)
-//! for their window boundaries to agree; counts inside a window are exact regardless. Budget
-//! comparisons run on Lua numbers (doubles): exact up to 2^53 pico-USD (about $9,007) per
-//! window, and within a few pico-USD beyond (the `INCRBY` itself is exact).
-//!
-//! # Failure
-//!
-//! The store connects lazily. When an operation fails it returns [`StoreError`] at once for
-//! [`RedisConfig::retry_interval`] (no request waits on a dead server), then tries again; the
-//! layer's [`FailurePolicy`](super::FailurePolicy) decides what a failure means.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -164,7 +130,41 @@ struct Inner {
     leases: AtomicU64,
 }
 
-/// Limits shared across replicas in one redis-server; see the [module docs](self).
+/// Limits shared by every replica through one redis-server (feature `redis`).
+///
+/// # Key schema
+///
+/// Every key starts with the configured prefix in a hash tag, so all of them live in one
+/// cluster slot and one script may touch them all:
+///
+/// | key | type | what |
+/// |---|---|---|
+/// | `{P}:r:<scope>:<minute>` | string (int) | requests in the UTC minute `<minute>` (minutes since the epoch) |
+/// | `{P}:t:<scope>:<minute>` | string (int) | tokens reserved/settled in that minute |
+/// | `{P}:d:<scope>:<day>` | string (int) | pico-USD spent on the UTC day (days since the epoch) |
+/// | `{P}:m:<scope>:<month>` | string (int) | pico-USD spent in the UTC month (`year * 12 + month - 1`) |
+/// | `{P}:c:<scope>` | sorted set | in-flight leases: member = lease id, score = lease expiry (Unix ms) |
+///
+/// `<scope>` is `g` (global), `k:<key_id>` or `m:<model>`. Window keys expire one minute after
+/// their window ends. A concurrency lease expires after [`RedisConfig::lease`] even if its
+/// replica died before releasing it.
+///
+/// # Round trips
+///
+/// Check-and-reserve is **one** `EVALSHA` of a Lua script over every applicable counter: it
+/// reads them all, and increments them all only if every one fits — atomically, so N replicas
+/// admit exactly the limit. Settling is one `EVALSHA` too (`INCRBY` of the signed difference on
+/// the counters that still exist, `ZREM` of the lease); a settle with nothing to change costs
+/// nothing. Window ids come from the caller's clock: replicas need synchronised clocks (NTP)
+/// for their window boundaries to agree; counts inside a window are exact regardless. Budget
+/// comparisons run on Lua numbers (doubles): exact up to 2^53 pico-USD (about $9,007) per
+/// window, and within a few pico-USD beyond (the `INCRBY` itself is exact).
+///
+/// # Failure
+///
+/// The store connects lazily. When an operation fails it returns [`StoreError`] at once for
+/// [`RedisConfig::retry_interval`] (no request waits on a dead server), then tries again; the
+/// layer's [`FailurePolicy`](super::FailurePolicy) decides what a failure means.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
