@@ -30,7 +30,11 @@ targets = [{ provider = "mock", model = "status?code=503" }]
         "metrics.toml",
     )
     .unwrap();
-    let app = Arc::new(common::app::App::build(&cfg, Some(prometheus)).unwrap());
+    let app = Arc::new(
+        common::app::App::build(&cfg, Some(prometheus))
+            .await
+            .unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(common::app::serve(app, listener, std::future::pending()));

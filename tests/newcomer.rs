@@ -90,4 +90,21 @@ async fn the_embedded_default_streams_a_mock_answer_with_no_key() {
     assert_eq!(rec["model"], "mock");
     assert_eq!(rec["outcome"], "success");
     assert_eq!(rec["usage_source"], "upstream");
+
+    // the operator's question: what did we spend, by key, model and day?
+    let out = Command::new(&bin)
+        .args(["--spend-report", "model=mock"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = report.to_string();
+    // 11 input tokens at $1/M + 6 output tokens at $2/M = $0.000023
+    assert!(text.contains("0.000023"), "{report:#}");
+    assert!(text.contains("\"mock\""), "{report:#}");
 }

@@ -22,7 +22,8 @@ use tollgate::body::Body;
 use tollgate::config::{Config, ConfigError, HealthRegistry, ModelInfo};
 use tollgate::error::{ErrorKind, ErrorResponseLayer, GatewayError};
 use tollgate::fallback::FallbackLayer;
-use tollgate::meter::{RecordSink, UsageMeterLayer};
+use tollgate::meter::{CostReportLayer, RecordSink, UsageMeterLayer};
+use tollgate::pricing::PriceHandle;
 use tollgate::provider::Dispatch;
 use tollgate::request::{DEFAULT_MAX_BODY_BYTES, ParseLayer};
 use tollgate::route::{RouteHandle, RouteLayer};
@@ -41,6 +42,9 @@ type HttpService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infall
 /// The assembled gateway: the LLM stack plus the small operational endpoints.
 pub struct App {
     routes: RouteHandle,
+    prices: PriceHandle,
+    #[cfg(feature = "postgres")]
+    postgres: Option<Arc<tollgate::sink::postgres::PostgresSink>>,
     models: Arc<ArcSwap<Vec<ModelInfo>>>,
     health: Mutex<HealthRegistry>,
     jsonl: Option<Arc<JsonlSink>>,
@@ -49,12 +53,15 @@ pub struct App {
 
 impl App {
     /// Build from config, with the Prometheus handle that `/metrics` renders.
-    pub fn build(cfg: &Config, prometheus: Option<PrometheusHandle>) -> Result<App, ConfigError> {
-        Self::build_with(cfg, prometheus, None)
+    pub async fn build(
+        cfg: &Config,
+        prometheus: Option<PrometheusHandle>,
+    ) -> Result<App, ConfigError> {
+        Self::build_with(cfg, prometheus, None).await
     }
 
     /// Build, with an extra usage-record sink (tests use it to see every record).
-    pub fn build_with(
+    pub async fn build_with(
         cfg: &Config,
         prometheus: Option<PrometheusHandle>,
         extra_sink: Option<Arc<dyn RecordSink>>,
@@ -65,10 +72,11 @@ impl App {
             tracing::info!(provider = %p, "provider switched off: its API-key variable is not set");
         }
         let routes = RouteHandle::new(rt.routes);
+        let prices = PriceHandle::new(rt.prices);
         let models = Arc::new(ArcSwap::from_pointee(rt.models));
 
         // Usage records: the JSON-lines file (default) and any extra sink.
-        let mut meter = UsageMeterLayer::new();
+        let mut meter = UsageMeterLayer::new().prices(prices.clone());
         let jsonl = match cfg.usage.jsonl.as_deref() {
             None | Some("") => None,
             Some(path) => {
@@ -88,6 +96,36 @@ impl App {
         if let Some(s) = extra_sink {
             meter = meter.sink(s);
         }
+        #[cfg(feature = "postgres")]
+        let postgres = match tollgate::sink::postgres::PostgresSinkConfig::from_config(
+            &cfg.usage,
+            &cfg.source,
+        )? {
+            Some(c) => {
+                let pg = Arc::new(
+                    tollgate::sink::postgres::PostgresSink::connect(c)
+                        .await
+                        .map_err(|e| ConfigError::field(&cfg.source, "usage.postgres", e))?,
+                );
+                meter = meter.sink(pg.clone());
+                Some(pg)
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "postgres"))]
+        if cfg.usage.postgres.is_some() {
+            return Err(ConfigError::field(
+                &cfg.source,
+                "usage.postgres",
+                "this build has no PostgreSQL support (cargo feature `postgres`)",
+            ));
+        }
+        // `cost` (USD) in the usage object the client receives, as OpenRouter does.
+        let cost = cfg
+            .usage
+            .report_cost
+            .unwrap_or(false)
+            .then(|| CostReportLayer::new().prices(prices.clone()));
 
         // Virtual keys and limits.
         let auth = tollgate::config::auth_layer(cfg)?;
@@ -118,6 +156,8 @@ impl App {
             )
             // one usage record per request, every outcome
             .layer(meter)
+            // optional: the cost in the client's usage object
+            .option_layer(cost)
             // virtual key -> identity; 401 / 403 (or switched off explicitly)
             .layer(auth)
             // RPM / TPM / concurrency / budgets: reserve now, settle when the body ends
@@ -134,6 +174,9 @@ impl App {
 
         Ok(App {
             routes,
+            prices,
+            #[cfg(feature = "postgres")]
+            postgres,
             models: models.clone(),
             health: Mutex::new(health),
             jsonl,
@@ -162,15 +205,20 @@ impl App {
         let mut next = health.clone();
         let rt = cfg.build_runtime(&mut next)?;
         self.routes.store(rt.routes);
+        self.prices.store(rt.prices);
         self.models.store(Arc::new(rt.models));
         *health = next;
         Ok(())
     }
 
     /// Write every queued usage record (graceful shutdown).
-    pub fn flush(&self) {
-        if let Some(s) = &self.jsonl {
-            s.flush();
+    pub async fn flush(&self) {
+        if let Some(s) = self.jsonl.clone() {
+            let _ = tokio::task::spawn_blocking(move || s.flush()).await;
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.postgres {
+            pg.flush().await;
         }
     }
 }
@@ -312,5 +360,5 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             tracing::warn!("in-flight requests still running after 30 s; closing");
         }
     }
-    app.flush();
+    app.flush().await;
 }

@@ -24,6 +24,7 @@ struct Args {
     listen: Option<String>,
     print_config: bool,
     hash_key: Option<String>,
+    spend_report: Option<String>,
 }
 
 const USAGE: &str =
@@ -35,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
         listen: None,
         print_config: false,
         hash_key: None,
+        spend_report: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -53,6 +55,13 @@ fn parse_args() -> Result<Args, String> {
             "--listen" | "-l" => args.listen = Some(value("--listen")?),
             "--print-config" => args.print_config = true,
             "--hash-key" => args.hash_key = Some(value("--hash-key")?),
+            "--spend-report" => {
+                // the query is optional: take the next word unless it is another flag
+                args.spend_report = Some(inline.clone().unwrap_or_default());
+            }
+            q if args.spend_report.as_deref() == Some("") && !q.starts_with("--") => {
+                args.spend_report = Some(q.to_owned());
+            }
             "--help" | "-h" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -75,6 +84,9 @@ fn main() -> ExitCode {
     if let Some(key) = &args.hash_key {
         println!("{}", tollgate::auth::hash_key(key));
         return ExitCode::SUCCESS;
+    }
+    if let Some(query) = &args.spend_report {
+        return spend_report(args.config.as_ref(), query);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -135,7 +147,11 @@ async fn run(args: Args) -> Result<(), String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| format!("--listen {listen}: {e}"))?;
-    let app = Arc::new(app::App::build(&cfg, Some(prometheus)).map_err(|e| e.to_string())?);
+    let app = Arc::new(
+        app::App::build(&cfg, Some(prometheus))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
 
     let listener = TcpListener::bind(addr)
         .await
@@ -174,6 +190,46 @@ async fn run(args: Args) -> Result<(), String> {
     })
     .await;
     Ok(())
+}
+
+/// Sum spend and tokens by key, model and day from the usage records (the PostgreSQL table when
+/// `[usage.postgres]` is configured and built in, else the JSON-lines file), as JSON on stdout.
+fn spend_report(config: Option<&PathBuf>, query: &str) -> ExitCode {
+    let run = || -> Result<serde_json::Value, String> {
+        let cfg = load(config)?;
+        let q = tollgate::pricing::SpendQuery::from_query_string(query)?;
+        #[cfg(feature = "postgres")]
+        if let Some(pg) =
+            tollgate::sink::postgres::PostgresSinkConfig::from_config(&cfg.usage, &cfg.source)
+                .map_err(|e| e.to_string())?
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let report = rt
+                .block_on(tollgate::sink::postgres::spend_report_url(&pg, &q))
+                .map_err(|e| e.to_string())?;
+            return serde_json::to_value(report).map_err(|e| e.to_string());
+        }
+        let path = cfg
+            .usage
+            .jsonl
+            .clone()
+            .filter(|p| !p.is_empty())
+            .ok_or("no usage records configured ([usage] jsonl)")?;
+        tollgate::pricing::spend_report_jsonl_json(&path, &q).map_err(|e| format!("{path}: {e}"))
+    };
+    match run() {
+        Ok(v) => {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

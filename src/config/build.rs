@@ -164,6 +164,8 @@ pub struct Runtime {
     pub models: Vec<ModelInfo>,
     /// Providers switched off because their key variable is unset.
     pub disabled_providers: Vec<String>,
+    /// The price table: shipped prices, overridden by `[prices]` and targets' own `price`.
+    pub prices: crate::pricing::PriceTable,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -277,6 +279,8 @@ impl Config {
             providers.insert(name.clone(), provider);
         }
 
+        let prices = crate::pricing::PriceTable::from_config(self)?;
+        let today = crate::pricing::PriceDate::today();
         let defaults = timeouts(&self.routing.timeouts);
         let mut builder = RouteTable::builder();
         let mut models = Vec::new();
@@ -321,8 +325,13 @@ impl Config {
                         json_mode: t.json_mode.unwrap_or(true),
                     });
                 let key = format!("{}/{}", t.provider, t.model);
-                if let Some(p) = t.price.or_else(|| self.prices.get(&key).copied()) {
-                    target = target.with_price(p.to_price());
+                let price = t
+                    .price
+                    .or_else(|| self.prices.get(&key).copied())
+                    .map(|p| p.to_price())
+                    .or_else(|| prices.lookup(&t.provider, &t.model, today));
+                if let Some(p) = price {
+                    target = target.with_price(p);
                 }
                 let h = health
                     .entry(target.id.clone())
@@ -472,6 +481,7 @@ impl Config {
             routes,
             models,
             disabled_providers: disabled,
+            prices,
         })
     }
 }

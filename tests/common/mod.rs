@@ -172,6 +172,7 @@ impl Gateway {
                     r.lock().unwrap().push(rec.clone())
                 })),
             )
+            .await
             .expect("app"),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
