@@ -26,9 +26,11 @@ pub const ATTEMPTS: &str = "tollgate_upstream_attempts_total";
 /// Gauge of circuit state per target (0 closed, 1 half-open, 2 open); label `target`.
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 /// Counter of requests refused by a limit; labels `limit`, `scope`.
-pub const LIMIT_REFUSALS: &str = "tollgate_limit_refusals_total";
-/// Counter of limit-store failures (e.g. Redis unreachable); labels `store`, `policy`.
-pub const LIMIT_STORE_ERRORS: &str = "tollgate_limit_store_errors_total";
+pub const LIMIT_REFUSALS: &str = "tollgate_ratelimit_refused_total";
+/// Counter of limit-store failures (e.g. Redis unreachable); labels `op`, `policy`.
+pub const LIMIT_STORE_ERRORS: &str = "tollgate_ratelimit_store_errors_total";
+/// Counter of requests refused by Auth; label `reason`.
+pub const AUTH_REFUSALS: &str = "tollgate_auth_refused_total";
 /// Counter of usage records dropped by a sink (queue full, write error); label `sink`.
 pub const RECORDS_DROPPED: &str = "tollgate_usage_records_dropped_total";
 

@@ -58,7 +58,7 @@ use crate::usage::UsageTap;
 
 /// Counter: requests refused by Auth, labelled `reason` (`missing_key`, `unknown_key`,
 /// `model_not_allowed`).
-pub const AUTH_REFUSED_TOTAL: &str = "tollgate_auth_refused_total";
+pub const AUTH_REFUSED_TOTAL: &str = crate::metrics::AUTH_REFUSALS;
 
 /// Authenticates requests; see the [module docs](self).
 #[derive(Clone)]

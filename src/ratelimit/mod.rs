@@ -87,9 +87,9 @@ use crate::usage::{Outcome, Price, Usage, UsageRecord, UsageSource, UsageTap};
 
 /// Counter: requests refused by a limit, labelled `scope` (`key`, `model`, `global`) and
 /// `limit` ([`LimitKind::as_str`]).
-pub const REFUSED_TOTAL: &str = "tollgate_ratelimit_refused_total";
+pub const REFUSED_TOTAL: &str = crate::metrics::LIMIT_REFUSALS;
 /// Counter: store operations that failed, labelled `op` (`reserve`, `settle`) and `policy`.
-pub const STORE_ERRORS_TOTAL: &str = "tollgate_ratelimit_store_errors_total";
+pub const STORE_ERRORS_TOTAL: &str = crate::metrics::LIMIT_STORE_ERRORS;
 
 /// Applies the limits; see the [module docs](self).
 #[derive(Clone)]
