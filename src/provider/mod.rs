@@ -2,7 +2,7 @@
 //!
 //! A [`Provider`] turns one attempt into one upstream call. Its contract:
 //! - `Ok(response)` only for a 2xx upstream answer; the body is in **OpenAI's** wire format for
-//!   the request's [`Api`](crate::request::Api) (JSON, or SSE `chat.completion.chunk`s ending in
+//!   the request's [`Api`] (JSON, or SSE `chat.completion.chunk`s ending in
 //!   `data: [DONE]`) — translating adapters translate, pass-through adapters pass through.
 //! - `Err(GatewayError)` for everything else, classified with [`upstream_error`]: the status class
 //!   kept, `Retry-After` (`retry-after-ms`, `retry-after` seconds or HTTP date) parsed, the provider
@@ -10,7 +10,7 @@
 //! - Connect failures are [`ErrorKind::UpstreamConnect`](crate::error::ErrorKind).
 //!
 //! ## The Anthropic-style ingress
-//! A `/v1/messages` request ([`Api::Messages`](crate::request::Api), body and answer in
+//! A `/v1/messages` request ([`Api::Messages`], body and answer in
 //! Anthropic's format) goes to an adapter that [speaks it](Provider::speaks_anthropic) as is
 //! (the Anthropic adapter passes it through, only the model replaced). For any other adapter,
 //! [`Dispatch`] translates it per attempt: the request to an OpenAI chat request
