@@ -283,7 +283,7 @@ impl Config {
 
         let prices = crate::pricing::PriceTable::from_config(self)?;
         let today = crate::pricing::PriceDate::today();
-        let defaults = timeouts(&self.routing.timeouts);
+        let defaults = timeouts(&self.routing.timeouts).or(Timeouts::RECOMMENDED);
         let mut builder = RouteTable::builder();
         let mut models = Vec::new();
         let mut targets_of: HashMap<&str, Vec<Arc<Target>>> = HashMap::new();

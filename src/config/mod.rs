@@ -443,6 +443,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let start = readme.find("## Configuration").unwrap();
+        let block = &readme[start..];
+        let a = block.find("```toml\n").unwrap() + "```toml\n".len();
+        let b = a + block[a..].find("```").unwrap();
+        let cfg = Config::parse(&block[a..b], "README.md").unwrap();
+        assert_eq!(cfg.auth.keys[0].limits.rpm, Some(600));
+        assert_eq!(cfg.models["canary"].targets[1].weight, Some(10));
+        assert_eq!(cfg.routing.rules[0].route_to, "gpt-4o");
+    }
+
+    #[test]
     fn env_interpolation() {
         let env = |k: &str| (k == "SET").then(|| "v".to_owned());
         assert_eq!(interpolate_with("a${SET}b", "f", "x", env).unwrap(), "avb");
