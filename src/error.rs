@@ -5,6 +5,12 @@
 //! came from: `origin` (`"gateway"` or `"upstream"`), and, when known, `provider` and
 //! `upstream_status`. Status classes are kept: an upstream 429 is answered 429, a 5xx stays a 5xx,
 //! a 4xx a 4xx. Every 429 and 503 carries `Retry-After`.
+//!
+//! Requests to the Anthropic-style ingress (`/v1/messages`, `/v1/messages/count_tokens`) get
+//! Anthropic-shaped errors instead (`{"type":"error","error":{"type","message"}}`, an overloaded
+//! upstream as 529 `overloaded_error`), with the same headers; see
+//! [`error_to_anthropic`](crate::translate::ingress::error_to_anthropic); every answer on that
+//! face also carries the gateway's `x-request-id` as `request-id`, where Anthropic's SDKs read it.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -15,10 +21,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use serde::Serialize;
 use tower::{Layer, Service};
+
+use bytes::Bytes;
 
 use crate::body::Body;
 
@@ -347,12 +355,27 @@ impl GatewayError {
     /// Turn the error into the HTTP response the client sees.
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
+        let status = self.inner.status;
+        self.into_response_with(status, Bytes::from(body))
+    }
+
+    /// Turn the error into the Anthropic-shaped response a `/v1/messages` client sees (see
+    /// [`error_to_anthropic`](crate::translate::ingress::error_to_anthropic)); headers as in
+    /// [`into_response`](Self::into_response).
+    pub fn into_anthropic_response(self) -> Response<Body> {
+        let (status, body) = crate::translate::ingress::error_to_anthropic(&self);
+        self.into_response_with(status, body)
+    }
+
+    /// A response with this error's headers (`Retry-After`, `Allow`, …) but the given status and
+    /// JSON body: for an API face with its own error shape.
+    pub fn into_response_with(self, status: StatusCode, body: Bytes) -> Response<Body> {
         let i = *self.inner;
         let mut res = Response::new(Body::full(body));
-        *res.status_mut() = i.status;
+        *res.status_mut() = status;
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let needs_retry_after = matches!(i.status.as_u16(), 429 | 503);
+        let needs_retry_after = matches!(status.as_u16(), 429 | 503 | 529);
         match i.retry_after {
             Some(wait) => {
                 headers.insert(RETRY_AFTER, retry_after_value(wait));
@@ -453,9 +476,9 @@ impl<S> ErrorResponse<S> {
     }
 }
 
-impl<S, R> Service<R> for ErrorResponse<S>
+impl<S, B> Service<Request<B>> for ErrorResponse<S>
 where
-    S: Service<R, Response = Response<Body>, Error = GatewayError>,
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -474,9 +497,17 @@ where
         }
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // One prefix test; the OpenAI paths never match it.
+        let anthropic = if req.uri().path().starts_with("/v1/messages") {
+            // Anthropic's SDKs read the request id from `request-id`.
+            Some(req.headers().get("x-request-id").cloned())
+        } else {
+            None
+        };
         ErrorResponseFuture {
             inner: self.inner.call(req),
+            anthropic,
         }
     }
 }
@@ -486,6 +517,8 @@ pin_project! {
     pub struct ErrorResponseFuture<F> {
         #[pin]
         inner: F,
+        // The Anthropic face (`/v1/messages`), with the request's `x-request-id`.
+        anthropic: Option<Option<HeaderValue>>,
     }
 }
 
@@ -496,11 +529,23 @@ where
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let res = ready!(self.project().inner.poll(cx));
-        Poll::Ready(Ok(match res {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let Some(request_id) = this.anthropic.take() else {
+            return Poll::Ready(Ok(match res {
+                Ok(res) => res,
+                Err(e) => e.into_response(),
+            }));
+        };
+        let mut res = match res {
             Ok(res) => res,
-            Err(e) => e.into_response(),
-        }))
+            Err(e) => e.into_anthropic_response(),
+        };
+        if let Some(id) = request_id {
+            res.headers_mut()
+                .insert(HeaderName::from_static("request-id"), id);
+        }
+        Poll::Ready(Ok(res))
     }
 }
 

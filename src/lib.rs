@@ -47,6 +47,11 @@
 //! | [`Attempt`](target::Attempt) | Fallback | Timeout, Dispatch |
 //! | [`ServedBy`](target::ServedBy) (response) | Fallback | UsageMeter, headers |
 //!
+//! The same stack serves the Anthropic-style ingress (`/v1/messages`): Parse reads the
+//! Anthropic body ([`Api::Messages`](request::Api)), and Dispatch decides per attempt — an
+//! Anthropic target gets the request passed through untouched, any other target gets it
+//! translated to OpenAI's format and its answer translated back (streams event by event).
+//!
 //! Inner layers return [`GatewayError`](error::GatewayError); exactly one edge layer,
 //! [`ErrorResponse`](error::ErrorResponse), turns it into an OpenAI-shaped response that keeps the
 //! upstream's status class (an upstream 429 stays 429, with `Retry-After`).

@@ -36,6 +36,11 @@ pub enum Api {
     Completions,
     /// `POST /v1/embeddings`
     Embeddings,
+    /// `POST /v1/messages` (the Anthropic-style ingress): the body and the answer are in
+    /// Anthropic's Messages format.
+    Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic-style; served by Anthropic targets only).
+    CountTokens,
 }
 
 impl Api {
@@ -45,17 +50,27 @@ impl Api {
             "/v1/chat/completions" | "/chat/completions" => Some(Api::ChatCompletions),
             "/v1/completions" | "/completions" => Some(Api::Completions),
             "/v1/embeddings" | "/embeddings" => Some(Api::Embeddings),
+            "/v1/messages" => Some(Api::Messages),
+            "/v1/messages/count_tokens" => Some(Api::CountTokens),
             _ => None,
         }
     }
 
-    /// The upstream path of this API, relative to an OpenAI-style base URL ending in `/v1`.
+    /// The upstream path of this API, relative to a base URL ending in `/v1`.
     pub fn openai_path(self) -> &'static str {
         match self {
             Api::ChatCompletions => "/chat/completions",
             Api::Completions => "/completions",
             Api::Embeddings => "/embeddings",
+            Api::Messages => "/messages",
+            Api::CountTokens => "/messages/count_tokens",
         }
+    }
+
+    /// Whether the request and its answer are in Anthropic's wire format (the `/v1/messages`
+    /// ingress): errors are Anthropic-shaped, streams are Anthropic event streams.
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Api::Messages | Api::CountTokens)
     }
 
     /// Metrics label.
@@ -64,12 +79,14 @@ impl Api {
             Api::ChatCompletions => "chat",
             Api::Completions => "text_completion",
             Api::Embeddings => "embeddings",
+            Api::Messages => "messages",
+            Api::CountTokens => "count_tokens",
         }
     }
 
     /// Whether responses of this API may stream.
     pub fn can_stream(self) -> bool {
-        !matches!(self, Api::Embeddings)
+        !matches!(self, Api::Embeddings | Api::CountTokens)
     }
 }
 
@@ -149,6 +166,38 @@ impl ParsedRequest {
         out.push(b'}');
         Ok(Bytes::from(out))
     }
+}
+
+/// `body` (a JSON object) with its top-level `model` replaced by `model`; every other field is
+/// copied byte-for-byte, in order. Used to pass a request through to a provider that speaks
+/// its format.
+pub fn with_model(body: &[u8], model: &str) -> Result<Bytes, GatewayError> {
+    let fields = TopLevel::parse(body)?;
+    let mut out = Vec::with_capacity(body.len() + model.len());
+    out.push(b'{');
+    let mut wrote_model = false;
+    for (i, (key, value)) in fields.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(json_string(key).as_bytes());
+        out.push(b':');
+        if key == "model" {
+            wrote_model = true;
+            out.extend_from_slice(json_string(model).as_bytes());
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if !wrote_model {
+        if !fields.0.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"model\":");
+        out.extend_from_slice(json_string(model).as_bytes());
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
 }
 
 fn json_string(s: &str) -> String {
@@ -331,7 +380,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
     };
 
     match api {
-        Api::ChatCompletions => match fields.get("messages") {
+        Api::ChatCompletions | Api::Messages | Api::CountTokens => match fields.get("messages") {
             None => {
                 return Err(GatewayError::bad_request(
                     "'messages' is a required property",
@@ -352,22 +401,28 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             }
             Some(_) => {}
         },
-        Api::Embeddings => {
-            if fields.get("input").is_none_or(is_null) {
-                return Err(GatewayError::bad_request(
-                    "'input' is a required property",
-                    Some("input"),
-                ));
-            }
+        Api::Embeddings | Api::Completions => {}
+    }
+    match api {
+        Api::Messages if max_tokens.is_none() => {
+            return Err(GatewayError::bad_request(
+                "'max_tokens' is a required property",
+                Some("max_tokens"),
+            ));
         }
-        Api::Completions => {
-            if fields.get("prompt").is_none_or(is_null) {
-                return Err(GatewayError::bad_request(
-                    "'prompt' is a required property",
-                    Some("prompt"),
-                ));
-            }
+        Api::Embeddings if fields.get("input").is_none_or(is_null) => {
+            return Err(GatewayError::bad_request(
+                "'input' is a required property",
+                Some("input"),
+            ));
         }
+        Api::Completions if fields.get("prompt").is_none_or(is_null) => {
+            return Err(GatewayError::bad_request(
+                "'prompt' is a required property",
+                Some("prompt"),
+            ));
+        }
+        _ => {}
     }
 
     let non_empty_array = |k: &str| {
@@ -376,10 +431,20 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             .is_some_and(|v| starts_with(v, b'[') && !v.get()[1..].trim_start().starts_with(']'))
     };
     let has_tools = non_empty_array("tools") || non_empty_array("functions");
+    let image_key: &[u8] = if api.is_anthropic() {
+        b"\"image\""
+    } else {
+        b"\"image_url\""
+    };
     let has_images = fields
         .get("messages")
-        .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), b"\"image_url\"").is_some());
-    let json_mode = fields.get("response_format").is_some_and(|v| {
+        .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), image_key).is_some());
+    let format_key = if api.is_anthropic() {
+        "output_config"
+    } else {
+        "response_format"
+    };
+    let json_mode = fields.get(format_key).is_some_and(|v| {
         let s = v.get().as_bytes();
         memchr::memmem::find(s, b"json_object").is_some()
             || memchr::memmem::find(s, b"json_schema").is_some()
@@ -719,6 +784,45 @@ mod tests {
             let j = e.to_json();
             assert_eq!(j["error"]["param"].as_str(), param, "{body}");
         }
+    }
+
+    #[test]
+    fn anthropic_messages_are_parsed_and_need_max_tokens() {
+        let p = parse_body(
+            Api::Messages,
+            Bytes::from_static(br#"{"model":"c","max_tokens":9,"stream":true,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}],"tools":[{"name":"t"}]}"#),
+        )
+        .unwrap();
+        assert_eq!(&*p.model, "c");
+        assert!(p.stream && p.has_tools && p.has_images && !p.wants_usage);
+        assert_eq!(p.max_tokens, Some(9));
+        let e = parse_body(
+            Api::Messages,
+            Bytes::from_static(br#"{"model":"c","messages":[{"role":"user","content":"x"}]}"#),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_json()["error"]["param"], "max_tokens");
+        // count_tokens takes no max_tokens and never streams
+        assert!(
+            parse_body(
+                Api::CountTokens,
+                Bytes::from_static(br#"{"model":"c","messages":[{"role":"user","content":"x"}]}"#),
+            )
+            .is_ok()
+        );
+        assert_eq!(Api::from_path("/v1/messages"), Some(Api::Messages));
+        assert_eq!(
+            Api::from_path("/v1/messages/count_tokens"),
+            Some(Api::CountTokens)
+        );
+    }
+
+    #[test]
+    fn with_model_replaces_only_the_model() {
+        let out = with_model(br#"{"a":[1, 2],"model":"x","b":"h\\u00e9"}"#, "y").unwrap();
+        assert_eq!(&out[..], br#"{"a":[1, 2],"model":"y","b":"h\\u00e9"}"#);
+        let out = with_model(br#"{"a":1}"#, "y").unwrap();
+        assert_eq!(&out[..], br#"{"a":1,"model":"y"}"#);
     }
 
     #[test]

@@ -94,6 +94,47 @@ impl Usage {
             .map(Usage::from)
     }
 
+    /// Usage from Anthropic's counts: `input_tokens` excludes cache reads and writes, so the
+    /// OpenAI-semantics `prompt_tokens` is their sum; thinking tokens are part of `output_tokens`.
+    pub fn from_anthropic(u: &AnthropicUsage) -> Usage {
+        let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: u.output_tokens,
+            total_tokens: prompt + u.output_tokens,
+            cached_tokens: u.cache_read_input_tokens,
+            cache_write_tokens: u.cache_creation_input_tokens,
+            reasoning_tokens: u.thinking_tokens,
+        }
+    }
+
+    /// Read the top-level `usage` object of an Anthropic Messages response. `None` when absent
+    /// or all zero (no report: a real answer always counts its input).
+    pub fn from_anthropic_json(doc: &[u8]) -> Option<Usage> {
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            usage: Option<AnthropicUsageDelta>,
+        }
+        let d = serde_json::from_slice::<Doc>(doc).ok()?.usage?;
+        let mut u = AnthropicUsage::default();
+        u.apply(&d);
+        Some(Usage::from_anthropic(&u)).filter(|u| *u != Usage::default())
+    }
+
+    /// Read the usage of a whole (non-streaming) JSON answer of `api`: OpenAI's `usage` for the
+    /// OpenAI APIs, Anthropic's for `/v1/messages`; a token count costs no tokens (zero).
+    pub fn from_json(api: crate::request::Api, doc: &[u8]) -> Option<Usage> {
+        use crate::request::Api;
+        match api {
+            Api::Messages => Usage::from_anthropic_json(doc),
+            Api::CountTokens => Some(Usage::default()),
+            Api::ChatCompletions | Api::Completions | Api::Embeddings => {
+                Usage::from_openai_json(doc)
+            }
+        }
+    }
+
     /// Sum of two usages (for aggregation).
     pub fn add(&self, other: &Usage) -> Usage {
         Usage {
@@ -104,6 +145,73 @@ impl Usage {
             cache_write_tokens: self.cache_write_tokens + other.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens + other.reasoning_tokens,
         }
+    }
+}
+
+/// Anthropic's usage counts, as the Messages API reports them (`input_tokens` excludes cache
+/// reads and writes). In a stream, `message_start` carries the first counts and each
+/// `message_delta` the cumulative ones: [`apply`](Self::apply) each in turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnthropicUsage {
+    /// `input_tokens` (uncached input).
+    pub input_tokens: u64,
+    /// `output_tokens` (thinking included).
+    pub output_tokens: u64,
+    /// `cache_read_input_tokens`.
+    pub cache_read_input_tokens: u64,
+    /// `cache_creation_input_tokens`.
+    pub cache_creation_input_tokens: u64,
+    /// `output_tokens_details.thinking_tokens`.
+    pub thinking_tokens: u64,
+}
+
+/// An Anthropic `usage` object with every field optional (a `message_delta` may carry only
+/// `output_tokens`).
+#[derive(Debug, Default, Deserialize)]
+pub struct AnthropicUsageDelta {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens_details: Option<AnthropicOutputDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AnthropicOutputDetails {
+    #[serde(default)]
+    thinking_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Overwrite the counts `delta` carries (they are cumulative, never added).
+    pub fn apply(&mut self, delta: &AnthropicUsageDelta) {
+        let set = |dst: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut self.input_tokens, delta.input_tokens);
+        set(&mut self.output_tokens, delta.output_tokens);
+        set(
+            &mut self.cache_read_input_tokens,
+            delta.cache_read_input_tokens,
+        );
+        set(
+            &mut self.cache_creation_input_tokens,
+            delta.cache_creation_input_tokens,
+        );
+        set(
+            &mut self.thinking_tokens,
+            delta
+                .output_tokens_details
+                .as_ref()
+                .and_then(|d| d.thinking_tokens),
+        );
     }
 }
 
@@ -383,5 +491,25 @@ mod tests {
         let doc = br#"{"usage":{"prompt_tokens":10,"completion_tokens":1,"total_tokens":11,"prompt_cache_hit_tokens":8,"prompt_cache_miss_tokens":2}}"#;
         assert_eq!(Usage::from_openai_json(doc).unwrap().cached_tokens, 8);
         assert_eq!(Usage::from_openai_json(br#"{"choices":[]}"#), None);
+    }
+
+    #[test]
+    fn reads_anthropic_usage_with_cache_in_the_prompt() {
+        let doc = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":3,"cache_read_input_tokens":5,"output_tokens":7,"output_tokens_details":{"thinking_tokens":2}}}"#;
+        assert_eq!(
+            Usage::from_anthropic_json(doc),
+            Some(Usage {
+                prompt_tokens: 18,
+                completion_tokens: 7,
+                total_tokens: 25,
+                cached_tokens: 5,
+                cache_write_tokens: 3,
+                reasoning_tokens: 2
+            })
+        );
+        assert_eq!(
+            Usage::from_json(crate::request::Api::CountTokens, br#"{"input_tokens":4}"#),
+            Some(Usage::default())
+        );
     }
 }

@@ -1,11 +1,14 @@
 //! Real-client conformance: the official `openai` (and `anthropic`) Python SDKs, pinned in
 //! tests/conformance/requirements.txt, driven by pytest against the reference gateway served
-//! in-process on 127.0.0.1:0 in front of the mock provider.
+//! in-process on 127.0.0.1:0 in front of the mock provider — and, for issue 6, in front of
+//! protocol-faithful fake Anthropic and Gemini upstreams (tests/fakes), so one client suite runs
+//! once per provider kind (`mock-ok`, `anthropic-ok`, `gemini-ok`, …).
 //!
 //! Needs `.venv/bin/python` with the requirements installed (`.ci/run` does it). Without it the
 //! test prints a notice and passes, unless `TOLLGATE_REQUIRE_PYTHON=1` (set by CI).
 
 mod common;
+mod fakes;
 
 use std::path::Path;
 use std::process::Command;
@@ -25,13 +28,141 @@ fn python() -> Option<String> {
 }
 
 fn run_pytest(python: &str, gateway_v1: &str, file: &str) -> std::process::Output {
-    Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", file])
+    run_pytest_env(python, file, &[("GATEWAY", gateway_v1.to_owned())])
+}
+
+fn run_pytest_env(python: &str, file: &str, env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", file])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("GATEWAY", gateway_v1)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .output()
-        .expect("run pytest")
+        .env("NO_PROXY", "127.0.0.1,localhost");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run pytest")
+}
+
+/// The python with the SDKs, or `None` after printing the SKIPPED notice (a failure when
+/// `TOLLGATE_REQUIRE_PYTHON` is set).
+fn python_or_skip() -> Option<String> {
+    let py = python();
+    if py.is_none() {
+        assert!(
+            std::env::var("TOLLGATE_REQUIRE_PYTHON").is_err(),
+            "TOLLGATE_REQUIRE_PYTHON is set but .venv/bin/python with the SDKs is missing"
+        );
+        eprintln!("SKIPPED: .venv with the pinned SDKs not found (run .ci/run to create it)");
+    }
+    py
+}
+
+/// Scenario names every provider kind serves (the mock's names; the fakes script the same).
+const SCENARIOS: [&str; 10] = [
+    "ok",
+    "tool",
+    "err-429",
+    "err-429-always",
+    "err-400",
+    "err-500",
+    "err-503",
+    "err-529",
+    "midstream-error",
+    "slow",
+];
+
+/// A gateway config with one public model `{kind}-{scenario}` per provider kind and scenario:
+/// the mock (OpenAI-compatible), the fake Anthropic API, the fake Gemini API.
+fn providers_config(anthropic: &fakes::Fake, gemini: &fakes::Fake) -> String {
+    let mut cfg = format!(
+        r#"
+# virtual keys on: the SDKs' keys, sent as `Authorization: Bearer` or `x-api-key`
+[auth]
+enabled = true
+[[auth.keys]]
+name = "openai-sdk"
+sha256 = "{}"
+[[auth.keys]]
+name = "anthropic-sdk"
+sha256 = "{}"
+[[auth.keys]]
+name = "anthropic-sdk-token"
+sha256 = "{}"
+[usage]
+jsonl = ""
+[routing.timeouts]
+first_token_ms = 15000
+total_ms = 30000
+[providers.mock]
+kind = "mock"
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{}"
+api_key = "{}"
+[providers.gemini]
+kind = "gemini"
+base_url = "{}"
+api_key = "{}"
+"#,
+        tollgate::auth::hash_key("sk-client-test"),
+        tollgate::auth::hash_key("sk-ant-client-test"),
+        tollgate::auth::hash_key("bearer-token-test"),
+        anthropic.base_url(),
+        fakes::ANTHROPIC_KEY,
+        gemini.base_url(),
+        fakes::GEMINI_KEY
+    );
+    for kind in ["mock", "anthropic", "gemini"] {
+        for s in SCENARIOS {
+            let upstream = match (kind, s) {
+                ("mock", "ok") => "ok?chunks=3&delay_ms=5",
+                _ => s,
+            };
+            cfg.push_str(&format!(
+                "[models.{kind}-{s}]\ntargets = [{{ provider = \"{kind}\", model = \"{upstream}\" }}]\n"
+            ));
+        }
+    }
+    cfg
+}
+
+async fn run_suite(file: &'static str) {
+    let Some(py) = python_or_skip() else {
+        return;
+    };
+    let anthropic = fakes::anthropic().await;
+    let gemini = fakes::gemini().await;
+    let gw = common::Gateway::start(&providers_config(&anthropic, &gemini)).await;
+    let env = vec![("GATEWAY", gw.url("/v1")), ("GATEWAY_ROOT", gw.url(""))];
+    let out = tokio::task::spawn_blocking(move || run_pytest_env(&py, file, &env))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed"), "pytest ran no tests:\n{stdout}");
+    // the client's key never reached an upstream; the gateway's own did
+    for seen in anthropic.seen.lock().unwrap().iter() {
+        assert_eq!(seen.headers["x-api-key"], fakes::ANTHROPIC_KEY);
+        assert!(seen.headers.get("authorization").is_none());
+    }
+    for seen in gemini.seen.lock().unwrap().iter() {
+        assert_eq!(seen.headers["x-goog-api-key"], fakes::GEMINI_KEY);
+    }
+}
+
+/// Issue 6, acceptance 2: the official `openai` SDK gets the same results (text, streamed tool
+/// calls, usage, errors) whether the mock, the fake Anthropic API or the fake Gemini API serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_gets_the_same_results_from_every_provider_kind() {
+    run_suite("tests/conformance/test_openai_sdk_providers.py").await;
+}
+
+/// Issue 6, acceptance 3: the official `anthropic` SDK against `/v1/messages`, passed through to
+/// the fake Anthropic API and translated for the mock and the fake Gemini API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_python_sdk_against_the_messages_ingress() {
+    run_suite("tests/conformance/test_anthropic_sdk.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,3 +155,15 @@ async fn one_process_with_the_memory_store_admits_exactly_the_limit() {
     let p = GatewayProcess::start(&cfg);
     exact_limits(&[p.addr], &mock).await;
 }
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn redis_replica_test_needs_the_redis_feature() {
+    assert!(
+        std::env::var("TOLLGATE_REQUIRE_REDIS").is_err(),
+        "TOLLGATE_REQUIRE_REDIS is set but this build has no `redis` feature (use --all-features)"
+    );
+    eprintln!(
+        "SKIPPED: the Redis replica test needs `--features redis` (cargo test --all-features)"
+    );
+}

@@ -1419,7 +1419,8 @@ fn ingress_error_bodies_are_anthropic_shaped() {
                 "Overloaded",
                 Some(p.clone()),
             ),
-            503,
+            // Anthropic's own status for it: the SDKs raise OverloadedError on 529
+            529,
             "overloaded_error",
         ),
         (

@@ -229,7 +229,10 @@ fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response<Bod
 }
 
 /// Routes the operational endpoints; everything else goes to the LLM stack (which answers
-/// 404/405 for unknown paths and methods).
+/// 404/405 for unknown paths and methods). The Anthropic-style ingress (`POST /v1/messages`,
+/// `/v1/messages/count_tokens`) is that same stack: Parse, UsageMeter, Route, Fallback and
+/// Timeout treat it like any request; Dispatch passes it through to Anthropic targets and
+/// translates it for the others; ErrorResponse answers it with Anthropic-shaped errors.
 #[derive(Clone)]
 pub struct Front {
     llm: HttpService,

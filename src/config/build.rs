@@ -14,7 +14,9 @@ use crate::provider::gemini::GeminiProvider;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{AuthStyle, OpenAiProvider};
 use crate::ratelimit::{FailurePolicy, LimitStore, Limits, MemoryStore, RateLimitLayer};
-use crate::route::{ClientControl, ModelRoute, RoutePolicy, RouteTable, Strategy, Variant};
+use crate::route::{
+    ClientControl, Condition, ModelRoute, RoutePolicy, RouteTable, Rule, Strategy, Variant,
+};
 use crate::secret::Secret;
 use crate::target::{Capabilities, Target, Timeouts};
 
@@ -281,7 +283,7 @@ impl Config {
 
         let prices = crate::pricing::PriceTable::from_config(self)?;
         let today = crate::pricing::PriceDate::today();
-        let defaults = timeouts(&self.routing.timeouts);
+        let defaults = timeouts(&self.routing.timeouts).or(Timeouts::RECOMMENDED);
         let mut builder = RouteTable::builder();
         let mut models = Vec::new();
         let mut targets_of: HashMap<&str, Vec<Arc<Target>>> = HashMap::new();
@@ -461,6 +463,24 @@ impl Config {
                 owned_by: "tollgate".into(),
             });
         }
+        for r in &self.routing.rules {
+            builder = builder.rule(Rule {
+                models: r
+                    .models
+                    .as_ref()
+                    .map(|ms| ms.iter().map(|m| Arc::from(m.as_str())).collect()),
+                when: Condition {
+                    has_tools: r.has_tools,
+                    has_images: r.has_images,
+                    json_mode: r.json_mode,
+                    stream: r.stream,
+                    min_prompt_tokens: r.min_prompt_tokens,
+                    max_prompt_tokens: r.max_prompt_tokens,
+                    tag: r.tag.as_deref().map(Arc::from),
+                },
+                route_to: Arc::from(r.route_to.as_str()),
+            });
+        }
         let control = |allowed: Option<bool>, default: bool| {
             if allowed.unwrap_or(default) {
                 ClientControl::Allow
@@ -606,6 +626,73 @@ mod tests {
         assert_eq!(rt.disabled_providers, vec!["a".to_owned()]);
         let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, vec!["y"]);
+    }
+
+    #[test]
+    fn splits_tiers_aliases_and_rules_from_config() {
+        let rt = cfg(r#"
+[providers.m]
+kind = "mock"
+[models.big]
+aliases = ["big-2026-01-01"]
+targets = [{ provider = "m", model = "big", price = { input = 5.0, output = 15.0 } }]
+[models.small]
+targets = [{ provider = "m", model = "small", price = { input = 0.1, output = 0.4 }, tools = false }]
+[models.canary]
+sticky = "key"
+targets = [
+  { provider = "m", model = "a", variant = "stable", weight = 90 },
+  { provider = "m", model = "b", variant = "next", weight = 10 },
+]
+[tiers.cheap]
+models = ["big", "small"]
+[[routing.rules]]
+models = ["small"]
+has_tools = true
+route_to = "big"
+"#)
+        .build_runtime(&mut HealthRegistry::new())
+        .unwrap();
+        let ids: Vec<_> = rt.models.iter().map(|m| m.id.as_str()).collect();
+        for m in ["big", "big-2026-01-01", "small", "canary", "tier:cheap"] {
+            assert!(ids.contains(&m), "{m} in {ids:?}");
+        }
+        let canary = rt.routes.get("canary").unwrap();
+        let names: Vec<_> = canary
+            .variants()
+            .iter()
+            .map(|v| (v.name.to_string(), v.weight))
+            .collect();
+        assert_eq!(names, vec![("stable".into(), 90), ("next".into(), 10)]);
+        assert!(Arc::ptr_eq(
+            rt.routes.get("big-2026-01-01").unwrap(),
+            rt.routes.get("big").unwrap()
+        ));
+        // the rule: a request with tools for `small` goes to `big`
+        let body = bytes::Bytes::from_static(
+            br#"{"model":"small","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        );
+        let parsed =
+            crate::request::parse_body(crate::request::Api::ChatCompletions, body).unwrap();
+        let d = rt
+            .routes
+            .route(&parsed, crate::route::RouteInput::default())
+            .unwrap();
+        assert_eq!(&*d.model, "big");
+        // the tier: cheapest capable first; `small` lacks tools, so only `big` serves this
+        let mut p2 = parsed.clone();
+        p2.model = Arc::from("tier:cheap");
+        let d = rt
+            .routes
+            .route(&p2, crate::route::RouteInput::default())
+            .unwrap();
+        assert_eq!(
+            d.targets
+                .iter()
+                .map(|t| t.upstream_model.to_string())
+                .collect::<Vec<_>>(),
+            vec!["big"]
+        );
     }
 
     #[test]

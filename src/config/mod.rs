@@ -186,6 +186,34 @@ pub struct RoutingConfig {
     pub allow_client_models: Option<bool>,
     /// May clients switch fallback off (`x-tollgate-fallback: off`)? Default true.
     pub allow_client_fallback_off: Option<bool>,
+    /// Rules on request features, evaluated in order; the first match re-routes.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[[routing.rules]]`: when a request for one of `models` (any, if absent) matches every
+/// condition given, it goes to `route_to` (a model, alias or `tier:NAME`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Public models the rule applies to.
+    pub models: Option<Vec<String>>,
+    /// The request has tools.
+    pub has_tools: Option<bool>,
+    /// The request has image parts.
+    pub has_images: Option<bool>,
+    /// The request asks for JSON output.
+    pub json_mode: Option<bool>,
+    /// The request streams.
+    pub stream: Option<bool>,
+    /// Estimated prompt tokens at least this.
+    pub min_prompt_tokens: Option<u64>,
+    /// Estimated prompt tokens at most this.
+    pub max_prompt_tokens: Option<u64>,
+    /// The `x-tollgate-tag` request header equals this.
+    pub tag: Option<String>,
+    /// Where matching requests go.
+    pub route_to: String,
 }
 
 /// Deadlines in milliseconds.
@@ -412,6 +440,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("modle") && e.contains("gw.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let start = readme.find("## Configuration").unwrap();
+        let block = &readme[start..];
+        let a = block.find("```toml\n").unwrap() + "```toml\n".len();
+        let b = a + block[a..].find("```").unwrap();
+        let cfg = Config::parse(&block[a..b], "README.md").unwrap();
+        assert_eq!(cfg.auth.keys[0].limits.rpm, Some(600));
+        assert_eq!(cfg.models["canary"].targets[1].weight, Some(10));
+        assert_eq!(cfg.routing.rules[0].route_to, "gpt-4o");
     }
 
     #[test]

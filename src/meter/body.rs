@@ -8,6 +8,7 @@ use pin_project_lite::pin_project;
 
 use super::{Ctx, End};
 use crate::body::{Body, BoxError};
+use crate::request::Api;
 use crate::usage::Usage;
 
 /// Finalizes the request exactly once: at the end, on error, or on drop.
@@ -60,9 +61,13 @@ impl Finalizer {
                 &joined
             }
         };
-        match Usage::from_openai_json(doc) {
+        let api = match &self.ctx {
+            Some(ctx) => ctx.api(),
+            None => return (None, 0),
+        };
+        match Usage::from_json(api, doc) {
             Some(u) => (Some(u), 0),
-            None => (None, generated_bytes(doc)),
+            None => (None, generated_bytes(api, doc)),
         }
     }
 
@@ -90,8 +95,8 @@ impl Finalizer {
 
 /// Bytes of generated text in a JSON answer without `usage` (for the estimate): the lengths of
 /// every `content`, `reasoning_content`, `refusal`, `text` and `arguments` string under
-/// `choices`.
-fn generated_bytes(doc: &[u8]) -> u64 {
+/// `choices` (Anthropic answers: under `content`).
+fn generated_bytes(api: Api, doc: &[u8]) -> u64 {
     fn walk(v: &serde_json::Value, key: Option<&str>) -> u64 {
         match v {
             serde_json::Value::String(s) => match key {
@@ -107,7 +112,15 @@ fn generated_bytes(doc: &[u8]) -> u64 {
     }
     serde_json::from_slice::<serde_json::Value>(doc)
         .ok()
-        .and_then(|v| v.get("choices").map(|c| walk(c, None)))
+        .and_then(|v| {
+            // OpenAI: `choices[].message`; Anthropic (`/v1/messages`): `content[]` blocks
+            let answer = if api.is_anthropic() {
+                "content"
+            } else {
+                "choices"
+            };
+            v.get(answer).map(|c| walk(c, None))
+        })
         .unwrap_or(0)
 }
 

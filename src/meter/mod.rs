@@ -71,7 +71,7 @@ use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::metrics as m;
 use crate::pricing::{PriceDate, PriceHandle};
-use crate::request::ParsedRequest;
+use crate::request::{Api, ParsedRequest};
 use crate::usage::{Outcome, Usage, UsageRecord, UsageSource, UsageTap};
 
 /// Where usage records go. Implemented for any `Fn(&UsageRecord) + Send + Sync`.
@@ -227,6 +227,7 @@ where
                 shared: self.shared.clone(),
                 tap,
                 model: p.model.clone(),
+                api: p.api,
                 stream: p.stream,
                 received_at: p.received_at,
                 prompt_estimate: p.prompt_tokens_estimate(),
@@ -237,6 +238,7 @@ where
                 shared: self.shared.clone(),
                 tap,
                 model: Arc::from(""),
+                api: Api::ChatCompletions,
                 stream: false,
                 received_at: Instant::now(),
                 prompt_estimate: 0,
@@ -260,6 +262,7 @@ pub(crate) struct Ctx {
     shared: Arc<Shared>,
     tap: UsageTap,
     model: Arc<str>,
+    api: Api,
     stream: bool,
     received_at: Instant,
     prompt_estimate: u64,
@@ -333,6 +336,10 @@ fn outcome_of(kind: ErrorKind) -> Outcome {
 impl Ctx {
     pub(crate) fn json_cap(&self) -> usize {
         self.shared.json_cap
+    }
+
+    pub(crate) fn api(&self) -> Api {
+        self.api
     }
 
     pub(crate) fn stream(&self) -> bool {

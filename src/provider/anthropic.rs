@@ -8,6 +8,11 @@
 //! [`error_from_anthropic`].
 //! The pooled HTTPS client is the one the OpenAI adapter uses.
 //!
+//! Requests from the Anthropic-style ingress ([`Api::Messages`], [`Api::CountTokens`]) are
+//! passed through instead ([`call_messages`](AnthropicProvider::call_messages),
+//! [`count_tokens`](AnthropicProvider::count_tokens)): only the model is replaced and the answer
+//! comes back untouched.
+//!
 //! ```
 //! use tollgate::provider::anthropic::AnthropicProvider;
 //! use tollgate::secret::Secret;
@@ -219,17 +224,21 @@ impl AnthropicProvider {
         connect_timeout: Option<std::time::Duration>,
     ) -> BoxFuture<Result<Response<Body>, GatewayError>> {
         let prepared = (|| {
-            let mut req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
-                .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
-            let stream = req.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
-            req.insert("model".into(), serde_json::Value::from(upstream_model));
-            let bytes = serde_json::to_vec(&req)
-                .map_err(|e| GatewayError::internal(format!("serializing the request: {e}")))?;
+            #[derive(serde::Deserialize)]
+            struct Flags {
+                #[serde(default)]
+                stream: Option<bool>,
+            }
+            let stream = serde_json::from_slice::<Flags>(body)
+                .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?
+                .stream
+                == Some(true);
+            let bytes = crate::request::with_model(body, upstream_model)?;
             let mut own = self.headers.clone();
             if let Some(beta) = client_headers.get("anthropic-beta") {
                 own.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
             }
-            let req = json_post(uri, Bytes::from(bytes), stream, &own, client_headers)?;
+            let req = json_post(uri, bytes, stream, &own, client_headers)?;
             Ok::<_, GatewayError>((req, stream, client_for(connect_timeout)?))
         })();
         let name = self.name.clone();
@@ -386,7 +395,30 @@ impl Provider for AnthropicProvider {
         "anthropic"
     }
 
+    fn speaks_anthropic(&self) -> bool {
+        true
+    }
+
     fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+        match call.parsed.api {
+            Api::Messages => {
+                return self.call_messages(
+                    &call.parsed.body,
+                    &call.upstream_model,
+                    &call.headers,
+                    call.connect_timeout,
+                );
+            }
+            Api::CountTokens => {
+                return self.count_tokens(
+                    &call.parsed.body,
+                    &call.upstream_model,
+                    &call.headers,
+                    call.connect_timeout,
+                );
+            }
+            _ => {}
+        }
         if call.parsed.api != Api::ChatCompletions {
             let e = GatewayError::bad_request(
                 format!(

@@ -2,12 +2,21 @@
 //!
 //! A [`Provider`] turns one attempt into one upstream call. Its contract:
 //! - `Ok(response)` only for a 2xx upstream answer; the body is in **OpenAI's** wire format for
-//!   the request's [`Api`](crate::request::Api) (JSON, or SSE `chat.completion.chunk`s ending in
+//!   the request's [`Api`] (JSON, or SSE `chat.completion.chunk`s ending in
 //!   `data: [DONE]`) — translating adapters translate, pass-through adapters pass through.
 //! - `Err(GatewayError)` for everything else, classified with [`upstream_error`]: the status class
 //!   kept, `Retry-After` (`retry-after-ms`, `retry-after` seconds or HTTP date) parsed, the provider
 //!   named, the upstream's error message kept.
 //! - Connect failures are [`ErrorKind::UpstreamConnect`](crate::error::ErrorKind).
+//!
+//! ## The Anthropic-style ingress
+//! A `/v1/messages` request ([`Api::Messages`], body and answer in
+//! Anthropic's format) goes to an adapter that [speaks it](Provider::speaks_anthropic) as is
+//! (the Anthropic adapter passes it through, only the model replaced). For any other adapter,
+//! [`Dispatch`] translates it per attempt: the request to an OpenAI chat request
+//! ([`request_from_anthropic`]), the answer back ([`response_to_anthropic`], or
+//! [`IngressStream`] event by event for streams, never buffered). `count_tokens` needs an
+//! adapter that speaks Anthropic.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,14 +25,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use tower::Service;
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
-use crate::request::ParsedRequest;
+use crate::request::{Api, ParsedRequest, parse_body};
 use crate::target::Attempt;
+use crate::translate::TranslateBody;
+use crate::translate::ingress::{IngressStream, request_from_anthropic, response_to_anthropic};
 
 pub mod anthropic;
 pub mod gemini;
@@ -55,6 +67,13 @@ pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Make the call. See the module docs for the contract.
     fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    /// Whether [`call`](Self::call) serves Anthropic-format requests ([`Api::Messages`],
+    /// [`Api::CountTokens`]) natively. Default `false`: [`Dispatch`] translates them to chat
+    /// completions and translates the answer back.
+    fn speaks_anthropic(&self) -> bool {
+        false
+    }
 }
 
 /// Parse `retry-after-ms`, then `retry-after` (seconds, fractional allowed, or an HTTP date).
@@ -228,17 +247,93 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
             headers: parts.headers,
             connect_timeout: attempt.timeouts.connect,
         };
-        let fut = attempt.target.provider.call(call);
+        let provider = &attempt.target.provider;
+        let anthropic = call.parsed.api.is_anthropic();
+        let fut = if anthropic && !provider.speaks_anthropic() {
+            messages_via_chat(provider.as_ref(), call)
+        } else {
+            provider.call(call)
+        };
         Box::pin(async move {
             let mut res = fut.await?;
             // The gateway's own request id is the one the client sees; the upstream's is kept
-            // under another name.
-            if let Some(id) = res.headers_mut().remove("x-request-id") {
+            // under another name (Anthropic's is `request-id`).
+            let id_header = if anthropic {
+                "request-id"
+            } else {
+                "x-request-id"
+            };
+            if let Some(id) = res.headers_mut().remove(id_header) {
                 res.headers_mut().insert("x-upstream-request-id", id);
             }
             Ok(res)
         })
     }
+}
+
+/// The largest chat answer read for translation back into an Anthropic message.
+const MAX_TRANSLATED_BODY: usize = 32 << 20;
+
+/// Serve an Anthropic-format request with a provider that speaks OpenAI chat: translate the
+/// request, call, translate the answer back (streams event by event).
+fn messages_via_chat(
+    provider: &dyn Provider,
+    mut call: UpstreamCall,
+) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+    if call.parsed.api == Api::CountTokens {
+        let e = GatewayError::bad_request(
+            format!(
+                "count_tokens needs a model served by an Anthropic provider; {} is a {} provider",
+                provider.name(),
+                provider.kind()
+            ),
+            None,
+        )
+        .with_code("unsupported_endpoint");
+        return Box::pin(async move { Err(e) });
+    }
+    let stream = call.parsed.stream;
+    let chat = request_from_anthropic(&call.parsed.body)
+        .and_then(|body| parse_body(Api::ChatCompletions, body));
+    let mut chat = match chat {
+        Ok(c) => c,
+        Err(e) => return Box::pin(async move { Err(e) }),
+    };
+    chat.received_at = call.parsed.received_at;
+    chat.upstream_include_usage = stream;
+    call.parsed = chat;
+    let model = call.upstream_model.clone();
+    let fut = provider.call(call);
+    Box::pin(async move {
+        let (mut parts, body) = fut.await?.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        if stream {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let body = TranslateBody::new(body, IngressStream::new(&model));
+            return Ok(Response::from_parts(parts, Body::new(body)));
+        }
+        let bytes = match Limited::new(body, MAX_TRANSLATED_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return Err(match e.downcast::<GatewayError>() {
+                    Ok(e) => *e,
+                    Err(e) => GatewayError::new(
+                        ErrorKind::UpstreamProtocol,
+                        format!("could not read the upstream answer: {e}"),
+                    ),
+                });
+            }
+        };
+        let out = response_to_anthropic(&bytes)?;
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(Response::from_parts(parts, Body::full(out)))
+    })
 }
 
 #[cfg(test)]

@@ -245,11 +245,20 @@ impl OpenAiProvider {
         &self.base_url
     }
 
-    fn uri(&self, api: Api) -> &Uri {
+    fn uri(&self, api: Api) -> Result<&Uri, GatewayError> {
         match api {
-            Api::ChatCompletions => &self.uris[0],
-            Api::Completions => &self.uris[1],
-            Api::Embeddings => &self.uris[2],
+            Api::ChatCompletions => Ok(&self.uris[0]),
+            Api::Completions => Ok(&self.uris[1]),
+            Api::Embeddings => Ok(&self.uris[2]),
+            // Dispatch translates `/v1/messages` to chat completions for this adapter.
+            Api::Messages | Api::CountTokens => Err(GatewayError::bad_request(
+                format!(
+                    "the OpenAI-compatible provider does not serve {}",
+                    api.as_str()
+                ),
+                None,
+            )
+            .with_code("unsupported_endpoint")),
         }
     }
 
@@ -258,7 +267,7 @@ impl OpenAiProvider {
         call: &UpstreamCall,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, GatewayError> {
-        let mut req = Request::post(self.uri(call.parsed.api).clone())
+        let mut req = Request::post(self.uri(call.parsed.api)?.clone())
             .body(Full::new(body))
             .map_err(|e| {
                 GatewayError::internal(format!("could not build upstream request: {e}"))

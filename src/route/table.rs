@@ -11,7 +11,7 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::request::ParsedRequest;
+use crate::request::{Api, ParsedRequest};
 use crate::target::{RouteDecision, Target, Timeouts};
 
 /// `x-tollgate-fallback: off` switches fallback off for one request (`on` is the default).
@@ -579,7 +579,9 @@ impl RouteTable {
         parsed: &ParsedRequest,
         point: u64,
     ) -> Result<Arc<[Arc<Target>]>, GatewayError> {
-        if route.strategy == Strategy::Ordered && !route.require_caps {
+        // `count_tokens` is served only by targets that speak Anthropic.
+        let count = parsed.api == Api::CountTokens;
+        if route.strategy == Strategy::Ordered && !route.require_caps && !count {
             return Ok(variant.targets.clone());
         }
         let prompt = parsed.prompt_tokens_estimate();
@@ -589,6 +591,13 @@ impl RouteTable {
                 .targets
                 .iter()
                 .filter(|t| satisfies(t, parsed))
+                .cloned()
+                .collect()
+        } else if count {
+            variant
+                .targets
+                .iter()
+                .filter(|t| t.provider.speaks_anthropic())
                 .cloned()
                 .collect()
         } else {
@@ -645,10 +654,11 @@ impl RouteTable {
 }
 
 /// Whether `t` can serve `p`: tools, images, JSON mode, and prompt estimate + `max_tokens`
-/// within the context window.
+/// within the context window; `count_tokens` only on a provider that speaks Anthropic.
 pub fn satisfies(t: &Target, p: &ParsedRequest) -> bool {
     let c = &t.caps;
-    (!p.has_tools || c.tools)
+    (p.api != Api::CountTokens || t.provider.speaks_anthropic())
+        && (!p.has_tools || c.tools)
         && (!p.has_images || c.vision)
         && (!p.json_mode || c.json_mode)
         && c.context_window.is_none_or(|w| {
@@ -660,6 +670,9 @@ pub fn satisfies(t: &Target, p: &ParsedRequest) -> bool {
 
 fn needs(p: &ParsedRequest) -> String {
     let mut v = Vec::new();
+    if p.api == Api::CountTokens {
+        v.push("count_tokens (an Anthropic provider)".to_owned());
+    }
     if p.has_tools {
         v.push("tools".to_owned());
     }

@@ -18,7 +18,27 @@ use crate::body::BoxError;
 use crate::error::{ErrorKind, GatewayError};
 use crate::request::ParsedRequest;
 use crate::sse::{DONE, SseEvent, SseScanner, data_event};
-use crate::usage::{Usage, UsageTap};
+use crate::translate::ingress::error_to_anthropic;
+use crate::usage::{AnthropicUsage, AnthropicUsageDelta, Usage, UsageTap};
+
+/// The parts of an Anthropic stream event the observer reads.
+#[derive(Deserialize)]
+struct AnthropicEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    /// `message_start`: the message, with its first usage.
+    #[serde(default)]
+    message: Option<AnthropicStartMessage>,
+    /// `message_delta`: the cumulative usage.
+    #[serde(default)]
+    usage: Option<AnthropicUsageDelta>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicStartMessage {
+    #[serde(default)]
+    usage: Option<AnthropicUsageDelta>,
+}
 
 /// What the body needs to know about the request, taken from its extensions.
 #[derive(Debug, Clone)]
@@ -29,6 +49,9 @@ pub(crate) struct StreamInfo {
     received_at: Instant,
     /// Where to write what the stream tells (absent: record nothing).
     tap: Option<UsageTap>,
+    /// An Anthropic event stream (`/v1/messages`): no `[DONE]`, usage from `message_start` and
+    /// `message_delta`, in-band errors as `event: error`.
+    anthropic: bool,
 }
 
 impl StreamInfo {
@@ -37,6 +60,7 @@ impl StreamInfo {
             wants_usage: parsed.wants_usage,
             received_at: parsed.received_at,
             tap,
+            anthropic: parsed.api.is_anthropic(),
         }
     }
 }
@@ -92,6 +116,8 @@ struct Observer {
     error: bool,
     /// A content event was seen.
     started: bool,
+    /// Anthropic streams: the usage so far (cumulative counts, overwritten).
+    anthropic_usage: AnthropicUsage,
 }
 
 pin_project! {
@@ -135,6 +161,7 @@ impl<B> ResponseBody<B> {
                 done: false,
                 error: false,
                 started: false,
+                anthropic_usage: AnthropicUsage::default(),
             },
         }
     }
@@ -248,6 +275,10 @@ impl Observer {
         if !ev.has_data {
             return true; // keep-alive comments and the like pass through
         }
+        if self.info.anthropic {
+            self.on_anthropic_event(ev);
+            return true;
+        }
         if ev.is_done() {
             self.done = true;
             self.update(|s| s.done = true);
@@ -288,6 +319,68 @@ impl Observer {
         true
     }
 
+    /// One Anthropic event: every event goes to the client untouched; `message_start` and
+    /// `message_delta` carry the (cumulative) usage, `message_stop` ends the stream, `error` is
+    /// an in-band failure. Unknown event types are ignored, as Anthropic's versioning asks.
+    fn on_anthropic_event(&mut self, ev: &SseEvent) {
+        let data = &ev.data[..];
+        let named = ev.event.as_deref();
+        // Content deltas (the bulk of a stream) are recognised by their `event:` name alone.
+        let parse = !matches!(
+            named,
+            Some(b"content_block_delta" | b"content_block_start" | b"content_block_stop" | b"ping")
+        );
+        let parsed = if parse {
+            serde_json::from_slice::<AnthropicEvent<'_>>(data).ok()
+        } else {
+            None
+        };
+        let ty: &[u8] = match (&parsed, named) {
+            (Some(p), _) => p.ty.as_bytes(),
+            (None, Some(n)) => n,
+            (None, None) => b"",
+        };
+        match ty {
+            b"message_stop" => {
+                self.done = true;
+                self.update(|s| s.done = true);
+                return;
+            }
+            b"error" => {
+                self.error = true;
+                self.update(|s| {
+                    s.error = true;
+                    s.error_kind
+                        .get_or_insert(ErrorKind::UpstreamServerError.as_str());
+                });
+                return;
+            }
+            b"ping" => return,
+            _ => {}
+        }
+        let delta = parsed.and_then(|p| p.usage.or(p.message.and_then(|m| m.usage)));
+        if let Some(d) = delta {
+            self.anthropic_usage.apply(&d);
+            let usage = Usage::from_anthropic(&self.anthropic_usage);
+            // All zeros is no report (a translated stream whose upstream sent no usage, or a
+            // `message_start` before it is known): the meter then estimates, never fakes.
+            if usage != Usage::default() {
+                self.update(|s| s.usage = Some(usage));
+            }
+        }
+        let first = !self.started;
+        self.started = true;
+        let first_after = first.then(|| self.info.received_at.elapsed());
+        let content = content_bytes(data);
+        self.update(|s| {
+            s.events += 1;
+            s.content_bytes += content;
+            if s.first_event_after.is_none() {
+                s.first_event_after = first_after;
+            }
+        });
+    }
+
     /// The upstream body failed: end with an in-band error unless the stream is already over.
     fn on_error(&mut self, e: BoxError) -> State {
         if self.done || self.error {
@@ -305,6 +398,17 @@ impl Observer {
 
     /// The upstream body ended. Without `[DONE]`, the stream was cut: say so in-band.
     fn on_eof(&mut self, tail: Option<SseEvent>) -> State {
+        if self.info.anthropic {
+            if let Some(ev) = tail.as_ref().filter(|ev| ev.has_data) {
+                // An event without its blank line: observe it and finish it for the client.
+                self.on_anthropic_event(ev);
+                let mut raw = ev.raw.to_vec();
+                raw.extend_from_slice(b"\n\n");
+                if self.done || self.error {
+                    return State::Last(Bytes::from(raw));
+                }
+            }
+        }
         if self.done || self.error {
             return State::Ended;
         }
@@ -316,7 +420,11 @@ impl Observer {
         }
         let err = GatewayError::new(
             ErrorKind::UpstreamProtocol,
-            "the upstream closed the stream before [DONE]",
+            if self.info.anthropic {
+                "the upstream closed the stream before message_stop"
+            } else {
+                "the upstream closed the stream before [DONE]"
+            },
         );
         self.fail(&err)
     }
@@ -328,6 +436,14 @@ impl Observer {
             s.error = true;
             s.error_kind = Some(kind);
         });
+        if self.info.anthropic {
+            let (_, body) = error_to_anthropic(err);
+            let mut ev = Vec::with_capacity(body.len() + 24);
+            ev.extend_from_slice(b"event: error\ndata: ");
+            ev.extend_from_slice(&body);
+            ev.extend_from_slice(b"\n\n");
+            return State::Last(Bytes::from(ev));
+        }
         let json = serde_json::to_vec(&err.to_json()).unwrap_or_else(|_| {
             br#"{"error":{"message":"stream failed","type":"api_error","param":null,"code":null}}"#
                 .to_vec()

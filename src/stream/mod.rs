@@ -20,6 +20,12 @@
 //!
 //!   Dropping the body drops the upstream body, which cancels the upstream request.
 //!
+//! An **Anthropic** stream (a `/v1/messages` request, [`Api::is_anthropic`](crate::request::Api::is_anthropic))
+//! is not an OpenAI stream: nothing is injected into the request, every event goes to the client
+//! untouched, the usage is read from `message_start` and the cumulative `message_delta`s (cache
+//! reads and writes added into the prompt tokens) into the tap, `message_stop` ends it, and a
+//! failure after the commit point ends it with an Anthropic `event: error`.
+//!
 //! Non-streaming requests, error responses and 2xx responses that are not event streams pass
 //! through untouched. Without a [`UsageTap`] in the request extensions nothing is recorded.
 //!
@@ -138,7 +144,8 @@ where
         let tap = req.extensions().get::<UsageTap>().cloned();
         let info = match req.extensions_mut().get_mut::<ParsedRequest>() {
             Some(parsed) if parsed.stream => {
-                parsed.upstream_include_usage = true;
+                // An Anthropic stream (`/v1/messages`) always carries its usage.
+                parsed.upstream_include_usage = !parsed.api.is_anthropic();
                 Some(StreamInfo::new(parsed, tap))
             }
             _ => None,
@@ -620,5 +627,82 @@ mod tests {
             http_body::Body::poll_frame(Pin::new(&mut body), &mut cx),
             Poll::Ready(Some(Ok(_)))
         ));
+    }
+
+    fn messages_request(tap: &UsageTap) -> Request<Bytes> {
+        let body = Bytes::from_static(
+            br#"{"model":"c","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        let mut req = Request::new(body.clone());
+        req.extensions_mut()
+            .insert(parse_body(Api::Messages, body).unwrap());
+        req.extensions_mut().insert(tap.clone());
+        req
+    }
+
+    const M_START: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":7,\"cache_read_input_tokens\":4,\"cache_creation_input_tokens\":2,\"output_tokens\":1}}}\n\n";
+    const M_DELTA: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n";
+    const M_MDELTA: &[u8] = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":6}}\n\n";
+    const M_STOP: &[u8] = b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+    #[tokio::test]
+    async fn anthropic_stream_is_untouched_and_its_cumulative_usage_recorded() {
+        let tap = UsageTap::new();
+        let req = messages_request(&tap);
+        // nothing OpenAI-specific is asked of the upstream
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = seen.clone();
+        let upstream = service_fn(move |req: Request<Bytes>| {
+            let p = req.extensions().get::<ParsedRequest>().unwrap();
+            *seen2.lock().unwrap() = Some(p.upstream_include_usage);
+            let mut res = Response::new(body_of(&[M_START, M_DELTA, M_MDELTA, M_STOP]));
+            res.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("text/event-stream"),
+            );
+            std::future::ready(Ok::<_, GatewayError>(res))
+        });
+        let res = StreamPassthrough::new(upstream).oneshot(req).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), Some(false));
+        let out = collect(res.into_body()).await;
+        assert_eq!(out, [M_START, M_DELTA, M_MDELTA, M_STOP].concat());
+        let s = tap.snapshot();
+        assert!(s.done && !s.error);
+        assert_eq!(
+            s.usage,
+            Some(Usage {
+                prompt_tokens: 13,
+                completion_tokens: 6,
+                total_tokens: 19,
+                cached_tokens: 4,
+                cache_write_tokens: 2,
+                reasoning_tokens: 0,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn anthropic_stream_cut_short_ends_with_an_anthropic_error_event() {
+        let tap = UsageTap::new();
+        let res = respond(
+            messages_request(&tap),
+            StatusCode::OK,
+            body_of(&[M_START, M_DELTA]),
+        )
+        .await;
+        let out = collect(res.into_body()).await;
+        let text = String::from_utf8(out).unwrap();
+        let (head, last) = text.trim_end().rsplit_once("\n\n").unwrap();
+        assert_eq!(
+            format!("{head}\n\n").as_bytes(),
+            [M_START, M_DELTA].concat()
+        );
+        assert!(!text.contains("[DONE]"));
+        let data = last.strip_prefix("event: error\ndata: ").unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "api_error");
+        let s = tap.snapshot();
+        assert!(s.error && !s.done);
     }
 }

@@ -286,14 +286,19 @@ pub fn stop_reason(finish_reason: &str) -> &'static str {
     }
 }
 
-/// OpenAI usage → Anthropic usage: `input_tokens` excludes cache reads and writes.
+/// OpenAI usage → Anthropic usage: `input_tokens` excludes cache reads and writes; reasoning
+/// tokens, when any, are `output_tokens_details.thinking_tokens` (part of `output_tokens`).
 fn anthropic_usage(u: &Usage) -> Value {
-    json!({
+    let mut v = json!({
         "input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens + u.cache_write_tokens),
         "output_tokens": u.completion_tokens,
         "cache_read_input_tokens": u.cached_tokens,
         "cache_creation_input_tokens": u.cache_write_tokens,
-    })
+    });
+    if u.reasoning_tokens > 0 {
+        v["output_tokens_details"] = json!({"thinking_tokens": u.reasoning_tokens});
+    }
+    v
 }
 
 fn usage_of(v: &Value) -> Option<Usage> {
@@ -380,11 +385,19 @@ fn anthropic_error_type(status: u16, kind: ErrorKind) -> &'static str {
 }
 
 /// The Anthropic-shaped error body (`{"type":"error","error":{"type","message"}}`) and status
-/// for `e`; headers such as `Retry-After` come from [`GatewayError::into_response`] as usual.
+/// for `e`; headers such as `Retry-After` come from [`GatewayError::into_anthropic_response`].
+///
+/// The status is the one the OpenAI face uses, except that an overloaded upstream
+/// ([`ErrorKind::UpstreamOverloaded`]) is Anthropic's own **529** `overloaded_error`, which the
+/// Anthropic SDKs raise as `OverloadedError` (a 503 would be `ServiceUnavailableError`).
 pub fn error_to_anthropic(e: &GatewayError) -> (StatusCode, Bytes) {
     let ty = anthropic_error_type(e.status().as_u16(), e.kind());
     let body = json!({"type": "error", "error": {"type": ty, "message": e.message()}});
-    (e.status(), Bytes::from(body.to_string()))
+    let status = match e.kind() {
+        ErrorKind::UpstreamOverloaded => StatusCode::from_u16(529).unwrap_or(e.status()),
+        _ => e.status(),
+    };
+    (status, Bytes::from(body.to_string()))
 }
 
 fn write_event(out: &mut BytesMut, name: &str, data: &Value) {

@@ -1,0 +1,492 @@
+//! Protocol-faithful fake upstreams on 127.0.0.1:0, scripted by the model name the gateway sends
+//! (the same scenario names as the mock provider: `ok`, `tool`, `err-429`, `err-429-always`,
+//! `err-NNN`, `midstream-error`, `slow`), written from the documented wire formats
+//! (../shared/reference/protocols.md §4 and §5):
+//!
+//! - [`anthropic`]: the Messages API, `POST /v1/messages` (JSON, and SSE with `event:` names,
+//!   `message_start` … `message_stop`, cumulative `message_delta` usage, cache fields, `ping`,
+//!   in-stream `error`), `POST /v1/messages/count_tokens`, Anthropic error bodies (429 with
+//!   `retry-after`, 529 `overloaded_error`), `x-api-key` + `anthropic-version` required.
+//! - [`gemini`]: `models/{m}:generateContent` and `:streamGenerateContent?alt=sse` (each event a
+//!   whole `GenerateContentResponse`, no `[DONE]`, usage on the last chunk, a mid-stream error as
+//!   raw JSON without `data:`), Google error bodies, `x-goog-api-key` required (a wrong key is
+//!   Gemini's 400 `API_KEY_INVALID`).
+//!
+//! Every answer: the text "Hello there!" (usage 11 prompt tokens of which 4 cached, 6 output) or
+//! one `get_weather({"location":"Paris"})` call.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+type Res = Response<BoxBody<Bytes, Infallible>>;
+
+/// One request a fake received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A running fake upstream.
+pub struct Fake {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    /// `http://127.0.0.1:PORT` (no `/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Per scenario: requests answered so far (for `err-429`).
+    counts: Mutex<HashMap<String, u32>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl State {
+    fn count(&self, model: &str) -> u32 {
+        let mut c = self.counts.lock().unwrap();
+        let n = c.entry(model.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+}
+
+type Handler = fn(Arc<State>, Seen) -> futures_util::future::BoxFuture<'static, Res>;
+
+async fn serve(handler: Handler) -> Fake {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(State::default());
+    let seen = state.seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let seen = Seen {
+                            path: parts
+                                .uri
+                                .path_and_query()
+                                .map_or_else(String::new, |p| p.as_str().to_owned()),
+                            headers: parts.headers,
+                            body,
+                        };
+                        state.seen.lock().unwrap().push(seen.clone());
+                        Ok::<_, Infallible>(handler(state, seen).await)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Fake { addr, seen }
+}
+
+fn json_response(status: u16, headers: &[(&str, &str)], body: Value) -> Res {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *res.status_mut() = StatusCode::from_u16(status).unwrap();
+    res.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    for (k, v) in headers {
+        res.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    res
+}
+
+/// 200 `text/event-stream`, one frame per event, 5 ms apart (a real stream, not one write).
+fn sse_response(headers: &[(&str, &str)], events: Vec<String>) -> Res {
+    let s = futures_util::stream::iter(events).then(|e| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok::<_, Infallible>(Frame::data(Bytes::from(e)))
+    });
+    let mut res = Response::new(BodyExt::boxed(StreamBody::new(s)));
+    res.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    res.headers_mut()
+        .insert("cache-control", "no-cache".parse().unwrap());
+    for (k, v) in headers {
+        res.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    res
+}
+
+/// What a scenario asks for.
+enum Plan {
+    Text,
+    Tool,
+    Midstream,
+    Error(u16, Option<&'static str>),
+}
+
+fn plan(state: &State, model: &str) -> Plan {
+    match model {
+        "tool" => Plan::Tool,
+        "midstream-error" => Plan::Midstream,
+        "err-429" if state.count(model) <= 2 => Plan::Error(429, Some("1")),
+        "err-429" => Plan::Text,
+        "err-429-always" => Plan::Error(429, Some("1")),
+        m => match m.strip_prefix("err-").and_then(|c| c.parse::<u16>().ok()) {
+            Some(code) => Plan::Error(code, None),
+            None => Plan::Text,
+        },
+    }
+}
+
+const WORDS: [&str; 3] = ["Hello", " there", "!"];
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic Messages API
+
+/// The only key the fake Anthropic API accepts (`x-api-key`).
+pub const ANTHROPIC_KEY: &str = "sk-ant-fake-upstream";
+/// The only key the fake Gemini API accepts (`x-goog-api-key`).
+pub const GEMINI_KEY: &str = "AIza-fake-upstream";
+
+/// Start a fake Anthropic API.
+pub async fn anthropic() -> Fake {
+    serve(|state, seen| Box::pin(anthropic_answer(state, seen))).await
+}
+
+fn anthropic_error(status: u16, ty: &str, message: &str, headers: &[(&str, &str)]) -> Res {
+    let mut h = vec![("request-id", "req_fake_error")];
+    h.extend_from_slice(headers);
+    json_response(
+        status,
+        &h,
+        json!({"type": "error", "error": {"type": ty, "message": message}, "request_id": "req_fake_error"}),
+    )
+}
+
+fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+fn event(name: &str, data: Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
+    if seen.headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(ANTHROPIC_KEY) {
+        return anthropic_error(401, "authentication_error", "invalid x-api-key", &[]);
+    }
+    if seen.headers.get("anthropic-version").is_none() {
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+            &[],
+        );
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&seen.body) else {
+        return anthropic_error(400, "invalid_request_error", "invalid JSON", &[]);
+    };
+    let model = req["model"].as_str().unwrap_or_default().to_owned();
+    if !req["messages"].is_array() {
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            "messages: Field required",
+            &[],
+        );
+    }
+    if seen.path == "/v1/messages/count_tokens" {
+        return json_response(200, &[], json!({"input_tokens": 11}));
+    }
+    if seen.path != "/v1/messages" {
+        return anthropic_error(404, "not_found_error", "Not found", &[]);
+    }
+    if !req["max_tokens"].is_u64() {
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            "max_tokens: Field required",
+            &[],
+        );
+    }
+    let stream = req["stream"].as_bool() == Some(true);
+    if model == "slow" {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let plan = plan(&state, &model);
+    if let Plan::Error(status, retry) = plan {
+        let ty = anthropic_error_type(status);
+        let headers: Vec<(&str, &str)> = retry.map(|r| ("retry-after", r)).into_iter().collect();
+        return anthropic_error(status, ty, &format!("fake {ty}"), &headers);
+    }
+    let headers = [("request-id", "req_fake_1")];
+    let tool = matches!(plan, Plan::Tool);
+    let start_usage = json!({"input_tokens": 7, "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 4, "output_tokens": 1, "service_tier": "standard"});
+    let (output_tokens, stop_reason) = if tool {
+        (12, "tool_use")
+    } else {
+        (6, "end_turn")
+    };
+    let id = "msg_fake01";
+    if !stream {
+        let mut content = vec![];
+        if tool {
+            content.push(json!({"type": "text", "text": "Let me check."}));
+            content.push(
+                json!({"type": "tool_use", "id": "toolu_fake01", "name": "get_weather",
+                "input": {"location": "Paris"}}),
+            );
+        } else {
+            content.push(json!({"type": "text", "text": WORDS.concat()}));
+        }
+        return json_response(
+            200,
+            &headers,
+            json!({"id": id, "type": "message", "role": "assistant", "model": model,
+                "content": content, "stop_reason": stop_reason, "stop_sequence": null,
+                "usage": {"input_tokens": 7, "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 4, "output_tokens": output_tokens,
+                    "service_tier": "standard"}}),
+        );
+    }
+    let mut evs = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": id, "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": start_usage}}),
+    )];
+    evs.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    evs.push(event("ping", json!({"type": "ping"})));
+    let texts: Vec<&str> = if tool {
+        vec!["Let me check."]
+    } else {
+        WORDS.to_vec()
+    };
+    if matches!(plan, Plan::Midstream) {
+        evs.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        ));
+        evs.push(event(
+            "error",
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ));
+        return sse_response(&headers, evs);
+    }
+    for t in texts {
+        evs.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+        ));
+    }
+    evs.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    if tool {
+        evs.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use",
+                "id": "toolu_fake01", "name": "get_weather", "input": {}}}),
+        ));
+        for frag in ["", "{\"locati", "on\": \"Par", "is\"}"] {
+            evs.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": frag}}),
+            ));
+        }
+        evs.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ));
+    }
+    // cumulative usage: an intermediate count, then the final one
+    evs.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": null, "stop_sequence": null},
+            "usage": {"output_tokens": 3}}),
+    ));
+    evs.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+            "usage": {"output_tokens": output_tokens}}),
+    ));
+    evs.push(event("message_stop", json!({"type": "message_stop"})));
+    sse_response(&headers, evs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Google Gemini generativelanguage API
+
+/// Start a fake Gemini API.
+pub async fn gemini() -> Fake {
+    serve(|state, seen| Box::pin(gemini_answer(state, seen))).await
+}
+
+fn gemini_error(status: u16, message: &str, reason: Option<&str>) -> Res {
+    let rpc = match status {
+        400 => "INVALID_ARGUMENT",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    };
+    let mut err = json!({"code": status, "message": message, "status": rpc});
+    if let Some(r) = reason {
+        err["details"] = json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": r, "domain": "googleapis.com"}]);
+    }
+    json_response(status, &[], json!({"error": err}))
+}
+
+fn gemini_chunk(parts: Value, finish: Option<&str>, usage: Option<Value>, model: &str) -> Value {
+    let mut cand = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+    if let Some(f) = finish {
+        cand["finishReason"] = json!(f);
+    }
+    let mut doc = json!({"candidates": [cand], "modelVersion": model, "responseId": "resp-fake01"});
+    if let Some(u) = usage {
+        doc["usageMetadata"] = u;
+    }
+    doc
+}
+
+async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
+    if seen
+        .headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        != Some(GEMINI_KEY)
+    {
+        return gemini_error(
+            400,
+            "API key not valid. Please pass a valid API key.",
+            Some("API_KEY_INVALID"),
+        );
+    }
+    let (path, query) = seen.path.split_once('?').unwrap_or((&seen.path, ""));
+    let Some(rest) = path.strip_prefix("/v1beta/models/") else {
+        return gemini_error(404, "not found", None);
+    };
+    let (model, stream) = if let Some(m) = rest.strip_suffix(":streamGenerateContent") {
+        if !query.split('&').any(|q| q == "alt=sse") {
+            return gemini_error(400, "this fake streams with alt=sse only", None);
+        }
+        (m.to_owned(), true)
+    } else if let Some(m) = rest.strip_suffix(":generateContent") {
+        (m.to_owned(), false)
+    } else {
+        return gemini_error(404, "unknown method", None);
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&seen.body) else {
+        return gemini_error(400, "Invalid JSON payload received.", None);
+    };
+    if !req["contents"].is_array() {
+        return gemini_error(400, "contents is not specified", None);
+    }
+    if model == "slow" {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let plan = plan(&state, &model);
+    if let Plan::Error(status, _) = plan {
+        return gemini_error(status, &format!("fake error {status}"), None);
+    }
+    let usage = json!({"promptTokenCount": 11, "candidatesTokenCount": 6, "totalTokenCount": 17,
+        "cachedContentTokenCount": 4});
+    let call = json!([{"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}}]);
+    if !stream {
+        let parts = match plan {
+            Plan::Tool => call,
+            _ => json!([{"text": WORDS.concat()}]),
+        };
+        return json_response(
+            200,
+            &[],
+            gemini_chunk(parts, Some("STOP"), Some(usage), &model),
+        );
+    }
+    let data = |v: Value| format!("data: {v}\r\n\r\n");
+    let mut evs = Vec::new();
+    match plan {
+        Plan::Tool => evs.push(data(gemini_chunk(call, Some("STOP"), Some(usage), &model))),
+        Plan::Midstream => {
+            evs.push(data(gemini_chunk(
+                json!([{"text": "Hello"}]),
+                None,
+                None,
+                &model,
+            )));
+            // a mid-stream error arrives as raw multi-line JSON, without `data:`
+            evs.push(
+                "{\n  \"error\": {\n    \"code\": 503,\n    \"message\": \"The model is overloaded.\",\n    \"status\": \"UNAVAILABLE\"\n  }\n}\n"
+                    .to_owned(),
+            );
+        }
+        _ => {
+            for (i, w) in WORDS.iter().enumerate() {
+                let last = i + 1 == WORDS.len();
+                // intermediate chunks carry partial usage; the last one the full count
+                let u = if last {
+                    usage.clone()
+                } else {
+                    json!({"promptTokenCount": 11, "totalTokenCount": 11})
+                };
+                evs.push(data(gemini_chunk(
+                    json!([{"text": w}]),
+                    last.then_some("STOP"),
+                    Some(u),
+                    &model,
+                )));
+            }
+        }
+    }
+    sse_response(&[], evs)
+}
