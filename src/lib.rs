@@ -129,6 +129,7 @@ pub mod metrics;
 pub mod pricing;
 pub mod provider;
 pub mod ratelimit;
+pub mod reqid;
 pub mod request;
 pub mod route;
 pub mod secret;

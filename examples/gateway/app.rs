@@ -33,7 +33,7 @@ use tollgate::timeout::TimeoutLayer;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -140,7 +140,9 @@ impl App {
             .layer(BoxCloneSyncService::layer())
             .map_response(|res: Response<_>| res.map(Body::new))
             .layer(CatchPanicLayer::custom(panic_response))
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(SetRequestIdLayer::x_request_id(
+                tollgate::reqid::RequestIds::new(),
+            ))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
                 TraceLayer::new_for_http()
