@@ -14,7 +14,7 @@
 //! `taskset -c LIST`), `--mock-cpus LIST` (the same for the mock child; pin the harness itself
 //! with `taskset -c CPUS loadgen ...`),
 //! `--gateway-log info` (the gateway's `RUST_LOG`), and the gateway's own runtime size (one
-//! tokio worker per core) unless `--gateway-workers N` sets `TOKIO_WORKER_THREADS` for it.
+//! tokio worker per CPU it may use) unless `--gateway-workers N` sets `TOKIO_WORKER_THREADS` for it.
 //!
 //! What it does, all on 127.0.0.1:
 //! 1. starts a [`MockServer`] in a child process (this binary with `--serve-mock`; the child
