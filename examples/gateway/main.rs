@@ -124,7 +124,20 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Histograms with buckets (not the default summaries, which do more work per sample).
+    use metrics_exporter_prometheus::Matcher;
+    use tollgate::metrics as m;
+    let seconds = [
+        0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ];
+    let tokens = [
+        1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+    ];
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&seconds)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(m::TOKEN_USAGE.to_owned()), &tokens))
+        .map_err(|e| format!("metrics: {e}"))?
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;
     {

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// Request body cap in bytes (default 16 MiB).
     pub max_body_bytes: Option<usize>,
+    /// Worker threads of the reference gateway's runtime (default: one per CPU). On small VMs
+    /// one worker avoids cross-core wake-ups (see BENCHMARKS.md).
+    pub workers: Option<usize>,
 }
 
 /// `[auth]`
