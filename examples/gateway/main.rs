@@ -97,17 +97,25 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let cfg = match load(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cfg.server.workers.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -123,7 +131,7 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+async fn run(args: Args, cfg: Config) -> Result<(), String> {
     // Histograms with buckets (not the default summaries, which do more work per sample).
     use metrics_exporter_prometheus::Matcher;
     use tollgate::metrics as m;
@@ -151,7 +159,6 @@ async fn run(args: Args) -> Result<(), String> {
         });
     }
 
-    let cfg = load(args.config.as_ref())?;
     let listen = args
         .listen
         .clone()
