@@ -234,7 +234,7 @@ fn stack(bencher: Bencher, case: Case) {
 fn stack_with_auth_ratelimit(bencher: Bencher, case: Case) {
     let cfg =
         tollgate::config::Config::parse("[auth]\nenabled = false\n", "bench.toml").expect("config");
-    let auth = tollgate::config::auth_layer(&cfg).expect("auth layer");
+    let (auth, _keys) = tollgate::config::auth_layer(&cfg).expect("auth layer");
     let ratelimit = tollgate::config::ratelimit_layer(&cfg, |_| None).expect("ratelimit layer");
     let svc = ServiceBuilder::new()
         .layer(ErrorResponseLayer::new())

@@ -1,6 +1,8 @@
 //! Issue 3, acceptance 7: SIGHUP reloads the route table of a running gateway process while
 //! requests are in flight, and no request fails; a bad config is refused and the old one stays.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -178,4 +180,63 @@ async fn sighup_swaps_routes_under_load_without_failing_a_request() {
         ok_new.load(Ordering::Relaxed) >= 20,
         "the new route serves after SIGHUP"
     );
+}
+
+fn keyed(key: &str) -> String {
+    format!(
+        r#"
+[auth]
+enabled = true
+[[auth.keys]]
+name = "k"
+sha256 = "{}"
+[usage]
+jsonl = ""
+[providers.mock]
+kind = "mock"
+[models.m]
+targets = [{{ provider = "mock", model = "ok" }}]
+"#,
+        tollgate::auth::hash_key(key)
+    )
+}
+
+#[tokio::test]
+async fn a_reload_replaces_the_virtual_keys_and_cannot_switch_auth_off() {
+    let gw = common::Gateway::start(&keyed("sk-old")).await;
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let status = |key: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let auth = format!("Bearer {key}");
+            let r = common::chat(addr, body, &[("authorization", auth.as_str())]).await;
+            let s = r.status.as_u16();
+            r.rest().await;
+            s
+        }
+    };
+    assert_eq!(status("sk-old").await, 200);
+    assert_eq!(status("sk-new").await, 401);
+    let new = tollgate::config::Config::parse(&keyed("sk-new"), "new.toml").unwrap();
+    gw.app.reload(&new).unwrap();
+    assert_eq!(
+        status("sk-old").await,
+        401,
+        "the old key is gone after the reload"
+    );
+    assert_eq!(
+        status("sk-new").await,
+        200,
+        "the new key works after the reload"
+    );
+    // switching auth off is refused; the keys stay
+    let off = tollgate::config::Config::parse(
+        "[auth]\nenabled = false\n[providers.mock]\nkind = \"mock\"\n[models.m]\ntargets = [{ provider = \"mock\", model = \"ok\" }]\n",
+        "off.toml",
+    )
+    .unwrap();
+    let e = gw.app.reload(&off).unwrap_err().to_string();
+    assert!(e.contains("auth.enabled"), "{e}");
+    assert_eq!(status("sk-old").await, 401);
+    assert_eq!(status("sk-new").await, 200);
 }

@@ -19,7 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tollgate::body::Body;
-use tollgate::config::{Config, ConfigError, HealthRegistry, ModelInfo};
+use tollgate::config::{Config, ConfigError, HealthRegistry, ModelInfo, ReloadableKeys};
 use tollgate::error::{ErrorKind, ErrorResponseLayer, GatewayError};
 use tollgate::fallback::FallbackLayer;
 use tollgate::meter::{CostReportLayer, RecordSink, UsageMeterLayer};
@@ -42,6 +42,7 @@ type HttpService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infall
 /// The assembled gateway: the LLM stack plus the small operational endpoints.
 pub struct App {
     routes: RouteHandle,
+    keys: Option<ReloadableKeys>,
     prices: PriceHandle,
     #[cfg(feature = "postgres")]
     postgres: Option<Arc<tollgate::sink::postgres::PostgresSink>>,
@@ -128,7 +129,7 @@ impl App {
             .then(|| CostReportLayer::new().prices(prices.clone()));
 
         // Virtual keys and limits.
-        let auth = tollgate::config::auth_layer(cfg)?;
+        let (auth, keys) = tollgate::config::auth_layer(cfg)?;
         let price_routes = routes.clone();
         let ratelimit = tollgate::config::ratelimit_layer(cfg, move |model| {
             tollgate::config::worst_price(&price_routes.load(), model)
@@ -176,6 +177,7 @@ impl App {
 
         Ok(App {
             routes,
+            keys,
             prices,
             #[cfg(feature = "postgres")]
             postgres,
@@ -200,12 +202,24 @@ impl App {
         self.models.load().iter().map(|m| m.id.clone()).collect()
     }
 
-    /// Swap in a new config's routes. In-flight requests keep the table they were routed
-    /// with; a config that fails to build is refused and the old one stays.
+    /// Swap in a new config's routes, prices and virtual keys. In-flight requests keep what
+    /// they were admitted and routed with; a config that fails to build is refused and the old
+    /// one stays. Switching auth on or off needs a restart (refused here, explicitly).
     pub fn reload(&self, cfg: &Config) -> Result<(), ConfigError> {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = health.clone();
+        let keys = tollgate::config::static_keys(cfg)?;
+        if keys.is_some() != self.keys.is_some() {
+            return Err(ConfigError::field(
+                &cfg.source,
+                "auth.enabled",
+                "switching auth on or off needs a restart",
+            ));
+        }
         let rt = cfg.build_runtime(&mut next)?;
+        if let (Some(current), Some(new)) = (&self.keys, keys) {
+            current.store(new);
+        }
         self.routes.store(rt.routes);
         self.prices.store(rt.prices);
         self.models.store(Arc::new(rt.models));

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::presets::{Adapter, preset};
 use super::{Config, ConfigError, TimeoutsConfig, interpolate};
-use crate::auth::{AuthLayer, KeyEntry, StaticKeys};
+use arc_swap::ArcSwap;
+
+use crate::auth::{AuthLayer, KeyEntry, KeyValidator, StaticKeys, ValidateFuture};
 use crate::health::Health;
 use crate::provider::Provider;
 use crate::provider::anthropic::AnthropicProvider;
@@ -29,12 +31,12 @@ pub struct ModelInfo {
     pub owned_by: String,
 }
 
-/// Build the Auth layer from `[auth]`: `enabled = false` switches it off explicitly; otherwise
-/// the `[[auth.keys]]` (SHA-256 hashes) with their model globs and limits.
-pub fn auth_layer(cfg: &Config) -> Result<AuthLayer, ConfigError> {
+/// The `[[auth.keys]]` of a config, or `None` when `[auth] enabled = false` (switched off
+/// explicitly).
+pub fn static_keys(cfg: &Config) -> Result<Option<StaticKeys>, ConfigError> {
     let file = cfg.source.as_str();
     if cfg.auth.enabled == Some(false) {
-        return Ok(AuthLayer::disabled());
+        return Ok(None);
     }
     let mut entries = Vec::with_capacity(cfg.auth.keys.len());
     for (i, k) in cfg.auth.keys.iter().enumerate() {
@@ -51,9 +53,44 @@ pub fn auth_layer(cfg: &Config) -> Result<AuthLayer, ConfigError> {
         e = e.limits(limits(&k.limits));
         entries.push(e);
     }
-    let keys = StaticKeys::from_entries(entries)
-        .map_err(|e| ConfigError::field(file, "auth.keys", e.message()))?;
-    Ok(AuthLayer::new(keys))
+    StaticKeys::from_entries(entries)
+        .map(Some)
+        .map_err(|e| ConfigError::field(file, "auth.keys", e.message()))
+}
+
+/// Virtual keys a reload can replace: a [`KeyValidator`] over a swappable [`StaticKeys`]
+/// (requests in flight keep the identity they were admitted with).
+#[derive(Clone)]
+pub struct ReloadableKeys(Arc<ArcSwap<StaticKeys>>);
+
+impl ReloadableKeys {
+    /// Start with `keys`.
+    pub fn new(keys: StaticKeys) -> Self {
+        ReloadableKeys(Arc::new(ArcSwap::from_pointee(keys)))
+    }
+    /// Replace the keys.
+    pub fn store(&self, keys: StaticKeys) {
+        self.0.store(Arc::new(keys));
+    }
+}
+
+impl KeyValidator for ReloadableKeys {
+    fn validate(&self, key: Secret) -> ValidateFuture {
+        self.0.load().validate(key)
+    }
+}
+
+/// Build the Auth layer from `[auth]`: `enabled = false` switches it off explicitly; otherwise
+/// the `[[auth.keys]]` (SHA-256 hashes) with their model globs and limits. The returned
+/// [`ReloadableKeys`] (when auth is on) lets a reload replace the keys.
+pub fn auth_layer(cfg: &Config) -> Result<(AuthLayer, Option<ReloadableKeys>), ConfigError> {
+    Ok(match static_keys(cfg)? {
+        None => (AuthLayer::disabled(), None),
+        Some(keys) => {
+            let keys = ReloadableKeys::new(keys);
+            (AuthLayer::new(keys.clone()), Some(keys))
+        }
+    })
 }
 
 /// Runtime limits from config values.

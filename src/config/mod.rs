@@ -15,7 +15,8 @@ mod build;
 pub mod presets;
 
 pub use build::{
-    HealthRegistry, ModelInfo, Runtime, auth_layer, limits, ratelimit_layer, worst_price,
+    HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limits, ratelimit_layer,
+    static_keys, worst_price,
 };
 
 /// The embedded default configuration: mock models to try at once, plus real providers that
