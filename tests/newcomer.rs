@@ -91,6 +91,13 @@ async fn the_embedded_default_streams_a_mock_answer_with_no_key() {
     assert_eq!(rec["outcome"], "success");
     assert_eq!(rec["usage_source"], "upstream");
 
+    // --print-config prints the embedded default, a valid starting point
+    let out = Command::new(&bin).arg("--print-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, tollgate::config::DEFAULT_CONFIG);
+    tollgate::config::Config::parse(&text, "printed").unwrap();
+
     // the operator's question: what did we spend, by key, model and day?
     let out = Command::new(&bin)
         .args(["--spend-report", "model=mock"])
