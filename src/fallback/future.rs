@@ -25,17 +25,21 @@ use super::{ATTEMPTS_HEADER, TARGET_HEADER};
 use crate::health::CircuitState;
 use crate::metrics as m;
 
+/// A metric label that shares the `Arc<str>` instead of copying it.
+fn label(s: &Arc<str>) -> metrics::SharedString {
+    metrics::SharedString::from_shared(s.clone())
+}
+
 /// Count an attempt (`result` = `ok` or the error kind) and publish the target's circuit state
 /// (0 closed, 1 half-open, 2 open).
 fn record_attempt(target: &Target, result: &'static str) {
-    metrics::counter!(m::ATTEMPTS, "target" => target.id.to_string(), "result" => result)
-        .increment(1);
+    metrics::counter!(m::ATTEMPTS, "target" => label(&target.id), "result" => result).increment(1);
     let state = match target.health.circuit() {
         CircuitState::Closed => 0.0,
         CircuitState::HalfOpen => 1.0,
         CircuitState::Open { .. } => 2.0,
     };
-    metrics::gauge!(m::CIRCUIT_STATE, "target" => target.id.to_string()).set(state);
+    metrics::gauge!(m::CIRCUIT_STATE, "target" => label(&target.id)).set(state);
 }
 
 pin_project! {
@@ -427,8 +431,8 @@ where
                     if *this.calls > 1 {
                         if let Some(prev) = this.attempts.last() {
                             metrics::counter!(m::FALLBACKS,
-                                "model" => this.model.to_string(),
-                                "from" => prev.target.to_string(),
+                                "model" => label(this.model),
+                                "from" => label(&prev.target),
                                 "reason" => prev.error.unwrap_or("unknown"))
                             .increment(1);
                         }

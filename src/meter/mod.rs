@@ -476,8 +476,12 @@ fn emit_metrics(
     total: Duration,
     overhead: Option<Duration>,
 ) {
-    let model = r.model.clone();
-    let provider = r.provider.clone().unwrap_or_else(|| "none".to_owned());
+    // One allocation each; the label clones below share it.
+    let model = metrics::SharedString::from_shared(Arc::<str>::from(r.model.as_str()));
+    let provider = match &r.provider {
+        Some(p) => metrics::SharedString::from_shared(Arc::<str>::from(p.as_str())),
+        None => metrics::SharedString::const_str("none"),
+    };
     metrics::counter!(m::REQUESTS,
         "outcome" => r.outcome.as_str(),
         "status_class" => m::status_class(r.status),

@@ -220,7 +220,7 @@ pub const CREDENTIAL_HEADERS: [&str; 4] = [
 impl Service<Request<Full<Bytes>>> for Dispatch {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+    type Future = DispatchFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         Poll::Ready(Ok(()))
@@ -232,11 +232,13 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
             parts.extensions.remove::<ParsedRequest>(),
             parts.extensions.remove::<Attempt>(),
         ) else {
-            return Box::pin(async {
-                Err(GatewayError::internal(
+            return DispatchFuture {
+                inner: None,
+                error: Some(GatewayError::internal(
                     "Dispatch needs the ParsedRequest and Attempt extensions (Parse and Fallback layers)",
-                ))
-            });
+                )),
+                id_header: "x-request-id",
+            };
         };
         for h in CREDENTIAL_HEADERS {
             parts.headers.remove(h);
@@ -254,20 +256,48 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
         } else {
             provider.call(call)
         };
-        Box::pin(async move {
-            let mut res = fut.await?;
-            // The gateway's own request id is the one the client sees; the upstream's is kept
-            // under another name (Anthropic's is `request-id`).
-            let id_header = if anthropic {
+        DispatchFuture {
+            inner: Some(fut),
+            error: None,
+            // Anthropic's upstream id header is `request-id`.
+            id_header: if anthropic {
                 "request-id"
             } else {
                 "x-request-id"
-            };
-            if let Some(id) = res.headers_mut().remove(id_header) {
-                res.headers_mut().insert("x-upstream-request-id", id);
+            },
+        }
+    }
+}
+
+/// Future of [`Dispatch`]: the provider's call, with the upstream's request id moved to
+/// `x-upstream-request-id` (the client sees the gateway's own id).
+pub struct DispatchFuture {
+    inner: Option<BoxFuture<Result<Response<Body>, GatewayError>>>,
+    error: Option<GatewayError>,
+    id_header: &'static str,
+}
+
+impl Future for DispatchFuture {
+    type Output = Result<Response<Body>, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(fut) = self.inner.as_mut() else {
+            return Poll::Ready(Err(self
+                .error
+                .take()
+                .unwrap_or_else(|| GatewayError::internal("polled after completion"))));
+        };
+        let mut res = match fut.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => {
+                self.inner = None;
+                r?
             }
-            Ok(res)
-        })
+        };
+        if let Some(id) = res.headers_mut().remove(self.id_header) {
+            res.headers_mut().insert("x-upstream-request-id", id);
+        }
+        Poll::Ready(Ok(res))
     }
 }
 

@@ -404,23 +404,11 @@ pub fn request_to_anthropic(
     }
 
     // Tools.
-    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
-        let mut list = Vec::with_capacity(tools.len());
-        for (i, t) in tools.iter().enumerate() {
-            let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
-                (Some("function") | None, Some(f)) => f,
-                _ => {
-                    return Err(bad(
-                        "only function tools are supported by the Anthropic provider",
-                        format!("tools[{i}]"),
-                    ));
-                }
-            };
-            let mut tool = Map::new();
-            tool.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-            if let Some(d) = f.get("description").filter(|v| !v.is_null()) {
-                tool.insert("description".into(), d.clone());
-            }
+    let functions = super::function_tools(&req, "Anthropic")?;
+    if !functions.is_empty() {
+        let mut list = Vec::with_capacity(functions.len());
+        for f in functions {
+            let mut tool = super::named_tool(f);
             let schema = f
                 .get("parameters")
                 .filter(|v| !v.is_null())
@@ -432,9 +420,7 @@ pub fn request_to_anthropic(
             }
             list.push(Value::Object(tool));
         }
-        if !list.is_empty() {
-            out.insert("tools".into(), Value::Array(list));
-        }
+        out.insert("tools".into(), Value::Array(list));
     }
     let mut choice = match req.get("tool_choice") {
         None | Some(Value::Null) => None,

@@ -321,31 +321,17 @@ pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
     }
 
     // Tools.
-    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
-        let mut decls = Vec::with_capacity(tools.len());
-        for (i, t) in tools.iter().enumerate() {
-            let f = match (t.get("type").and_then(Value::as_str), t.get("function")) {
-                (Some("function") | None, Some(f)) => f,
-                _ => {
-                    return Err(bad(
-                        "only function tools are supported by the Gemini provider",
-                        format!("tools[{i}]"),
-                    ));
-                }
-            };
-            let mut d = Map::new();
-            d.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-            if let Some(x) = f.get("description").filter(|v| !v.is_null()) {
-                d.insert("description".into(), x.clone());
-            }
+    let functions = super::function_tools(&req, "Gemini")?;
+    if !functions.is_empty() {
+        let mut decls = Vec::with_capacity(functions.len());
+        for f in functions {
+            let mut d = super::named_tool(f);
             if let Some(x) = f.get("parameters").filter(|v| !v.is_null()) {
                 d.insert("parametersJsonSchema".into(), x.clone());
             }
             decls.push(Value::Object(d));
         }
-        if !decls.is_empty() {
-            out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
-        }
+        out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
     }
     let fcc = match req.get("tool_choice") {
         None | Some(Value::Null) => None,

@@ -94,6 +94,48 @@ fn feed<T: StreamTranslator>(t: &mut T, ev: &SseEvent, out: &mut BytesMut) -> Fl
     t.on_event(data, &ev.raw, out)
 }
 
+/// The `function` objects of an OpenAI request's `tools` list (empty when there is none). A
+/// tool of any other type is refused with 400 naming it: `provider` says who cannot take it.
+pub(crate) fn function_tools<'a>(
+    req: &'a serde_json::Map<String, serde_json::Value>,
+    provider: &str,
+) -> Result<Vec<&'a serde_json::Value>, GatewayError> {
+    let Some(tools) = req.get("tools").and_then(serde_json::Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            match (
+                t.get("type").and_then(serde_json::Value::as_str),
+                t.get("function"),
+            ) {
+                (Some("function") | None, Some(f)) => Ok(f),
+                _ => Err(GatewayError::bad_request(
+                    format!("only function tools are supported by the {provider} provider"),
+                    None,
+                )
+                .with_param(format!("tools[{i}]"))),
+            }
+        })
+        .collect()
+}
+
+/// A provider tool declaration started from an OpenAI function: its `name` and, when set, its
+/// `description`.
+pub(crate) fn named_tool(f: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    let mut tool = serde_json::Map::new();
+    tool.insert(
+        "name".into(),
+        f.get("name").cloned().unwrap_or(serde_json::Value::Null),
+    );
+    if let Some(d) = f.get("description").filter(|v| !v.is_null()) {
+        tool.insert("description".into(), d.clone());
+    }
+    tool
+}
+
 pin_project! {
     /// A response body translating an upstream SSE body on the fly, event by event, with no
     /// buffering beyond the event being scanned. Upstream body errors pass through; an upstream
