@@ -341,9 +341,21 @@ impl Front {
     }
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves; then stop accepting and let in-flight
-/// requests finish (up to 30 s).
+/// Serve `app` on `listener` until `shutdown` resolves; then stop accepting, let in-flight
+/// requests finish (up to 30 s) and flush the usage records.
+#[allow(dead_code)] // the tests serve in process with it; the gateway binary runs one loop per worker
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    serve_connections(&app, listener, shutdown).await;
+    app.flush().await;
+}
+
+/// [`serve`] without the final flush: one worker's accept loop (the gateway runs one per
+/// worker thread, each on its own listener, and flushes once when all have finished).
+pub async fn serve_connections(
+    app: &App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -376,5 +388,4 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             tracing::warn!("in-flight requests still running after 30 s; closing");
         }
     }
-    app.flush().await;
 }

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tollgate::config::{Config, DEFAULT_CONFIG};
+use tokio::net::{TcpListener, TcpSocket};
+use tollgate::config::{Config, DEFAULT_CONFIG, RuntimeKind};
 
 struct Args {
     config: Option<PathBuf>,
@@ -104,10 +104,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cfg.server.workers.filter(|n| *n > 0) {
-        builder.worker_threads(n);
-    }
+    let workers = cfg
+        .server
+        .workers
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let kind = cfg.server.runtime.unwrap_or_default();
+    let mut builder = match kind {
+        RuntimeKind::PerCore => tokio::runtime::Builder::new_current_thread(),
+        RuntimeKind::WorkStealing => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(workers);
+            b
+        }
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -115,7 +125,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args, cfg)) {
+    let extra = match kind {
+        RuntimeKind::PerCore => workers - 1,
+        RuntimeKind::WorkStealing => 0,
+    };
+    match rt.block_on(run(args, cfg, extra)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -131,7 +145,9 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
-async fn run(args: Args, cfg: Config) -> Result<(), String> {
+/// Serve on the current runtime plus `extra` more threads, each with its own single-threaded
+/// runtime and its own listening socket on the same address (`SO_REUSEPORT`).
+async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
     // Histograms with buckets (not the default summaries, which do more work per sample).
     use metrics_exporter_prometheus::Matcher;
     use tollgate::metrics as m;
@@ -173,10 +189,51 @@ async fn run(args: Args, cfg: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     );
 
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let (listener, local) = listen_on(addr, extra > 0)?;
+    // The other workers: one thread, one runtime, one listener each; all stop on one signal.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut finished = Vec::with_capacity(extra);
+    for i in 1..=extra {
+        let (socket, _) = bind(local, true)?;
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("tollgate-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start a worker runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match socket.listen(LISTEN_BACKLOG) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("cannot listen on {local}: {e}")));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    app::serve_connections(&app, listener, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        ready_rx
+            .recv()
+            .map_err(|_| "a worker thread died at start".to_owned())??;
+        finished.push(done_rx);
+    }
     println!("tollgate listening on http://{local}");
     tracing::info!(models = ?app.model_names(), "serving {} models", app.model_names().len());
 
@@ -204,12 +261,50 @@ async fn run(args: Args, cfg: Config) -> Result<(), String> {
         });
     }
 
-    app::serve(app, listener, async {
+    app::serve_connections(&app, listener, async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
     })
     .await;
+    for done in finished {
+        let _ = done.await;
+    }
+    app.flush().await;
     Ok(())
+}
+
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr`, with `SO_REUSEPORT` when several workers share the address.
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<(TcpSocket, SocketAddr), String> {
+    let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    #[cfg(all(unix, not(target_os = "solaris"), not(target_os = "illumos")))]
+    if reuse_port {
+        socket.set_reuseport(true).map_err(fail)?;
+    }
+    #[cfg(not(all(unix, not(target_os = "solaris"), not(target_os = "illumos"))))]
+    let _ = reuse_port;
+    socket.bind(addr).map_err(fail)?;
+    let local = socket.local_addr().map_err(fail)?;
+    Ok((socket, local))
+}
+
+/// The first worker's listener, and the address it got (port 0 resolves here; the other
+/// workers bind the resolved port).
+fn listen_on(addr: SocketAddr, reuse_port: bool) -> Result<(TcpListener, SocketAddr), String> {
+    let (socket, local) = bind(addr, reuse_port)?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    Ok((listener, local))
 }
 
 /// Sum spend and tokens by key, model and day from the usage records (the PostgreSQL table when

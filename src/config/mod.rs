@@ -79,9 +79,25 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// Request body cap in bytes (default 16 MiB).
     pub max_body_bytes: Option<usize>,
-    /// Worker threads of the reference gateway's runtime (default: one per CPU). On small VMs
-    /// one worker avoids cross-core wake-ups (see BENCHMARKS.md).
+    /// Worker threads of the reference gateway (default: one per CPU it may run on).
     pub workers: Option<usize>,
+    /// How the reference gateway runs its workers: `"per-core"` (the default) gives each
+    /// worker thread its own single-threaded runtime, its own listening socket
+    /// (`SO_REUSEPORT`: the kernel spreads connections) and its own upstream connection pool,
+    /// so a request never wakes another thread; `"work-stealing"` is one tokio multi-thread
+    /// runtime (better when a few connections carry very uneven load). See BENCHMARKS.md.
+    pub runtime: Option<RuntimeKind>,
+}
+
+/// `[server] runtime`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// One single-threaded runtime per worker thread, one listener each (`SO_REUSEPORT`).
+    #[default]
+    PerCore,
+    /// One multi-threaded work-stealing runtime.
+    WorkStealing,
 }
 
 /// `[auth]`

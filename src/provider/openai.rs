@@ -27,8 +27,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -447,32 +447,30 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
         .clone()
 }
 
-/// The shared pooled client for `connect_timeout` (one per distinct timeout, ms granularity;
-/// past [`MAX_CACHED_CLIENTS`] distinct values a client is built for the call and not kept).
+/// The pooled client for `connect_timeout` (one per distinct timeout, ms granularity; past
+/// [`MAX_CACHED_CLIENTS`] distinct values a client is built for the call and not kept).
+///
+/// The pools are per thread: an upstream connection is driven by a task on the runtime that
+/// opened it, so with one single-threaded runtime per worker (the reference gateway's default)
+/// a request never hands its upstream I/O to another thread. On a work-stealing runtime each
+/// worker thread keeps its own pool (a few more idle connections, no shared lock per request).
 pub(crate) fn client_for(connect_timeout: Option<Duration>) -> Result<HttpsClient, GatewayError> {
-    static CLIENTS: OnceLock<RwLock<HashMap<Option<u64>, HttpsClient>>> = OnceLock::new();
+    thread_local! {
+        static CLIENTS: RefCell<Vec<(Option<u64>, HttpsClient)>> = const { RefCell::new(Vec::new()) };
+    }
     let key = connect_timeout.map(|d| {
         let ms = d.as_nanos().div_ceil(1_000_000);
         u64::try_from(ms).unwrap_or(u64::MAX)
     });
-    let clients = CLIENTS.get_or_init(|| RwLock::new(HashMap::new()));
-    if let Some(c) = clients
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&key)
-    {
-        return Ok(c.clone());
+    if let Some(c) = CLIENTS.with_borrow(|cs| cs.iter().find(|(k, _)| *k == key).map(|(_, c)| c.clone())) {
+        return Ok(c);
     }
     let client = build_client(key.map(Duration::from_millis))?;
-    let mut map = clients
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(c) = map.get(&key) {
-        return Ok(c.clone());
-    }
-    if map.len() < MAX_CACHED_CLIENTS {
-        map.insert(key, client.clone());
-    }
+    CLIENTS.with_borrow_mut(|cs| {
+        if cs.len() < MAX_CACHED_CLIENTS {
+            cs.push((key, client.clone()));
+        }
+    });
     Ok(client)
 }
 
