@@ -36,8 +36,16 @@ impl RequestIds {
     /// The next id.
     pub fn next_id(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let s = format!("req_{:016x}{:016x}", self.prefix, n);
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+        // `req_` + 16 + 16 lower-case hex digits, written by hand (no formatter on this path).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 4 + 32];
+        buf[..4].copy_from_slice(b"req_");
+        for (i, word) in [self.prefix, n].into_iter().enumerate() {
+            for j in 0..16 {
+                buf[4 + i * 16 + j] = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
     }
 }
 
@@ -61,5 +69,11 @@ mod tests {
         assert!(x.to_str().unwrap().starts_with("req_"));
         assert_eq!(x.len(), 4 + 32);
         assert_ne!(RequestIds::new().prefix, RequestIds::new().prefix);
+        let c = RequestIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            counter: Arc::new(AtomicU64::new(0xfe)),
+        };
+        assert_eq!(c.next_id(), "req_0123456789abcdef00000000000000fe");
+        assert_eq!(c.next_id(), "req_0123456789abcdef00000000000000ff");
     }
 }

@@ -118,6 +118,8 @@ pub struct Target {
     pub caps: Capabilities,
     /// Circuit breaker, `Retry-After` memory and latency EWMA of this target.
     pub health: Arc<Health>,
+    /// This target's metric handles (Fallback's attempts and circuit state), cached.
+    pub(crate) series: crate::fallback::TargetSeries,
 }
 
 impl Target {
@@ -133,6 +135,7 @@ impl Target {
             price: None,
             caps: Capabilities::default(),
             health: Arc::new(Health::default()),
+            series: Default::default(),
         }
     }
 }

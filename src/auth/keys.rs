@@ -64,7 +64,11 @@ impl KeyIdentity {
 
     /// The identity used when Auth is disabled: id `anonymous`, every model allowed.
     pub fn anonymous() -> Self {
-        KeyIdentity::new(ANONYMOUS_KEY_ID, ANONYMOUS_KEY_ID)
+        // Built once: Auth switched off inserts it on every request (reference counts only).
+        static ANONYMOUS: std::sync::OnceLock<KeyIdentity> = std::sync::OnceLock::new();
+        ANONYMOUS
+            .get_or_init(|| KeyIdentity::new(ANONYMOUS_KEY_ID, ANONYMOUS_KEY_ID))
+            .clone()
     }
 
     /// Set the tenant.

@@ -114,7 +114,11 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let key = credential(req.headers());
+        let key = self
+            .validator
+            .is_some()
+            .then(|| credential(req.headers()))
+            .flatten();
         strip_credentials(req.headers_mut());
         let Some(validator) = &self.validator else {
             let id = req
@@ -159,9 +163,7 @@ fn credential(headers: &HeaderMap) -> Option<Secret> {
 }
 
 fn strip_credentials(headers: &mut HeaderMap) {
-    for h in CREDENTIAL_HEADERS {
-        headers.remove(h);
-    }
+    crate::provider::remove_named(headers, &CREDENTIAL_HEADERS);
 }
 
 fn refused(reason: &'static str) {

@@ -30,16 +30,60 @@ fn label(s: &Arc<str>) -> metrics::SharedString {
     metrics::SharedString::from_shared(s.clone())
 }
 
+/// A target's metric handles, registered once per recorder (a labelled macro call costs a
+/// registry lookup each time). Keyed by the recorder's address so a test's local recorder gets
+/// its own.
+#[derive(Default)]
+pub(crate) struct TargetSeries {
+    inner: std::sync::Mutex<Vec<CachedSeries>>,
+}
+
+struct CachedSeries {
+    recorder: usize,
+    circuit: metrics::Gauge,
+    attempts: Vec<(&'static str, metrics::Counter)>,
+}
+
+impl TargetSeries {
+    fn record(&self, id: &Arc<str>, result: &'static str, state: f64) {
+        let recorder = metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize);
+        let mut all = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match all.iter().position(|c| c.recorder == recorder) {
+            Some(i) => i,
+            None => {
+                if all.len() >= 8 {
+                    all.clear();
+                }
+                all.push(CachedSeries {
+                    recorder,
+                    circuit: metrics::gauge!(m::CIRCUIT_STATE, "target" => label(id)),
+                    attempts: Vec::new(),
+                });
+                all.len() - 1
+            }
+        };
+        let c = &mut all[i];
+        match c.attempts.iter().find(|(r, _)| *r == result) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!(m::ATTEMPTS, "target" => label(id), "result" => result);
+                counter.increment(1);
+                c.attempts.push((result, counter));
+            }
+        }
+        c.circuit.set(state);
+    }
+}
+
 /// Count an attempt (`result` = `ok` or the error kind) and publish the target's circuit state
 /// (0 closed, 1 half-open, 2 open).
 fn record_attempt(target: &Target, result: &'static str) {
-    metrics::counter!(m::ATTEMPTS, "target" => label(&target.id), "result" => result).increment(1);
     let state = match target.health.circuit() {
         CircuitState::Closed => 0.0,
         CircuitState::HalfOpen => 1.0,
         CircuitState::Open { .. } => 2.0,
     };
-    metrics::gauge!(m::CIRCUIT_STATE, "target" => label(&target.id)).set(state);
+    target.series.record(&target.id, result, state);
 }
 
 pin_project! {

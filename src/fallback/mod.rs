@@ -66,6 +66,7 @@ mod future;
 mod layer;
 
 pub use self::future::ResponseFuture;
+pub(crate) use self::future::TargetSeries;
 pub use self::layer::FallbackLayer;
 
 /// Response header listing every attempt: `provider/model/status/ms;...`.

@@ -93,6 +93,7 @@ struct Shared {
     sinks: Vec<Arc<dyn RecordSink>>,
     json_cap: usize,
     prices: Option<PriceHandle>,
+    series: series::SeriesCache,
 }
 
 /// Layer for [`UsageMeter`]: configuration only.
@@ -108,6 +109,7 @@ impl Default for UsageMeterLayer {
                 sinks: Vec::new(),
                 json_cap: 8 << 20,
                 prices: None,
+                series: series::SeriesCache::default(),
             }),
         }
     }
@@ -132,6 +134,7 @@ impl UsageMeterLayer {
             sinks: self.shared.sinks.clone(),
             json_cap: self.shared.json_cap,
             prices: self.shared.prices.clone(),
+            series: series::SeriesCache::default(),
         };
         f(&mut shared);
         self.shared = Arc::new(shared);
@@ -461,7 +464,28 @@ impl Ctx {
             started_at_ms: self.started_at_ms,
         };
 
-        emit_metrics(&record, ttft, total, overhead);
+        let series = match tap.model.as_ref() {
+            Some(model) => {
+                let (target_id, provider) = match served {
+                    Some(s) => (Some(&s.target.id), Some(s.target.provider.name())),
+                    None => match tap.attempts.last() {
+                        Some(a) => (
+                            Some(&a.target),
+                            a.target.split_once('/').map(|(p, _)| p),
+                        ),
+                        None => (None, None),
+                    },
+                };
+                self.shared.series.get(model, target_id, provider)
+            }
+            // Not routed (refused or unknown model): labels from the record, not cached.
+            None => Arc::new(series::Series::new(
+                Arc::from(record.model.as_str()),
+                None,
+                record.provider.as_deref().map(Arc::from),
+            )),
+        };
+        emit_metrics(&series, &record, ttft, total, overhead);
         for sink in &self.shared.sinks {
             sink.record(&record);
         }
@@ -471,51 +495,36 @@ impl Ctx {
 }
 
 fn emit_metrics(
+    series: &series::Series,
     r: &UsageRecord,
     ttft: Option<Duration>,
     total: Duration,
     overhead: Option<Duration>,
 ) {
-    // One allocation each; the label clones below share it.
-    let model = metrics::SharedString::from_shared(Arc::<str>::from(r.model.as_str()));
-    let provider = match &r.provider {
-        Some(p) => metrics::SharedString::from_shared(Arc::<str>::from(p.as_str())),
-        None => metrics::SharedString::const_str("none"),
-    };
-    metrics::counter!(m::REQUESTS,
-        "outcome" => r.outcome.as_str(),
-        "status_class" => m::status_class(r.status),
-        "model" => model.clone(),
-        "provider" => provider.clone())
-    .increment(1);
-    metrics::histogram!(m::OPERATION_DURATION,
-        "model" => model.clone(), "provider" => provider.clone(), "outcome" => r.outcome.as_str())
-    .record(total.as_secs_f64());
+    let (requests, duration) = series.by_outcome(r.outcome, m::status_class(r.status));
+    requests.increment(1);
+    duration.record(total.as_secs_f64());
     if r.usage_source != UsageSource::None {
-        metrics::histogram!(m::TOKEN_USAGE,
-            "gen_ai.token.type" => "input", "model" => model.clone(), "provider" => provider.clone())
-        .record(r.usage.prompt_tokens as f64);
-        metrics::histogram!(m::TOKEN_USAGE,
-            "gen_ai.token.type" => "output", "model" => model.clone(), "provider" => provider.clone())
-        .record(r.usage.completion_tokens as f64);
+        series.input_tokens().record(r.usage.prompt_tokens as f64);
+        series.output_tokens().record(r.usage.completion_tokens as f64);
     }
     if let Some(t) = ttft {
-        metrics::histogram!(m::TIME_TO_FIRST_TOKEN, "model" => model.clone(), "provider" => provider.clone())
-            .record(t.as_secs_f64());
+        series.ttft().record(t.as_secs_f64());
         if r.usage.completion_tokens > 1 && r.outcome == Outcome::Success {
             let per =
                 total.saturating_sub(t).as_secs_f64() / (r.usage.completion_tokens - 1) as f64;
-            metrics::histogram!(m::TIME_PER_OUTPUT_TOKEN, "model" => model.clone(), "provider" => provider.clone())
-                .record(per);
+            series.time_per_output_token().record(per);
         }
     }
     if let Some(o) = overhead {
-        metrics::histogram!(m::GATEWAY_OVERHEAD).record(o.as_secs_f64());
+        series.overhead().record(o.as_secs_f64());
     }
     if let Some(c) = r.cost_pico {
-        metrics::counter!(m::COST_PICO_USD, "model" => model, "provider" => provider).increment(c);
+        series.cost().increment(c);
     }
 }
+
+mod series;
 
 #[cfg(test)]
 mod paths;

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use tower::Service;
 
@@ -217,6 +217,19 @@ pub const CREDENTIAL_HEADERS: [&str; 4] = [
     "proxy-authorization",
 ];
 
+/// Remove every header named in `names` (lower-case names): a pass over the map's few keys
+/// finds the ones present, which are removed by their parsed name (no name is parsed, and
+/// nothing hashed when none is present, the common case).
+pub(crate) fn remove_named(headers: &mut HeaderMap, names: &[&str]) {
+    while let Some(name) = headers
+        .keys()
+        .find(|k| names.contains(&k.as_str()))
+        .cloned()
+    {
+        headers.remove(&name);
+    }
+}
+
 impl Service<Request<Full<Bytes>>> for Dispatch {
     type Response = Response<Body>;
     type Error = GatewayError;
@@ -237,12 +250,10 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
                 error: Some(GatewayError::internal(
                     "Dispatch needs the ParsedRequest and Attempt extensions (Parse and Fallback layers)",
                 )),
-                id_header: "x-request-id",
+                id_header: &X_REQUEST_ID,
             };
         };
-        for h in CREDENTIAL_HEADERS {
-            parts.headers.remove(h);
-        }
+        remove_named(&mut parts.headers, &CREDENTIAL_HEADERS);
         let call = UpstreamCall {
             parsed,
             upstream_model: attempt.target.upstream_model.clone(),
@@ -261,9 +272,9 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
             error: None,
             // Anthropic's upstream id header is `request-id`.
             id_header: if anthropic {
-                "request-id"
+                &REQUEST_ID
             } else {
-                "x-request-id"
+                &X_REQUEST_ID
             },
         }
     }
@@ -274,8 +285,12 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
 pub struct DispatchFuture {
     inner: Option<BoxFuture<Result<Response<Body>, GatewayError>>>,
     error: Option<GatewayError>,
-    id_header: &'static str,
+    id_header: &'static HeaderName,
 }
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 
 impl Future for DispatchFuture {
     type Output = Result<Response<Body>, GatewayError>;
@@ -295,7 +310,7 @@ impl Future for DispatchFuture {
             }
         };
         if let Some(id) = res.headers_mut().remove(self.id_header) {
-            res.headers_mut().insert("x-upstream-request-id", id);
+            res.headers_mut().insert(X_UPSTREAM_REQUEST_ID.clone(), id);
         }
         Poll::Ready(Ok(res))
     }

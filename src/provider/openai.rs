@@ -289,9 +289,10 @@ impl OpenAiProvider {
             header::USER_AGENT,
             HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
         );
-        for name in FORWARDED_HEADERS {
-            if let Some(v) = call.headers.get(name) {
-                h.insert(HeaderName::from_static(name), v.clone());
+        // One pass over the client's few headers (no name parsed); the first value wins.
+        for (k, v) in &call.headers {
+            if FORWARDED_HEADERS.contains(&k.as_str()) && !h.contains_key(k) {
+                h.insert(k.clone(), v.clone());
             }
         }
         for (k, v) in &self.headers {
@@ -347,6 +348,10 @@ impl Provider for OpenAiProvider {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // `connection` is in HOP_BY_HOP: nothing to do unless one of them is present.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -357,9 +362,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    super::remove_named(headers, &HOP_BY_HOP);
 }
 
 /// Read at most `cap` bytes of `body`; a read error ends the read (what was read is kept).

@@ -694,7 +694,12 @@ fn header_ms(
     headers: Option<&HeaderMap>,
     name: &'static str,
 ) -> Result<Option<Duration>, GatewayError> {
-    let Some(v) = headers.and_then(|h| h.get(name)) else {
+    // A pass over the request's few header names instead of parsing `name` for a lookup:
+    // the deadline headers are rarely sent.
+    let Some(v) = headers.and_then(|h| {
+        h.iter()
+            .find_map(|(k, v)| (k.as_str() == name).then_some(v))
+    }) else {
         return Ok(None);
     };
     match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
