@@ -200,7 +200,7 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name(format!("tollgate-worker-{i}"))
+            .name(format!("tg-worker-{i}"))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
