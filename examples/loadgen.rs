@@ -4,6 +4,7 @@
 //! cargo build --release --example gateway --example loadgen
 //! target/release/examples/loadgen [--requests N] [--concurrency C] [--time-cap SECS]
 //!                                 [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N]
+//!                                 [--gateway-runtime per-core|work-stealing]
 //!                                 [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R]
 //! ```
 //!
@@ -13,8 +14,9 @@
 //! shared machine falls on both sides), `--gateway-cpus LIST` (start the gateway under
 //! `taskset -c LIST`), `--mock-cpus LIST` (the same for the mock child; pin the harness itself
 //! with `taskset -c CPUS loadgen ...`),
-//! `--gateway-log info` (the gateway's `RUST_LOG`), and the gateway's own runtime size (one
-//! tokio worker per CPU it may use) unless `--gateway-workers N` sets `TOKIO_WORKER_THREADS` for it.
+//! `--gateway-log info` (the gateway's `RUST_LOG`), and the gateway's own runtime: its default
+//! (`per-core`, one worker thread per CPU it may use) unless `--gateway-workers N` /
+//! `--gateway-runtime KIND` set `[server] workers` / `[server] runtime` in its config.
 //!
 //! What it does, all on 127.0.0.1:
 //! 1. starts a [`MockServer`] in a child process (this binary with `--serve-mock`; the child
@@ -50,7 +52,7 @@ use hyper_util::rt::TokioIo;
 use tollgate::provider::mock::{MockLog, MockServer};
 
 const USAGE: &str = "usage: loadgen [--requests N] [--concurrency C] [--time-cap SECS] \
-                     [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R] [--serve-mock]";
+                     [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--gateway-runtime KIND] [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R] [--no-floor] [--serve-mock] [--serve-proxy PORT] [--drive ADDR]";
 
 struct Args {
     requests: usize,
@@ -59,10 +61,18 @@ struct Args {
     gateway: PathBuf,
     gateway_log: String,
     gateway_workers: Option<u64>,
+    gateway_runtime: Option<String>,
     gateway_cpus: Option<String>,
     mock_cpus: Option<String>,
     rounds: usize,
     serve_mock: bool,
+    /// Child mode: the bare proxy in front of the mock on this port.
+    serve_proxy: Option<u16>,
+    /// Measure the bare proxy too (`--no-floor` skips it).
+    floor: bool,
+    /// Client-only mode: send `--requests` non-streaming requests to this address, one at a
+    /// time on one connection, and exit (benches/instructions.sh drives callgrind with it).
+    drive: Option<SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -73,10 +83,14 @@ fn parse_args() -> Result<Args, String> {
         gateway: PathBuf::from("target/release/examples/gateway"),
         gateway_log: "info".to_owned(),
         gateway_workers: None,
+        gateway_runtime: None,
         gateway_cpus: None,
         mock_cpus: None,
         rounds: 5,
         serve_mock: false,
+        serve_proxy: None,
+        floor: true,
+        drive: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,7 +112,17 @@ fn parse_args() -> Result<Args, String> {
             "--mock-cpus" => a.mock_cpus = Some(value()?),
             "--rounds" => a.rounds = num(value()?)?.max(1) as usize,
             "--gateway-workers" => a.gateway_workers = Some(num(value()?)?.max(1)),
+            "--gateway-runtime" => a.gateway_runtime = Some(value()?),
             "--serve-mock" => a.serve_mock = true,
+            "--serve-proxy" => a.serve_proxy = Some(num(value()?)? as u16),
+            "--no-floor" => a.floor = false,
+            "--drive" => {
+                a.drive = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--drive ADDR: {e}"))?,
+                )
+            }
             "--help" | "-h" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -126,6 +150,22 @@ fn main() -> ExitCode {
     };
     let result = if args.serve_mock {
         rt.block_on(serve_mock())
+    } else if let Some(port) = args.serve_proxy {
+        rt.block_on(serve_proxy(port))
+    } else if let Some(addr) = args.drive {
+        rt.block_on(async {
+            let r = drive(addr, body_for("ok", false), args.requests, 1, args.time_cap).await?;
+            if r.errors > 0 {
+                return Err(format!(
+                    "{} of {} requests failed; first: {}",
+                    r.errors,
+                    args.requests,
+                    r.first_error.unwrap_or_default()
+                ));
+            }
+            println!("{} requests", r.samples.len());
+            Ok(())
+        })
     } else {
         rt.block_on(run(&args))
     };
@@ -158,6 +198,75 @@ async fn serve_mock() -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     drop(server);
+    Ok(())
+}
+
+/// The floor: the least any Rust gateway built on hyper does per request — a hyper HTTP/1.1
+/// server (one single-threaded runtime, like one gateway worker) whose every request is sent,
+/// headers and body as they are, through hyper-util's pooled client (the gateway's) to the mock,
+/// and whose answer is streamed back frame by frame. No parsing, routing, metering or metrics.
+/// Prints its port, runs until stdin closes.
+async fn serve_proxy(upstream_port: u16) -> Result<(), String> {
+    use hyper::body::Incoming;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("proxy: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build(http);
+    let authority = format!("127.0.0.1:{upstream_port}");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (client, authority) = (client.clone(), authority.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let client = client.clone();
+                    let authority = authority.clone();
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        let path = parts
+                            .uri
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_owned();
+                        parts.uri = http::Uri::builder()
+                            .scheme("http")
+                            .authority(authority.as_str())
+                            .path_and_query(path)
+                            .build()
+                            .map_err(|e| e.to_string())?;
+                        let res = client
+                            .request(hyper::Request::from_parts(parts, body))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(res)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    println!("{port}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -231,6 +340,24 @@ fn read_until<T>(
 }
 
 fn start_mock(cpus: Option<&str>) -> Result<(Proc, u16), String> {
+    start_child("mock", cpus, &["--serve-mock".to_owned()])
+}
+
+/// The bare proxy (the floor) in front of the mock, placed like the gateway.
+fn start_proxy(cpus: Option<&str>, mock_port: u16) -> Result<(Proc, u16), String> {
+    start_child(
+        "bare proxy",
+        cpus,
+        &["--serve-proxy".to_owned(), mock_port.to_string()],
+    )
+}
+
+/// This binary in a child mode that prints its port and runs until its stdin closes.
+fn start_child(
+    name: &'static str,
+    cpus: Option<&str>,
+    mode: &[String],
+) -> Result<(Proc, u16), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = match cpus {
         None => Command::new(me),
@@ -241,25 +368,30 @@ fn start_mock(cpus: Option<&str>) -> Result<(Proc, u16), String> {
         }
     };
     let child = cmd
-        .arg("--serve-mock")
+        .args(mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("cannot start the mock child: {e}"))?;
-    let mut proc = Proc {
-        name: "mock",
-        child,
-    };
+        .map_err(|e| format!("cannot start the {name} child: {e}"))?;
+    let mut proc = Proc { name, child };
     let port = read_until(&mut proc, Duration::from_secs(10), |l| {
         l.trim().parse::<u16>().ok()
     })?;
     Ok((proc, port))
 }
 
-fn gateway_config(mock_port: u16) -> String {
+fn gateway_config(args: &Args, mock_port: u16) -> String {
+    let mut server = String::from("[server]\n");
+    if let Some(n) = args.gateway_workers {
+        server.push_str(&format!("workers = {n}\n"));
+    }
+    if let Some(k) = &args.gateway_runtime {
+        server.push_str(&format!("runtime = \"{k}\"\n"));
+    }
     format!(
         r#"# Generated by examples/loadgen.rs
+{server}
 [auth]
 enabled = false
 
@@ -292,7 +424,7 @@ targets = [{{ provider = "mock", model = "ok?chunks=10&delay_ms=50" }}]
 /// or failed to start).
 fn start_gateway(args: &Args, mock_port: u16) -> Result<(Proc, SocketAddr), String> {
     let path = std::env::temp_dir().join(format!("tollgate-loadgen-{}.toml", std::process::id()));
-    std::fs::write(&path, gateway_config(mock_port))
+    std::fs::write(&path, gateway_config(args, mock_port))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let started = spawn_gateway(args, &path);
     let _ = std::fs::remove_file(&path);
@@ -315,10 +447,7 @@ fn spawn_gateway(args: &Args, path: &Path) -> Result<(Proc, SocketAddr), String>
         .arg("127.0.0.1:0")
         .env("RUST_LOG", &args.gateway_log);
     // tokio's multi-thread runtime reads its worker count from this variable.
-    match args.gateway_workers {
-        Some(n) => cmd.env("TOKIO_WORKER_THREADS", n.to_string()),
-        None => cmd.env_remove("TOKIO_WORKER_THREADS"),
-    };
+    cmd.env_remove("TOKIO_WORKER_THREADS");
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -665,6 +794,10 @@ struct GatewayCpu {
     mock_requests: usize,
     /// Per round: schedstat CPU per request, µs.
     rounds: Vec<f64>,
+    /// The bare proxy's CPU (utime + stime, and schedstat) and its requests, when measured.
+    floor_stat: Duration,
+    floor_sched: Duration,
+    floor_requests: usize,
 }
 
 impl GatewayCpu {
@@ -697,6 +830,7 @@ async fn phase(
     (mock, mock_pid): (SocketAddr, u32),
     gw: SocketAddr,
     gw_pid: u32,
+    floor: Option<(SocketAddr, u32)>,
     ticks: u64,
     body: Bytes,
     requests: usize,
@@ -704,11 +838,11 @@ async fn phase(
     rounds: usize,
     cap: Duration,
     cpu: &mut Vec<GatewayCpu>,
-) -> Result<(Run, Run), String> {
+) -> Result<(Run, Run, Run), String> {
     eprintln!("- {name}: {requests} requests, concurrency {concurrency}, {rounds} rounds");
     let per = requests.div_ceil(rounds.max(1));
     let cap = cap / rounds.max(1) as u32;
-    let (mut direct, mut through) = (Run::default(), Run::default());
+    let (mut direct, mut through, mut bare) = (Run::default(), Run::default(), Run::default());
     let mut g = GatewayCpu {
         name: name.to_owned(),
         requests: 0,
@@ -718,6 +852,9 @@ async fn phase(
         mock_sched: Duration::ZERO,
         mock_requests: 0,
         rounds: Vec::new(),
+        floor_stat: Duration::ZERO,
+        floor_sched: Duration::ZERO,
+        floor_requests: 0,
     };
     for _ in 0..rounds.max(1) {
         let m0 = cpu_of(mock_pid, ticks)?;
@@ -737,9 +874,18 @@ async fn phase(
         g.switches += after.switches.saturating_sub(before.switches);
         g.rounds.push(us(sched) / n.max(1) as f64);
         through.absorb(r);
+        if let Some((addr, pid)) = floor {
+            let before = cpu_of(pid, ticks)?;
+            let r = drive(addr, body.clone(), per, concurrency, cap).await?;
+            let after = cpu_of(pid, ticks)?;
+            g.floor_requests += r.samples.len() + r.errors;
+            g.floor_stat += after.stat.saturating_sub(before.stat);
+            g.floor_sched += after.sched.saturating_sub(before.sched);
+            bare.absorb(r);
+        }
     }
     cpu.push(g);
-    Ok((direct, through))
+    Ok((direct, through, bare))
 }
 
 /// The pacing check: gaps between content events of `ok?chunks=10&delay_ms=50`.
@@ -770,6 +916,14 @@ async fn run(args: &Args) -> Result<(), String> {
     let mock = SocketAddr::from(([127, 0, 0, 1], mock_port));
     let (gw_proc, gw) = start_gateway(args, mock_port)?;
     let gw_pid = gw_proc.pid();
+    let floor_proc = if args.floor {
+        Some(start_proxy(args.gateway_cpus.as_deref(), mock_port)?)
+    } else {
+        None
+    };
+    let floor = floor_proc
+        .as_ref()
+        .map(|(p, port)| (SocketAddr::from(([127, 0, 0, 1], *port)), p.pid()));
     let cores = online_cpus();
     eprintln!(
         "mock on {mock} (pid {}), gateway on {gw} (pid {gw_pid}); {cores} cores",
@@ -781,17 +935,18 @@ async fn run(args: &Args) -> Result<(), String> {
     let stream = body_for("ok?chunks=20", true);
 
     // Warm up both paths (connections, the gateway's upstream pool, allocators).
-    for addr in [mock, gw] {
+    for addr in [mock, gw].into_iter().chain(floor.map(|f| f.0)) {
         drive(addr, json.clone(), 300, c, cap).await?;
         drive(addr, stream.clone(), 100, 2, cap).await?;
     }
 
     let mut cpu = Vec::new();
-    let (j1d, j1g) = phase(
+    let (j1d, j1g, j1f) = phase(
         "json c=1",
         (mock, mock_pid),
         gw,
         gw_pid,
+        floor,
         ticks,
         json.clone(),
         n,
@@ -801,11 +956,12 @@ async fn run(args: &Args) -> Result<(), String> {
         &mut cpu,
     )
     .await?;
-    let (jcd, jcg) = phase(
+    let (jcd, jcg, jcf) = phase(
         &format!("json c={c}"),
         (mock, mock_pid),
         gw,
         gw_pid,
+        floor,
         ticks,
         json.clone(),
         n * 2,
@@ -815,11 +971,12 @@ async fn run(args: &Args) -> Result<(), String> {
         &mut cpu,
     )
     .await?;
-    let (s1d, s1g) = phase(
+    let (s1d, s1g, s1f) = phase(
         "stream20 c=1",
         (mock, mock_pid),
         gw,
         gw_pid,
+        floor,
         ticks,
         stream.clone(),
         n / 2,
@@ -835,7 +992,7 @@ async fn run(args: &Args) -> Result<(), String> {
 
     println!();
     println!(
-        "loadgen: {cores} cores; harness on CPUs {}; mock on CPUs {}; gateway on CPUs {}, tokio workers: {}; requests {n} (json c={c}: {}, stream20: {}) in {} rounds; gateway RUST_LOG={}",
+        "loadgen: {cores} cores; harness on CPUs {}; mock on CPUs {}; gateway on CPUs {}, gateway workers: {}, runtime: {}; requests {n} (json c={c}: {}, stream20: {}) in {} rounds; gateway RUST_LOG={}",
         allowed_cpus(std::process::id()),
         allowed_cpus(mock_proc.pid()),
         allowed_cpus(gw_pid),
@@ -843,6 +1000,7 @@ async fn run(args: &Args) -> Result<(), String> {
             || "default (one per CPU it may use)".to_owned(),
             |w| w.to_string()
         ),
+        args.gateway_runtime.as_deref().unwrap_or("default (per-core)"),
         n * 2,
         n / 2,
         args.rounds,
@@ -874,6 +1032,39 @@ async fn run(args: &Args) -> Result<(), String> {
         us(s1d.fb(0.99)),
         us(s1g.fb(0.99)),
     );
+    if floor.is_some() {
+        println!();
+        println!(
+            "the floor: a bare hyper proxy (server + hyper-util pooled client, no layers) in front of the same mock, placed like the gateway"
+        );
+        println!(
+            "{:<34} {:>11} {:>11} {:>8} {:>10}",
+            "", "bare proxy", "gateway", "ratio", "added"
+        );
+        println!("{}", "-".repeat(80));
+        row("json c=1: p50", "µs", us(j1f.p(0.50)), us(j1g.p(0.50)));
+        row(
+            &format!("json c={c}: requests/s"),
+            "req/s",
+            jcf.rps(),
+            jcg.rps(),
+        );
+        row(
+            "stream20 c=1: first byte p50",
+            "µs",
+            us(s1f.fb(0.50)),
+            us(s1g.fb(0.50)),
+        );
+        for g in &cpu {
+            let f = us(g.floor_stat) / g.floor_requests.max(1) as f64;
+            row(
+                &format!("{}: CPU per request", g.name),
+                "µs",
+                f,
+                g.per_request(g.stat),
+            );
+        }
+    }
     println!();
     println!(
         "gateway CPU per request: utime+stime (/proc/PID/stat) | per-thread schedstat | schedstat, median round | context switches || the mock's CPU per request, direct (schedstat)"
@@ -944,6 +1135,17 @@ async fn run(args: &Args) -> Result<(), String> {
         verdict(paced)
     );
 
+    if let Some(g) = cpu.first().filter(|g| g.floor_requests > 0) {
+        let f = us(g.floor_stat) / g.floor_requests as f64;
+        println!(
+            "  gateway CPU per request over the floor    : {:>7.1} µs ({:.2}x the bare proxy's {f:.1} µs; the mock's own: {:.1} µs)",
+            cpu_json1 - f,
+            cpu_json1 / f.max(1e-9),
+            us(g.mock_sched) / g.mock_requests.max(1) as f64,
+        );
+    }
+
+    drop(floor_proc);
     drop(gw_proc);
     drop(mock_proc);
     Ok(())
