@@ -25,6 +25,10 @@ use super::{ATTEMPTS_HEADER, TARGET_HEADER};
 use crate::health::CircuitState;
 use crate::metrics as m;
 
+// Parsed at compile time (`from_static` in a static), not per response.
+static ATTEMPTS_NAME: HeaderName = HeaderName::from_static(ATTEMPTS_HEADER);
+static TARGET_NAME: HeaderName = HeaderName::from_static(TARGET_HEADER);
+
 /// A metric label that shares the `Arc<str>` instead of copying it.
 fn label(s: &Arc<str>) -> metrics::SharedString {
     metrics::SharedString::from_shared(s.clone())
@@ -36,6 +40,8 @@ fn label(s: &Arc<str>) -> metrics::SharedString {
 #[derive(Default)]
 pub(crate) struct TargetSeries {
     inner: std::sync::Mutex<Vec<CachedSeries>>,
+    /// The target id as a header value (`x-tollgate-target`), made once (clones share it).
+    id_value: std::sync::OnceLock<Option<HeaderValue>>,
 }
 
 struct CachedSeries {
@@ -45,6 +51,19 @@ struct CachedSeries {
 }
 
 impl TargetSeries {
+    /// `id` as a header value; `None` when it is not a valid one.
+    fn id_value(&self, id: &str) -> Option<HeaderValue> {
+        let v = self
+            .id_value
+            .get_or_init(|| HeaderValue::from_str(id).ok())
+            .clone();
+        // `Target::id` is public: never send a stale value if it was changed after first use.
+        match v {
+            Some(v) if v.as_bytes() == id.as_bytes() => Some(v),
+            _ => HeaderValue::from_str(id).ok(),
+        }
+    }
+
     fn record(&self, id: &Arc<str>, result: &'static str, state: f64) {
         let recorder = metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize);
         let mut all = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,10 +327,10 @@ where
                             let attempts: Arc<[AttemptInfo]> = std::mem::take(this.attempts).into();
                             let headers = res.headers_mut();
                             if let Some(v) = attempts_value(&attempts) {
-                                headers.insert(HeaderName::from_static(ATTEMPTS_HEADER), v);
+                                headers.insert(ATTEMPTS_NAME.clone(), v);
                             }
-                            if let Ok(v) = HeaderValue::from_str(&target.id) {
-                                headers.insert(HeaderName::from_static(TARGET_HEADER), v);
+                            if let Some(v) = target.series.id_value(&target.id) {
+                                headers.insert(TARGET_NAME.clone(), v);
                             }
                             let served = ServedBy {
                                 target,
@@ -424,7 +443,7 @@ where
                                 }
                             }
                             if let Some(v) = attempts_value(this.attempts) {
-                                e = e.with_header(HeaderName::from_static(ATTEMPTS_HEADER), v);
+                                e = e.with_header(ATTEMPTS_NAME.clone(), v);
                             }
                             if *this.budget_exhausted {
                                 e = e.with_header(

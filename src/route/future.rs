@@ -49,6 +49,8 @@ impl<F> ResponseFuture<F> {
     }
 }
 
+static VARIANT_NAME: HeaderName = HeaderName::from_static(VARIANT_HEADER);
+
 fn variant_value(v: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(v).ok()
 }
@@ -63,13 +65,12 @@ where
         match self.project().kind.project() {
             Proj::Inner { fut, variant } => {
                 let res = ready!(fut.poll(cx));
-                let name = HeaderName::from_static(VARIANT_HEADER);
                 Poll::Ready(match (res, variant.as_deref().and_then(variant_value)) {
                     (Ok(mut res), Some(v)) => {
-                        res.headers_mut().insert(name, v);
+                        res.headers_mut().insert(VARIANT_NAME.clone(), v);
                         Ok(res)
                     }
-                    (Err(e), Some(v)) => Err(e.with_header(name, v)),
+                    (Err(e), Some(v)) => Err(e.with_header(VARIANT_NAME.clone(), v)),
                     (res, None) => res,
                 })
             }

@@ -84,10 +84,9 @@ pub(crate) fn prepare_headers(headers: &mut HeaderMap) -> bool {
         }
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        http::header::HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
+    static X_ACCEL_BUFFERING: http::header::HeaderName =
+        http::header::HeaderName::from_static("x-accel-buffering");
+    headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
     // The length changes (stripped usage chunk, in-band error) and nothing is compressed:
     // compression would hold events back in the encoder.
     headers.remove(CONTENT_LENGTH);
