@@ -88,6 +88,7 @@ fn parsed() -> ParsedRequest {
         base64_embeddings: false,
         upstream_include_usage: false,
         body,
+        layout: Default::default(),
         received_at: Instant::now(),
     }
 }

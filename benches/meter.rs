@@ -4,6 +4,11 @@
 //! `cargo bench --bench meter`. Per-chunk overhead = (metered − bare) / 1,000; the target is
 //! under 1 µs per chunk. Bodies are polled in place with a no-op waker (every frame is ready),
 //! so only the body wrappers are measured, not a runtime.
+//!
+//! `usage_read`: reading the usage of a whole (non-streaming) ~600-byte chat completion, as
+//! the meter does once per JSON answer: [`Usage::from_openai_json`] (a validating scan for the
+//! top-level `usage`, then serde on that member only) against the whole answer through serde
+//! (how it was read before, kept here as it was).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +29,7 @@ use tollgate::provider::mock::MockProvider;
 use tollgate::request::{Api, parse_body};
 use tollgate::stream::StreamPassthroughLayer;
 use tollgate::target::{ServedBy, Target};
-use tollgate::usage::{Price, UsageRecord};
+use tollgate::usage::{Price, Usage, UsageRecord};
 use tower::{Layer, Service, service_fn};
 
 const CHUNKS: usize = 1_000;
@@ -175,4 +180,83 @@ fn passthrough_meter_and_cost_report(b: divan::Bencher) {
     let s = served();
     b.with_inputs(|| c.clone())
         .bench_values(|c| drain(metered(c, true, &s)));
+}
+
+/// A non-streaming chat completion as OpenAI sends it (~600 bytes), usage last.
+const ANSWER: &[u8] = br#"{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion","created":1741570283,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"The image shows a wooden boardwalk path running through a lush green field or meadow. The sky is bright blue with some scattered clouds.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"service_tier":"default","system_fingerprint":"fp_fc9f1d7035","usage":{"prompt_tokens":1117,"completion_tokens":46,"total_tokens":1163,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#;
+
+#[divan::bench_group]
+mod usage_read {
+    use super::{ANSWER, Usage, black_box};
+
+    /// The old way: the whole answer through serde (`tollgate::usage`'s structs, as they were).
+    mod serde_whole {
+        use serde::Deserialize;
+
+        use super::Usage;
+
+        #[derive(Deserialize)]
+        struct HasUsage {
+            #[serde(default)]
+            usage: Option<WireUsage>,
+        }
+
+        #[derive(Default, Deserialize)]
+        struct WireUsage {
+            #[serde(default)]
+            prompt_tokens: u64,
+            #[serde(default)]
+            completion_tokens: u64,
+            #[serde(default)]
+            total_tokens: Option<u64>,
+            #[serde(default)]
+            prompt_tokens_details: Option<PromptDetails>,
+            #[serde(default)]
+            completion_tokens_details: Option<CompletionDetails>,
+            #[serde(default)]
+            prompt_cache_hit_tokens: Option<u64>,
+        }
+
+        #[derive(Default, Deserialize)]
+        struct PromptDetails {
+            #[serde(default)]
+            cached_tokens: Option<u64>,
+            #[serde(default)]
+            cache_write_tokens: Option<u64>,
+        }
+
+        #[derive(Default, Deserialize)]
+        struct CompletionDetails {
+            #[serde(default)]
+            reasoning_tokens: Option<u64>,
+        }
+
+        pub fn read(doc: &[u8]) -> Option<Usage> {
+            let w = serde_json::from_slice::<HasUsage>(doc).ok()?.usage?;
+            let p = w.prompt_tokens_details.unwrap_or_default();
+            let c = w.completion_tokens_details.unwrap_or_default();
+            Some(Usage {
+                prompt_tokens: w.prompt_tokens,
+                completion_tokens: w.completion_tokens,
+                total_tokens: w
+                    .total_tokens
+                    .unwrap_or(w.prompt_tokens + w.completion_tokens),
+                cached_tokens: p.cached_tokens.or(w.prompt_cache_hit_tokens).unwrap_or(0),
+                cache_write_tokens: p.cache_write_tokens.unwrap_or(0),
+                reasoning_tokens: c.reasoning_tokens.unwrap_or(0),
+            })
+        }
+    }
+
+    /// Before: the whole answer through serde.
+    #[divan::bench]
+    fn serde_whole_answer() -> Option<Usage> {
+        serde_whole::read(black_box(ANSWER))
+    }
+
+    /// Now: scan for the top-level `usage`, serde on it alone.
+    #[divan::bench]
+    fn from_openai_json() -> Option<Usage> {
+        Usage::from_openai_json(black_box(ANSWER))
+    }
 }

@@ -22,6 +22,11 @@
 //!
 //! Each iteration is one request on a current-thread tokio runtime, body consumed to the end
 //! (1,000 samples of 20 requests per case).
+//!
+//! Two pieces of the request path alone, on the same bodies: `parse_body` (what Parse does
+//! with a buffered body) and `upstream_body` (the body an OpenAI-compatible upstream is sent),
+//! the latter with the layout Parse records (`layout`) and without it (`reparse`: the body is
+//! parsed a second time, as it was before Parse kept the layout).
 //! Run with `cargo bench --bench stack`.
 
 use std::sync::Arc;
@@ -38,7 +43,7 @@ use tollgate::fallback::FallbackLayer;
 use tollgate::meter::UsageMeterLayer;
 use tollgate::provider::Dispatch;
 use tollgate::provider::mock::{MockLog, MockProvider};
-use tollgate::request::{Api, ParseLayer, ParsedRequest, parse_body};
+use tollgate::request::{Api, BodyLayout, ParseLayer, ParsedRequest, parse_body};
 use tollgate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable};
 use tollgate::stream::StreamPassthroughLayer;
 use tollgate::target::{Attempt, Target, Timeouts};
@@ -248,4 +253,38 @@ fn stack_with_auth_ratelimit(bencher: Bencher, case: Case) {
         .layer(TimeoutLayer::new())
         .service(Dispatch::new());
     run_stack(bencher, case, svc);
+}
+
+/// Parse alone: a buffered request body to a [`ParsedRequest`].
+#[divan::bench(args = Case::ALL)]
+fn parse_body_alone(bencher: Bencher, case: Case) {
+    let body = case.body();
+    bencher.bench_local(|| parse_body(Api::ChatCompletions, black_box(body.clone())));
+}
+
+/// The parsed request the upstream body is written from (as StreamPassthrough leaves it).
+fn parsed_for_upstream(case: Case) -> ParsedRequest {
+    let mut parsed = parse_body(Api::ChatCompletions, case.body()).expect("valid body");
+    parsed.upstream_include_usage = parsed.stream;
+    parsed
+}
+
+#[divan::bench_group]
+mod upstream_body {
+    use super::*;
+
+    /// Now: written from the layout Parse recorded.
+    #[divan::bench(args = Case::ALL)]
+    fn layout(bencher: Bencher, case: Case) {
+        let parsed = parsed_for_upstream(case);
+        bencher.bench_local(|| black_box(&parsed).upstream_body("gpt-4o-mini-2024-07-18"));
+    }
+
+    /// Before: the body parsed again (what a `ParsedRequest` without a layout still does).
+    #[divan::bench(args = Case::ALL)]
+    fn reparse(bencher: Bencher, case: Case) {
+        let mut parsed = parsed_for_upstream(case);
+        parsed.layout = BodyLayout::default();
+        bencher.bench_local(|| black_box(&parsed).upstream_body("gpt-4o-mini-2024-07-18"));
+    }
 }

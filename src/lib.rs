@@ -124,6 +124,7 @@ pub mod config;
 pub mod error;
 pub mod fallback;
 pub mod health;
+mod jsonscan;
 pub mod meter;
 pub mod metrics;
 pub mod pricing;

@@ -117,8 +117,94 @@ pub struct ParsedRequest {
     pub upstream_include_usage: bool,
     /// The raw JSON body, as received.
     pub body: Bytes,
+    /// Where `body`'s top-level members lie, so [`upstream_body`](Self::upstream_body) writes
+    /// the upstream body without parsing the request again. Written by Parse; a
+    /// `ParsedRequest` built by hand takes `BodyLayout::default()` (the body is then parsed
+    /// again). A layout is only used with the very buffer it was computed from: replacing
+    /// `body` is safe.
+    pub layout: BodyLayout,
     /// When the gateway received the request head.
     pub received_at: Instant,
+}
+
+/// The byte ranges of the top-level members of a request body (keys with their quotes, raw
+/// values), recorded by [`parse_body`] from the parse it makes anyway. Opaque; cheap to clone.
+#[derive(Clone, Default)]
+pub struct BodyLayout {
+    /// The body the spans index (kept, so its bytes cannot change under them) and the members
+    /// in order; `None` when a key had an escape (its bytes are not its name) or the body is
+    /// too large for `u32` offsets.
+    spans: Option<(Bytes, Arc<[Member]>)>,
+}
+
+/// One top-level member: `body[key.0..key.1]` is the key with its quotes (it has no escapes,
+/// so these are exactly the bytes serde_json would write for it), `body[value.0..value.1]`
+/// the raw value without surrounding whitespace.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    key: (u32, u32),
+    value: (u32, u32),
+}
+
+impl fmt::Debug for BodyLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyLayout")
+            .field("members", &self.spans.as_ref().map(|(_, m)| m.len()))
+            .finish()
+    }
+}
+
+impl BodyLayout {
+    /// The layout of `body`, whose top-level members are `fields` (borrowed from it).
+    fn of(body: &Bytes, fields: &TopLevel<'_>) -> BodyLayout {
+        let base = body.as_ptr() as usize;
+        // `s` lies within `body`: its offsets.
+        let span = |s: &str| -> Option<(usize, usize)> {
+            let start = (s.as_ptr() as usize).checked_sub(base)?;
+            let end = start.checked_add(s.len())?;
+            (end <= body.len()).then_some((start, end))
+        };
+        let plain_key = |k: &Cow<'_, str>| match k {
+            Cow::Borrowed(k) => span(k).is_some_and(|(start, end)| {
+                start > 0 && body.get(start - 1) == Some(&b'"') && body.get(end) == Some(&b'"')
+            }),
+            Cow::Owned(_) => false,
+        };
+        let usable = u32::try_from(body.len()).is_ok()
+            && fields
+                .0
+                .iter()
+                .all(|(k, v)| plain_key(k) && span(v.get()).is_some());
+        if !usable {
+            return BodyLayout::default();
+        }
+        // Checked above: every span is within `body`, whose length fits `u32`.
+        let offsets = |s: &str| {
+            let (start, end) = span(s).unwrap_or_default();
+            (start as u32, end as u32)
+        };
+        let members: Arc<[Member]> = fields
+            .0
+            .iter()
+            .map(|(k, v)| {
+                let (start, end) = offsets(k);
+                Member {
+                    key: (start.saturating_sub(1), end.saturating_add(1)),
+                    value: offsets(v.get()),
+                }
+            })
+            .collect();
+        BodyLayout {
+            spans: Some((body.clone(), members)),
+        }
+    }
+
+    /// The members, if this layout was computed from `body` (the same buffer, not just the
+    /// same bytes).
+    fn members_of(&self, body: &Bytes) -> Option<&[Member]> {
+        let (mine, members) = self.spans.as_ref()?;
+        (mine.as_ptr() == body.as_ptr() && mine.len() == body.len()).then_some(&members[..])
+    }
 }
 
 impl ParsedRequest {
@@ -132,6 +218,66 @@ impl ParsedRequest {
     /// requested when [`upstream_include_usage`](Self::upstream_include_usage) is set, the
     /// gateway-only `models` list removed. Every other field is copied byte-for-byte.
     pub fn upstream_body(&self, upstream_model: &str) -> Result<Bytes, GatewayError> {
+        if let Some(members) = self.layout.members_of(&self.body) {
+            if let Some(out) = self.upstream_body_from(members, upstream_model) {
+                return out;
+            }
+        }
+        self.upstream_body_reparsed(upstream_model)
+    }
+
+    /// [`upstream_body`](Self::upstream_body) from the recorded layout: the same bytes, no
+    /// parse. `None` if a span does not fit the body (never, for a layout of this body).
+    fn upstream_body_from(
+        &self,
+        members: &[Member],
+        upstream_model: &str,
+    ) -> Option<Result<Bytes, GatewayError>> {
+        let body = &self.body[..];
+        let slice = |(start, end): (u32, u32)| body.get(start as usize..end as usize);
+        let mut out = Vec::with_capacity(body.len() + 48);
+        out.push(b'{');
+        let mut first = true;
+        let mut wrote_stream_options = false;
+        let force_usage = self.stream && self.upstream_include_usage;
+        for m in members {
+            let key = slice(m.key)?;
+            let raw = slice(m.value)?;
+            let name = key.get(1..key.len().checked_sub(1)?)?;
+            let replacement: Option<Vec<u8>> = match name {
+                b"models" => continue,
+                b"model" => Some(json_string(upstream_model).into_bytes()),
+                b"stream_options" if force_usage => {
+                    wrote_stream_options = true;
+                    let raw = std::str::from_utf8(raw).ok()?;
+                    match with_include_usage(raw) {
+                        Ok(v) => Some(v.into_bytes()),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                _ => None,
+            };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // No escapes in the key: its bytes are what `json_string` would write.
+            out.extend_from_slice(key);
+            out.push(b':');
+            out.extend_from_slice(replacement.as_deref().unwrap_or(raw));
+        }
+        if force_usage && !wrote_stream_options {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        Some(Ok(Bytes::from(out)))
+    }
+
+    /// [`upstream_body`](Self::upstream_body) by parsing the body again (no usable layout).
+    fn upstream_body_reparsed(&self, upstream_model: &str) -> Result<Bytes, GatewayError> {
         let fields = TopLevel::parse(&self.body)?;
         let mut out = Vec::with_capacity(self.body.len() + 48);
         out.push(b'{');
@@ -464,6 +610,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             .get("encoding_format")
             .is_some_and(|v| v.get() == "\"base64\"");
 
+    let layout = BodyLayout::of(&body, &fields);
     drop(fields);
     Ok(ParsedRequest {
         api,
@@ -478,6 +625,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
         base64_embeddings,
         upstream_include_usage: false,
         body,
+        layout,
         received_at,
     })
 }
@@ -823,6 +971,219 @@ mod tests {
         assert_eq!(&out[..], br#"{"a":[1, 2],"model":"y","b":"h\\u00e9"}"#);
         let out = with_model(br#"{"a":1}"#, "y").unwrap();
         assert_eq!(&out[..], br#"{"a":1,"model":"y"}"#);
+    }
+
+    /// `p.upstream_body(model)` by both ways, with errors as their JSON (for comparing).
+    fn both_ways(p: &ParsedRequest, model: &str) -> [Result<Bytes, serde_json::Value>; 2] {
+        [
+            p.upstream_body(model).map_err(|e| e.to_json()),
+            p.upstream_body_reparsed(model).map_err(|e| e.to_json()),
+        ]
+    }
+
+    #[test]
+    fn upstream_body_uses_the_layout_and_writes_the_same_bytes() {
+        let body = r#" { "model" : "alias" ,"messages":[{"role":"user","content":"h\u00e9 \"x\""}], "stream" :true,
+            "models":["a"], "é":{"model":1}, "stream_options" : { "include_obfuscation" : false } } "#;
+        let mut p = parse(body).unwrap();
+        assert_eq!(p.layout.members_of(&p.body).map(<[_]>::len), Some(6));
+        for force in [false, true] {
+            p.upstream_include_usage = force;
+            let [fast, slow] = both_ways(&p, "up\"stream\u{1}é");
+            assert_eq!(fast, slow);
+            let v: serde_json::Value = serde_json::from_slice(&fast.unwrap()).unwrap();
+            assert_eq!(v["model"], "up\"stream\u{1}é");
+            assert_eq!(v["é"]["model"], 1);
+            let want = if force {
+                serde_json::Value::Bool(true)
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(v["stream_options"]["include_usage"], want);
+        }
+    }
+
+    #[test]
+    fn upstream_body_parses_again_when_there_is_no_usable_layout() {
+        // An escaped key has no layout: `mod\u0065l` is `model`, and is replaced.
+        let mut p = parse(r#"{"mod\u0065l":"a","messages":[1],"models":null}"#).unwrap();
+        assert!(p.layout.members_of(&p.body).is_none());
+        assert_eq!(
+            &p.upstream_body("b").unwrap()[..],
+            br#"{"model":"b","messages":[1]}"#
+        );
+        // A replaced body is never read through the old layout.
+        p = parse(r#"{"model":"a","messages":[1]}"#).unwrap();
+        p.body = Bytes::from_static(br#"{"messages":[2],"model":"c","x":3}"#);
+        assert!(p.layout.members_of(&p.body).is_none());
+        assert_eq!(
+            &p.upstream_body("b").unwrap()[..],
+            br#"{"messages":[2],"model":"b","x":3}"#
+        );
+        // A hand-built layout is empty.
+        p.layout = BodyLayout::default();
+        assert_eq!(
+            &p.upstream_body("d").unwrap()[..],
+            br#"{"messages":[2],"model":"d","x":3}"#
+        );
+        // Equal bytes in another buffer are not the same body either.
+        let q = parse(r#"{"model":"a","messages":[1]}"#).unwrap();
+        let copy = Bytes::from(q.body.to_vec());
+        assert!(q.layout.members_of(&copy).is_none());
+        assert!(q.layout.members_of(&q.body.clone()).is_some());
+    }
+
+    #[test]
+    fn upstream_body_fails_the_same_on_a_bad_earlier_stream_options() {
+        // Parse reads the last `stream_options`; the upstream body rewrites every one.
+        let mut p = parse(
+            r#"{"model":"a","messages":[1],"stream":true,"stream_options":[1],"stream_options":{}}"#,
+        )
+        .unwrap();
+        p.upstream_include_usage = true;
+        let [fast, slow] = both_ways(&p, "b");
+        assert!(fast.is_err());
+        assert_eq!(fast, slow);
+    }
+
+    mod props {
+        use super::*;
+        use crate::jsonscan::testgen::{J, render, string};
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "temperature",
+                "tools",
+                "user",
+                "x",
+                "é",
+                "Model",
+                "models ",
+                "stream_options",
+                "model",
+                "k\\u00e9y",
+                "mod\\u0065l",
+                "stream\\u005foptions",
+                "\\\"quoted\\\"",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        fn value() -> BoxedStrategy<J> {
+            crate::jsonscan::testgen::value(key().boxed())
+        }
+
+        fn bool_or_null() -> impl Strategy<Value = J> {
+            prop::sample::select(vec![J::Lit("true"), J::Lit("false"), J::Lit("null")])
+        }
+
+        fn stream_options() -> impl Strategy<Value = J> {
+            let so_key = prop::sample::select(vec![
+                "include_usage",
+                "include_obfuscation",
+                "x",
+                "include_us\\u0061ge",
+            ])
+            .prop_map(str::to_owned);
+            prop_oneof![
+                1 => Just(J::Lit("null")),
+                4 => prop::collection::vec(
+                    (so_key, prop_oneof![3 => bool_or_null(), 1 => value()]),
+                    0..4,
+                )
+                .prop_map(J::Obj),
+            ]
+        }
+
+        fn model_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("gpt-4o".to_owned()),
+                Just("gpt\\u002d4o".to_owned()),
+                Just("caf\\u00e9 \\\"m\\\"".to_owned()),
+                "[a-z0-9./:-]{1,12}",
+            ]
+        }
+
+        /// A request body's top-level members, `model` and `messages` always among them, in
+        /// any order, with duplicates, escaped keys and gateway-read members.
+        fn members() -> impl Strategy<Value = (Vec<(String, J)>, bool)> {
+            let messages = prop::collection::vec(
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec!["role", "content", "name", "model"])
+                            .prop_map(str::to_owned),
+                        prop_oneof![string().prop_map(J::Str), value()],
+                    ),
+                    0..4,
+                )
+                .prop_map(J::Obj),
+                1..3,
+            )
+            .prop_map(J::Arr);
+            let member = prop_oneof![
+                2 => model_name().prop_map(|m| ("model".to_owned(), J::Str(m))),
+                1 => prop_oneof![
+                    Just(J::Lit("null")),
+                    prop::collection::vec(model_name().prop_map(J::Str), 0..3).prop_map(J::Arr),
+                ]
+                .prop_map(|v| ("models".to_owned(), v)),
+                3 => prop_oneof![2 => Just(J::Lit("true")), 1 => bool_or_null()]
+                    .prop_map(|v| ("stream".to_owned(), v)),
+                3 => stream_options().prop_map(|v| ("stream_options".to_owned(), v)),
+                1 => Just(("max_tokens".to_owned(), J::Num("64".to_owned()))),
+                1 => model_name().prop_map(|m| ("mod\\u0065l".to_owned(), J::Str(m))),
+                3 => (key(), value()).prop_filter("the gateway reads these", |(k, _)| {
+                    !matches!(k.as_str(), "model" | "mod\\u0065l" | "stream_options" | "stream\\u005foptions")
+                }),
+            ];
+            (
+                prop::collection::vec(member, 0..8),
+                model_name(),
+                messages,
+                any::<prop::sample::Index>(),
+                any::<prop::sample::Index>(),
+            )
+                .prop_map(|(mut m, model, messages, i, j)| {
+                    m.insert(i.index(m.len() + 1), ("messages".to_owned(), messages));
+                    m.insert(j.index(m.len() + 1), ("model".to_owned(), J::Str(model)));
+                    let plain = m.iter().all(|(k, _)| !k.contains('\\'));
+                    (m, plain)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn upstream_body_from_the_layout_equals_the_reparse(
+                (members, plain) in members(),
+                ws in prop::collection::vec(any::<usize>(), 0..12),
+                include_usage in any::<bool>(),
+                upstream in prop_oneof![
+                    Just("gpt-4o-2024-08-06".to_owned()),
+                    Just("m\"q\\\u{1}é/\u{2028}".to_owned()),
+                    "\\PC{0,8}",
+                ],
+            ) {
+                let body = render(&J::Obj(members), &ws);
+                let Ok(mut p) = parse(&body) else {
+                    // Refused by Parse: no upstream body is ever written.
+                    return Ok(());
+                };
+                prop_assert_eq!(p.layout.members_of(&p.body).is_some(), plain, "{}", body);
+                p.upstream_include_usage = include_usage;
+                let [fast, slow] = both_ways(&p, &upstream);
+                prop_assert_eq!(fast, slow, "{}", body);
+                // And a hand-built request (no layout) agrees.
+                let mut q = p.clone();
+                q.layout = BodyLayout::default();
+                prop_assert_eq!(
+                    q.upstream_body(&upstream).map_err(|e| e.to_json()),
+                    p.upstream_body(&upstream).map_err(|e| e.to_json())
+                );
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::jsonscan::Lookup;
 use crate::target::{AttemptInfo, ServedBy};
 
 /// Token counts in OpenAI's semantics: `prompt_tokens` includes cached tokens,
@@ -78,20 +79,45 @@ impl From<WireUsage> for Usage {
     }
 }
 
+/// A document with a top-level `usage` member of type `T`: how serde reads it. The serde path of
+/// [`read_usage`], and the oracle its fast path is tested against.
 #[derive(Deserialize)]
-struct HasUsage {
+struct HasUsage<T> {
     #[serde(default)]
-    usage: Option<WireUsage>,
+    usage: Option<T>,
+}
+
+/// The top-level `usage` of the JSON document `doc` as `T`: exactly what
+/// `serde_json::from_slice::<HasUsage<T>>(doc)` gives (`None` when absent, null or when the
+/// document is not valid JSON), but without walking the rest of the document through serde.
+/// [`jsonscan`](crate::jsonscan) checks the document and finds the member, serde reads only
+/// that; whatever the scan is unsure of (escaped top-level keys, a duplicate `usage`,
+/// malformed input) goes the serde way.
+fn read_usage<T: serde::de::DeserializeOwned + Default>(doc: &[u8]) -> Option<T> {
+    // The member is read where it lies, by the same deserializer the whole-document parse
+    // would use: a value it refuses fails that parse too.
+    let read = |rest: &[u8]| {
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Option<T>>();
+        let value = values.next()?.ok()?;
+        Some((value, values.byte_offset()))
+    };
+    match crate::jsonscan::read_top_level(doc, "usage", read) {
+        Lookup::Found(usage) => usage,
+        Lookup::Missing | Lookup::Refused => None,
+        Lookup::Unsure => usage_via_serde(doc),
+    }
+}
+
+/// [`read_usage`] the serde way: the whole document through serde_json.
+fn usage_via_serde<T: serde::de::DeserializeOwned + Default>(doc: &[u8]) -> Option<T> {
+    serde_json::from_slice::<HasUsage<T>>(doc).ok()?.usage
 }
 
 impl Usage {
     /// Read the top-level `usage` object of an OpenAI JSON document (a `chat.completion`, a
     /// `chat.completion.chunk`, an embeddings or completions response). `None` when absent or null.
     pub fn from_openai_json(doc: &[u8]) -> Option<Usage> {
-        serde_json::from_slice::<HasUsage>(doc)
-            .ok()?
-            .usage
-            .map(Usage::from)
+        read_usage::<WireUsage>(doc).map(Usage::from)
     }
 
     /// Usage from Anthropic's counts: `input_tokens` excludes cache reads and writes, so the
@@ -111,12 +137,7 @@ impl Usage {
     /// Read the top-level `usage` object of an Anthropic Messages response. `None` when absent
     /// or all zero (no report: a real answer always counts its input).
     pub fn from_anthropic_json(doc: &[u8]) -> Option<Usage> {
-        #[derive(Deserialize)]
-        struct Doc {
-            #[serde(default)]
-            usage: Option<AnthropicUsageDelta>,
-        }
-        let d = serde_json::from_slice::<Doc>(doc).ok()?.usage?;
+        let d = read_usage::<AnthropicUsageDelta>(doc)?;
         let mut u = AnthropicUsage::default();
         u.apply(&d);
         Some(Usage::from_anthropic(&u)).filter(|u| *u != Usage::default())
@@ -491,6 +512,253 @@ mod tests {
         let doc = br#"{"usage":{"prompt_tokens":10,"completion_tokens":1,"total_tokens":11,"prompt_cache_hit_tokens":8,"prompt_cache_miss_tokens":2}}"#;
         assert_eq!(Usage::from_openai_json(doc).unwrap().cached_tokens, 8);
         assert_eq!(Usage::from_openai_json(br#"{"choices":[]}"#), None);
+    }
+
+    /// The old implementations, whole documents through serde: the oracles.
+    fn openai_oracle(doc: &[u8]) -> Option<Usage> {
+        usage_via_serde::<WireUsage>(doc).map(Usage::from)
+    }
+
+    fn anthropic_oracle(doc: &[u8]) -> Option<Usage> {
+        let d = usage_via_serde::<AnthropicUsageDelta>(doc)?;
+        let mut u = AnthropicUsage::default();
+        u.apply(&d);
+        Some(Usage::from_anthropic(&u)).filter(|u| *u != Usage::default())
+    }
+
+    fn same_as_serde(doc: &[u8]) {
+        let text = String::from_utf8_lossy(doc);
+        assert_eq!(Usage::from_openai_json(doc), openai_oracle(doc), "{text}");
+        assert_eq!(
+            Usage::from_anthropic_json(doc),
+            anthropic_oracle(doc),
+            "{text}"
+        );
+    }
+
+    const U: &str = r#"{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}"#;
+    const SEVEN: Usage = Usage {
+        prompt_tokens: 3,
+        completion_tokens: 4,
+        total_tokens: 7,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+    };
+
+    #[test]
+    fn usage_is_read_at_the_top_level_only() {
+        let read = |doc: &str| {
+            same_as_serde(doc.as_bytes());
+            Usage::from_openai_json(doc.as_bytes())
+        };
+        // Nested `usage` members are not the answer's.
+        assert_eq!(read(&format!(r#"{{"choices":[{{"usage":{U}}}]}}"#)), None);
+        assert_eq!(
+            read(&format!(r#"{{"x":{{"usage":{U}}},"usage":null}}"#)),
+            None
+        );
+        assert_eq!(
+            read(&format!(
+                r#"{{"x":{{"usage":{{"prompt_tokens":9}}}},"usage":{U}}}"#
+            )),
+            Some(SEVEN)
+        );
+        // Nor is the text of one inside a string.
+        let quoted = U.replace('"', "\\\"");
+        assert_eq!(
+            read(&format!(r#"{{"content":"\"usage\":{quoted}"}}"#)),
+            None
+        );
+        assert_eq!(
+            read(&format!(
+                r#"{{"content":"x\\\",\"usage\":{quoted}","usage":{U}}}"#
+            )),
+            Some(SEVEN)
+        );
+        // An escaped key is still `usage` (serde decodes it): the serde path reads it.
+        assert_eq!(read(&format!(r#"{{"us\u0061ge":{U}}}"#)), Some(SEVEN));
+        // Twice is an error for serde ("duplicate field"), so no usage.
+        assert_eq!(read(&format!(r#"{{"usage":{U},"usage":{U}}}"#)), None);
+        assert_eq!(read(&format!(r#"{{"usage":{U},"us\u0061ge":null}}"#)), None);
+        // Missing, null, and the wrong type.
+        assert_eq!(read(r#"{"id":"x","choices":[]}"#), None);
+        assert_eq!(read(r#"{"usage":null}"#), None);
+        assert_eq!(read(r#"{"usage":"lots"}"#), None);
+        assert_eq!(read(r#"{"usage":{"prompt_tokens":1.5}}"#), None);
+        // Anything malformed elsewhere in the answer makes it unreadable, as with serde.
+        assert_eq!(read(&format!(r#"{{"usage":{U},"choices":[1,]}}"#)), None);
+        assert_eq!(read(&format!(r#"{{"usage":{U}}} trailing"#)), None);
+        assert_eq!(read(&format!(r#"{{"usage":{U}"#)), None);
+        // Whitespace anywhere JSON allows it.
+        assert_eq!(
+            read(&format!(
+                " \n{{ \"id\" : \"x\" ,\r\n\t\"usage\"\n:\n{U}\n}}\n "
+            )),
+            Some(SEVEN)
+        );
+        // serde reads a struct from an array too; the serde path keeps that.
+        assert_eq!(read(&format!("[{U}]")), Some(SEVEN));
+    }
+
+    /// A realistic chat completion, usage last (as OpenAI sends it).
+    const ANSWER: &str = r#"{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion","created":1741570283,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"The image shows a wooden boardwalk path running through a lush green field or meadow. The sky is bright blue with some scattered clouds.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1117,"completion_tokens":46,"total_tokens":1163,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_fc9f1d7035"}"#;
+
+    #[test]
+    fn a_real_answer_takes_the_fast_path() {
+        let doc = ANSWER.as_bytes();
+        assert!(matches!(
+            crate::jsonscan::top_level_value(doc, "usage"),
+            Lookup::Found(_)
+        ));
+        same_as_serde(doc);
+        assert_eq!(Usage::from_openai_json(doc).unwrap().total_tokens, 1163);
+        // Every truncation of it, too.
+        for n in 0..doc.len() {
+            same_as_serde(&doc[..n]);
+        }
+    }
+
+    mod props {
+        use super::*;
+        use crate::jsonscan::testgen::{J, defect, mutate, mutation, number, plant, render};
+        use proptest::prelude::*;
+
+        fn value() -> BoxedStrategy<J> {
+            crate::jsonscan::testgen::value(key().boxed())
+        }
+
+        /// Keys of the documents and of everything nested in them: now and then `usage`
+        /// itself, escaped or not, or a near miss.
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                1 => Just("usage".to_owned()),
+                1 => Just(r"us\u0061ge".to_owned()),
+                1 => Just("usage ".to_owned()),
+                1 => Just("Usage".to_owned()),
+                2 => Just("id".to_owned()),
+                2 => Just("choices".to_owned()),
+                1 => Just("é".to_owned()),
+                1 => Just(r"\\".to_owned()),
+                3 => prop::sample::select([OPENAI_FIELDS, ANTHROPIC_FIELDS].concat())
+                    .prop_map(str::to_owned),
+            ]
+        }
+
+        const OPENAI_FIELDS: &[&str] = &[
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "prompt_tokens_details",
+            "completion_tokens_details",
+            "cached_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "prompt_cache_hit_tokens",
+        ];
+
+        const ANTHROPIC_FIELDS: &[&str] = &[
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "output_tokens_details",
+            "thinking_tokens",
+        ];
+
+        /// A `usage` value: mostly an object of OpenAI's or Anthropic's fields with numbers
+        /// (or anything, or other keys), else null or any value.
+        fn usage_value() -> impl Strategy<Value = J> {
+            let fields = |names: &'static [&'static str]| {
+                let name = prop_oneof![
+                    4 => prop::sample::select(names).prop_map(str::to_owned),
+                    1 => key(),
+                ];
+                let v = prop_oneof![4 => number().prop_map(J::Num), 1 => value()];
+                prop::collection::vec((name, v), 0..6).prop_map(J::Obj)
+            };
+            prop_oneof![
+                3 => fields(OPENAI_FIELDS),
+                3 => fields(ANTHROPIC_FIELDS),
+                1 => Just(J::Lit("null")),
+                1 => value(),
+            ]
+        }
+
+        /// An answer-like document: a top-level object with (mostly) one `usage` member among
+        /// others, whose keys may be `usage` again (escaped or not) and whose values have
+        /// `usage` keys and `"usage":` text nested anywhere; now and then not an object.
+        /// With it, whether the scanner must be able to answer alone (one plain `usage` or
+        /// none, every top-level key unescaped).
+        fn document() -> impl Strategy<Value = (J, bool)> {
+            let object = (
+                prop::collection::vec((key(), value()), 0..5),
+                prop::option::weighted(0.85, usage_value()),
+                any::<prop::sample::Index>(),
+            )
+                .prop_map(|(mut m, usage, at)| {
+                    if let Some(u) = usage {
+                        m.insert(at.index(m.len() + 1), ("usage".to_owned(), u));
+                    }
+                    let usages = m.iter().filter(|(k, _)| k == "usage").count();
+                    let clean = usages <= 1 && m.iter().all(|(k, _)| !k.contains('\\'));
+                    (J::Obj(m), clean)
+                });
+            prop_oneof![
+                9 => object,
+                1 => value().prop_map(|v| (v, false)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn usage_fast_path_equals_serde(
+                (doc, clean) in document(),
+                ws in prop::collection::vec(any::<usize>(), 0..12),
+            ) {
+                let text = render(&doc, &ws);
+                let bytes = text.as_bytes();
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(bytes).is_ok(), "{}", text);
+                prop_assert_eq!(Usage::from_openai_json(bytes), openai_oracle(bytes), "{}", text);
+                prop_assert_eq!(Usage::from_anthropic_json(bytes), anthropic_oracle(bytes), "{}", text);
+                // Valid answers with one plain `usage` (or none) never need serde.
+                if clean {
+                    let lookup = crate::jsonscan::top_level_value(bytes, "usage");
+                    prop_assert_ne!(lookup, Lookup::Unsure, "{}", text);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn usage_fast_path_equals_serde_with_a_planted_defect(
+                (doc, _clean) in document(),
+                ws in prop::collection::vec(any::<usize>(), 0..12),
+                at in any::<prop::sample::Index>(),
+                defect in defect(),
+            ) {
+                let text = render(&plant(&doc, at, defect), &ws);
+                let bytes = text.as_bytes();
+                prop_assert_eq!(Usage::from_openai_json(bytes), openai_oracle(bytes), "{}", text);
+                prop_assert_eq!(Usage::from_anthropic_json(bytes), anthropic_oracle(bytes), "{}", text);
+            }
+
+            #[test]
+            fn usage_fast_path_equals_serde_on_damaged_documents(
+                (doc, _clean) in document(),
+                ws in prop::collection::vec(any::<usize>(), 0..12),
+                ms in prop::collection::vec(mutation(), 1..4),
+            ) {
+                let bytes = mutate(render(&doc, &ws).into_bytes(), &ms);
+                let text = String::from_utf8_lossy(&bytes);
+                prop_assert_eq!(Usage::from_openai_json(&bytes), openai_oracle(&bytes), "{}", text);
+                prop_assert_eq!(Usage::from_anthropic_json(&bytes), anthropic_oracle(&bytes), "{}", text);
+            }
+        }
     }
 
     #[test]

@@ -465,7 +465,9 @@ pub(crate) fn client_for(connect_timeout: Option<Duration>) -> Result<HttpsClien
         let ms = d.as_nanos().div_ceil(1_000_000);
         u64::try_from(ms).unwrap_or(u64::MAX)
     });
-    if let Some(c) = CLIENTS.with_borrow(|cs| cs.iter().find(|(k, _)| *k == key).map(|(_, c)| c.clone())) {
+    if let Some(c) =
+        CLIENTS.with_borrow(|cs| cs.iter().find(|(k, _)| *k == key).map(|(_, c)| c.clone()))
+    {
         return Ok(c);
     }
     let client = build_client(key.map(Duration::from_millis))?;
