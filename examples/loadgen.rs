@@ -117,11 +117,7 @@ fn parse_args() -> Result<Args, String> {
             "--serve-proxy" => a.serve_proxy = Some(num(value()?)? as u16),
             "--no-floor" => a.floor = false,
             "--drive" => {
-                a.drive = Some(
-                    value()?
-                        .parse()
-                        .map_err(|e| format!("--drive ADDR: {e}"))?,
-                )
+                a.drive = Some(value()?.parse().map_err(|e| format!("--drive ADDR: {e}"))?)
             }
             "--help" | "-h" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -1000,7 +996,9 @@ async fn run(args: &Args) -> Result<(), String> {
             || "default (one per CPU it may use)".to_owned(),
             |w| w.to_string()
         ),
-        args.gateway_runtime.as_deref().unwrap_or("default (per-core)"),
+        args.gateway_runtime
+            .as_deref()
+            .unwrap_or("default (per-core)"),
         n * 2,
         n / 2,
         args.rounds,

@@ -64,10 +64,8 @@ fn jsonl_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 async fn load_and_shut_down(runtime: &str, workers: usize) {
     let up = MockServer::start().await.expect("mock");
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-workers-{runtime}-{}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("tollgate-workers-{runtime}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let jsonl = dir.join("usage.jsonl");
     let _ = std::fs::remove_file(&jsonl);
@@ -192,12 +190,10 @@ async fn work_stealing_runtime_serves_and_shuts_down_gracefully() {
 
 #[test]
 fn an_unknown_runtime_is_refused_naming_the_field() {
-    let err = tollgate::config::Config::parse(
-        "[server]\nruntime = \"green-threads\"\n",
-        "bad.toml",
-    )
-    .err()
-    .expect("refused");
+    let err =
+        tollgate::config::Config::parse("[server]\nruntime = \"green-threads\"\n", "bad.toml")
+            .err()
+            .expect("refused");
     let msg = err.to_string();
     assert!(msg.contains("runtime") && msg.contains("bad.toml"), "{msg}");
 }

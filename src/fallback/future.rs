@@ -85,7 +85,8 @@ impl TargetSeries {
         match c.attempts.iter().find(|(r, _)| *r == result) {
             Some((_, counter)) => counter.increment(1),
             None => {
-                let counter = metrics::counter!(m::ATTEMPTS, "target" => label(id), "result" => result);
+                let counter =
+                    metrics::counter!(m::ATTEMPTS, "target" => label(id), "result" => result);
                 counter.increment(1);
                 c.attempts.push((result, counter));
             }

@@ -469,10 +469,7 @@ impl Ctx {
                 let (target_id, provider) = match served {
                     Some(s) => (Some(&s.target.id), Some(s.target.provider.name())),
                     None => match tap.attempts.last() {
-                        Some(a) => (
-                            Some(&a.target),
-                            a.target.split_once('/').map(|(p, _)| p),
-                        ),
+                        Some(a) => (Some(&a.target), a.target.split_once('/').map(|(p, _)| p)),
                         None => (None, None),
                     },
                 };
@@ -506,7 +503,9 @@ fn emit_metrics(
     duration.record(total.as_secs_f64());
     if r.usage_source != UsageSource::None {
         series.input_tokens().record(r.usage.prompt_tokens as f64);
-        series.output_tokens().record(r.usage.completion_tokens as f64);
+        series
+            .output_tokens()
+            .record(r.usage.completion_tokens as f64);
     }
     if let Some(t) = ttft {
         series.ttft().record(t.as_secs_f64());

@@ -99,7 +99,11 @@ impl Series {
     }
 
     /// `requests` by outcome and status class, and the operation duration by outcome.
-    pub(crate) fn by_outcome(&self, outcome: Outcome, status_class: &'static str) -> (Counter, Histogram) {
+    pub(crate) fn by_outcome(
+        &self,
+        outcome: Outcome,
+        status_class: &'static str,
+    ) -> (Counter, Histogram) {
         let mut v = self.by_outcome.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, _, c, h)) = v
             .iter()
