@@ -192,8 +192,7 @@ async fn work_stealing_runtime_serves_and_shuts_down_gracefully() {
 fn an_unknown_runtime_is_refused_naming_the_field() {
     let err =
         tollgate::config::Config::parse("[server]\nruntime = \"green-threads\"\n", "bad.toml")
-            .err()
-            .expect("refused");
+            .expect_err("refused");
     let msg = err.to_string();
     assert!(msg.contains("runtime") && msg.contains("bad.toml"), "{msg}");
 }
