@@ -71,7 +71,7 @@ impl From<WireUsage> for Usage {
             completion_tokens: w.completion_tokens,
             total_tokens: w
                 .total_tokens
-                .unwrap_or(w.prompt_tokens + w.completion_tokens),
+                .unwrap_or(w.prompt_tokens.saturating_add(w.completion_tokens)),
             cached_tokens: p.cached_tokens.or(w.prompt_cache_hit_tokens).unwrap_or(0),
             cache_write_tokens: p.cache_write_tokens.unwrap_or(0),
             reasoning_tokens: c.reasoning_tokens.unwrap_or(0),
@@ -123,11 +123,14 @@ impl Usage {
     /// Usage from Anthropic's counts: `input_tokens` excludes cache reads and writes, so the
     /// OpenAI-semantics `prompt_tokens` is their sum; thinking tokens are part of `output_tokens`.
     pub fn from_anthropic(u: &AnthropicUsage) -> Usage {
-        let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+        let prompt = u
+            .input_tokens
+            .saturating_add(u.cache_read_input_tokens)
+            .saturating_add(u.cache_creation_input_tokens);
         Usage {
             prompt_tokens: prompt,
             completion_tokens: u.output_tokens,
-            total_tokens: prompt + u.output_tokens,
+            total_tokens: prompt.saturating_add(u.output_tokens),
             cached_tokens: u.cache_read_input_tokens,
             cache_write_tokens: u.cache_creation_input_tokens,
             reasoning_tokens: u.thinking_tokens,
@@ -156,15 +159,19 @@ impl Usage {
         }
     }
 
-    /// Sum of two usages (for aggregation).
+    /// Sum of two usages (for aggregation); saturates instead of overflowing.
     pub fn add(&self, other: &Usage) -> Usage {
         Usage {
-            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
-            completion_tokens: self.completion_tokens + other.completion_tokens,
-            total_tokens: self.total_tokens + other.total_tokens,
-            cached_tokens: self.cached_tokens + other.cached_tokens,
-            cache_write_tokens: self.cache_write_tokens + other.cache_write_tokens,
-            reasoning_tokens: self.reasoning_tokens + other.reasoning_tokens,
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+            total_tokens: self.total_tokens.saturating_add(other.total_tokens),
+            cached_tokens: self.cached_tokens.saturating_add(other.cached_tokens),
+            cache_write_tokens: self
+                .cache_write_tokens
+                .saturating_add(other.cache_write_tokens),
+            reasoning_tokens: self.reasoning_tokens.saturating_add(other.reasoning_tokens),
         }
     }
 }
@@ -491,6 +498,25 @@ pub fn usd_to_micros(usd: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_counts_from_an_upstream_saturate_instead_of_overflowing() {
+        let max = u64::MAX;
+        let u = Usage::from_openai_json(
+            format!(r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":5}}}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.total_tokens), (max, max));
+        let u = Usage::from_anthropic_json(
+            format!(r#"{{"usage":{{"input_tokens":{max},"cache_read_input_tokens":7,"output_tokens":{max}}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.total_tokens), (max, max));
+        assert_eq!(u.add(&u).completion_tokens, max);
+        let g = crate::translate::anthropic::usage_from_anthropic(max, 1, 1, 1, 0);
+        assert_eq!(g.total_tokens, max);
+    }
 
     #[test]
     fn reads_openai_usage_with_details() {

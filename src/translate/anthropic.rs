@@ -599,11 +599,11 @@ pub fn usage_from_anthropic(
     cache_write: u64,
     thinking: u64,
 ) -> Usage {
-    let prompt = input + cache_read + cache_write;
+    let prompt = input.saturating_add(cache_read).saturating_add(cache_write);
     Usage {
         prompt_tokens: prompt,
         completion_tokens: output,
-        total_tokens: prompt + output,
+        total_tokens: prompt.saturating_add(output),
         cached_tokens: cache_read,
         cache_write_tokens: cache_write,
         reasoning_tokens: thinking,

@@ -470,12 +470,18 @@ impl WireUsage {
     /// `completion = candidates + thoughts`, `reasoning = thoughts`, `cached = cachedContent`,
     /// `total = totalTokenCount`.
     fn usage(&self) -> Usage {
-        let prompt = self.prompt_token_count + self.tool_use_prompt_token_count;
-        let completion = self.candidates_token_count + self.thoughts_token_count;
+        let prompt = self
+            .prompt_token_count
+            .saturating_add(self.tool_use_prompt_token_count);
+        let completion = self
+            .candidates_token_count
+            .saturating_add(self.thoughts_token_count);
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: self.total_token_count.unwrap_or(prompt + completion),
+            total_tokens: self
+                .total_token_count
+                .unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: self.cached_content_token_count,
             cache_write_tokens: 0,
             reasoning_tokens: self.thoughts_token_count,
