@@ -132,10 +132,13 @@ async fn load_and_shut_down(runtime: &str, workers: usize) {
         }
     }
 
-    // In-flight streams on several connections, then SIGTERM: every one finishes.
+    // In-flight streams on several connections, then SIGTERM once every one has started:
+    // every one finishes.
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<()>(8);
     let mut slow = Vec::new();
     for i in 0..8 {
         let addr = gw.addr;
+        let started = started_tx.clone();
         slow.push(tokio::spawn(async move {
             let body = format!(
                 r#"{{"model":"slow","messages":[{{"role":"user","content":"slow {i}"}}],"stream":true}}"#
@@ -143,11 +146,17 @@ async fn load_and_shut_down(runtime: &str, workers: usize) {
             let mut res = common::chat(addr, &body, &[]).await;
             assert_eq!(res.status, 200);
             let first = res.next_data().await.unwrap();
+            started.send(()).await.unwrap();
             let rest = res.rest().await;
             String::from_utf8([first.as_ref(), rest.as_ref()].concat()).unwrap()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    for _ in 0..8 {
+        tokio::time::timeout(Duration::from_secs(20), started_rx.recv())
+            .await
+            .expect("the slow streams did not start")
+            .unwrap();
+    }
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
