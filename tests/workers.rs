@@ -205,3 +205,49 @@ fn an_unknown_runtime_is_refused_naming_the_field() {
     let msg = err.to_string();
     assert!(msg.contains("runtime") && msg.contains("bad.toml"), "{msg}");
 }
+
+/// `SO_REUSEPORT` lets the workers share one port; a second gateway started on the port of a
+/// running one must still fail ("address in use"), not silently share its connections.
+#[test]
+fn a_second_gateway_on_the_same_port_is_refused() {
+    let cfg = "[server]\nworkers = 2\nruntime = \"per-core\"\n[auth]\nenabled = false\n[usage]\njsonl = \"\"\n";
+    let first = GatewayProcess::start(cfg);
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("gateway");
+    let mut second = std::process::Command::new(&bin)
+        .args([
+            "--config",
+            first.config.to_str().unwrap(),
+            "--listen",
+            &first.addr.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must exit by itself, with the reason.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second gateway kept running on {}", first.addr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("cannot listen on") && err.contains(&first.addr.to_string()),
+        "{err}"
+    );
+}

@@ -300,6 +300,11 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<(TcpSocket, SocketAddr), S
 /// The first worker's listener, and the address it got (port 0 resolves here; the other
 /// workers bind the resolved port).
 fn listen_on(addr: SocketAddr, reuse_port: bool) -> Result<(TcpListener, SocketAddr), String> {
+    if reuse_port && addr.port() != 0 {
+        // With SO_REUSEPORT a second gateway started on the same port by mistake would share
+        // its connections instead of failing. A plain bind first keeps "address in use".
+        drop(bind(addr, false)?);
+    }
     let (socket, local) = bind(addr, reuse_port)?;
     let listener = socket
         .listen(LISTEN_BACKLOG)
