@@ -79,12 +79,10 @@ fn bad(msg: impl Into<Cow<'static, str>>, param: impl Into<Cow<'static, str>>) -
     GatewayError::bad_request(msg, None).with_param(param)
 }
 
+const PROVIDER: &str = "Anthropic";
+
 fn unsupported(field: &'static str) -> GatewayError {
-    GatewayError::bad_request(
-        format!("'{field}' is not supported by the Anthropic provider"),
-        Some(field),
-    )
-    .with_code("unsupported_parameter")
+    super::unsupported(field, PROVIDER)
 }
 
 /// The JSON text of a content that is a string or a list of `{type:"text", text}` parts.
@@ -180,43 +178,13 @@ pub fn request_to_anthropic(
     upstream_model: &str,
     opts: &AnthropicOptions,
 ) -> Result<Bytes, GatewayError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
-    let mut out = Map::new();
-    out.insert("model".into(), Value::from(upstream_model));
-
-    // Fields refused: honouring them is part of the answer's contract.
-    for key in [
-        "audio",
-        "prediction",
-        "web_search_options",
-        "functions",
-        "function_call",
-        "top_logprobs",
-    ] {
-        if req.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(unsupported(key));
-        }
-    }
+    let (req, messages) = super::chat_request(body, PROVIDER)?;
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(unsupported("n"));
     }
-    if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
-        return Err(unsupported("logprobs"));
-    }
-    if let Some(m) = req.get("modalities").and_then(Value::as_array) {
-        if m.iter().any(|x| x.as_str() != Some("text")) {
-            return Err(unsupported("modalities"));
-        }
-    }
+    let mut out = Map::new();
+    out.insert("model".into(), Value::from(upstream_model));
 
-    // Messages.
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            GatewayError::bad_request("'messages' must be an array", Some("messages"))
-        })?;
     let mut system: Vec<Value> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {

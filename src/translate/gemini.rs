@@ -59,12 +59,10 @@ fn bad(msg: impl Into<Cow<'static, str>>, param: impl Into<Cow<'static, str>>) -
     GatewayError::bad_request(msg, None).with_param(param)
 }
 
+const PROVIDER: &str = "Gemini";
+
 fn unsupported(field: &'static str) -> GatewayError {
-    GatewayError::bad_request(
-        format!("'{field}' is not supported by the Gemini provider"),
-        Some(field),
-    )
-    .with_code("unsupported_parameter")
+    super::unsupported(field, PROVIDER)
 }
 
 /// The path of a Gemini call, relative to `https://generativelanguage.googleapis.com`:
@@ -179,34 +177,7 @@ fn user_part(p: &Value, param: String) -> Result<Option<Value>, GatewayError> {
 /// Translate an OpenAI chat request body into a Gemini `generateContent` body (the model goes
 /// in the path: [`gemini_path`]). See the module docs for the field rules.
 pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
-    let req: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
-    for key in [
-        "audio",
-        "prediction",
-        "web_search_options",
-        "functions",
-        "function_call",
-        "top_logprobs",
-    ] {
-        if req.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(unsupported(key));
-        }
-    }
-    if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
-        return Err(unsupported("logprobs"));
-    }
-    if let Some(m) = req.get("modalities").and_then(Value::as_array) {
-        if m.iter().any(|x| x.as_str() != Some("text")) {
-            return Err(unsupported("modalities"));
-        }
-    }
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            GatewayError::bad_request("'messages' must be an array", Some("messages"))
-        })?;
+    let (req, messages) = super::chat_request(body, PROVIDER)?;
 
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();

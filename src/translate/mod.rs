@@ -94,6 +94,57 @@ fn feed<T: StreamTranslator>(t: &mut T, ev: &SseEvent, out: &mut BytesMut) -> Fl
     t.on_event(data, &ev.raw, out)
 }
 
+/// `'field' is not supported by the PROVIDER provider`, a 400 naming the field.
+pub(crate) fn unsupported(field: &'static str, provider: &str) -> GatewayError {
+    GatewayError::bad_request(
+        format!("'{field}' is not supported by the {provider} provider"),
+        Some(field),
+    )
+    .with_code("unsupported_parameter")
+}
+
+/// An OpenAI chat request body for translation: the JSON object (without `messages`) and its
+/// `messages` array, with the fields no translation honours refused (400s naming `provider`).
+pub(crate) type ChatRequest = (
+    serde_json::Map<String, serde_json::Value>,
+    Vec<serde_json::Value>,
+);
+
+/// Parse and check an OpenAI chat request body for translation: see [`ChatRequest`].
+pub(crate) fn chat_request(body: &[u8], provider: &str) -> Result<ChatRequest, GatewayError> {
+    use serde_json::Value;
+    let mut req: serde_json::Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
+    // Refused: honouring them is part of the answer's contract.
+    for key in [
+        "audio",
+        "prediction",
+        "web_search_options",
+        "functions",
+        "function_call",
+        "top_logprobs",
+    ] {
+        if req.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(unsupported(key, provider));
+        }
+    }
+    if req.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err(unsupported("logprobs", provider));
+    }
+    if let Some(m) = req.get("modalities").and_then(Value::as_array) {
+        if m.iter().any(|x| x.as_str() != Some("text")) {
+            return Err(unsupported("modalities", provider));
+        }
+    }
+    match req.remove("messages") {
+        Some(Value::Array(messages)) => Ok((req, messages)),
+        _ => Err(GatewayError::bad_request(
+            "'messages' must be an array",
+            Some("messages"),
+        )),
+    }
+}
+
 /// The `function` objects of an OpenAI request's `tools` list (empty when there is none). A
 /// tool of any other type is refused with 400 naming it: `provider` says who cannot take it.
 pub(crate) fn function_tools<'a>(
