@@ -62,7 +62,8 @@ pub enum ErrorKind {
     RateLimited,
     /// A gateway spend budget refused the request (429).
     BudgetExceeded,
-    /// The upstream said 429.
+    /// The upstream said 429 — or, with `origin: "gateway"`, the gateway skipped a target whose
+    /// upstream's 429 `Retry-After` has not passed (code `upstream_rate_limited`).
     UpstreamRateLimited,
     /// The upstream said some other 4xx.
     UpstreamClientError,
@@ -76,7 +77,9 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The upstream broke the protocol (bad JSON, bad SSE, connection cut).
     UpstreamProtocol,
-    /// The target is ejected by the circuit breaker or waiting out a `Retry-After`.
+    /// The circuit breaker ejected the target after failures of its own (a target waiting out
+    /// its upstream's 429 `Retry-After` is [`UpstreamRateLimited`](Self::UpstreamRateLimited)
+    /// with `origin: "gateway"` instead).
     CircuitOpen,
     /// Bug or unexpected state inside the gateway (500).
     Internal,
@@ -290,6 +293,10 @@ impl GatewayError {
     pub fn message(&self) -> &str {
         &self.inner.message
     }
+    /// `error.code`, when set (an upstream's own code, or the gateway's).
+    pub fn code(&self) -> Option<&str> {
+        self.inner.code.as_deref()
+    }
     /// Which side produced the error.
     pub fn origin(&self) -> Origin {
         self.inner.origin
@@ -400,7 +407,9 @@ impl GatewayError {
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 pub fn retry_after_value(wait: Duration) -> HeaderValue {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     HeaderValue::from(secs.max(1))
 }
 

@@ -25,6 +25,8 @@ pub const FALLBACKS: &str = "tollgate_fallbacks_total";
 pub const ATTEMPTS: &str = "tollgate_upstream_attempts_total";
 /// Gauge of circuit state per target (0 closed, 1 half-open, 2 open); label `target`.
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
+/// Counter of circuit-breaker ejections (a target's own failures: never 429s); label `target`.
+pub const EJECTIONS: &str = "tollgate_circuit_ejections_total";
 /// Counter of requests refused by a limit; labels `limit`, `scope`.
 pub const LIMIT_REFUSALS: &str = "tollgate_ratelimit_refused_total";
 /// Counter of limit-store failures (e.g. Redis unreachable); labels `op`, `policy`.

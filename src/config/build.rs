@@ -9,7 +9,7 @@ use super::{Config, ConfigError, TimeoutsConfig, interpolate};
 use arc_swap::ArcSwap;
 
 use crate::auth::{AuthLayer, KeyEntry, KeyValidator, StaticKeys, ValidateFuture};
-use crate::health::Health;
+use crate::health::{BreakerConfig, DEFAULT_MAX_RETRY_AFTER, Health};
 use crate::provider::Provider;
 use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::gemini::GeminiProvider;
@@ -229,12 +229,16 @@ fn timeouts(t: &TimeoutsConfig) -> Timeouts {
     }
 }
 
-/// Keeps health per target id, so a reload keeps circuit state and latency history.
+/// Keeps health per target id, so a reload keeps circuit state and latency history (but not
+/// remembered `Retry-After` waits: see [`Config::build_runtime`]).
 pub type HealthRegistry = HashMap<Arc<str>, Arc<Health>>;
 
 impl Config {
-    /// Build providers and the route table. `health` carries circuit state across reloads
-    /// (pass the previous registry; new targets get fresh health).
+    /// Build providers and the route table. `health` carries circuit state and latency history
+    /// across reloads (pass the previous registry; new targets, and targets whose breaker
+    /// settings changed, get fresh health). When the build succeeds, every remembered upstream
+    /// `Retry-After` in `health` is forgotten ([`Health::forget_waits`]): a reload is the
+    /// operator's way out of a wait the upstream should not have asked for.
     pub fn build_runtime(&self, health: &mut HealthRegistry) -> Result<Runtime, ConfigError> {
         let file = if self.source.is_empty() {
             "<config>"
@@ -321,6 +325,10 @@ impl Config {
         let prices = crate::pricing::PriceTable::from_config(self)?;
         let today = crate::pricing::PriceDate::today();
         let defaults = timeouts(&self.routing.timeouts).or(Timeouts::RECOMMENDED);
+        let breaker = BreakerConfig {
+            max_retry_after: ms(self.routing.max_retry_after_ms).unwrap_or(DEFAULT_MAX_RETRY_AFTER),
+            ..BreakerConfig::default()
+        };
         let mut builder = RouteTable::builder();
         let mut models = Vec::new();
         let mut targets_of: HashMap<&str, Vec<Arc<Target>>> = HashMap::new();
@@ -372,10 +380,14 @@ impl Config {
                 if let Some(p) = price {
                     target = target.with_price(p);
                 }
-                let h = health
-                    .entry(target.id.clone())
-                    .or_insert_with(|| target.health.clone())
-                    .clone();
+                let h = match health.get(&target.id) {
+                    Some(h) if *h.config() == breaker => h.clone(),
+                    _ => {
+                        let h = Arc::new(Health::new(breaker));
+                        health.insert(target.id.clone(), h.clone());
+                        h
+                    }
+                };
                 targets.push((t.variant.clone(), target.with_health(h).into_arc()));
             }
             if targets.is_empty() {
@@ -533,6 +545,9 @@ impl Config {
         let routes = builder
             .build()
             .map_err(|e| ConfigError(format!("{file}: {e}")))?;
+        for h in health.values() {
+            h.forget_waits();
+        }
         Ok(Runtime {
             providers,
             routes,
@@ -743,6 +758,53 @@ route_to = "big"
         let ta = a.routes.get("x").unwrap().variants()[0].targets[0].clone();
         let tb = b.routes.get("x").unwrap().variants()[0].targets[0].clone();
         assert!(Arc::ptr_eq(&ta.health, &tb.health));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_forgets_remembered_waits_but_keeps_the_circuit() {
+        use crate::error::{ErrorKind, GatewayError};
+        use crate::health::{BlockReason, CircuitState};
+        let c = cfg(
+            "[routing]\nmax_retry_after_ms = 5000\n[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"m\", model = \"ok\" }]\n[models.y]\ntargets = [{ provider = \"m\", model = \"down\" }]\n",
+        );
+        let mut reg = HealthRegistry::new();
+        let a = c.build_runtime(&mut reg).unwrap();
+        let x = a.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        let y = a.routes.get("y").unwrap().variants()[0].targets[0].clone();
+        assert_eq!(x.health.config().max_retry_after, Duration::from_secs(5));
+        let now = tokio::time::Instant::now();
+        let e429 = GatewayError::upstream_status(http::StatusCode::TOO_MANY_REQUESTS, "wait", None)
+            .with_retry_after(Duration::from_secs(86_400));
+        x.health.on_failure(&e429, now);
+        assert_eq!(
+            x.health.peek(now).map_err(|b| (b.until, b.reason)),
+            Err((now + Duration::from_secs(5), BlockReason::RateLimited)),
+            "capped by routing.max_retry_after_ms"
+        );
+        for _ in 0..5 {
+            y.health.on_failure(
+                &GatewayError::new(ErrorKind::UpstreamConnect, "refused"),
+                now,
+            );
+        }
+        assert!(matches!(y.health.circuit(), CircuitState::Open { .. }));
+
+        let b = c.build_runtime(&mut reg).unwrap();
+        let x2 = b.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        assert!(Arc::ptr_eq(&x.health, &x2.health), "same health, kept");
+        assert_eq!(x2.health.peek(now), Ok(()), "the remembered wait is gone");
+        assert!(
+            matches!(y.health.circuit(), CircuitState::Open { .. }),
+            "the breaker's state survives a reload"
+        );
+
+        // A changed cap gives fresh health with the new setting.
+        let c3 = cfg(
+            "[routing]\nmax_retry_after_ms = 1000\n[providers.m]\nkind = \"mock\"\n[models.x]\ntargets = [{ provider = \"m\", model = \"ok\" }]\n",
+        );
+        let r3 = c3.build_runtime(&mut reg).unwrap();
+        let x3 = r3.routes.get("x").unwrap().variants()[0].targets[0].clone();
+        assert_eq!(x3.health.config().max_retry_after, Duration::from_secs(1));
     }
 
     #[test]

@@ -206,6 +206,9 @@ pub struct RoutingConfig {
     pub allow_client_models: Option<bool>,
     /// May clients switch fallback off (`x-tollgate-fallback: off`)? Default true.
     pub allow_client_fallback_off: Option<bool>,
+    /// The longest upstream `Retry-After` believed, in milliseconds (default 60000): a target
+    /// whose upstream asks for longer is skipped, and clients are told to wait, only this long.
+    pub max_retry_after_ms: Option<u64>,
     /// Rules on request features, evaluated in order; the first match re-routes.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,

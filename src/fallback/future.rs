@@ -17,7 +17,7 @@ use tower::retry::budget::Budget;
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
-use crate::health::Admission;
+use crate::health::{Admission, Blame, BlockReason, Blocked, Ejection, blame};
 use crate::target::{Attempt, AttemptInfo, ServedBy, Target, Timeouts};
 use crate::usage::UsageTap;
 
@@ -124,6 +124,7 @@ pin_project! {
 
 pin_project! {
     /// Future of [`Fallback`](super::Fallback).
+    #[project = Proj]
     pub struct ResponseFuture<S, F> {
         service: S,
         // Whether `service` is known ready (the one `call` was given is).
@@ -190,7 +191,8 @@ impl<S, F> ResponseFuture<S, F> {
     }
 }
 
-/// How informative a failure is when every target failed: an upstream's own status beats a
+/// How informative a failure is when every target failed: a 429 (an upstream's, or the gateway
+/// skipping a target its upstream asked to wait) beats any other upstream status, which beats a
 /// deadline, which beats a transport failure, which beats the gateway's own "circuit open".
 fn rank(e: &GatewayError) -> u8 {
     match e.kind() {
@@ -245,33 +247,85 @@ fn attempts_value(attempts: &[AttemptInfo]) -> Option<HeaderValue> {
     HeaderValue::try_from(s).ok()
 }
 
+/// Whole seconds, rounded up, at least 1 (as `Retry-After` says it).
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_add(u64::from(d.subsec_nanos() > 0))
+        .max(1)
+}
+
+/// The gateway's answer for a target its [`Health`](crate::health::Health) refused `wait` before
+/// it accepts again: a 429 naming the target for a remembered upstream rate limit, a 503 naming
+/// the target and the breaker for an ejection.
+fn blocked_error(target: &Target, blocked: Blocked, wait: Duration) -> GatewayError {
+    let id = &target.id;
+    let secs = secs_ceil(wait);
+    let e = match blocked.reason {
+        BlockReason::RateLimited => GatewayError::new(
+            ErrorKind::UpstreamRateLimited,
+            format!(
+                "target {id} asked to wait: its upstream answered 429 with Retry-After; \
+                 it accepts requests again in {secs} s"
+            ),
+        )
+        .with_origin(crate::error::Origin::Gateway)
+        .with_code("upstream_rate_limited"),
+        BlockReason::CircuitOpen { failures } => GatewayError::new(
+            ErrorKind::CircuitOpen,
+            format!(
+                "circuit open for target {id} after {failures} failures: the circuit breaker \
+                 ejected it; next probe in {secs} s"
+            ),
+        ),
+        BlockReason::ProbeInFlight => GatewayError::new(
+            ErrorKind::CircuitOpen,
+            format!(
+                "circuit half-open for target {id}: the circuit breaker's probe is in flight; \
+                 retry in {secs} s"
+            ),
+        ),
+    };
+    e.with_provider(id.clone()).with_retry_after(wait)
+}
+
+/// Log and count an ejection (`Health` does not know the target's name).
+fn ejected(target: &Target, ej: Ejection) {
+    tracing::warn!(
+        target = %target.id,
+        failures = ej.failures,
+        ejection_ms = u64::try_from(ej.duration.as_millis()).unwrap_or(u64::MAX),
+        "circuit open for target {} after {} failures: ejected by the circuit breaker",
+        target.id,
+        ej.failures
+    );
+    metrics::counter!(m::EJECTIONS, "target" => label(&target.id)).increment(1);
+}
+
+/// Between two failures of the same rank, whether `e` is the better answer: among 429s, the one
+/// that asks for the shortest wait (so the message names the target that accepts first).
+fn sooner(e: &GatewayError, than: &GatewayError) -> bool {
+    e.status() == http::StatusCode::TOO_MANY_REQUESTS
+        && e.retry_after().unwrap_or(Duration::MAX) < than.retry_after().unwrap_or(Duration::MAX)
+}
+
 impl<S, F> ResponseFuture<S, F> {
-    /// Record a target skipped because its health says blocked until `until`.
+    /// Record a target skipped because its health refused it.
     fn skip(
         attempts: &mut Vec<AttemptInfo>,
         best: &mut Option<GatewayError>,
         earliest: &mut Option<Duration>,
         target: &Arc<Target>,
-        until: Instant,
+        blocked: Blocked,
         now: Instant,
     ) {
-        let wait = until.saturating_duration_since(now);
+        let wait = blocked.until.saturating_duration_since(now);
+        let e = blocked_error(target, blocked, wait);
         attempts.push(AttemptInfo {
             target: target.id.clone(),
             status: 0,
             elapsed: Duration::ZERO,
-            error: Some(ErrorKind::CircuitOpen.as_str()),
+            error: Some(e.kind().as_str()),
         });
-        let e = GatewayError::new(
-            ErrorKind::CircuitOpen,
-            format!(
-                "target {} is unavailable (circuit open or Retry-After) for another {} ms",
-                target.id,
-                wait.as_millis()
-            ),
-        )
-        .with_provider(target.id.clone())
-        .with_retry_after(wait);
         Self::note_failure(best, earliest, e);
     }
 
@@ -284,8 +338,54 @@ impl<S, F> ResponseFuture<S, F> {
             *earliest = Some(earliest.map_or(w, |x| x.min(w)));
         }
         match best {
-            Some(b) if rank(b) >= rank(&e) => {}
+            Some(b) if rank(b) > rank(&e) || (rank(b) == rank(&e) && !sooner(&e, b)) => {}
             _ => *best = Some(e),
+        }
+    }
+
+    /// An attempt ended in `e`: report it to the target's health (unless it blames nobody),
+    /// count it, and decide whether the chain goes on.
+    fn attempt_failed(
+        this: &mut Proj<'_, S, F>,
+        mut current: Current,
+        e: GatewayError,
+        now: Instant,
+    ) {
+        let target = current.target.clone();
+        let elapsed = now.saturating_duration_since(current.started);
+        // Believe an upstream's wait only up to the target's cap, in memory and to clients.
+        let e = match e.retry_after() {
+            Some(w) if e.origin() == crate::error::Origin::Upstream => {
+                e.with_retry_after(target.health.config().cap_retry_after(w))
+            }
+            _ => e,
+        };
+        // A timeout under deadlines the client shortened, or an error that blames nobody, says
+        // nothing about the target: not reported, and a probe hands its slot back (on drop).
+        let counted = !(current.shortened && e.kind() == ErrorKind::UpstreamTimeout)
+            && blame(&e) != (Blame::Nobody { alive: false });
+        if counted {
+            current.probe = false;
+            if let Some(ej) = target.health.on_failure(&e, now) {
+                ejected(&target, ej);
+            }
+        }
+        drop(current);
+        record_attempt(&target, e.kind().as_str());
+        tracing::debug!(target = %target.id, error = %e, "attempt failed");
+        this.attempts.push(AttemptInfo {
+            target: target.id.clone(),
+            status: e.upstream_status_code().unwrap_or(0),
+            elapsed,
+            error: Some(e.kind().as_str()),
+        });
+        if !e.is_retryable() {
+            // The client's own mistake (or a gateway refusal): one attempt.
+            *this.best = Some(e);
+            *this.earliest_retry = None;
+            this.next.clone_from(this.limit);
+        } else {
+            Self::note_failure(this.best, this.earliest_retry, e);
         }
     }
 }
@@ -310,13 +410,13 @@ where
                             "fallback lost its current attempt",
                         )));
                     };
-                    // The outcome is reported below: the probe slot is not handed back.
-                    current.probe = false;
                     let target = current.target.clone();
                     let elapsed = now.saturating_duration_since(current.started);
                     *this.upstream_wait += elapsed;
                     match res {
                         Ok(mut res) => {
+                            // Reported: the probe slot is not handed back.
+                            current.probe = false;
                             target.health.on_success(now, elapsed);
                             record_attempt(&target, "ok");
                             this.attempts.push(AttemptInfo {
@@ -351,25 +451,7 @@ where
                             return Poll::Ready(Ok(res));
                         }
                         Err(e) => {
-                            if !(current.shortened && e.kind() == ErrorKind::UpstreamTimeout) {
-                                target.health.on_failure(&e, now);
-                            }
-                            record_attempt(&target, e.kind().as_str());
-                            tracing::debug!(target = %target.id, error = %e, "attempt failed");
-                            this.attempts.push(AttemptInfo {
-                                target: target.id.clone(),
-                                status: e.upstream_status_code().unwrap_or(0),
-                                elapsed,
-                                error: Some(e.kind().as_str()),
-                            });
-                            if !e.is_retryable() {
-                                // The client's own mistake (or a gateway refusal): one attempt.
-                                *this.best = Some(e);
-                                *this.earliest_retry = None;
-                                this.next.clone_from(this.limit);
-                            } else {
-                                Self::note_failure(this.best, this.earliest_retry, e);
-                            }
+                            Self::attempt_failed(&mut this, current, e, now);
                             this.state.set(State::Next);
                         }
                     }
@@ -382,13 +464,13 @@ where
                         *this.next += 1;
                         // A retry needs budget; check health first so a skip costs none.
                         if *this.calls > 0 {
-                            if let Err(until) = target.health.peek(now) {
+                            if let Err(blocked) = target.health.peek(now) {
                                 Self::skip(
                                     this.attempts,
                                     this.best,
                                     this.earliest_retry,
                                     &target,
-                                    until,
+                                    blocked,
                                     now,
                                 );
                                 continue;
@@ -402,20 +484,20 @@ where
                         let blocked = match target.health.admit(now) {
                             Admission::Allowed => Ok(false),
                             Admission::Probe => Ok(true),
-                            Admission::Blocked { until, .. } => Err(until),
+                            Admission::Blocked(b) => Err(b),
                         };
                         match blocked {
                             Ok(probe) => {
                                 chosen = Some((target, probe));
                                 break;
                             }
-                            Err(until) => {
+                            Err(b) => {
                                 Self::skip(
                                     this.attempts,
                                     this.best,
                                     this.earliest_retry,
                                     &target,
-                                    until,
+                                    b,
                                     now,
                                 );
                             }

@@ -7,15 +7,25 @@
 //! business (an in-band error event, see `StreamPassthrough`).
 //!
 //! For each target in order:
-//! - a target whose [`Health`](crate::health::Health) says blocked (open circuit, half-open
-//!   with its probe in flight, an upstream `Retry-After` not yet passed) is **skipped without a
-//!   call** and recorded as `provider/model/circuit_open/0`;
+//! - a target whose [`Health`](crate::health::Health) refuses it is **skipped without a call**:
+//!   one whose upstream answered 429 with a `Retry-After` that has not passed is recorded as
+//!   `provider/model/upstream_rate_limited/0` and stands for a **429** (`origin: "gateway"`,
+//!   code `upstream_rate_limited`, a message naming the target that asked to wait, the remaining
+//!   wait in `Retry-After`); one the circuit breaker ejected (or whose half-open probe is in
+//!   flight) is recorded as `provider/model/circuit_open/0` and stands for a **503** naming the
+//!   target and the breaker ("circuit open for target X after N failures");
 //! - otherwise one [`Attempt`](crate::target::Attempt) extension (target, number, deadlines =
 //!   the target's shortened by the client's) is put on a clone of the request (the last
 //!   candidate gets the request itself) and the inner service is called; the outcome is
-//!   reported to the target's `Health` — except a timeout under deadlines the client shortened,
-//!   which says nothing about the target. A half-open probe whose request is dropped hands its
-//!   slot back;
+//!   reported to the target's `Health`, which decides whom it blames
+//!   ([`blame`](crate::health::blame)): a 429 is remembered for its `Retry-After` (capped at the
+//!   target's [`max_retry_after`](crate::health::BreakerConfig::max_retry_after), which also caps
+//!   what the client is told) and never ejects; only the target's own failures (connect errors,
+//!   5xx, 529, timeouts, protocol errors) count for the breaker, and an ejection is logged at
+//!   `warn` naming the target and counted in [`EJECTIONS`](crate::metrics::EJECTIONS). Not
+//!   reported: a timeout under deadlines the client shortened, and a gateway-side error
+//!   (`origin: "gateway"`, a failure the request provoked); a half-open probe that ends so, or
+//!   whose request is dropped, hands its slot back;
 //! - an error for which [`GatewayError::is_retryable`] is false (a 4xx other than 408/429) ends
 //!   the chain at once: a bad request is the client's and stays one attempt;
 //! - attempts after the first withdraw from a retry budget (tower's
@@ -23,10 +33,13 @@
 //!   the load on the remaining targets;
 //! - `x-tollgate-fallback: off` (see Route) leaves one candidate.
 //!
-//! When every target failed, the most informative failure is answered with its status kept: an
-//! upstream 429 over an upstream 5xx over a timeout over a transport error over the gateway's own
-//! "circuit open" 503; a 429 or 503 carries the earliest `Retry-After` any candidate gave (for
-//! skipped targets: when they accept again). Never a blanket 500/502.
+//! When every target failed, the most informative failure is answered with its status kept: a
+//! 429 (the upstream's, or the gateway's for a skipped rate-limited target; among several, the
+//! one that accepts first) over an upstream 5xx over a timeout over a transport error over the
+//! gateway's own "circuit open" 503; a 429 or 503 carries the earliest `Retry-After` any
+//! candidate gave (for skipped targets: when they accept again). So a chain where every target
+//! is rate-limited answers 429 with the earliest time any of them accepts. Never a blanket
+//! 500/502.
 //!
 //! Every response — success or error — carries `x-tollgate-attempts:
 //! provider/model/status/ms;...` (status is the error kind when there was none); a success also

@@ -102,7 +102,12 @@ fn table(routes: Vec<ModelRoute>) -> RouteHandle {
     RouteHandle::new(b.build().expect("valid table"))
 }
 
-/// A provider that fails with 500 while `down` is set, counting its calls.
+/// A request `Flaky` refuses on the gateway's side (its `max_tokens` is 7).
+const GATEWAY_REFUSED: &str =
+    r#"{"model":"m","max_tokens":7,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// A provider that fails with 500 while `down` is set, counting its calls; a request with
+/// `max_tokens: 7` gets a gateway-side 400.
 struct Flaky {
     down: AtomicBool,
     calls: AtomicU32,
@@ -115,11 +120,15 @@ impl Provider for Flaky {
     fn kind(&self) -> &'static str {
         "test"
     }
-    fn call(&self, _call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+    fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let down = self.down.load(Ordering::SeqCst);
+        let refused = call.parsed.max_tokens == Some(7);
         Box::pin(async move {
-            if down {
+            if refused {
+                // A refusal of the gateway's own (as a translating adapter would give).
+                Err(GatewayError::bad_request("cannot translate", None))
+            } else if down {
                 Err(GatewayError::upstream_status(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "down",
@@ -289,7 +298,7 @@ async fn retry_after_memory_skips_target_without_calling_it() {
     assert_eq!(res.status(), 200);
     assert_eq!(
         attempts(&res),
-        "a/status?code=429&retry_after=30/circuit_open/0;b/ok/200/0"
+        "a/status?code=429&retry_after=30/upstream_rate_limited/0;b/ok/200/0"
     );
     assert_eq!((alog.request_count(), blog.request_count()), (1, 2));
     tokio::time::advance(Duration::from_secs(21)).await;
@@ -299,6 +308,94 @@ async fn retry_after_memory_skips_target_without_calling_it() {
         2,
         "tried again once Retry-After passed"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn skipped_rate_limited_targets_answer_429_never_503() {
+    let (a, alog) = mock("a");
+    let (b, blog) = mock("b");
+    let ta = target(&a, "status?code=429&retry_after=30");
+    let tb = target(&b, "status?code=429&retry_after=5");
+    let h = table(vec![
+        ModelRoute::new("one", vec![ta.clone()]),
+        ModelRoute::new("both", vec![ta.clone(), tb.clone()]),
+    ]);
+    let mut svc = stack(&h);
+    // The first answers are the upstreams' own 429s.
+    assert_eq!(send(&mut svc, chat("one", false)).await.status(), 429);
+    assert_eq!(send(&mut svc, chat("both", false)).await.status(), 429);
+    assert_eq!((alog.request_count(), blog.request_count()), (1, 1));
+    tokio::time::advance(Duration::from_secs(2)).await;
+
+    // Alone, the skipped target answers 429 with its remaining wait, naming itself.
+    let res = send(&mut svc, chat("one", false)).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "28");
+    assert_eq!(
+        attempts(&res),
+        "a/status?code=429&retry_after=30/upstream_rate_limited/0"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    assert_eq!(v["error"]["origin"], "gateway");
+    assert_eq!(v["error"]["code"], "upstream_rate_limited");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("a/status?code=429&retry_after=30"), "{msg}");
+
+    // Both skipped: 429 with the earliest time either accepts, naming that one.
+    let res = send(&mut svc, chat("both", false)).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "3");
+    let v: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("b/status?code=429&retry_after=5"), "{msg}");
+    assert_eq!((alog.request_count(), blog.request_count()), (1, 1));
+
+    // Forty 429s later the breaker is still closed.
+    for _ in 0..40 {
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(send(&mut svc, chat("one", false)).await.status(), 429);
+    }
+    assert_eq!(alog.request_count(), 41);
+    assert_eq!(ta.health.circuit(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_refused_by_the_gateway_hands_its_slot_back() {
+    // The probe's request is one the adapter refuses (Anthropic ingress to an OpenAI-only
+    // adapter would be a 400 of the gateway's own): the circuit stays half-open for the next.
+    let flaky = Arc::new(Flaky {
+        down: AtomicBool::new(true),
+        calls: AtomicU32::new(0),
+    });
+    let t = Target::new(flaky.clone(), "m1")
+        .with_health(Arc::new(Health::new(BreakerConfig {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(10),
+            ..BreakerConfig::default()
+        })))
+        .into_arc();
+    let h = table(vec![ModelRoute::new("m", vec![t.clone()])]);
+    let mut svc = stack(&h);
+    assert_eq!(send(&mut svc, chat("m", false)).await.status(), 500);
+    let res = send(&mut svc, chat("m", false)).await;
+    assert_eq!(res.status(), 503);
+    let v: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    assert_eq!(
+        v["error"]["message"],
+        "circuit open for target flaky/m1 after 1 failures: the circuit breaker ejected it; \
+         next probe in 10 s"
+    );
+    assert_eq!(v["error"]["code"], "circuit_open");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // The probe: the gateway refuses it (Flaky answers a gateway 400 for `max_tokens: 7`).
+    let res = send(&mut svc, request(GATEWAY_REFUSED)).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(t.health.circuit(), CircuitState::HalfOpen);
+    // The slot is free again: the next request probes at once (and recovers the target).
+    flaky.down.store(false, Ordering::SeqCst);
+    assert_eq!(send(&mut svc, chat("m", false)).await.status(), 200);
+    assert_eq!(t.health.circuit(), CircuitState::Closed);
 }
 
 #[tokio::test(start_paused = true)]

@@ -76,7 +76,10 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// Parse `retry-after-ms`, then `retry-after` (seconds, fractional allowed, or an HTTP date).
+/// Parse `retry-after-ms`, then `retry-after` (seconds, fractional allowed, or an HTTP date in
+/// any of the three forms of RFC 7231 §7.1.1.1). Absurd values saturate instead of failing; the
+/// cap on what is believed is the target's
+/// ([`BreakerConfig::max_retry_after`](crate::health::BreakerConfig::max_retry_after)).
 pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
@@ -84,7 +87,7 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.trim().parse::<f64>().ok())
     {
         if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+            return Some(secs_f64(ms / 1000.0));
         }
     }
     let v = headers
@@ -94,52 +97,20 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim();
     if let Ok(secs) = v.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
+            return Some(secs_f64(secs));
         }
         return None;
     }
-    let when = httpdate_parse(v)?;
+    let when = httpdate::parse_http_date(v).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
 }
 
-/// Minimal IMF-fixdate parser (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let day: u64 = parts[1].parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])? as u64
-        + 1;
-    let year: i64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4]
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if hms.len() != 3 {
-        return None;
-    }
-    // days from civil (Howard Hinnant's algorithm)
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m as i64 + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + (hms[0] * 3600 + hms[1] * 60 + hms[2]) as i64;
-    let secs = u64::try_from(secs).ok()?;
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+/// Non-negative finite seconds as a `Duration`, saturating instead of panicking.
+fn secs_f64(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 /// Classify a non-2xx upstream answer. `body` is the (small, capped) error body the upstream
@@ -165,7 +136,27 @@ pub fn upstream_error(
     if let Some(v) = headers.get("x-should-retry") {
         e = e.with_header(http::HeaderName::from_static("x-should-retry"), v.clone());
     }
+    if status == StatusCode::TOO_MANY_REQUESTS && is_insufficient_quota(body) {
+        // Quota, not a wait: keep the code and tell the SDKs not to retry.
+        e = e.with_code("insufficient_quota");
+        e.headers_mut().insert(
+            http::HeaderName::from_static("x-should-retry"),
+            HeaderValue::from_static("false"),
+        );
+    }
     e
+}
+
+/// Whether an OpenAI-shaped error body says `insufficient_quota` (in `error.code` or
+/// `error.type`).
+fn is_insufficient_quota(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let err = v.get("error").unwrap_or(&v);
+    ["code", "type"]
+        .iter()
+        .any(|f| err.get(*f).and_then(|c| c.as_str()) == Some("insufficient_quota"))
 }
 
 /// Pull a human message out of an upstream error body (OpenAI `{"error":{"message"}}`,
@@ -398,10 +389,44 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
         );
         assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
-        assert_eq!(
-            httpdate_parse("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(std::time::UNIX_EPOCH + Duration::from_secs(784111777))
+        // the three RFC 7231 date forms, far in the future
+        for date in [
+            "Thu, 01 Jan 2099 00:00:00 GMT",
+            "Tuesday, 01-Jan-69 00:00:00 GMT", // two-digit years below 70 are 20xx
+            "Thu Jan  1 00:00:00 2099",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", date.parse().unwrap());
+            let wait = parse_retry_after(&h).unwrap_or_else(|| panic!("{date}"));
+            assert!(wait > Duration::from_secs(86_400 * 365 * 40), "{date}");
+        }
+        // absurd numbers saturate instead of panicking
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "1e300".parse().unwrap());
+        assert_eq!(parse_retry_after(&h), Some(Duration::MAX));
+    }
+
+    #[test]
+    fn insufficient_quota_keeps_its_code_and_says_do_not_retry() {
+        let p: Arc<str> = Arc::from("prov");
+        let e = upstream_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+            &p,
         );
+        assert_eq!(e.status(), 429);
+        assert_eq!(e.code(), Some("insufficient_quota"));
+        assert_eq!(e.headers()["x-should-retry"], "false");
+        assert!(crate::health::is_quota_exhausted(&e));
+        let e = upstream_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            br#"{"error":{"message":"slow down","code":"rate_limit_exceeded"}}"#,
+            &p,
+        );
+        assert!(!e.headers().contains_key("x-should-retry"));
+        assert!(!crate::health::is_quota_exhausted(&e));
     }
 
     #[test]
