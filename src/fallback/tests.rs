@@ -825,3 +825,48 @@ async fn a_dropped_probe_hands_its_slot_back() {
     assert_eq!(log.request_count(), 2);
     next.abort();
 }
+
+#[test]
+fn ejections_are_counted_per_target_and_429s_never_are() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let (a, _) = mock("a");
+            let (b, _) = mock("b");
+            let h = table(vec![
+                ModelRoute::new("down", vec![target(&a, "status?code=503")]),
+                ModelRoute::new("busy", vec![target(&b, "status?code=429&retry_after=1")]),
+            ]);
+            let mut svc = stack(&h);
+            for _ in 0..20 {
+                send(&mut svc, chat("down", false)).await;
+                send(&mut svc, chat("busy", false)).await;
+                tokio::time::advance(Duration::from_secs(2)).await;
+            }
+        })
+    });
+    let snap = snapshotter.snapshot().into_vec();
+    let ejections = |t: &str| {
+        snap.iter()
+            .find(|(k, _, _, _)| {
+                k.key().name() == crate::metrics::EJECTIONS
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == "target" && l.value() == t)
+            })
+            .map(|(_, _, _, v)| match v {
+                DebugValue::Counter(n) => *n,
+                other => panic!("{other:?}"),
+            })
+    };
+    // 5 failures eject for 10 s; each failed probe (every 10, 20, 40 s) ejects again.
+    assert!(ejections("a/status?code=503").is_some_and(|n| n >= 2));
+    assert_eq!(ejections("b/status?code=429&retry_after=1"), None);
+}
