@@ -54,7 +54,9 @@
 //!
 //! Inner layers return [`GatewayError`](error::GatewayError); exactly one edge layer,
 //! [`ErrorResponse`](error::ErrorResponse), turns it into an OpenAI-shaped response that keeps the
-//! upstream's status class (an upstream 429 stays 429, with `Retry-After`).
+//! upstream's status class (an upstream 429 stays 429, with `Retry-After` — also when the gateway
+//! skips a target whose upstream asked it to wait; rate limiting never ejects a target, see
+//! [`health`]).
 //!
 //! ## Stacking the layers in your own service
 //!

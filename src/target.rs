@@ -116,7 +116,7 @@ pub struct Target {
     pub price: Option<Price>,
     /// What the target can do.
     pub caps: Capabilities,
-    /// Circuit breaker, `Retry-After` memory and latency EWMA of this target.
+    /// Circuit breaker, rate-limit (429 `Retry-After`) memory and latency EWMA of this target.
     pub health: Arc<Health>,
     /// This target's metric handles (Fallback's attempts and circuit state), cached.
     pub(crate) series: crate::fallback::TargetSeries,
@@ -235,8 +235,9 @@ pub struct AttemptInfo {
 impl AttemptInfo {
     /// `provider/model/status/ms` as in the attempts header. When no upstream status exists
     /// (connect error, timeout, a target skipped because it is blocked) the status part is the
-    /// error kind label, e.g. `openai/gpt-4o/upstream_timeout/2000` or
-    /// `openai/gpt-4o/circuit_open/0`.
+    /// error kind label, e.g. `openai/gpt-4o/upstream_timeout/2000`,
+    /// `openai/gpt-4o/upstream_rate_limited/0` (skipped: its upstream's 429 `Retry-After` has
+    /// not passed) or `openai/gpt-4o/circuit_open/0` (skipped: ejected by the breaker).
     pub fn header_part(&self) -> String {
         let mut s = String::with_capacity(self.target.len() + 16);
         self.write_header_part(&mut s);
