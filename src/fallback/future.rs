@@ -190,6 +190,16 @@ impl<S, F> ResponseFuture<S, F> {
     }
 }
 
+impl<S, F> ResponseFuture<S, F> {
+    /// Start the attempts list with targets skipped before the chain (over the max price).
+    pub(super) fn skipped(mut self, skipped: Vec<AttemptInfo>) -> Self {
+        if !skipped.is_empty() {
+            self.attempts = skipped;
+        }
+        self
+    }
+}
+
 /// How informative a failure is when every target failed: an upstream's own status beats a
 /// deadline, which beats a transport failure, which beats the gateway's own "circuit open".
 fn rank(e: &GatewayError) -> u8 {

@@ -95,6 +95,7 @@ fn sticky_keys_stay_on_one_variant() {
                 RouteInput {
                     headers: Some(&h),
                     key_id: None,
+                    ..Default::default()
                 },
             )
             .unwrap()
@@ -106,6 +107,7 @@ fn sticky_keys_stay_on_one_variant() {
                     RouteInput {
                         headers: Some(&h),
                         key_id: None,
+                        ..Default::default()
                     },
                 )
                 .unwrap()
@@ -119,6 +121,7 @@ fn sticky_keys_stay_on_one_variant() {
                 RouteInput {
                     headers: None,
                     key_id: Some(&key),
+                    ..Default::default()
                 },
             )
             .unwrap()
@@ -369,6 +372,7 @@ fn rules_route_on_request_features() {
                 RouteInput {
                     headers: h,
                     key_id: None,
+                    ..Default::default()
                 },
             )
             .unwrap()
@@ -432,6 +436,7 @@ fn client_controls_obey_the_policy() {
     let input = |h| RouteInput {
         headers: Some(h),
         key_id: None,
+        ..Default::default()
     };
 
     let allow = build(RoutePolicy::default());
