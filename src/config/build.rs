@@ -502,9 +502,9 @@ impl Config {
                 }
             };
             let route = match &tier.max_price {
-                Some(mp) => route.max_price(
-                    mp.to_max_price(file, &format!("tiers.{tname}.max_price"))?,
-                ),
+                Some(mp) => {
+                    route.max_price(mp.to_max_price(file, &format!("tiers.{tname}.max_price"))?)
+                }
                 None => route,
             };
             builder = builder.model(route);

@@ -157,7 +157,11 @@ fn parse_usd_micros(s: &str) -> Option<u64> {
     if whole.is_empty() && frac.is_empty() {
         return None;
     }
-    if !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+    if !whole
+        .bytes()
+        .chain(frac.bytes())
+        .all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let mut micros: u64 = 0;
@@ -218,11 +222,17 @@ mod tests {
         let route = MaxPrice::micros(Some(10), Some(100)).allowing_unpriced(true);
         let key = MaxPrice::micros(Some(5), None).allowing_unpriced(true);
         let e = MaxPrice::effective(Some(route), Some(key), None).unwrap();
-        assert_eq!(e, MaxPrice::micros(Some(5), Some(100)).allowing_unpriced(true));
+        assert_eq!(
+            e,
+            MaxPrice::micros(Some(5), Some(100)).allowing_unpriced(true)
+        );
         // a request cannot raise a limit, nor change allow_unpriced
         let r = MaxPrice::micros(Some(50), Some(20));
         let e = MaxPrice::effective(Some(route), Some(key), Some(r)).unwrap();
-        assert_eq!(e, MaxPrice::micros(Some(5), Some(20)).allowing_unpriced(true));
+        assert_eq!(
+            e,
+            MaxPrice::micros(Some(5), Some(20)).allowing_unpriced(true)
+        );
         // a key that does not allow unpriced targets wins over a route that does
         let e = MaxPrice::effective(Some(route), Some(MaxPrice::micros(None, Some(1))), None);
         assert!(!e.unwrap().allow_unpriced);

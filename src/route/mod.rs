@@ -98,9 +98,9 @@ pub use self::future::ResponseFuture;
 pub use self::layer::RouteLayer;
 pub use self::table::{
     ClientControl, Condition, DEFAULT_OUTPUT_ESTIMATE, FALLBACK_HEADER, FIRST_TOKEN_TIMEOUT_HEADER,
-    IDLE_TIMEOUT_HEADER, MAX_PRICE_HEADER, ModelRoute, RouteHandle, RouteInput, RoutePolicy, RouteTable,
-    RouteTableBuilder, RouteTableError, Rule, STICKY_HEADER, Strategy, TAG_HEADER, TIMEOUT_HEADER,
-    VARIANT_HEADER, Variant, model_not_found, satisfies,
+    IDLE_TIMEOUT_HEADER, MAX_PRICE_HEADER, ModelRoute, RouteHandle, RouteInput, RoutePolicy,
+    RouteTable, RouteTableBuilder, RouteTableError, Rule, STICKY_HEADER, Strategy, TAG_HEADER,
+    TIMEOUT_HEADER, VARIANT_HEADER, Variant, model_not_found, satisfies,
 };
 pub use crate::pricing::MaxPrice;
 pub use crate::target::RouteDecision;

@@ -11,8 +11,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::request::{Api, ParsedRequest};
 use crate::pricing::MaxPrice;
+use crate::request::{Api, ParsedRequest};
 use crate::target::{AttemptInfo, RouteDecision, Target, Timeouts};
 
 /// `x-tollgate-fallback: off` switches fallback off for one request (`on` is the default).
