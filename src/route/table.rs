@@ -715,10 +715,19 @@ fn within_max_price(
     if targets.iter().all(|t| limit.admits(t.price.as_ref())) {
         return Ok((targets, Vec::new(), Some(limit)));
     }
-    let (within, over): (Vec<_>, Vec<_>) = targets
+    let (within, mut over): (Vec<_>, Vec<_>) = targets
         .iter()
         .cloned()
         .partition(|t| limit.admits(t.price.as_ref()));
+    // A tier may hold one upstream twice (through two models): report it once.
+    let mut i = 0;
+    while i < over.len() {
+        if over[..i].iter().any(|x| x.id == over[i].id) {
+            over.remove(i);
+        } else {
+            i += 1;
+        }
+    }
     if within.is_empty() {
         return Err(no_target_within(&route.name, &limit, &over, parsed));
     }
