@@ -566,8 +566,7 @@ impl RouteTable {
                 }
             }
         }
-        let (targets, over_max_price, max_price) =
-            within_max_price(route, targets, headers, input.key_max_price, parsed)?;
+        let priced = within_max_price(route, targets, headers, input.key_max_price, parsed)?;
         let client_timeouts = match self.policy.client_timeouts {
             ClientControl::Ignore => Timeouts::NONE,
             policy => {
@@ -589,12 +588,12 @@ impl RouteTable {
 
         Ok(RouteDecision {
             model: route.name.clone(),
-            targets,
+            targets: priced.targets,
             variant: route.split.then(|| variant.name.clone()),
             allow_fallback,
             client_timeouts,
-            max_price,
-            over_max_price,
+            max_price: priced.limit,
+            over_max_price: priced.over,
         })
     }
 
@@ -684,14 +683,13 @@ impl RouteTable {
 /// `x-tollgate-max-price` header's, per component the lowest) and the targets within it, in
 /// order, plus those left out. Without any threshold: the targets unchanged, nothing else done.
 /// Nothing within it: 400 `no_target_within_max_price`, no upstream called.
-#[allow(clippy::type_complexity)]
 fn within_max_price(
     route: &ModelRoute,
     targets: Arc<[Arc<Target>]>,
     headers: Option<&HeaderMap>,
     key: Option<MaxPrice>,
     parsed: &ParsedRequest,
-) -> Result<(Arc<[Arc<Target>]>, Vec<Arc<Target>>, Option<MaxPrice>), GatewayError> {
+) -> Result<Priced, GatewayError> {
     let request = match headers.and_then(|h| h.get(&MAX_PRICE_NAME)) {
         None => None,
         Some(v) => Some(
@@ -709,16 +707,18 @@ fn within_max_price(
                 })?,
         ),
     };
-    let Some(limit) = MaxPrice::effective(route.max_price, key, request) else {
-        return Ok((targets, Vec::new(), None));
+    let limit = MaxPrice::effective(route.max_price, key, request);
+    let Some(max) = limit.filter(|m| !targets.iter().all(|t| m.admits(t.price.as_ref()))) else {
+        return Ok(Priced {
+            targets,
+            over: Vec::new(),
+            limit,
+        });
     };
-    if targets.iter().all(|t| limit.admits(t.price.as_ref())) {
-        return Ok((targets, Vec::new(), Some(limit)));
-    }
     let (within, mut over): (Vec<_>, Vec<_>) = targets
         .iter()
         .cloned()
-        .partition(|t| limit.admits(t.price.as_ref()));
+        .partition(|t| max.admits(t.price.as_ref()));
     // A tier may hold one upstream twice (through two models): report it once.
     let mut i = 0;
     while i < over.len() {
@@ -729,9 +729,20 @@ fn within_max_price(
         }
     }
     if within.is_empty() {
-        return Err(no_target_within(&route.name, &limit, &over, parsed));
+        return Err(no_target_within(&route.name, &max, &over, parsed));
     }
-    Ok((within.into(), over, Some(limit)))
+    Ok(Priced {
+        targets: within.into(),
+        over,
+        limit,
+    })
+}
+
+/// What [`within_max_price`] leaves: the targets to try, those left out, the threshold.
+struct Priced {
+    targets: Arc<[Arc<Target>]>,
+    over: Vec<Arc<Target>>,
+    limit: Option<MaxPrice>,
 }
 
 /// The 400 when every candidate is priced above `limit`: names the limit and the cheapest
