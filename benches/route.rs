@@ -22,7 +22,7 @@ use tollgate::request::{Api, ParsedRequest, parse_body};
 use tollgate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable, Variant};
 use tollgate::target::{Attempt, Target, Timeouts};
 use tollgate::timeout::TimeoutLayer;
-use tollgate::usage::UsageTap;
+use tollgate::usage::{Price, UsageTap};
 
 fn main() {
     divan::main();
@@ -70,6 +70,17 @@ fn fixture(model: &str) -> Fixture {
     let backup = Target::new(p.clone(), "backup").into_arc();
     let table = RouteTable::builder()
         .model(ModelRoute::new("m", vec![primary.clone(), backup.clone()]))
+        .model(ModelRoute::new(
+            "priced",
+            vec![
+                Target::new(p.clone(), "dear")
+                    .with_price(Price::from_usd_per_mtok(10.0, 40.0))
+                    .into_arc(),
+                Target::new(p.clone(), "cheap")
+                    .with_price(Price::from_usd_per_mtok(1.0, 4.0))
+                    .into_arc(),
+            ],
+        ))
         .model(
             ModelRoute::split(
                 "canary",
@@ -151,4 +162,22 @@ fn route_fallback_timeout(b: Bencher) {
         .layer(FallbackLayer::new().layer(TimeoutLayer::new().layer(Dispatch::new())));
     b.with_inputs(|| request(&f.parsed))
         .bench_local_values(|req| run(&mut svc, req));
+}
+
+/// A request threshold (`x-tollgate-max-price`) that skips the first, dearer target: the cost
+/// of parsing the header, filtering the candidates and reporting the skip.
+#[divan::bench(sample_count = 2000, sample_size = 16)]
+fn route_fallback_max_price_skip(b: Bencher) {
+    let f = fixture("priced");
+    let mut svc =
+        RouteLayer::new(f.handle.clone()).layer(FallbackLayer::new().layer(Dispatch::new()));
+    b.with_inputs(|| {
+        let mut req = request(&f.parsed);
+        req.headers_mut().insert(
+            "x-tollgate-max-price",
+            http::HeaderValue::from_static("input=5,output=20"),
+        );
+        req
+    })
+    .bench_local_values(|req| run(&mut svc, req));
 }

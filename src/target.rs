@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::health::Health;
+use crate::pricing::MaxPrice;
 use crate::provider::Provider;
 use crate::usage::Price;
 
@@ -206,6 +207,13 @@ pub struct RouteDecision {
     pub allow_fallback: bool,
     /// Deadlines the client asked for (header); they can only shorten the target's own.
     pub client_timeouts: Timeouts,
+    /// The effective cost threshold of this request (route, key and `x-tollgate-max-price`),
+    /// if any; `targets` holds only targets within it.
+    pub max_price: Option<MaxPrice>,
+    /// Candidates Route left out because they are priced above `max_price` (or unpriced):
+    /// Fallback reports them in `x-tollgate-attempts` as
+    /// `provider/model/over_max_price/0`. Empty without a threshold.
+    pub over_max_price: Vec<Arc<Target>>,
 }
 
 /// Request extension written by Fallback for each try, read by Timeout and Dispatch.
@@ -232,7 +240,22 @@ pub struct AttemptInfo {
     pub error: Option<&'static str>,
 }
 
+/// The `x-tollgate-attempts` label of a target skipped for its price
+/// ([`RouteDecision::over_max_price`]).
+pub const OVER_MAX_PRICE: &str = "over_max_price";
+
 impl AttemptInfo {
+    /// A target skipped without a call because it is priced above the request's threshold:
+    /// `provider/model/over_max_price/0` in the attempts header.
+    pub fn over_max_price(target: &Target) -> AttemptInfo {
+        AttemptInfo {
+            target: target.id.clone(),
+            status: 0,
+            elapsed: Duration::ZERO,
+            error: Some(OVER_MAX_PRICE),
+        }
+    }
+
     /// `provider/model/status/ms` as in the attempts header. When no upstream status exists
     /// (connect error, timeout, a target skipped because it is blocked) the status part is the
     /// error kind label, e.g. `openai/gpt-4o/upstream_timeout/2000`,

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::pricing::MaxPrice;
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
 
@@ -33,6 +34,9 @@ pub struct KeyIdentity {
     pub allowed_models: Arc<[Arc<str>]>,
     /// This key's own limits; `None` means the RateLimit layer's default per-key limits.
     pub limits: Option<Arc<Limits>>,
+    /// This key's cost threshold: Route skips targets priced above it (see
+    /// [`MaxPrice`]); `None`: no threshold of the key's own.
+    pub max_price: Option<MaxPrice>,
 }
 
 impl fmt::Debug for KeyIdentity {
@@ -43,6 +47,7 @@ impl fmt::Debug for KeyIdentity {
             .field("tenant", &self.tenant)
             .field("allowed_models", &self.allowed_models)
             .field("limits", &self.limits)
+            .field("max_price", &self.max_price)
             .finish()
     }
 }
@@ -59,6 +64,7 @@ impl KeyIdentity {
             tenant: None,
             allowed_models: Arc::from(vec![Arc::<str>::from("*")]),
             limits: None,
+            max_price: None,
         }
     }
 
@@ -90,6 +96,12 @@ impl KeyIdentity {
     /// Set this key's limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = Some(Arc::new(limits));
+        self
+    }
+
+    /// Set this key's cost threshold (targets priced above it are skipped for its requests).
+    pub fn with_max_price(mut self, max_price: MaxPrice) -> Self {
+        self.max_price = Some(max_price);
         self
     }
 
@@ -204,6 +216,11 @@ impl KeyEntry {
     /// Set the key's own limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.identity = self.identity.with_limits(limits);
+        self
+    }
+    /// Set the key's cost threshold.
+    pub fn max_price(mut self, max_price: MaxPrice) -> Self {
+        self.identity = self.identity.with_max_price(max_price);
         self
     }
     /// The identity this key grants.

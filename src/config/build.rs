@@ -51,6 +51,9 @@ pub fn static_keys(cfg: &Config) -> Result<Option<StaticKeys>, ConfigError> {
             e = e.models(k.models.iter().map(String::as_str));
         }
         e = e.limits(limits(&k.limits));
+        if let Some(m) = &k.max_price {
+            e = e.max_price(m.to_max_price(file, &format!("{field}.max_price"))?);
+        }
         entries.push(e);
     }
     StaticKeys::from_entries(entries)
@@ -451,6 +454,10 @@ impl Config {
             } else {
                 route
             };
+            let route = match &m.max_price {
+                Some(mp) => route.max_price(mp.to_max_price(file, &mfield("max_price"))?),
+                None => route,
+            };
             builder = builder.model(route);
             let owned_by = m.owned_by.clone().unwrap_or_else(|| {
                 m.targets
@@ -505,6 +512,12 @@ impl Config {
                         format!("unknown strategy `{other}`; expected cheapest or ordered"),
                     ));
                 }
+            };
+            let route = match &tier.max_price {
+                Some(mp) => {
+                    route.max_price(mp.to_max_price(file, &format!("tiers.{tname}.max_price"))?)
+                }
+                None => route,
             };
             builder = builder.model(route);
             models.push(ModelInfo {

@@ -124,6 +124,9 @@ pub struct KeyConfig {
     /// Model globs the key may use (default: all).
     #[serde(default)]
     pub models: Vec<String>,
+    /// Cost threshold of this key's requests (USD per million tokens): targets priced above it
+    /// are skipped.
+    pub max_price: Option<MaxPriceConfig>,
     /// Limits of this key.
     #[serde(flatten)]
     pub limits: LimitValues,
@@ -300,6 +303,8 @@ pub struct ModelConfig {
     pub timeouts: TimeoutsConfig,
     /// Shown in `/v1/models` as `owned_by`.
     pub owned_by: Option<String>,
+    /// Cost threshold (USD per million tokens): targets priced above it are skipped.
+    pub max_price: Option<MaxPriceConfig>,
 }
 
 /// One target of a model.
@@ -337,6 +342,83 @@ pub struct TierConfig {
     pub models: Vec<String>,
     /// `cheapest` (default) or `ordered`.
     pub strategy: Option<String>,
+    /// Cost threshold (USD per million tokens): the tier picks among targets within it.
+    pub max_price: Option<MaxPriceConfig>,
+}
+
+/// `max_price = { input = 3.0, output = 15.0 }`: the highest price (USD per million tokens,
+/// the units of `price`) a request may be sent at; either part may be omitted, not both.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaxPriceConfig {
+    /// Highest input-token price.
+    #[serde(default, deserialize_with = "max_price_input")]
+    pub input: Option<f64>,
+    /// Highest output-token price.
+    #[serde(default, deserialize_with = "max_price_output")]
+    pub output: Option<f64>,
+    /// Let targets without a known price through (default false: skipped).
+    pub allow_unpriced: Option<bool>,
+}
+
+/// A number of USD for `max_price.{0}`; a string or boolean is refused naming the field.
+struct UsdVisitor(&'static str);
+
+impl serde::de::Visitor<'_> for UsdVisitor {
+    type Value = Option<f64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a number for `max_price.{}` (USD per million tokens)",
+            self.0
+        )
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v as f64))
+    }
+}
+
+fn max_price_input<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    d.deserialize_any(UsdVisitor("input"))
+}
+
+fn max_price_output<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    d.deserialize_any(UsdVisitor("output"))
+}
+
+impl MaxPriceConfig {
+    /// Validate (each part a non-negative number, at least one given) and convert to integer
+    /// micro-USD once; `field` names the setting in errors.
+    pub fn to_max_price(
+        &self,
+        source: &str,
+        field: &str,
+    ) -> Result<crate::pricing::MaxPrice, ConfigError> {
+        for (name, v) in [("input", self.input), ("output", self.output)] {
+            if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return Err(ConfigError::field(
+                    source,
+                    &format!("{field}.{name}"),
+                    "must be a non-negative number (USD per million tokens)",
+                ));
+            }
+        }
+        if self.input.is_none() && self.output.is_none() {
+            return Err(ConfigError::field(
+                source,
+                field,
+                "set `input`, `output` or both (USD per million tokens)",
+            ));
+        }
+        Ok(crate::pricing::MaxPrice::usd(self.input, self.output)
+            .allowing_unpriced(self.allow_unpriced.unwrap_or(false)))
+    }
 }
 
 /// USD per million tokens.

@@ -191,6 +191,16 @@ impl<S, F> ResponseFuture<S, F> {
     }
 }
 
+impl<S, F> ResponseFuture<S, F> {
+    /// Start the attempts list with targets skipped before the chain (over the max price).
+    pub(super) fn skipped(mut self, skipped: Vec<AttemptInfo>) -> Self {
+        if !skipped.is_empty() {
+            self.attempts = skipped;
+        }
+        self
+    }
+}
+
 /// How informative a failure is when every target failed: a 429 (an upstream's, or the gateway
 /// skipping a target its upstream asked to wait) beats any other upstream status, which beats a
 /// deadline, which beats a transport failure, which beats the gateway's own "circuit open".

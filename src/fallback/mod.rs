@@ -31,7 +31,10 @@
 //! - attempts after the first withdraw from a retry budget (tower's
 //!   [`TpsBudget`](tower::retry::budget::TpsBudget) by default), so an outage cannot multiply
 //!   the load on the remaining targets;
-//! - `x-tollgate-fallback: off` (see Route) leaves one candidate.
+//! - `x-tollgate-fallback: off` (see Route) leaves one candidate;
+//! - targets Route left out because they are priced above the request's cost threshold
+//!   ([`RouteDecision::over_max_price`]) are never called and head the attempts list as
+//!   `provider/model/over_max_price/0`.
 //!
 //! When every target failed, the most informative failure is answered with its status kept: a
 //! 429 (the upstream's, or the gateway's for a skipped rate-limited target; among several, the
@@ -72,7 +75,7 @@ use tower::retry::budget::Budget;
 
 use crate::body::Body;
 use crate::error::GatewayError;
-use crate::target::RouteDecision;
+use crate::target::{AttemptInfo, RouteDecision};
 use crate::usage::UsageTap;
 
 mod future;
@@ -150,6 +153,12 @@ where
                     d.client_timeouts,
                     d.model.clone(),
                 );
+                // Route left these out for their price: listed first, never called.
+                let skipped: Vec<AttemptInfo> = d
+                    .over_max_price
+                    .iter()
+                    .map(|t| AttemptInfo::over_max_price(t))
+                    .collect();
                 ResponseFuture::new(
                     service,
                     req,
@@ -161,6 +170,7 @@ where
                     None,
                     model,
                 )
+                .skipped(skipped)
             }
             None => ResponseFuture::new(
                 service,

@@ -25,6 +25,7 @@
 //! assert_eq!(p.cost_pico(&u), 1000 * 2_500_000 + 100 * 10_000_000);
 //! ```
 
+mod max;
 pub mod report;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use crate::config::{Config, ConfigError, PriceConfig};
 use crate::target::Target;
 use crate::usage::{Price, usd_to_micros};
 
+pub use self::max::{MaxPrice, micros_to_usd};
 pub use self::report::{
     SpendAccumulator, SpendGroup, SpendQuery, SpendReport, SpendRow, spend_report_jsonl,
     spend_report_jsonl_json, spend_report_records,

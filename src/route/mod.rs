@@ -14,6 +14,23 @@
 //! - **rules** ([`Rule`]) on request features (tools, images, JSON mode, stream, prompt size,
 //!   an `x-tollgate-tag` header) that send a request to another model.
 //!
+//! **Cost thresholds** ([`MaxPrice`], in micro-USD per million tokens, the integer units of
+//! [`Price`](crate::usage::Price)): a model may set one ([`ModelRoute::max_price`]), a virtual
+//! key may set one ([`KeyIdentity::max_price`], read from the request extensions when Auth ran),
+//! and a request may send `x-tollgate-max-price: input=3,output=15` (USD per million tokens,
+//! either part optional; malformed: 400 naming the header). The effective threshold is the
+//! minimum, per component, of the three — the header can only lower it, never raise it nor let
+//! unpriced targets in. Route keeps only the candidates (after strategy ordering, capability
+//! filtering and the client's fallback list) whose input and output prices are each within it,
+//! so neither the first try nor any fallback reaches a dearer target, and a tier picks the
+//! cheapest among those within it. A target without a known price is left out unless every
+//! configured threshold says `allow_unpriced`. The targets left out travel in
+//! [`RouteDecision::over_max_price`] and Fallback lists them in `x-tollgate-attempts` as
+//! `provider/model/over_max_price/0`. When none is left the request is refused with 400
+//! `no_target_within_max_price` (type `invalid_request_error`), naming the limit and the
+//! cheapest candidate with its price; no upstream is called. Without any threshold this costs
+//! one header lookup.
+//!
 //! Per-request controls, each allowed, ignored or refused by [`RoutePolicy`]:
 //! the client's ordered fallback list (`"models": [...]`, appended after the model's own
 //! targets), `x-tollgate-fallback: off` (exactly one attempt), and
@@ -23,8 +40,8 @@
 //! The table lives behind a [`RouteHandle`] (`Arc<ArcSwap<RouteTable>>`): a reload stores a new
 //! table; requests already routed keep theirs.
 //!
-//! Reads [`ParsedRequest`] (and [`UsageTap`], if present); writes [`RouteDecision`] and
-//! `tap.model` / `tap.variant`.
+//! Reads [`ParsedRequest`] (and [`UsageTap`] and [`KeyIdentity`], if present); writes
+//! [`RouteDecision`] and `tap.model` / `tap.variant`.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -67,6 +84,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::Service;
 
+use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::request::ParsedRequest;
@@ -80,10 +98,11 @@ pub use self::future::ResponseFuture;
 pub use self::layer::RouteLayer;
 pub use self::table::{
     ClientControl, Condition, DEFAULT_OUTPUT_ESTIMATE, FALLBACK_HEADER, FIRST_TOKEN_TIMEOUT_HEADER,
-    IDLE_TIMEOUT_HEADER, ModelRoute, RouteHandle, RouteInput, RoutePolicy, RouteTable,
-    RouteTableBuilder, RouteTableError, Rule, STICKY_HEADER, Strategy, TAG_HEADER, TIMEOUT_HEADER,
-    VARIANT_HEADER, Variant, model_not_found, satisfies,
+    IDLE_TIMEOUT_HEADER, MAX_PRICE_HEADER, ModelRoute, RouteHandle, RouteInput, RoutePolicy,
+    RouteTable, RouteTableBuilder, RouteTableError, Rule, STICKY_HEADER, Strategy, TAG_HEADER,
+    TIMEOUT_HEADER, VARIANT_HEADER, Variant, model_not_found, satisfies,
 };
+pub use crate::pricing::MaxPrice;
 pub use crate::target::RouteDecision;
 
 /// Routes each request through the current [`RouteTable`]; see the [module docs](self).
@@ -144,12 +163,17 @@ where
             if let Some(tap) = tap {
                 tap.update(|s| key_id = s.key_id.clone());
             }
+            let key_max_price = req
+                .extensions()
+                .get::<KeyIdentity>()
+                .and_then(|k| k.max_price);
             let table = self.table.load();
             let routed = table.route(
                 parsed,
                 table::RouteInput {
                     headers: Some(req.headers()),
                     key_id: key_id.as_deref(),
+                    key_max_price,
                 },
             );
             match routed {

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::pricing::MaxPrice;
 use crate::request::{Api, ParsedRequest};
-use crate::target::{RouteDecision, Target, Timeouts};
+use crate::target::{AttemptInfo, RouteDecision, Target, Timeouts};
 
 /// `x-tollgate-fallback: off` switches fallback off for one request (`on` is the default).
 pub const FALLBACK_HEADER: &str = "x-tollgate-fallback";
@@ -29,6 +30,10 @@ pub const STICKY_HEADER: &str = "x-tollgate-sticky";
 pub const TAG_HEADER: &str = "x-tollgate-tag";
 /// Response header naming the split variant that served.
 pub const VARIANT_HEADER: &str = "x-tollgate-variant";
+/// `x-tollgate-max-price: input=3,output=15` (USD per million tokens, either part optional)
+/// lowers the request's cost threshold; it can never raise the route's or the key's.
+pub const MAX_PRICE_HEADER: &str = "x-tollgate-max-price";
+static MAX_PRICE_NAME: HeaderName = HeaderName::from_static(MAX_PRICE_HEADER);
 
 /// Output tokens assumed when a request sets no `max_tokens` (for cost ordering only).
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 512;
@@ -84,6 +89,7 @@ pub struct ModelRoute {
     strategy: Strategy,
     require_caps: bool,
     fallback: bool,
+    max_price: Option<MaxPrice>,
 }
 
 impl ModelRoute {
@@ -99,6 +105,7 @@ impl ModelRoute {
             strategy: Strategy::Ordered,
             require_caps: false,
             fallback: true,
+            max_price: None,
         }
     }
 
@@ -114,6 +121,7 @@ impl ModelRoute {
             strategy: Strategy::Ordered,
             require_caps: false,
             fallback: true,
+            max_price: None,
         }
     }
 
@@ -131,6 +139,19 @@ impl ModelRoute {
     pub fn fallback(mut self, allowed: bool) -> Self {
         self.fallback = allowed;
         self
+    }
+
+    /// A cost threshold for this model: targets priced above it are skipped (see the
+    /// [module docs](crate::route)); a key's threshold and the request's header can only lower
+    /// it.
+    pub fn max_price(mut self, max_price: MaxPrice) -> Self {
+        self.max_price = Some(max_price);
+        self
+    }
+
+    /// This model's cost threshold, if any.
+    pub fn max_price_limit(&self) -> Option<MaxPrice> {
+        self.max_price
     }
 
     /// Set the strategy that orders each variant's targets.
@@ -398,6 +419,8 @@ pub struct RouteInput<'a> {
     pub headers: Option<&'a HeaderMap>,
     /// The sticky key when no `x-tollgate-sticky` header is sent (the key id from Auth).
     pub key_id: Option<&'a str>,
+    /// The calling key's cost threshold ([`KeyIdentity::max_price`](crate::auth::KeyIdentity)).
+    pub key_max_price: Option<MaxPrice>,
 }
 
 impl RouteTable {
@@ -543,6 +566,7 @@ impl RouteTable {
                 }
             }
         }
+        let priced = within_max_price(route, targets, headers, input.key_max_price, parsed)?;
         let client_timeouts = match self.policy.client_timeouts {
             ClientControl::Ignore => Timeouts::NONE,
             policy => {
@@ -564,10 +588,12 @@ impl RouteTable {
 
         Ok(RouteDecision {
             model: route.name.clone(),
-            targets,
+            targets: priced.targets,
             variant: route.split.then(|| variant.name.clone()),
             allow_fallback,
             client_timeouts,
+            max_price: priced.limit,
+            over_max_price: priced.over,
         })
     }
 
@@ -651,6 +677,119 @@ impl RouteTable {
         }
         Ok(list.into())
     }
+}
+
+/// The request's effective cost threshold (the route's, the key's and the
+/// `x-tollgate-max-price` header's, per component the lowest) and the targets within it, in
+/// order, plus those left out. Without any threshold: the targets unchanged, nothing else done.
+/// Nothing within it: 400 `no_target_within_max_price`, no upstream called.
+fn within_max_price(
+    route: &ModelRoute,
+    targets: Arc<[Arc<Target>]>,
+    headers: Option<&HeaderMap>,
+    key: Option<MaxPrice>,
+    parsed: &ParsedRequest,
+) -> Result<Priced, GatewayError> {
+    let request = match headers.and_then(|h| h.get(&MAX_PRICE_NAME)) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| "not text")
+                .and_then(MaxPrice::parse_header)
+                .map_err(|why| {
+                    GatewayError::bad_request(
+                        format!(
+                            "{MAX_PRICE_HEADER} must be `input=USD,output=USD` (USD per million \
+                             tokens, either part may be omitted): {why}"
+                        ),
+                        None,
+                    )
+                })?,
+        ),
+    };
+    let limit = MaxPrice::effective(route.max_price, key, request);
+    let Some(max) = limit.filter(|m| !targets.iter().all(|t| m.admits(t.price.as_ref()))) else {
+        return Ok(Priced {
+            targets,
+            over: Vec::new(),
+            limit,
+        });
+    };
+    let (within, mut over): (Vec<_>, Vec<_>) = targets
+        .iter()
+        .cloned()
+        .partition(|t| max.admits(t.price.as_ref()));
+    // A tier may hold one upstream twice (through two models): report it once.
+    let mut i = 0;
+    while i < over.len() {
+        if over[..i].iter().any(|x| x.id == over[i].id) {
+            over.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if within.is_empty() {
+        return Err(no_target_within(&route.name, &max, &over, parsed));
+    }
+    Ok(Priced {
+        targets: within.into(),
+        over,
+        limit,
+    })
+}
+
+/// What [`within_max_price`] leaves: the targets to try, those left out, the threshold.
+struct Priced {
+    targets: Arc<[Arc<Target>]>,
+    over: Vec<Arc<Target>>,
+    limit: Option<MaxPrice>,
+}
+
+/// The 400 when every candidate is priced above `limit`: names the limit and the cheapest
+/// candidate (by the estimated cost of this request) with its price; the attempts header
+/// lists every candidate as skipped.
+fn no_target_within(
+    model: &str,
+    limit: &MaxPrice,
+    over: &[Arc<Target>],
+    parsed: &ParsedRequest,
+) -> GatewayError {
+    let prompt = parsed.prompt_tokens_estimate();
+    let output = parsed.max_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+    let cheapest = over
+        .iter()
+        .filter_map(|t| Some((t, t.price?)))
+        .min_by_key(|(t, p)| (t.cost_estimate(prompt, output), p.input, p.output));
+    let cheapest = match cheapest {
+        Some((t, p)) => format!(
+            "the cheapest candidate is `{}` at {}",
+            t.id,
+            MaxPrice::micros(Some(p.input), Some(p.output)).describe()
+        ),
+        None => "no candidate has a known price (unpriced targets are skipped under a \
+                 maximum price unless `allow_unpriced = true`)"
+            .to_owned(),
+    };
+    let mut e = GatewayError::bad_request(
+        format!(
+            "no target of `{model}` is within the maximum price ({}); {cheapest}",
+            limit.describe()
+        ),
+        None,
+    )
+    .with_code("no_target_within_max_price");
+    let mut attempts = String::with_capacity(over.len() * 40);
+    for (i, t) in over.iter().enumerate() {
+        if i > 0 {
+            attempts.push(';');
+        }
+        AttemptInfo::over_max_price(t).write_header_part(&mut attempts);
+    }
+    if let Ok(v) = HeaderValue::try_from(attempts) {
+        static ATTEMPTS: HeaderName = HeaderName::from_static(crate::fallback::ATTEMPTS_HEADER);
+        e = e.with_header(ATTEMPTS.clone(), v);
+    }
+    e
 }
 
 /// Whether `t` can serve `p`: tools, images, JSON mode, and prompt estimate + `max_tokens`

@@ -95,6 +95,7 @@ fn sticky_keys_stay_on_one_variant() {
                 RouteInput {
                     headers: Some(&h),
                     key_id: None,
+                    ..Default::default()
                 },
             )
             .unwrap()
@@ -106,6 +107,7 @@ fn sticky_keys_stay_on_one_variant() {
                     RouteInput {
                         headers: Some(&h),
                         key_id: None,
+                        ..Default::default()
                     },
                 )
                 .unwrap()
@@ -119,6 +121,7 @@ fn sticky_keys_stay_on_one_variant() {
                 RouteInput {
                     headers: None,
                     key_id: Some(&key),
+                    ..Default::default()
                 },
             )
             .unwrap()
@@ -369,6 +372,7 @@ fn rules_route_on_request_features() {
                 RouteInput {
                     headers: h,
                     key_id: None,
+                    ..Default::default()
                 },
             )
             .unwrap()
@@ -432,6 +436,7 @@ fn client_controls_obey_the_policy() {
     let input = |h| RouteInput {
         headers: Some(h),
         key_id: None,
+        ..Default::default()
     };
 
     let allow = build(RoutePolicy::default());
@@ -559,4 +564,207 @@ async fn split_through_the_stack_10000_requests_records_variants() {
         }
     }
     assert!((8800..=9200).contains(&stable), "{stable}");
+}
+
+fn dollars(provider: &Arc<dyn Provider>, model: &str, input: f64, output: f64) -> Arc<Target> {
+    Target::new(provider.clone(), model)
+        .with_price(Price::from_usd_per_mtok(input, output))
+        .into_arc()
+}
+
+fn with_max_price(v: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(MAX_PRICE_HEADER, v.parse().unwrap());
+    h
+}
+
+#[test]
+fn max_price_keeps_targets_within_the_lowest_threshold() {
+    let a = p("p");
+    let dear = dollars(&a, "dear", 10.0, 40.0);
+    let cheap = dollars(&a, "cheap", 1.0, 4.0);
+    let unpriced = t(&a, "unpriced");
+    let table = RouteTable::builder()
+        .model(ModelRoute::new(
+            "m",
+            vec![dear.clone(), unpriced.clone(), cheap.clone()],
+        ))
+        .model(
+            ModelRoute::new(
+                "capped",
+                vec![dear.clone(), unpriced.clone(), cheap.clone()],
+            )
+            .max_price(MaxPrice::usd(Some(5.0), None).allowing_unpriced(true)),
+        )
+        .model(ModelRoute::tier(
+            "tier:cheap",
+            vec![dear.clone(), cheap.clone()],
+        ))
+        .build()
+        .unwrap();
+    let route = |model: &str, h: Option<&HeaderMap>, key: Option<MaxPrice>| {
+        table.route(
+            &simple(model),
+            RouteInput {
+                headers: h,
+                key_id: None,
+                key_max_price: key,
+            },
+        )
+    };
+    // no threshold: nothing changes
+    let d = route("m", None, None).unwrap();
+    assert_eq!(ids(&d), ["p/dear", "p/unpriced", "p/cheap"]);
+    assert!(d.over_max_price.is_empty() && d.max_price.is_none());
+    // a request threshold between the two: the cheap one only, the others recorded
+    let h = with_max_price("input=5,output=20");
+    let d = route("m", Some(&h), None).unwrap();
+    assert_eq!(ids(&d), ["p/cheap"]);
+    let over: Vec<_> = d.over_max_price.iter().map(|t| t.id.to_string()).collect();
+    assert_eq!(over, ["p/dear", "p/unpriced"]);
+    assert_eq!(
+        d.max_price,
+        Some(MaxPrice::micros(Some(5_000_000), Some(20_000_000)))
+    );
+    // the route's threshold allows unpriced targets; the header lowers output, not that
+    let d = route("capped", None, None).unwrap();
+    assert_eq!(ids(&d), ["p/unpriced", "p/cheap"]);
+    let h = with_max_price("output=3.5");
+    let d = route("capped", Some(&h), None).unwrap();
+    assert_eq!(ids(&d), ["p/unpriced"]);
+    // a key that does not allow unpriced targets wins
+    let d = route("capped", None, Some(MaxPrice::usd(None, Some(100.0)))).unwrap();
+    assert_eq!(ids(&d), ["p/cheap"]);
+    // a header cannot raise the key's threshold
+    let h = with_max_price("input=100,output=100");
+    let e = route("m", Some(&h), Some(MaxPrice::usd(Some(0.5), None))).unwrap_err();
+    assert_eq!(e.status(), 400);
+    // a tier picks the cheapest within the threshold
+    let h = with_max_price("input=20");
+    let d = route("tier:cheap", Some(&h), None).unwrap();
+    assert_eq!(ids(&d), ["p/cheap", "p/dear"]);
+    let h = with_max_price("input=0.9");
+    let e = route("tier:cheap", Some(&h), None).unwrap_err();
+    assert!(
+        e.message()
+            .contains("`p/cheap` at input 1 USD, output 4 USD"),
+        "{}",
+        e.message()
+    );
+}
+
+#[test]
+fn nothing_within_max_price_is_a_400_naming_the_limit_and_the_cheapest() {
+    let a = p("p");
+    let table = RouteTable::builder()
+        .model(ModelRoute::new(
+            "m",
+            vec![
+                dollars(&a, "dear", 10.0, 40.0),
+                dollars(&a, "mid", 2.0, 8.0),
+                t(&a, "free?"),
+            ],
+        ))
+        .model(ModelRoute::new("unpriced", vec![t(&a, "x")]))
+        .build()
+        .unwrap();
+    let h = with_max_price("input=1.5, output=6");
+    let input = RouteInput {
+        headers: Some(&h),
+        ..RouteInput::default()
+    };
+    let e = table.route(&simple("m"), input).unwrap_err();
+    assert_eq!(e.status(), 400);
+    let v = e.to_json();
+    assert_eq!(v["error"]["code"], "no_target_within_max_price");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let msg = e.message();
+    assert!(
+        msg.contains("input 1.5 USD, output 6 USD per million tokens"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("`p/mid` at input 2 USD, output 8 USD"),
+        "{msg}"
+    );
+    assert_eq!(
+        e.headers()["x-tollgate-attempts"],
+        "p/dear/over_max_price/0;p/mid/over_max_price/0;p/free?/over_max_price/0"
+    );
+    let e = table.route(&simple("unpriced"), input).unwrap_err();
+    assert!(
+        e.message().contains("no candidate has a known price"),
+        "{}",
+        e.message()
+    );
+    // malformed headers name the header
+    for bad in [
+        "",
+        "input",
+        "input=-1",
+        "input=3;output=4",
+        "max=3",
+        "input=1,input=2",
+    ] {
+        let h = with_max_price(bad);
+        let e = table
+            .route(
+                &simple("m"),
+                RouteInput {
+                    headers: Some(&h),
+                    ..RouteInput::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.status(), 400, "{bad:?}");
+        assert!(
+            e.message().contains(MAX_PRICE_HEADER),
+            "{bad:?}: {}",
+            e.message()
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_never_reaches_a_target_over_the_threshold() {
+    let a = p("a");
+    let b = p("b");
+    let c = p("c");
+    let h = RouteHandle::new(
+        RouteTable::builder()
+            .model(
+                ModelRoute::new(
+                    "m",
+                    vec![
+                        dollars(&a, "status?code=503", 1.0, 1.0),
+                        dollars(&b, "ok", 9.0, 9.0),
+                        dollars(&c, "status?code=500", 2.0, 2.0),
+                    ],
+                )
+                .max_price(MaxPrice::usd(Some(5.0), Some(5.0))),
+            )
+            .build()
+            .unwrap(),
+    );
+    let mut req = chat("m", false);
+    let tap = UsageTap::new();
+    req.extensions_mut().insert(tap.clone());
+    let res = send(&mut stack(&h), req).await;
+    // the two within it failed; the dear one that would have served is never called
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        attempts(&res),
+        "b/ok/over_max_price/0;a/status?code=503/503/0;c/status?code=500/500/0"
+    );
+    assert_eq!(tap.snapshot().attempts.len(), 3);
+    // a key's threshold comes from the KeyIdentity extension Auth writes
+    let mut req = chat("m", false);
+    req.extensions_mut().insert(
+        crate::auth::KeyIdentity::new("k", "k").with_max_price(MaxPrice::usd(Some(1.5), None)),
+    );
+    let res = send(&mut stack(&h), req).await;
+    assert_eq!(
+        attempts(&res),
+        "b/ok/over_max_price/0;c/status?code=500/over_max_price/0;a/status?code=503/503/0"
+    );
 }
