@@ -190,9 +190,10 @@ impl AnthropicProvider {
 
     /// Pass an Anthropic Messages request (from an Anthropic-style `/v1/messages` ingress)
     /// through: only `model` is replaced by `upstream_model`, every other field is kept; the
-    /// client's forwarded headers (`anthropic-beta`, …) and its `anthropic-version` (the body is
-    /// in that version's format) go upstream, its credentials never do (the adapter's
-    /// `x-api-key` is sent, and its `anthropic-version` when the client sent none). A 2xx answer is returned as is (JSON, or
+    /// client's forwarded headers (`anthropic-beta`, …) go upstream, its credentials never do
+    /// (the adapter's `x-api-key` and `anthropic-version` are sent; with `anthropic-version`
+    /// among the policy's forwarded headers, the client's version replaces the adapter's).
+    /// The upstream's `request-id` comes back as `x-upstream-request-id`. A 2xx answer is returned as is (JSON, or
     /// SSE streamed without buffering); errors are mapped with
     /// [`error_from_anthropic`] (render them with
     /// [`error_to_anthropic`](crate::translate::ingress::error_to_anthropic)).
@@ -250,8 +251,12 @@ impl AnthropicProvider {
                 == Some(true);
             let bytes = crate::request::with_model(body, upstream_model)?;
             let mut req = json_post(uri, bytes, stream, &self.headers, &self.policy, client_headers)?;
-            if let Some(v) = client_headers.get(&ANTHROPIC_VERSION) {
-                req.headers_mut().insert(ANTHROPIC_VERSION.clone(), v.clone());
+            // Opt-in (`forward_headers = ["anthropic-version"]`): the client's version, the
+            // one its body is written for, replaces the adapter's on the pass-through.
+            if self.policy.forwarded().contains(&ANTHROPIC_VERSION) {
+                if let Some(v) = client_headers.get(&ANTHROPIC_VERSION) {
+                    req.headers_mut().insert(ANTHROPIC_VERSION.clone(), v.clone());
+                }
             }
             Ok::<_, GatewayError>((req, stream, client_for(connect_timeout)?))
         })();
@@ -288,6 +293,11 @@ impl AnthropicProvider {
 }
 
 static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+/// Headers whose values are lists: a fixed value and a client's forwarded one are both sent.
+const LIST_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
+];
 
 /// The upstream's request id (`request-id` or `x-request-id`) as `x-upstream-request-id` on a
 /// translated answer (nothing else of the upstream's headers is kept).
@@ -329,10 +339,16 @@ pub(crate) fn json_post(
         HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
     );
     policy.copy_forwarded(client, h);
-    // Appended: a fixed `anthropic-beta` and the client's are both sent (list headers merge);
-    // the adapter's credential and version are never among the client's forwarded headers.
+    // The adapter's own headers replace a client's, except the list-valued beta headers, which
+    // merge (a fixed `anthropic-beta` and the client's are both sent).
+    let mut prev: Option<&HeaderName> = None;
     for (k, v) in own {
-        h.append(k.clone(), v.clone());
+        if prev == Some(k) || LIST_HEADERS.contains(k) {
+            h.append(k.clone(), v.clone());
+        } else {
+            h.insert(k.clone(), v.clone());
+        }
+        prev = Some(k);
     }
     Ok(req)
 }

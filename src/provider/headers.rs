@@ -4,10 +4,13 @@
 //! where it builds the upstream request and where it reads the upstream answer:
 //!
 //! **Client → upstream** (an allow-list, [`DEFAULT_FORWARDED`]): `x-request-id` (the gateway's
-//! id, for correlation), `anthropic-beta` and `openai-beta`; the Anthropic adapter also passes
-//! the client's `anthropic-version` on the `/v1/messages` pass-through (the body is in that
-//! version's format). A provider may forward more (`forward_headers = ["x-foo"]`) and add fixed
-//! headers (`headers = { "x-foo" = "bar" }`). Nothing else of the client's goes upstream; in
+//! id, for correlation), `anthropic-beta` and `openai-beta`. A provider may forward more
+//! (`forward_headers = ["x-foo"]`) and add fixed headers (`headers = { "x-foo" = "bar" }`; a
+//! fixed header replaces a client's of the same name, except the list-valued `anthropic-beta` and
+//! `openai-beta`, which merge). The adapter chooses `anthropic-version` itself; with
+//! `forward_headers = ["anthropic-version"]` the client's version is used on the `/v1/messages`
+//! pass-through (the body is in that version's format). Nothing else of the client's goes
+//! upstream; in
 //! particular [`NEVER_FORWARDED`] — the client's credentials (`authorization`, `x-api-key`,
 //! `api-key`, `x-goog-api-key`, `proxy-authorization`), `cookie`, and `openai-organization` /
 //! `openai-project`, which would bill the client's organisation with the operator's key — can not
