@@ -15,46 +15,8 @@ mod common;
 mod fakes;
 
 use common::{Gateway, send};
-use fakes::{ANTHROPIC_KEY, CASES, Fake, GEMINI_KEY, OPENAI_KEY};
+use fakes::Fake;
 use serde_json::{Value, json};
-
-fn config(openai: &Fake, anthropic: &Fake, gemini: &Fake) -> String {
-    let mut cfg = format!(
-        r#"
-[auth]
-enabled = false
-[usage]
-jsonl = ""
-[providers.oai]
-kind = "openai"
-base_url = "{}/v1"
-api_key = "{OPENAI_KEY}"
-[providers.anth]
-kind = "anthropic"
-base_url = "{}"
-api_key = "{ANTHROPIC_KEY}"
-[providers.gem]
-kind = "gemini"
-base_url = "{}"
-api_key = "{GEMINI_KEY}"
-"#,
-        openai.base_url(),
-        anthropic.base_url(),
-        gemini.base_url(),
-    );
-    for provider in ["oai", "anth", "gem"] {
-        for (case, _) in CASES {
-            cfg.push_str(&format!(
-                "[models.{provider}-{case}]\ntargets = [{{ provider = \"{provider}\", model = \"{case}\" }}]\n"
-            ));
-            // the Anthropic face has its own targets
-            cfg.push_str(&format!(
-                "[models.msg-{provider}-{case}]\ntargets = [{{ provider = \"{provider}\", model = \"{case}\" }}]\n"
-            ));
-        }
-    }
-    cfg
-}
 
 /// One row: what the client must see on the OpenAI face.
 struct Want {
@@ -218,7 +180,7 @@ async fn run_table(gw: &Gateway, provider: &str, table: Vec<Want>) {
 
 async fn start() -> (Fake, Fake, Fake, Gateway) {
     let (o, a, g) = (fakes::openai().await, fakes::anthropic().await, fakes::gemini().await);
-    let gw = Gateway::start(&config(&o, &a, &g)).await;
+    let gw = Gateway::start(&fakes::cases_config(&o, &a, &g)).await;
     (o, a, g, gw)
 }
 
@@ -293,7 +255,8 @@ async fn the_anthropic_face_keeps_the_same_meaning() {
         ("msg-oai-case-context-length", 400, "invalid_request_error", "maximum context length"),
         ("msg-oai-case-404", 404, "not_found_error", "does not exist"),
         ("msg-oai-case-429", 429, "rate_limit_error", "Rate limit reached"),
-        ("msg-gem-case-503", 529, "overloaded_error", "overloaded"),
+        ("msg-gem-case-503", 503, "api_error", "overloaded"),
+        ("msg-gem-case-529", 529, "overloaded_error", "overloaded"),
         ("msg-gem-case-401", 401, "authentication_error", "API key not valid"),
     ];
     for (model, status, ty, msg) in cases {

@@ -704,8 +704,10 @@ fn gemini_row(status: u16, g: &GeminiError, message: &str) -> ErrorRow {
             ErrorRow::new(429, 429, "insufficient_quota", "insufficient_quota")
         }
         429 => ErrorRow::new(429, 429, "rate_limit_error", "rate_limit_exceeded"),
+        // 503 stays a 503 on the Anthropic face too (`ServiceUnavailableError`); a 529 is
+        // Anthropic's "overloaded" there.
         503 | 529 => ErrorRow::new(
-            529,
+            status,
             503,
             "service_unavailable_error",
             "server_is_overloaded",

@@ -199,6 +199,45 @@ pub const CASES: [(&str, Case); 11] = [
     ("case-leak-key", Case::LeakKey),
 ];
 
+/// A gateway config (auth off) with the three fakes as providers `oai`, `anth` and `gem`, and
+/// for each provider and case two single-target models: `{provider}-{case}` (for the OpenAI
+/// face) and `msg-{provider}-{case}` (for the Anthropic face), each its own target.
+pub fn cases_config(openai: &Fake, anthropic: &Fake, gemini: &Fake) -> String {
+    let mut cfg = format!(
+        r#"
+[auth]
+enabled = false
+[usage]
+jsonl = ""
+[providers.oai]
+kind = "openai"
+base_url = "{}/v1"
+api_key = "{OPENAI_KEY}"
+[providers.anth]
+kind = "anthropic"
+base_url = "{}"
+api_key = "{ANTHROPIC_KEY}"
+[providers.gem]
+kind = "gemini"
+base_url = "{}"
+api_key = "{GEMINI_KEY}"
+"#,
+        openai.base_url(),
+        anthropic.base_url(),
+        gemini.base_url(),
+    );
+    for provider in ["oai", "anth", "gem"] {
+        for (case, _) in CASES {
+            for prefix in ["", "msg-"] {
+                cfg.push_str(&format!(
+                    "[models.{prefix}{provider}-{case}]\ntargets = [{{ provider = \"{provider}\", model = \"{case}\" }}]\n"
+                ));
+            }
+        }
+    }
+    cfg
+}
+
 /// What a scenario asks for.
 enum Plan {
     Text,
