@@ -147,13 +147,21 @@ async fn run_table(gw: &Gateway, provider: &str, table: Vec<Want>) {
         let res = common::chat(gw.addr, &body.to_string(), &[]).await;
         let ctx = format!("{provider} {}", want.case);
         assert_eq!(res.status.as_u16(), want.status, "{ctx}: status");
-        let ra = res.headers.get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let ra = res
+            .headers
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
         match (want.retry_after, want.status) {
             (Some(v), _) => assert_eq!(ra.as_deref(), Some(v), "{ctx}: Retry-After"),
             (None, 429 | 503) => assert!(ra.is_some(), "{ctx}: every 429 and 503 has Retry-After"),
             (None, _) => assert_eq!(ra, None, "{ctx}: no Retry-After"),
         }
-        for leak in ["set-cookie", "openai-organization", "server", "x-ratelimit-remaining-requests"] {
+        for leak in [
+            "set-cookie",
+            "openai-organization",
+            "server",
+            "x-ratelimit-remaining-requests",
+        ] {
             assert!(res.headers.get(leak).is_none(), "{ctx}: {leak} leaked");
         }
         let upstream_id = res.headers.get("x-upstream-request-id").cloned();
@@ -165,7 +173,11 @@ async fn run_table(gw: &Gateway, provider: &str, table: Vec<Want>) {
         assert_eq!(e["message"], want.message, "{ctx}: message");
         assert_eq!(e["origin"], "upstream", "{ctx}");
         assert_eq!(e["provider"], provider, "{ctx}");
-        assert_eq!(e["upstream_status"], upstream_status(provider, want.case), "{ctx}");
+        assert_eq!(
+            e["upstream_status"],
+            upstream_status(provider, want.case),
+            "{ctx}"
+        );
         // the schema's four keys are always there (null allowed)
         for k in ["message", "type", "param", "code"] {
             assert!(e.get(k).is_some(), "{ctx}: {k} missing");
@@ -179,7 +191,11 @@ async fn run_table(gw: &Gateway, provider: &str, table: Vec<Want>) {
 }
 
 async fn start() -> (Fake, Fake, Fake, Gateway) {
-    let (o, a, g) = (fakes::openai().await, fakes::anthropic().await, fakes::gemini().await);
+    let (o, a, g) = (
+        fakes::openai().await,
+        fakes::anthropic().await,
+        fakes::gemini().await,
+    );
     let gw = Gateway::start(&fakes::cases_config(&o, &a, &g)).await;
     (o, a, g, gw)
 }
@@ -207,7 +223,12 @@ async fn streaming_requests_get_the_same_errors_before_the_first_byte() {
     let (_o, _a, _g, gw) = start().await;
     for (provider, case, status, code) in [
         ("oai", "case-context-length", 400, "context_length_exceeded"),
-        ("anth", "case-context-length", 400, "context_length_exceeded"),
+        (
+            "anth",
+            "case-context-length",
+            400,
+            "context_length_exceeded",
+        ),
         ("gem", "case-context-length", 400, "context_length_exceeded"),
         ("oai", "case-quota", 429, "insufficient_quota"),
         ("anth", "case-529", 503, "server_is_overloaded"),
@@ -234,7 +255,10 @@ async fn messages(gw: &Gateway, model: &str) -> (u16, Option<String>, Value) {
     )
     .await;
     let status = res.status.as_u16();
-    let ra = res.headers.get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let ra = res
+        .headers
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
     (status, ra, res.json().await)
 }
 
@@ -245,19 +269,59 @@ async fn the_anthropic_face_keeps_the_same_meaning() {
     let cases = [
         // an Anthropic upstream: its own status and type, as sent
         ("msg-anth-case-529", 529, "overloaded_error", "Overloaded"),
-        ("msg-anth-case-quota", 400, "invalid_request_error", "credit balance is too low"),
+        (
+            "msg-anth-case-quota",
+            400,
+            "invalid_request_error",
+            "credit balance is too low",
+        ),
         ("msg-anth-case-429", 429, "rate_limit_error", "rate limit"),
-        ("msg-anth-case-500", 500, "api_error", "Internal server error"),
-        ("msg-anth-case-context-length", 400, "invalid_request_error", "prompt is too long"),
-        ("msg-anth-case-401", 401, "authentication_error", "invalid x-api-key"),
+        (
+            "msg-anth-case-500",
+            500,
+            "api_error",
+            "Internal server error",
+        ),
+        (
+            "msg-anth-case-context-length",
+            400,
+            "invalid_request_error",
+            "prompt is too long",
+        ),
+        (
+            "msg-anth-case-401",
+            401,
+            "authentication_error",
+            "invalid x-api-key",
+        ),
         // translated from an OpenAI-compatible or Gemini upstream: the same meaning
-        ("msg-oai-case-quota", 429, "billing_error", "exceeded your current quota"),
-        ("msg-oai-case-context-length", 400, "invalid_request_error", "maximum context length"),
+        (
+            "msg-oai-case-quota",
+            429,
+            "billing_error",
+            "exceeded your current quota",
+        ),
+        (
+            "msg-oai-case-context-length",
+            400,
+            "invalid_request_error",
+            "maximum context length",
+        ),
         ("msg-oai-case-404", 404, "not_found_error", "does not exist"),
-        ("msg-oai-case-429", 429, "rate_limit_error", "Rate limit reached"),
+        (
+            "msg-oai-case-429",
+            429,
+            "rate_limit_error",
+            "Rate limit reached",
+        ),
         ("msg-gem-case-503", 503, "api_error", "overloaded"),
         ("msg-gem-case-529", 529, "overloaded_error", "overloaded"),
-        ("msg-gem-case-401", 401, "authentication_error", "API key not valid"),
+        (
+            "msg-gem-case-401",
+            401,
+            "authentication_error",
+            "API key not valid",
+        ),
     ];
     for (model, status, ty, msg) in cases {
         let (got, ra, v) = messages(&gw, model).await;

@@ -117,9 +117,15 @@ async fn upstream_headers_reach_the_client_only_through_the_allow_list() {
         assert_eq!(res.status, 200);
         let h = res.headers.clone();
         for name in NEVER_TO_CLIENT {
-            assert!(h.get(name).is_none(), "stream={stream}: {name} reached the client");
+            assert!(
+                h.get(name).is_none(),
+                "stream={stream}: {name} reached the client"
+            );
         }
-        assert_eq!(h["x-upstream-request-id"], "req_openai_fake", "stream={stream}");
+        assert_eq!(
+            h["x-upstream-request-id"], "req_openai_fake",
+            "stream={stream}"
+        );
         assert_eq!(h["openai-processing-ms"], "42", "stream={stream}");
         // the client's x-request-id is the gateway's own, not the upstream's
         assert_ne!(h["x-request-id"], "req_openai_fake");
@@ -158,7 +164,14 @@ async fn client_credentials_and_organisation_never_reach_an_upstream() {
         assert_eq!(res.status, 200, "{model}");
         res.rest().await;
     }
-    let last = |f: &Fake| f.seen.lock().unwrap().last().cloned().expect("upstream called");
+    let last = |f: &Fake| {
+        f.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream called")
+    };
     let (so, sa, sg) = (last(&o), last(&a), last(&g));
     for (who, seen) in [("openai", &so), ("anthropic", &sa), ("gemini", &sg)] {
         let h = &seen.headers;
@@ -168,7 +181,10 @@ async fn client_credentials_and_organisation_never_reach_an_upstream() {
             "openai-project",
             "x-stainless-lang",
         ] {
-            assert!(h.get(name).is_none(), "{who}: the client's {name} went upstream");
+            assert!(
+                h.get(name).is_none(),
+                "{who}: the client's {name} went upstream"
+            );
         }
         for (name, _) in &CLIENT_HEADERS {
             for v in h.get_all(*name) {
@@ -181,7 +197,10 @@ async fn client_credentials_and_organisation_never_reach_an_upstream() {
         }
         assert_eq!(h["anthropic-beta"], "prompt-caching-2024-07-31", "{who}");
         assert_eq!(h["openai-beta"], "assistants=v2", "{who}");
-        assert!(h.get("x-request-id").is_some(), "{who}: the gateway's request id");
+        assert!(
+            h.get("x-request-id").is_some(),
+            "{who}: the gateway's request id"
+        );
     }
     // each upstream got the operator's credential, once, in its own header
     assert_eq!(so.headers["authorization"], format!("Bearer {OPENAI_KEY}"));
@@ -234,7 +253,10 @@ async fn a_credential_quoted_in_an_upstream_error_is_scrubbed() {
             let res = common::chat(gw.addr, &chat_body(model, stream), &[]).await;
             assert_eq!(res.status, status, "{model}");
             let body = String::from_utf8(res.rest().await.to_vec()).unwrap();
-            assert!(!body.contains(key), "{model}: the upstream key reached the client: {body}");
+            assert!(
+                !body.contains(key),
+                "{model}: the upstream key reached the client: {body}"
+            );
             assert!(body.contains("[redacted]"), "{model}: {body}");
         }
         // and on the Anthropic face

@@ -250,12 +250,20 @@ impl AnthropicProvider {
                 .stream
                 == Some(true);
             let bytes = crate::request::with_model(body, upstream_model)?;
-            let mut req = json_post(uri, bytes, stream, &self.headers, &self.policy, client_headers)?;
+            let mut req = json_post(
+                uri,
+                bytes,
+                stream,
+                &self.headers,
+                &self.policy,
+                client_headers,
+            )?;
             // Opt-in (`forward_headers = ["anthropic-version"]`): the client's version, the
             // one its body is written for, replaces the adapter's on the pass-through.
             if self.policy.forwarded().contains(&ANTHROPIC_VERSION) {
                 if let Some(v) = client_headers.get(&ANTHROPIC_VERSION) {
-                    req.headers_mut().insert(ANTHROPIC_VERSION.clone(), v.clone());
+                    req.headers_mut()
+                        .insert(ANTHROPIC_VERSION.clone(), v.clone());
                 }
             }
             Ok::<_, GatewayError>((req, stream, client_for(connect_timeout)?))
@@ -412,7 +420,8 @@ where
                     .with_provider(provider.clone()),
                 )
             });
-            let mut res = translated_response(true, Body::new(TranslateBody::new(body, translator)));
+            let mut res =
+                translated_response(true, Body::new(TranslateBody::new(body, translator)));
             keep_upstream_id(&parts.headers, res.headers_mut());
             return Ok(res);
         }

@@ -156,7 +156,14 @@ impl Provider for GeminiProvider {
                     call.upstream_model
                 ))
             })?;
-            json_post(uri, body, stream, &self.headers, &self.policy, &call.headers)
+            json_post(
+                uri,
+                body,
+                stream,
+                &self.headers,
+                &self.policy,
+                &call.headers,
+            )
         });
         let req = match prepared {
             Ok(r) => r,

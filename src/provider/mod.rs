@@ -193,8 +193,10 @@ pub fn upstream_error(
             e = e.with_type(ty);
         }
         match o.code {
-            Some(code) if !code.is_string() && status == StatusCode::BAD_REQUEST
-                && is_context_length_message(e.message()) =>
+            Some(code)
+                if !code.is_string()
+                    && status == StatusCode::BAD_REQUEST
+                    && is_context_length_message(e.message()) =>
             {
                 e = e.with_code("context_length_exceeded");
             }

@@ -65,8 +65,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{
-    DONE, ErrorRow, Flow, StreamTranslator, chunk_prefix, chunk_suffix, is_json_string, protocol_error,
-    split_data_url, usage_json,
+    DONE, ErrorRow, Flow, StreamTranslator, chunk_prefix, chunk_suffix, is_json_string,
+    protocol_error, split_data_url, usage_json,
 };
 use crate::error::GatewayError;
 use crate::provider::is_context_length_message;
@@ -717,18 +717,13 @@ fn anthropic_row(status: u16, ty: &str, message: &str) -> ErrorRow {
             "service_unavailable_error",
             "server_is_overloaded",
         ),
-        (_, "billing_error") => {
-            ErrorRow::new(429, 429, "insufficient_quota", "insufficient_quota")
-        }
+        (_, "billing_error") => ErrorRow::new(429, 429, "insufficient_quota", "insufficient_quota"),
         (400, _) if lower.contains("credit balance") => {
             ErrorRow::new(429, 429, "insufficient_quota", "insufficient_quota")
         }
-        (400 | 413, _) if is_context_length_message(message) => ErrorRow::new(
-            400,
-            400,
-            "invalid_request_error",
-            "context_length_exceeded",
-        ),
+        (400 | 413, _) if is_context_length_message(message) => {
+            ErrorRow::new(400, 400, "invalid_request_error", "context_length_exceeded")
+        }
         (401, _) | (_, "authentication_error") => {
             ErrorRow::new(401, 401, "authentication_error", "invalid_api_key")
         }

@@ -56,9 +56,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    ErrorRow,
-    DONE, Flow, StreamTranslator, chunk_prefix, chunk_suffix, protocol_error, split_data_url,
-    usage_json, write_json_str, write_u64, write_usage,
+    DONE, ErrorRow, Flow, StreamTranslator, chunk_prefix, chunk_suffix, protocol_error,
+    split_data_url, usage_json, write_json_str, write_u64, write_usage,
 };
 use crate::error::GatewayError;
 use crate::provider::is_context_length_message;
@@ -686,12 +685,9 @@ fn gemini_row(status: u16, g: &GeminiError, message: &str) -> ErrorRow {
     };
     match status {
         _ if g.key_invalid => ErrorRow::new(401, 401, "authentication_error", "invalid_api_key"),
-        400 if is_context_length_message(message) => ErrorRow::new(
-            400,
-            400,
-            "invalid_request_error",
-            "context_length_exceeded",
-        ),
+        400 if is_context_length_message(message) => {
+            ErrorRow::new(400, 400, "invalid_request_error", "context_length_exceeded")
+        }
         400 => ErrorRow::new(400, 400, "invalid_request_error", own("INVALID_ARGUMENT")),
         401 => ErrorRow::new(401, 401, "authentication_error", "invalid_api_key"),
         403 => ErrorRow::new(403, 403, "permission_error", own("PERMISSION_DENIED")),
@@ -714,7 +710,12 @@ fn gemini_row(status: u16, g: &GeminiError, message: &str) -> ErrorRow {
         ),
         504 => ErrorRow::new(504, 504, "timeout_error", own("DEADLINE_EXCEEDED")),
         499 => ErrorRow::new(499, 502, "api_error", own("CANCELLED")),
-        405..=498 => ErrorRow::new(status, status, "invalid_request_error", own("INVALID_ARGUMENT")),
+        405..=498 => ErrorRow::new(
+            status,
+            status,
+            "invalid_request_error",
+            own("INVALID_ARGUMENT"),
+        ),
         500..=599 if status != 500 => ErrorRow::new(status, status, "api_error", own("INTERNAL")),
         _ => ErrorRow::new(status.clamp(500, 599), 502, "api_error", own("INTERNAL")),
     }

@@ -338,8 +338,8 @@ impl ErrorRow {
         headers: &http::HeaderMap,
         provider: Option<std::sync::Arc<str>>,
     ) -> GatewayError {
-        let kind_status = http::StatusCode::from_u16(self.kind_status)
-            .unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let kind_status =
+            http::StatusCode::from_u16(self.kind_status).unwrap_or(http::StatusCode::BAD_GATEWAY);
         let status =
             http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
         let e = GatewayError::upstream_status(kind_status, message, provider)

@@ -306,10 +306,22 @@ fn anthropic_error_type(status: u16) -> &'static str {
 fn anthropic_case(c: Case) -> Res {
     let e = |status, ty, msg: &str| anthropic_error(status, ty, msg, &[]);
     match c {
-        Case::InvalidValue => e(400, "invalid_request_error", "temperature: Input should be less than or equal to 1"),
-        Case::ContextLength => e(400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"),
+        Case::InvalidValue => e(
+            400,
+            "invalid_request_error",
+            "temperature: Input should be less than or equal to 1",
+        ),
+        Case::ContextLength => e(
+            400,
+            "invalid_request_error",
+            "prompt is too long: 215000 tokens > 200000 maximum",
+        ),
         Case::Unauthorized => e(401, "authentication_error", "invalid x-api-key"),
-        Case::Forbidden => e(403, "permission_error", "Your API key does not have permission to use the specified resource."),
+        Case::Forbidden => e(
+            403,
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        ),
         Case::ModelNotFound => e(404, "not_found_error", "model: claude-nope"),
         Case::RateLimit => anthropic_error(
             429,
@@ -317,11 +329,19 @@ fn anthropic_case(c: Case) -> Res {
             "This request would exceed the rate limit for your organization of 50 requests per minute.",
             &[("retry-after", "1")],
         ),
-        Case::Quota => e(400, "invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."),
+        Case::Quota => e(
+            400,
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        ),
         Case::Server => e(500, "api_error", "Internal server error"),
         Case::Unavailable => e(503, "api_error", "Service unavailable"),
         Case::Overloaded => e(529, "overloaded_error", "Overloaded"),
-        Case::LeakKey => e(401, "authentication_error", &format!("invalid x-api-key: {ANTHROPIC_KEY}")),
+        Case::LeakKey => e(
+            401,
+            "authentication_error",
+            &format!("invalid x-api-key: {ANTHROPIC_KEY}"),
+        ),
     }
 }
 
@@ -523,26 +543,63 @@ fn gemini_case(c: Case) -> Res {
             "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]});
     let exceeded = "You exceeded your current quota, please check your plan and billing details.";
     match c {
-        Case::InvalidValue => gemini_error_with(400, "INVALID_ARGUMENT",
+        Case::InvalidValue => gemini_error_with(
+            400,
+            "INVALID_ARGUMENT",
             "Invalid value at 'generation_config.temperature' (TYPE_FLOAT), \"hot\"",
             json!([{"@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": [{"field": "generation_config.temperature"}]}])),
-        Case::ContextLength => gemini_error_with(400, "INVALID_ARGUMENT",
+                "fieldViolations": [{"field": "generation_config.temperature"}]}]),
+        ),
+        Case::ContextLength => gemini_error_with(
+            400,
+            "INVALID_ARGUMENT",
             "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
-            json!([])),
-        Case::Unauthorized => gemini_error(400, "API key not valid. Please pass a valid API key.", Some("API_KEY_INVALID")),
-        Case::Forbidden => gemini_error_with(403, "PERMISSION_DENIED",
-            "Permission denied: Consumer 'api_key:x' has been suspended.", json!([])),
-        Case::ModelNotFound => gemini_error_with(404, "NOT_FOUND",
+            json!([]),
+        ),
+        Case::Unauthorized => gemini_error(
+            400,
+            "API key not valid. Please pass a valid API key.",
+            Some("API_KEY_INVALID"),
+        ),
+        Case::Forbidden => gemini_error_with(
+            403,
+            "PERMISSION_DENIED",
+            "Permission denied: Consumer 'api_key:x' has been suspended.",
+            json!([]),
+        ),
+        Case::ModelNotFound => gemini_error_with(
+            404,
+            "NOT_FOUND",
             "models/gemini-nope is not found for API version v1beta, or is not supported for generateContent.",
-            json!([])),
-        Case::RateLimit => gemini_error_with(429, "RESOURCE_EXHAUSTED", exceeded,
-            json!([quota, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}])),
+            json!([]),
+        ),
+        Case::RateLimit => gemini_error_with(
+            429,
+            "RESOURCE_EXHAUSTED",
+            exceeded,
+            json!([quota, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]),
+        ),
         Case::Quota => gemini_error_with(429, "RESOURCE_EXHAUSTED", exceeded, json!([quota])),
-        Case::Server => gemini_error_with(500, "INTERNAL", "An internal error has occurred.", json!([])),
-        Case::Unavailable => gemini_error_with(503, "UNAVAILABLE", "The model is overloaded. Please try again later.", json!([])),
-        Case::Overloaded => gemini_error_with(529, "UNAVAILABLE", "The model is overloaded.", json!([])),
-        Case::LeakKey => gemini_error(400, &format!("API key not valid: {GEMINI_KEY}"), Some("API_KEY_INVALID")),
+        Case::Server => gemini_error_with(
+            500,
+            "INTERNAL",
+            "An internal error has occurred.",
+            json!([]),
+        ),
+        Case::Unavailable => gemini_error_with(
+            503,
+            "UNAVAILABLE",
+            "The model is overloaded. Please try again later.",
+            json!([]),
+        ),
+        Case::Overloaded => {
+            gemini_error_with(529, "UNAVAILABLE", "The model is overloaded.", json!([]))
+        }
+        Case::LeakKey => gemini_error(
+            400,
+            &format!("API key not valid: {GEMINI_KEY}"),
+            Some("API_KEY_INVALID"),
+        ),
     }
 }
 
@@ -662,7 +719,10 @@ pub const OPENAI_KEY: &str = "sk-openai-fake-upstream";
 /// The headers OpenAI sends with every answer (developers' header list, rate-limit guide), none
 /// of which but `openai-processing-ms` and the request id may reach a gateway's client.
 pub const OPENAI_HEADERS: [(&str, &str); 10] = [
-    ("set-cookie", "__cf_bm=fake-cookie; path=/; HttpOnly; Secure"),
+    (
+        "set-cookie",
+        "__cf_bm=fake-cookie; path=/; HttpOnly; Secure",
+    ),
     ("openai-organization", "org-operator-fake"),
     ("openai-project", "proj_operator_fake"),
     ("openai-version", "2020-10-01"),
@@ -704,51 +764,128 @@ fn openai_error_with(
 fn openai_case(c: Case) -> Res {
     const NULL: Value = Value::Null;
     match c {
-        Case::InvalidValue => openai_error(400, "Invalid value for 'temperature': expected a number between 0 and 2, got 7.",
-            "invalid_request_error", json!("temperature"), json!("invalid_value")),
-        Case::ContextLength => openai_error(400, "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. Please reduce the length of the messages.",
-            "invalid_request_error", json!("messages"), json!("context_length_exceeded")),
-        Case::Unauthorized => openai_error(401, "Incorrect API key provided: sk-opena**********************ream. You can find your API key at https://platform.openai.com/account/api-keys.",
-            "invalid_request_error", NULL, json!("invalid_api_key")),
-        Case::Forbidden => openai_error(403, "Country, region, or territory not supported",
-            "request_forbidden", NULL, json!("unsupported_country_region_territory")),
-        Case::ModelNotFound => openai_error(404, "The model `gpt-nope` does not exist or you do not have access to it.",
-            "invalid_request_error", NULL, json!("model_not_found")),
-        Case::RateLimit => openai_error_with(429, "Rate limit reached for gpt-4o in organization org-operator-fake on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 1s.",
-            "requests", NULL, json!("rate_limit_exceeded"), &[("retry-after", "1")]),
-        Case::Quota => openai_error(429, "You exceeded your current quota, please check your plan and billing details.",
-            "insufficient_quota", NULL, json!("insufficient_quota")),
-        Case::Server => openai_error(500, "The server had an error while processing your request. Sorry about that!",
-            "server_error", NULL, NULL),
-        Case::Unavailable => openai_error(503, "The engine is currently overloaded, please try again later.",
-            "server_error", NULL, json!("server_is_overloaded")),
+        Case::InvalidValue => openai_error(
+            400,
+            "Invalid value for 'temperature': expected a number between 0 and 2, got 7.",
+            "invalid_request_error",
+            json!("temperature"),
+            json!("invalid_value"),
+        ),
+        Case::ContextLength => openai_error(
+            400,
+            "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. Please reduce the length of the messages.",
+            "invalid_request_error",
+            json!("messages"),
+            json!("context_length_exceeded"),
+        ),
+        Case::Unauthorized => openai_error(
+            401,
+            "Incorrect API key provided: sk-opena**********************ream. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            NULL,
+            json!("invalid_api_key"),
+        ),
+        Case::Forbidden => openai_error(
+            403,
+            "Country, region, or territory not supported",
+            "request_forbidden",
+            NULL,
+            json!("unsupported_country_region_territory"),
+        ),
+        Case::ModelNotFound => openai_error(
+            404,
+            "The model `gpt-nope` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            NULL,
+            json!("model_not_found"),
+        ),
+        Case::RateLimit => openai_error_with(
+            429,
+            "Rate limit reached for gpt-4o in organization org-operator-fake on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 1s.",
+            "requests",
+            NULL,
+            json!("rate_limit_exceeded"),
+            &[("retry-after", "1")],
+        ),
+        Case::Quota => openai_error(
+            429,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            NULL,
+            json!("insufficient_quota"),
+        ),
+        Case::Server => openai_error(
+            500,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            NULL,
+            NULL,
+        ),
+        Case::Unavailable => openai_error(
+            503,
+            "The engine is currently overloaded, please try again later.",
+            "server_error",
+            NULL,
+            json!("server_is_overloaded"),
+        ),
         Case::Overloaded => openai_error(529, "Overloaded", "overloaded_error", NULL, NULL),
-        Case::LeakKey => openai_error(401, &format!("Incorrect API key provided: {OPENAI_KEY}."),
-            "invalid_request_error", NULL, json!("invalid_api_key")),
+        Case::LeakKey => openai_error(
+            401,
+            &format!("Incorrect API key provided: {OPENAI_KEY}."),
+            "invalid_request_error",
+            NULL,
+            json!("invalid_api_key"),
+        ),
     }
 }
 
 async fn openai_answer(state: Arc<State>, seen: Seen) -> Res {
     let bearer = format!("Bearer {OPENAI_KEY}");
-    if seen.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
-        return openai_error(401, "You didn't provide an API key.", "invalid_request_error",
-            Value::Null, Value::Null);
+    if seen
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        != Some(bearer.as_str())
+    {
+        return openai_error(
+            401,
+            "You didn't provide an API key.",
+            "invalid_request_error",
+            Value::Null,
+            Value::Null,
+        );
     }
     if seen.path != "/v1/chat/completions" {
-        return openai_error(404, "Unknown request URL", "invalid_request_error", Value::Null,
-            json!("unknown_url"));
+        return openai_error(
+            404,
+            "Unknown request URL",
+            "invalid_request_error",
+            Value::Null,
+            json!("unknown_url"),
+        );
     }
     let Ok(req) = serde_json::from_slice::<Value>(&seen.body) else {
-        return openai_error(400, "We could not parse the JSON body of your request.",
-            "invalid_request_error", Value::Null, Value::Null);
+        return openai_error(
+            400,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            Value::Null,
+            Value::Null,
+        );
     };
     let model = req["model"].as_str().unwrap_or_default().to_owned();
     match plan(&state, &model) {
         Plan::Case(c) => return openai_case(c),
         Plan::Error(status, retry) => {
             let extra: Vec<(&str, &str)> = retry.map(|r| ("retry-after", r)).into_iter().collect();
-            return openai_error_with(status, &format!("fake error {status}"), "server_error",
-                Value::Null, Value::Null, &extra);
+            return openai_error_with(
+                status,
+                &format!("fake error {status}"),
+                "server_error",
+                Value::Null,
+                Value::Null,
+                &extra,
+            );
         }
         _ => {}
     }
@@ -756,10 +893,14 @@ async fn openai_answer(state: Arc<State>, seen: Seen) -> Res {
         "prompt_tokens_details": {"cached_tokens": 4}});
     let id = "chatcmpl-fake01";
     if req["stream"].as_bool() != Some(true) {
-        return json_response(200, &OPENAI_HEADERS, json!({"id": id, "object": "chat.completion",
+        return json_response(
+            200,
+            &OPENAI_HEADERS,
+            json!({"id": id, "object": "chat.completion",
             "created": 1_700_000_000, "model": model, "choices": [{"index": 0,
             "message": {"role": "assistant", "content": WORDS.concat()}, "logprobs": null,
-            "finish_reason": "stop"}], "usage": usage}));
+            "finish_reason": "stop"}], "usage": usage}),
+        );
     }
     let chunk = |delta: Value, finish: Value| {
         let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000,
@@ -767,7 +908,10 @@ async fn openai_answer(state: Arc<State>, seen: Seen) -> Res {
             "finish_reason": finish}]});
         format!("data: {c}\n\n")
     };
-    let mut evs = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut evs = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     for w in WORDS {
         evs.push(chunk(json!({"content": w}), Value::Null));
     }
