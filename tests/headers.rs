@@ -60,6 +60,10 @@ targets = [{{ provider = "oai", model = "case-leak-key" }}]
 targets = [{{ provider = "anth", model = "case-leak-key" }}]
 [models.gem-leak]
 targets = [{{ provider = "gem", model = "case-leak-key" }}]
+[models.anth-midstream-leak]
+targets = [{{ provider = "anth", model = "midstream-leak-key" }}]
+[models.gem-midstream-leak]
+targets = [{{ provider = "gem", model = "midstream-leak-key" }}]
 "#,
         o = openai.base_url(),
         a = anthropic.base_url(),
@@ -266,6 +270,28 @@ async fn a_credential_quoted_in_an_upstream_error_is_scrubbed() {
         assert_eq!(res.status, status, "{model} /v1/messages");
         let body = String::from_utf8(res.rest().await.to_vec()).unwrap();
         assert!(!body.contains(key), "{model}: {body}");
+        assert!(body.contains("[redacted]"), "{model}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_credential_quoted_in_a_translated_in_band_error_is_scrubbed() {
+    let (_o, _a, _g, gw) = start().await;
+    for (model, key) in [
+        ("anth-midstream-leak", ANTHROPIC_KEY),
+        ("gem-midstream-leak", GEMINI_KEY),
+    ] {
+        let res = common::chat(gw.addr, &chat_body(model, true), &[]).await;
+        assert_eq!(res.status, 200, "{model}");
+        let body = String::from_utf8(res.rest().await.to_vec()).unwrap();
+        assert!(
+            body.contains("data: {\"error\""),
+            "{model}: in-band error: {body}"
+        );
+        assert!(
+            !body.contains(key),
+            "{model}: the upstream key reached the client: {body}"
+        );
         assert!(body.contains("[redacted]"), "{model}: {body}");
     }
 }

@@ -494,8 +494,9 @@ impl Provider for AnthropicProvider {
         };
         let created = unix_now();
         let include_usage = call.parsed.wants_usage || call.parsed.upstream_include_usage;
-        let translator =
-            AnthropicStream::new(include_usage, created).with_provider(self.name.clone());
+        let translator = AnthropicStream::new(include_usage, created)
+            .with_provider(self.name.clone())
+            .with_scrub(self.policy.clone());
         send_translated(
             self.name.clone(),
             self.policy.clone(),

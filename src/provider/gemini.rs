@@ -172,8 +172,9 @@ impl Provider for GeminiProvider {
         let created = unix_now();
         let include_usage = call.parsed.wants_usage || call.parsed.upstream_include_usage;
         let model = call.upstream_model.clone();
-        let translator =
-            GeminiStream::new(include_usage, created, &model).with_provider(self.name.clone());
+        let translator = GeminiStream::new(include_usage, created, &model)
+            .with_provider(self.name.clone())
+            .with_scrub(self.policy.clone());
         send_translated(
             self.name.clone(),
             self.policy.clone(),

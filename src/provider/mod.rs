@@ -65,7 +65,8 @@ pub struct UpstreamCall {
     /// The exact upstream model id to send.
     pub upstream_model: Arc<str>,
     /// The client's request headers, with its credentials already removed. Adapters forward
-    /// only what they choose to (e.g. `x-request-id`).
+    /// only what their [`HeaderPolicy`](headers::HeaderPolicy) allows (`x-request-id`,
+    /// `anthropic-beta`, `openai-beta`, and the provider's `forward_headers`).
     pub headers: HeaderMap,
     /// Connect deadline for this attempt, if any.
     pub connect_timeout: Option<Duration>,
@@ -317,8 +318,9 @@ pub fn connect_error(provider: &Arc<str>, err: impl std::fmt::Display) -> Gatewa
 
 /// The leaf service: sends the request's current [`Attempt`] to its target's provider.
 ///
-/// Reads the [`ParsedRequest`] and [`Attempt`] extensions; the client's `authorization`,
-/// `x-api-key` and `api-key` headers are removed before anything goes upstream.
+/// Reads the [`ParsedRequest`] and [`Attempt`] extensions; the client's credential headers
+/// ([`CREDENTIAL_HEADERS`]) are removed before anything goes upstream (and each adapter sends
+/// only its policy's allow-list of what is left).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Dispatch;
 

@@ -69,6 +69,7 @@ use super::{
     protocol_error, split_data_url, usage_json,
 };
 use crate::error::GatewayError;
+use crate::provider::headers::HeaderPolicy;
 use crate::provider::is_context_length_message;
 use crate::usage::Usage;
 
@@ -866,6 +867,7 @@ pub struct AnthropicStream {
     include_usage: bool,
     created: u64,
     provider: Option<Arc<str>>,
+    scrub: Option<Arc<HeaderPolicy>>,
     prefix: BytesMut,
     blocks: Vec<BlockKind>,
     next_tool: u32,
@@ -883,6 +885,7 @@ impl AnthropicStream {
             include_usage,
             created,
             provider: None,
+            scrub: None,
             prefix: BytesMut::new(),
             blocks: Vec::with_capacity(4),
             next_tool: 0,
@@ -895,6 +898,12 @@ impl AnthropicStream {
     /// Name the provider in in-band error events.
     pub fn with_provider(mut self, provider: Arc<str>) -> Self {
         self.provider = Some(provider);
+        self
+    }
+
+    /// Scrub the credentials `policy` knows from in-band error events.
+    pub fn with_scrub(mut self, policy: Arc<HeaderPolicy>) -> Self {
+        self.scrub = Some(policy);
         self
     }
 
@@ -915,6 +924,10 @@ impl AnthropicStream {
     fn fail(&mut self, out: &mut BytesMut, e: GatewayError) -> Flow {
         let e = match &self.provider {
             Some(p) => e.with_provider(p.clone()),
+            None => e,
+        };
+        let e = match &self.scrub {
+            Some(policy) => policy.scrub(e),
             None => e,
         };
         out.extend_from_slice(b"data: ");

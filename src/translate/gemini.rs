@@ -60,6 +60,7 @@ use super::{
     split_data_url, usage_json, write_json_str, write_u64, write_usage,
 };
 use crate::error::GatewayError;
+use crate::provider::headers::HeaderPolicy;
 use crate::provider::is_context_length_message;
 use crate::usage::Usage;
 
@@ -772,6 +773,7 @@ pub struct GeminiStream {
     created: u64,
     model: String,
     provider: Option<Arc<str>>,
+    scrub: Option<Arc<HeaderPolicy>>,
     prefix: Option<BytesMut>,
     rid: String,
     cands: Vec<CandState>,
@@ -789,6 +791,7 @@ impl GeminiStream {
             created,
             model: model.to_owned(),
             provider: None,
+            scrub: None,
             prefix: None,
             rid: String::new(),
             cands: Vec::new(),
@@ -804,9 +807,19 @@ impl GeminiStream {
         self
     }
 
+    /// Scrub the credentials `policy` knows from in-band error events.
+    pub fn with_scrub(mut self, policy: Arc<HeaderPolicy>) -> Self {
+        self.scrub = Some(policy);
+        self
+    }
+
     fn fail(&mut self, out: &mut BytesMut, e: GatewayError) -> Flow {
         let e = match &self.provider {
             Some(p) => e.with_provider(p.clone()),
+            None => e,
+        };
+        let e = match &self.scrub {
+            Some(policy) => policy.scrub(e),
             None => e,
         };
         out.extend_from_slice(b"data: ");

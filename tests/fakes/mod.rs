@@ -242,7 +242,8 @@ api_key = "{GEMINI_KEY}"
 enum Plan {
     Text,
     Tool,
-    Midstream,
+    /// One delta, then an in-band error (quoting the upstream key when `true`).
+    Midstream(bool),
     Error(u16, Option<&'static str>),
     Case(Case),
 }
@@ -253,7 +254,8 @@ fn plan(state: &State, model: &str) -> Plan {
     }
     match model {
         "tool" => Plan::Tool,
-        "midstream-error" => Plan::Midstream,
+        "midstream-error" => Plan::Midstream(false),
+        "midstream-leak-key" => Plan::Midstream(true),
         "err-429" if state.count(model) <= 2 => Plan::Error(429, Some("1")),
         "err-429" => Plan::Text,
         "err-429-always" => Plan::Error(429, Some("1")),
@@ -447,14 +449,19 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     } else {
         WORDS.to_vec()
     };
-    if matches!(plan, Plan::Midstream) {
+    if let Plan::Midstream(leak) = plan {
         evs.push(event(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
         ));
+        let message = if leak {
+            format!("Overloaded (key {ANTHROPIC_KEY})")
+        } else {
+            "Overloaded".to_owned()
+        };
         evs.push(event(
             "error",
-            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": message}}),
         ));
         return sse_response(&headers, evs);
     }
@@ -676,18 +683,22 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
     let mut evs = Vec::new();
     match plan {
         Plan::Tool => evs.push(data(gemini_chunk(call, Some("STOP"), Some(usage), &model))),
-        Plan::Midstream => {
+        Plan::Midstream(leak) => {
             evs.push(data(gemini_chunk(
                 json!([{"text": "Hello"}]),
                 None,
                 None,
                 &model,
             )));
+            let message = if leak {
+                format!("The model is overloaded ({GEMINI_KEY}).")
+            } else {
+                "The model is overloaded.".to_owned()
+            };
             // a mid-stream error arrives as raw multi-line JSON, without `data:`
-            evs.push(
-                "{\n  \"error\": {\n    \"code\": 503,\n    \"message\": \"The model is overloaded.\",\n    \"status\": \"UNAVAILABLE\"\n  }\n}\n"
-                    .to_owned(),
-            );
+            evs.push(format!(
+                "{{\n  \"error\": {{\n    \"code\": 503,\n    \"message\": \"{message}\",\n    \"status\": \"UNAVAILABLE\"\n  }}\n}}\n"
+            ));
         }
         _ => {
             for (i, w) in WORDS.iter().enumerate() {
