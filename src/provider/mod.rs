@@ -181,7 +181,7 @@ pub fn upstream_error(
         .ok()
         .and_then(|b| match b.error {
             OpenAiErrorField::Object(o) => Some(o),
-            OpenAiErrorField::Text(_) => None,
+            OpenAiErrorField::Other(_) => None,
         });
     let message = object
         .as_ref()
@@ -266,8 +266,8 @@ struct OpenAiErrorBody {
 #[serde(untagged)]
 enum OpenAiErrorField {
     Object(OpenAiErrorObject),
-    #[allow(dead_code)]
-    Text(String),
+    /// `"error": "a sentence"` and the like: its message is read by [`error_message`].
+    Other(serde::de::IgnoredAny),
 }
 
 /// OpenAI's error object (`message`, `type`, `code`, `param`; extra fields ignored).
@@ -549,5 +549,57 @@ mod tests {
         );
         assert_eq!(e.status(), 503);
         assert_eq!(e.message(), "Overloaded");
+    }
+
+    #[test]
+    fn openai_error_object_passes_through_as_sent() {
+        let p: Arc<str> = Arc::from("prov");
+        let h = HeaderMap::new();
+        let e = upstream_error(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"error":{"message":"Invalid value for 'n'","type":"invalid_request_error","param":"n","code":"invalid_value"}}"#,
+            &p,
+        );
+        let j = e.to_json();
+        assert_eq!(j["error"]["type"], "invalid_request_error");
+        assert_eq!(j["error"]["code"], "invalid_value");
+        assert_eq!(j["error"]["param"], "n");
+        assert_eq!(j["error"]["origin"], "upstream");
+        // `null` stays null; an absent code gets the status's
+        let e = upstream_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &h,
+            br#"{"error":{"message":"x","type":"server_error","param":null,"code":null}}"#,
+            &p,
+        );
+        assert_eq!(e.to_json()["error"]["code"], serde_json::Value::Null);
+        let e = upstream_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"error":{"message":"x","type":"tokens"}}"#,
+            &p,
+        );
+        assert_eq!(e.code(), Some("rate_limit_exceeded"));
+        assert_eq!(e.error_type(), "tokens");
+        // vLLM: a numeric code; its context-window message is recognised
+        let e = upstream_error(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"object":"error","error":{"message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","param":null,"code":400}}"#,
+            &p,
+        );
+        assert_eq!(e.code(), Some("context_length_exceeded"));
+        let e = upstream_error(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"error":{"message":"bad","type":"BadRequestError","code":400}}"#,
+            &p,
+        );
+        assert_eq!(e.to_json()["error"]["code"], 400);
+        // not an OpenAI error object: the message is kept, tollgate's type and code
+        let e = upstream_error(StatusCode::BAD_GATEWAY, &h, br#"{"error":"boom"}"#, &p);
+        assert_eq!(e.message(), "boom");
+        assert_eq!(e.code(), Some("upstream_error"));
     }
 }
