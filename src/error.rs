@@ -6,6 +6,10 @@
 //! `upstream_status`. Status classes are kept: an upstream 429 is answered 429, a 5xx stays a 5xx,
 //! a 4xx a 4xx. Every 429 and 503 carries `Retry-After`.
 //!
+//! An upstream's own `type`, `code` and `param` pass through as sent (see
+//! [`upstream_error`](crate::provider::upstream_error) and the translating adapters' tables);
+//! its message is [scrubbed](GatewayError::redact) of the credential the gateway sent upstream.
+//!
 //! Requests to the Anthropic-style ingress (`/v1/messages`, `/v1/messages/count_tokens`) get
 //! Anthropic-shaped errors instead (`{"type":"error","error":{"type","message"}}`, an overloaded
 //! upstream as 529 `overloaded_error`), with the same headers; see
@@ -151,7 +155,12 @@ struct Inner {
     status: StatusCode,
     message: Cow<'static, str>,
     param: Option<Cow<'static, str>>,
-    code: Option<Cow<'static, str>>,
+    /// `None`: the kind's label; `Some(v)`: exactly `v` (an upstream's `null` or number too).
+    code: Option<serde_json::Value>,
+    /// `None`: the kind's OpenAI type.
+    error_type: Option<Cow<'static, str>>,
+    /// The Anthropic `error.type` an Anthropic upstream sent (the Anthropic face keeps it).
+    anthropic_type: Option<Cow<'static, str>>,
     origin: Origin,
     provider: Option<Arc<str>>,
     upstream_status: Option<u16>,
@@ -192,6 +201,8 @@ impl GatewayError {
                 message: message.into(),
                 param: None,
                 code: None,
+                error_type: None,
+                anthropic_type: None,
                 origin,
                 provider: None,
                 upstream_status: None,
@@ -205,7 +216,7 @@ impl GatewayError {
     pub fn bad_request(message: impl Into<Cow<'static, str>>, param: Option<&'static str>) -> Self {
         let mut e = Self::new(ErrorKind::BadRequest, message);
         e.inner.param = param.map(Cow::Borrowed);
-        e.inner.code = Some(Cow::Borrowed("invalid_request_error"));
+        e.inner.code = Some(serde_json::Value::from("invalid_request_error"));
         e
     }
 
@@ -237,7 +248,7 @@ impl GatewayError {
         };
         e.inner.upstream_status = Some(code);
         e.inner.provider = provider;
-        e.inner.code = Some(Cow::Borrowed(match code {
+        e.inner.code = Some(serde_json::Value::from(match code {
             429 => "rate_limit_exceeded",
             529 => "server_is_overloaded",
             _ => "upstream_error",
@@ -252,12 +263,51 @@ impl GatewayError {
     }
     /// Set `error.code`.
     pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
-        self.inner.code = Some(code.into());
+        self.inner.code = Some(serde_json::Value::String(code.into().into_owned()));
+        self
+    }
+    /// Set `error.code` to exactly `code`, as an upstream sent it (`null`, a string, a number).
+    pub fn with_code_value(mut self, code: serde_json::Value) -> Self {
+        self.inner.code = Some(code);
+        self
+    }
+    /// Set `error.type` (by default the OpenAI type of the [kind](Self::kind)).
+    pub fn with_type(mut self, ty: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.error_type = Some(ty.into());
         self
     }
     /// Set `error.param`.
     pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
         self.inner.param = Some(param.into());
+        self
+    }
+    /// Remember the Anthropic `error.type` an Anthropic upstream answered with: the Anthropic
+    /// face (`/v1/messages`) then answers with that type and the upstream's own status.
+    pub(crate) fn with_anthropic_type(mut self, ty: impl Into<Cow<'static, str>>) -> Self {
+        self.inner.anthropic_type = Some(ty.into());
+        self
+    }
+    /// Replace every occurrence of `secret` in the message, `type`, `code` and `param` with
+    /// `[redacted]`: an upstream error that quotes the credential the gateway sent upstream
+    /// must not hand it to the client (or to a log). Secrets shorter than
+    /// [`MIN_REDACTED_LEN`] are left alone (replacing them would mangle ordinary words).
+    pub fn redact(mut self, secret: &str) -> Self {
+        if secret.len() < MIN_REDACTED_LEN {
+            return self;
+        }
+        let i = &mut *self.inner;
+        redact_cow(&mut i.message, secret);
+        if let Some(p) = &mut i.param {
+            redact_cow(p, secret);
+        }
+        if let Some(t) = &mut i.error_type {
+            redact_cow(t, secret);
+        }
+        if let Some(serde_json::Value::String(c)) = &mut i.code {
+            if c.contains(secret) {
+                *c = c.replace(secret, REDACTED);
+            }
+        }
         self
     }
     /// Set the provider the error came from.
@@ -273,6 +323,11 @@ impl GatewayError {
     /// Add a header to the error response (e.g. `x-ratelimit-*`, `allow`).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.inner.headers.append(name, value);
+        self
+    }
+    /// Set the status the upstream answered with (kept in `upstream_status`).
+    pub fn with_upstream_status(mut self, status: u16) -> Self {
+        self.inner.upstream_status = Some(status);
         self
     }
     /// Set the origin explicitly.
@@ -293,9 +348,28 @@ impl GatewayError {
     pub fn message(&self) -> &str {
         &self.inner.message
     }
-    /// `error.code`, when set (an upstream's own code, or the gateway's).
+    /// `error.type` as the client sees it on the OpenAI face.
+    pub fn error_type(&self) -> &str {
+        self.inner
+            .error_type
+            .as_deref()
+            .unwrap_or_else(|| self.inner.kind.openai_type())
+    }
+    /// `error.code` as the client sees it, when it is a string (`None` for `null` or a number).
     pub fn code(&self) -> Option<&str> {
-        self.inner.code.as_deref()
+        match &self.inner.code {
+            None => Some(self.inner.kind.as_str()),
+            Some(v) => v.as_str(),
+        }
+    }
+    /// `error.param`, when set.
+    pub fn param(&self) -> Option<&str> {
+        self.inner.param.as_deref()
+    }
+    /// The Anthropic `error.type` an Anthropic upstream answered with, if that is where the
+    /// error came from.
+    pub fn anthropic_type(&self) -> Option<&str> {
+        self.inner.anthropic_type.as_deref()
     }
     /// Which side produced the error.
     pub fn origin(&self) -> Origin {
@@ -341,11 +415,15 @@ impl GatewayError {
     /// The JSON error object (`{"error": {...}}`), as sent in bodies and in-band SSE events.
     pub fn to_json(&self) -> serde_json::Value {
         let i = &self.inner;
+        let code = match &i.code {
+            Some(c) => c.clone(),
+            None => serde_json::Value::from(i.kind.as_str()),
+        };
         let mut err = serde_json::json!({
             "message": i.message,
-            "type": i.kind.openai_type(),
+            "type": self.error_type(),
             "param": i.param,
-            "code": i.code.clone().unwrap_or(Cow::Borrowed(i.kind.as_str())),
+            "code": code,
             "origin": i.origin,
         });
         if let Some(obj) = err.as_object_mut() {
@@ -395,6 +473,13 @@ impl GatewayError {
             }
             None => {}
         }
+        if status == StatusCode::TOO_MANY_REQUESTS
+            && i.code.as_ref().and_then(|c| c.as_str()) == Some("insufficient_quota")
+            && !i.headers.contains_key(X_SHOULD_RETRY)
+        {
+            // Quota, not a wait (whatever the provider): the official SDKs honour this.
+            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
         if i.kind == ErrorKind::MethodNotAllowed && !i.headers.contains_key(ALLOW) {
             headers.insert(ALLOW, HeaderValue::from_static("POST"));
         }
@@ -404,6 +489,20 @@ impl GatewayError {
         res
     }
 }
+
+/// What [`GatewayError::redact`] puts in place of a secret.
+pub const REDACTED: &str = "[redacted]";
+/// The shortest secret [`GatewayError::redact`] replaces.
+pub const MIN_REDACTED_LEN: usize = 8;
+
+fn redact_cow(s: &mut Cow<'static, str>, secret: &str) {
+    if s.contains(secret) {
+        *s = Cow::Owned(s.replace(secret, REDACTED));
+    }
+}
+
+/// `x-should-retry`: the official OpenAI SDKs' retry hint.
+const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 pub fn retry_after_value(wait: Duration) -> HeaderValue {

@@ -165,6 +165,33 @@ async fn anthropic_python_sdk_against_the_messages_ingress() {
     run_suite("tests/conformance/test_anthropic_sdk.py").await;
 }
 
+/// Issue 10, acceptance 2: the official `openai` SDK raises the exception class matching the
+/// upstream's error, with the upstream's code in `e.code`, for an OpenAI-compatible, an
+/// Anthropic and a Gemini upstream (tests/fakes, one single-target model per case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_raises_the_upstream_error_class_and_code() {
+    let Some(py) = python_or_skip() else {
+        return;
+    };
+    let (o, a, g) = (
+        fakes::openai().await,
+        fakes::anthropic().await,
+        fakes::gemini().await,
+    );
+    let gw = common::Gateway::start(&fakes::cases_config(&o, &a, &g)).await;
+    let env = vec![("GATEWAY", gw.url("/v1"))];
+    let out = tokio::task::spawn_blocking(move || {
+        run_pytest_env(&py, "tests/conformance/test_openai_sdk_errors.py", &env)
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed"), "pytest ran no tests:\n{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_against_the_gateway() {
     let Some(py) = python() else {

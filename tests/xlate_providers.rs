@@ -429,7 +429,7 @@ async fn anthropic_messages_pass_through_replaces_only_the_model() {
         .await
         .unwrap();
     assert_eq!(res.headers()["content-type"], "text/event-stream");
-    assert_eq!(res.headers()["request-id"], "req_up");
+    assert_eq!(res.headers()["x-upstream-request-id"], "req_up");
     assert_eq!(body_string(res).await, SSE);
     let seen = seen.lock().unwrap()[0].clone();
     let mut want = body.clone();

@@ -13,6 +13,7 @@ use crate::health::{BreakerConfig, DEFAULT_MAX_RETRY_AFTER, Health};
 use crate::provider::Provider;
 use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::gemini::GeminiProvider;
+use crate::provider::headers::HeaderPolicy;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{AuthStyle, OpenAiProvider};
 use crate::ratelimit::{FailurePolicy, LimitStore, Limits, MemoryStore, RateLimitLayer};
@@ -294,10 +295,12 @@ impl Config {
                 ));
             }
             provider_connect.insert(name.clone(), ms(p.connect_timeout_ms));
+            let policy = header_policy(p, file, &field)?;
             let provider: Arc<dyn Provider> = match pre.adapter {
                 Adapter::Mock => Arc::new(MockProvider::new(name.as_str())),
                 Adapter::OpenAi => {
-                    let mut b = OpenAiProvider::builder(name.as_str(), base_url);
+                    let mut b =
+                        OpenAiProvider::builder(name.as_str(), base_url).header_policy(policy);
                     if let Some(k) = api_key.filter(|k| !k.is_empty()) {
                         b = b.api_key(Secret::new(k));
                     }
@@ -319,7 +322,7 @@ impl Config {
                     )
                 }
                 Adapter::Anthropic | Adapter::Gemini => {
-                    build_translating(name, pre.adapter, &base_url, api_key, p, file)?
+                    build_translating(name, pre.adapter, &base_url, api_key, p, policy, file)?
                 }
             };
             providers.insert(name.clone(), provider);
@@ -571,19 +574,33 @@ impl Config {
     }
 }
 
+/// The provider's [`HeaderPolicy`] from `forward_headers` and `expose_headers`.
+fn header_policy(
+    p: &super::ProviderConfig,
+    file: &str,
+    field: &dyn Fn(&str) -> String,
+) -> Result<HeaderPolicy, ConfigError> {
+    HeaderPolicy::default()
+        .forward(p.forward_headers.iter().map(String::as_str))
+        .map_err(|e| ConfigError::field(file, &field("forward_headers"), e))?
+        .expose(p.expose_headers.iter().map(String::as_str))
+        .map_err(|e| ConfigError::field(file, &field("expose_headers"), e))
+}
+
 fn build_translating(
     name: &str,
     adapter: Adapter,
     base_url: &str,
     api_key: Option<String>,
     p: &super::ProviderConfig,
+    policy: HeaderPolicy,
     file: &str,
 ) -> Result<Arc<dyn Provider>, ConfigError> {
     let field = |f: &str| format!("providers.{name}.{f}");
     let key = api_key.filter(|k| !k.is_empty()).map(Secret::new);
     match adapter {
         Adapter::Anthropic => {
-            let mut b = AnthropicProvider::builder(name, base_url);
+            let mut b = AnthropicProvider::builder(name, base_url).header_policy(policy);
             if let Some(k) = key {
                 b = b.api_key(k);
             }
@@ -598,9 +615,12 @@ fn build_translating(
             })?))
         }
         _ => {
-            let mut b = GeminiProvider::builder(name, base_url);
+            let mut b = GeminiProvider::builder(name, base_url).header_policy(policy);
             if let Some(k) = key {
                 b = b.api_key(k);
+            }
+            for (k, v) in &p.headers {
+                b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
             }
             Ok(Arc::new(b.build().map_err(|e| {
                 ConfigError::field(file, &field("base_url"), e)

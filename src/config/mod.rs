@@ -274,9 +274,18 @@ pub struct ProviderConfig {
     pub auth_header: Option<String>,
     /// Query string appended to every call (Azure: `api-version=...`).
     pub query: Option<String>,
-    /// Extra headers sent upstream.
+    /// Fixed headers sent upstream with every request (values may be `${ENV_VAR}`; treated as
+    /// secrets: scrubbed from upstream error messages).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Client request headers forwarded upstream besides `x-request-id`, `anthropic-beta` and
+    /// `openai-beta` (credentials, cookies, `openai-organization`/`openai-project` are refused).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Upstream response headers passed to clients besides the default allow-list
+    /// (e.g. `x-ratelimit-remaining-requests`).
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
     /// Connect deadline for this provider.
     pub connect_timeout_ms: Option<u64>,
     /// Anthropic: `max_tokens` sent when the client gives none.

@@ -5,8 +5,11 @@
 //! `{base}/v1/messages` with `x-api-key` and `anthropic-version`; a 2xx answer is translated back
 //! (JSON → `chat.completion`; SSE → `chat.completion.chunk`s, event by event, never buffered);
 //! a non-2xx answer is read (capped) and mapped with
-//! [`error_from_anthropic`].
-//! The pooled HTTPS client is the one the OpenAI adapter uses.
+//! [`error_from_anthropic`] (its table keeps the meaning: `overloaded_error` → 503 with
+//! `Retry-After`, "prompt is too long" → `context_length_exceeded`, …), the credentials this
+//! adapter sent scrubbed from the message.
+//! The pooled HTTPS client is the one the OpenAI adapter uses. Headers follow the provider's
+//! [`HeaderPolicy`] (the client's `anthropic-beta` goes upstream, its credentials never do).
 //!
 //! Requests from the Anthropic-style ingress ([`Api::Messages`], [`Api::CountTokens`]) are
 //! passed through instead ([`call_messages`](AnthropicProvider::call_messages),
@@ -34,6 +37,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, GatewayError};
+use crate::provider::headers::{HeaderPolicy, sensitive};
 use crate::provider::openai::{client_for, error_chain, read_capped};
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error};
 use crate::request::Api;
@@ -66,9 +70,15 @@ pub struct AnthropicProviderBuilder {
     version: String,
     options: AnthropicOptions,
     headers: Vec<(String, String)>,
+    policy: HeaderPolicy,
 }
 
 impl AnthropicProviderBuilder {
+    /// Which headers cross between client and upstream (default [`HeaderPolicy::default`]).
+    pub fn header_policy(mut self, policy: HeaderPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
     /// The API key, sent as `x-api-key`.
     pub fn api_key(mut self, key: Secret) -> Self {
         self.api_key = Some(key);
@@ -84,7 +94,8 @@ impl AnthropicProviderBuilder {
         self.options.default_max_tokens = n;
         self
     }
-    /// An extra header on every upstream request (e.g. `anthropic-beta`).
+    /// An extra header on every upstream request (e.g. `anthropic-beta`; its value is treated
+    /// as sensitive).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
@@ -114,7 +125,7 @@ impl AnthropicProviderBuilder {
                 .map_err(|_| ProviderConfigError(format!("bad header name {k:?}")))?;
             let v = HeaderValue::try_from(v.as_str())
                 .map_err(|_| ProviderConfigError(format!("bad value for header {k}")))?;
-            headers.append(k, v);
+            headers.append(k, sensitive(v));
         }
         if let Some(key) = &self.api_key {
             let mut v = HeaderValue::try_from(key.expose()).map_err(|_| {
@@ -127,6 +138,7 @@ impl AnthropicProviderBuilder {
             name: self.name,
             uri,
             count_uri,
+            policy: Arc::new(self.policy.with_secrets_of(&headers)),
             headers,
             options: self.options,
         })
@@ -140,6 +152,7 @@ pub struct AnthropicProvider {
     count_uri: Uri,
     headers: HeaderMap,
     options: AnthropicOptions,
+    policy: Arc<HeaderPolicy>,
 }
 
 impl std::fmt::Debug for AnthropicProvider {
@@ -166,6 +179,7 @@ impl AnthropicProvider {
             version: DEFAULT_ANTHROPIC_VERSION.to_owned(),
             options: AnthropicOptions::default(),
             headers: Vec::new(),
+            policy: HeaderPolicy::default(),
         }
     }
 
@@ -176,8 +190,10 @@ impl AnthropicProvider {
 
     /// Pass an Anthropic Messages request (from an Anthropic-style `/v1/messages` ingress)
     /// through: only `model` is replaced by `upstream_model`, every other field is kept; the
-    /// client's `anthropic-beta` header is forwarded, its credentials never are (the adapter's
-    /// `x-api-key` and `anthropic-version` are sent). A 2xx answer is returned as is (JSON, or
+    /// client's forwarded headers (`anthropic-beta`, …) go upstream, its credentials never do
+    /// (the adapter's `x-api-key` and `anthropic-version` are sent; with `anthropic-version`
+    /// among the policy's forwarded headers, the client's version replaces the adapter's).
+    /// The upstream's `request-id` comes back as `x-upstream-request-id`. A 2xx answer is returned as is (JSON, or
     /// SSE streamed without buffering); errors are mapped with
     /// [`error_from_anthropic`] (render them with
     /// [`error_to_anthropic`](crate::translate::ingress::error_to_anthropic)).
@@ -234,14 +250,26 @@ impl AnthropicProvider {
                 .stream
                 == Some(true);
             let bytes = crate::request::with_model(body, upstream_model)?;
-            let mut own = self.headers.clone();
-            if let Some(beta) = client_headers.get("anthropic-beta") {
-                own.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
+            let mut req = json_post(
+                uri,
+                bytes,
+                stream,
+                &self.headers,
+                &self.policy,
+                client_headers,
+            )?;
+            // Opt-in (`forward_headers = ["anthropic-version"]`): the client's version, the
+            // one its body is written for, replaces the adapter's on the pass-through.
+            if self.policy.forwarded().contains(&ANTHROPIC_VERSION) {
+                if let Some(v) = client_headers.get(&ANTHROPIC_VERSION) {
+                    req.headers_mut()
+                        .insert(ANTHROPIC_VERSION.clone(), v.clone());
+                }
             }
-            let req = json_post(uri, bytes, stream, &own, client_headers)?;
             Ok::<_, GatewayError>((req, stream, client_for(connect_timeout)?))
         })();
         let name = self.name.clone();
+        let policy = self.policy.clone();
         Box::pin(async move {
             let (req, stream, client) = prepared?;
             let res = client
@@ -251,12 +279,8 @@ impl AnthropicProvider {
             let (parts, body) = res.into_parts();
             if !parts.status.is_success() {
                 let bytes = read_capped(body, MAX_ERROR_BODY).await;
-                return Err(error_from_anthropic(
-                    parts.status,
-                    &parts.headers,
-                    &bytes,
-                    &name,
-                ));
+                let e = error_from_anthropic(parts.status, &parts.headers, &bytes, &name);
+                return Err(policy.scrub(e));
             }
             let provider = name.clone();
             let body = body.map_err(move |e| -> BoxError {
@@ -270,22 +294,36 @@ impl AnthropicProvider {
             });
             let mut res = translated_response(stream, Body::new(body));
             *res.status_mut() = parts.status;
-            if let Some(id) = parts.headers.get("request-id") {
-                res.headers_mut()
-                    .insert(HeaderName::from_static("request-id"), id.clone());
-            }
+            keep_upstream_id(&parts.headers, res.headers_mut());
             Ok(res)
         })
     }
 }
 
-/// Build the upstream POST with the JSON body, the adapter's headers and the forwarded
-/// `x-request-id`.
+static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+/// Headers whose values are lists: a fixed value and a client's forwarded one are both sent.
+const LIST_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
+];
+
+/// The upstream's request id (`request-id` or `x-request-id`) as `x-upstream-request-id` on a
+/// translated answer (nothing else of the upstream's headers is kept).
+pub(crate) fn keep_upstream_id(upstream: &HeaderMap, out: &mut HeaderMap) {
+    use crate::provider::headers::{UPSTREAM_REQUEST_ID, X_UPSTREAM_REQUEST_ID};
+    if let Some(id) = UPSTREAM_REQUEST_ID.iter().find_map(|n| upstream.get(n)) {
+        out.insert(X_UPSTREAM_REQUEST_ID.clone(), id.clone());
+    }
+}
+
+/// Build the upstream POST with the JSON body, the client headers `policy` forwards, then the
+/// adapter's own headers (fixed headers and credential).
 pub(crate) fn json_post(
     uri: Uri,
     body: Bytes,
     stream: bool,
     own: &HeaderMap,
+    policy: &HeaderPolicy,
     client: &HeaderMap,
 ) -> Result<Request<Full<Bytes>>, GatewayError> {
     let mut req = Request::post(uri)
@@ -308,11 +346,17 @@ pub(crate) fn json_post(
         header::USER_AGENT,
         HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
     );
-    if let Some(v) = client.get("x-request-id") {
-        h.insert(HeaderName::from_static("x-request-id"), v.clone());
-    }
+    policy.copy_forwarded(client, h);
+    // The adapter's own headers replace a client's, except the list-valued beta headers, which
+    // merge (a fixed `anthropic-beta` and the client's are both sent).
+    let mut prev: Option<&HeaderName> = None;
     for (k, v) in own {
-        h.insert(k.clone(), v.clone());
+        if prev == Some(k) || LIST_HEADERS.contains(k) {
+            h.append(k.clone(), v.clone());
+        } else {
+            h.insert(k.clone(), v.clone());
+        }
+        prev = Some(k);
     }
     Ok(req)
 }
@@ -340,6 +384,7 @@ pub(crate) fn translated_response(stream: bool, body: Body) -> Response<Body> {
 /// otherwise read the capped error body and map it with `map_err`.
 pub(crate) fn send_translated<T, W, M>(
     name: Arc<str>,
+    policy: Arc<HeaderPolicy>,
     call: &UpstreamCall,
     req: Request<Full<Bytes>>,
     translator: T,
@@ -362,7 +407,7 @@ where
         let (parts, body) = res.into_parts();
         if !parts.status.is_success() {
             let bytes = read_capped(body, MAX_ERROR_BODY).await;
-            return Err(map_err(parts.status, &parts.headers, &bytes, &name));
+            return Err(policy.scrub(map_err(parts.status, &parts.headers, &bytes, &name)));
         }
         if stream {
             let provider = name.clone();
@@ -375,14 +420,16 @@ where
                     .with_provider(provider.clone()),
                 )
             });
-            return Ok(translated_response(
-                true,
-                Body::new(TranslateBody::new(body, translator)),
-            ));
+            let mut res =
+                translated_response(true, Body::new(TranslateBody::new(body, translator)));
+            keep_upstream_id(&parts.headers, res.headers_mut());
+            return Ok(res);
         }
         let bytes = read_capped(body, MAX_RESPONSE_BODY).await;
         let out = whole(&bytes).map_err(|e| e.with_provider(name.clone()))?;
-        Ok(translated_response(false, Body::full(out)))
+        let mut res = translated_response(false, Body::full(out));
+        keep_upstream_id(&parts.headers, res.headers_mut());
+        Ok(res)
     })
 }
 
@@ -437,6 +484,7 @@ impl Provider for AnthropicProvider {
                     body,
                     call.parsed.stream,
                     &self.headers,
+                    &self.policy,
                     &call.headers,
                 )
             });
@@ -446,10 +494,12 @@ impl Provider for AnthropicProvider {
         };
         let created = unix_now();
         let include_usage = call.parsed.wants_usage || call.parsed.upstream_include_usage;
-        let translator =
-            AnthropicStream::new(include_usage, created).with_provider(self.name.clone());
+        let translator = AnthropicStream::new(include_usage, created)
+            .with_provider(self.name.clone())
+            .with_scrub(self.policy.clone());
         send_translated(
             self.name.clone(),
+            self.policy.clone(),
             &call,
             req,
             translator,

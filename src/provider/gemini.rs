@@ -5,7 +5,9 @@
 //! `{base}/v1beta/models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`) with
 //! `x-goog-api-key`; a 2xx answer is translated back (JSON → `chat.completion`; SSE →
 //! `chat.completion.chunk`s ending in `[DONE]`, which Gemini does not send); a non-2xx answer is
-//! mapped with [`error_from_gemini`].
+//! mapped with [`error_from_gemini`] (`RESOURCE_EXHAUSTED` → 429, `API_KEY_INVALID` → 401, the
+//! token limit → `context_length_exceeded`, …), the credentials this adapter sent scrubbed from
+//! the message. Headers follow the provider's [`HeaderPolicy`].
 //!
 //! ```
 //! use tollgate::provider::gemini::GeminiProvider;
@@ -26,6 +28,7 @@ use http::{HeaderMap, Response, Uri};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::provider::anthropic::{ProviderConfigError, json_post, send_translated};
+use crate::provider::headers::{HeaderPolicy, sensitive};
 use crate::provider::{BoxFuture, Provider, UpstreamCall};
 use crate::request::Api;
 use crate::secret::Secret;
@@ -40,9 +43,21 @@ pub struct GeminiProviderBuilder {
     name: Arc<str>,
     base_url: String,
     api_key: Option<Secret>,
+    headers: Vec<(String, String)>,
+    policy: HeaderPolicy,
 }
 
 impl GeminiProviderBuilder {
+    /// An extra header on every upstream request (its value is treated as sensitive).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    /// Which headers cross between client and upstream (default [`HeaderPolicy::default`]).
+    pub fn header_policy(mut self, policy: HeaderPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
     /// The API key, sent as `x-goog-api-key`.
     pub fn api_key(mut self, key: Secret) -> Self {
         self.api_key = Some(key);
@@ -55,16 +70,23 @@ impl GeminiProviderBuilder {
             .parse()
             .map_err(|e| ProviderConfigError(format!("bad base_url {:?}: {e}", self.base_url)))?;
         let mut headers = HeaderMap::new();
+        for (k, v) in &self.headers {
+            let k = HeaderName::try_from(k.as_str())
+                .map_err(|_| ProviderConfigError(format!("bad header name {k:?}")))?;
+            let v = HeaderValue::try_from(v.as_str())
+                .map_err(|_| ProviderConfigError(format!("bad value for header {k}")))?;
+            headers.append(k, sensitive(v));
+        }
         if let Some(key) = &self.api_key {
-            let mut v = HeaderValue::try_from(key.expose()).map_err(|_| {
+            let v = HeaderValue::try_from(key.expose()).map_err(|_| {
                 ProviderConfigError("the API key is not a valid header value".into())
             })?;
-            v.set_sensitive(true);
-            headers.insert(HeaderName::from_static("x-goog-api-key"), v);
+            headers.insert(HeaderName::from_static("x-goog-api-key"), sensitive(v));
         }
         Ok(GeminiProvider {
             name: self.name,
             base,
+            policy: Arc::new(self.policy.with_secrets_of(&headers)),
             headers,
         })
     }
@@ -75,6 +97,7 @@ pub struct GeminiProvider {
     name: Arc<str>,
     base: String,
     headers: HeaderMap,
+    policy: Arc<HeaderPolicy>,
 }
 
 impl std::fmt::Debug for GeminiProvider {
@@ -97,6 +120,8 @@ impl GeminiProvider {
             name: name.into(),
             base_url: base_url.into(),
             api_key: None,
+            headers: Vec::new(),
+            policy: HeaderPolicy::default(),
         }
     }
 }
@@ -131,7 +156,14 @@ impl Provider for GeminiProvider {
                     call.upstream_model
                 ))
             })?;
-            json_post(uri, body, stream, &self.headers, &call.headers)
+            json_post(
+                uri,
+                body,
+                stream,
+                &self.headers,
+                &self.policy,
+                &call.headers,
+            )
         });
         let req = match prepared {
             Ok(r) => r,
@@ -140,10 +172,12 @@ impl Provider for GeminiProvider {
         let created = unix_now();
         let include_usage = call.parsed.wants_usage || call.parsed.upstream_include_usage;
         let model = call.upstream_model.clone();
-        let translator =
-            GeminiStream::new(include_usage, created, &model).with_provider(self.name.clone());
+        let translator = GeminiStream::new(include_usage, created, &model)
+            .with_provider(self.name.clone())
+            .with_scrub(self.policy.clone());
         send_translated(
             self.name.clone(),
+            self.policy.clone(),
             &call,
             req,
             translator,

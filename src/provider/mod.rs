@@ -4,10 +4,21 @@
 //! - `Ok(response)` only for a 2xx upstream answer; the body is in **OpenAI's** wire format for
 //!   the request's [`Api`] (JSON, or SSE `chat.completion.chunk`s ending in
 //!   `data: [DONE]`) — translating adapters translate, pass-through adapters pass through.
-//! - `Err(GatewayError)` for everything else, classified with [`upstream_error`]: the status class
-//!   kept, `Retry-After` (`retry-after-ms`, `retry-after` seconds or HTTP date) parsed, the provider
-//!   named, the upstream's error message kept.
+//! - `Err(GatewayError)` for everything else, classified with [`upstream_error`] (OpenAI-compatible
+//!   upstreams: the upstream's `message`, `type`, `code` and `param` pass through) or the
+//!   translating adapter's mapping table (Anthropic, Gemini: the meaning is kept —
+//!   `context_length_exceeded`, `insufficient_quota`, `rate_limit_exceeded`, overloaded → 503):
+//!   the status class kept, `Retry-After` (`retry-after-ms`, `retry-after` seconds or HTTP date)
+//!   parsed, the provider named, the message scrubbed of the credentials the adapter sent.
 //! - Connect failures are [`ErrorKind::UpstreamConnect`](crate::error::ErrorKind).
+//!
+//! ## Headers, both ways
+//! Each built-in adapter applies a [`HeaderPolicy`](headers::HeaderPolicy), configurable per
+//! provider (`forward_headers`, `expose_headers`, `headers`): only an allow-list of the client's
+//! headers goes upstream (never its credentials, `openai-organization` or `openai-project`), and
+//! only an allow-list of the upstream's headers comes back (never `set-cookie`, the upstream's
+//! organisation, project or `x-ratelimit-*`, or `server`); the upstream's request id comes back as
+//! `x-upstream-request-id`. See [`headers`] for the lists.
 //!
 //! ## The Anthropic-style ingress
 //! A `/v1/messages` request ([`Api::Messages`], body and answer in
@@ -39,6 +50,7 @@ use crate::translate::ingress::{IngressStream, request_from_anthropic, response_
 
 pub mod anthropic;
 pub mod gemini;
+pub mod headers;
 pub mod mock;
 pub mod openai;
 
@@ -53,7 +65,8 @@ pub struct UpstreamCall {
     /// The exact upstream model id to send.
     pub upstream_model: Arc<str>,
     /// The client's request headers, with its credentials already removed. Adapters forward
-    /// only what they choose to (e.g. `x-request-id`).
+    /// only what their [`HeaderPolicy`](headers::HeaderPolicy) allows (`x-request-id`,
+    /// `anthropic-beta`, `openai-beta`, and the provider's `forward_headers`).
     pub headers: HeaderMap,
     /// Connect deadline for this attempt, if any.
     pub connect_timeout: Option<Duration>,
@@ -113,50 +126,138 @@ fn secs_f64(secs: f64) -> Duration {
     Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
-/// Classify a non-2xx upstream answer. `body` is the (small, capped) error body the upstream
-/// sent; its `error.message` (OpenAI and Anthropic shapes) or `message` is kept.
+/// Classify a non-2xx answer of an **OpenAI-compatible** upstream. `body` is the (small, capped)
+/// error body the upstream sent.
+///
+/// The upstream's error object passes through: `message`, `type`, `code` and `param` exactly as
+/// sent (a `null` code stays `null`, a numeric one a number), with tollgate's `origin:
+/// "upstream"`, `upstream_status` and `provider` added. Two exceptions keep the meaning clients
+/// look for: a 400 whose code is not a string (vLLM sends the status number, llama.cpp none)
+/// and whose message says the context window is exceeded gets `context_length_exceeded`; an
+/// object without a `code` key gets the status's (`rate_limit_exceeded`,
+/// `server_is_overloaded`, `upstream_error`). A body that is not an OpenAI error object keeps
+/// its message (or a sentence naming the status) with tollgate's type and code.
+///
+/// The status class is kept (429 stays 429, other 4xx stay 4xx, 5xx stay 5xx, 529 becomes 503);
+/// `Retry-After`, `x-should-retry` and the upstream request id (as `x-upstream-request-id`)
+/// are kept by [`with_upstream_headers`]. Credentials are scrubbed by the adapter
+/// ([`HeaderPolicy::scrub`](headers::HeaderPolicy::scrub)).
 pub fn upstream_error(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     provider: &Arc<str>,
 ) -> GatewayError {
-    let message = error_message(body).unwrap_or_else(|| {
-        format!(
-            "upstream {provider} answered {}",
-            status.canonical_reason().unwrap_or("an error")
-        )
-    });
+    let object = serde_json::from_slice::<OpenAiErrorBody>(body)
+        .ok()
+        .and_then(|b| match b.error {
+            OpenAiErrorField::Object(o) => Some(o),
+            OpenAiErrorField::Other(_) => None,
+        });
+    let message = object
+        .as_ref()
+        .and_then(|o| o.message.clone())
+        .or_else(|| error_message(body))
+        .unwrap_or_else(|| status_sentence(provider, status));
     let mut e = GatewayError::upstream_status(status, message, Some(provider.clone()));
-    match parse_retry_after(headers) {
-        Some(wait) => e = e.with_retry_after(wait),
-        None if matches!(status.as_u16(), 429 | 503 | 529) => {}
-        None => {}
+    if let Some(o) = object {
+        if let Some(ty) = o.ty {
+            e = e.with_type(ty);
+        }
+        match o.code {
+            Some(code)
+                if !code.is_string()
+                    && status == StatusCode::BAD_REQUEST
+                    && is_context_length_message(e.message()) =>
+            {
+                e = e.with_code("context_length_exceeded");
+            }
+            Some(code) => e = e.with_code_value(code),
+            None => {}
+        }
+        match o.param {
+            Some(serde_json::Value::String(p)) => e = e.with_param(p),
+            Some(serde_json::Value::Null) | None => {}
+            Some(other) => e = e.with_param(other.to_string()),
+        }
+    }
+    with_upstream_headers(e, headers)
+}
+
+/// `upstream P answered Too Many Requests`: the message when the upstream sent none.
+pub(crate) fn status_sentence(provider: &str, status: StatusCode) -> String {
+    format!(
+        "upstream {provider} answered {}",
+        status.canonical_reason().unwrap_or("an error")
+    )
+}
+
+/// Keep what the client needs of an upstream error answer's headers: the wait it asked for
+/// (`retry-after-ms`, `retry-after`), `x-should-retry`, and its request id as
+/// `x-upstream-request-id`. Nothing else of the upstream's headers reaches the client.
+pub fn with_upstream_headers(mut e: GatewayError, headers: &HeaderMap) -> GatewayError {
+    if let Some(wait) = parse_retry_after(headers) {
+        e = e.with_retry_after(wait);
     }
     if let Some(v) = headers.get("x-should-retry") {
-        e = e.with_header(http::HeaderName::from_static("x-should-retry"), v.clone());
+        e = e.with_header(HeaderName::from_static("x-should-retry"), v.clone());
     }
-    if status == StatusCode::TOO_MANY_REQUESTS && is_insufficient_quota(body) {
-        // Quota, not a wait: keep the code and tell the SDKs not to retry.
-        e = e.with_code("insufficient_quota");
-        e.headers_mut().insert(
-            http::HeaderName::from_static("x-should-retry"),
-            HeaderValue::from_static("false"),
-        );
+    if let Some(id) = headers::UPSTREAM_REQUEST_ID
+        .iter()
+        .find_map(|n| headers.get(n))
+    {
+        e = e.with_header(headers::X_UPSTREAM_REQUEST_ID.clone(), id.clone());
     }
     e
 }
 
-/// Whether an OpenAI-shaped error body says `insufficient_quota` (in `error.code` or
-/// `error.type`).
-fn is_insufficient_quota(body: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    let err = v.get("error").unwrap_or(&v);
-    ["code", "type"]
-        .iter()
-        .any(|f| err.get(*f).and_then(|c| c.as_str()) == Some("insufficient_quota"))
+/// Whether an upstream's 400 message says the prompt does not fit the model's context window
+/// (OpenAI, vLLM, llama.cpp, Anthropic's "prompt is too long", Gemini's token limit).
+pub fn is_context_length_message(message: &str) -> bool {
+    const NEEDLES: [&str; 7] = [
+        "context length",
+        "context_length",
+        "context window",
+        "context limit",
+        "available context size",
+        "prompt is too long",
+        "maximum number of tokens",
+    ];
+    let m = message.to_ascii_lowercase();
+    NEEDLES.iter().any(|n| m.contains(n)) || m.contains("input token count")
+}
+
+/// `{"error": ...}` of an OpenAI-compatible error body.
+#[derive(serde::Deserialize)]
+struct OpenAiErrorBody {
+    error: OpenAiErrorField,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OpenAiErrorField {
+    Object(OpenAiErrorObject),
+    /// `"error": "a sentence"` and the like: its message is read by [`error_message`].
+    Other(serde::de::IgnoredAny),
+}
+
+/// OpenAI's error object (`message`, `type`, `code`, `param`; extra fields ignored).
+#[derive(serde::Deserialize)]
+struct OpenAiErrorObject {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "type")]
+    ty: Option<String>,
+    /// `None`: no `code` key; `Some(Null)`: `"code": null`.
+    #[serde(default, deserialize_with = "present")]
+    code: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    param: Option<serde_json::Value>,
+}
+
+/// A key that is present deserializes to `Some` (even when `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
 }
 
 /// Pull a human message out of an upstream error body (OpenAI `{"error":{"message"}}`,
@@ -188,8 +289,9 @@ pub fn connect_error(provider: &Arc<str>, err: impl std::fmt::Display) -> Gatewa
 
 /// The leaf service: sends the request's current [`Attempt`] to its target's provider.
 ///
-/// Reads the [`ParsedRequest`] and [`Attempt`] extensions; the client's `authorization`,
-/// `x-api-key` and `api-key` headers are removed before anything goes upstream.
+/// Reads the [`ParsedRequest`] and [`Attempt`] extensions; the client's credential headers
+/// ([`CREDENTIAL_HEADERS`]) are removed before anything goes upstream (and each adapter sends
+/// only its policy's allow-list of what is left).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Dispatch;
 
@@ -201,10 +303,11 @@ impl Dispatch {
 }
 
 /// Request headers that carry the client's credential and must never reach an upstream.
-pub const CREDENTIAL_HEADERS: [&str; 4] = [
+pub const CREDENTIAL_HEADERS: [&str; 5] = [
     "authorization",
     "x-api-key",
     "api-key",
+    "x-goog-api-key",
     "proxy-authorization",
 ];
 
@@ -281,7 +384,6 @@ pub struct DispatchFuture {
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
-static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 
 impl Future for DispatchFuture {
     type Output = Result<Response<Body>, GatewayError>;
@@ -301,7 +403,8 @@ impl Future for DispatchFuture {
             }
         };
         if let Some(id) = res.headers_mut().remove(self.id_header) {
-            res.headers_mut().insert(X_UPSTREAM_REQUEST_ID.clone(), id);
+            res.headers_mut()
+                .insert(headers::X_UPSTREAM_REQUEST_ID.clone(), id);
         }
         Poll::Ready(Ok(res))
     }
@@ -451,5 +554,57 @@ mod tests {
         );
         assert_eq!(e.status(), 503);
         assert_eq!(e.message(), "Overloaded");
+    }
+
+    #[test]
+    fn openai_error_object_passes_through_as_sent() {
+        let p: Arc<str> = Arc::from("prov");
+        let h = HeaderMap::new();
+        let e = upstream_error(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"error":{"message":"Invalid value for 'n'","type":"invalid_request_error","param":"n","code":"invalid_value"}}"#,
+            &p,
+        );
+        let j = e.to_json();
+        assert_eq!(j["error"]["type"], "invalid_request_error");
+        assert_eq!(j["error"]["code"], "invalid_value");
+        assert_eq!(j["error"]["param"], "n");
+        assert_eq!(j["error"]["origin"], "upstream");
+        // `null` stays null; an absent code gets the status's
+        let e = upstream_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &h,
+            br#"{"error":{"message":"x","type":"server_error","param":null,"code":null}}"#,
+            &p,
+        );
+        assert_eq!(e.to_json()["error"]["code"], serde_json::Value::Null);
+        let e = upstream_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"error":{"message":"x","type":"tokens"}}"#,
+            &p,
+        );
+        assert_eq!(e.code(), Some("rate_limit_exceeded"));
+        assert_eq!(e.error_type(), "tokens");
+        // vLLM: a numeric code; its context-window message is recognised
+        let e = upstream_error(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"object":"error","error":{"message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","param":null,"code":400}}"#,
+            &p,
+        );
+        assert_eq!(e.code(), Some("context_length_exceeded"));
+        let e = upstream_error(
+            StatusCode::BAD_REQUEST,
+            &h,
+            br#"{"error":{"message":"bad","type":"BadRequestError","code":400}}"#,
+            &p,
+        );
+        assert_eq!(e.to_json()["error"]["code"], 400);
+        // not an OpenAI error object: the message is kept, tollgate's type and code
+        let e = upstream_error(StatusCode::BAD_GATEWAY, &h, br#"{"error":"boom"}"#, &p);
+        assert_eq!(e.message(), "boom");
+        assert_eq!(e.code(), Some("upstream_error"));
     }
 }

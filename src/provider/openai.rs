@@ -5,7 +5,10 @@
 //! The request body is [`ParsedRequest::upstream_body`](crate::request::ParsedRequest::upstream_body)
 //! (the model replaced, every other field byte-for-byte); a 2xx answer streams straight through,
 //! never buffered; a non-2xx answer is read (at most [`MAX_ERROR_BODY`] bytes) and classified with
-//! [`upstream_error`]; a connect or transport failure is [`connect_error`].
+//! [`upstream_error`] (the upstream's `message`, `type`, `code` and `param` pass through, the
+//! credentials this adapter sent scrubbed); a connect or transport failure is [`connect_error`].
+//! Headers follow the provider's [`HeaderPolicy`]: only its allow-list of client headers goes
+//! upstream, only its allow-list of upstream headers comes back.
 //!
 //! All adapters share one pooled hyper-util client per distinct connect timeout (HTTP/1.1 and
 //! HTTP/2 by ALPN, `http` and `https`, rustls on `ring` with the webpki roots).
@@ -42,30 +45,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, GatewayError};
+use crate::provider::headers::HeaderPolicy;
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error, upstream_error};
 use crate::request::Api;
 use crate::secret::Secret;
 
 /// The most of an upstream error body that is read (the rest is dropped).
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// Client request headers forwarded upstream. Nothing else of the client's headers is sent; in
-/// particular never its credentials.
-pub const FORWARDED_HEADERS: [&str; 3] = ["x-request-id", "openai-organization", "openai-project"];
-
-/// Hop-by-hop response headers dropped from a passed-through answer (plus `content-length`, which
-/// the server re-derives from the body).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "content-length",
-];
 
 /// How many distinct connect timeouts get their own pooled client.
 const MAX_CACHED_CLIENTS: usize = 32;
@@ -103,9 +89,16 @@ pub struct OpenAiProviderBuilder {
     auth: AuthStyle,
     query: Option<String>,
     headers: Vec<(String, Secret)>,
+    policy: HeaderPolicy,
 }
 
 impl OpenAiProviderBuilder {
+    /// Which headers cross between client and upstream (default [`HeaderPolicy::default`]).
+    pub fn header_policy(mut self, policy: HeaderPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// The upstream API key (optional: local servers need none).
     pub fn api_key(mut self, key: Secret) -> Self {
         self.api_key = Some(key);
@@ -193,12 +186,17 @@ impl OpenAiProviderBuilder {
         }
         // Build the TLS config now, so a broken TLS setup fails at start, not on a request.
         tls_config().map_err(err)?;
+        let mut sent = headers.clone();
+        if let Some((k, v)) = &auth {
+            sent.insert(k.clone(), v.clone());
+        }
         Ok(OpenAiProvider {
             name,
             base_url: Arc::from(base),
             uris,
             auth,
             headers,
+            policy: Arc::new(self.policy.with_secrets_of(&sent)),
         })
     }
 }
@@ -211,6 +209,7 @@ pub struct OpenAiProvider {
     uris: [Uri; 3],
     auth: Option<(HeaderName, HeaderValue)>,
     headers: HeaderMap,
+    policy: Arc<HeaderPolicy>,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -237,6 +236,7 @@ impl OpenAiProvider {
             auth: AuthStyle::Bearer,
             query: None,
             headers: Vec::new(),
+            policy: HeaderPolicy::default(),
         }
     }
 
@@ -289,12 +289,7 @@ impl OpenAiProvider {
             header::USER_AGENT,
             HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))),
         );
-        // One pass over the client's few headers (no name parsed); the first value wins.
-        for (k, v) in &call.headers {
-            if FORWARDED_HEADERS.contains(&k.as_str()) && !h.contains_key(k) {
-                h.insert(k.clone(), v.clone());
-            }
-        }
+        self.policy.copy_forwarded(&call.headers, h);
         for (k, v) in &self.headers {
             h.append(k.clone(), v.clone());
         }
@@ -321,6 +316,7 @@ impl Provider for OpenAiProvider {
             .and_then(|body| self.request(&call, body))
             .and_then(|req| Ok((req, client_for(call.connect_timeout)?)));
         let name = self.name.clone();
+        let policy = self.policy.clone();
         Box::pin(async move {
             let (req, client) = prepared?;
             let res = client
@@ -329,7 +325,7 @@ impl Provider for OpenAiProvider {
                 .map_err(|e| connect_error(&name, error_chain(&e)))?;
             let (mut parts, body) = res.into_parts();
             if parts.status.is_success() {
-                strip_hop_by_hop(&mut parts.headers);
+                policy.filter_response(&mut parts.headers);
                 let body = body.map_err(move |e| -> BoxError {
                     Box::new(
                         GatewayError::new(
@@ -342,27 +338,10 @@ impl Provider for OpenAiProvider {
                 return Ok(Response::from_parts(parts, Body::new(body)));
             }
             let bytes = read_capped(body, MAX_ERROR_BODY).await;
-            Err(upstream_error(parts.status, &parts.headers, &bytes, &name))
+            let e = upstream_error(parts.status, &parts.headers, &bytes, &name);
+            Err(policy.scrub(e))
         })
     }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // `connection` is in HOP_BY_HOP: nothing to do unless one of them is present.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
-        return;
-    }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    super::remove_named(headers, &HOP_BY_HOP);
 }
 
 /// Read at most `cap` bytes of `body`; a read error ends the read (what was read is kept).

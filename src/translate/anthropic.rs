@@ -31,16 +31,29 @@
 //! `file_id` parts, custom tools.
 //!
 //! ## Errors (upstream → OpenAI face)
-//! | Anthropic | client sees |
-//! |---|---|
-//! | 400 `invalid_request_error` | 400, message kept |
-//! | 401 / 403 | 401 / 403 (status class kept), code `upstream_authentication_error` / `upstream_permission_error` |
-//! | 404 naming a model | 404 `model_not_found`; other 404 → 502 |
-//! | 413 | 413 |
-//! | 429 `rate_limit_error` | 429 `rate_limit_exceeded`, `Retry-After` kept |
-//! | 529 `overloaded_error` (or that type under any status) | 503 `server_is_overloaded` with `Retry-After` |
-//! | 500 `api_error` | 502 |
-//! | other 5xx | kept |
+//! The meaning is kept: OpenAI's `code` where the meaning has one, otherwise Anthropic's
+//! `error.type` as sent; the message as sent (scrubbed of the adapter's key); `Retry-After` kept.
+//! On the Anthropic face (`/v1/messages` passed through) the client gets Anthropic's own status
+//! and type instead.
+//!
+//! | Anthropic | status | `type` | `code` |
+//! |---|---|---|---|
+//! | 400 `invalid_request_error` "prompt is too long…" (or "…exceed context limit") | 400 | `invalid_request_error` | `context_length_exceeded` |
+//! | 400 "…credit balance is too low…", or `billing_error` (402) | 429 | `insufficient_quota` | `insufficient_quota` |
+//! | 400 `invalid_request_error` | 400 | `invalid_request_error` | `invalid_request_error` |
+//! | 401 `authentication_error` | 401 | `authentication_error` | `invalid_api_key` |
+//! | 403 `permission_error` | 403 | `permission_error` | `permission_error` |
+//! | 404 `not_found_error` naming a model | 404 | `invalid_request_error` | `model_not_found` |
+//! | other 404 (a wrong base URL) | 502 | `api_error` | `not_found_error` |
+//! | 413 `request_too_large` | 413 | `invalid_request_error` | `request_too_large` |
+//! | 429 `rate_limit_error` | 429 + `Retry-After` | `rate_limit_error` | `rate_limit_exceeded` |
+//! | 529 `overloaded_error` (or that type under any status) | 503 + `Retry-After` | `service_unavailable_error` | `server_is_overloaded` |
+//! | 500 `api_error` | 502 | `api_error` | `api_error` |
+//! | 504 `timeout_error` | 504 | `timeout_error` | `timeout_error` |
+//! | other 4xx / 5xx | kept | `invalid_request_error` / `api_error` | Anthropic's type |
+//!
+//! An in-stream `error` event is mapped the same way, from the status its type "would normally
+//! correspond to".
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -52,11 +65,12 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{
-    DONE, Flow, StreamTranslator, chunk_prefix, chunk_suffix, is_json_string, protocol_error,
-    split_data_url, usage_json,
+    DONE, ErrorRow, Flow, StreamTranslator, chunk_prefix, chunk_suffix, is_json_string,
+    protocol_error, split_data_url, usage_json,
 };
 use crate::error::GatewayError;
-use crate::provider::upstream_error;
+use crate::provider::headers::HeaderPolicy;
+use crate::provider::is_context_length_message;
 use crate::usage::Usage;
 
 /// Options of the OpenAI → Anthropic request translation.
@@ -651,36 +665,92 @@ pub fn response_from_anthropic(body: &[u8], created: u64) -> Result<Bytes, Gatew
 }
 
 /// Map an Anthropic error answer (`status`, headers, `{"type":"error","error":{type,message}}`
-/// body) to the gateway error the client sees. See the module docs for the table.
+/// body) to the gateway error the client sees. See the module docs for the table. The
+/// Anthropic type is remembered, so the Anthropic face (`/v1/messages`) answers exactly what
+/// Anthropic did.
 pub fn error_from_anthropic(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     provider: &Arc<str>,
 ) -> GatewayError {
-    let ty = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
-        v.get("error")
-            .and_then(|e| e.get("type"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
-    let status = match ty.as_deref() {
-        Some("overloaded_error") => StatusCode::from_u16(529).unwrap_or(status),
-        _ => status,
+    #[derive(Deserialize)]
+    struct Body {
+        error: Obj,
+    }
+    #[derive(Deserialize)]
+    struct Obj {
+        #[serde(default, rename = "type")]
+        ty: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    }
+    let parsed = serde_json::from_slice::<Body>(body).ok().map(|b| b.error);
+    let (ty, message) = match parsed {
+        Some(Obj { ty, message }) => (ty, message),
+        None => (None, None),
     };
-    let e = upstream_error(status, headers, body, provider);
-    adjust_status(e, status.as_u16())
+    let message = message
+        .or_else(|| crate::provider::error_message(body))
+        .unwrap_or_else(|| crate::provider::status_sentence(provider, status));
+    let row = anthropic_row(status.as_u16(), ty.as_deref().unwrap_or(""), &message);
+    let e = row.into_error(status.as_u16(), message, headers, Some(provider.clone()));
+    match ty {
+        Some(ty) => e.with_anthropic_type(ty),
+        None => e,
+    }
 }
 
-fn adjust_status(e: GatewayError, upstream: u16) -> GatewayError {
-    match upstream {
-        400 => e.with_code("invalid_request_error"),
-        401 => e.with_code("upstream_authentication_error"),
-        403 => e.with_code("upstream_permission_error"),
-        404 if e.message().contains("model") => e.with_code("model_not_found"),
-        404 => e.with_status(StatusCode::BAD_GATEWAY),
-        500 => e.with_status(StatusCode::BAD_GATEWAY),
-        _ => e,
+/// The table of the module docs: Anthropic status, `error.type` and message → the OpenAI face.
+fn anthropic_row(status: u16, ty: &str, message: &str) -> ErrorRow {
+    let own = |fallback: &'static str| -> Cow<'static, str> {
+        if ty.is_empty() {
+            Cow::Borrowed(fallback)
+        } else {
+            Cow::Owned(ty.to_owned())
+        }
+    };
+    let lower = message.to_ascii_lowercase();
+    match (status, ty) {
+        (529, _) | (_, "overloaded_error") => ErrorRow::new(
+            529,
+            503,
+            "service_unavailable_error",
+            "server_is_overloaded",
+        ),
+        (_, "billing_error") => ErrorRow::new(429, 429, "insufficient_quota", "insufficient_quota"),
+        (400, _) if lower.contains("credit balance") => {
+            ErrorRow::new(429, 429, "insufficient_quota", "insufficient_quota")
+        }
+        (400 | 413, _) if is_context_length_message(message) => {
+            ErrorRow::new(400, 400, "invalid_request_error", "context_length_exceeded")
+        }
+        (401, _) | (_, "authentication_error") => {
+            ErrorRow::new(401, 401, "authentication_error", "invalid_api_key")
+        }
+        (403, _) | (_, "permission_error") => {
+            ErrorRow::new(403, 403, "permission_error", own("permission_error"))
+        }
+        (404, _) if lower.contains("model") => {
+            ErrorRow::new(404, 404, "invalid_request_error", "model_not_found")
+        }
+        (404, _) => ErrorRow::new(404, 502, "api_error", own("not_found_error")),
+        (413, _) => ErrorRow::new(413, 413, "invalid_request_error", own("request_too_large")),
+        (429, _) | (_, "rate_limit_error") => {
+            ErrorRow::new(429, 429, "rate_limit_error", "rate_limit_exceeded")
+        }
+        (504, _) | (_, "timeout_error") => {
+            ErrorRow::new(504, 504, "timeout_error", own("timeout_error"))
+        }
+        (500, _) => ErrorRow::new(500, 502, "api_error", own("api_error")),
+        (400..=499, _) => ErrorRow::new(
+            status,
+            status,
+            "invalid_request_error",
+            own("invalid_request_error"),
+        ),
+        (501..=599, _) => ErrorRow::new(status, status, "api_error", own("api_error")),
+        _ => ErrorRow::new(502, 502, "api_error", own("api_error")),
     }
 }
 
@@ -797,6 +867,7 @@ pub struct AnthropicStream {
     include_usage: bool,
     created: u64,
     provider: Option<Arc<str>>,
+    scrub: Option<Arc<HeaderPolicy>>,
     prefix: BytesMut,
     blocks: Vec<BlockKind>,
     next_tool: u32,
@@ -814,6 +885,7 @@ impl AnthropicStream {
             include_usage,
             created,
             provider: None,
+            scrub: None,
             prefix: BytesMut::new(),
             blocks: Vec::with_capacity(4),
             next_tool: 0,
@@ -826,6 +898,12 @@ impl AnthropicStream {
     /// Name the provider in in-band error events.
     pub fn with_provider(mut self, provider: Arc<str>) -> Self {
         self.provider = Some(provider);
+        self
+    }
+
+    /// Scrub the credentials `policy` knows from in-band error events.
+    pub fn with_scrub(mut self, policy: Arc<HeaderPolicy>) -> Self {
+        self.scrub = Some(policy);
         self
     }
 
@@ -846,6 +924,10 @@ impl AnthropicStream {
     fn fail(&mut self, out: &mut BytesMut, e: GatewayError) -> Flow {
         let e = match &self.provider {
             Some(p) => e.with_provider(p.clone()),
+            None => e,
+        };
+        let e = match &self.scrub {
+            Some(policy) => policy.scrub(e),
             None => e,
         };
         out.extend_from_slice(b"data: ");
@@ -891,10 +973,10 @@ impl StreamTranslator for AnthropicStream {
                     .error
                     .map(|e| (e.ty.into_owned(), e.message.into_owned()))
                     .unwrap_or_else(|| ("api_error".to_owned(), "upstream error".to_owned()));
-                let status = StatusCode::from_u16(status_of_error_type(&ty))
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let e = GatewayError::upstream_status(status, msg, self.provider.clone());
-                let e = adjust_status(e, status.as_u16());
+                let status = status_of_error_type(&ty);
+                let e = anthropic_row(status, &ty, &msg)
+                    .into_error(status, msg, &HeaderMap::new(), self.provider.clone())
+                    .with_anthropic_type(ty);
                 self.fail(out, e)
             }
             ("message_start", Phase::Start) => {

@@ -26,16 +26,24 @@
 //! `audio`, non-text `modalities`, `prediction`, `web_search_options`, legacy
 //! `functions`/`function_call`, audio and file parts, http image URLs of unknown type.
 //!
-//! ## Errors
-//! | Gemini | client sees |
-//! |---|---|
-//! | 400 with reason `API_KEY_INVALID` | 401 `upstream_api_key_invalid` |
-//! | 400 `INVALID_ARGUMENT` / `FAILED_PRECONDITION` | 400 |
-//! | 403 `PERMISSION_DENIED` | 403 `upstream_permission_error` |
-//! | 404 naming a model | 404 `model_not_found`; other 404 → 502 |
-//! | 429 `RESOURCE_EXHAUSTED` | 429, `Retry-After` from the header or `RetryInfo.retryDelay` |
-//! | 499 `CANCELLED`, 500 `INTERNAL` | 502 |
-//! | 503 `UNAVAILABLE` / 504 `DEADLINE_EXCEEDED` | 503 / 504 |
+//! ## Errors (upstream → OpenAI face)
+//! The meaning is kept: OpenAI's `code` where the meaning has one, otherwise Gemini's RPC
+//! `status` as sent; the message as sent (scrubbed of the adapter's key); `Retry-After` from the
+//! header or `RetryInfo.retryDelay`.
+//!
+//! | Gemini | status | `type` | `code` |
+//! |---|---|---|---|
+//! | 400 `INVALID_ARGUMENT` with reason `API_KEY_INVALID` (or 401) | 401 | `authentication_error` | `invalid_api_key` |
+//! | 400 `INVALID_ARGUMENT` "The input token count … exceeds the maximum number of tokens …" | 400 | `invalid_request_error` | `context_length_exceeded` |
+//! | 400 `INVALID_ARGUMENT` / `FAILED_PRECONDITION` | 400 | `invalid_request_error` | the RPC status |
+//! | 403 `PERMISSION_DENIED` | 403 | `permission_error` | `PERMISSION_DENIED` |
+//! | 404 `NOT_FOUND` naming a model | 404 | `invalid_request_error` | `model_not_found` |
+//! | other 404 (a wrong base URL) | 502 | `api_error` | `NOT_FOUND` |
+//! | 429 `RESOURCE_EXHAUSTED` with a `RetryInfo` (or no `QuotaFailure`) | 429 + `Retry-After` | `rate_limit_error` | `rate_limit_exceeded` |
+//! | 429 `RESOURCE_EXHAUSTED` with a `QuotaFailure` and no `RetryInfo` | 429 | `insufficient_quota` | `insufficient_quota` |
+//! | 499 `CANCELLED`, 500 `INTERNAL` | 502 | `api_error` | the RPC status |
+//! | 503 `UNAVAILABLE` (and a 529) | 503 + `Retry-After` | `service_unavailable_error` | `server_is_overloaded` |
+//! | 504 `DEADLINE_EXCEEDED` | 504 | `timeout_error` | `DEADLINE_EXCEEDED` |
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -48,11 +56,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    DONE, Flow, StreamTranslator, chunk_prefix, chunk_suffix, protocol_error, split_data_url,
-    usage_json, write_json_str, write_u64, write_usage,
+    DONE, ErrorRow, Flow, StreamTranslator, chunk_prefix, chunk_suffix, protocol_error,
+    split_data_url, usage_json, write_json_str, write_u64, write_usage,
 };
 use crate::error::GatewayError;
-use crate::provider::upstream_error;
+use crate::provider::headers::HeaderPolicy;
+use crate::provider::is_context_length_message;
 use crate::usage::Usage;
 
 fn bad(msg: impl Into<Cow<'static, str>>, param: impl Into<Cow<'static, str>>) -> GatewayError {
@@ -598,32 +607,119 @@ pub fn response_from_gemini(body: &[u8], created: u64, model: &str) -> Result<By
         .map_err(|e| GatewayError::internal(format!("serializing the response: {e}")))
 }
 
-fn error_parts(body: &[u8]) -> (bool, Option<Duration>) {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return (false, None);
+/// What a Google error body says (`{"error":{code,message,status,details:[…]}}`, or a list
+/// of one).
+#[derive(Debug, Default)]
+struct GeminiError {
+    message: Option<String>,
+    status: Option<String>,
+    key_invalid: bool,
+    /// `RetryInfo.retryDelay`.
+    delay: Option<Duration>,
+    /// A `QuotaFailure` detail.
+    quota_failure: bool,
+}
+
+fn error_parts(body: &[u8]) -> GeminiError {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Doc {
+        One(Wrapper),
+        List(Vec<Wrapper>),
+    }
+    #[derive(Deserialize)]
+    struct Wrapper {
+        error: Obj,
+    }
+    #[derive(Deserialize)]
+    struct Obj {
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        details: Vec<Detail>,
+    }
+    #[derive(Deserialize)]
+    struct Detail {
+        #[serde(default, rename = "@type")]
+        ty: String,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default, rename = "retryDelay")]
+        retry_delay: Option<String>,
+    }
+    let obj = match serde_json::from_slice::<Doc>(body) {
+        Ok(Doc::One(w)) => w.error,
+        Ok(Doc::List(l)) => match l.into_iter().next() {
+            Some(w) => w.error,
+            None => return GeminiError::default(),
+        },
+        Err(_) => return GeminiError::default(),
     };
-    let v = match v {
-        Value::Array(mut a) if !a.is_empty() => a.swap_remove(0),
-        v => v,
+    let mut out = GeminiError {
+        message: obj.message,
+        status: obj.status,
+        ..GeminiError::default()
     };
-    let err = v.get("error").unwrap_or(&v);
-    let mut key_invalid = false;
-    let mut delay = None;
-    if let Some(details) = err.get("details").and_then(Value::as_array) {
-        for d in details {
-            if d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID") {
-                key_invalid = true;
-            }
-            if let Some(s) = d.get("retryDelay").and_then(Value::as_str) {
-                delay = s
-                    .strip_suffix('s')
-                    .and_then(|x| x.parse::<f64>().ok())
-                    .filter(|x| x.is_finite() && *x >= 0.0)
-                    .map(Duration::from_secs_f64);
-            }
+    for d in obj.details {
+        out.key_invalid |= d.reason.as_deref() == Some("API_KEY_INVALID");
+        out.quota_failure |= d.ty.ends_with("google.rpc.QuotaFailure");
+        if let Some(s) = d.retry_delay {
+            out.delay = s
+                .strip_suffix('s')
+                .and_then(|x| x.parse::<f64>().ok())
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .map(Duration::from_secs_f64);
         }
     }
-    (key_invalid, delay)
+    out
+}
+
+/// The table of the module docs: Gemini status and error body → the OpenAI face.
+fn gemini_row(status: u16, g: &GeminiError, message: &str) -> ErrorRow {
+    let own = |fallback: &'static str| -> Cow<'static, str> {
+        match &g.status {
+            Some(s) if !s.is_empty() => Cow::Owned(s.clone()),
+            _ => Cow::Borrowed(fallback),
+        }
+    };
+    match status {
+        _ if g.key_invalid => ErrorRow::new(401, 401, "authentication_error", "invalid_api_key"),
+        400 if is_context_length_message(message) => {
+            ErrorRow::new(400, 400, "invalid_request_error", "context_length_exceeded")
+        }
+        400 => ErrorRow::new(400, 400, "invalid_request_error", own("INVALID_ARGUMENT")),
+        401 => ErrorRow::new(401, 401, "authentication_error", "invalid_api_key"),
+        403 => ErrorRow::new(403, 403, "permission_error", own("PERMISSION_DENIED")),
+        404 if message.to_ascii_lowercase().contains("model") => {
+            ErrorRow::new(404, 404, "invalid_request_error", "model_not_found")
+        }
+        404 => ErrorRow::new(404, 502, "api_error", own("NOT_FOUND")),
+        // A quota with no time after which it resets is exhausted, not a rate.
+        429 if g.quota_failure && g.delay.is_none() => {
+            ErrorRow::new(429, 429, "insufficient_quota", "insufficient_quota")
+        }
+        429 => ErrorRow::new(429, 429, "rate_limit_error", "rate_limit_exceeded"),
+        // 503 stays a 503 on the Anthropic face too (`ServiceUnavailableError`); a 529 is
+        // Anthropic's "overloaded" there.
+        503 | 529 => ErrorRow::new(
+            status,
+            503,
+            "service_unavailable_error",
+            "server_is_overloaded",
+        ),
+        504 => ErrorRow::new(504, 504, "timeout_error", own("DEADLINE_EXCEEDED")),
+        499 => ErrorRow::new(499, 502, "api_error", own("CANCELLED")),
+        405..=498 => ErrorRow::new(
+            status,
+            status,
+            "invalid_request_error",
+            own("INVALID_ARGUMENT"),
+        ),
+        500..=599 if status != 500 => ErrorRow::new(status, status, "api_error", own("INTERNAL")),
+        _ => ErrorRow::new(status.clamp(500, 599), 502, "api_error", own("INTERNAL")),
+    }
 }
 
 /// Map a Gemini error answer to the gateway error the client sees. See the module docs.
@@ -633,24 +729,20 @@ pub fn error_from_gemini(
     body: &[u8],
     provider: &Arc<str>,
 ) -> GatewayError {
-    let (key_invalid, delay) = error_parts(body);
-    let mut e = upstream_error(status, headers, body, provider);
+    let g = error_parts(body);
+    let message = g
+        .message
+        .clone()
+        .or_else(|| crate::provider::error_message(body))
+        .unwrap_or_else(|| crate::provider::status_sentence(provider, status));
+    let row = gemini_row(status.as_u16(), &g, &message);
+    let mut e = row.into_error(status.as_u16(), message, headers, Some(provider.clone()));
     if e.retry_after().is_none() {
-        if let Some(d) = delay {
+        if let Some(d) = g.delay {
             e = e.with_retry_after(d);
         }
     }
-    match status.as_u16() {
-        400 if key_invalid => e
-            .with_status(StatusCode::UNAUTHORIZED)
-            .with_code("upstream_api_key_invalid"),
-        400 => e.with_code("invalid_request_error"),
-        401 => e.with_code("upstream_authentication_error"),
-        403 => e.with_code("upstream_permission_error"),
-        404 if e.message().contains("model") => e.with_code("model_not_found"),
-        404 | 499 | 500 => e.with_status(StatusCode::BAD_GATEWAY),
-        _ => e,
-    }
+    e
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,6 +773,7 @@ pub struct GeminiStream {
     created: u64,
     model: String,
     provider: Option<Arc<str>>,
+    scrub: Option<Arc<HeaderPolicy>>,
     prefix: Option<BytesMut>,
     rid: String,
     cands: Vec<CandState>,
@@ -698,6 +791,7 @@ impl GeminiStream {
             created,
             model: model.to_owned(),
             provider: None,
+            scrub: None,
             prefix: None,
             rid: String::new(),
             cands: Vec::new(),
@@ -713,9 +807,19 @@ impl GeminiStream {
         self
     }
 
+    /// Scrub the credentials `policy` knows from in-band error events.
+    pub fn with_scrub(mut self, policy: Arc<HeaderPolicy>) -> Self {
+        self.scrub = Some(policy);
+        self
+    }
+
     fn fail(&mut self, out: &mut BytesMut, e: GatewayError) -> Flow {
         let e = match &self.provider {
             Some(p) => e.with_provider(p.clone()),
+            None => e,
+        };
+        let e = match &self.scrub {
+            Some(policy) => policy.scrub(e),
             None => e,
         };
         out.extend_from_slice(b"data: ");

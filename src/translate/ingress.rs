@@ -387,16 +387,34 @@ fn anthropic_error_type(status: u16, kind: ErrorKind) -> &'static str {
 /// The Anthropic-shaped error body (`{"type":"error","error":{"type","message"}}`) and status
 /// for `e`; headers such as `Retry-After` come from [`GatewayError::into_anthropic_response`].
 ///
-/// The status is the one the OpenAI face uses, except that an overloaded upstream
+/// An error an Anthropic upstream answered keeps that upstream's own status and `error.type`
+/// (a 529 `overloaded_error` stays one, a 402 `billing_error` too). Otherwise the status is the
+/// one the OpenAI face uses, except that an overloaded upstream
 /// ([`ErrorKind::UpstreamOverloaded`]) is Anthropic's own **529** `overloaded_error`, which the
-/// Anthropic SDKs raise as `OverloadedError` (a 503 would be `ServiceUnavailableError`).
+/// Anthropic SDKs raise as `OverloadedError` (a 503 would be `ServiceUnavailableError`), and the
+/// type follows the status — with an exhausted quota (`insufficient_quota`) as Anthropic's
+/// `billing_error`.
 pub fn error_to_anthropic(e: &GatewayError) -> (StatusCode, Bytes) {
-    let ty = anthropic_error_type(e.status().as_u16(), e.kind());
-    let body = json!({"type": "error", "error": {"type": ty, "message": e.message()}});
-    let status = match e.kind() {
-        ErrorKind::UpstreamOverloaded => StatusCode::from_u16(529).unwrap_or(e.status()),
-        _ => e.status(),
+    let native = e.anthropic_type().zip(
+        e.upstream_status_code()
+            .and_then(|s| StatusCode::from_u16(s).ok()),
+    );
+    let (status, ty) = match native {
+        Some((ty, status)) => (status, ty),
+        None => {
+            let ty = if e.code() == Some("insufficient_quota") {
+                "billing_error"
+            } else {
+                anthropic_error_type(e.status().as_u16(), e.kind())
+            };
+            let status = match e.kind() {
+                ErrorKind::UpstreamOverloaded => StatusCode::from_u16(529).unwrap_or(e.status()),
+                _ => e.status(),
+            };
+            (status, ty)
+        }
     };
+    let body = json!({"type": "error", "error": {"type": ty, "message": e.message()}});
     (status, Bytes::from(body.to_string()))
 }
 

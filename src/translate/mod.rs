@@ -298,6 +298,59 @@ where
 }
 
 /// An upstream that broke its protocol (bad JSON, events out of order, cut short).
+/// One row of a translating adapter's error table: how the OpenAI face answers an upstream
+/// error, so that its meaning is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ErrorRow {
+    /// The status that decides the [`ErrorKind`] (whether another target may be tried):
+    /// 529 for "overloaded", 429 for an exhausted quota, else the upstream's.
+    pub kind_status: u16,
+    /// The status the client is answered with.
+    pub status: u16,
+    /// OpenAI `error.type`.
+    pub ty: &'static str,
+    /// OpenAI `error.code`: OpenAI's own code where the meaning has one, else the upstream's
+    /// identifier as sent (Anthropic `error.type`, Gemini `error.status`).
+    pub code: std::borrow::Cow<'static, str>,
+}
+
+impl ErrorRow {
+    pub(crate) fn new(
+        kind_status: u16,
+        status: u16,
+        ty: &'static str,
+        code: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
+        ErrorRow {
+            kind_status,
+            status,
+            ty,
+            code: code.into(),
+        }
+    }
+
+    /// The gateway error: `upstream` is the status the upstream answered with; `Retry-After`,
+    /// `x-should-retry` and the upstream request id come from `headers`.
+    pub(crate) fn into_error(
+        self,
+        upstream: u16,
+        message: String,
+        headers: &http::HeaderMap,
+        provider: Option<std::sync::Arc<str>>,
+    ) -> GatewayError {
+        let kind_status =
+            http::StatusCode::from_u16(self.kind_status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let status =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        let e = GatewayError::upstream_status(kind_status, message, provider)
+            .with_status(status)
+            .with_upstream_status(upstream)
+            .with_type(self.ty)
+            .with_code(self.code);
+        crate::provider::with_upstream_headers(e, headers)
+    }
+}
+
 pub(crate) fn protocol_error(msg: impl Into<std::borrow::Cow<'static, str>>) -> GatewayError {
     GatewayError::new(ErrorKind::UpstreamProtocol, msg)
 }

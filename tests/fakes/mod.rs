@@ -1,7 +1,12 @@
 //! Protocol-faithful fake upstreams on 127.0.0.1:0, scripted by the model name the gateway sends
 //! (the same scenario names as the mock provider: `ok`, `tool`, `err-429`, `err-429-always`,
 //! `err-NNN`, `midstream-error`, `slow`), written from the documented wire formats
-//! (../shared/reference/protocols.md §4 and §5):
+//! (../shared/reference/protocols.md §1.8, §4 and §5):
+//!
+//! - [`openai`]: an OpenAI-compatible API, `POST /v1/chat/completions` (JSON, and SSE ending in
+//!   `[DONE]` with the `include_usage` chunk when asked), `Authorization: Bearer` required, and
+//!   the headers OpenAI really sends (`set-cookie`, `openai-organization`, `openai-project`,
+//!   `openai-processing-ms`, `x-ratelimit-*`, `server`, `x-request-id`) on every answer.
 //!
 //! - [`anthropic`]: the Messages API, `POST /v1/messages` (JSON, and SSE with `event:` names,
 //!   `message_start` … `message_stop`, cumulative `message_delta` usage, cache fields, `ping`,
@@ -13,7 +18,11 @@
 //!   Gemini's 400 `API_KEY_INVALID`).
 //!
 //! Every answer: the text "Hello there!" (usage 11 prompt tokens of which 4 cached, 6 output) or
-//! one `get_weather({"location":"Paris"})` call.
+//! one `get_weather({"location":"Paris"})` call (the OpenAI fake answers text only).
+//!
+//! Each fake also answers the error cases of the pass-through table ([`CASES`]: `case-400`,
+//! `case-context-length`, `case-401`, `case-403`, `case-404`, `case-429`, `case-quota`,
+//! `case-500`, `case-503`, `case-529`, `case-leak-key`) the way its provider really does.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -148,18 +157,105 @@ fn sse_response(headers: &[(&str, &str)], events: Vec<String>) -> Res {
     res
 }
 
+/// The error cases of the pass-through table, each answered in the provider's own format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// 400, an invalid parameter value.
+    InvalidValue,
+    /// 400, the prompt does not fit the context window.
+    ContextLength,
+    /// 401, the gateway's upstream key is refused.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 404, unknown model.
+    ModelNotFound,
+    /// 429, a rate limit (with a wait).
+    RateLimit,
+    /// 429 (or the provider's equivalent), the quota is exhausted.
+    Quota,
+    /// 500.
+    Server,
+    /// 503.
+    Unavailable,
+    /// 529 (Anthropic's overloaded).
+    Overloaded,
+    /// 401 whose message quotes the key the gateway sent.
+    LeakKey,
+}
+
+/// The model name of each case.
+pub const CASES: [(&str, Case); 11] = [
+    ("case-400", Case::InvalidValue),
+    ("case-context-length", Case::ContextLength),
+    ("case-401", Case::Unauthorized),
+    ("case-403", Case::Forbidden),
+    ("case-404", Case::ModelNotFound),
+    ("case-429", Case::RateLimit),
+    ("case-quota", Case::Quota),
+    ("case-500", Case::Server),
+    ("case-503", Case::Unavailable),
+    ("case-529", Case::Overloaded),
+    ("case-leak-key", Case::LeakKey),
+];
+
+/// A gateway config (auth off) with the three fakes as providers `oai`, `anth` and `gem`, and
+/// for each provider and case two single-target models: `{provider}-{case}` (for the OpenAI
+/// face) and `msg-{provider}-{case}` (for the Anthropic face), each its own target.
+pub fn cases_config(openai: &Fake, anthropic: &Fake, gemini: &Fake) -> String {
+    let mut cfg = format!(
+        r#"
+[auth]
+enabled = false
+[usage]
+jsonl = ""
+[providers.oai]
+kind = "openai"
+base_url = "{}/v1"
+api_key = "{OPENAI_KEY}"
+[providers.anth]
+kind = "anthropic"
+base_url = "{}"
+api_key = "{ANTHROPIC_KEY}"
+[providers.gem]
+kind = "gemini"
+base_url = "{}"
+api_key = "{GEMINI_KEY}"
+"#,
+        openai.base_url(),
+        anthropic.base_url(),
+        gemini.base_url(),
+    );
+    for provider in ["oai", "anth", "gem"] {
+        for (case, _) in CASES {
+            for prefix in ["", "msg-"] {
+                cfg.push_str(&format!(
+                    "[models.{prefix}{provider}-{case}]\ntargets = [{{ provider = \"{provider}\", model = \"{case}\" }}]\n"
+                ));
+            }
+        }
+    }
+    cfg
+}
+
 /// What a scenario asks for.
 enum Plan {
     Text,
     Tool,
-    Midstream,
+    /// One delta, then an in-band error (quoting the upstream key when `true`).
+    Midstream(bool),
     Error(u16, Option<&'static str>),
+    Case(Case),
 }
 
 fn plan(state: &State, model: &str) -> Plan {
+    if let Some((_, c)) = CASES.iter().find(|(m, _)| *m == model) {
+        return Plan::Case(*c);
+    }
     match model {
         "tool" => Plan::Tool,
-        "midstream-error" => Plan::Midstream,
+        "midstream-error" => Plan::Midstream(false),
+        "midstream-leak-key" => Plan::Midstream(true),
         "err-429" if state.count(model) <= 2 => Plan::Error(429, Some("1")),
         "err-429" => Plan::Text,
         "err-429-always" => Plan::Error(429, Some("1")),
@@ -205,6 +301,49 @@ fn anthropic_error_type(status: u16) -> &'static str {
         429 => "rate_limit_error",
         529 => "overloaded_error",
         _ => "api_error",
+    }
+}
+
+/// The pass-through cases as the Messages API answers them (docs.claude.com/en/api/errors).
+fn anthropic_case(c: Case) -> Res {
+    let e = |status, ty, msg: &str| anthropic_error(status, ty, msg, &[]);
+    match c {
+        Case::InvalidValue => e(
+            400,
+            "invalid_request_error",
+            "temperature: Input should be less than or equal to 1",
+        ),
+        Case::ContextLength => e(
+            400,
+            "invalid_request_error",
+            "prompt is too long: 215000 tokens > 200000 maximum",
+        ),
+        Case::Unauthorized => e(401, "authentication_error", "invalid x-api-key"),
+        Case::Forbidden => e(
+            403,
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        ),
+        Case::ModelNotFound => e(404, "not_found_error", "model: claude-nope"),
+        Case::RateLimit => anthropic_error(
+            429,
+            "rate_limit_error",
+            "This request would exceed the rate limit for your organization of 50 requests per minute.",
+            &[("retry-after", "1")],
+        ),
+        Case::Quota => e(
+            400,
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        ),
+        Case::Server => e(500, "api_error", "Internal server error"),
+        Case::Unavailable => e(503, "api_error", "Service unavailable"),
+        Case::Overloaded => e(529, "overloaded_error", "Overloaded"),
+        Case::LeakKey => e(
+            401,
+            "authentication_error",
+            &format!("invalid x-api-key: {ANTHROPIC_KEY}"),
+        ),
     }
 }
 
@@ -255,6 +394,9 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let plan = plan(&state, &model);
+    if let Plan::Case(c) = plan {
+        return anthropic_case(c);
+    }
     if let Plan::Error(status, retry) = plan {
         let ty = anthropic_error_type(status);
         let headers: Vec<(&str, &str)> = retry.map(|r| ("retry-after", r)).into_iter().collect();
@@ -307,14 +449,19 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     } else {
         WORDS.to_vec()
     };
-    if matches!(plan, Plan::Midstream) {
+    if let Plan::Midstream(leak) = plan {
         evs.push(event(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
         ));
+        let message = if leak {
+            format!("Overloaded (key {ANTHROPIC_KEY})")
+        } else {
+            "Overloaded".to_owned()
+        };
         evs.push(event(
             "error",
-            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": message}}),
         ));
         return sse_response(&headers, evs);
     }
@@ -387,6 +534,82 @@ fn gemini_error(status: u16, message: &str, reason: Option<&str>) -> Res {
     json_response(status, &[], json!({"error": err}))
 }
 
+fn gemini_error_with(status: u16, rpc: &str, message: &str, details: Value) -> Res {
+    json_response(
+        status,
+        &[],
+        json!({"error": {"code": status, "message": message, "status": rpc, "details": details}}),
+    )
+}
+
+/// The pass-through cases as the Gemini API answers them
+/// (ai.google.dev/gemini-api/docs/troubleshooting).
+fn gemini_case(c: Case) -> Res {
+    let quota = json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+        "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]});
+    let exceeded = "You exceeded your current quota, please check your plan and billing details.";
+    match c {
+        Case::InvalidValue => gemini_error_with(
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid value at 'generation_config.temperature' (TYPE_FLOAT), \"hot\"",
+            json!([{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": "generation_config.temperature"}]}]),
+        ),
+        Case::ContextLength => gemini_error_with(
+            400,
+            "INVALID_ARGUMENT",
+            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+            json!([]),
+        ),
+        Case::Unauthorized => gemini_error(
+            400,
+            "API key not valid. Please pass a valid API key.",
+            Some("API_KEY_INVALID"),
+        ),
+        Case::Forbidden => gemini_error_with(
+            403,
+            "PERMISSION_DENIED",
+            "Permission denied: Consumer 'api_key:x' has been suspended.",
+            json!([]),
+        ),
+        Case::ModelNotFound => gemini_error_with(
+            404,
+            "NOT_FOUND",
+            "models/gemini-nope is not found for API version v1beta, or is not supported for generateContent.",
+            json!([]),
+        ),
+        Case::RateLimit => gemini_error_with(
+            429,
+            "RESOURCE_EXHAUSTED",
+            exceeded,
+            json!([quota, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]),
+        ),
+        Case::Quota => gemini_error_with(429, "RESOURCE_EXHAUSTED", exceeded, json!([quota])),
+        Case::Server => gemini_error_with(
+            500,
+            "INTERNAL",
+            "An internal error has occurred.",
+            json!([]),
+        ),
+        Case::Unavailable => gemini_error_with(
+            503,
+            "UNAVAILABLE",
+            "The model is overloaded. Please try again later.",
+            json!([]),
+        ),
+        Case::Overloaded => {
+            gemini_error_with(529, "UNAVAILABLE", "The model is overloaded.", json!([]))
+        }
+        Case::LeakKey => gemini_error(
+            400,
+            &format!("API key not valid: {GEMINI_KEY}"),
+            Some("API_KEY_INVALID"),
+        ),
+    }
+}
+
 fn gemini_chunk(parts: Value, finish: Option<&str>, usage: Option<Value>, model: &str) -> Value {
     let mut cand = json!({"content": {"role": "model", "parts": parts}, "index": 0});
     if let Some(f) = finish {
@@ -436,6 +659,9 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let plan = plan(&state, &model);
+    if let Plan::Case(c) = plan {
+        return gemini_case(c);
+    }
     if let Plan::Error(status, _) = plan {
         return gemini_error(status, &format!("fake error {status}"), None);
     }
@@ -457,18 +683,22 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
     let mut evs = Vec::new();
     match plan {
         Plan::Tool => evs.push(data(gemini_chunk(call, Some("STOP"), Some(usage), &model))),
-        Plan::Midstream => {
+        Plan::Midstream(leak) => {
             evs.push(data(gemini_chunk(
                 json!([{"text": "Hello"}]),
                 None,
                 None,
                 &model,
             )));
+            let message = if leak {
+                format!("The model is overloaded ({GEMINI_KEY}).")
+            } else {
+                "The model is overloaded.".to_owned()
+            };
             // a mid-stream error arrives as raw multi-line JSON, without `data:`
-            evs.push(
-                "{\n  \"error\": {\n    \"code\": 503,\n    \"message\": \"The model is overloaded.\",\n    \"status\": \"UNAVAILABLE\"\n  }\n}\n"
-                    .to_owned(),
-            );
+            evs.push(format!(
+                "{{\n  \"error\": {{\n    \"code\": 503,\n    \"message\": \"{message}\",\n    \"status\": \"UNAVAILABLE\"\n  }}\n}}\n"
+            ));
         }
         _ => {
             for (i, w) in WORDS.iter().enumerate() {
@@ -489,4 +719,219 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
         }
     }
     sse_response(&[], evs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI-compatible API
+
+/// The only key the fake OpenAI API accepts (`Authorization: Bearer`).
+pub const OPENAI_KEY: &str = "sk-openai-fake-upstream";
+
+/// The headers OpenAI sends with every answer (developers' header list, rate-limit guide), none
+/// of which but `openai-processing-ms` and the request id may reach a gateway's client.
+pub const OPENAI_HEADERS: [(&str, &str); 10] = [
+    (
+        "set-cookie",
+        "__cf_bm=fake-cookie; path=/; HttpOnly; Secure",
+    ),
+    ("openai-organization", "org-operator-fake"),
+    ("openai-project", "proj_operator_fake"),
+    ("openai-version", "2020-10-01"),
+    ("openai-processing-ms", "42"),
+    ("x-ratelimit-limit-requests", "60"),
+    ("x-ratelimit-remaining-requests", "59"),
+    ("x-ratelimit-reset-requests", "1s"),
+    ("server", "cloudflare"),
+    ("x-request-id", "req_openai_fake"),
+];
+
+/// Start a fake OpenAI-compatible API (`base_url()` + `/v1`).
+pub async fn openai() -> Fake {
+    serve(|state, seen| Box::pin(openai_answer(state, seen))).await
+}
+
+fn openai_error(status: u16, message: &str, ty: &str, param: Value, code: Value) -> Res {
+    openai_error_with(status, message, ty, param, code, &[])
+}
+
+fn openai_error_with(
+    status: u16,
+    message: &str,
+    ty: &str,
+    param: Value,
+    code: Value,
+    extra: &[(&str, &str)],
+) -> Res {
+    let mut h = OPENAI_HEADERS.to_vec();
+    h.extend_from_slice(extra);
+    json_response(
+        status,
+        &h,
+        json!({"error": {"message": message, "type": ty, "param": param, "code": code}}),
+    )
+}
+
+/// The pass-through cases as OpenAI answers them (developers.openai.com/docs/guides/error-codes).
+fn openai_case(c: Case) -> Res {
+    const NULL: Value = Value::Null;
+    match c {
+        Case::InvalidValue => openai_error(
+            400,
+            "Invalid value for 'temperature': expected a number between 0 and 2, got 7.",
+            "invalid_request_error",
+            json!("temperature"),
+            json!("invalid_value"),
+        ),
+        Case::ContextLength => openai_error(
+            400,
+            "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. Please reduce the length of the messages.",
+            "invalid_request_error",
+            json!("messages"),
+            json!("context_length_exceeded"),
+        ),
+        Case::Unauthorized => openai_error(
+            401,
+            "Incorrect API key provided: sk-opena**********************ream. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            NULL,
+            json!("invalid_api_key"),
+        ),
+        Case::Forbidden => openai_error(
+            403,
+            "Country, region, or territory not supported",
+            "request_forbidden",
+            NULL,
+            json!("unsupported_country_region_territory"),
+        ),
+        Case::ModelNotFound => openai_error(
+            404,
+            "The model `gpt-nope` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            NULL,
+            json!("model_not_found"),
+        ),
+        Case::RateLimit => openai_error_with(
+            429,
+            "Rate limit reached for gpt-4o in organization org-operator-fake on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 1s.",
+            "requests",
+            NULL,
+            json!("rate_limit_exceeded"),
+            &[("retry-after", "1")],
+        ),
+        Case::Quota => openai_error(
+            429,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            NULL,
+            json!("insufficient_quota"),
+        ),
+        Case::Server => openai_error(
+            500,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            NULL,
+            NULL,
+        ),
+        Case::Unavailable => openai_error(
+            503,
+            "The engine is currently overloaded, please try again later.",
+            "server_error",
+            NULL,
+            json!("server_is_overloaded"),
+        ),
+        Case::Overloaded => openai_error(529, "Overloaded", "overloaded_error", NULL, NULL),
+        Case::LeakKey => openai_error(
+            401,
+            &format!("Incorrect API key provided: {OPENAI_KEY}."),
+            "invalid_request_error",
+            NULL,
+            json!("invalid_api_key"),
+        ),
+    }
+}
+
+async fn openai_answer(state: Arc<State>, seen: Seen) -> Res {
+    let bearer = format!("Bearer {OPENAI_KEY}");
+    if seen
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        != Some(bearer.as_str())
+    {
+        return openai_error(
+            401,
+            "You didn't provide an API key.",
+            "invalid_request_error",
+            Value::Null,
+            Value::Null,
+        );
+    }
+    if seen.path != "/v1/chat/completions" {
+        return openai_error(
+            404,
+            "Unknown request URL",
+            "invalid_request_error",
+            Value::Null,
+            json!("unknown_url"),
+        );
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&seen.body) else {
+        return openai_error(
+            400,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            Value::Null,
+            Value::Null,
+        );
+    };
+    let model = req["model"].as_str().unwrap_or_default().to_owned();
+    match plan(&state, &model) {
+        Plan::Case(c) => return openai_case(c),
+        Plan::Error(status, retry) => {
+            let extra: Vec<(&str, &str)> = retry.map(|r| ("retry-after", r)).into_iter().collect();
+            return openai_error_with(
+                status,
+                &format!("fake error {status}"),
+                "server_error",
+                Value::Null,
+                Value::Null,
+                &extra,
+            );
+        }
+        _ => {}
+    }
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 4}});
+    let id = "chatcmpl-fake01";
+    if req["stream"].as_bool() != Some(true) {
+        return json_response(
+            200,
+            &OPENAI_HEADERS,
+            json!({"id": id, "object": "chat.completion",
+            "created": 1_700_000_000, "model": model, "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": WORDS.concat()}, "logprobs": null,
+            "finish_reason": "stop"}], "usage": usage}),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null,
+            "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut evs = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for w in WORDS {
+        evs.push(chunk(json!({"content": w}), Value::Null));
+    }
+    evs.push(chunk(json!({}), json!("stop")));
+    if req["stream_options"]["include_usage"].as_bool() == Some(true) {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [], "usage": usage});
+        evs.push(format!("data: {c}\n\n"));
+    }
+    evs.push("data: [DONE]\n\n".to_owned());
+    sse_response(&OPENAI_HEADERS, evs)
 }
