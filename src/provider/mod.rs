@@ -520,8 +520,9 @@ mod tests {
         );
         assert_eq!(e.status(), 429);
         assert_eq!(e.code(), Some("insufficient_quota"));
-        assert_eq!(e.headers()["x-should-retry"], "false");
         assert!(crate::health::is_quota_exhausted(&e));
+        // The error edge tells the SDKs not to retry.
+        assert_eq!(e.into_response().headers()["x-should-retry"], "false");
         let e = upstream_error(
             StatusCode::TOO_MANY_REQUESTS,
             &HeaderMap::new(),
