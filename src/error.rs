@@ -290,6 +290,10 @@ impl GatewayError {
     pub fn message(&self) -> &str {
         &self.inner.message
     }
+    /// The machine-readable code (`error.code`), when set.
+    pub fn code(&self) -> Option<&str> {
+        self.inner.code.as_deref()
+    }
     /// Which side produced the error.
     pub fn origin(&self) -> Origin {
         self.inner.origin

@@ -97,6 +97,10 @@ impl App {
         if let Some(s) = extra_sink {
             meter = meter.sink(s);
         }
+        // One `info` line per request under `tollgate::access`.
+        if cfg.server.access_log.unwrap_or(true) {
+            meter = meter.sink(Arc::new(tollgate::sink::AccessLog::new()));
+        }
         #[cfg(feature = "postgres")]
         let postgres = match tollgate::sink::postgres::PostgresSinkConfig::from_config(
             &cfg.usage,

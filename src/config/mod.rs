@@ -87,6 +87,23 @@ pub struct ServerConfig {
     /// so a request never wakes another thread; `"work-stealing"` is one tokio multi-thread
     /// runtime (better when a few connections carry very uneven load). See BENCHMARKS.md.
     pub runtime: Option<RuntimeKind>,
+    /// The reference gateway's log lines: `"text"` (the default) or `"json"` (one JSON object
+    /// per line). The level comes from `RUST_LOG` (default `info`). Read at start.
+    pub log_format: Option<LogFormat>,
+    /// One `info` line per request under the target `tollgate::access` (see
+    /// [`AccessLog`](crate::sink::AccessLog)). Default `true`. Read at start.
+    pub access_log: Option<bool>,
+}
+
+/// `[server] log_format`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[server] runtime`
