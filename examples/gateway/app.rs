@@ -34,7 +34,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 type HttpService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -152,7 +152,9 @@ impl App {
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
-                    .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                    // the access line and the warn lines say what failed, once
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             // the one place a GatewayError becomes an OpenAI-shaped response
             .layer(ErrorResponseLayer::new())

@@ -158,7 +158,7 @@ pub(crate) fn expired(
 ) -> GatewayError {
     let ms = u64::try_from(ms).unwrap_or(u64::MAX);
     tracing::warn!(
-        target = target.as_deref(),
+        target = target.as_deref().map(tracing::field::display),
         deadline,
         ms,
         "upstream deadline expired"
