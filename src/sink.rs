@@ -261,6 +261,15 @@ mod tests {
     }
 
     #[test]
+    fn access_fields_are_bounded_at_a_char_boundary() {
+        assert_eq!(bounded("req_1"), "req_1");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = bounded(&long);
+        assert!(cut.len() <= ACCESS_FIELD_MAX && cut.len() >= ACCESS_FIELD_MAX - 1);
+        assert!(long.starts_with(cut));
+    }
+
+    #[test]
     fn writes_every_record_and_flushes() {
         let dir = std::env::temp_dir().join(format!("tollgate-jsonl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

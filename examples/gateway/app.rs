@@ -81,13 +81,14 @@ impl App {
         let jsonl = match cfg.usage.jsonl.as_deref() {
             None | Some("") => None,
             Some(path) => {
-                let sink = JsonlSink::open(path, 65_536).map_err(|e| {
-                    ConfigError::field(
-                        &cfg.source,
-                        "usage.jsonl",
-                        format!("cannot open {path}: {e}"),
-                    )
-                })?;
+                let sink =
+                    JsonlSink::open(path, cfg.usage.queue.unwrap_or(65_536)).map_err(|e| {
+                        ConfigError::field(
+                            &cfg.source,
+                            "usage.jsonl",
+                            format!("cannot open {path}: {e}"),
+                        )
+                    })?;
                 Some(Arc::new(sink))
             }
         };

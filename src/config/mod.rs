@@ -305,7 +305,8 @@ pub struct ModelConfig {
     /// Other names that resolve to exactly this model.
     #[serde(default)]
     pub aliases: Vec<String>,
-    /// Weighted split: sticky per key (`key`), per header (`header:NAME`), or not (`none`).
+    /// Weighted split: sticky per key (`key`; the `x-tollgate-sticky` header, else the key id)
+    /// or not (`none`, the default).
     pub sticky: Option<String>,
     /// Whether fallback to later targets is allowed (default true).
     pub fallback: Option<bool>,
