@@ -103,8 +103,7 @@ impl Run {
         for r in self.readers.drain(..) {
             r.join().unwrap();
         }
-        let text = self.logs.lock().unwrap().clone();
-        text
+        self.logs.lock().unwrap().clone()
     }
 }
 
