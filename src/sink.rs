@@ -22,6 +22,99 @@ use crate::usage::UsageRecord;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+/// The `tracing` target of the access log, so it can be filtered on its own
+/// (`RUST_LOG=info,tollgate::access=off`).
+pub const ACCESS_LOG_TARGET: &str = "tollgate::access";
+
+/// The longest request id or model name an access line carries (both may come from the
+/// client); longer values are cut at a character boundary.
+const ACCESS_FIELD_MAX: usize = 128;
+
+/// The access log: one `info` line per request under the target [`ACCESS_LOG_TARGET`], written
+/// when the [`UsageMeter`](crate::meter::UsageMeter) finalizes the request's record (so every
+/// outcome, refusals included, gets exactly one line).
+///
+/// Fields: `request_id`, `key` (the key's name, never the key), `model` (the public model),
+/// `served` (`provider/upstream_model` that served, or last failed), `status`, `attempts`,
+/// `ttft_ms` (first token), `total_ms`, `prompt_tokens`, `completion_tokens`, `usage`
+/// (`upstream` | `estimated` | `none`), `cost_usd` (exact, when priced), `outcome` and
+/// `error` (the error kind, when failed). A field with no value is left out.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::meter::UsageMeterLayer;
+/// use tollgate::sink::AccessLog;
+///
+/// let meter = UsageMeterLayer::new().sink(Arc::new(AccessLog::new()));
+/// # let _ = meter;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessLog;
+
+impl AccessLog {
+    /// The access log.
+    pub fn new() -> Self {
+        AccessLog
+    }
+}
+
+/// `s` cut to at most [`ACCESS_FIELD_MAX`] bytes, at a character boundary.
+fn bounded(s: &str) -> &str {
+    if s.len() <= ACCESS_FIELD_MAX {
+        return s;
+    }
+    let mut end = ACCESS_FIELD_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `provider/upstream_model`, written without an intermediate string.
+struct Served<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for Served<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+impl RecordSink for AccessLog {
+    fn record(&self, r: &UsageRecord) {
+        if !tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
+            return;
+        }
+        let served = match (r.provider.as_deref(), r.upstream_model.as_deref()) {
+            (Some(p), Some(m)) => Some(Served(p, m)),
+            _ => None,
+        };
+        let usage = match r.usage_source {
+            crate::usage::UsageSource::Upstream => "upstream",
+            crate::usage::UsageSource::Estimated => "estimated",
+            crate::usage::UsageSource::None => "none",
+        };
+        let cost = r.cost_usd();
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            request_id = r.request_id.as_deref().map(bounded),
+            key = r.key_id.as_deref(),
+            model = bounded(&r.model),
+            served = served.as_ref().map(tracing::field::display),
+            status = r.status,
+            attempts = r.attempts,
+            ttft_ms = r.ttft_ms.map(|ms| ms.round() as u64),
+            total_ms = r.total_ms.round() as u64,
+            prompt_tokens = r.usage.prompt_tokens,
+            completion_tokens = r.usage.completion_tokens,
+            usage,
+            cost_usd = cost.as_deref(),
+            outcome = r.outcome.as_str(),
+            error = r.error_kind.as_deref(),
+            "access"
+        );
+    }
+}
+
 enum Msg {
     Record(Box<UsageRecord>),
     Flush(SyncSender<()>),
@@ -165,6 +258,15 @@ mod tests {
             overhead_us: None,
             started_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn access_fields_are_bounded_at_a_char_boundary() {
+        assert_eq!(bounded("req_1"), "req_1");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = bounded(&long);
+        assert!(cut.len() <= ACCESS_FIELD_MAX && cut.len() >= ACCESS_FIELD_MAX - 1);
+        assert!(long.starts_with(cut));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 type HttpService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -81,13 +81,14 @@ impl App {
         let jsonl = match cfg.usage.jsonl.as_deref() {
             None | Some("") => None,
             Some(path) => {
-                let sink = JsonlSink::open(path, 65_536).map_err(|e| {
-                    ConfigError::field(
-                        &cfg.source,
-                        "usage.jsonl",
-                        format!("cannot open {path}: {e}"),
-                    )
-                })?;
+                let sink =
+                    JsonlSink::open(path, cfg.usage.queue.unwrap_or(65_536)).map_err(|e| {
+                        ConfigError::field(
+                            &cfg.source,
+                            "usage.jsonl",
+                            format!("cannot open {path}: {e}"),
+                        )
+                    })?;
                 Some(Arc::new(sink))
             }
         };
@@ -96,6 +97,10 @@ impl App {
         }
         if let Some(s) = extra_sink {
             meter = meter.sink(s);
+        }
+        // One `info` line per request under `tollgate::access`.
+        if cfg.server.access_log.unwrap_or(true) {
+            meter = meter.sink(Arc::new(tollgate::sink::AccessLog::new()));
         }
         #[cfg(feature = "postgres")]
         let postgres = match tollgate::sink::postgres::PostgresSinkConfig::from_config(
@@ -148,7 +153,9 @@ impl App {
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(DefaultMakeSpan::new().level(Level::DEBUG))
-                    .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                    // the access line and the warn lines say what failed, once
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             // the one place a GatewayError becomes an OpenAI-shaped response
             .layer(ErrorResponseLayer::new())

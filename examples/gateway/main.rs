@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tollgate::config::{Config, DEFAULT_CONFIG, RuntimeKind};
+use tollgate::config::{Config, DEFAULT_CONFIG, LogFormat, RuntimeKind};
 
 struct Args {
     config: Option<PathBuf>,
@@ -88,15 +88,6 @@ fn main() -> ExitCode {
     if let Some(query) = &args.spend_report {
         return spend_report(args.config.as_ref(), query);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
-
     let cfg = match load(args.config.as_ref()) {
         Ok(c) => c,
         Err(e) => {
@@ -104,6 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    init_logs(cfg.server.log_format.unwrap_or_default());
     let workers = cfg
         .server
         .workers
@@ -135,6 +127,20 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log lines on stderr at `RUST_LOG` (default `info`): text, or one JSON object per line.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_target(false).init(),
+        LogFormat::Json => logs.json().init(),
     }
 }
 

@@ -87,6 +87,23 @@ pub struct ServerConfig {
     /// so a request never wakes another thread; `"work-stealing"` is one tokio multi-thread
     /// runtime (better when a few connections carry very uneven load). See BENCHMARKS.md.
     pub runtime: Option<RuntimeKind>,
+    /// The reference gateway's log lines: `"text"` (the default) or `"json"` (one JSON object
+    /// per line). The level comes from `RUST_LOG` (default `info`). Read at start.
+    pub log_format: Option<LogFormat>,
+    /// One `info` line per request under the target `tollgate::access` (see
+    /// [`AccessLog`](crate::sink::AccessLog)). Default `true`. Read at start.
+    pub access_log: Option<bool>,
+}
+
+/// `[server] log_format`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[server] runtime`
@@ -303,7 +320,8 @@ pub struct ModelConfig {
     /// Other names that resolve to exactly this model.
     #[serde(default)]
     pub aliases: Vec<String>,
-    /// Weighted split: sticky per key (`key`), per header (`header:NAME`), or not (`none`).
+    /// Weighted split: sticky per key (`key`; the `x-tollgate-sticky` header, else the key id)
+    /// or not (`none`, the default).
     pub sticky: Option<String>,
     /// Whether fallback to later targets is allowed (default true).
     pub fallback: Option<bool>,
@@ -394,11 +412,11 @@ impl serde::de::Visitor<'_> for UsdVisitor {
 }
 
 fn max_price_input<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    d.deserialize_any(UsdVisitor("input"))
+    d.deserialize_f64(UsdVisitor("input"))
 }
 
 fn max_price_output<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    d.deserialize_any(UsdVisitor("output"))
+    d.deserialize_f64(UsdVisitor("output"))
 }
 
 impl MaxPriceConfig {

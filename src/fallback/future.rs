@@ -236,6 +236,24 @@ impl Drop for Current {
     }
 }
 
+/// The operator's line for a failed attempt: the target, the attempt number, the upstream
+/// status and code (never the upstream's message, which may quote a credential) and what
+/// happens next. Only on failures: the success path formats nothing.
+fn warn_failed(target: &Target, e: &GatewayError, attempt: u32, more: bool) {
+    let kind = e.kind().as_str();
+    let status = e.upstream_status_code();
+    let code = e.code();
+    if more {
+        tracing::warn!(target = %target.id, attempt, status, kind, code, "attempt failed; trying the next target");
+    } else if e.is_retryable() {
+        tracing::warn!(target = %target.id, attempt, status, kind, code, "attempt failed; no target left to try");
+    } else if e.origin() == crate::error::Origin::Upstream {
+        tracing::warn!(target = %target.id, attempt, status, kind, code, "upstream error");
+    } else {
+        tracing::debug!(target = %target.id, attempt, kind, "attempt refused by the gateway");
+    }
+}
+
 fn clone_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
     let mut n = Request::new(r.body().clone());
     *n.method_mut() = r.method().clone();
@@ -382,7 +400,8 @@ impl<S, F> ResponseFuture<S, F> {
         }
         drop(current);
         record_attempt(&target, e.kind().as_str());
-        tracing::debug!(target = %target.id, error = %e, "attempt failed");
+        let more = e.is_retryable() && *this.next < *this.limit;
+        warn_failed(&target, &e, *this.calls, more);
         this.attempts.push(AttemptInfo {
             target: target.id.clone(),
             status: e.upstream_status_code().unwrap_or(0),

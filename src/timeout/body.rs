@@ -12,13 +12,12 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, BoxError};
-use crate::error::{ErrorKind, GatewayError};
 
 pin_project! {
     /// Body of a response that passed the [`Timeout`](super::Timeout) gate: first the frames
     /// read before the commit point, unchanged, then the rest of the upstream body. A gap longer
     /// than `idle` between frames, or the attempt running past `total`, ends the body with an
-    /// `Err` holding a [`GatewayError`] of kind
+    /// `Err` holding a [`GatewayError`](crate::error::GatewayError) of kind
     /// [`UpstreamTimeout`](crate::error::ErrorKind::UpstreamTimeout) (StreamPassthrough turns it
     /// into the in-band error event).
     pub struct ResponseBody {
@@ -31,6 +30,7 @@ pin_project! {
         total_sleep: Option<Sleep>,
         total: Option<Duration>,
         provider: Option<Arc<str>>,
+        target: Option<Arc<str>>,
         failed: bool,
     }
 }
@@ -42,6 +42,7 @@ impl ResponseBody {
         idle: Option<Duration>,
         total: Option<(Instant, Duration)>,
         provider: Option<Arc<str>>,
+        target: Option<Arc<str>>,
     ) -> Self {
         let watch = inner.is_some();
         ResponseBody {
@@ -56,16 +57,9 @@ impl ResponseBody {
             inner,
             idle,
             provider,
+            target,
             failed: false,
         }
-    }
-
-    fn timeout(provider: &Option<Arc<str>>, what: String) -> BoxError {
-        let mut e = GatewayError::new(ErrorKind::UpstreamTimeout, what);
-        if let Some(p) = provider {
-            e = e.with_provider(p.clone());
-        }
-        Box::new(e)
     }
 }
 
@@ -106,10 +100,13 @@ impl http_body::Body for ResponseBody {
                 *this.failed = true;
                 *this.inner = None;
                 let ms = this.total.map_or(0, |d| d.as_millis());
-                return Poll::Ready(Some(Err(Self::timeout(
+                return Poll::Ready(Some(Err(Box::new(super::expired(
                     this.provider,
+                    this.target,
+                    "total",
+                    ms,
                     format!("upstream did not finish within the {ms} ms total deadline"),
-                ))));
+                )))));
             }
         }
         if let Some(sleep) = this.idle_sleep.as_mut().as_pin_mut() {
@@ -117,10 +114,13 @@ impl http_body::Body for ResponseBody {
                 *this.failed = true;
                 *this.inner = None;
                 let ms = this.idle.map_or(0, |d| d.as_millis());
-                return Poll::Ready(Some(Err(Self::timeout(
+                return Poll::Ready(Some(Err(Box::new(super::expired(
                     this.provider,
+                    this.target,
+                    "idle",
+                    ms,
                     format!("upstream sent nothing for {ms} ms (idle deadline)"),
-                ))));
+                )))));
             }
         }
         Poll::Pending

@@ -42,6 +42,8 @@ pub(super) struct Config {
     pub total: Option<Duration>,
     pub max_preread: usize,
     pub provider: Option<Arc<str>>,
+    /// The target id, for the operator's log line.
+    pub target: Option<Arc<str>>,
 }
 
 pin_project! {
@@ -77,6 +79,7 @@ pin_project! {
         total: Option<Duration>,
         max_preread: usize,
         provider: Option<Arc<str>>,
+        target: Option<Arc<str>>,
     }
 }
 
@@ -96,6 +99,7 @@ impl<F> ResponseFuture<F> {
             total: c.total,
             max_preread: c.max_preread,
             provider: c.provider,
+            target: c.target,
         }
     }
 }
@@ -231,13 +235,13 @@ where
                                 } else {
                                     "no response head"
                                 };
-                                let ms = gate_ms(*this.first_token, *this.total);
-                                return Poll::Ready(Err(with_provider(
-                                    GatewayError::new(
-                                        ErrorKind::UpstreamTimeout,
-                                        format!("{what} from the upstream within {ms} ms"),
-                                    ),
+                                let (deadline, ms) = gate_ms(*this.first_token, *this.total);
+                                return Poll::Ready(Err(super::expired(
                                     this.provider,
+                                    this.target,
+                                    deadline,
+                                    ms,
+                                    format!("{what} from the upstream within {ms} ms"),
                                 )));
                             }
                             return Poll::Pending;
@@ -405,6 +409,7 @@ where
                             *this.idle,
                             this.total.map(|d| (*this.started, d)),
                             this.provider.clone(),
+                            this.target.clone(),
                         );
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(Response::from_parts(parts, Body::new(body))));
@@ -413,17 +418,27 @@ where
                     if let Some(gate) = this.gate.as_mut().as_pin_mut() {
                         ready!(gate.poll(cx));
                         this.state.set(State::Done);
-                        let msg = if is_stream {
-                            format!(
-                                "no first token from the upstream within {} ms",
-                                gate_ms(*this.first_token, *this.total)
-                            )
+                        let (deadline, ms, msg) = if is_stream {
+                            let (deadline, ms) = gate_ms(*this.first_token, *this.total);
+                            let msg = format!("no first token from the upstream within {ms} ms");
+                            (deadline, ms, msg)
                         } else {
-                            "upstream body did not complete in time".to_owned()
+                            let total_passed = this
+                                .total
+                                .is_some_and(|t| Instant::now() >= *this.started + t);
+                            let (deadline, d) = match (total_passed, *this.idle) {
+                                (false, Some(idle)) => ("idle", idle),
+                                _ => ("total", this.total.unwrap_or_default()),
+                            };
+                            let msg = "upstream body did not complete in time".to_owned();
+                            (deadline, d.as_millis(), msg)
                         };
-                        return Poll::Ready(Err(with_provider(
-                            GatewayError::new(ErrorKind::UpstreamTimeout, msg),
+                        return Poll::Ready(Err(super::expired(
                             this.provider,
+                            this.target,
+                            deadline,
+                            ms,
+                            msg,
                         )));
                     }
                     return Poll::Pending;
@@ -438,10 +453,12 @@ where
     }
 }
 
-fn gate_ms(first_token: Option<Duration>, total: Option<Duration>) -> u128 {
+/// Which deadline the head gate enforces, and its length in ms.
+fn gate_ms(first_token: Option<Duration>, total: Option<Duration>) -> (&'static str, u128) {
     match (first_token, total) {
-        (Some(a), Some(b)) => a.min(b).as_millis(),
-        (Some(a), None) | (None, Some(a)) => a.as_millis(),
-        (None, None) => 0,
+        (Some(a), Some(b)) if b < a => ("total", b.as_millis()),
+        (Some(a), _) => ("first_token", a.as_millis()),
+        (None, Some(b)) => ("total", b.as_millis()),
+        (None, None) => ("first_token", 0),
     }
 }

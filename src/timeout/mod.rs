@@ -112,9 +112,13 @@ where
             .extensions()
             .get::<ParsedRequest>()
             .is_some_and(|p| p.stream);
-        let (timeouts, provider) = match req.extensions().get::<Attempt>() {
-            Some(a) => (a.timeouts, Some(Arc::from(a.target.provider.name()))),
-            None => (Default::default(), None),
+        let (timeouts, provider, target) = match req.extensions().get::<Attempt>() {
+            Some(a) => (
+                a.timeouts,
+                Some(Arc::from(a.target.provider.name())),
+                Some(a.target.id.clone()),
+            ),
+            None => (Default::default(), None, None),
         };
         let mode = if stream {
             Mode::Stream
@@ -137,9 +141,33 @@ where
                 self.config.max_preread
             },
             provider,
+            target,
         };
         ResponseFuture::new(self.inner.call(req), cfg)
     }
+}
+
+/// An expired deadline: the operator's warn line (the target and which deadline) and the
+/// error. Only on expiry: nothing is formatted while deadlines hold.
+pub(crate) fn expired(
+    provider: &Option<Arc<str>>,
+    target: &Option<Arc<str>>,
+    deadline: &'static str,
+    ms: u128,
+    message: String,
+) -> GatewayError {
+    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+    tracing::warn!(
+        target = target.as_deref().map(tracing::field::display),
+        deadline,
+        ms,
+        "upstream deadline expired"
+    );
+    let mut e = GatewayError::new(crate::error::ErrorKind::UpstreamTimeout, message);
+    if let Some(p) = provider {
+        e = e.with_provider(p.clone());
+    }
+    e
 }
 
 #[cfg(test)]

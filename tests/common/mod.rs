@@ -323,6 +323,15 @@ impl GatewayProcess {
     /// Start `target/<profile>/examples/gateway --config <file> --listen 127.0.0.1:0` with
     /// `config_toml` written to a fresh temp file; returns once it prints its address.
     pub fn start(config_toml: &str) -> GatewayProcess {
+        Self::start_with(config_toml, |_| {})
+    }
+
+    /// [`start`](Self::start), with `configure` applied to the command last (environment,
+    /// working directory, where stderr goes).
+    pub fn start_with(
+        config_toml: &str,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> GatewayProcess {
         use std::io::BufRead;
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let exe = std::env::current_exe().unwrap();
@@ -342,18 +351,18 @@ impl GatewayProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("gateway.toml");
         std::fs::write(&config, config_toml).unwrap();
-        let mut child = std::process::Command::new(&bin)
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args([
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         std::io::BufReader::new(stdout)
