@@ -347,6 +347,32 @@ fn skip_number(d: &[u8], mut i: usize) -> Option<usize> {
     Some(i)
 }
 
+/// Whether the JSON text `doc` (already known to be well-formed: serde_json accepted it)
+/// nests containers more than `max` levels deep. One pass over the bytes, strings skipped
+/// eight bytes at a time; nothing is built.
+pub(crate) fn nests_deeper_than(doc: &[u8], max: u32) -> bool {
+    let mut depth: u32 = 0;
+    let mut i = 0;
+    while let Some(&c) = doc.get(i) {
+        i += 1;
+        match c {
+            b'"' => match skip_str(doc, i) {
+                Some(j) => i = j,
+                None => return false,
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The raw value of the top-level member `key` (the scanner alone: its value is skipped,
 /// not read); a value it cannot skip is [`Lookup::Unsure`].
 #[cfg(test)]
@@ -452,6 +478,19 @@ mod tests {
             "]".repeat(128)
         );
         assert_eq!(find(&ok), Lookup::Found(&b"1"[..]));
+    }
+
+    #[test]
+    fn measures_nesting_outside_strings() {
+        assert!(!nests_deeper_than(br#"{"a":[1,{"b":[]}]}"#, 4));
+        assert!(nests_deeper_than(br#"{"a":[1,{"b":[]}]}"#, 3));
+        // Brackets inside strings (also after escaped quotes) do not count.
+        assert!(!nests_deeper_than(br#"{"a":"[[[[\"[[[[","b":[]}"#, 2));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(nests_deeper_than(deep.as_bytes(), 64));
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(!nests_deeper_than(ok.as_bytes(), 64));
+        assert!(nests_deeper_than(ok.as_bytes(), 63));
     }
 
     #[test]
