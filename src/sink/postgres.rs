@@ -257,6 +257,9 @@ impl std::fmt::Debug for PostgresSink {
     }
 }
 
+/// Sinks made by this process (numbers their default spool files).
+static SPOOLS: AtomicU64 = AtomicU64::new(0);
+
 /// Longest wait for a connection (and the migration) before the database counts as away.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -479,9 +482,10 @@ impl PostgresSink {
             Some(p) => (p.clone(), false),
             None => (
                 std::env::temp_dir().join(format!(
-                    "tollgate-usage-spool-{}-{}.jsonl",
+                    "tollgate-usage-spool-{}-{}-{}.jsonl",
                     cfg.table,
-                    std::process::id()
+                    std::process::id(),
+                    SPOOLS.fetch_add(1, Ordering::Relaxed)
                 )),
                 true,
             ),
