@@ -15,6 +15,9 @@ fn postgres_sink_tests_need_the_postgres_feature() {
 }
 
 #[cfg(feature = "postgres")]
+mod common;
+
+#[cfg(feature = "postgres")]
 mod pg {
 
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -556,5 +559,42 @@ mod pg {
             150,
             "every record delivered or counted"
         );
+    }
+
+    /// The reference gateway starts while its PostgreSQL is down, serves, and the record of
+    /// what it served reaches the database once it is up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gateway_starts_while_postgres_is_down() {
+        let Some(pg) = PrivatePg::init() else { return };
+        let schema = schema();
+        let config = format!(
+            r#"
+[auth]
+enabled = false
+[usage]
+jsonl = ""
+[usage.postgres]
+url = "{}"
+schema = "{schema}"
+spool_path = "{}"
+[providers.mock]
+kind = "mock"
+[models.m]
+targets = [{{ provider = "mock", model = "ok" }}]
+"#,
+            pg.url(),
+            spool_file(&pg).display()
+        );
+        let gw = super::common::Gateway::start(&config).await;
+        let res = super::common::chat(
+            gw.addr,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
+        assert_eq!(res.status, 200);
+        let _ = res.rest().await;
+        pg.start();
+        assert_eq!(pg.wait_rows(&schema, 1).await, 1);
     }
 }
