@@ -195,6 +195,8 @@ pub(super) fn check(api: Api, fields: &TopLevel<'_>) -> Result<(), GatewayError>
         let key: &str = key;
         let scalar = match api {
             Api::ChatCompletions => chat_field(key, v)?,
+            // `max_tokens: 0` with `echo` scores a prompt without generating.
+            Api::Completions if key == "max_tokens" => integer(v, 0, i64::MAX),
             Api::Completions => sampling_field(key, v),
             Api::Embeddings => embeddings_field(key, v)?,
             Api::Messages | Api::CountTokens => anthropic_field(key, v)?,
@@ -673,6 +675,88 @@ fn anthropic_tool_choice(v: &RawValue) -> Result<(), GatewayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ok(api: Api, body: &str) {
+        if let Err(e) = crate::request::parse_body(api, bytes::Bytes::from(body.to_owned())) {
+            panic!("{body}: {}", e.to_json());
+        }
+    }
+
+    #[test]
+    fn real_client_bodies_pass() {
+        // An OpenAI SDK tool loop: developer message, image and audio parts, an assistant
+        // turn with tool calls and no content, the tool's answer, every sampling knob.
+        ok(
+            Api::ChatCompletions,
+            r#"{"model":"gpt-4o","messages":[
+                {"role":"developer","content":[{"type":"text","text":"be brief"}]},
+                {"role":"system","content":"s","name":"x"},
+                {"role":"user","content":[{"type":"text","text":"what is this?"},
+                    {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA","detail":"low"}},
+                    {"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}},
+                    {"type":"file","file":{"file_id":"f1"}}]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function",
+                    "function":{"name":"get_weather","arguments":"{}"}}]},
+                {"role":"assistant","content":[{"type":"refusal","refusal":"no"}]},
+                {"role":"tool","tool_call_id":"c1","content":"sunny"},
+                {"role":"function","name":"f","content":null}],
+              "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"},"strict":true}},
+                       {"type":"custom","custom":{"name":"grammar"}}],
+              "tool_choice":{"type":"function","function":{"name":"get_weather"}},
+              "parallel_tool_calls":false,"n":1,"temperature":0,"top_p":1,"presence_penalty":-2,
+              "frequency_penalty":2.0,"max_completion_tokens":100,"max_tokens":null,"seed":-1,
+              "logit_bias":{"50256":-100},"logprobs":true,"top_logprobs":20,"stop":["a","b","c","d"],
+              "response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{}}},
+              "stream":true,"stream_options":{"include_usage":true},"user":"u","store":false,
+              "metadata":{"k":"v"},"reasoning_effort":"low","modalities":["text"],"x_new":{}}"#,
+        );
+        ok(
+            Api::ChatCompletions,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"required","stop":"\n","response_format":{"type":"json_object"}}"#,
+        );
+        ok(
+            Api::Embeddings,
+            r#"{"model":"e","input":"x","encoding_format":"float","dimensions":256}"#,
+        );
+        ok(
+            Api::Embeddings,
+            r#"{"model":"e","input":["a","b"],"encoding_format":"base64"}"#,
+        );
+        ok(Api::Embeddings, r#"{"model":"e","input":[1,2,3]}"#);
+        ok(
+            Api::Embeddings,
+            r#"{"model":"e","input":[[1],[2,3]],"user":"u"}"#,
+        );
+        ok(
+            Api::Completions,
+            r#"{"model":"c","prompt":"x","max_tokens":0,"echo":true,"logprobs":1}"#,
+        );
+        // An Anthropic SDK tool loop with thinking, images, documents and cache control.
+        ok(
+            Api::Messages,
+            r#"{"model":"claude","max_tokens":1024,"system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}],
+              "messages":[
+                {"role":"user","content":[{"type":"text","text":"hi"},
+                    {"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}},
+                    {"type":"document","source":{"type":"url","url":"https://x/y.pdf"}}]},
+                {"role":"assistant","content":[{"type":"thinking","thinking":"t","signature":"s"},
+                    {"type":"redacted_thinking","data":"d"},
+                    {"type":"tool_use","id":"t1","name":"get_weather","input":{}}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"sunny","is_error":false}]},
+                {"role":"assistant","content":"prefill"}],
+              "tools":[{"name":"get_weather","description":"d","input_schema":{"type":"object"}},
+                       {"type":"custom","name":"c","input_schema":{"type":"object"}},
+                       {"type":"web_search_20250305","name":"web_search","max_uses":3}],
+              "tool_choice":{"type":"tool","name":"get_weather","disable_parallel_tool_use":true},
+              "temperature":1,"top_p":0.9,"top_k":40,"stop_sequences":["END"],"stream":false,
+              "metadata":{"user_id":"u"},"thinking":{"type":"enabled","budget_tokens":1024},
+              "output_config":{"format":{"type":"json_schema","schema":{}}},"service_tier":"auto"}"#,
+        );
+        ok(
+            Api::CountTokens,
+            r#"{"model":"claude","system":"s","messages":[{"role":"user","content":"x"}]}"#,
+        );
+    }
 
     #[test]
     fn echo_cuts_long_values() {
