@@ -481,9 +481,9 @@ fn starts_with(v: &RawValue, c: u8) -> bool {
 fn check_depth(fields: &TopLevel<'_>) -> Result<(), GatewayError> {
     let inner = MAX_JSON_DEPTH - 1;
     for (key, v) in &fields.0 {
-        let raw = v.get().as_bytes();
+        let raw = v.get();
         if raw.len() >= 2 * MAX_JSON_DEPTH as usize
-            && crate::jsonscan::nests_deeper_than(raw, inner)
+            && crate::jsonscan::valid::nests_deeper_than(raw, inner)
         {
             let key = validate::echo(key);
             return Err(GatewayError::bad_request(

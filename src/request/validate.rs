@@ -9,16 +9,15 @@
 //! - `null` is taken as absent for every optional field.
 //! - Unknown fields (and unknown members of known objects) are not looked at: they pass
 //!   through to the providers, byte for byte (forward compatibility).
-//! - The walk reads each known field as borrowed raw JSON (`&RawValue`): nothing is copied
-//!   but what an error message needs.
+//! - The body was accepted by serde_json already: the known fields are walked with the
+//!   structure-only cursors of [`crate::jsonscan::valid`] (strings skipped with `memchr`),
+//!   nothing is built, and nothing is copied but what an error message needs.
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use super::{Api, TopLevel};
 use crate::error::GatewayError;
+use crate::jsonscan::valid::{self, elements, first_element, next_element, value_len};
 
 /// Longest prefix (in characters) of a client's value that an error message quotes.
 pub const ECHO_CHARS: usize = 64;
@@ -52,8 +51,8 @@ enum Kind {
     Object,
 }
 
-fn kind(v: &RawValue) -> Kind {
-    match v.get().as_bytes().first() {
+fn kind(v: &str) -> Kind {
+    match v.as_bytes().first() {
         Some(b'"') => Kind::String,
         Some(b'[') => Kind::Array,
         Some(b'{') => Kind::Object,
@@ -74,25 +73,24 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-fn expected(what: &str, v: &RawValue) -> Why {
+fn expected(what: &str, v: &str) -> Why {
     Cow::Owned(format!("must be {what}, not {}", kind_name(kind(v))))
 }
 
 /// The string `v` holds (borrowed when it has no escapes).
-fn string(v: &RawValue) -> Result<Cow<'_, str>, Why> {
-    let s = v.get();
+fn string(v: &str) -> Result<Cow<'_, str>, Why> {
     if kind(v) != Kind::String {
         return Err(expected("a string", v));
     }
-    match s.get(1..s.len() - 1) {
+    match v.get(1..v.len() - 1) {
         Some(inner) if !inner.contains('\\') => Ok(Cow::Borrowed(inner)),
-        _ => serde_json::from_str::<String>(s)
+        _ => serde_json::from_str::<String>(v)
             .map(Cow::Owned)
             .map_err(|_| Cow::Borrowed("must be a string")),
     }
 }
 
-fn non_empty_string(v: &RawValue) -> Result<Cow<'_, str>, Why> {
+fn non_empty_string(v: &str) -> Result<Cow<'_, str>, Why> {
     let s = string(v)?;
     if s.is_empty() {
         return Err(Cow::Borrowed("must not be empty"));
@@ -100,7 +98,7 @@ fn non_empty_string(v: &RawValue) -> Result<Cow<'_, str>, Why> {
     Ok(s)
 }
 
-fn one_of(v: &RawValue, allowed: &[&str]) -> Result<(), Why> {
+fn one_of(v: &str, allowed: &[&str]) -> Result<(), Why> {
     let s = string(v)?;
     if allowed.contains(&s.as_ref()) {
         return Ok(());
@@ -112,25 +110,24 @@ fn one_of(v: &RawValue, allowed: &[&str]) -> Result<(), Why> {
     )))
 }
 
-fn number(v: &RawValue, lo: f64, hi: f64) -> Result<(), Why> {
+fn number(v: &str, lo: f64, hi: f64) -> Result<(), Why> {
     if kind(v) != Kind::Number {
         return Err(expected("a number", v));
     }
-    match v.get().parse::<f64>() {
+    match v.parse::<f64>() {
         Ok(x) if (lo..=hi).contains(&x) => Ok(()),
         _ => Err(Cow::Owned(format!("must be between {lo} and {hi}"))),
     }
 }
 
-fn integer(v: &RawValue, lo: i64, hi: i64) -> Result<(), Why> {
+fn integer(v: &str, lo: i64, hi: i64) -> Result<(), Why> {
     if kind(v) != Kind::Number {
         return Err(expected("an integer", v));
     }
-    let s = v.get();
-    let n = match s.parse::<i64>() {
+    let n = match v.parse::<i64>() {
         Ok(n) => n,
         // Large integers and integral numbers like `2.0` or `1e3` are still integers.
-        Err(_) => match s.parse::<f64>() {
+        Err(_) => match v.parse::<f64>() {
             Ok(x) if x.fract() == 0.0 => x.clamp(i64::MIN as f64, i64::MAX as f64) as i64,
             _ => return Err(Cow::Borrowed("must be an integer")),
         },
@@ -144,51 +141,79 @@ fn integer(v: &RawValue, lo: i64, hi: i64) -> Result<(), Why> {
     }))
 }
 
-fn boolean(v: &RawValue) -> Result<(), Why> {
+fn boolean(v: &str) -> Result<(), Why> {
     match kind(v) {
         Kind::Bool => Ok(()),
         _ => Err(expected("a boolean", v)),
     }
 }
 
-fn object(v: &RawValue) -> Result<(), Why> {
+fn object(v: &str) -> Result<(), Why> {
     match kind(v) {
         Kind::Object => Ok(()),
         _ => Err(expected("an object", v)),
     }
 }
 
-/// The elements of the array `v`, each read as a `T`; on failure the field and why.
-fn elements<'a, T: Deserialize<'a>>(v: &'a RawValue, param: &str) -> Result<Vec<T>, GatewayError> {
-    if kind(v) != Kind::Array {
-        return Err(invalid(param.to_owned(), expected("an array", v)));
+fn array(v: &str) -> Result<(), Why> {
+    match kind(v) {
+        Kind::Array => Ok(()),
+        _ => Err(expected("an array", v)),
     }
-    if let Ok(all) = serde_json::from_str::<Vec<T>>(v.get()) {
-        return Ok(all);
-    }
-    // Slow path, for the message only: which element is wrong.
-    let raw: Vec<&'a RawValue> =
-        serde_json::from_str(v.get()).map_err(|_| invalid(param.to_owned(), "must be an array"))?;
-    for (i, r) in raw.iter().enumerate() {
-        if serde_json::from_str::<T>(r.get()).is_err() {
-            let why = match kind(r) {
-                Kind::Object => Cow::Borrowed("is not a valid object (a member given twice?)"),
-                _ => expected("an object", r),
-            };
-            return Err(invalid(format!("{param}[{i}]"), why));
-        }
-    }
-    Err(invalid(param.to_owned(), "must be an array of objects"))
 }
 
-/// The optional member `v` (absent or `null`: nothing to check).
-fn present(v: Option<&RawValue>) -> Option<&RawValue> {
-    v.filter(|v| kind(v) != Kind::Null)
+/// The objects of the array `v` (the field `param`): for each, its index and its members
+/// named in `names` (`null` is absent). One pass over each object.
+fn each_object<'a, const N: usize>(
+    v: &'a str,
+    param: &dyn Fn() -> String,
+    names: [&str; N],
+    mut each: impl FnMut(usize, [Option<&'a str>; N]) -> Result<(), GatewayError>,
+) -> Result<(), GatewayError> {
+    array(v).map_err(|why| invalid(param(), why))?;
+    let mut at = first_element(v);
+    let mut index = 0;
+    while let Some(start) = at {
+        let item = v.get(start..).unwrap_or_default();
+        if kind(item) != Kind::Object {
+            let len = value_len(item);
+            let why = expected("an object", item.get(..len).unwrap_or_default());
+            return Err(invalid(format!("{}[{index}]", param()), why));
+        }
+        let (mut picked, len) = valid::pick(item, names);
+        for p in &mut picked {
+            *p = p.filter(|v| kind(v) != Kind::Null);
+        }
+        each(index, picked)?;
+        at = next_element(v, start + len);
+        index += 1;
+    }
+    Ok(())
+}
+
+/// The members named in `names` of the object `v` (the last of each; `null` is absent).
+fn pick<'a, const N: usize>(v: &'a str, names: [&str; N]) -> [Option<&'a str>; N] {
+    let (mut picked, _) = valid::pick(v, names);
+    for p in &mut picked {
+        *p = p.filter(|v| kind(v) != Kind::Null);
+    }
+    picked
+}
+
+/// A required, non-empty string.
+fn named(name: Option<&str>, param: impl FnOnce() -> String) -> Result<(), GatewayError> {
+    match name {
+        None => Err(invalid(param(), "is required")),
+        Some(n) => non_empty_string(n)
+            .map(drop)
+            .map_err(|why| invalid(param(), why)),
+    }
 }
 
 /// Check the known fields of a body for `api`.
 pub(super) fn check(api: Api, fields: &TopLevel<'_>) -> Result<(), GatewayError> {
     for (key, v) in &fields.0 {
+        let v = v.get();
         if kind(v) == Kind::Null {
             continue;
         }
@@ -207,7 +232,7 @@ pub(super) fn check(api: Api, fields: &TopLevel<'_>) -> Result<(), GatewayError>
 }
 
 /// The sampling fields chat and the legacy completions share.
-fn sampling_field(key: &str, v: &RawValue) -> Result<(), Why> {
+fn sampling_field(key: &str, v: &str) -> Result<(), Why> {
     match key {
         "n" => integer(v, 1, 128),
         "temperature" => number(v, 0.0, 2.0),
@@ -225,7 +250,7 @@ fn sampling_field(key: &str, v: &RawValue) -> Result<(), Why> {
 
 /// One top-level member of a chat completions body: `Err` for a nested field (already
 /// named), `Ok(Err(why))` for the member itself.
-fn chat_field(key: &str, v: &RawValue) -> Result<Result<(), Why>, GatewayError> {
+fn chat_field(key: &str, v: &str) -> Result<Result<(), Why>, GatewayError> {
     Ok(match key {
         "messages" => return chat_messages(v).map(Ok),
         "tools" => return chat_tools(v).map(Ok),
@@ -236,75 +261,34 @@ fn chat_field(key: &str, v: &RawValue) -> Result<Result<(), Why>, GatewayError> 
         "logprobs" | "parallel_tool_calls" | "store" => boolean(v),
         "top_logprobs" => integer(v, 0, 20),
         "metadata" | "prediction" | "audio" | "web_search_options" => object(v),
-        "modalities" => match kind(v) {
-            Kind::Array => Ok(()),
-            _ => Err(expected("an array", v)),
-        },
+        "modalities" => array(v),
         _ => sampling_field(key, v),
     })
 }
 
 /// `functions` (legacy): each with a `name`.
-fn legacy_functions(v: &RawValue) -> Result<(), GatewayError> {
-    let functions = elements::<Named<'_>>(v, "functions")?;
-    for (i, f) in functions.iter().enumerate() {
-        named(f.name, || format!("functions[{i}].name"))?;
-    }
-    Ok(())
+fn legacy_functions(v: &str) -> Result<(), GatewayError> {
+    each_object(v, &|| "functions".to_owned(), ["name"], |i, [name]| {
+        named(name, || format!("functions[{i}].name"))
+    })
 }
 
 /// `stop`: a string, or up to four strings.
-fn stop(v: &RawValue) -> Result<(), Why> {
+fn stop(v: &str) -> Result<(), Why> {
     match kind(v) {
         Kind::String => Ok(()),
-        Kind::Array => match serde_json::from_str::<Vec<Cow<'_, str>>>(v.get()) {
-            Ok(list) if list.len() <= 4 => Ok(()),
-            Ok(_) => Err(Cow::Borrowed("must hold at most 4 sequences")),
-            Err(_) => Err(Cow::Borrowed("must be an array of strings")),
-        },
+        Kind::Array => {
+            let mut n = 0;
+            for item in elements(v) {
+                string(item).map_err(|_| Cow::Borrowed("must be an array of strings"))?;
+                n += 1;
+            }
+            match n {
+                0..=4 => Ok(()),
+                _ => Err(Cow::Borrowed("must hold at most 4 sequences")),
+            }
+        }
         _ => Err(expected("a string or an array of strings", v)),
-    }
-}
-
-#[derive(Deserialize)]
-struct ChatMessage<'a> {
-    #[serde(borrow, default)]
-    role: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    tool_call_id: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Part<'a> {
-    #[serde(borrow, default, rename = "type")]
-    ty: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    text: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    image_url: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input_audio: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    file: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    refusal: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Named<'a> {
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-}
-
-/// A required, non-empty string `name`.
-fn named(name: Option<&RawValue>, param: impl FnOnce() -> String) -> Result<(), GatewayError> {
-    match present(name) {
-        None => Err(invalid(param(), "is required")),
-        Some(n) => non_empty_string(n)
-            .map(drop)
-            .map_err(|why| invalid(param(), why)),
     }
 }
 
@@ -318,132 +302,118 @@ const CHAT_ROLES: &[&str] = &[
 ];
 const CHAT_PARTS: &[&str] = &["text", "image_url", "input_audio", "file", "refusal"];
 
-fn chat_messages(v: &RawValue) -> Result<(), GatewayError> {
-    let messages = elements::<ChatMessage<'_>>(v, "messages")?;
-    for (i, m) in messages.iter().enumerate() {
-        let at = |field: &str| format!("messages[{i}].{field}");
-        let role = match present(m.role) {
-            None => return Err(invalid(at("role"), "is required")),
-            Some(r) => {
-                one_of(r, CHAT_ROLES).map_err(|why| invalid(at("role"), why))?;
-                string(r).unwrap_or_default()
+fn chat_messages(v: &str) -> Result<(), GatewayError> {
+    let names = ["role", "content", "tool_call_id"];
+    each_object(
+        v,
+        &|| "messages".to_owned(),
+        names,
+        |i, [role, content, tool_call_id]| {
+            let at = |field: &str| format!("messages[{i}].{field}");
+            let role = match role {
+                None => return Err(invalid(at("role"), "is required")),
+                Some(r) => {
+                    one_of(r, CHAT_ROLES).map_err(|why| invalid(at("role"), why))?;
+                    string(r).unwrap_or_default()
+                }
+            };
+            match content {
+                None if matches!(&*role, "assistant" | "function") => {}
+                None => return Err(invalid(at("content"), "is required")),
+                Some(c) => chat_content(c, &|| at("content"))?,
             }
-        };
-        match present(m.content) {
-            None if matches!(&*role, "assistant" | "function") => {}
-            None => return Err(invalid(at("content"), "is required")),
-            Some(c) => chat_content(c, &at("content"))?,
-        }
-        if role == "tool" {
-            named(m.tool_call_id, || at("tool_call_id"))?;
-        }
-    }
-    Ok(())
+            if role == "tool" {
+                named(tool_call_id, || at("tool_call_id"))?;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// A message's `content`: a string, or an array of parts of known types.
-fn chat_content(v: &RawValue, param: &str) -> Result<(), GatewayError> {
+fn chat_content(v: &str, param: &dyn Fn() -> String) -> Result<(), GatewayError> {
     match kind(v) {
         Kind::String => return Ok(()),
         Kind::Array => {}
         _ => {
             let why = expected("a string or an array of content parts", v);
-            return Err(invalid(param.to_owned(), why));
+            return Err(invalid(param(), why));
         }
     }
-    for (j, p) in elements::<Part<'_>>(v, param)?.iter().enumerate() {
-        let at = |field: &str| format!("{param}[{j}].{field}");
-        let Some(ty) = present(p.ty) else {
+    let names = [
+        "type",
+        "text",
+        "image_url",
+        "input_audio",
+        "file",
+        "refusal",
+    ];
+    each_object(v, param, names, |j, picked| {
+        let at = |field: &str| format!("{}[{j}].{field}", param());
+        let [ty, text, image_url, input_audio, file, refusal] = picked;
+        let Some(ty) = ty else {
             return Err(invalid(at("type"), "is required"));
         };
         one_of(ty, CHAT_PARTS).map_err(|why| invalid(at("type"), why))?;
-        let (field, value, check): (&str, _, fn(&RawValue) -> Result<(), Why>) =
+        let (field, value, check): (&str, _, fn(&str) -> Result<(), Why>) =
             match &*string(ty).unwrap_or_default() {
-                "text" => ("text", p.text, |v| string(v).map(drop)),
-                "image_url" => ("image_url", p.image_url, object),
-                "input_audio" => ("input_audio", p.input_audio, object),
-                "file" => ("file", p.file, object),
-                _ => ("refusal", p.refusal, |v| string(v).map(drop)),
+                "text" => ("text", text, |v| string(v).map(drop)),
+                "image_url" => ("image_url", image_url, object),
+                "input_audio" => ("input_audio", input_audio, object),
+                "file" => ("file", file, object),
+                _ => ("refusal", refusal, |v| string(v).map(drop)),
             };
-        match present(value) {
-            None => return Err(invalid(at(field), "is required")),
-            Some(x) => check(x).map_err(|why| invalid(at(field), why))?,
+        match value {
+            None => Err(invalid(at(field), "is required")),
+            Some(x) => check(x).map_err(|why| invalid(at(field), why)),
         }
-    }
-    Ok(())
-}
-
-#[derive(Deserialize)]
-struct ChatTool<'a> {
-    #[serde(borrow, default, rename = "type")]
-    ty: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    function: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    custom: Option<&'a RawValue>,
+    })
 }
 
 /// `tools`: `{type: "function", function: {name, …}}` (or `custom` tools, `{custom: {name}}`).
-fn chat_tools(v: &RawValue) -> Result<(), GatewayError> {
-    for (i, t) in elements::<ChatTool<'_>>(v, "tools")?.iter().enumerate() {
-        let at = |field: &str| format!("tools[{i}].{field}");
-        let Some(ty) = present(t.ty) else {
-            return Err(invalid(at("type"), "is required"));
-        };
-        one_of(ty, &["function", "custom"]).map_err(|why| invalid(at("type"), why))?;
-        let field = if string(ty).unwrap_or_default() == "function" {
-            "function"
-        } else {
-            "custom"
-        };
-        let body = if field == "function" {
-            t.function
-        } else {
-            t.custom
-        };
-        let Some(body) = present(body) else {
-            return Err(invalid(at(field), "is required"));
-        };
-        let n: Named<'_> = serde_json::from_str(body.get())
-            .map_err(|_| invalid(at(field), expected("an object", body)))?;
-        named(n.name, || at(&format!("{field}.name")))?;
-    }
-    Ok(())
-}
-
-#[derive(Deserialize)]
-struct Typed<'a> {
-    #[serde(borrow, default, rename = "type")]
-    ty: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    json_schema: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-}
-
-fn typed<'a>(v: &'a RawValue, param: &str) -> Result<Typed<'a>, GatewayError> {
-    serde_json::from_str(v.get()).map_err(|_| invalid(param.to_owned(), expected("an object", v)))
+fn chat_tools(v: &str) -> Result<(), GatewayError> {
+    let names = ["type", "function", "custom"];
+    each_object(
+        v,
+        &|| "tools".to_owned(),
+        names,
+        |i, [ty, function, custom]| {
+            let at = |field: &str| format!("tools[{i}].{field}");
+            let Some(ty) = ty else {
+                return Err(invalid(at("type"), "is required"));
+            };
+            one_of(ty, &["function", "custom"]).map_err(|why| invalid(at("type"), why))?;
+            let (field, body) = if string(ty).unwrap_or_default() == "function" {
+                ("function", function)
+            } else {
+                ("custom", custom)
+            };
+            let Some(body) = body else {
+                return Err(invalid(at(field), "is required"));
+            };
+            object(body).map_err(|why| invalid(at(field), why))?;
+            let [name] = pick(body, ["name"]);
+            named(name, || at(&format!("{field}.name")))
+        },
+    )
 }
 
 /// `tool_choice`: `none` | `auto` | `required`, or an object with a `type`.
-fn chat_tool_choice(v: &RawValue) -> Result<(), GatewayError> {
+fn chat_tool_choice(v: &str) -> Result<(), GatewayError> {
     if kind(v) == Kind::String {
         return one_of(v, &["none", "auto", "required"]).map_err(|why| invalid("tool_choice", why));
     }
-    let t = typed(v, "tool_choice")?;
-    match present(t.ty) {
-        None => Err(invalid("tool_choice.type", "is required")),
-        Some(ty) => non_empty_string(ty)
-            .map(drop)
-            .map_err(|why| invalid("tool_choice.type", why)),
-    }
+    object(v).map_err(|why| invalid("tool_choice", why))?;
+    let [ty] = pick(v, ["type"]);
+    named(ty, || "tool_choice.type".to_owned())
 }
 
 /// `response_format`: `{type: text | json_object | json_schema}`, the last with a named
 /// `json_schema`.
-fn response_format(v: &RawValue) -> Result<(), GatewayError> {
-    let t = typed(v, "response_format")?;
-    let Some(ty) = present(t.ty) else {
+fn response_format(v: &str) -> Result<(), GatewayError> {
+    object(v).map_err(|why| invalid("response_format", why))?;
+    let [ty, schema] = pick(v, ["type", "json_schema"]);
+    let Some(ty) = ty else {
         return Err(invalid("response_format.type", "is required"));
     };
     one_of(ty, &["text", "json_object", "json_schema"])
@@ -451,16 +421,16 @@ fn response_format(v: &RawValue) -> Result<(), GatewayError> {
     if string(ty).unwrap_or_default() != "json_schema" {
         return Ok(());
     }
-    let Some(schema) = present(t.json_schema) else {
+    let Some(schema) = schema else {
         return Err(invalid("response_format.json_schema", "is required"));
     };
-    let n: Named<'_> = serde_json::from_str(schema.get())
-        .map_err(|_| invalid("response_format.json_schema", expected("an object", schema)))?;
-    named(n.name, || "response_format.json_schema.name".to_owned())
+    object(schema).map_err(|why| invalid("response_format.json_schema", why))?;
+    let [name] = pick(schema, ["name"]);
+    named(name, || "response_format.json_schema.name".to_owned())
 }
 
 /// One top-level member of an embeddings body.
-fn embeddings_field(key: &str, v: &RawValue) -> Result<Result<(), Why>, GatewayError> {
+fn embeddings_field(key: &str, v: &str) -> Result<Result<(), Why>, GatewayError> {
     Ok(match key {
         "input" => return embeddings_input(v).map(Ok),
         "encoding_format" => one_of(v, &["float", "base64"]),
@@ -471,64 +441,59 @@ fn embeddings_field(key: &str, v: &RawValue) -> Result<Result<(), Why>, GatewayE
 }
 
 /// `input`: a string, or a non-empty array of strings, of token ids, or of arrays of token ids.
-fn embeddings_input(v: &RawValue) -> Result<(), GatewayError> {
-    let items: Vec<&RawValue> = match kind(v) {
+fn embeddings_input(v: &str) -> Result<(), GatewayError> {
+    match kind(v) {
         Kind::String => {
             return non_empty_string(v)
                 .map(drop)
                 .map_err(|why| invalid("input", why));
         }
-        Kind::Array => {
-            serde_json::from_str(v.get()).map_err(|_| invalid("input", "must be an array"))?
-        }
-        _ => {
-            let why = expected("a string or an array", v);
-            return Err(invalid("input", why));
-        }
-    };
-    let Some(first) = items.first() else {
-        return Err(invalid("input", "must not be empty"));
-    };
-    let want = kind(first);
-    for (i, item) in items.iter().enumerate() {
+        Kind::Array => {}
+        _ => return Err(invalid("input", expected("a string or an array", v))),
+    }
+    let mut want = None;
+    for (i, item) in elements(v).enumerate() {
         let at = || format!("input[{i}]");
-        if kind(item) != want {
+        let k = *want.get_or_insert(kind(item));
+        if kind(item) != k {
             let why = format!(
                 "must be {} like input[0], not {}",
-                kind_name(want),
+                kind_name(k),
                 kind_name(kind(item))
             );
             return Err(invalid(at(), why));
         }
-        let ok = match want {
+        let ok = match k {
             Kind::String => Ok(()),
             Kind::Number => token(item),
-            Kind::Array => match serde_json::from_str::<Vec<&RawValue>>(item.get()) {
-                Ok(ids) if ids.is_empty() => Err(Cow::Borrowed("must not be empty")),
-                Ok(ids) => ids.iter().try_for_each(|id| token(id)),
-                Err(_) => Err(Cow::Borrowed("must be an array of token ids")),
-            },
+            Kind::Array if elements(item).next().is_none() => {
+                Err(Cow::Borrowed("must not be empty"))
+            }
+            Kind::Array => elements(item).try_for_each(token),
             _ => Err(Cow::Borrowed(
                 "must be a string, a token id or an array of token ids",
             )),
         };
         ok.map_err(|why| invalid(at(), why))?;
     }
-    Ok(())
+    match want {
+        None => Err(invalid("input", "must not be empty")),
+        Some(_) => Ok(()),
+    }
 }
 
-fn token(v: &RawValue) -> Result<(), Why> {
-    match v.get().parse::<u32>() {
+fn token(v: &str) -> Result<(), Why> {
+    match v.parse::<u32>() {
         Ok(_) => Ok(()),
         Err(_) => Err(Cow::Borrowed("token ids must be non-negative integers")),
     }
 }
 
 /// One top-level member of an Anthropic Messages (or count_tokens) body.
-fn anthropic_field(key: &str, v: &RawValue) -> Result<Result<(), Why>, GatewayError> {
+fn anthropic_field(key: &str, v: &str) -> Result<Result<(), Why>, GatewayError> {
     Ok(match key {
         "messages" => return anthropic_messages(v).map(Ok),
-        "system" => return anthropic_system(v).map(Ok),
+        "system" => return anthropic_blocks(v, &|| "system".to_owned(), &["text"]).map(Ok),
         "tools" => return anthropic_tools(v).map(Ok),
         "tool_choice" => return anthropic_tool_choice(v).map(Ok),
         // 0 is valid: it pre-warms the prompt cache.
@@ -536,10 +501,11 @@ fn anthropic_field(key: &str, v: &RawValue) -> Result<Result<(), Why>, GatewayEr
         "temperature" => number(v, 0.0, 1.0),
         "top_p" => number(v, 0.0, 1.0),
         "top_k" => integer(v, 0, i64::MAX),
-        "stop_sequences" => match serde_json::from_str::<Vec<Cow<'_, str>>>(v.get()) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(expected("an array of strings", v)),
-        },
+        "stop_sequences" => array(v).and_then(|()| {
+            elements(v)
+                .try_for_each(|s| string(s).map(drop))
+                .map_err(|_| Cow::Borrowed("must be an array of strings"))
+        }),
         "stream" => boolean(v),
         "metadata" | "thinking" | "output_config" => object(v),
         _ => Ok(()),
@@ -568,106 +534,94 @@ const ANTHROPIC_BLOCKS: &[&str] = &[
     "container_upload",
 ];
 
-#[derive(Deserialize)]
-struct AnthropicMessage<'a> {
-    #[serde(borrow, default)]
-    role: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-}
-
-fn anthropic_messages(v: &RawValue) -> Result<(), GatewayError> {
-    let messages = elements::<AnthropicMessage<'_>>(v, "messages")?;
-    for (i, m) in messages.iter().enumerate() {
-        let at = |field: &str| format!("messages[{i}].{field}");
-        match present(m.role) {
-            None => return Err(invalid(at("role"), "is required")),
-            Some(r) => one_of(r, ANTHROPIC_ROLES).map_err(|why| invalid(at("role"), why))?,
-        }
-        let Some(content) = present(m.content) else {
-            return Err(invalid(at("content"), "is required"));
-        };
-        anthropic_blocks(content, &at("content"), ANTHROPIC_BLOCKS)?;
-    }
-    Ok(())
+fn anthropic_messages(v: &str) -> Result<(), GatewayError> {
+    each_object(
+        v,
+        &|| "messages".to_owned(),
+        ["role", "content"],
+        |i, [role, content]| {
+            let at = |field: &str| format!("messages[{i}].{field}");
+            match role {
+                None => return Err(invalid(at("role"), "is required")),
+                Some(r) => one_of(r, ANTHROPIC_ROLES).map_err(|why| invalid(at("role"), why))?,
+            }
+            let Some(content) = content else {
+                return Err(invalid(at("content"), "is required"));
+            };
+            anthropic_blocks(content, &|| at("content"), ANTHROPIC_BLOCKS)
+        },
+    )
 }
 
 /// A string, or an array of blocks whose `type` is one of `types`; `text` blocks need a
 /// string `text`.
-fn anthropic_blocks(v: &RawValue, param: &str, types: &[&str]) -> Result<(), GatewayError> {
+fn anthropic_blocks(
+    v: &str,
+    param: &dyn Fn() -> String,
+    types: &[&str],
+) -> Result<(), GatewayError> {
     match kind(v) {
         Kind::String => return Ok(()),
         Kind::Array => {}
         _ => {
             let why = expected("a string or an array of content blocks", v);
-            return Err(invalid(param.to_owned(), why));
+            return Err(invalid(param(), why));
         }
     }
-    for (j, b) in elements::<Part<'_>>(v, param)?.iter().enumerate() {
-        let at = |field: &str| format!("{param}[{j}].{field}");
-        let Some(ty) = present(b.ty) else {
+    each_object(v, param, ["type", "text"], |j, [ty, text]| {
+        let at = |field: &str| format!("{}[{j}].{field}", param());
+        let Some(ty) = ty else {
             return Err(invalid(at("type"), "is required"));
         };
         one_of(ty, types).map_err(|why| invalid(at("type"), why))?;
-        if string(ty).unwrap_or_default() == "text" {
-            match present(b.text) {
-                None => return Err(invalid(at("text"), "is required")),
-                Some(t) => string(t)
-                    .map(drop)
-                    .map_err(|why| invalid(at("text"), why))?,
-            }
+        if string(ty).unwrap_or_default() != "text" {
+            return Ok(());
         }
-    }
-    Ok(())
-}
-
-/// `system`: a string or an array of text blocks.
-fn anthropic_system(v: &RawValue) -> Result<(), GatewayError> {
-    anthropic_blocks(v, "system", &["text"])
-}
-
-#[derive(Deserialize)]
-struct AnthropicTool<'a> {
-    #[serde(borrow, default, rename = "type")]
-    ty: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    input_schema: Option<&'a RawValue>,
+        match text {
+            None => Err(invalid(at("text"), "is required")),
+            Some(t) => string(t).map(drop).map_err(|why| invalid(at("text"), why)),
+        }
+    })
 }
 
 /// `tools`: each with a `name`; custom tools (no `type`, or `custom`) with an object
 /// `input_schema`. Server tools (`web_search_20250305`, …) carry no schema.
-fn anthropic_tools(v: &RawValue) -> Result<(), GatewayError> {
-    for (i, t) in elements::<AnthropicTool<'_>>(v, "tools")?
-        .iter()
-        .enumerate()
-    {
-        let at = |field: &str| format!("tools[{i}].{field}");
-        named(t.name, || at("name"))?;
-        let custom = match present(t.ty) {
-            None => true,
-            Some(ty) => non_empty_string(ty).map_err(|why| invalid(at("type"), why))? == "custom",
-        };
-        if custom {
-            match present(t.input_schema) {
-                None => return Err(invalid(at("input_schema"), "is required")),
-                Some(s) => object(s).map_err(|why| invalid(at("input_schema"), why))?,
+fn anthropic_tools(v: &str) -> Result<(), GatewayError> {
+    let names = ["type", "name", "input_schema"];
+    each_object(
+        v,
+        &|| "tools".to_owned(),
+        names,
+        |i, [ty, name, input_schema]| {
+            let at = |field: &str| format!("tools[{i}].{field}");
+            named(name, || at("name"))?;
+            let custom = match ty {
+                None => true,
+                Some(ty) => {
+                    non_empty_string(ty).map_err(|why| invalid(at("type"), why))? == "custom"
+                }
+            };
+            if !custom {
+                return Ok(());
             }
-        }
-    }
-    Ok(())
+            match input_schema {
+                None => Err(invalid(at("input_schema"), "is required")),
+                Some(s) => object(s).map_err(|why| invalid(at("input_schema"), why)),
+            }
+        },
+    )
 }
 
 /// `tool_choice`: `{type: auto | any | tool | none}`, `tool` with a `name`.
-fn anthropic_tool_choice(v: &RawValue) -> Result<(), GatewayError> {
-    let t = typed(v, "tool_choice")?;
-    let Some(ty) = present(t.ty) else {
+fn anthropic_tool_choice(v: &str) -> Result<(), GatewayError> {
+    object(v).map_err(|why| invalid("tool_choice", why))?;
+    let [ty, name] = pick(v, ["type", "name"]);
+    let Some(ty) = ty else {
         return Err(invalid("tool_choice.type", "is required"));
     };
     one_of(ty, &["auto", "any", "tool", "none"]).map_err(|why| invalid("tool_choice.type", why))?;
     if string(ty).unwrap_or_default() == "tool" {
-        named(t.name, || "tool_choice.name".to_owned())?;
+        named(name, || "tool_choice.name".to_owned())?;
     }
     Ok(())
 }
