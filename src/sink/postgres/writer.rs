@@ -145,6 +145,13 @@ impl Writer {
         // The sink is gone: one last attempt for what waits.
         self.retry_at = Instant::now();
         self.replay().await;
+        if self.spool.pending() {
+            tracing::warn!(
+                bytes = self.spool.waiting_bytes(),
+                spool = %self.spool.path().display(),
+                "postgres usage sink: stopped with records still in the spool file"
+            );
+        }
     }
 
     /// Write `batch` (after anything spooled), or spool it.
