@@ -25,6 +25,9 @@ pub const ECHO_CHARS: usize = 64;
 /// Why a value is refused (the field is attached by the caller).
 type Why = Cow<'static, str>;
 
+/// A check of one value.
+type Check = fn(&str) -> Result<(), Why>;
+
 /// A 400 naming `param`, with `why` after it in the message.
 pub(crate) fn invalid(param: impl Into<Cow<'static, str>>, why: impl AsRef<str>) -> GatewayError {
     let param = param.into();
@@ -355,7 +358,7 @@ fn chat_content(v: &str, param: &dyn Fn() -> String) -> Result<(), GatewayError>
             return Err(invalid(at("type"), "is required"));
         };
         one_of(ty, CHAT_PARTS).map_err(|why| invalid(at("type"), why))?;
-        let (field, value, check): (&str, _, fn(&str) -> Result<(), Why>) =
+        let (field, value, check): (&str, _, Check) =
             match &*string(ty).unwrap_or_default() {
                 "text" => ("text", text, |v| string(v).map(drop)),
                 "image_url" => ("image_url", image_url, object),

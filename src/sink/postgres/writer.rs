@@ -272,6 +272,7 @@ impl Writer {
 
 /// Move `first` and whatever else is queued (up to `max` records, stopping at a flush) into
 /// `batch` and `flushes`.
+#[allow(clippy::vec_box)] // the queue carries records boxed; they stay so
 fn collect(
     first: Option<Msg>,
     rx: &mut mpsc::Receiver<Msg>,
