@@ -358,14 +358,13 @@ fn chat_content(v: &str, param: &dyn Fn() -> String) -> Result<(), GatewayError>
             return Err(invalid(at("type"), "is required"));
         };
         one_of(ty, CHAT_PARTS).map_err(|why| invalid(at("type"), why))?;
-        let (field, value, check): (&str, _, Check) =
-            match &*string(ty).unwrap_or_default() {
-                "text" => ("text", text, |v| string(v).map(drop)),
-                "image_url" => ("image_url", image_url, object),
-                "input_audio" => ("input_audio", input_audio, object),
-                "file" => ("file", file, object),
-                _ => ("refusal", refusal, |v| string(v).map(drop)),
-            };
+        let (field, value, check): (&str, _, Check) = match &*string(ty).unwrap_or_default() {
+            "text" => ("text", text, |v| string(v).map(drop)),
+            "image_url" => ("image_url", image_url, object),
+            "input_audio" => ("input_audio", input_audio, object),
+            "file" => ("file", file, object),
+            _ => ("refusal", refusal, |v| string(v).map(drop)),
+        };
         match value {
             None => Err(invalid(at(field), "is required")),
             Some(x) => check(x).map_err(|why| invalid(at(field), why)),
