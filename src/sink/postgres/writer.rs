@@ -17,6 +17,9 @@ use super::{
 };
 use crate::usage::UsageRecord;
 
+/// Longest wait for one batch to be written before the connection counts as lost.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// First wait after a failure; doubled up to the configured `retry_max`.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
@@ -154,20 +157,38 @@ impl Writer {
         }
     }
 
+    /// Write `records` on the connection: how many, or the error and whether the connection
+    /// is lost (closed, or no answer within [`WRITE_TIMEOUT`]: it is then dropped, which
+    /// aborts the unfinished `COPY`).
+    async fn write<'r>(
+        &self,
+        records: impl IntoIterator<Item = &'r UsageRecord>,
+    ) -> Result<usize, (PostgresSinkError, bool)> {
+        let Some(client) = &self.client else {
+            return Err((PostgresSinkError::Timeout(Duration::ZERO), true));
+        };
+        let write = write_batch(client, &self.table, records);
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => {
+                let lost = client.is_closed();
+                Err((e.into(), lost))
+            }
+            Err(_) => Err((PostgresSinkError::Timeout(WRITE_TIMEOUT), true)),
+        }
+    }
+
     /// Write `batch` (after anything spooled), or spool it.
     async fn take(&mut self, batch: &[Box<UsageRecord>]) {
         if !self.spool.pending() && self.ready().await {
-            let Some(client) = &self.client else { return };
-            let result = write_batch(client, &self.table, batch.iter().map(|r| &**r)).await;
-            let closed = client.is_closed();
-            match result {
+            match self.write(batch.iter().map(|r| &**r)).await {
                 Ok(n) => {
                     self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
                     return;
                 }
-                Err(e) => {
-                    self.went_away(&e.into());
-                    if !closed {
+                Err((e, lost)) => {
+                    self.went_away(&e);
+                    if !lost {
                         // The database answered: a refused record, most likely. Sorted out
                         // record by record in the replay, at once.
                         self.retry_at = Instant::now();
@@ -216,20 +237,16 @@ impl Writer {
                 }
             };
             count_dropped(&self.counters, read.bad);
-            let Some(client) = &self.client else { break };
-            let result =
-                write_batch(client, &self.table, read.records.iter().map(|(r, _)| r)).await;
-            let closed = client.is_closed();
-            match result {
+            match self.write(read.records.iter().map(|(r, _)| r)).await {
                 Ok(n) => {
                     self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
                     self.spool.advance(read.end);
                 }
-                Err(e) if closed => {
-                    self.went_away(&e.into());
+                Err((e, true)) => {
+                    self.went_away(&e);
                     break;
                 }
-                Err(e) => {
+                Err((e, false)) => {
                     tracing::warn!(error = %e, "postgres usage sink: a batch was refused; writing it record by record");
                     if !self.one_by_one(&read.records).await {
                         break;
@@ -246,20 +263,15 @@ impl Writer {
     /// if the connection was lost (the spool then resumes after the last record written).
     async fn one_by_one(&mut self, records: &[(UsageRecord, u64)]) -> bool {
         for (r, end) in records {
-            let Some(client) = &self.client else {
-                return false;
-            };
-            let result = write_batch(client, &self.table, [r]).await;
-            let closed = client.is_closed();
-            match result {
+            match self.write([r]).await {
                 Ok(n) => {
                     self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) if closed => {
-                    self.went_away(&e.into());
+                Err((e, true)) => {
+                    self.went_away(&e);
                     return false;
                 }
-                Err(e) => {
+                Err((e, false)) => {
                     tracing::warn!(error = %e, "postgres usage sink: a record was refused and dropped");
                     count_dropped(&self.counters, 1);
                 }
