@@ -465,6 +465,259 @@ mod tests {
     }
 }
 
+/// Cursors over JSON text that serde_json has already accepted: they only follow its
+/// structure (nothing is checked again), skipping strings with `memchr`. Parse uses them to
+/// check the members of known fields and the nesting depth of a request body without a
+/// second full parse.
+pub(crate) mod valid {
+    use std::borrow::Cow;
+
+    /// Past the string whose opening quote is just before `i`: the first 64 bytes of a run
+    /// eight at a time inline (a valid string has no raw control characters), the rest of a
+    /// long one with `memchr`.
+    #[inline]
+    fn skip_str(d: &[u8], mut i: usize) -> usize {
+        const SHORT: usize = 64;
+        loop {
+            let window = d.get(i..d.len().min(i + SHORT)).unwrap_or_default();
+            let k = super::string_stop(window, 0);
+            let j = if k < window.len() {
+                i + k
+            } else if window.len() < SHORT {
+                return d.len();
+            } else {
+                let rest = d.get(i + SHORT..).unwrap_or_default();
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(k) => i + SHORT + k,
+                    None => return d.len(),
+                }
+            };
+            match d.get(j) {
+                Some(b'"') => return j + 1,
+                Some(b'\\') => i = j + 2,
+                Some(_) => i = j + 1,
+                None => return d.len(),
+            }
+        }
+    }
+
+    #[inline]
+    fn ws(d: &[u8], i: usize) -> usize {
+        super::ws(d, i)
+    }
+
+    /// Past the value starting at `i`.
+    fn skip(d: &[u8], mut i: usize) -> usize {
+        match d.get(i) {
+            Some(b'"') => skip_str(d, i + 1),
+            Some(b'[' | b'{') => {
+                let mut depth = 0u32;
+                while let Some(&c) = d.get(i) {
+                    i += 1;
+                    match c {
+                        b'"' => i = skip_str(d, i),
+                        b'[' | b'{' => depth += 1,
+                        b']' | b'}' => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                return i;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                i
+            }
+            _ => {
+                while let Some(&c) = d.get(i) {
+                    if matches!(c, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r') {
+                        break;
+                    }
+                    i += 1;
+                }
+                i
+            }
+        }
+    }
+
+    /// Whether `doc` nests containers more than `max` levels deep (the outermost is level 1).
+    pub(crate) fn nests_deeper_than(doc: &str, max: u32) -> bool {
+        let d = doc.as_bytes();
+        let mut depth: u32 = 0;
+        let mut i = 0;
+        while let Some(&c) = d.get(i) {
+            i += 1;
+            match c {
+                b'"' => i = skip_str(d, i),
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// The elements of the array `v` (empty if `v` is not an array).
+    pub(crate) fn elements(v: &str) -> Elements<'_> {
+        Elements {
+            d: v,
+            i: if v.starts_with('[') { 1 } else { v.len() },
+        }
+    }
+
+    /// The members of the object `v`, keys decoded (empty if `v` is not an object).
+    pub(crate) fn members(v: &str) -> Members<'_> {
+        Members {
+            d: v,
+            i: if v.starts_with('{') { 1 } else { v.len() },
+        }
+    }
+
+    /// See [`elements`].
+    pub(crate) struct Elements<'a> {
+        d: &'a str,
+        i: usize,
+    }
+
+    impl<'a> Iterator for Elements<'a> {
+        type Item = &'a str;
+        fn next(&mut self) -> Option<&'a str> {
+            let d = self.d.as_bytes();
+            let start = ws(d, self.i);
+            if matches!(d.get(start), None | Some(b']')) {
+                self.i = d.len();
+                return None;
+            }
+            let end = skip(d, start);
+            let after = ws(d, end);
+            self.i = after + usize::from(d.get(after) == Some(&b','));
+            self.d.get(start..end)
+        }
+    }
+
+    /// See [`members`].
+    pub(crate) struct Members<'a> {
+        d: &'a str,
+        i: usize,
+    }
+
+    impl Members<'_> {
+        /// Once the iterator is exhausted: the offset just past the object's `}`.
+        pub(crate) fn end(&self) -> usize {
+            self.i
+        }
+    }
+
+    impl<'a> Iterator for Members<'a> {
+        type Item = (Cow<'a, str>, &'a str);
+        fn next(&mut self) -> Option<Self::Item> {
+            let d = self.d.as_bytes();
+            let k = ws(d, self.i);
+            if d.get(k) != Some(&b'"') {
+                // `}` (or the end): past it.
+                self.i = (k + 1).min(d.len());
+                return None;
+            }
+            let k_end = skip_str(d, k + 1);
+            let raw = self.d.get(k + 1..k_end.saturating_sub(1))?;
+            let key = if raw.contains('\\') {
+                // An escaped key: what serde (and so the upstream) reads.
+                Cow::Owned(serde_json::from_str(self.d.get(k..k_end)?).unwrap_or_default())
+            } else {
+                Cow::Borrowed(raw)
+            };
+            let colon = ws(d, k_end);
+            let start = ws(d, colon + 1);
+            let end = skip(d, start);
+            let after = ws(d, end);
+            self.i = after + usize::from(d.get(after) == Some(&b','));
+            Some((key, self.d.get(start..end)?))
+        }
+    }
+
+    /// The members named in `names` of the object at the start of `v` (the last of each),
+    /// and the object's length: one pass over it.
+    pub(crate) fn pick<'a, const N: usize>(
+        v: &'a str,
+        names: [&str; N],
+    ) -> ([Option<&'a str>; N], usize) {
+        let mut out = [None; N];
+        let mut m = members(v);
+        for (key, value) in &mut m {
+            if let Some(at) = names.iter().position(|n| *n == key) {
+                out[at] = Some(value);
+            }
+        }
+        (out, m.end())
+    }
+
+    /// The offset of the first element of the array `v`, if it has one.
+    pub(crate) fn first_element(v: &str) -> Option<usize> {
+        let d = v.as_bytes();
+        let i = ws(d, 1);
+        (v.starts_with('[') && !matches!(d.get(i), None | Some(b']'))).then_some(i)
+    }
+
+    /// The offset of the element after the one that ends at `end` in the array `v`, if any.
+    pub(crate) fn next_element(v: &str, end: usize) -> Option<usize> {
+        let d = v.as_bytes();
+        let after = ws(d, end);
+        (d.get(after) == Some(&b',')).then(|| ws(d, after + 1))
+    }
+
+    /// The length of the value at the start of `v`.
+    pub(crate) fn value_len(v: &str) -> usize {
+        skip(v.as_bytes(), 0)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn walks_members_and_elements() {
+            let doc = r#" { "a" : [1, "x\"]", {"b":[]} ,true] , "k\u0065y":null,"s":"{[" } "#;
+            let m: Vec<_> = members(doc.trim()).collect();
+            assert_eq!(m.len(), 3);
+            assert_eq!(m[0].0, "a");
+            assert_eq!(m[1], (Cow::Owned("key".to_owned()), "null"));
+            assert_eq!(m[2].1, r#""{[""#);
+            let e: Vec<_> = elements(m[0].1).collect();
+            assert_eq!(e, ["1", r#""x\"]""#, r#"{"b":[]}"#, "true"]);
+            assert_eq!(elements("[ ]").count(), 0);
+            assert_eq!(members("{}").count(), 0);
+            assert_eq!(elements("5").count(), 0);
+            let arr = r#"[ {"a":1,"b":[2],"a":3} , 4 ]"#;
+            let first = first_element(arr).unwrap();
+            let (picked, len) = pick(&arr[first..], ["a", "b", "c"]);
+            assert_eq!(picked, [Some("3"), Some("[2]"), None]);
+            assert_eq!(&arr[first..first + len], r#"{"a":1,"b":[2],"a":3}"#);
+            let second = next_element(arr, first + len).unwrap();
+            assert_eq!(value_len(&arr[second..]), 1);
+            assert_eq!(next_element(arr, second + 1), None);
+            assert_eq!(first_element("[ ]"), None);
+        }
+
+        #[test]
+        fn measures_nesting_outside_strings() {
+            assert!(!nests_deeper_than(r#"{"a":[1,{"b":[]}]}"#, 4));
+            assert!(nests_deeper_than(r#"{"a":[1,{"b":[]}]}"#, 3));
+            // Brackets inside strings (also after escaped quotes) do not count.
+            assert!(!nests_deeper_than(r#"{"a":"[[[[\"[[[[","b":[]}"#, 2));
+            let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+            assert!(nests_deeper_than(&deep, 64));
+            let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+            assert!(!nests_deeper_than(&ok, 64));
+            assert!(nests_deeper_than(&ok, 63));
+        }
+    }
+}
+
 /// Generators of JSON-ish text for the property tests of the scanner's users: values with
 /// chosen keys, rendered with whitespace wherever JSON allows it, and byte-level damage.
 #[cfg(test)]

@@ -35,6 +35,9 @@ pub const LIMIT_STORE_ERRORS: &str = "tollgate_ratelimit_store_errors_total";
 pub const AUTH_REFUSALS: &str = "tollgate_auth_refused_total";
 /// Counter of usage records dropped by a sink (queue full, write error); label `sink`.
 pub const RECORDS_DROPPED: &str = "tollgate_usage_records_dropped_total";
+/// Gauge of the bytes of usage records a sink holds in its local spool file while its
+/// database is away; label `sink`.
+pub const SPOOL_BYTES: &str = "tollgate_usage_spool_bytes";
 
 /// `2xx`, `4xx`, `5xx` (bounded label for a status code).
 pub fn status_class(status: u16) -> &'static str {

@@ -27,6 +27,18 @@ use tower::{Layer, Service};
 use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, GatewayError};
 
+mod validate;
+
+pub use validate::ECHO_CHARS;
+
+/// Most levels of nesting in a request body (the top-level object is level 1): a deeper body
+/// is refused with a 400 at Parse and never forwarded.
+pub const MAX_JSON_DEPTH: u32 = 64;
+
+/// Longest model name (in bytes) Parse accepts; longer names are refused with a 400 that
+/// quotes a short prefix only.
+pub const MAX_MODEL_BYTES: usize = 256;
+
 /// Which API the request speaks (from its path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Api {
@@ -463,34 +475,62 @@ fn starts_with(v: &RawValue, c: u8) -> bool {
     v.get().as_bytes().first() == Some(&c)
 }
 
+/// Refuse a body nested deeper than [`MAX_JSON_DEPTH`]. serde_json skips the values it does not
+/// read without a depth limit, so the raw members are measured: only those long enough to
+/// nest that deep (a level takes two bytes).
+fn check_depth(fields: &TopLevel<'_>) -> Result<(), GatewayError> {
+    let inner = MAX_JSON_DEPTH - 1;
+    for (key, v) in &fields.0 {
+        let raw = v.get();
+        if raw.len() >= 2 * MAX_JSON_DEPTH as usize
+            && crate::jsonscan::valid::nests_deeper_than(raw, inner)
+        {
+            let key = validate::echo(key);
+            return Err(GatewayError::bad_request(
+                format!("request body nests deeper than {MAX_JSON_DEPTH} levels (in member {key})"),
+                None,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `model` member: a non-empty string of at most [`MAX_MODEL_BYTES`].
+fn model_name(v: Option<&RawValue>) -> Result<Arc<str>, GatewayError> {
+    let Some(v) = v else {
+        return Err(GatewayError::bad_request(
+            "you must provide a model parameter",
+            Some("model"),
+        ));
+    };
+    match serde_json::from_str::<Cow<'_, str>>(v.get()) {
+        Ok(s) if s.is_empty() => Err(GatewayError::bad_request(
+            "'model' must not be empty",
+            Some("model"),
+        )),
+        Ok(s) if s.len() > MAX_MODEL_BYTES => Err(GatewayError::bad_request(
+            format!(
+                "'model' is too long ({} bytes, at most {MAX_MODEL_BYTES}): {}",
+                s.len(),
+                validate::echo(&s)
+            ),
+            Some("model"),
+        )),
+        Ok(s) => Ok(Arc::from(s.as_ref())),
+        Err(_) => Err(GatewayError::bad_request(
+            "'model' must be a string",
+            Some("model"),
+        )),
+    }
+}
+
 /// Parse a request body for `api` into a [`ParsedRequest`].
 pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> {
     let received_at = Instant::now();
     let fields = TopLevel::parse(&body)?;
 
-    let model: Arc<str> = match fields.get("model") {
-        None => {
-            return Err(GatewayError::bad_request(
-                "you must provide a model parameter",
-                Some("model"),
-            ));
-        }
-        Some(v) => match serde_json::from_str::<Cow<'_, str>>(v.get()) {
-            Ok(s) if !s.is_empty() => Arc::from(s.as_ref()),
-            Ok(_) => {
-                return Err(GatewayError::bad_request(
-                    "'model' must not be empty",
-                    Some("model"),
-                ));
-            }
-            Err(_) => {
-                return Err(GatewayError::bad_request(
-                    "'model' must be a string",
-                    Some("model"),
-                ));
-            }
-        },
-    };
+    check_depth(&fields)?;
+    let model = model_name(fields.get("model"))?;
 
     let stream = opt_bool(fields.get("stream"), "stream")?.unwrap_or(false);
     if stream && !api.can_stream() {
@@ -602,6 +642,15 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             let list: Vec<String> = serde_json::from_str(v.get()).map_err(|_| {
                 GatewayError::bad_request("'models' must be an array of strings", Some("models"))
             })?;
+            if let Some(long) = list.iter().find(|m| m.len() > MAX_MODEL_BYTES) {
+                return Err(GatewayError::bad_request(
+                    format!(
+                        "a name in 'models' is too long (at most {MAX_MODEL_BYTES} bytes): {}",
+                        validate::echo(long)
+                    ),
+                    Some("models"),
+                ));
+            }
             Some(list.into_iter().map(Arc::from).collect())
         }
     };
@@ -610,6 +659,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             .get("encoding_format")
             .is_some_and(|v| v.get() == "\"base64\"");
 
+    validate::check(api, &fields)?;
     let layout = BodyLayout::of(&body, &fields);
     drop(fields);
     Ok(ParsedRequest {
@@ -882,7 +932,7 @@ mod tests {
 
     #[test]
     fn reads_what_it_needs() {
-        let p = parse(r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":7,"tools":[{"type":"function"}],"x_unknown":{"a":[1,2]}}"#).unwrap();
+        let p = parse(r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":7,"tools":[{"type":"function","function":{"name":"f"}}],"x_unknown":{"a":[1,2]}}"#).unwrap();
         assert_eq!(&*p.model, "gpt");
         assert!(p.stream && p.wants_usage && p.has_tools);
         assert_eq!(p.max_tokens, Some(7));
@@ -938,7 +988,7 @@ mod tests {
     fn anthropic_messages_are_parsed_and_need_max_tokens() {
         let p = parse_body(
             Api::Messages,
-            Bytes::from_static(br#"{"model":"c","max_tokens":9,"stream":true,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}],"tools":[{"name":"t"}]}"#),
+            Bytes::from_static(br#"{"model":"c","max_tokens":9,"stream":true,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}],"tools":[{"name":"t","input_schema":{"type":"object"}}]}"#),
         )
         .unwrap();
         assert_eq!(&*p.model, "c");
@@ -1006,14 +1056,16 @@ mod tests {
     #[test]
     fn upstream_body_parses_again_when_there_is_no_usable_layout() {
         // An escaped key has no layout: `mod\u0065l` is `model`, and is replaced.
-        let mut p = parse(r#"{"mod\u0065l":"a","messages":[1],"models":null}"#).unwrap();
+        let mut p =
+            parse(r#"{"mod\u0065l":"a","messages":[{"role":"user","content":"x"}],"models":null}"#)
+                .unwrap();
         assert!(p.layout.members_of(&p.body).is_none());
         assert_eq!(
             &p.upstream_body("b").unwrap()[..],
-            br#"{"model":"b","messages":[1]}"#
+            br#"{"model":"b","messages":[{"role":"user","content":"x"}]}"#
         );
         // A replaced body is never read through the old layout.
-        p = parse(r#"{"model":"a","messages":[1]}"#).unwrap();
+        p = parse(r#"{"model":"a","messages":[{"role":"user","content":"x"}]}"#).unwrap();
         p.body = Bytes::from_static(br#"{"messages":[2],"model":"c","x":3}"#);
         assert!(p.layout.members_of(&p.body).is_none());
         assert_eq!(
@@ -1027,23 +1079,21 @@ mod tests {
             br#"{"messages":[2],"model":"d","x":3}"#
         );
         // Equal bytes in another buffer are not the same body either.
-        let q = parse(r#"{"model":"a","messages":[1]}"#).unwrap();
+        let q = parse(r#"{"model":"a","messages":[{"role":"user","content":"x"}]}"#).unwrap();
         let copy = Bytes::from(q.body.to_vec());
         assert!(q.layout.members_of(&copy).is_none());
         assert!(q.layout.members_of(&q.body.clone()).is_some());
     }
 
     #[test]
-    fn upstream_body_fails_the_same_on_a_bad_earlier_stream_options() {
-        // Parse reads the last `stream_options`; the upstream body rewrites every one.
-        let mut p = parse(
-            r#"{"model":"a","messages":[1],"stream":true,"stream_options":[1],"stream_options":{}}"#,
+    fn a_bad_earlier_duplicate_is_refused_too() {
+        // Parse reads the last `stream_options`, but checks every one: an upstream that takes
+        // the first would otherwise get a malformed request.
+        let e = parse(
+            r#"{"model":"a","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":[1],"stream_options":{}}"#,
         )
-        .unwrap();
-        p.upstream_include_usage = true;
-        let [fast, slow] = both_ways(&p, "b");
-        assert!(fast.is_err());
-        assert_eq!(fast, slow);
+        .unwrap_err();
+        assert_eq!(e.to_json()["error"]["param"], "stream_options");
     }
 
     mod props {
@@ -1108,16 +1158,28 @@ mod tests {
         /// A request body's top-level members, `model` and `messages` always among them, in
         /// any order, with duplicates, escaped keys and gateway-read members.
         fn members() -> impl Strategy<Value = (Vec<(String, J)>, bool)> {
+            // Valid messages (Parse checks them), with other members in any order.
             let messages = prop::collection::vec(
-                prop::collection::vec(
-                    (
-                        prop::sample::select(vec!["role", "content", "name", "model"])
-                            .prop_map(str::to_owned),
-                        prop_oneof![string().prop_map(J::Str), value()],
+                (
+                    prop::collection::vec(
+                        (
+                            prop::sample::select(vec!["name", "model", "x"])
+                                .prop_map(str::to_owned),
+                            prop_oneof![string().prop_map(J::Str), value()],
+                        ),
+                        0..3,
                     ),
-                    0..4,
+                    string(),
+                    any::<prop::sample::Index>(),
                 )
-                .prop_map(J::Obj),
+                    .prop_map(|(mut m, content, at)| {
+                        m.insert(
+                            at.index(m.len() + 1),
+                            ("content".to_owned(), J::Str(content)),
+                        );
+                        m.insert(0, ("role".to_owned(), J::Str("user".to_owned())));
+                        J::Obj(m)
+                    }),
                 1..3,
             )
             .prop_map(J::Arr);
@@ -1195,7 +1257,7 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             r#"{"model":"real-model","messages":[{"role":"user","content":"h\u00e9"}],"stream":true,"x":{"deep":[1, 2 ,3]},"stream_options":{"include_usage":true}}"#
         );
-        let mut p = parse(r#"{"model":"a","messages":[1],"stream":true,"stream_options":{"include_obfuscation":false}}"#).unwrap();
+        let mut p = parse(r#"{"model":"a","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_obfuscation":false}}"#).unwrap();
         p.upstream_include_usage = true;
         let out = p.upstream_body("b").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();

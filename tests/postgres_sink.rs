@@ -2,12 +2,20 @@
 //! `test`; override with `TOLLGATE_TEST_PG`). Without a reachable server every test prints
 //! `SKIPPED: postgres not reachable` and returns — unless `TOLLGATE_REQUIRE_POSTGRES=1`, which
 //! makes it fail (CI).
+//!
+//! The tests that stop the database (issue 14, acceptance 6) run a private PostgreSQL server of
+//! their own (`initdb` into a temp dir, `pg_ctl` on a free port of 127.0.0.1, as the `postgres`
+//! user when run as root), never the machine's shared one. Without the PostgreSQL binaries they
+//! print `SKIPPED` — unless `TOLLGATE_REQUIRE_POSTGRES=1`.
 
 #[cfg(not(feature = "postgres"))]
 #[test]
 fn postgres_sink_tests_need_the_postgres_feature() {
     println!("SKIPPED: postgres sink tests need `--features postgres`");
 }
+
+#[cfg(feature = "postgres")]
+mod common;
 
 #[cfg(feature = "postgres")]
 mod pg {
@@ -226,5 +234,367 @@ mod pg {
             .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await
             .unwrap();
+    }
+
+    /// A private PostgreSQL server (its own data directory, socket directory and port), stopped
+    /// and removed on drop.
+    struct PrivatePg {
+        bin: std::path::PathBuf,
+        root: std::path::PathBuf,
+        port: u16,
+        as_postgres: bool,
+    }
+
+    fn require() -> bool {
+        std::env::var_os("TOLLGATE_REQUIRE_POSTGRES").is_some_and(|v| v == "1")
+    }
+
+    /// The newest `/usr/lib/postgresql/*/bin` holding `initdb` and `pg_ctl`.
+    fn pg_bin() -> Option<std::path::PathBuf> {
+        let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+            .collect();
+        dirs.sort_by_key(|d| {
+            d.parent()
+                .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        dirs.pop()
+    }
+
+    impl PrivatePg {
+        /// Initialise a new cluster (not started). `None` (with a printed reason) when the
+        /// binaries are absent and PostgreSQL is not required.
+        fn init() -> Option<PrivatePg> {
+            let Some(bin) = pg_bin() else {
+                assert!(
+                    !require(),
+                    "TOLLGATE_REQUIRE_POSTGRES=1 but no PostgreSQL binaries under /usr/lib/postgresql/*/bin"
+                );
+                println!(
+                    "SKIPPED: no PostgreSQL binaries (initdb, pg_ctl) under /usr/lib/postgresql"
+                );
+                return None;
+            };
+            let root = std::env::temp_dir().join(format!("tollgate-pg-{}", schema()));
+            std::fs::create_dir_all(&root).unwrap();
+            // initdb refuses root: run the server as `postgres` then.
+            let as_postgres = std::process::Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout.starts_with(b"0\n"))
+                .unwrap_or(false);
+            if as_postgres {
+                let ok = std::process::Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&root)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "chown postgres {}", root.display());
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let pg = PrivatePg {
+                bin,
+                root,
+                port,
+                as_postgres,
+            };
+            let data = pg.root.join("data");
+            pg.run(
+                "initdb",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ],
+            );
+            Some(pg)
+        }
+
+        fn run(&self, tool: &str, args: &[&str]) {
+            let exe = self.bin.join(tool);
+            let mut cmd = if self.as_postgres {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&exe);
+                c
+            } else {
+                std::process::Command::new(&exe)
+            };
+            let out = cmd.args(args).current_dir(&self.root).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{tool} {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        fn start(&self) {
+            let opts = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.root.display()
+            );
+            let data = self.root.join("data");
+            let log = self.root.join("log");
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-o",
+                    &opts,
+                    "-w",
+                    "-t",
+                    "30",
+                    "start",
+                ],
+            );
+        }
+
+        /// Kill the server at once (as a crash would).
+        fn stop(&self) {
+            let data = self.root.join("data");
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            );
+        }
+
+        fn url(&self) -> String {
+            format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=3",
+                self.port
+            )
+        }
+
+        async fn rows(&self, schema: &str) -> Option<i64> {
+            let (client, conn) = tokio_postgres::connect(&self.url(), NoTls).await.ok()?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let row = client
+                .query_one(
+                    &format!("SELECT count(*), count(DISTINCT request_id) FROM \"{schema}\".tollgate_usage"),
+                    &[],
+                )
+                .await
+                .ok()?;
+            let (all, distinct): (i64, i64) = (row.get(0), row.get(1));
+            assert_eq!(all, distinct, "no record written twice");
+            Some(all)
+        }
+
+        /// Wait (at most 60 s) until the table holds `n` rows; the count last seen.
+        async fn wait_rows(&self, schema: &str, n: i64) -> i64 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut seen = -1;
+            while Instant::now() < deadline {
+                seen = self.rows(schema).await.unwrap_or(-1);
+                if seen >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        }
+    }
+
+    impl Drop for PrivatePg {
+        fn drop(&mut self) {
+            let data = self.root.join("data");
+            let exe = self.bin.join("pg_ctl");
+            let mut cmd = if self.as_postgres {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&exe);
+                c
+            } else {
+                std::process::Command::new(&exe)
+            };
+            let _ = cmd
+                .args([
+                    "-D",
+                    data.to_str().unwrap_or_default(),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ])
+                .output();
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn spool_file(pg: &PrivatePg) -> std::path::PathBuf {
+        // The test runs as root or as the user owning the directory: either can write it.
+        pg.root.join("spool.jsonl")
+    }
+
+    /// Issue 14, acceptance 6: the database is killed for a few seconds while records keep
+    /// coming; every record reaches it once it is back, none twice, none dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_record_lost_when_the_database_is_killed_and_restarted_under_load() {
+        let Some(pg) = PrivatePg::init() else { return };
+        pg.start();
+        let schema = schema();
+        let cfg = PostgresSinkConfig::new(pg.url())
+            .schema(schema.clone())
+            .batch_size(200)
+            .spool_path(spool_file(&pg))
+            .retry_max(Duration::from_millis(500));
+        let sink = PostgresSink::connect(cfg).await.unwrap();
+
+        // ~2,000 records a second for 1.5 s up, 4 s down, 2 s up again.
+        let mut written = 0u64;
+        let mut max_spooled = 0u64;
+        let phase = |secs: f64| Instant::now() + Duration::from_secs_f64(secs);
+        for (until, then) in [(1.5, "stop"), (4.0, "start"), (2.0, "")] {
+            let end = phase(until);
+            while Instant::now() < end {
+                for _ in 0..20 {
+                    sink.record(&rec(written));
+                    written += 1;
+                }
+                max_spooled = max_spooled.max(sink.spooled_bytes());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            match then {
+                "stop" => pg.stop(),
+                "start" => pg.start(),
+                _ => {}
+            }
+        }
+        sink.flush().await;
+        let rows = pg.wait_rows(&schema, written as i64).await;
+        assert_eq!(rows, written as i64, "every record reached the database");
+        assert!(
+            max_spooled > 0,
+            "records were spooled while the database was away"
+        );
+        assert_eq!(sink.dropped(), 0);
+        assert_eq!(sink.written(), written);
+        // Give the writer a moment to truncate after its last replay.
+        for _ in 0..50 {
+            if sink.spooled_bytes() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(sink.spooled_bytes(), 0);
+        println!("{written} records, {max_spooled} bytes spooled at most, all in the database");
+    }
+
+    /// The sink (and so the gateway) starts while the database is down; what it was given
+    /// meanwhile arrives once the database is up, the table created then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_while_the_database_is_down_and_delivers_later() {
+        let Some(pg) = PrivatePg::init() else { return };
+        let schema = schema();
+        let cfg = PostgresSinkConfig::new(pg.url())
+            .schema(schema.clone())
+            .spool_path(spool_file(&pg))
+            .retry_max(Duration::from_millis(300));
+        let started = Instant::now();
+        let sink = PostgresSink::connect(cfg)
+            .await
+            .expect("starts without its database");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        for i in 0..500 {
+            sink.record(&rec(i));
+        }
+        sink.flush().await;
+        assert_eq!(sink.written(), 0);
+        assert!(sink.spooled_bytes() > 0);
+        pg.start();
+        assert_eq!(pg.wait_rows(&schema, 500).await, 500);
+        assert_eq!(sink.dropped(), 0);
+    }
+
+    /// A spool that fills is bounded: what does not fit is dropped and counted, the rest is
+    /// delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_spool_drops_and_counts() {
+        let Some(pg) = PrivatePg::init() else { return };
+        let schema = schema();
+        let line = serde_json::to_vec(&rec(0)).unwrap().len() as u64 + 1;
+        let cfg = PostgresSinkConfig::new(pg.url())
+            .schema(schema.clone())
+            .spool_path(spool_file(&pg))
+            .spool_max_bytes(line * 100)
+            .retry_max(Duration::from_millis(300));
+        let sink = PostgresSink::connect(cfg).await.unwrap();
+        for i in 0..150 {
+            sink.record(&rec(i));
+        }
+        sink.flush().await;
+        let dropped = sink.dropped();
+        assert!(
+            (45..=55).contains(&dropped),
+            "about 50 of 150 dropped: {dropped}"
+        );
+        pg.start();
+        let rows = pg.wait_rows(&schema, 150 - dropped as i64).await;
+        assert_eq!(
+            rows as u64 + dropped,
+            150,
+            "every record delivered or counted"
+        );
+    }
+
+    /// The reference gateway starts while its PostgreSQL is down, serves, and the record of
+    /// what it served reaches the database once it is up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gateway_starts_while_postgres_is_down() {
+        let Some(pg) = PrivatePg::init() else { return };
+        let schema = schema();
+        let config = format!(
+            r#"
+[auth]
+enabled = false
+[usage]
+jsonl = ""
+[usage.postgres]
+url = "{}"
+schema = "{schema}"
+spool_path = "{}"
+[providers.mock]
+kind = "mock"
+[models.m]
+targets = [{{ provider = "mock", model = "ok" }}]
+"#,
+            pg.url(),
+            spool_file(&pg).display()
+        );
+        let gw = super::common::Gateway::start(&config).await;
+        let res = super::common::chat(
+            gw.addr,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
+        assert_eq!(res.status, 200);
+        let _ = res.rest().await;
+        pg.start();
+        assert_eq!(pg.wait_rows(&schema, 1).await, 1);
     }
 }

@@ -298,9 +298,18 @@ impl Service<Request<Incoming>> for Front {
             },
             "/v1/models" | "/models" if get => self.list_models(),
             p if get && p.starts_with("/v1/models/") => self.one_model(&p["/v1/models/".len()..]),
-            "/v1/models" | "/healthz" | "/metrics" => GatewayError::new(
+            "/v1/models" | "/models" | "/healthz" | "/health" | "/metrics" => GatewayError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{} is not allowed on {path}; use GET", req.method()),
+            )
+            .with_header(header::ALLOW, HeaderValue::from_static("GET"))
+            .into_response(),
+            p if p.starts_with("/v1/models/") => GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!(
+                    "{} is not allowed on /v1/models/{{id}}; use GET",
+                    req.method()
+                ),
             )
             .with_header(header::ALLOW, HeaderValue::from_static("GET"))
             .into_response(),

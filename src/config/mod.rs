@@ -213,6 +213,13 @@ pub struct PostgresUsageConfig {
     pub table: Option<String>,
     /// Records per batch (default 1 000).
     pub batch_size: Option<usize>,
+    /// The local file records wait in while the database is away (replayed in order when it
+    /// is back, also after a restart). Default: a file in the system's temp directory, per
+    /// process.
+    pub spool_path: Option<String>,
+    /// Most bytes the spool file holds; records beyond are dropped and counted (default
+    /// 256 MiB).
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// `[routing]`

@@ -248,7 +248,7 @@ async fn tier_picks_cheapest_capable_healthy_target() {
 
     // a long prompt does not fit the 1000-token window
     let long = parsed(&format!(
-        r#"{{"model":"tier:cheap","max_tokens":500,"tools":[{{"type":"function"}}],"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        r#"{{"model":"tier:cheap","max_tokens":500,"tools":[{{"type":"function","function":{{"name":"f"}}}}],"messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(4000)
     ));
     let d = table.route(&long, RouteInput::default()).unwrap();

@@ -1,17 +1,26 @@
 //! [`PostgresSink`] (feature `postgres`): usage records into a PostgreSQL table, in batches, off
-//! the request path.
+//! the request path, and none lost while the database is away.
 //!
 //! - [`RecordSink::record`] only `try_send`s the record into a bounded queue: it never waits on
 //!   the database. When the queue is full the record is dropped and counted
 //!   ([`PostgresSink::dropped`] and the [`RECORDS_DROPPED`] counter, label `sink=postgres`).
 //! - A writer task takes what is queued (up to `batch_size` records) and writes it with one
-//!   `COPY ... FROM STDIN` per batch. A batch that fails is retried once on a fresh connection,
-//!   then dropped and counted.
+//!   `COPY ... FROM STDIN` per batch.
+//! - **While the database is away** (it cannot be reached, or a write fails), the writer
+//!   appends records to a bounded local spool file (`spool_path`, at most `spool_max_bytes`;
+//!   gauge [`SPOOL_BYTES`]) and retries with exponential backoff (100 ms doubling to
+//!   `retry_max`). When the database is back it replays the spool in order, then writes new
+//!   records directly again. Records that do not fit in the spool, or that the database
+//!   refuses one by one, are dropped, counted ([`RECORDS_DROPPED`]) and logged at `warn`.
+//!   A spool left non-empty by a previous run (at a configured `spool_path`) is replayed first.
 //! - [`PostgresSink::connect`] runs the migration first: a version table
 //!   (`tollgate_schema_version`) and `CREATE TABLE IF NOT EXISTS` for the records table, under a
-//!   transaction-scoped advisory lock so replicas starting together do not race.
-//! - [`PostgresSink::flush`] waits until every record queued before it is written: call it on
-//!   graceful shutdown, after the server stopped accepting requests.
+//!   transaction-scoped advisory lock so replicas starting together do not race. A database that
+//!   cannot be reached at start is not an error: the sink starts spooling, and migrates when it
+//!   connects. (A table of a newer schema version still is.)
+//! - [`PostgresSink::flush`] waits until every record queued before it is written, or in the
+//!   spool file if the database is away (one replay is tried first): call it on graceful
+//!   shutdown, after the server stopped accepting requests.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tollgate::sink::postgres::PostgresSinkError> {
@@ -30,8 +39,10 @@
 //! ```
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -39,10 +50,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 
 use crate::meter::RecordSink;
-use crate::metrics::RECORDS_DROPPED;
+use crate::metrics::{RECORDS_DROPPED, SPOOL_BYTES};
 use crate::pricing::PriceDate;
 use crate::pricing::report::{SpendAccumulator, SpendGroup, SpendQuery, SpendReport};
 use crate::usage::UsageRecord;
+
+mod spool;
+mod writer;
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -56,6 +70,17 @@ pub enum PostgresSinkError {
     /// A table or schema name that is not a plain identifier.
     #[error("postgres sink: invalid identifier {0:?} (letters, digits and `_` only)")]
     BadName(String),
+    /// The spool file cannot be opened or written.
+    #[error("postgres sink: spool file {path}: {error}")]
+    Spool {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The database did not answer in time.
+    #[error("postgres sink: no connection within {0:?}")]
+    Timeout(Duration),
     /// The table was written by a newer version of tollgate.
     #[error(
         "postgres sink: table {table} has schema version {found}, this build knows {SCHEMA_VERSION}"
@@ -81,7 +106,17 @@ pub struct PostgresSinkConfig {
     pub capacity: usize,
     /// Most records per `COPY` (default 1 000).
     pub batch_size: usize,
+    /// The spool file (records wait there while the database is away). `None`: a file per
+    /// process in the system's temp directory, removed when the sink ends with it empty.
+    pub spool_path: Option<PathBuf>,
+    /// Most bytes in the spool file (default 256 MiB); records beyond are dropped and counted.
+    pub spool_max_bytes: u64,
+    /// Longest wait between two attempts to reach the database (default 5 s).
+    pub retry_max: Duration,
 }
+
+/// Default [`PostgresSinkConfig::spool_max_bytes`]: 256 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 << 20;
 
 impl PostgresSinkConfig {
     /// Defaults for `url`.
@@ -92,6 +127,9 @@ impl PostgresSinkConfig {
             table: "tollgate_usage".to_owned(),
             capacity: 65_536,
             batch_size: 1_000,
+            spool_path: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            retry_max: Duration::from_secs(5),
         }
     }
 
@@ -115,6 +153,10 @@ impl PostgresSinkConfig {
         }
         if let Some(n) = pg.batch_size {
             cfg.batch_size = n;
+        }
+        cfg.spool_path = pg.spool_path.as_ref().map(PathBuf::from);
+        if let Some(n) = pg.spool_max_bytes {
+            cfg.spool_max_bytes = n;
         }
         cfg.check()
             .map_err(|e| crate::config::ConfigError::field(source, "usage.postgres", e))?;
@@ -142,6 +184,24 @@ impl PostgresSinkConfig {
     /// Write at most `n` records per batch.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
+        self
+    }
+
+    /// Keep records in `path` while the database is away.
+    pub fn spool_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.spool_path = Some(path.into());
+        self
+    }
+
+    /// Hold at most `n` bytes in the spool file.
+    pub fn spool_max_bytes(mut self, n: u64) -> Self {
+        self.spool_max_bytes = n;
+        self
+    }
+
+    /// Wait at most `d` between two attempts to reach the database.
+    pub fn retry_max(mut self, d: Duration) -> Self {
+        self.retry_max = d;
         self
     }
 
@@ -175,9 +235,16 @@ enum Msg {
 /// The PostgreSQL usage sink; see the [module docs](self).
 pub struct PostgresSink {
     tx: mpsc::Sender<Msg>,
-    dropped: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     table: String,
+}
+
+/// What the writer did, shared with the sink.
+#[derive(Debug, Default)]
+struct Counters {
+    dropped: AtomicU64,
+    written: AtomicU64,
+    spooled_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -185,12 +252,22 @@ impl std::fmt::Debug for PostgresSink {
         f.debug_struct("PostgresSink")
             .field("table", &self.table)
             .field("dropped", &self.dropped())
+            .field("spooled_bytes", &self.spooled_bytes())
             .finish_non_exhaustive()
     }
 }
 
-async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+/// Sinks made by this process (numbers their default spool files).
+static SPOOLS: AtomicU64 = AtomicU64::new(0);
+
+/// Longest wait for a connection (and the migration) before the database counts as away.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn open(url: &str) -> Result<Client, PostgresSinkError> {
+    let connect = tokio_postgres::connect(url, NoTls);
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| PostgresSinkError::Timeout(CONNECT_TIMEOUT))??;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "postgres usage sink: connection ended");
@@ -374,14 +451,16 @@ fn copy_line(out: &mut String, r: &UsageRecord) {
     out.push('\n');
 }
 
-async fn write_batch(
+async fn write_batch<'r>(
     client: &Client,
     table: &str,
-    batch: &[Box<UsageRecord>],
-) -> Result<(), tokio_postgres::Error> {
-    let mut data = String::with_capacity(batch.len() * 256);
+    batch: impl IntoIterator<Item = &'r UsageRecord>,
+) -> Result<usize, tokio_postgres::Error> {
+    let mut data = String::new();
+    let mut n = 0;
     for r in batch {
         copy_line(&mut data, r);
+        n += 1;
     }
     let sink = client
         .copy_in::<_, Bytes>(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
@@ -389,42 +468,67 @@ async fn write_batch(
     let mut sink = std::pin::pin!(sink);
     sink.send(Bytes::from(data)).await?;
     sink.as_mut().finish().await?;
-    Ok(())
+    Ok(n)
 }
 
 impl PostgresSink {
     /// Connect, run the migration, and start the writer task (on the current tokio runtime).
+    /// A database that cannot be reached is not an error: the writer spools records and
+    /// connects (and migrates) when it can. A bad name, a spool file that cannot be opened, or
+    /// a table of a newer schema version are.
     pub async fn connect(cfg: PostgresSinkConfig) -> Result<PostgresSink, PostgresSinkError> {
         cfg.check()?;
-        let mut client = open(&cfg.url).await?;
-        migrate(&mut client, &cfg).await?;
+        let (path, per_process) = match &cfg.spool_path {
+            Some(p) => (p.clone(), false),
+            None => (
+                std::env::temp_dir().join(format!(
+                    "tollgate-usage-spool-{}-{}-{}.jsonl",
+                    cfg.table,
+                    std::process::id(),
+                    SPOOLS.fetch_add(1, Ordering::Relaxed)
+                )),
+                true,
+            ),
+        };
+        let spool = spool::Spool::open(path.clone(), cfg.spool_max_bytes, per_process).map_err(
+            |error| PostgresSinkError::Spool {
+                path: path.display().to_string(),
+                error,
+            },
+        )?;
         let (tx, rx) = mpsc::channel(cfg.capacity.max(1));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let written = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let table = cfg.qualified(&cfg.table);
-        tokio::spawn(writer(
-            client,
-            cfg.clone(),
-            rx,
-            dropped.clone(),
-            written.clone(),
-        ));
+        let mut writer = writer::Writer::new(cfg, spool, counters.clone());
+        match writer.connect().await {
+            Ok(()) => {}
+            Err(e @ (PostgresSinkError::TooNew { .. } | PostgresSinkError::BadName(_))) => {
+                return Err(e);
+            }
+            Err(e) => writer.went_away(&e),
+        }
+        tokio::spawn(writer.run(rx));
         Ok(PostgresSink {
             tx,
-            dropped,
-            written,
+            counters,
             table,
         })
     }
 
-    /// Records dropped (queue full, writer gone, or a batch the database refused twice).
+    /// Records dropped (queue full, writer gone, spool full, or a record the database
+    /// refused on its own).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.counters.dropped.load(Ordering::Relaxed)
     }
 
-    /// Records written so far.
+    /// Records written to the database so far.
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+        self.counters.written.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of records waiting in the spool file for the database.
+    pub fn spooled_bytes(&self) -> u64 {
+        self.counters.spooled_bytes.load(Ordering::Relaxed)
     }
 
     /// Wait until every record queued before this call is written (or dropped).
@@ -436,60 +540,10 @@ impl PostgresSink {
     }
 }
 
-fn count_dropped(dropped: &AtomicU64, n: u64) {
-    dropped.fetch_add(n, Ordering::Relaxed);
-    metrics::counter!(RECORDS_DROPPED, "sink" => "postgres").increment(n);
-}
-
-async fn writer(
-    mut client: Client,
-    cfg: PostgresSinkConfig,
-    mut rx: mpsc::Receiver<Msg>,
-    dropped: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
-) {
-    let table = cfg.qualified(&cfg.table);
-    let max = cfg.batch_size.max(1);
-    let mut batch: Vec<Box<UsageRecord>> = Vec::with_capacity(max);
-    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Record(r) => batch.push(r),
-                Msg::Flush(done) => {
-                    // Everything queued before the flush is in `batch`: write it first.
-                    flushes.push(done);
-                    break;
-                }
-            }
-            if batch.len() >= max {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if !batch.is_empty() {
-            let mut result = write_batch(&client, &table, &batch).await;
-            if result.is_err() && client.is_closed() {
-                if let Ok(c) = open(&cfg.url).await {
-                    client = c;
-                    result = write_batch(&client, &table, &batch).await;
-                }
-            }
-            match result {
-                Ok(()) => {
-                    written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, records = batch.len(), "postgres usage sink: batch dropped");
-                    count_dropped(&dropped, batch.len() as u64);
-                }
-            }
-            batch.clear();
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
-        }
+fn count_dropped(counters: &Counters, n: u64) {
+    if n > 0 {
+        counters.dropped.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(RECORDS_DROPPED, "sink" => "postgres").increment(n);
     }
 }
 
@@ -500,7 +554,7 @@ impl RecordSink for PostgresSink {
             .try_send(Msg::Record(Box::new(record.clone())))
             .is_err()
         {
-            count_dropped(&self.dropped, 1);
+            count_dropped(&self.counters, 1);
         }
     }
 }
