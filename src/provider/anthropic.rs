@@ -30,11 +30,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 
-use crate::body::{Body, BoxError};
-use crate::error::{ErrorKind, GatewayError};
-use crate::provider::openai::{client_for, error_chain, read_capped};
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::provider::openai::{client_for, error_chain, read_capped, success_body};
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error};
 use crate::request::Api;
 use crate::secret::Secret;
@@ -258,17 +258,7 @@ impl AnthropicProvider {
                     &name,
                 ));
             }
-            let provider = name.clone();
-            let body = body.map_err(move |e| -> BoxError {
-                Box::new(
-                    GatewayError::new(
-                        ErrorKind::UpstreamProtocol,
-                        format!("upstream {provider} broke off the response: {e}"),
-                    )
-                    .with_provider(provider.clone()),
-                )
-            });
-            let mut res = translated_response(stream, Body::new(body));
+            let mut res = translated_response(stream, success_body(body, &name, stream));
             *res.status_mut() = parts.status;
             if let Some(id) = parts.headers.get("request-id") {
                 res.headers_mut()
@@ -365,16 +355,7 @@ where
             return Err(map_err(parts.status, &parts.headers, &bytes, &name));
         }
         if stream {
-            let provider = name.clone();
-            let body = body.map_err(move |e| -> BoxError {
-                Box::new(
-                    GatewayError::new(
-                        ErrorKind::UpstreamProtocol,
-                        format!("upstream {provider} broke off the response: {e}"),
-                    )
-                    .with_provider(provider.clone()),
-                )
-            });
+            let body = success_body(body, &name, true);
             return Ok(translated_response(
                 true,
                 Body::new(TranslateBody::new(body, translator)),

@@ -40,7 +40,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, ReadCoalesce};
 use crate::error::{ErrorKind, GatewayError};
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error, upstream_error};
 use crate::request::Api;
@@ -321,6 +321,7 @@ impl Provider for OpenAiProvider {
             .and_then(|body| self.request(&call, body))
             .and_then(|req| Ok((req, client_for(call.connect_timeout)?)));
         let name = self.name.clone();
+        let stream = call.parsed.stream;
         Box::pin(async move {
             let (req, client) = prepared?;
             let res = client
@@ -330,16 +331,10 @@ impl Provider for OpenAiProvider {
             let (mut parts, body) = res.into_parts();
             if parts.status.is_success() {
                 strip_hop_by_hop(&mut parts.headers);
-                let body = body.map_err(move |e| -> BoxError {
-                    Box::new(
-                        GatewayError::new(
-                            ErrorKind::UpstreamProtocol,
-                            format!("upstream {name} broke off the response: {e}"),
-                        )
-                        .with_provider(name.clone()),
-                    )
-                });
-                return Ok(Response::from_parts(parts, Body::new(body)));
+                return Ok(Response::from_parts(
+                    parts,
+                    success_body(body, &name, stream),
+                ));
             }
             let bytes = read_capped(body, MAX_ERROR_BODY).await;
             Err(upstream_error(parts.status, &parts.headers, &bytes, &name))
@@ -363,6 +358,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     super::remove_named(headers, &HOP_BY_HOP);
+}
+
+/// The body of a 2xx upstream answer, as the stack's [`Body`]: a transport failure becomes an
+/// [`ErrorKind::UpstreamProtocol`] error naming the provider. A stream is read in batches
+/// ([`ReadCoalesce`]): the SSE events of one upstream read travel up the stack as one frame and
+/// leave in one write.
+pub(crate) fn success_body(body: hyper::body::Incoming, name: &Arc<str>, stream: bool) -> Body {
+    let name = name.clone();
+    let body = body.map_err(move |e| -> BoxError {
+        Box::new(
+            GatewayError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("upstream {name} broke off the response: {e}"),
+            )
+            .with_provider(name.clone()),
+        )
+    });
+    if stream {
+        Body::new(ReadCoalesce::new(body))
+    } else {
+        Body::new(body)
+    }
 }
 
 /// Read at most `cap` bytes of `body`; a read error ends the read (what was read is kept).
