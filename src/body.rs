@@ -113,6 +113,12 @@ impl http_body::Body for Body {
 /// The most bytes [`ReadCoalesce`] gathers into one frame.
 pub const COALESCE_MAX: usize = 64 << 10;
 
+/// How many times in a row [`ReadCoalesce`] yields without new data before it hands its batch
+/// on. Two, because hyper's HTTP/1 server polls a body a second time in the same task turn when
+/// the first poll was pending (its `poll_loop` re-checks the write side once after a flush):
+/// that second poll comes before any other task ran, and must not end the batch.
+pub const COALESCE_YIELDS: u8 = 2;
+
 pin_project! {
     /// A body that hands on, as **one** frame, every data frame its inner body has ready at
     /// once: what one upstream read delivered.
@@ -122,15 +128,18 @@ pin_project! {
     /// gateway reads them in one read, but they come out of the response body one at a time,
     /// each after a task switch — and the server side writes each to the client with its own
     /// `writev`. This wrapper gathers them back: after a frame, it polls again; when the inner
-    /// body is not ready, it yields to the scheduler **once** (a self-wake, no timer), so that
-    /// the connection task can hand over the next chunk it already holds; only when the inner
-    /// body is still not ready after that yield does the gathered batch go out.
+    /// body is not ready, it yields to the scheduler (a self-wake, no timer), so that the
+    /// connection task can hand over the next chunk it already holds; only when the inner body
+    /// is still not ready after [`COALESCE_YIELDS`] such yields in a row does the gathered
+    /// batch go out.
     ///
     /// It never waits for data that has not arrived: a yield costs one trip through the run
-    /// queue, and events sent apart in time still leave apart. A batch is one frame as it came
-    /// (zero-copy) when it holds one chunk, one copy when it holds several, and at most
-    /// [`COALESCE_MAX`] bytes. Trailers, errors and the end pass through after the batch
-    /// before them.
+    /// queue, and events sent apart in time still leave apart. The body's **first** data frame
+    /// is handed on at once, without gathering (the time to the first token is what a client
+    /// waits on; gathering the rest of a burst costs a task switch per chunk). A batch is one
+    /// frame as it came (zero-copy) when it holds one chunk, one copy when it holds several,
+    /// and at most [`COALESCE_MAX`] bytes. Trailers, errors and the end pass through after the
+    /// batch before them.
     pub struct ReadCoalesce<B: http_body::Body> {
         #[pin]
         inner: B,
@@ -138,8 +147,10 @@ pin_project! {
         first: Option<Bytes>,
         // The batch, once a second chunk joined it.
         buf: BytesMut,
-        // The last poll yielded to the scheduler with a batch in hand.
-        yielded: bool,
+        // Yields in a row with a batch in hand and no new data.
+        yielded: u8,
+        // The first data frame went out.
+        started: bool,
         // What came after the batch: a trailers frame, an error, or the end (`Some(None)`).
         after: Option<Option<Result<Frame<Bytes>, B::Error>>>,
     }
@@ -152,7 +163,8 @@ impl<B: http_body::Body<Data = Bytes>> ReadCoalesce<B> {
             inner,
             first: None,
             buf: BytesMut::new(),
-            yielded: false,
+            yielded: 0,
+            started: false,
             after: None,
         }
     }
@@ -201,8 +213,13 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for ReadCoalesce<B> {
         loop {
             let next = match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !*this.started => {
+                        // The first frame: at once (nothing can be in the batch yet).
+                        *this.started = true;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
                     Ok(data) => {
-                        *this.yielded = false;
+                        *this.yielded = 0;
                         if gather(this.first, this.buf, data) >= COALESCE_MAX {
                             break;
                         }
@@ -215,9 +232,9 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for ReadCoalesce<B> {
                     if this.first.is_none() && this.buf.is_empty() {
                         return Poll::Pending;
                     }
-                    if !*this.yielded {
+                    if *this.yielded < COALESCE_YIELDS {
                         // Let the connection task hand over what it already read.
-                        *this.yielded = true;
+                        *this.yielded += 1;
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
@@ -228,13 +245,13 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for ReadCoalesce<B> {
             match batch(this.first, this.buf) {
                 Some(data) => {
                     *this.after = Some(next);
-                    *this.yielded = false;
+                    *this.yielded = 0;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 None => return Poll::Ready(next),
             }
         }
-        *this.yielded = false;
+        *this.yielded = 0;
         Poll::Ready(batch(this.first, this.buf).map(|d| Ok(Frame::data(d))))
     }
 
@@ -308,16 +325,30 @@ mod tests {
         assert!(poll(&mut body, &mut cx).is_pending(), "nothing yet: wait");
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "no yield without data");
 
+        // The first frame goes out at once, even with more ready behind it.
+        let first = Bytes::from_static(b"data: 0\n\n");
+        tx.send(Ok(Frame::data(first.clone()))).unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 00\n\n"))))
+            .unwrap();
+        assert_eq!(data(poll(&mut body, &mut cx)).as_ptr(), first.as_ptr());
+        let yields = |body: &mut ReadCoalesce<Body>, cx: &mut Context<'_>| {
+            for _ in 0..COALESCE_YIELDS {
+                let before = count.0.load(Ordering::SeqCst);
+                assert!(poll(body, cx).is_pending(), "a batch in hand: yield");
+                assert_eq!(count.0.load(Ordering::SeqCst), before + 1, "a yield wakes itself");
+            }
+        };
+        yields(&mut body, &mut cx);
+        assert_eq!(&data(poll(&mut body, &mut cx))[..], b"data: 00\n\n");
+
         let one = Bytes::from_static(b"data: 1\n\n");
         tx.send(Ok(Frame::data(one.clone()))).unwrap();
-        // A batch in hand and nothing more ready: yield once (a self-wake), then hand it on.
-        let before = count.0.load(Ordering::SeqCst);
-        assert!(poll(&mut body, &mut cx).is_pending());
-        assert_eq!(count.0.load(Ordering::SeqCst), before + 1, "the yield wakes itself");
+        // A batch in hand and nothing more ready: yield (self-wakes), then hand it on.
+        yields(&mut body, &mut cx);
         let got = data(poll(&mut body, &mut cx));
         assert_eq!(got.as_ptr(), one.as_ptr(), "one chunk: as it came");
 
-        // Twenty chunks ready together, plus one more during the yield: one frame.
+        // Twenty chunks ready together, plus one more during the yields: one frame.
         for i in 0..20 {
             tx.send(Ok(Frame::data(Bytes::from(format!("data: {i}\n\n")))))
                 .unwrap();
@@ -325,7 +356,7 @@ mod tests {
         assert!(poll(&mut body, &mut cx).is_pending());
         tx.send(Ok(Frame::data(Bytes::from_static(b"data: late\n\n"))))
             .unwrap();
-        assert!(poll(&mut body, &mut cx).is_pending(), "yields again");
+        yields(&mut body, &mut cx);
         let got = data(poll(&mut body, &mut cx));
         let want: String = (0..20).map(|i| format!("data: {i}\n\n")).collect();
         assert_eq!(got, Bytes::from(want + "data: late\n\n"));
@@ -348,10 +379,11 @@ mod tests {
             tx.send(Ok(Frame::data(piece.clone()))).unwrap();
         }
         drop(tx);
-        let first = data(poll(&mut body, &mut cx));
-        assert_eq!(first.len(), COALESCE_MAX.div_ceil(1000) * 1000);
+        assert_eq!(data(poll(&mut body, &mut cx)).len(), 1000, "the first frame, at once");
+        let batch = data(poll(&mut body, &mut cx));
+        assert_eq!(batch.len(), COALESCE_MAX.div_ceil(1000) * 1000);
         let rest = data(poll(&mut body, &mut cx));
-        assert_eq!(first.len() + rest.len(), 100_000);
+        assert_eq!(1000 + batch.len() + rest.len(), 100_000);
         assert!(matches!(poll(&mut body, &mut cx), Poll::Ready(None)));
     }
 

@@ -1,6 +1,9 @@
 //! Issue 12, acceptance 3: the SSE events of one upstream read leave the gateway in one frame,
 //! hence one write — passed through (OpenAI), translated (Anthropic → OpenAI chunks) and on the
-//! `/v1/messages` ingress (OpenAI → Anthropic events).
+//! `/v1/messages` ingress (OpenAI → Anthropic events). The one exception is the stream's first
+//! event, which goes out at once (the time to the first token is not held back to gather the
+//! rest of a burst): a stream whose whole answer arrives in one read leaves in two frames, the
+//! first event, then everything else.
 //!
 //! The upstream here writes its whole answer — head, then one HTTP/1.1 chunk per event, as real
 //! providers do — in **one** `write` on a raw socket. The gateway's stack runs in process behind
@@ -178,6 +181,11 @@ fn openai_events() -> Vec<String> {
     evs
 }
 
+/// The frames of a whole answer in one read: the first event alone, then all the rest.
+fn two_frames(first: usize, total: usize) -> Vec<usize> {
+    vec![first, total - first]
+}
+
 /// The data frames of the one response, after the client read it to its end.
 async fn frames_of(frames: &Arc<Mutex<Vec<usize>>>, total: usize) -> Vec<usize> {
     // hyper polls the body to its end before the client sees the last byte; be patient anyway.
@@ -213,9 +221,9 @@ async fn openai_events_of_one_read_leave_in_one_frame() {
     let f = frames_of(&frames, body.len()).await;
     assert_eq!(
         f,
-        vec![body.len()],
-        "{} events in one upstream write must leave in one frame",
-        N + 2
+        two_frames(events[0].len(), body.len()),
+        "the first event, then the other {} events of the one upstream write in one frame",
+        N + 1
     );
 
     // The client asked for usage: nothing is removed, the read goes out as it came.
@@ -226,7 +234,10 @@ async fn openai_events_of_one_read_leave_in_one_frame() {
         .rest()
         .await;
     assert_eq!(String::from_utf8_lossy(&body), events.concat());
-    assert_eq!(frames_of(&frames, body.len()).await, vec![body.len()]);
+    assert_eq!(
+        frames_of(&frames, body.len()).await,
+        two_frames(events[0].len(), body.len())
+    );
 }
 
 fn anthropic_event(name: &str, data: &str) -> String {
@@ -290,11 +301,14 @@ async fn translated_anthropic_events_of_one_read_leave_in_one_frame() {
     let want: String = (0..N).map(|i| format!("w{i} ")).collect();
     assert_eq!(said, want);
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    // message_start becomes the first chunk (the role), alone; the rest in one frame.
+    let first = text.find("\n\n").unwrap() + 2;
+    assert!(text[..first].contains("\"role\":\"assistant\""), "{text}");
     let f = frames_of(&frames, body.len()).await;
     assert_eq!(
         f,
-        vec![body.len()],
-        "the translation of one upstream read must leave in one frame"
+        two_frames(first, body.len()),
+        "the translation of one upstream read leaves in one frame after the first"
     );
 }
 
@@ -313,5 +327,6 @@ async fn messages_ingress_events_of_one_read_leave_in_one_frame() {
     assert_eq!(text.matches("event: content_block_delta\n").count(), N);
     assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"), "{text}");
     let f = frames_of(&frames, body.len()).await;
-    assert_eq!(f, vec![body.len()], "one upstream read, one frame");
+    assert_eq!(f.len(), 2, "the first event's translation, then one frame: {f:?}");
+    assert!(f[1] > f[0] * 4, "the bulk is in the second frame: {f:?}");
 }

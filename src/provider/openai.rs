@@ -362,8 +362,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The body of a 2xx upstream answer, as the stack's [`Body`]: a transport failure becomes an
 /// [`ErrorKind::UpstreamProtocol`] error naming the provider. A stream is read in batches
-/// ([`ReadCoalesce`]): the SSE events of one upstream read travel up the stack as one frame and
-/// leave in one write.
+/// ([`ReadCoalesce`]): after the first event (at once), the SSE events of one upstream read
+/// travel up the stack as one frame and leave in one write.
 pub(crate) fn success_body(body: hyper::body::Incoming, name: &Arc<str>, stream: bool) -> Body {
     let name = name.clone();
     let body = body.map_err(move |e| -> BoxError {
