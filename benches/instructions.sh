@@ -26,6 +26,8 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # KEEP=DIR keeps the callgrind profiles (callgrind_annotate DIR/gw.*.1 shows the top costs).
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$DIR"/*.1 "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$DIR"
 }
 trap cleanup EXIT

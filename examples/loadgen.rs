@@ -53,8 +53,9 @@ use tollgate::provider::mock::{MockLog, MockServer};
 
 const USAGE: &str = "usage: loadgen [--requests N] [--concurrency C] [--time-cap SECS] \
                      [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--gateway-runtime KIND] [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R] [--no-floor] [--serve-mock] [--serve-proxy PORT] [--drive ADDR] \
-                     [--vs-nginx [--nginx PATH] [--cell-secs S]]";
+                     [--vs-nginx [--nginx PATH] [--cell-secs S] [--gateway-before PATH]]";
 
+#[derive(Clone)]
 struct Args {
     requests: usize,
     concurrency: usize,
@@ -83,6 +84,8 @@ struct Args {
     cell_secs: u64,
     /// `--concurrency` was given.
     concurrency_set: bool,
+    /// `--vs-nginx`: also an older gateway binary's production path, as a sixth column.
+    gateway_before: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -105,6 +108,7 @@ fn parse_args() -> Result<Args, String> {
         nginx: PathBuf::from("nginx"),
         cell_secs: 3,
         concurrency_set: false,
+        gateway_before: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -125,6 +129,7 @@ fn parse_args() -> Result<Args, String> {
             "--vs-nginx" => a.vs_nginx = true,
             "--nginx" => a.nginx = PathBuf::from(value()?),
             "--cell-secs" => a.cell_secs = num(value()?)?.max(1),
+            "--gateway-before" => a.gateway_before = Some(PathBuf::from(value()?)),
             "--time-cap" => a.time_cap = Duration::from_secs(num(value()?)?.max(1)),
             "--gateway" => a.gateway = PathBuf::from(value()?),
             "--gateway-log" => a.gateway_log = value()?,
@@ -666,7 +671,8 @@ impl Conn {
             .body(Full::new(body.clone()))
             .map_err(|e| e.to_string())?;
         if let Some(v) = &self.auth {
-            req.headers_mut().insert(http::header::AUTHORIZATION, v.clone());
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, v.clone());
         }
         let t0 = Instant::now();
         let res = self
@@ -1398,6 +1404,26 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
         spawn_gateway(args, &path)
     }
 
+    /// `--gateway-before`: that binary on the production config (its own usage file).
+    fn start_before(
+        args: &Args,
+        dir: &Path,
+        mock_port: u16,
+    ) -> Result<Option<(Proc, SocketAddr)>, String> {
+        let Some(bin) = &args.gateway_before else {
+            return Ok(None);
+        };
+        let path = dir.join("before.toml");
+        let cfg = tollgate_config(args, dir, mock_port, true)
+            .replace("usage.jsonl", "usage-before.jsonl");
+        std::fs::write(&path, cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+        let before = Args {
+            gateway: bin.clone(),
+            ..args.clone()
+        };
+        spawn_gateway(&before, &path).map(Some)
+    }
+
     /// One target's turn in one round of a cell.
     async fn turn(
         t: &Target,
@@ -1476,9 +1502,20 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
         let (floor_proc, floor_port) = start_proxy(args.gateway_cpus.as_deref(), mock_port)?;
         let (prod_proc, prod) = start_tollgate(args, dir, mock_port, true)?;
         let (lean_proc, lean) = start_tollgate(args, dir, mock_port, false)?;
-        let targets = [
-            Target { name: "direct", addr: mock, pid: None, key: None },
-            Target { name: "nginx", addr: nginx, pid: Some(nginx_proc.pid()), key: None },
+        let before = start_before(args, dir, mock_port)?;
+        let mut targets = vec![
+            Target {
+                name: "direct",
+                addr: mock,
+                pid: None,
+                key: None,
+            },
+            Target {
+                name: "nginx",
+                addr: nginx,
+                pid: Some(nginx_proc.pid()),
+                key: None,
+            },
             Target {
                 name: "bare proxy",
                 addr: SocketAddr::from(([127, 0, 0, 1], floor_port)),
@@ -1491,9 +1528,26 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
                 pid: Some(prod_proc.pid()),
                 key: Some(Arc::from(KEY)),
             },
-            Target { name: "tollgate lean", addr: lean, pid: Some(lean_proc.pid()), key: None },
+            Target {
+                name: "tollgate lean",
+                addr: lean,
+                pid: Some(lean_proc.pid()),
+                key: None,
+            },
         ];
-        let high = if args.concurrency_set { args.concurrency } else { 32 };
+        if let Some((p, addr)) = &before {
+            targets.push(Target {
+                name: "prod before",
+                addr: *addr,
+                pid: Some(p.pid()),
+                key: Some(Arc::from(KEY)),
+            });
+        }
+        let high = if args.concurrency_set {
+            args.concurrency
+        } else {
+            32
+        };
         let json = body_for("ok", false);
         let stream = stream_body();
         eprintln!("warming up {} targets", targets.len());
@@ -1511,7 +1565,10 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
         let mut results = Vec::new();
         for (name, body, c) in cells {
             let name = name.replace("high", &high.to_string());
-            eprintln!("- {name}: {} s per target in {} rounds", args.cell_secs, args.rounds);
+            eprintln!(
+                "- {name}: {} s per target in {} rounds",
+                args.cell_secs, args.rounds
+            );
             let shares = cell(&targets, body, c, args.cell_secs, args.rounds, ticks).await?;
             results.push((name, shares));
         }
@@ -1520,7 +1577,9 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
             .map(|t| t.pid.map_or(0, |p| proc_field(p, "status", "VmHWM:")))
             .collect();
         report(args, &targets, &results, &rss, high);
-        drop((lean_proc, prod_proc, floor_proc, nginx_proc, mock_proc));
+        drop((
+            before, lean_proc, prod_proc, floor_proc, nginx_proc, mock_proc,
+        ));
         Ok(())
     }
 
@@ -1532,17 +1591,19 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
             _ => "-".to_owned(),
         };
         let at = |i: usize| v.get(i).copied().flatten();
-        println!(
-            "{:<34} {:>9} {:>9} {:>9} {:>9} {:>9}  {:>7} {:>7}  {unit}",
-            label,
-            cell(at(0)),
-            cell(at(1)),
-            cell(at(2)),
-            cell(at(3)),
-            cell(at(4)),
+        let mut out = format!("{label:<34}");
+        for x in v {
+            out.push_str(&format!(" {:>9}", cell(*x)));
+        }
+        out.push_str(&format!(
+            "  {:>7} {:>7}",
             ratio(at(3), at(1)),
-            ratio(at(4), at(1)),
-        );
+            ratio(at(4), at(1))
+        ));
+        if v.len() > 5 {
+            out.push_str(&format!(" {:>7}", ratio(at(5), at(1))));
+        }
+        println!("{out}  {unit}");
     }
 
     fn report(
@@ -1557,7 +1618,10 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
         println!(
             "loadgen --vs-nginx: {} cores, load average {}; {} s per target per cell in {} alternating rounds; tollgate workers: {}; stream = ok?chunks=20 with include_usage (23 events)",
             online_cpus(),
-            load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
             args.cell_secs,
             args.rounds,
             args.gateway_workers.unwrap_or(1),
@@ -1566,7 +1630,8 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
         for t in targets {
             print!(" {:>9}", t.name.split(' ').next_back().unwrap_or(t.name));
         }
-        println!("  {:>7} {:>7}", "prod/ng", "lean/ng");
+        print!("  {:>7} {:>7}", "prod/ng", "lean/ng");
+        println!("{}", if targets.len() > 5 { " befr/ng" } else { "" });
         println!("{}", "-".repeat(112));
         let direct_p50 = |sh: &[Share]| us(sh[0].run.p(0.50));
         for (name, sh) in results {
@@ -1583,13 +1648,33 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
             line(&format!("{name}: p50"), "µs", &all(&|s| us(s.run.p(0.50))));
             line(&format!("{name}: p99"), "µs", &all(&|s| us(s.run.p(0.99))));
             let d = direct_p50(sh);
-            line(&format!("{name}: added p50"), "µs", &mid(&|s| us(s.run.p(0.50)) - d));
-            line(&format!("{name}: CPU per {per}"), "µs", &mid(&|s| s.cpu_us()));
-            line(&format!("{name}: writes per {per}"), "syscw", &mid(&|s| s.writes_per()));
+            line(
+                &format!("{name}: added p50"),
+                "µs",
+                &mid(&|s| us(s.run.p(0.50)) - d),
+            );
+            line(
+                &format!("{name}: CPU per {per}"),
+                "µs",
+                &mid(&|s| s.cpu_us()),
+            );
+            line(
+                &format!("{name}: writes per {per}"),
+                "syscw",
+                &mid(&|s| s.writes_per()),
+            );
             if stream && sh.iter().all(|s| !s.run.samples.is_empty()) {
                 let fb = us(sh[0].run.fb(0.50));
-                line(&format!("{name}: first event p50"), "µs", &all(&|s| us(s.run.fb(0.50))));
-                line(&format!("{name}: first event added"), "µs", &mid(&|s| us(s.run.fb(0.50)) - fb));
+                line(
+                    &format!("{name}: first event p50"),
+                    "µs",
+                    &all(&|s| us(s.run.fb(0.50))),
+                );
+                line(
+                    &format!("{name}: first event added"),
+                    "µs",
+                    &mid(&|s| us(s.run.fb(0.50)) - fb),
+                );
             }
             let errors: usize = sh.iter().map(|s| s.run.errors).sum();
             if errors > 0 {
@@ -1647,7 +1732,10 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
         println!("targets of issue 12 (tollgate production path / nginx, this run):");
         for (what, v, ok) in checks {
             let what = what.replace("high", &high.to_string());
-            println!("  {what:<46} {v:>7.2}  {}", if ok { "met" } else { "NOT MET" });
+            println!(
+                "  {what:<46} {v:>7.2}  {}",
+                if ok { "met" } else { "NOT MET" }
+            );
         }
     }
 }

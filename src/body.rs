@@ -335,7 +335,11 @@ mod tests {
             for _ in 0..COALESCE_YIELDS {
                 let before = count.0.load(Ordering::SeqCst);
                 assert!(poll(body, cx).is_pending(), "a batch in hand: yield");
-                assert_eq!(count.0.load(Ordering::SeqCst), before + 1, "a yield wakes itself");
+                assert_eq!(
+                    count.0.load(Ordering::SeqCst),
+                    before + 1,
+                    "a yield wakes itself"
+                );
             }
         };
         yields(&mut body, &mut cx);
@@ -366,7 +370,10 @@ mod tests {
         tx.send(Err("boom".into())).unwrap();
         drop(tx);
         assert_eq!(&data(poll(&mut body, &mut cx))[..], b"x");
-        assert!(matches!(poll(&mut body, &mut cx), Poll::Ready(Some(Err(_)))));
+        assert!(matches!(
+            poll(&mut body, &mut cx),
+            Poll::Ready(Some(Err(_)))
+        ));
         assert!(matches!(poll(&mut body, &mut cx), Poll::Ready(None)));
     }
 
@@ -379,7 +386,11 @@ mod tests {
             tx.send(Ok(Frame::data(piece.clone()))).unwrap();
         }
         drop(tx);
-        assert_eq!(data(poll(&mut body, &mut cx)).len(), 1000, "the first frame, at once");
+        assert_eq!(
+            data(poll(&mut body, &mut cx)).len(),
+            1000,
+            "the first frame, at once"
+        );
         let batch = data(poll(&mut body, &mut cx));
         assert_eq!(batch.len(), COALESCE_MAX.div_ceil(1000) * 1000);
         let rest = data(poll(&mut body, &mut cx));

@@ -41,7 +41,9 @@ const N: usize = 20;
 async fn one_write_upstream(events: Vec<String>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut answer =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
     for ev in &events {
         answer.extend_from_slice(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes());
     }
@@ -325,8 +327,15 @@ async fn messages_ingress_events_of_one_read_leave_in_one_frame() {
     let text = String::from_utf8_lossy(&body);
     assert!(text.starts_with("event: message_start\n"), "{text}");
     assert_eq!(text.matches("event: content_block_delta\n").count(), N);
-    assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"), "{text}");
+    assert!(
+        text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{text}"
+    );
     let f = frames_of(&frames, body.len()).await;
-    assert_eq!(f.len(), 2, "the first event's translation, then one frame: {f:?}");
+    assert_eq!(
+        f.len(),
+        2,
+        "the first event's translation, then one frame: {f:?}"
+    );
     assert!(f[1] > f[0] * 4, "the bulk is in the second frame: {f:?}");
 }

@@ -320,11 +320,7 @@ fn rewrite_sse(data: Bytes, price: &Price) -> Bytes {
     splice(data, cuts)
 }
 
-fn rewrite_json(
-    data: Bytes,
-    scan: &mut JsonScan,
-    price: &Price,
-) -> Bytes {
+fn rewrite_json(data: Bytes, scan: &mut JsonScan, price: &Price) -> Bytes {
     if scan.done {
         return data;
     }
