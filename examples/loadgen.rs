@@ -1251,7 +1251,7 @@ mod vs_nginx {
             .and_then(|s| {
                 s.lines()
                     .find_map(|l| l.strip_prefix(key))
-                    .and_then(|v| v.trim().split_whitespace().next()?.parse().ok())
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
             })
             .unwrap_or(0)
     }
