@@ -19,11 +19,12 @@
 //! `completion_tokens`, e.g. Anthropic's on the `/v1/messages` ingress). Responses with no known price, errors and compressed bodies pass
 //! through untouched; a rewritten non-streaming response loses its `content-length`.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
@@ -177,6 +178,7 @@ pin_project! {
         inner: B,
         price: Price,
         mode: Mode,
+        pending: VecDeque<Bytes>,
     }
 }
 
@@ -191,6 +193,7 @@ impl<B> CostBody<B> {
             } else {
                 Mode::Json(Box::default())
             },
+            pending: VecDeque::new(),
         }
     }
 }
@@ -208,12 +211,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if let Some(b) = this.pending.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
         match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let out = match this.mode {
-                        Mode::Stream => rewrite_sse(data, this.price),
-                        Mode::Json(scan) => rewrite_json(data, scan, this.price),
+                        Mode::Stream => rewrite_sse(data, this.price, this.pending),
+                        Mode::Json(scan) => rewrite_json(data, scan, this.price, this.pending),
                     };
                     Poll::Ready(Some(Ok(Frame::data(out))))
                 }
@@ -225,7 +231,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -257,19 +263,24 @@ fn cost_member(usage_obj: &[u8], price: &Price) -> Option<Bytes> {
     Some(Bytes::from(format!("{sep}\"cost\":{usd}")))
 }
 
-/// `data` with each `insert` put at its offset, as **one** buffer: one frame in, one frame out
-/// (the events of one upstream read leave in one write).
-fn splice(data: Bytes, cuts: Vec<(usize, Bytes)>) -> Bytes {
-    let added: usize = cuts.iter().map(|(_, b)| b.len()).sum();
-    let mut out = BytesMut::with_capacity(data.len() + added);
+/// Split `data` at `at`, with `insert` between; the first piece is returned, the rest queued.
+fn splice(data: Bytes, cuts: Vec<(usize, Bytes)>, pending: &mut VecDeque<Bytes>) -> Bytes {
+    let mut pieces = Vec::with_capacity(cuts.len() * 2 + 1);
     let mut from = 0;
     for (at, insert) in cuts {
-        out.extend_from_slice(&data[from..at]);
-        out.extend_from_slice(&insert);
+        if at > from {
+            pieces.push(data.slice(from..at));
+        }
+        pieces.push(insert);
         from = at;
     }
-    out.extend_from_slice(&data[from..]);
-    out.freeze()
+    if from < data.len() {
+        pieces.push(data.slice(from..));
+    }
+    let mut it = pieces.into_iter();
+    let first = it.next().unwrap_or_default();
+    pending.extend(it);
+    first
 }
 
 /// Whether `data` has a `"usage"` key followed by an object (not `"usage":null`, which
@@ -290,7 +301,7 @@ fn has_usage_object(data: &[u8]) -> bool {
     })
 }
 
-fn rewrite_sse(data: Bytes, price: &Price) -> Bytes {
+fn rewrite_sse(data: Bytes, price: &Price, pending: &mut VecDeque<Bytes>) -> Bytes {
     if !has_usage_object(&data) {
         return data;
     }
@@ -317,16 +328,21 @@ fn rewrite_sse(data: Bytes, price: &Price) -> Bytes {
     if cuts.is_empty() {
         return data;
     }
-    splice(data, cuts)
+    splice(data, cuts, pending)
 }
 
-fn rewrite_json(data: Bytes, scan: &mut JsonScan, price: &Price) -> Bytes {
+fn rewrite_json(
+    data: Bytes,
+    scan: &mut JsonScan,
+    price: &Price,
+    pending: &mut VecDeque<Bytes>,
+) -> Bytes {
     if scan.done {
         return data;
     }
     match scan.feed(&data) {
         Some(close) => match cost_member(&scan.usage, price) {
-            Some(ins) => splice(data, vec![(close, ins)]),
+            Some(ins) => splice(data, vec![(close, ins)], pending),
             None => data,
         },
         None => data,
@@ -463,13 +479,18 @@ mod tests {
 
     fn run_json(parts: &[&str]) -> String {
         let mut scan = JsonScan::default();
+        let mut pending = VecDeque::new();
         let mut out = Vec::new();
         for p in parts {
             out.extend_from_slice(&rewrite_json(
                 Bytes::copy_from_slice(p.as_bytes()),
                 &mut scan,
                 &price(),
+                &mut pending,
             ));
+            while let Some(b) = pending.pop_front() {
+                out.extend_from_slice(&b);
+            }
         }
         String::from_utf8(out).unwrap()
     }
@@ -504,20 +525,30 @@ mod tests {
 
     #[test]
     fn sse_frames_without_usage_are_the_same_allocation() {
+        let mut pending = VecDeque::new();
         let frame = Bytes::from_static(
             b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
         );
-        let out = rewrite_sse(frame.clone(), &price());
+        let out = rewrite_sse(frame.clone(), &price(), &mut pending);
         assert_eq!(out.as_ptr(), frame.as_ptr());
         assert_eq!(out.len(), frame.len());
+        assert!(pending.is_empty());
 
         let frame = Bytes::from_static(
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":6,\"total_tokens\":17,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\ndata: [DONE]\n\n",
         );
-        // A frame with a usage object: still one frame out (one buffer).
-        let out = rewrite_sse(frame.clone(), &price());
+        let first = rewrite_sse(frame.clone(), &price(), &mut pending);
         assert_eq!(
-            String::from_utf8(out.to_vec()).unwrap(),
+            first.as_ptr(),
+            frame.as_ptr(),
+            "the prefix is a slice of the frame"
+        );
+        let mut all = first.to_vec();
+        for b in pending.drain(..) {
+            all.extend_from_slice(&b);
+        }
+        assert_eq!(
+            String::from_utf8(all).unwrap(),
             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":6,\"total_tokens\":17,\"prompt_tokens_details\":{\"cached_tokens\":4},\"cost\":0.00000495}}\n\ndata: [DONE]\n\n"
         );
     }
