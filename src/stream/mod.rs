@@ -12,7 +12,8 @@
 //!   - forwards each event as soon as its blank line arrives (no timers), and all the complete
 //!     events of one upstream frame as **one** frame (a zero-copy slice when nothing between
 //!     them was removed, one copy otherwise): with the provider adapters' [`ReadCoalesce`]
-//!     below, what one upstream read delivered leaves in one write,
+//!     below, what one upstream read delivered leaves in one write (the stream's first event
+//!     goes out at once, before the rest of its read),
 //!   - finds the usage chunk with a byte search before any JSON parse, writes the exact upstream
 //!     usage into the request's [`UsageTap`], and strips that chunk unless the client asked for
 //!     it ([`ParsedRequest::wants_usage`]),
