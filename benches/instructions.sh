@@ -32,7 +32,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A child of loadgen that serves until its stdin closes: keep a FIFO open for it.
+# A child of loadgen that serves until its stdin closes: keep a FIFO open for it. Sets PORT.
+# (Not called in a `$(…)` subshell: the pids must reach PIDS, or cleanup leaves them running.)
 child() { # name, args...
   local name=$1; shift
   mkfifo "$DIR/$name.in"
@@ -41,7 +42,7 @@ child() { # name, args...
   "$@" < "$DIR/$name.in" > "$DIR/$name.out" 2> "$DIR/$name.err" &
   PIDS+=($!)
   for _ in $(seq 100); do [ -s "$DIR/$name.out" ] && break; sleep 0.1; done
-  head -1 "$DIR/$name.out"
+  PORT=$(head -1 "$DIR/$name.out")
 }
 
 # Count instructions of PID (under callgrind) over N requests to ADDR, after a warm-up.
@@ -56,7 +57,8 @@ count() { # pid, addr, out-prefix
   callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}'
 }
 
-MOCK=$(child mock "$BIN/loadgen" --serve-mock)
+child mock "$BIN/loadgen" --serve-mock
+MOCK=$PORT
 
 cat > "$DIR/gateway.toml" <<EOF
 [auth]
