@@ -52,8 +52,10 @@ use hyper_util::rt::TokioIo;
 use tollgate::provider::mock::{MockLog, MockServer};
 
 const USAGE: &str = "usage: loadgen [--requests N] [--concurrency C] [--time-cap SECS] \
-                     [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--gateway-runtime KIND] [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R] [--no-floor] [--serve-mock] [--serve-proxy PORT] [--drive ADDR]";
+                     [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--gateway-runtime KIND] [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R] [--no-floor] [--serve-mock] [--serve-proxy PORT] [--drive ADDR] \
+                     [--vs-nginx [--nginx PATH] [--cell-secs S] [--gateway-before PATH]]";
 
+#[derive(Clone)]
 struct Args {
     requests: usize,
     concurrency: usize,
@@ -73,6 +75,17 @@ struct Args {
     /// Client-only mode: send `--requests` non-streaming requests to this address, one at a
     /// time on one connection, and exit (benches/instructions.sh drives callgrind with it).
     drive: Option<SocketAddr>,
+    /// The comparison with nginx (`--vs-nginx`): direct, nginx, the bare proxy, tollgate's
+    /// production path and its lean path, in one run.
+    vs_nginx: bool,
+    /// The nginx binary (`--nginx PATH`).
+    nginx: PathBuf,
+    /// `--vs-nginx`: seconds each of the five measures every cell (split over the rounds).
+    cell_secs: u64,
+    /// `--concurrency` was given.
+    concurrency_set: bool,
+    /// `--vs-nginx`: also an older gateway binary's production path, as a sixth column.
+    gateway_before: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -91,6 +104,11 @@ fn parse_args() -> Result<Args, String> {
         serve_proxy: None,
         floor: true,
         drive: None,
+        vs_nginx: false,
+        nginx: PathBuf::from("nginx"),
+        cell_secs: 3,
+        concurrency_set: false,
+        gateway_before: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,7 +122,14 @@ fn parse_args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--requests" | "-n" => a.requests = num(value()?)?.max(1) as usize,
-            "--concurrency" | "-c" => a.concurrency = num(value()?)?.max(1) as usize,
+            "--concurrency" | "-c" => {
+                a.concurrency = num(value()?)?.max(1) as usize;
+                a.concurrency_set = true;
+            }
+            "--vs-nginx" => a.vs_nginx = true,
+            "--nginx" => a.nginx = PathBuf::from(value()?),
+            "--cell-secs" => a.cell_secs = num(value()?)?.max(1),
+            "--gateway-before" => a.gateway_before = Some(PathBuf::from(value()?)),
             "--time-cap" => a.time_cap = Duration::from_secs(num(value()?)?.max(1)),
             "--gateway" => a.gateway = PathBuf::from(value()?),
             "--gateway-log" => a.gateway_log = value()?,
@@ -162,6 +187,8 @@ fn main() -> ExitCode {
             println!("{} requests", r.samples.len());
             Ok(())
         })
+    } else if args.vs_nginx {
+        rt.block_on(vs_nginx::run(&args))
     } else {
         rt.block_on(run(&args))
     };
@@ -591,10 +618,22 @@ type EventTimes = Vec<Duration>;
 struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
+    /// `Authorization: Bearer …` sent with every request, if any.
+    auth: Option<http::HeaderValue>,
 }
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Result<Conn, String> {
+        Conn::open_as(addr, None).await
+    }
+
+    async fn open_as(addr: SocketAddr, key: Option<&str>) -> Result<Conn, String> {
+        let auth = match key {
+            Some(k) => Some(
+                http::HeaderValue::from_str(&format!("Bearer {k}")).map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
         if !addr.ip().is_loopback() {
             return Err(format!("{addr} is not a loopback address"));
         }
@@ -611,6 +650,7 @@ impl Conn {
         Ok(Conn {
             sender,
             host: addr.to_string(),
+            auth,
         })
     }
 
@@ -625,11 +665,15 @@ impl Conn {
             .ready()
             .await
             .map_err(|e| format!("connection: {e}"))?;
-        let req = Request::post("/v1/chat/completions")
+        let mut req = Request::post("/v1/chat/completions")
             .header("host", &self.host)
             .header("content-type", "application/json")
             .body(Full::new(body.clone()))
             .map_err(|e| e.to_string())?;
+        if let Some(v) = &self.auth {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, v.clone());
+        }
         let t0 = Instant::now();
         let res = self
             .sender
@@ -717,22 +761,34 @@ async fn drive(
     concurrency: usize,
     cap: Duration,
 ) -> Result<Run, String> {
+    drive_as(addr, None, body, requests, concurrency, cap).await
+}
+
+/// [`drive`], sending `key` as a bearer token when given.
+async fn drive_as(
+    addr: SocketAddr,
+    key: Option<Arc<str>>,
+    body: Bytes,
+    requests: usize,
+    concurrency: usize,
+    cap: Duration,
+) -> Result<Run, String> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = started + cap;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.min(requests) {
-        let (next, body) = (next.clone(), body.clone());
+        let (next, body, key) = (next.clone(), body.clone(), key.clone());
         tasks.spawn(async move {
             let mut run = Run::default();
-            let mut conn = Conn::open(addr).await?;
+            let mut conn = Conn::open_as(addr, key.as_deref()).await?;
             while next.fetch_add(1, Ordering::Relaxed) < requests && Instant::now() < deadline {
                 match conn.request(&body, None).await {
                     Ok(s) => run.samples.push(s),
                     Err(e) => {
                         run.errors += 1;
                         run.first_error.get_or_insert(e);
-                        conn = Conn::open(addr).await?;
+                        conn = Conn::open_as(addr, key.as_deref()).await?;
                     }
                 }
             }
@@ -1147,4 +1203,539 @@ async fn run(args: &Args) -> Result<(), String> {
     drop(gw_proc);
     drop(mock_proc);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// --vs-nginx: direct, nginx, the bare proxy, tollgate production and lean, in one run
+// ---------------------------------------------------------------------------------------------
+
+mod vs_nginx {
+    use super::*;
+
+    /// The virtual key the production path is driven with.
+    const KEY: &str = "sk-loadgen-bench-key";
+
+    /// Something the client can be pointed at.
+    struct Target {
+        name: &'static str,
+        addr: SocketAddr,
+        /// The process in between (none when the client talks to the mock directly).
+        pid: Option<u32>,
+        key: Option<Arc<str>>,
+    }
+
+    /// One target's share of one cell.
+    #[derive(Default)]
+    struct Share {
+        run: Run,
+        /// utime + stime of the process in between.
+        cpu: Duration,
+        /// Its write-like system calls (`syscw` of /proc/PID/io).
+        writes: u64,
+        requests: usize,
+    }
+
+    impl Share {
+        fn cpu_us(&self) -> f64 {
+            us(self.cpu) / self.requests.max(1) as f64
+        }
+        fn writes_per(&self) -> f64 {
+            self.writes as f64 / self.requests.max(1) as f64
+        }
+    }
+
+    /// A field of a `/proc/PID/…` file of `key: value` lines, as a number.
+    fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// A free port on 127.0.0.1 (for nginx, which cannot report the one it got).
+    fn free_port() -> Result<u16, String> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+    }
+
+    fn wait_listening(addr: SocketAddr, name: &str) -> Result<(), String> {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("{name} does not listen on {addr}"))
+    }
+
+    /// nginx as a plain reverse proxy in front of the mock: one process (`master_process
+    /// off`, so its CPU and RSS are one pid's), `proxy_buffering off`, upstream keep-alive,
+    /// no access log, everything under `dir`, listening on 127.0.0.1 only.
+    fn start_nginx(args: &Args, dir: &Path, mock_port: u16) -> Result<(Proc, SocketAddr), String> {
+        let port = free_port()?;
+        let d = dir.display();
+        let conf = format!(
+            r#"# Generated by examples/loadgen.rs --vs-nginx
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log crit;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream mock {{
+        server 127.0.0.1:{mock_port};
+        keepalive 128;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"#
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut cmd = match &args.gateway_cpus {
+            None => Command::new(&args.nginx),
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(&args.nginx);
+                c
+            }
+        };
+        let child = cmd
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("nginx-error.log"))
+            .arg("-c")
+            .arg(&path)
+            .arg("-g")
+            .arg("daemon off; master_process off;")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start nginx `{}` (apt-get install -y nginx, or --nginx PATH): {e}",
+                    args.nginx.display()
+                )
+            })?;
+        let proc = Proc {
+            name: "nginx",
+            child,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(addr, "nginx")?;
+        Ok((proc, addr))
+    }
+
+    /// A gateway config: one worker; `prod` adds a virtual key with an rpm limit and the JSONL
+    /// usage file; lean has auth off and no usage file.
+    fn tollgate_config(args: &Args, dir: &Path, mock_port: u16, prod: bool) -> String {
+        let workers = args.gateway_workers.unwrap_or(1);
+        let runtime = args
+            .gateway_runtime
+            .as_ref()
+            .map(|k| format!("runtime = \"{k}\"\n"))
+            .unwrap_or_default();
+        let (auth, jsonl) = if prod {
+            (
+                format!(
+                    "enabled = true\n[[auth.keys]]\nname = \"bench\"\nsha256 = \"{}\"\nrpm = 100000000\n",
+                    tollgate::auth::hash_key(KEY)
+                ),
+                dir.join("usage.jsonl").display().to_string(),
+            )
+        } else {
+            ("enabled = false\n".to_owned(), String::new())
+        };
+        format!(
+            r#"# Generated by examples/loadgen.rs --vs-nginx
+[server]
+workers = {workers}
+{runtime}
+[auth]
+{auth}
+[usage]
+jsonl = "{jsonl}"
+
+[providers.mock]
+kind = "openai"
+base_url = "http://127.0.0.1:{mock_port}/v1"
+
+[models.ok]
+targets = [{{ provider = "mock", model = "ok" }}]
+
+[models."ok?chunks=20"]
+targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
+"#
+        )
+    }
+
+    fn start_tollgate(
+        args: &Args,
+        dir: &Path,
+        mock_port: u16,
+        prod: bool,
+    ) -> Result<(Proc, SocketAddr), String> {
+        let name = if prod { "prod.toml" } else { "lean.toml" };
+        let path = dir.join(name);
+        std::fs::write(&path, tollgate_config(args, dir, mock_port, prod))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        spawn_gateway(args, &path)
+    }
+
+    /// `--gateway-before`: that binary on the production config (its own usage file).
+    fn start_before(
+        args: &Args,
+        dir: &Path,
+        mock_port: u16,
+    ) -> Result<Option<(Proc, SocketAddr)>, String> {
+        let Some(bin) = &args.gateway_before else {
+            return Ok(None);
+        };
+        let path = dir.join("before.toml");
+        let cfg = tollgate_config(args, dir, mock_port, true)
+            .replace("usage.jsonl", "usage-before.jsonl");
+        std::fs::write(&path, cfg).map_err(|e| format!("{}: {e}", path.display()))?;
+        let before = Args {
+            gateway: bin.clone(),
+            ..args.clone()
+        };
+        spawn_gateway(&before, &path).map(Some)
+    }
+
+    /// One target's turn in one round of a cell.
+    async fn turn(
+        t: &Target,
+        body: &Bytes,
+        concurrency: usize,
+        secs: Duration,
+        ticks: u64,
+        share: &mut Share,
+    ) -> Result<(), String> {
+        let before = match t.pid {
+            Some(pid) => Some((cpu_of(pid, ticks)?, proc_field(pid, "io", "syscw:"))),
+            None => None,
+        };
+        let r = drive_as(
+            t.addr,
+            t.key.clone(),
+            body.clone(),
+            usize::MAX / 2,
+            concurrency,
+            secs,
+        )
+        .await?;
+        if let (Some(pid), Some((cpu0, w0))) = (t.pid, before) {
+            let cpu1 = cpu_of(pid, ticks)?;
+            share.cpu += cpu1.stat.saturating_sub(cpu0.stat);
+            share.writes += proc_field(pid, "io", "syscw:").saturating_sub(w0);
+        }
+        share.requests += r.samples.len() + r.errors;
+        share.run.absorb(r);
+        Ok(())
+    }
+
+    /// One cell: every target in turn, `rounds` times, `secs` in all for each.
+    async fn cell(
+        targets: &[Target],
+        body: &Bytes,
+        concurrency: usize,
+        secs: u64,
+        rounds: usize,
+        ticks: u64,
+    ) -> Result<Vec<Share>, String> {
+        let per = Duration::from_secs_f64(secs as f64 / rounds.max(1) as f64);
+        let mut shares: Vec<Share> = targets.iter().map(|_| Share::default()).collect();
+        for _ in 0..rounds.max(1) {
+            for (t, share) in targets.iter().zip(shares.iter_mut()) {
+                turn(t, body, concurrency, per, ticks, share).await?;
+            }
+        }
+        Ok(shares)
+    }
+
+    /// The body of a stream of 23 events: 20 content chunks, the finish chunk, the usage chunk
+    /// (asked for, so that every path moves the same bytes) and `[DONE]`.
+    fn stream_body() -> Bytes {
+        let b = body_for("ok?chunks=20", true);
+        let s = String::from_utf8_lossy(&b).replace(
+            r#""stream":true"#,
+            r#""stream":true,"stream_options":{"include_usage":true}"#,
+        );
+        Bytes::from(s)
+    }
+
+    pub(super) async fn run(args: &Args) -> Result<(), String> {
+        let ticks = clock_ticks();
+        let dir = std::env::temp_dir().join(format!("tollgate-vs-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let result = run_in(args, &dir, ticks).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    async fn run_in(args: &Args, dir: &Path, ticks: u64) -> Result<(), String> {
+        let (mock_proc, mock_port) = start_mock(args.mock_cpus.as_deref())?;
+        let mock = SocketAddr::from(([127, 0, 0, 1], mock_port));
+        let (nginx_proc, nginx) = start_nginx(args, dir, mock_port)?;
+        let (floor_proc, floor_port) = start_proxy(args.gateway_cpus.as_deref(), mock_port)?;
+        let (prod_proc, prod) = start_tollgate(args, dir, mock_port, true)?;
+        let (lean_proc, lean) = start_tollgate(args, dir, mock_port, false)?;
+        let before = start_before(args, dir, mock_port)?;
+        let mut targets = vec![
+            Target {
+                name: "direct",
+                addr: mock,
+                pid: None,
+                key: None,
+            },
+            Target {
+                name: "nginx",
+                addr: nginx,
+                pid: Some(nginx_proc.pid()),
+                key: None,
+            },
+            Target {
+                name: "bare proxy",
+                addr: SocketAddr::from(([127, 0, 0, 1], floor_port)),
+                pid: Some(floor_proc.pid()),
+                key: None,
+            },
+            Target {
+                name: "tollgate prod",
+                addr: prod,
+                pid: Some(prod_proc.pid()),
+                key: Some(Arc::from(KEY)),
+            },
+            Target {
+                name: "tollgate lean",
+                addr: lean,
+                pid: Some(lean_proc.pid()),
+                key: None,
+            },
+        ];
+        if let Some((p, addr)) = &before {
+            targets.push(Target {
+                name: "prod before",
+                addr: *addr,
+                pid: Some(p.pid()),
+                key: Some(Arc::from(KEY)),
+            });
+        }
+        let high = if args.concurrency_set {
+            args.concurrency
+        } else {
+            32
+        };
+        let json = body_for("ok", false);
+        let stream = stream_body();
+        eprintln!("warming up {} targets", targets.len());
+        for t in &targets {
+            let cap = Duration::from_secs(5);
+            drive_as(t.addr, t.key.clone(), json.clone(), 500, high, cap).await?;
+            drive_as(t.addr, t.key.clone(), stream.clone(), 200, high, cap).await?;
+        }
+        let cells = [
+            ("json c=1", &json, 1),
+            ("json c=high", &json, high),
+            ("stream c=1", &stream, 1),
+            ("stream c=high", &stream, high),
+        ];
+        let mut results = Vec::new();
+        for (name, body, c) in cells {
+            let name = name.replace("high", &high.to_string());
+            eprintln!(
+                "- {name}: {} s per target in {} rounds",
+                args.cell_secs, args.rounds
+            );
+            let shares = cell(&targets, body, c, args.cell_secs, args.rounds, ticks).await?;
+            results.push((name, shares));
+        }
+        let rss: Vec<u64> = targets
+            .iter()
+            .map(|t| t.pid.map_or(0, |p| proc_field(p, "status", "VmHWM:")))
+            .collect();
+        report(args, &targets, &results, &rss, high);
+        drop((
+            before, lean_proc, prod_proc, floor_proc, nginx_proc, mock_proc,
+        ));
+        Ok(())
+    }
+
+    /// One row: a value per target (None: not applicable), then prod/nginx and lean/nginx.
+    fn line(label: &str, unit: &str, v: &[Option<f64>]) {
+        let cell = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b.abs() > 1e-9 => format!("{:.2}x", a / b),
+            _ => "-".to_owned(),
+        };
+        let at = |i: usize| v.get(i).copied().flatten();
+        let mut out = format!("{label:<34}");
+        for x in v {
+            out.push_str(&format!(" {:>9}", cell(*x)));
+        }
+        out.push_str(&format!(
+            "  {:>7} {:>7}",
+            ratio(at(3), at(1)),
+            ratio(at(4), at(1))
+        ));
+        if v.len() > 5 {
+            out.push_str(&format!(" {:>7}", ratio(at(5), at(1))));
+        }
+        println!("{out}  {unit}");
+    }
+
+    fn report(
+        args: &Args,
+        targets: &[Target],
+        results: &[(String, Vec<Share>)],
+        rss_kib: &[u64],
+        high: usize,
+    ) {
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!();
+        println!(
+            "loadgen --vs-nginx: {} cores, load average {}; {} s per target per cell in {} alternating rounds; tollgate workers: {}; stream = ok?chunks=20 with include_usage (23 events)",
+            online_cpus(),
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            args.cell_secs,
+            args.rounds,
+            args.gateway_workers.unwrap_or(1),
+        );
+        print!("{:<34}", "");
+        for t in targets {
+            print!(" {:>9}", t.name.split(' ').next_back().unwrap_or(t.name));
+        }
+        print!("  {:>7} {:>7}", "prod/ng", "lean/ng");
+        println!("{}", if targets.len() > 5 { " befr/ng" } else { "" });
+        println!("{}", "-".repeat(112));
+        let direct_p50 = |sh: &[Share]| us(sh[0].run.p(0.50));
+        for (name, sh) in results {
+            let all = |f: &dyn Fn(&Share) -> f64| sh.iter().map(|s| Some(f(s))).collect::<Vec<_>>();
+            let mid = |f: &dyn Fn(&Share) -> f64| {
+                sh.iter()
+                    .enumerate()
+                    .map(|(i, s)| (i > 0).then(|| f(s)))
+                    .collect::<Vec<_>>()
+            };
+            let stream = name.starts_with("stream");
+            let per = if stream { "stream" } else { "request" };
+            line(&format!("{name}: {per}s/s"), "/s", &all(&|s| s.run.rps()));
+            line(&format!("{name}: p50"), "µs", &all(&|s| us(s.run.p(0.50))));
+            line(&format!("{name}: p99"), "µs", &all(&|s| us(s.run.p(0.99))));
+            let d = direct_p50(sh);
+            line(
+                &format!("{name}: added p50"),
+                "µs",
+                &mid(&|s| us(s.run.p(0.50)) - d),
+            );
+            line(
+                &format!("{name}: CPU per {per}"),
+                "µs",
+                &mid(&|s| s.cpu_us()),
+            );
+            line(
+                &format!("{name}: writes per {per}"),
+                "syscw",
+                &mid(&|s| s.writes_per()),
+            );
+            if stream && sh.iter().all(|s| !s.run.samples.is_empty()) {
+                let fb = us(sh[0].run.fb(0.50));
+                line(
+                    &format!("{name}: first event p50"),
+                    "µs",
+                    &all(&|s| us(s.run.fb(0.50))),
+                );
+                line(
+                    &format!("{name}: first event added"),
+                    "µs",
+                    &mid(&|s| us(s.run.fb(0.50)) - fb),
+                );
+            }
+            let errors: usize = sh.iter().map(|s| s.run.errors).sum();
+            if errors > 0 {
+                println!("  ({errors} errors in this cell)");
+            }
+        }
+        let rss: Vec<Option<f64>> = rss_kib
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i > 0).then(|| *k as f64 / 1024.0))
+            .collect();
+        line("peak RSS (VmHWM)", "MiB", &rss);
+        verdicts(results, rss_kib, high);
+    }
+
+    /// The targets of issue 12 (production path against nginx, same run).
+    fn verdicts(results: &[(String, Vec<Share>)], rss_kib: &[u64], high: usize) {
+        let find = |n: &str| results.iter().find(|(name, _)| name == n).map(|(_, s)| s);
+        let (Some(j1), Some(jc), Some(s1), Some(sc)) = (
+            find("json c=1"),
+            find(&format!("json c={high}")),
+            find("stream c=1"),
+            find(&format!("stream c={high}")),
+        ) else {
+            return;
+        };
+        const NG: usize = 1;
+        const PROD: usize = 3;
+        let added = |sh: &[Share], i: usize| us(sh[i].run.p(0.50)) - us(sh[0].run.p(0.50));
+        let fb_added = |i: usize| us(s1[i].run.fb(0.50)) - us(s1[0].run.fb(0.50));
+        let checks: [(&str, f64, bool); 9] = {
+            let r = |a: f64, b: f64| a / b.max(1e-9);
+            let cpu1 = r(j1[PROD].cpu_us(), j1[NG].cpu_us());
+            let add1 = r(added(j1, PROD), added(j1, NG));
+            let rpsc = r(jc[PROD].run.rps(), jc[NG].run.rps());
+            let cpuc = r(jc[PROD].cpu_us(), jc[NG].cpu_us());
+            let scpu = r(sc[PROD].cpu_us(), sc[NG].cpu_us());
+            let srps = r(sc[PROD].run.rps(), sc[NG].run.rps());
+            let sw = sc[PROD].writes_per() - sc[NG].writes_per();
+            let fb = r(fb_added(PROD), fb_added(NG));
+            let rss = r(rss_kib[PROD] as f64, rss_kib[NG] as f64);
+            [
+                ("json c=1: CPU per request <= 1.5x", cpu1, cpu1 <= 1.5),
+                ("json c=1: added p50 <= 2x", add1, add1 <= 2.0),
+                ("json c=high: requests/s >= 0.8x", rpsc, rpsc >= 0.8),
+                ("json c=high: CPU per request <= 1.5x", cpuc, cpuc <= 1.5),
+                ("stream c=high: CPU per stream <= 2x", scpu, scpu <= 2.0),
+                ("stream c=high: streams/s >= 0.5x", srps, srps >= 0.5),
+                ("stream c=high: writes <= nginx's + 2 (diff)", sw, sw <= 2.0),
+                ("first event added <= 1.5x", fb, fb <= 1.5),
+                ("peak RSS <= 2x", rss, rss <= 2.0),
+            ]
+        };
+        println!();
+        println!("targets of issue 12 (tollgate production path / nginx, this run):");
+        for (what, v, ok) in checks {
+            let what = what.replace("high", &high.to_string());
+            println!(
+                "  {what:<46} {v:>7.2}  {}",
+                if ok { "met" } else { "NOT MET" }
+            );
+        }
+    }
 }

@@ -33,12 +33,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 
-use crate::body::{Body, BoxError};
-use crate::error::{ErrorKind, GatewayError};
+use crate::body::Body;
+use crate::error::GatewayError;
 use crate::provider::headers::{HeaderPolicy, sensitive};
-use crate::provider::openai::{client_for, error_chain, read_capped};
+use crate::provider::openai::{client_for, error_chain, read_capped, success_body};
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error};
 use crate::request::Api;
 use crate::secret::Secret;
@@ -282,17 +282,7 @@ impl AnthropicProvider {
                 let e = error_from_anthropic(parts.status, &parts.headers, &bytes, &name);
                 return Err(policy.scrub(e));
             }
-            let provider = name.clone();
-            let body = body.map_err(move |e| -> BoxError {
-                Box::new(
-                    GatewayError::new(
-                        ErrorKind::UpstreamProtocol,
-                        format!("upstream {provider} broke off the response: {e}"),
-                    )
-                    .with_provider(provider.clone()),
-                )
-            });
-            let mut res = translated_response(stream, Body::new(body));
+            let mut res = translated_response(stream, success_body(body, &name, stream));
             *res.status_mut() = parts.status;
             keep_upstream_id(&parts.headers, res.headers_mut());
             Ok(res)
@@ -410,16 +400,7 @@ where
             return Err(policy.scrub(map_err(parts.status, &parts.headers, &bytes, &name)));
         }
         if stream {
-            let provider = name.clone();
-            let body = body.map_err(move |e| -> BoxError {
-                Box::new(
-                    GatewayError::new(
-                        ErrorKind::UpstreamProtocol,
-                        format!("upstream {provider} broke off the response: {e}"),
-                    )
-                    .with_provider(provider.clone()),
-                )
-            });
+            let body = success_body(body, &name, true);
             let mut res =
                 translated_response(true, Body::new(TranslateBody::new(body, translator)));
             keep_upstream_id(&parts.headers, res.headers_mut());

@@ -43,7 +43,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, ReadCoalesce};
 use crate::error::{ErrorKind, GatewayError};
 use crate::provider::headers::HeaderPolicy;
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error, upstream_error};
@@ -317,6 +317,7 @@ impl Provider for OpenAiProvider {
             .and_then(|req| Ok((req, client_for(call.connect_timeout)?)));
         let name = self.name.clone();
         let policy = self.policy.clone();
+        let stream = call.parsed.stream;
         Box::pin(async move {
             let (req, client) = prepared?;
             let res = client
@@ -326,21 +327,37 @@ impl Provider for OpenAiProvider {
             let (mut parts, body) = res.into_parts();
             if parts.status.is_success() {
                 policy.filter_response(&mut parts.headers);
-                let body = body.map_err(move |e| -> BoxError {
-                    Box::new(
-                        GatewayError::new(
-                            ErrorKind::UpstreamProtocol,
-                            format!("upstream {name} broke off the response: {e}"),
-                        )
-                        .with_provider(name.clone()),
-                    )
-                });
-                return Ok(Response::from_parts(parts, Body::new(body)));
+                return Ok(Response::from_parts(
+                    parts,
+                    success_body(body, &name, stream),
+                ));
             }
             let bytes = read_capped(body, MAX_ERROR_BODY).await;
             let e = upstream_error(parts.status, &parts.headers, &bytes, &name);
             Err(policy.scrub(e))
         })
+    }
+}
+
+/// The body of a 2xx upstream answer, as the stack's [`Body`]: a transport failure becomes an
+/// [`ErrorKind::UpstreamProtocol`] error naming the provider. A stream is read in batches
+/// ([`ReadCoalesce`]): after the first event (at once), the SSE events of one upstream read
+/// travel up the stack as one frame and leave in one write.
+pub(crate) fn success_body(body: hyper::body::Incoming, name: &Arc<str>, stream: bool) -> Body {
+    let name = name.clone();
+    let body = body.map_err(move |e| -> BoxError {
+        Box::new(
+            GatewayError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("upstream {name} broke off the response: {e}"),
+            )
+            .with_provider(name.clone()),
+        )
+    });
+    if stream {
+        Body::new(ReadCoalesce::new(body))
+    } else {
+        Body::new(body)
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http_body::{Frame, SizeHint};
@@ -123,8 +123,9 @@ pin_project! {
     /// The body of a streaming response, wrapped by
     /// [`StreamPassthrough`](super::StreamPassthrough).
     ///
-    /// Forwards each SSE event as soon as its blank line has arrived (complete events of one
-    /// upstream chunk go out together, as one zero-copy slice when they are adjacent); strips the
+    /// Forwards each SSE event as soon as its blank line has arrived, and every complete event of
+    /// one upstream frame in **one** frame (a zero-copy slice of the upstream frame when nothing
+    /// between them was removed, else one copy); strips the
     /// extra usage chunk when the client did not ask for it; writes usage, `[DONE]`, event counts
     /// and time to first event into the request's [`UsageTap`]; and ends a failed stream with an
     /// in-band `data: {"error": …}` event and no `[DONE]`. Dropping it drops the upstream body,
@@ -135,8 +136,6 @@ pin_project! {
         scanner: SseScanner,
         // The last chunk pushed into the scanner, to join adjacent events into one slice.
         chunk: Bytes,
-        // An event already observed, to go out in the next frame.
-        held: Option<Bytes>,
         state: State,
         observer: Observer,
     }
@@ -153,7 +152,6 @@ impl<B> ResponseBody<B> {
             inner,
             scanner: SseScanner::new(),
             chunk: Bytes::new(),
-            held: None,
             state: State::Streaming,
             observer: Observer {
                 info,
@@ -197,7 +195,7 @@ where
                 State::Streaming => {}
             }
             // Complete events first: never wait for more data while one is ready.
-            if let Some(frame) = drain(this.scanner, this.chunk, this.held, this.observer) {
+            if let Some(frame) = drain(this.scanner, this.chunk, this.observer) {
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
             match ready!(this.inner.as_mut().poll_frame(cx)) {
@@ -227,18 +225,19 @@ where
     }
 }
 
-/// Take every complete event from the scanner; return the bytes of the next frame, if any.
-/// Adjacent kept events of one chunk are joined into one slice; an event that cannot be joined
-/// waits in `held` for the next frame.
-fn drain(
-    scanner: &mut SseScanner,
-    chunk: &Bytes,
-    held: &mut Option<Bytes>,
-    observer: &mut Observer,
-) -> Option<Bytes> {
-    let mut out = held.take();
+/// Observe every complete event in the scanner; return what goes to the client as **one**
+/// frame (everything of one upstream frame leaves together): a zero-copy slice of `chunk`
+/// while the kept events are adjacent in it, else one buffer holding the kept events (a
+/// stripped usage chunk, or an event that started in an earlier chunk).
+fn drain(scanner: &mut SseScanner, chunk: &Bytes, observer: &mut Observer) -> Option<Bytes> {
+    let mut out: Option<Bytes> = None;
+    let mut copy: Option<BytesMut> = None;
     while let Some(ev) = scanner.next_event() {
         if !observer.on_event(&ev) {
+            continue;
+        }
+        if let Some(buf) = copy.as_mut() {
+            buf.extend_from_slice(&ev.raw);
             continue;
         }
         out = match out {
@@ -246,13 +245,17 @@ fn drain(
             Some(prev) => match join_adjacent(chunk, &prev, &ev.raw) {
                 Some(joined) => Some(joined),
                 None => {
-                    *held = Some(ev.raw);
-                    return Some(prev);
+                    let need = prev.len() + ev.raw.len();
+                    let mut buf = BytesMut::with_capacity(need.max(chunk.len()));
+                    buf.extend_from_slice(&prev);
+                    buf.extend_from_slice(&ev.raw);
+                    copy = Some(buf);
+                    None
                 }
             },
         };
     }
-    out
+    copy.map(BytesMut::freeze).or(out)
 }
 
 /// `a` followed by `b` as one slice of `parent`, when both lie in `parent` and `b` starts

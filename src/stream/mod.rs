@@ -9,8 +9,11 @@
 //!   `cache-control: no-cache` and `x-accel-buffering: no`; removes `content-length` and
 //!   `content-encoding` (nothing compresses an event stream); and wraps the body in a
 //!   [`ResponseBody`] that
-//!   - forwards each event as soon as its blank line arrives (no timers; complete events of one
-//!     upstream chunk may go out as one zero-copy frame),
+//!   - forwards each event as soon as its blank line arrives (no timers), and all the complete
+//!     events of one upstream frame as **one** frame (a zero-copy slice when nothing between
+//!     them was removed, one copy otherwise): with the provider adapters' [`ReadCoalesce`]
+//!     below, what one upstream read delivered leaves in one write (the stream's first event
+//!     goes out at once, before the rest of its read),
 //!   - finds the usage chunk with a byte search before any JSON parse, writes the exact upstream
 //!     usage into the request's [`UsageTap`], and strips that chunk unless the client asked for
 //!     it ([`ParsedRequest::wants_usage`]),
@@ -25,6 +28,8 @@
 //! untouched, the usage is read from `message_start` and the cumulative `message_delta`s (cache
 //! reads and writes added into the prompt tokens) into the tap, `message_stop` ends it, and a
 //! failure after the commit point ends it with an Anthropic `event: error`.
+//!
+//! [`ReadCoalesce`]: crate::body::ReadCoalesce
 //!
 //! Non-streaming requests, error responses and 2xx responses that are not event streams pass
 //! through untouched. Without a [`UsageTap`] in the request extensions nothing is recorded.
@@ -535,6 +540,26 @@ mod tests {
         let s = tap.snapshot();
         assert!(s.error && !s.done);
         assert_eq!(s.events, 1);
+    }
+
+    #[tokio::test]
+    async fn one_chunk_leaves_as_one_frame_when_the_usage_chunk_is_stripped() {
+        // The usage chunk sits between kept events: what is left still goes out as one frame
+        // (one copy), not one frame per stretch of adjacent events.
+        let tap = UsageTap::new();
+        let (tx, body) = channel_body();
+        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let mut body = res.into_body();
+        let chunk = Bytes::from([CHUNK1, CHUNK2, USAGE_CHUNK, CHUNK1, DONE_EVENT].concat());
+        tx.send(Ok(Frame::data(chunk))).await.unwrap();
+        drop(tx);
+        let got = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(got, [CHUNK1, CHUNK2, CHUNK1, DONE_EVENT].concat());
+        assert!(body.frame().await.is_none(), "nothing after the one frame");
+        let s = tap.snapshot();
+        assert_eq!(s.usage, Some(exact_usage()));
+        assert!(s.done);
+        assert_eq!(s.events, 3);
     }
 
     #[tokio::test]

@@ -189,7 +189,8 @@ pub(crate) fn named_tool(f: &serde_json::Value) -> serde_json::Map<String, serde
 
 pin_project! {
     /// A response body translating an upstream SSE body on the fly, event by event, with no
-    /// buffering beyond the event being scanned. Upstream body errors pass through; an upstream
+    /// buffering beyond the event being scanned. Everything translated from one upstream frame
+    /// leaves as one frame (one buffer, no allocation per event). Upstream body errors pass through; an upstream
     /// that ends too early ends this body with an [`ErrorKind::UpstreamProtocol`] error after
     /// the bytes translated so far.
     pub struct TranslateBody<B, T> {
