@@ -34,7 +34,7 @@ use tower::{Layer, Service};
 use crate::body::{Body, BoxError};
 use crate::pricing::{PriceDate, PriceHandle, pico_to_usd};
 use crate::request::ParsedRequest;
-use crate::target::ServedBy;
+use crate::ext::ServedBy;
 use crate::usage::{Price, Usage};
 
 /// Layer for [`CostReport`]: configuration only.

@@ -7,8 +7,8 @@
 //! - **strategies** per model ([`Strategy`]): ordered, weighted, lowest latency (EWMA of time to
 //!   first token from [`Health`](crate::health::Health)), cheapest;
 //! - **weighted splits** ([`ModelRoute::split`]) for A/B tests and canaries, optionally sticky per
-//!   key (`x-tollgate-sticky` header, else the key id Auth wrote into the
-//!   [`UsageTap`]); the chosen variant is sent as `x-tollgate-variant` and recorded in the tap;
+//!   key (`x-tollgate-sticky` header, else the id of the [`KeyIdentity`] Auth put in the
+//!   request); the chosen variant is sent as `x-tollgate-variant`;
 //! - **tiers** ([`ModelRoute::tier`], e.g. `tier:cheap`): the cheapest healthy target whose
 //!   capabilities satisfy the request (tools, images, JSON mode, context window);
 //! - **rules** ([`Rule`]) on request features (tools, images, JSON mode, stream, prompt size,
@@ -23,8 +23,10 @@
 //! The table lives behind a [`RouteHandle`] (`Arc<ArcSwap<RouteTable>>`): a reload stores a new
 //! table; requests already routed keep theirs.
 //!
-//! Reads [`ParsedRequest`] (and [`UsageTap`], if present); writes [`RouteDecision`] and
-//! `tap.model` / `tap.variant`.
+//! Reads [`ParsedRequest`] (and [`KeyIdentity`], if present); writes [`RouteDecision`] down,
+//! and reports [`Routed`] (model and variant) up, on the response or in the error's
+//! [`context`](crate::error::GatewayError::context). A routing refusal (unknown model) reports
+//! nothing.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -67,10 +69,11 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::Service;
 
+use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::ext::Routed;
 use crate::request::ParsedRequest;
-use crate::usage::UsageTap;
 
 mod future;
 mod layer;
@@ -139,35 +142,26 @@ where
                     "Route needs the ParsedRequest extension (Parse layer)",
                 ));
             };
-            let tap = req.extensions().get::<UsageTap>();
-            let mut key_id = None;
-            if let Some(tap) = tap {
-                tap.update(|s| key_id = s.key_id.clone());
-            }
+            let key_id = req.extensions().get::<KeyIdentity>().map(|k| &*k.key_id);
             let table = self.table.load();
             let routed = table.route(
                 parsed,
                 table::RouteInput {
                     headers: Some(req.headers()),
-                    key_id: key_id.as_deref(),
+                    key_id,
                 },
             );
             match routed {
-                Ok(d) => {
-                    if let Some(tap) = tap {
-                        tap.update(|s| {
-                            s.model = Some(d.model.clone());
-                            s.variant = d.variant.clone();
-                        });
-                    }
-                    d
-                }
+                Ok(d) => d,
                 Err(e) => return ResponseFuture::failed(e),
             }
         };
-        let variant = decision.variant.clone();
+        let routed = Routed {
+            model: decision.model.clone(),
+            variant: decision.variant.clone(),
+        };
         req.extensions_mut().insert(decision);
-        ResponseFuture::inner(self.inner.call(req), variant)
+        ResponseFuture::inner(self.inner.call(req), routed)
     }
 }
 
