@@ -597,13 +597,15 @@ mod tests {
     #[tokio::test]
     async fn non_stream_usage_is_read_exactly_across_frames() {
         let (layer, recs) = layer();
-        let svc = layer.layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
             let parts: Vec<Result<Frame<Bytes>, Infallible>> = vec![
                 Ok(Frame::data(Bytes::from_static(br#"{"id":"x","choices":[],"usage":{"prompt_to"#))),
                 Ok(Frame::data(Bytes::from_static(br#"kens":11,"completion_tokens":6,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#))),
             ];
             Ok::<_, GatewayError>(Response::new(Body::new(StreamBody::new(futures_util::stream::iter(parts)))))
-        }));
+        });
+        // The usage is StreamPassthrough's report; the meter only reads it.
+        let svc = layer.layer(crate::stream::StreamPassthrough::new(upstream));
         let res = svc.oneshot(req(false)).await.unwrap();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         assert!(bytes.ends_with(b"}}}"));
@@ -627,20 +629,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refusal_is_recorded_once_and_hooks_run() {
+    async fn refusal_is_recorded_once_with_the_errors_context() {
         let (layer, recs) = layer();
-        let hook_runs = Arc::new(Mutex::new(0));
-        let h = hook_runs.clone();
-        let svc = layer.layer(service_fn(move |req: Request<Full<Bytes>>| {
-            let h = h.clone();
-            async move {
-                let tap = req.extensions().get::<UsageTap>().unwrap().clone();
-                tap.on_complete(move |r| {
-                    assert_eq!(r.outcome, Outcome::Refused);
-                    *h.lock().unwrap() += 1;
-                });
-                Err::<Response<Body>, _>(GatewayError::new(ErrorKind::RateLimited, "no"))
-            }
+        let svc = layer.layer(service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut e = GatewayError::new(ErrorKind::RateLimited, "no");
+            e.context_mut().key = Some(KeyIdentity::new("k-7", "team").with_tenant("acme"));
+            Err::<Response<Body>, _>(e)
         }));
         let e = svc.oneshot(req(false)).await.unwrap_err();
         assert_eq!(e.status(), 429);
@@ -649,27 +643,17 @@ mod tests {
         assert_eq!(recs[0].outcome, Outcome::Refused);
         assert_eq!(recs[0].status, 429);
         assert_eq!(recs[0].usage_source, UsageSource::None);
-        assert_eq!(*hook_runs.lock().unwrap(), 1);
-    }
-
-    struct Guard(Arc<Mutex<bool>>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            *self.0.lock().unwrap() = true;
-        }
+        assert_eq!(recs[0].key_id.as_deref(), Some("k-7"));
+        assert_eq!(recs[0].tenant.as_deref(), Some("acme"));
     }
 
     #[tokio::test]
-    async fn dropped_stream_is_a_client_disconnect_and_releases_guards_then() {
+    async fn dropped_stream_is_a_client_disconnect_recorded_then() {
         let (layer, recs) = layer();
-        let released = Arc::new(Mutex::new(false));
-        let rel = released.clone();
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         let rx = Arc::new(Mutex::new(Some(rx)));
-        let svc = layer.layer(service_fn(move |req: Request<Full<Bytes>>| {
+        let svc = layer.layer(service_fn(move |_req: Request<Full<Bytes>>| {
             let rx = rx.lock().unwrap().take().unwrap();
-            let tap = req.extensions().get::<UsageTap>().unwrap().clone();
-            tap.hold(Guard(rel.clone()));
             async move {
                 let s = futures_util::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|x| (x, rx))
@@ -684,13 +668,8 @@ mod tests {
             .unwrap();
         let f = body.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"data: {}\n\n"));
-        assert!(
-            !*released.lock().unwrap(),
-            "guard must live while the stream is open"
-        );
-        assert!(recs.lock().unwrap().is_empty());
+        assert!(recs.lock().unwrap().is_empty(), "no record while the stream is open");
         drop(body);
-        assert!(*released.lock().unwrap());
         let recs = recs.lock().unwrap();
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].outcome, Outcome::ClientDisconnect);
@@ -700,22 +679,25 @@ mod tests {
     }
 
     #[test]
-    fn stream_usage_from_the_tap_and_metrics() {
+    fn stream_usage_from_the_report_and_metrics() {
         let recorder = metrics_util::debugging::DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let (layer, recs) = layer();
-        let svc = layer.layer(service_fn(|req: Request<Full<Bytes>>| async move {
-            let tap = req.extensions().get::<UsageTap>().unwrap().clone();
-            tap.update(|t| {
-                t.usage = Some(Usage {
+        let svc = layer.layer(service_fn(|_req: Request<Full<Bytes>>| async move {
+            let (writer, report) = UsageReport::channel();
+            writer.publish(&UsageFacts {
+                usage: Some(Usage {
                     prompt_tokens: 5,
                     completion_tokens: 7,
                     total_tokens: 12,
                     ..Usage::default()
-                });
-                t.done = true;
+                }),
+                done: true,
+                ..UsageFacts::default()
             });
-            Ok::<_, GatewayError>(Response::new(Body::full("data: [DONE]\n\n")))
+            let mut res = Response::new(Body::full("data: [DONE]\n\n"));
+            res.extensions_mut().insert(report);
+            Ok::<_, GatewayError>(res)
         }));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -14,7 +14,9 @@ use crate::provider::Provider;
 use crate::provider::mock::MockProvider;
 use crate::request::{Api, ParsedRequest, parse_body};
 use crate::target::{Capabilities, Target};
-use crate::usage::{Price, UsageTap};
+use crate::auth::KeyIdentity;
+use crate::ext::Routed;
+use crate::usage::Price;
 
 fn p(name: &str) -> Arc<dyn Provider> {
     Arc::new(MockProvider::new(name.to_owned()))
@@ -133,19 +135,17 @@ fn sticky_keys_stay_on_one_variant() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn variant_is_sent_as_header_and_written_to_the_tap() {
+async fn variant_is_sent_as_header_and_reported() {
     let h = RouteHandle::new(canary());
     let mut svc = stack(&h);
     let mut req = chat("canary", false);
-    let tap = UsageTap::new();
-    tap.update(|s| s.key_id = Some(Arc::from("k1")));
-    req.extensions_mut().insert(tap.clone());
+    req.extensions_mut().insert(KeyIdentity::new("k1", "k1"));
     let res = send(&mut svc, req).await;
     assert_eq!(res.status(), 200);
     let v = res.headers()[VARIANT_HEADER].to_str().unwrap().to_owned();
-    let snap = tap.snapshot();
-    assert_eq!(snap.variant.as_deref(), Some(v.as_str()));
-    assert_eq!(snap.model.as_deref(), Some("canary"));
+    let routed = res.extensions().get::<Routed>().expect("Routed");
+    assert_eq!(routed.variant.as_deref(), Some(v.as_str()));
+    assert_eq!(&*routed.model, "canary");
     let target = if v == "stable" { "a/v1" } else { "a/v2" };
     assert_eq!(attempts(&res), format!("{target}/200/0"));
 }
@@ -547,13 +547,11 @@ async fn split_through_the_stack_10000_requests_records_variants() {
     let mut svc = stack(&h);
     let mut stable = 0u32;
     for i in 0..10_000 {
-        let mut req = chat("canary", false);
-        let tap = UsageTap::new();
-        req.extensions_mut().insert(tap.clone());
-        let res = send(&mut svc, req).await;
+        let res = send(&mut svc, chat("canary", false)).await;
         assert_eq!(res.status(), 200, "request {i}");
         let v = res.headers()[VARIANT_HEADER].to_str().unwrap().to_owned();
-        assert_eq!(tap.snapshot().variant.as_deref(), Some(v.as_str()));
+        let routed = res.extensions().get::<Routed>().expect("Routed");
+        assert_eq!(routed.variant.as_deref(), Some(v.as_str()));
         if v == "stable" {
             stable += 1;
         }

@@ -187,7 +187,8 @@ mod tests {
     use super::*;
     use crate::body::BoxError;
     use crate::error::{ErrorKind, GatewayError};
-    use crate::request::{Api, parse_body};
+    use crate::ext::UsageReport;
+use crate::request::{Api, parse_body};
     use crate::usage::Usage;
 
     type Tx = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
@@ -199,15 +200,20 @@ mod tests {
         (tx, Body::new(StreamBody::new(stream)))
     }
 
-    fn request(json: &'static str, tap: Option<&UsageTap>) -> Request<Bytes> {
+    fn request(json: &'static str) -> Request<Bytes> {
         let body = Bytes::from_static(json.as_bytes());
         let mut req = Request::new(body.clone());
         req.extensions_mut()
             .insert(parse_body(Api::ChatCompletions, body).unwrap());
-        if let Some(tap) = tap {
-            req.extensions_mut().insert(tap.clone());
-        }
         req
+    }
+
+    /// The layer's usage report on `res` (final once the body has ended).
+    fn report_of(res: &Response<Body>) -> UsageReport {
+        res.extensions()
+            .get::<UsageReport>()
+            .expect("a usage report")
+            .clone()
     }
 
     const STREAM: &str =
@@ -276,7 +282,7 @@ mod tests {
             std::future::ready(Ok::<_, GatewayError>(res))
         });
         let svc = StreamPassthroughLayer::new().layer(upstream);
-        let res = svc.oneshot(request(STREAM, None)).await.unwrap();
+        let res = svc.oneshot(request(STREAM)).await.unwrap();
         assert_eq!(*seen.lock().unwrap(), Some(true));
         let h = res.headers();
         assert_eq!(h["content-type"], "text/event-stream");
@@ -301,7 +307,7 @@ mod tests {
             std::future::ready(Ok::<_, GatewayError>(res))
         });
         let res = StreamPassthrough::new(upstream)
-            .oneshot(request(NO_STREAM, None))
+            .oneshot(request(NO_STREAM))
             .await
             .unwrap();
         assert_eq!(*seen.lock().unwrap(), Some(false));
@@ -311,7 +317,7 @@ mod tests {
 
         // A streaming request answered with an error status: untouched (no in-band error).
         let res = respond(
-            request(STREAM, None),
+            request(STREAM),
             StatusCode::TOO_MANY_REQUESTS,
             Body::from("{\"error\":{}}"),
         )
@@ -329,7 +335,7 @@ mod tests {
             std::future::ready(Ok::<_, GatewayError>(std::mem::take(&mut res)))
         });
         let res = StreamPassthrough::new(upstream)
-            .oneshot(request(STREAM, None))
+            .oneshot(request(STREAM))
             .await
             .unwrap();
         assert!(!res.headers().contains_key("cache-control"));
@@ -338,9 +344,9 @@ mod tests {
 
     #[tokio::test]
     async fn each_event_is_forwarded_before_the_next_is_sent() {
-        let tap = UsageTap::new();
         let (tx, body) = channel_body();
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         let mut body = res.into_body();
 
         // Nothing sent yet: the body waits.
@@ -364,13 +370,15 @@ mod tests {
             let got = assert_ready!(frame.poll()).unwrap().unwrap();
             assert_eq!(got.into_data().unwrap(), chunk);
         }
-        assert_eq!(tap.snapshot().events, 2);
+        // The report is published when the stream is over, before any outer body can read it.
+        assert_eq!(tap.get().events, 0);
         tx.send(Ok(Frame::data(Bytes::from_static(DONE_EVENT))))
             .await
             .unwrap();
         drop(tx);
         assert_eq!(collect(body).await, DONE_EVENT);
-        assert!(tap.snapshot().done);
+        assert!(tap.get().done);
+        assert_eq!(tap.get().events, 2);
     }
 
     const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
@@ -378,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn complete_events_of_one_chunk_go_out_as_one_zero_copy_frame() {
         let (tx, body) = channel_body();
-        let res = respond(request(STREAM, None), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
         let mut body = res.into_body();
         let chunk = Bytes::from([CHUNK1, CHUNK2, b": ping\n\n"].concat());
         tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
@@ -393,12 +401,12 @@ mod tests {
 
     #[tokio::test]
     async fn usage_chunk_stripped_when_client_did_not_ask() {
-        let tap = UsageTap::new();
         let body = body_of(&[CHUNK1, CHUNK2, USAGE_CHUNK, DONE_EVENT]);
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         let out = collect(res.into_body()).await;
         assert_eq!(out, [CHUNK1, CHUNK2, DONE_EVENT].concat());
-        let s = tap.snapshot();
+        let s = tap.get();
         assert_eq!(s.usage, Some(exact_usage()));
         assert!(s.done);
         assert!(!s.error);
@@ -409,48 +417,48 @@ mod tests {
 
     #[tokio::test]
     async fn usage_chunk_kept_when_client_asked() {
-        let tap = UsageTap::new();
         let body = body_of(&[CHUNK1, USAGE_CHUNK, DONE_EVENT]);
-        let res = respond(request(STREAM_USAGE, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM_USAGE), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         let out = collect(res.into_body()).await;
         assert_eq!(out, [CHUNK1, USAGE_CHUNK, DONE_EVENT].concat());
-        assert_eq!(tap.snapshot().usage, Some(exact_usage()));
+        assert_eq!(tap.get().usage, Some(exact_usage()));
     }
 
     #[tokio::test]
     async fn usage_recorded_exactly_across_splits_and_whitespace() {
         // Pretty-printed usage, split mid-number, `\r\n` line endings.
         let usage = b"data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 1234, \"completion_tokens\": 567, \"total_tokens\": 1801}}\r\n\r\n";
-        let tap = UsageTap::new();
         let body = body_of(&[CHUNK1, &usage[..40], &usage[40..], DONE_EVENT]);
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         let out = collect(res.into_body()).await;
         assert_eq!(out, [CHUNK1, DONE_EVENT].concat());
-        let u = tap.snapshot().usage.unwrap();
+        let u = tap.get().usage.unwrap();
         assert_eq!(
             (u.prompt_tokens, u.completion_tokens, u.total_tokens),
             (1234, 567, 1801)
         );
         // A usage object on a content chunk is recorded, and the chunk is kept.
-        let tap = UsageTap::new();
         let last = b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n";
         let res = respond(
-            request(STREAM, Some(&tap)),
+            request(STREAM),
             StatusCode::OK,
             body_of(&[last, DONE_EVENT]),
         )
         .await;
+        let tap = report_of(&res);
         assert_eq!(
             collect(res.into_body()).await,
             [&last[..], DONE_EVENT].concat()
         );
-        assert_eq!(tap.snapshot().usage.unwrap().total_tokens, 5);
+        assert_eq!(tap.get().usage.unwrap().total_tokens, 5);
     }
 
     #[tokio::test]
     async fn no_tap_records_nothing_and_still_streams() {
         let body = body_of(&[CHUNK1, USAGE_CHUNK, DONE_EVENT]);
-        let res = respond(request(STREAM, None), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
         assert_eq!(
             collect(res.into_body()).await,
             [CHUNK1, DONE_EVENT].concat()
@@ -459,10 +467,10 @@ mod tests {
 
     #[tokio::test]
     async fn cut_stream_ends_with_in_band_error_and_no_done() {
-        let tap = UsageTap::new();
         // The upstream closes mid-event, without [DONE].
         let body = body_of(&[CHUNK1, b"data: {\"id\":\"c\",\"choi"]);
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         let out = collect(res.into_body()).await;
         assert!(out.starts_with(CHUNK1));
         assert!(out.ends_with(b"\n\n"));
@@ -476,7 +484,7 @@ mod tests {
                 .unwrap()
                 .starts_with("data: {\"error\":")
         );
-        let s = tap.snapshot();
+        let s = tap.get();
         assert!(s.error);
         assert!(!s.done);
         assert_eq!(s.error_kind, Some("upstream_protocol"));
@@ -484,23 +492,23 @@ mod tests {
 
     #[tokio::test]
     async fn unterminated_done_is_completed() {
-        let tap = UsageTap::new();
         let body = body_of(&[CHUNK1, b"data: [DONE]"]);
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         assert_eq!(
             collect(res.into_body()).await,
             [CHUNK1, DONE_EVENT].concat()
         );
-        let s = tap.snapshot();
+        let s = tap.get();
         assert!(s.done && !s.error);
     }
 
     #[tokio::test]
     async fn inner_error_becomes_in_band_error() {
         // A GatewayError (e.g. the Timeout layer's idle deadline) keeps its kind.
-        let tap = UsageTap::new();
         let (tx, body) = channel_body();
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         let mut body = res.into_body();
         tx.send(Ok(Frame::data(Bytes::from_static(CHUNK1))))
             .await
@@ -518,14 +526,14 @@ mod tests {
         // Then the end, without [DONE] and without polling the upstream again.
         assert!(body.frame().await.is_none());
         assert!(http_body::Body::is_end_stream(&body));
-        let s = tap.snapshot();
+        let s = tap.get();
         assert!(s.error && !s.done);
         assert_eq!(s.error_kind, Some("upstream_timeout"));
 
         // Any other error is an upstream protocol error.
-        let tap = UsageTap::new();
         let (tx, body) = channel_body();
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         tx.send(Err(Box::new(io))).await.unwrap();
         drop(tx);
@@ -533,22 +541,22 @@ mod tests {
         let err = error_json(&out);
         assert_eq!(err["error"]["code"], "upstream_protocol");
         assert!(!out.windows(12).any(|w| w == b"data: [DONE]"));
-        assert_eq!(tap.snapshot().error_kind, Some("upstream_protocol"));
+        assert_eq!(tap.get().error_kind, Some("upstream_protocol"));
     }
 
     #[tokio::test]
     async fn upstream_in_band_error_is_forwarded_once() {
-        let tap = UsageTap::new();
         let upstream_err: &[u8] =
             b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
         let body = body_of(&[CHUNK1, upstream_err]);
-        let res = respond(request(STREAM, Some(&tap)), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
+        let tap = report_of(&res);
         // The upstream's own error goes out as it came, and the gateway adds none.
         assert_eq!(
             collect(res.into_body()).await,
             [CHUNK1, upstream_err].concat()
         );
-        let s = tap.snapshot();
+        let s = tap.get();
         assert!(s.error && !s.done);
         assert_eq!(s.events, 1);
     }
@@ -556,7 +564,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_outer_body_drops_the_inner() {
         let (tx, body) = channel_body();
-        let res = respond(request(STREAM, None), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
         let mut body = res.into_body();
         tx.send(Ok(Frame::data(Bytes::from_static(CHUNK1))))
             .await
@@ -607,8 +615,8 @@ mod tests {
                 Bytes::from_static(if wants_usage { STREAM_USAGE } else { STREAM }.as_bytes()),
             )
             .unwrap();
-            let tap = UsageTap::new();
-            let body = Body::new(ResponseBody::new(body_of(&pieces), &parsed, Some(tap.clone())));
+            let (writer, tap) = UsageReport::channel();
+            let body = Body::new(ResponseBody::new(body_of(&pieces), &parsed, Some(writer)));
             let out = collect_now(body);
 
             let want = if wants_usage {
@@ -617,7 +625,7 @@ mod tests {
                 [CHUNK1, b": ping\n\n", CHUNK2, DONE_EVENT].concat()
             };
             proptest::prop_assert_eq!(out, want);
-            let s = tap.snapshot();
+            let s = tap.get();
             proptest::prop_assert_eq!(s.usage, Some(exact_usage()));
             proptest::prop_assert!(s.done && !s.error);
             proptest::prop_assert_eq!(s.events, 2);
@@ -629,7 +637,7 @@ mod tests {
     async fn body_polls_pending_without_busy_looping() {
         // A poll with nothing new must return Pending (not spin) and resume on the next chunk.
         let (tx, body) = channel_body();
-        let res = respond(request(STREAM, None), StatusCode::OK, body).await;
+        let res = respond(request(STREAM), StatusCode::OK, body).await;
         let mut body = res.into_body();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(matches!(
@@ -645,14 +653,13 @@ mod tests {
         ));
     }
 
-    fn messages_request(tap: &UsageTap) -> Request<Bytes> {
+    fn messages_request() -> Request<Bytes> {
         let body = Bytes::from_static(
             br#"{"model":"c","max_tokens":9,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
         );
         let mut req = Request::new(body.clone());
         req.extensions_mut()
             .insert(parse_body(Api::Messages, body).unwrap());
-        req.extensions_mut().insert(tap.clone());
         req
     }
 
@@ -663,8 +670,7 @@ mod tests {
 
     #[tokio::test]
     async fn anthropic_stream_is_untouched_and_its_cumulative_usage_recorded() {
-        let tap = UsageTap::new();
-        let req = messages_request(&tap);
+        let req = messages_request();
         // nothing OpenAI-specific is asked of the upstream
         let seen = Arc::new(Mutex::new(None));
         let seen2 = seen.clone();
@@ -679,10 +685,11 @@ mod tests {
             std::future::ready(Ok::<_, GatewayError>(res))
         });
         let res = StreamPassthrough::new(upstream).oneshot(req).await.unwrap();
+        let tap = report_of(&res);
         assert_eq!(*seen.lock().unwrap(), Some(false));
         let out = collect(res.into_body()).await;
         assert_eq!(out, [M_START, M_DELTA, M_MDELTA, M_STOP].concat());
-        let s = tap.snapshot();
+        let s = tap.get();
         assert!(s.done && !s.error);
         assert_eq!(
             s.usage,
@@ -699,13 +706,13 @@ mod tests {
 
     #[tokio::test]
     async fn anthropic_stream_cut_short_ends_with_an_anthropic_error_event() {
-        let tap = UsageTap::new();
         let res = respond(
-            messages_request(&tap),
+            messages_request(),
             StatusCode::OK,
             body_of(&[M_START, M_DELTA]),
         )
         .await;
+        let tap = report_of(&res);
         let out = collect(res.into_body()).await;
         let text = String::from_utf8(out).unwrap();
         let (head, last) = text.trim_end().rsplit_once("\n\n").unwrap();
@@ -718,7 +725,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "api_error");
-        let s = tap.snapshot();
+        let s = tap.get();
         assert!(s.error && !s.done);
     }
 }
