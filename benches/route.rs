@@ -16,13 +16,13 @@ use tower::{Layer, Service};
 
 use tollgate::body::Body;
 use tollgate::error::GatewayError;
+use tollgate::ext::KeyIdentity;
 use tollgate::fallback::FallbackLayer;
 use tollgate::provider::{BoxFuture, Dispatch, Provider, UpstreamCall};
 use tollgate::request::{Api, ParsedRequest, parse_body};
 use tollgate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable, Variant};
 use tollgate::target::{Attempt, Target, Timeouts};
 use tollgate::timeout::TimeoutLayer;
-use tollgate::ext::KeyIdentity;
 
 fn main() {
     divan::main();

@@ -110,9 +110,9 @@ fn passthrough_body_one_event_per_chunk(bencher: Bencher) {
     use http_body::Body as _;
     use std::pin::pin;
     use std::task::{Context, Poll, Waker};
+    use tollgate::ext::UsageReport;
     use tollgate::request::{Api, parse_body};
     use tollgate::stream::ResponseBody;
-    use tollgate::ext::UsageReport;
 
     let (whole, events) = stream();
     let parsed = parse_body(

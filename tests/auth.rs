@@ -206,7 +206,11 @@ async fn identity_is_reported_on_the_response_and_on_refusals() {
     // A model the key may not use: 403, and the refusal still names the key.
     let e = svc.oneshot(req("not-allowed-model")).await.unwrap_err();
     assert_eq!(e.status(), 403);
-    let id = e.context().key.as_ref().expect("the key in the error's context");
+    let id = e
+        .context()
+        .key
+        .as_ref()
+        .expect("the key in the error's context");
     assert_eq!(&*id.key_id, &hash_key(KEY_A)[..12]);
 }
 

@@ -432,7 +432,11 @@ async fn stream_settles_with_its_usage_when_it_ends_and_holds_its_permit_until_t
         layer(store.clone()),
         up.clone(),
     );
-    let res = svc.clone().oneshot(stream_req("gpt-4o", 500)).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(stream_req("gpt-4o", 500))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
     // The content event and [DONE] arrive (the usage chunk is stripped: not asked for); the

@@ -431,7 +431,10 @@ async fn layer_settles_with_the_reported_usage_when_the_stream_ends_on_redis() {
     let mut body = res.into_body();
     let mut got = Vec::new();
     while !got.ends_with(b"data: [DONE]\n\n") {
-        let f = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
+        let f = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
         got.extend_from_slice(&f.into_data().unwrap());
     }
     assert_eq!(get(&tk).await, Some(reserved));

@@ -17,8 +17,8 @@ use tower::retry::budget::Budget;
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
-use crate::health::Admission;
 use crate::ext::ServedBy;
+use crate::health::Admission;
 use crate::target::{Attempt, AttemptInfo, Target, Timeouts};
 
 use super::{ATTEMPTS_HEADER, TARGET_HEADER};
@@ -440,8 +440,7 @@ where
                                     HeaderValue::from_static("retry-budget"),
                                 );
                             }
-                            e.context_mut().attempts =
-                                Some(std::mem::take(this.attempts).into());
+                            e.context_mut().attempts = Some(std::mem::take(this.attempts).into());
                             return Poll::Ready(Err(e));
                         }
                     }

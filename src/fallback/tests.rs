@@ -14,13 +14,13 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::body::Body;
 use crate::error::{ErrorKind, ErrorResponseLayer, GatewayError};
+use crate::ext::{Routed, ServedBy};
 use crate::fallback::FallbackLayer;
 use crate::health::{BreakerConfig, CircuitState, Health};
 use crate::provider::mock::{MockLog, MockProvider};
 use crate::provider::{BoxFuture, Dispatch, Provider, UpstreamCall};
 use crate::request::{Api, parse_body};
 use crate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable};
-use crate::ext::{Routed, ServedBy};
 use crate::target::{Target, Timeouts};
 use crate::timeout::TimeoutLayer;
 

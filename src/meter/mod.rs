@@ -602,7 +602,9 @@ mod tests {
                 Ok(Frame::data(Bytes::from_static(br#"{"id":"x","choices":[],"usage":{"prompt_to"#))),
                 Ok(Frame::data(Bytes::from_static(br#"kens":11,"completion_tokens":6,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#))),
             ];
-            Ok::<_, GatewayError>(Response::new(Body::new(StreamBody::new(futures_util::stream::iter(parts)))))
+            Ok::<_, GatewayError>(Response::new(Body::new(StreamBody::new(
+                futures_util::stream::iter(parts),
+            ))))
         });
         // The usage is StreamPassthrough's report; the meter only reads it.
         let svc = layer.layer(crate::stream::StreamPassthrough::new(upstream));
@@ -668,7 +670,10 @@ mod tests {
             .unwrap();
         let f = body.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"data: {}\n\n"));
-        assert!(recs.lock().unwrap().is_empty(), "no record while the stream is open");
+        assert!(
+            recs.lock().unwrap().is_empty(),
+            "no record while the stream is open"
+        );
         drop(body);
         let recs = recs.lock().unwrap();
         assert_eq!(recs.len(), 1);

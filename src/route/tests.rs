@@ -8,14 +8,14 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::*;
+use crate::auth::KeyIdentity;
 use crate::error::{ErrorKind, GatewayError};
+use crate::ext::Routed;
 use crate::fallback::tests::{attempts, chat, request, send, stack, text};
 use crate::provider::Provider;
 use crate::provider::mock::MockProvider;
 use crate::request::{Api, ParsedRequest, parse_body};
 use crate::target::{Capabilities, Target};
-use crate::auth::KeyIdentity;
-use crate::ext::Routed;
 use crate::usage::Price;
 
 fn p(name: &str) -> Arc<dyn Provider> {

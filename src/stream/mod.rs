@@ -188,7 +188,7 @@ mod tests {
     use crate::body::BoxError;
     use crate::error::{ErrorKind, GatewayError};
     use crate::ext::UsageReport;
-use crate::request::{Api, parse_body};
+    use crate::request::{Api, parse_body};
     use crate::usage::Usage;
 
     type Tx = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
