@@ -150,6 +150,9 @@ pub struct ErrorContext {
     pub routed: Option<Routed>,
     /// Every attempt made (Fallback), also when all failed.
     pub attempts: Option<Arc<[AttemptInfo]>>,
-    /// Usage reported before the failure, if any (a failed attempt costs nothing without it).
+    /// Usage reported before the failure, if any: RateLimit settles with it, and without it a
+    /// request refused or failed by its upstreams costs nothing. (No tollgate layer sets it
+    /// today: a failure before the commit point has no usage; it is there for a layer of yours
+    /// that fails after the upstream billed.)
     pub usage: Option<UsageReport>,
 }

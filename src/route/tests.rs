@@ -114,7 +114,7 @@ fn sticky_keys_stay_on_one_variant() {
                 .variant;
             assert_eq!(v, first, "{key} moved");
         }
-        // the key id (from Auth, via the tap) is the sticky key when no header is sent
+        // the key id (Auth's KeyIdentity) is the sticky key when no header is sent
         let by_key_id = table
             .route(
                 &req,

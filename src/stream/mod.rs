@@ -346,7 +346,7 @@ mod tests {
     async fn each_event_is_forwarded_before_the_next_is_sent() {
         let (tx, body) = channel_body();
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let mut body = res.into_body();
 
         // Nothing sent yet: the body waits.
@@ -371,14 +371,14 @@ mod tests {
             assert_eq!(got.into_data().unwrap(), chunk);
         }
         // The report is published when the stream is over, before any outer body can read it.
-        assert_eq!(tap.get().events, 0);
+        assert_eq!(report.get().events, 0);
         tx.send(Ok(Frame::data(Bytes::from_static(DONE_EVENT))))
             .await
             .unwrap();
         drop(tx);
         assert_eq!(collect(body).await, DONE_EVENT);
-        assert!(tap.get().done);
-        assert_eq!(tap.get().events, 2);
+        assert!(report.get().done);
+        assert_eq!(report.get().events, 2);
     }
 
     const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
@@ -403,10 +403,10 @@ mod tests {
     async fn usage_chunk_stripped_when_client_did_not_ask() {
         let body = body_of(&[CHUNK1, CHUNK2, USAGE_CHUNK, DONE_EVENT]);
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let out = collect(res.into_body()).await;
         assert_eq!(out, [CHUNK1, CHUNK2, DONE_EVENT].concat());
-        let s = tap.get();
+        let s = report.get();
         assert_eq!(s.usage, Some(exact_usage()));
         assert!(s.done);
         assert!(!s.error);
@@ -419,10 +419,10 @@ mod tests {
     async fn usage_chunk_kept_when_client_asked() {
         let body = body_of(&[CHUNK1, USAGE_CHUNK, DONE_EVENT]);
         let res = respond(request(STREAM_USAGE), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let out = collect(res.into_body()).await;
         assert_eq!(out, [CHUNK1, USAGE_CHUNK, DONE_EVENT].concat());
-        assert_eq!(tap.get().usage, Some(exact_usage()));
+        assert_eq!(report.get().usage, Some(exact_usage()));
     }
 
     #[tokio::test]
@@ -431,10 +431,10 @@ mod tests {
         let usage = b"data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 1234, \"completion_tokens\": 567, \"total_tokens\": 1801}}\r\n\r\n";
         let body = body_of(&[CHUNK1, &usage[..40], &usage[40..], DONE_EVENT]);
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let out = collect(res.into_body()).await;
         assert_eq!(out, [CHUNK1, DONE_EVENT].concat());
-        let u = tap.get().usage.unwrap();
+        let u = report.get().usage.unwrap();
         assert_eq!(
             (u.prompt_tokens, u.completion_tokens, u.total_tokens),
             (1234, 567, 1801)
@@ -447,16 +447,37 @@ mod tests {
             body_of(&[last, DONE_EVENT]),
         )
         .await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         assert_eq!(
             collect(res.into_body()).await,
             [&last[..], DONE_EVENT].concat()
         );
-        assert_eq!(tap.get().usage.unwrap().total_tokens, 5);
+        assert_eq!(report.get().usage.unwrap().total_tokens, 5);
     }
 
     #[tokio::test]
-    async fn no_tap_records_nothing_and_still_streams() {
+    async fn json_answer_usage_is_reported_when_it_ends_up_to_the_cap() {
+        const ANSWER: &[u8] = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+        for (cap, want) in [(1 << 20, Some(5)), (ANSWER.len() - 1, None)] {
+            let upstream = service_fn(|_req: Request<Bytes>| {
+                let (a, b) = ANSWER.split_at(20);
+                std::future::ready(Ok::<_, GatewayError>(Response::new(body_of(&[a, b]))))
+            });
+            let svc = StreamPassthroughLayer::new().json_cap(cap).layer(upstream);
+            let res = svc.oneshot(request(NO_STREAM)).await.unwrap();
+            let report = report_of(&res);
+            assert_eq!(report.usage(), None, "nothing before the answer is read");
+            assert_eq!(
+                collect(res.into_body()).await,
+                ANSWER,
+                "passed through untouched"
+            );
+            assert_eq!(report.usage().map(|u| u.total_tokens), want, "cap {cap}");
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_with_no_one_reading_the_report() {
         let body = body_of(&[CHUNK1, USAGE_CHUNK, DONE_EVENT]);
         let res = respond(request(STREAM), StatusCode::OK, body).await;
         assert_eq!(
@@ -470,7 +491,7 @@ mod tests {
         // The upstream closes mid-event, without [DONE].
         let body = body_of(&[CHUNK1, b"data: {\"id\":\"c\",\"choi"]);
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let out = collect(res.into_body()).await;
         assert!(out.starts_with(CHUNK1));
         assert!(out.ends_with(b"\n\n"));
@@ -484,7 +505,7 @@ mod tests {
                 .unwrap()
                 .starts_with("data: {\"error\":")
         );
-        let s = tap.get();
+        let s = report.get();
         assert!(s.error);
         assert!(!s.done);
         assert_eq!(s.error_kind, Some("upstream_protocol"));
@@ -494,12 +515,12 @@ mod tests {
     async fn unterminated_done_is_completed() {
         let body = body_of(&[CHUNK1, b"data: [DONE]"]);
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         assert_eq!(
             collect(res.into_body()).await,
             [CHUNK1, DONE_EVENT].concat()
         );
-        let s = tap.get();
+        let s = report.get();
         assert!(s.done && !s.error);
     }
 
@@ -508,7 +529,7 @@ mod tests {
         // A GatewayError (e.g. the Timeout layer's idle deadline) keeps its kind.
         let (tx, body) = channel_body();
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let mut body = res.into_body();
         tx.send(Ok(Frame::data(Bytes::from_static(CHUNK1))))
             .await
@@ -526,14 +547,14 @@ mod tests {
         // Then the end, without [DONE] and without polling the upstream again.
         assert!(body.frame().await.is_none());
         assert!(http_body::Body::is_end_stream(&body));
-        let s = tap.get();
+        let s = report.get();
         assert!(s.error && !s.done);
         assert_eq!(s.error_kind, Some("upstream_timeout"));
 
         // Any other error is an upstream protocol error.
         let (tx, body) = channel_body();
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         tx.send(Err(Box::new(io))).await.unwrap();
         drop(tx);
@@ -541,7 +562,7 @@ mod tests {
         let err = error_json(&out);
         assert_eq!(err["error"]["code"], "upstream_protocol");
         assert!(!out.windows(12).any(|w| w == b"data: [DONE]"));
-        assert_eq!(tap.get().error_kind, Some("upstream_protocol"));
+        assert_eq!(report.get().error_kind, Some("upstream_protocol"));
     }
 
     #[tokio::test]
@@ -550,13 +571,13 @@ mod tests {
             b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
         let body = body_of(&[CHUNK1, upstream_err]);
         let res = respond(request(STREAM), StatusCode::OK, body).await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         // The upstream's own error goes out as it came, and the gateway adds none.
         assert_eq!(
             collect(res.into_body()).await,
             [CHUNK1, upstream_err].concat()
         );
-        let s = tap.get();
+        let s = report.get();
         assert!(s.error && !s.done);
         assert_eq!(s.events, 1);
     }
@@ -595,7 +616,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_split_gives_the_same_client_bytes_and_tap(
+        fn any_split_gives_the_same_client_bytes_and_report(
             cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..10),
             wants_usage in proptest::prelude::any::<bool>(),
         ) {
@@ -615,7 +636,7 @@ mod tests {
                 Bytes::from_static(if wants_usage { STREAM_USAGE } else { STREAM }.as_bytes()),
             )
             .unwrap();
-            let (writer, tap) = UsageReport::channel();
+            let (writer, report) = UsageReport::channel();
             let body = Body::new(ResponseBody::new(body_of(&pieces), &parsed, Some(writer)));
             let out = collect_now(body);
 
@@ -625,7 +646,7 @@ mod tests {
                 [CHUNK1, b": ping\n\n", CHUNK2, DONE_EVENT].concat()
             };
             proptest::prop_assert_eq!(out, want);
-            let s = tap.get();
+            let s = report.get();
             proptest::prop_assert_eq!(s.usage, Some(exact_usage()));
             proptest::prop_assert!(s.done && !s.error);
             proptest::prop_assert_eq!(s.events, 2);
@@ -685,11 +706,11 @@ mod tests {
             std::future::ready(Ok::<_, GatewayError>(res))
         });
         let res = StreamPassthrough::new(upstream).oneshot(req).await.unwrap();
-        let tap = report_of(&res);
+        let report = report_of(&res);
         assert_eq!(*seen.lock().unwrap(), Some(false));
         let out = collect(res.into_body()).await;
         assert_eq!(out, [M_START, M_DELTA, M_MDELTA, M_STOP].concat());
-        let s = tap.get();
+        let s = report.get();
         assert!(s.done && !s.error);
         assert_eq!(
             s.usage,
@@ -712,7 +733,7 @@ mod tests {
             body_of(&[M_START, M_DELTA]),
         )
         .await;
-        let tap = report_of(&res);
+        let report = report_of(&res);
         let out = collect(res.into_body()).await;
         let text = String::from_utf8(out).unwrap();
         let (head, last) = text.trim_end().rsplit_once("\n\n").unwrap();
@@ -725,7 +746,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "api_error");
-        let s = tap.get();
+        let s = report.get();
         assert!(s.error && !s.done);
     }
 }
