@@ -34,6 +34,10 @@
 //! | client hangs up before the answer (future dropped) | `client_disconnect`, status 499 | `none` |
 //! | refused by auth / limits / bad request | `refused` | `none` |
 //!
+//! A request abandoned before any answer came back carries no reports (nothing came up): its
+//! record has what the meter saw itself — request id, requested model, stream flag, times —
+//! but no key, variant or attempts.
+//!
 //! Cost: the record is priced with the [`PriceHandle`] given to
 //! [`UsageMeterLayer::prices`] (by provider, upstream model and the request's date), else with
 //! the serving target's own price. [`CostReportLayer`] (placed directly inside the meter) reports
