@@ -23,12 +23,13 @@ use http_body::{Body as _, Frame};
 use http_body_util::{Full, StreamBody};
 use tollgate::body::Body;
 use tollgate::error::GatewayError;
+use tollgate::ext::ServedBy;
 use tollgate::meter::{CostReportLayer, UsageMeterLayer};
 use tollgate::provider::Provider;
 use tollgate::provider::mock::MockProvider;
 use tollgate::request::{Api, parse_body};
 use tollgate::stream::StreamPassthroughLayer;
-use tollgate::target::{ServedBy, Target};
+use tollgate::target::Target;
 use tollgate::usage::{Price, Usage, UsageRecord};
 use tower::{Layer, Service, service_fn};
 
@@ -107,6 +108,7 @@ fn served() -> ServedBy {
             })
             .into_arc(),
         attempts: Arc::from(Vec::new()),
+        upstream_wait: std::time::Duration::ZERO,
     }
 }
 

@@ -16,13 +16,14 @@ use tower::{Layer, Service};
 
 use tollgate::body::Body;
 use tollgate::error::GatewayError;
+use tollgate::ext::KeyIdentity;
 use tollgate::fallback::FallbackLayer;
 use tollgate::provider::{BoxFuture, Dispatch, Provider, UpstreamCall};
 use tollgate::request::{Api, ParsedRequest, parse_body};
 use tollgate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable, Variant};
 use tollgate::target::{Attempt, Target, Timeouts};
 use tollgate::timeout::TimeoutLayer;
-use tollgate::usage::{Price, UsageTap};
+use tollgate::usage::Price;
 
 fn main() {
     divan::main();
@@ -141,15 +142,14 @@ fn route_fallback(b: Bencher) {
 }
 
 #[divan::bench(sample_count = 2000, sample_size = 16)]
-fn route_fallback_tap_sticky_split(b: Bencher) {
+fn route_fallback_sticky_split_by_key(b: Bencher) {
     let f = fixture("canary");
     let mut svc =
         RouteLayer::new(f.handle.clone()).layer(FallbackLayer::new().layer(Dispatch::new()));
+    let key = KeyIdentity::new("key-1", "key-1");
     b.with_inputs(|| {
         let mut req = request(&f.parsed);
-        let tap = UsageTap::new();
-        tap.update(|s| s.key_id = Some(Arc::from("key-1")));
-        req.extensions_mut().insert(tap);
+        req.extensions_mut().insert(key.clone());
         req
     })
     .bench_local_values(|req| run(&mut svc, req));

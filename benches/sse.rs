@@ -103,16 +103,16 @@ fn network_pieces(bencher: Bencher, size: usize) {
 }
 
 /// The whole StreamPassthrough body, one upstream chunk per event (the usual shape of an LLM
-/// stream): scanning, the usage search, counting, the tap updates, stripping the usage chunk.
+/// stream): scanning, the usage search, counting, the usage report, stripping the usage chunk.
 /// Time per item is the per-chunk overhead of the layer.
 #[divan::bench]
 fn passthrough_body_one_event_per_chunk(bencher: Bencher) {
     use http_body::Body as _;
     use std::pin::pin;
     use std::task::{Context, Poll, Waker};
+    use tollgate::ext::UsageReport;
     use tollgate::request::{Api, parse_body};
     use tollgate::stream::ResponseBody;
-    use tollgate::usage::UsageTap;
 
     let (whole, events) = stream();
     let parsed = parse_body(
@@ -131,7 +131,7 @@ fn passthrough_body_one_event_per_chunk(bencher: Bencher) {
                 .map(|e| Ok(http_body::Frame::data(e.clone())))
                 .collect();
             let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-            ResponseBody::new(inner, &parsed, Some(UsageTap::new()))
+            ResponseBody::new(inner, &parsed, Some(UsageReport::channel().0))
         })
         .bench_local_values(|body| {
             let mut body = pin!(body);

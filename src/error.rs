@@ -166,6 +166,7 @@ struct Inner {
     upstream_status: Option<u16>,
     retry_after: Option<Duration>,
     headers: HeaderMap,
+    context: crate::ext::ErrorContext,
 }
 
 impl GatewayError {
@@ -208,6 +209,7 @@ impl GatewayError {
                 upstream_status: None,
                 retry_after: None,
                 headers: HeaderMap::new(),
+                context: crate::ext::ErrorContext::default(),
             }),
         }
     }
@@ -394,6 +396,15 @@ impl GatewayError {
     /// Mutable access to the extra response headers.
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
         &mut self.inner.headers
+    }
+    /// The reports the layers added on the way out (identity, route, attempts, usage): see
+    /// [`ext`](crate::ext).
+    pub fn context(&self) -> &crate::ext::ErrorContext {
+        &self.inner.context
+    }
+    /// Mutable access to the [`context`](Self::context), for a layer adding its report.
+    pub fn context_mut(&mut self) -> &mut crate::ext::ErrorContext {
+        &mut self.inner.context
     }
 
     /// Whether another target may be tried after this error (before the commit point).

@@ -10,10 +10,11 @@
 //! ```text
 //! edge:   CatchPanic · request-id · Trace · ErrorResponse   GatewayError -> OpenAI-shaped JSON
 //!         Parse              Incoming -> Request<Full<Bytes>> (capped) + ParsedRequest
-//!         UsageMeter         UsageTap ledger in; one UsageRecord per request, every outcome
+//!         UsageMeter         pure observer: one UsageRecord per request, every outcome
 //!         Auth               virtual key -> KeyIdentity (tenant, allowed models, limits)
-//!         RateLimit          RPM / TPM / concurrency / budget: reserve, then settle
-//!         StreamPassthrough  SSE hygiene, include_usage injection and stripping, in-band errors
+//!         RateLimit          RPM / TPM / concurrency / budget: reserve, then settle in its body
+//!         StreamPassthrough  SSE hygiene, include_usage injection and stripping, in-band errors;
+//!                            reports the usage (UsageReport)
 //!         Route              model name -> RouteDecision (alias, pin, split, tier, rules)
 //!         Fallback           tries targets in order until the commit point; attempts header
 //!         Timeout            per attempt: connect, first token, idle gap, total
@@ -24,11 +25,12 @@
 //! - **Parse** buffers the request once, so Fallback can replay it; the response body is never
 //!   buffered.
 //! - **UsageMeter** sits right after Parse — outside Auth and RateLimit — so that refusals get a
-//!   record too. It hands the inner layers a [`UsageTap`](usage::UsageTap): Auth writes the key,
-//!   RateLimit registers its settle hook and its concurrency permit, Route the model and variant,
-//!   Fallback the attempts, StreamPassthrough the stream's usage. The meter finalizes exactly
-//!   once, when the body ends, fails or is dropped: it settles the reservation, then releases the
-//!   permit, so a 60-second stream holds its permit for 60 seconds.
+//!   record too. It is a pure observer: it reads the reports the inner layers send up (below)
+//!   and writes exactly one record when its body ends, fails or is dropped. No layer depends on
+//!   it: without it, limits still settle and sticky splits still stick.
+//! - **RateLimit** owns its reservation: the permit rides in its own response body and settles
+//!   exactly once, with the usage StreamPassthrough reported, when that body ends — so a
+//!   60-second stream holds its concurrency slot for 60 seconds.
 //! - **Auth and RateLimit** run before anything that costs money.
 //! - **Fallback** sits outside Timeout, so every attempt gets its own deadlines; it is inside
 //!   UsageMeter, so exactly one winning attempt is metered and the failed ones are listed.
@@ -37,15 +39,26 @@
 //!   a 200 stream); after it a failure ends the stream with an in-band `data: {"error":…}` event
 //!   and no `[DONE]`.
 //!
-//! ## Contracts between layers (request and response extensions)
+//! ## Contracts between layers: facts flow down, reports flow up
 //!
-//! | extension | written by | read by |
+//! No shared mutable ledger: each fact goes down once as a request extension, each report comes
+//! up once, written by one layer, on the response's extensions or on the error's
+//! [`context`](error::GatewayError::context) (so refusals and exhausted chains are reported
+//! too). All of them in one place: [`ext`].
+//!
+//! | down (request extension) | written by | read by |
 //! |---|---|---|
-//! | [`ParsedRequest`](request::ParsedRequest) | Parse | everyone |
-//! | [`UsageTap`](usage::UsageTap) | UsageMeter | Auth, RateLimit, StreamPassthrough, Route, Fallback |
-//! | [`RouteDecision`](target::RouteDecision) | Route | Fallback |
-//! | [`Attempt`](target::Attempt) | Fallback | Timeout, Dispatch |
-//! | [`ServedBy`](target::ServedBy) (response) | Fallback | UsageMeter, headers |
+//! | [`ParsedRequest`](ext::ParsedRequest) | Parse | everyone |
+//! | [`KeyIdentity`](ext::KeyIdentity) | Auth | RateLimit, Route (sticky key), Dispatch |
+//! | [`RouteDecision`](ext::RouteDecision) | Route | Fallback |
+//! | [`Attempt`](ext::Attempt) | Fallback | Timeout, Dispatch |
+//!
+//! | up (response extension / error context) | written by | read by |
+//! |---|---|---|
+//! | [`KeyIdentity`](ext::KeyIdentity) | Auth | UsageMeter |
+//! | [`Routed`](ext::Routed) (model, variant) | Route | RateLimit (price), UsageMeter |
+//! | [`ServedBy`](ext::ServedBy) (target, attempts) / the attempts | Fallback | CostReport, UsageMeter |
+//! | [`UsageReport`](ext::UsageReport) (filled as the body goes by) | StreamPassthrough | RateLimit (settles), UsageMeter |
 //!
 //! The same stack serves the Anthropic-style ingress (`/v1/messages`): Parse reads the
 //! Anthropic body ([`Api::Messages`](request::Api)), and Dispatch decides per attempt — an
@@ -124,6 +137,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod ext;
 pub mod fallback;
 pub mod health;
 mod jsonscan;

@@ -281,12 +281,3 @@ impl AttemptInfo {
         let _ = write!(out, "/{}", self.elapsed.as_millis());
     }
 }
-
-/// Response extension: who served the request and what was tried before.
-#[derive(Debug, Clone)]
-pub struct ServedBy {
-    /// The target that served.
-    pub target: Arc<Target>,
-    /// Every attempt made, the serving one last.
-    pub attempts: Arc<[AttemptInfo]>,
-}

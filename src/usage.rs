@@ -1,13 +1,9 @@
-//! Usage, usage records and the [`UsageTap`] through which inner layers hand the exact
-//! upstream usage of a stream to the UsageMeter.
-
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! Usage (token counts in OpenAI's semantics, read from OpenAI and Anthropic answers), usage
+//! records, outcomes and prices. How usage travels between layers: [`ext`](crate::ext).
 
 use serde::{Deserialize, Serialize};
 
 use crate::jsonscan::Lookup;
-use crate::target::{AttemptInfo, ServedBy};
 
 /// Token counts in OpenAI's semantics: `prompt_tokens` includes cached tokens,
 /// `completion_tokens` includes reasoning tokens.
@@ -276,6 +272,27 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How a request that ended with an error of `kind` (before any response) ended: the
+    /// gateway's own refusals are `refused`, a deadline `timeout`, a gateway bug
+    /// `gateway_error`, anything else from an upstream `upstream_error`.
+    pub fn of_error(kind: crate::error::ErrorKind) -> Outcome {
+        use crate::error::ErrorKind;
+        match kind {
+            ErrorKind::BadRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::NotFound
+            | ErrorKind::ModelNotFound
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
+            | ErrorKind::RateLimited
+            | ErrorKind::BudgetExceeded => Outcome::Refused,
+            ErrorKind::UpstreamTimeout => Outcome::Timeout,
+            ErrorKind::Internal => Outcome::GatewayError,
+            _ => Outcome::UpstreamError,
+        }
+    }
+
     /// Metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -347,106 +364,6 @@ pub fn pico_to_usd_string(pico: u64) -> String {
         pico / 1_000_000_000_000,
         pico % 1_000_000_000_000
     )
-}
-
-/// What the layers learned about one request, shared with the meter through [`UsageTap`].
-#[derive(Debug, Default, Clone)]
-pub struct TapState {
-    /// Exact upstream usage, when the upstream reported it.
-    pub usage: Option<Usage>,
-    /// The stream ended with `[DONE]` (or the provider's equivalent).
-    pub done: bool,
-    /// An in-band error event was seen / emitted.
-    pub error: bool,
-    /// The error kind label of an in-band (post-commit) failure.
-    pub error_kind: Option<&'static str>,
-    /// Number of content events seen (for estimates).
-    pub events: u64,
-    /// Bytes of content seen (for estimates).
-    pub content_bytes: u64,
-    /// Time to first content event, measured from when the request was received.
-    pub first_event_after: Option<Duration>,
-    /// The virtual key's id (Auth).
-    pub key_id: Option<Arc<str>>,
-    /// The key's tenant (Auth).
-    pub tenant: Option<Arc<str>>,
-    /// The public model after alias resolution (Route).
-    pub model: Option<Arc<str>>,
-    /// The split variant (Route).
-    pub variant: Option<Arc<str>>,
-    /// Who served (Fallback).
-    pub served: Option<ServedBy>,
-    /// Every attempt made (Fallback), also when all failed.
-    pub attempts: Vec<AttemptInfo>,
-    /// Time spent waiting on upstreams (Fallback), to subtract from total for the overhead figure.
-    pub upstream_wait: Duration,
-}
-
-type Hook = Box<dyn FnOnce(&UsageRecord) + Send>;
-
-#[derive(Default)]
-struct Finish {
-    hooks: Vec<Hook>,
-    guards: Vec<Box<dyn std::any::Any + Send>>,
-}
-
-#[derive(Default)]
-struct TapInner {
-    state: Mutex<TapState>,
-    finish: Mutex<Finish>,
-}
-
-/// The per-request ledger. The UsageMeter puts one in the request extensions; inner layers
-/// write what they learn (Auth: key; Route: model, variant; Fallback: attempts; StreamPassthrough
-/// and translating adapters: usage), register completion hooks (RateLimit settles its
-/// reservation) and hand over guards that must live until the response body ends (concurrency
-/// permits). The meter finalizes exactly once: it builds the [`UsageRecord`], runs the hooks,
-/// then drops the guards.
-#[derive(Clone, Default)]
-pub struct UsageTap(Arc<TapInner>);
-
-impl std::fmt::Debug for UsageTap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("UsageTap").field(&self.snapshot()).finish()
-    }
-}
-
-impl UsageTap {
-    /// A new, empty tap.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Update the state.
-    pub fn update(&self, f: impl FnOnce(&mut TapState)) {
-        let mut g = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut g)
-    }
-    /// A copy of the state.
-    pub fn snapshot(&self) -> TapState {
-        self.0
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-    /// Run `hook` with the final record when the request ends (exactly once).
-    pub fn on_complete(&self, hook: impl FnOnce(&UsageRecord) + Send + 'static) {
-        let mut g = self.0.finish.lock().unwrap_or_else(|e| e.into_inner());
-        g.hooks.push(Box::new(hook));
-    }
-    /// Keep `guard` alive until the request ends (the response body ends or is dropped).
-    pub fn hold(&self, guard: impl std::any::Any + Send) {
-        let mut g = self.0.finish.lock().unwrap_or_else(|e| e.into_inner());
-        g.guards.push(Box::new(guard));
-    }
-    /// Run the hooks with `record`, then drop the guards. Later calls do nothing.
-    pub fn finish(&self, record: &UsageRecord) {
-        let f = std::mem::take(&mut *self.0.finish.lock().unwrap_or_else(|e| e.into_inner()));
-        for hook in f.hooks {
-            hook(record);
-        }
-        drop(f.guards);
-    }
 }
 
 /// A price in **micro-USD per million tokens**, which is exactly **pico-USD per token**: costs

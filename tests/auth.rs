@@ -14,7 +14,6 @@ use tollgate::auth::{
 use tollgate::error::ErrorResponseLayer;
 use tollgate::request::ParseLayer;
 use tollgate::secret::Secret;
-use tollgate::usage::UsageTap;
 use tower::{ServiceBuilder, ServiceExt};
 
 const KEY_A: &str = "sk-tg-team-a-0123456789abcdef";
@@ -186,24 +185,33 @@ async fn disabled_auth_inserts_anonymous_and_still_strips() {
 }
 
 #[tokio::test]
-async fn tap_gets_key_id_and_tenant() {
+async fn identity_is_reported_on_the_response_and_on_refusals() {
     let svc = ServiceBuilder::new()
         .layer(ParseLayer::new())
         .layer(AuthLayer::new(keys()))
         .service(Upstream::default());
-    let tap = UsageTap::new();
-    let mut req = http::Request::post("/v1/chat/completions")
-        .header("x-api-key", KEY_A)
-        .body(http_body_util::Full::new(bytes::Bytes::from(chat_body(
-            "gpt-4o", 3,
-        ))))
-        .unwrap();
-    req.extensions_mut().insert(tap.clone());
-    let res = svc.oneshot(req).await.unwrap();
+    let req = |model: &str| {
+        http::Request::post("/v1/chat/completions")
+            .header("x-api-key", KEY_A)
+            .body(http_body_util::Full::new(bytes::Bytes::from(chat_body(
+                model, 3,
+            ))))
+            .unwrap()
+    };
+    let res = svc.clone().oneshot(req("gpt-4o")).await.unwrap();
     assert_eq!(res.status(), 200);
-    let s = tap.snapshot();
-    assert_eq!(s.key_id.as_deref(), Some(&hash_key(KEY_A)[..12]));
-    assert_eq!(s.tenant.as_deref(), Some("acme"));
+    let id = res.extensions().get::<KeyIdentity>().expect("KeyIdentity");
+    assert_eq!(&*id.key_id, &hash_key(KEY_A)[..12]);
+    assert_eq!(id.tenant.as_deref(), Some("acme"));
+    // A model the key may not use: 403, and the refusal still names the key.
+    let e = svc.oneshot(req("not-allowed-model")).await.unwrap_err();
+    assert_eq!(e.status(), 403);
+    let id = e
+        .context()
+        .key
+        .as_ref()
+        .expect("the key in the error's context");
+    assert_eq!(&*id.key_id, &hash_key(KEY_A)[..12]);
 }
 
 /// A user's own async validator, behind `Arc<dyn KeyValidator>`.

@@ -22,7 +22,8 @@ use tollgate::ratelimit::{
     ReserveRequest, Scope, Settlement, StoreError, StoreFuture, Ticket,
 };
 use tollgate::request::ParseLayer;
-use tollgate::usage::{Outcome, Price, Usage, UsageTap};
+use tollgate::stream::StreamPassthroughLayer;
+use tollgate::usage::Price;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
@@ -57,7 +58,14 @@ fn layer(store: Arc<MemoryStore>) -> RateLimitLayer {
 type Svc = BoxCloneService<Request<Full<Bytes>>, http::Response<Body>, GatewayError>;
 
 /// Auth -> RateLimit -> upstream (after Parse).
-fn limited(key_limits: Limits, rl: RateLimitLayer, up: Upstream) -> Svc {
+fn limited<U>(key_limits: Limits, rl: RateLimitLayer, up: U) -> Svc
+where
+    U: tower::Service<Request<Full<Bytes>>, Response = http::Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    U::Future: Send + 'static,
+{
     let keys = StaticKeys::from_entries([KeyEntry::from_hash("team-a", &hash_key(KEY))
         .unwrap()
         .limits(key_limits)])
@@ -351,32 +359,47 @@ async fn request_larger_than_the_limit_is_told_not_to_retry() {
     assert_eq!(e.headers()["x-should-retry"], "false");
 }
 
-/// One request through the stack with a tap, as the UsageMeter would insert it.
-async fn call_with_tap(
-    svc: &Svc,
-    model: &str,
-    max: u64,
-) -> (UsageTap, Result<http::Response<Body>, GatewayError>) {
-    let tap = UsageTap::new();
-    let mut r = req(model, max);
-    r.extensions_mut().insert(tap.clone());
-    let res = svc.clone().oneshot(r).await;
-    (tap, res)
+/// Parse -> Auth -> RateLimit -> StreamPassthrough -> upstream: the stream layer reports the
+/// answer's usage, RateLimit settles with it when its body ends. No UsageMeter.
+fn reporting(key_limits: Limits, rl: RateLimitLayer, up: Upstream) -> Svc {
+    let inner = limited(key_limits, rl, StreamPassthroughLayer::new().layer(up));
+    BoxCloneService::new(ParseLayer::new().layer(inner))
+}
+
+fn stream_req(model: &str, max: u64) -> Request<Full<Bytes>> {
+    Request::post("/v1/chat/completions")
+        .header("x-api-key", KEY)
+        .body(Full::new(Bytes::from(stream_body(model, max))))
+        .unwrap()
+}
+
+fn stream_tokens_of(model: &str, max: u64) -> u64 {
+    (stream_body(model, max).len() as u64).div_ceil(4) + max
+}
+
+fn stream_cost_of(model: &str, max: u64) -> u64 {
+    let p = (stream_body(model, max).len() as u64).div_ceil(4);
+    p * PRICE.input + max * PRICE.output
+}
+
+fn budget_limits() -> Limits {
+    Limits::new()
+        .tokens_per_minute(100_000)
+        .pico_per_day(u64::MAX / 2)
 }
 
 #[tokio::test]
-async fn settle_refunds_the_difference_immediately() {
+async fn json_answer_settles_with_its_usage_when_the_body_ends() {
     let store = Arc::new(MemoryStore::new());
     let scope = Scope::Key(key_id());
-    let svc = stack(
-        Limits::new()
-            .tokens_per_minute(100_000)
-            .pico_per_day(u64::MAX / 2),
-        layer(store.clone()),
-        Upstream::default(),
-    );
-    let (tap, res) = call_with_tap(&svc, "gpt-4o", 500).await;
-    assert_eq!(res.unwrap().status(), 200);
+    let up = Upstream {
+        usage: Some((12, 30)),
+        ..Upstream::default()
+    };
+    let svc = reporting(budget_limits(), layer(store.clone()), up);
+    let res = svc.oneshot(req("gpt-4o", 500)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    // Reserved until the answer has been read.
     assert_eq!(
         store.used(&scope, LimitKind::Tokens, T0),
         tokens_of("gpt-4o", 500)
@@ -385,13 +408,9 @@ async fn settle_refunds_the_difference_immediately() {
         store.used(&scope, LimitKind::BudgetDay, T0),
         cost_of("gpt-4o", 500)
     );
-    let usage = Usage {
-        prompt_tokens: 12,
-        completion_tokens: 30,
-        total_tokens: 42,
-        ..Usage::default()
-    };
-    tap.finish(&record("gpt-4o", Outcome::Success, Some(usage)));
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.ends_with(b"\"total_tokens\":42}}"));
+    // Settled with the exact usage: the difference refunded at once.
     assert_eq!(store.used(&scope, LimitKind::Tokens, T0), 42);
     assert_eq!(
         store.used(&scope, LimitKind::BudgetDay, T0),
@@ -400,54 +419,126 @@ async fn settle_refunds_the_difference_immediately() {
 }
 
 #[tokio::test]
+async fn stream_settles_with_its_usage_when_it_ends_and_holds_its_permit_until_then() {
+    let store = Arc::new(MemoryStore::new());
+    let scope = Scope::Key(key_id());
+    let up = Upstream {
+        hold_body: true,
+        usage: Some((12, 30)),
+        ..Upstream::default()
+    };
+    let svc = reporting(
+        budget_limits().concurrent_requests(1),
+        layer(store.clone()),
+        up.clone(),
+    );
+    let res = svc
+        .clone()
+        .oneshot(stream_req("gpt-4o", 500))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    // The content event and [DONE] arrive (the usage chunk is stripped: not asked for); the
+    // upstream has not closed the stream yet.
+    let mut got = Vec::new();
+    while !got.ends_with(b"data: [DONE]\n\n") {
+        let f = body.frame().await.unwrap().unwrap();
+        got.extend_from_slice(&f.into_data().unwrap());
+    }
+    assert!(!String::from_utf8_lossy(&got).contains("prompt_tokens"));
+    // Still open: reserved, and the concurrency slot taken.
+    let reserved = stream_tokens_of("gpt-4o", 500);
+    assert_eq!(store.used(&scope, LimitKind::Tokens, T0), reserved);
+    assert_eq!(
+        store.used(&scope, LimitKind::BudgetDay, T0),
+        stream_cost_of("gpt-4o", 500)
+    );
+    let second = svc.clone().oneshot(stream_req("gpt-4o", 1)).await;
+    assert_eq!(second.unwrap_err().status(), 429);
+    // The upstream ends the stream: settled with the real usage, the slot released.
+    up.seen.open.lock().unwrap().clear();
+    assert!(body.frame().await.is_none());
+    assert_eq!(store.used(&scope, LimitKind::Tokens, T0), 42);
+    assert_eq!(
+        store.used(&scope, LimitKind::BudgetDay, T0),
+        12 * PRICE.input + 30 * PRICE.output
+    );
+    let third = svc.oneshot(stream_req("gpt-4o", 1)).await.unwrap();
+    assert_eq!(third.status(), 200);
+}
+
+#[tokio::test]
 async fn disconnect_without_usage_settles_the_reserved_amount() {
     let store = Arc::new(MemoryStore::new());
     let scope = Scope::Key(key_id());
-    let svc = stack(
-        Limits::new()
-            .tokens_per_minute(100_000)
-            .pico_per_day(u64::MAX / 2),
-        layer(store.clone()),
-        Upstream::default(),
-    );
-    let (tap, res) = call_with_tap(&svc, "gpt-4o", 300).await;
+    let up = Upstream {
+        hold_body: true,
+        ..Upstream::default()
+    };
+    let svc = reporting(budget_limits(), layer(store.clone()), up);
+    let res = svc.clone().oneshot(stream_req("gpt-4o", 300)).await;
     drop(res);
-    tap.finish(&record("gpt-4o", Outcome::ClientDisconnect, None));
-    let reserved = tokens_of("gpt-4o", 300);
+    let reserved = stream_tokens_of("gpt-4o", 300);
     assert!(reserved > 0);
     assert_eq!(store.used(&scope, LimitKind::Tokens, T0), reserved);
     assert_eq!(
         store.used(&scope, LimitKind::BudgetDay, T0),
-        cost_of("gpt-4o", 300)
+        stream_cost_of("gpt-4o", 300)
     );
 
     // A disconnect after the upstream reported settles what it reported.
-    let (tap, _) = call_with_tap(&svc, "gpt-4o", 300).await;
-    let usage = Usage {
-        prompt_tokens: 10,
-        completion_tokens: 7,
-        total_tokens: 17,
-        ..Usage::default()
+    let up = Upstream {
+        hold_body: true,
+        usage: Some((10, 7)),
+        ..Upstream::default()
     };
-    tap.finish(&record("gpt-4o", Outcome::ClientDisconnect, Some(usage)));
+    let svc = reporting(budget_limits(), layer(store.clone()), up);
+    let res = svc.oneshot(stream_req("gpt-4o", 300)).await.unwrap();
+    let mut body = res.into_body();
+    let mut got = Vec::new();
+    while !got.ends_with(b"data: [DONE]\n\n") {
+        let f = body.frame().await.unwrap().unwrap();
+        got.extend_from_slice(&f.into_data().unwrap());
+    }
+    assert_eq!(store.used(&scope, LimitKind::Tokens, T0), 2 * reserved);
+    drop(body);
     assert_eq!(store.used(&scope, LimitKind::Tokens, T0), reserved + 17);
 }
 
 #[tokio::test]
-async fn upstream_error_without_usage_is_refunded() {
+async fn refusals_and_upstream_failures_settle_to_zero() {
     let store = Arc::new(MemoryStore::new());
     let scope = Scope::Key(key_id());
-    let svc = stack(
-        Limits::new().tokens_per_minute(100_000),
-        layer(store.clone()),
-        Upstream::default(),
+    for e in [
+        tollgate::route::model_not_found("gpt-4o-nope"),
+        GatewayError::upstream_status(http::StatusCode::BAD_GATEWAY, "down", None),
+        GatewayError::upstream_status(http::StatusCode::TOO_MANY_REQUESTS, "slow down", None),
+    ] {
+        let up = Upstream {
+            fail: Some(e.clone()),
+            ..Upstream::default()
+        };
+        let svc = reporting(budget_limits(), layer(store.clone()), up);
+        let got = svc.oneshot(req("gpt-4o", 300)).await.unwrap_err();
+        assert_eq!(got.kind(), e.kind());
+        assert_eq!(store.used(&scope, LimitKind::Tokens, T0), 0, "{e:?}");
+        assert_eq!(store.used(&scope, LimitKind::BudgetDay, T0), 0, "{e:?}");
+    }
+    // A deadline may have been billed upstream: the reservation is kept.
+    let up = Upstream {
+        fail: Some(GatewayError::new(
+            tollgate::error::ErrorKind::UpstreamTimeout,
+            "first token",
+        )),
+        ..Upstream::default()
+    };
+    let svc = reporting(budget_limits(), layer(store.clone()), up);
+    let _ = svc.oneshot(req("gpt-4o", 300)).await.unwrap_err();
+    assert_eq!(
+        store.used(&scope, LimitKind::Tokens, T0),
+        tokens_of("gpt-4o", 300)
     );
-    let (tap, _) = call_with_tap(&svc, "gpt-4o", 300).await;
-    tap.finish(&record("gpt-4o", Outcome::UpstreamError, None));
-    assert_eq!(store.used(&scope, LimitKind::Tokens, T0), 0);
-    // Finishing twice changes nothing.
-    tap.finish(&record("gpt-4o", Outcome::Success, None));
-    assert_eq!(store.used(&scope, LimitKind::Tokens, T0), 0);
 }
 
 #[tokio::test]
@@ -488,18 +579,21 @@ async fn permit_held_until_the_body_ends() {
 }
 
 #[tokio::test]
-async fn permit_held_by_the_tap_until_it_finishes() {
+async fn permit_released_when_the_response_is_dropped() {
+    let up = Upstream {
+        hold_body: true,
+        ..Upstream::default()
+    };
     let svc = stack(
         Limits::new().concurrent_requests(1),
         layer(Arc::new(MemoryStore::new())),
-        Upstream::default(),
+        up,
     );
-    let (tap, res) = call_with_tap(&svc, "gpt-4o", 1).await;
-    drop(res.unwrap()); // the response object is gone; the meter has not finished
-    let (_, second) = call_with_tap(&svc, "gpt-4o", 1).await;
+    let first = svc.clone().oneshot(req("gpt-4o", 1)).await.unwrap();
+    let second = svc.clone().oneshot(req("gpt-4o", 1)).await;
     assert_eq!(second.unwrap_err().status(), 429);
-    tap.finish(&record("gpt-4o", Outcome::Success, None));
-    let (_, third) = call_with_tap(&svc, "gpt-4o", 1).await;
+    drop(first); // the client went away: the body, and with it the permit, is gone
+    let third = svc.oneshot(req("gpt-4o", 1)).await;
     assert_eq!(third.unwrap().status(), 200);
 }
 

@@ -391,10 +391,16 @@ async fn recovers_when_redis_returns() {
 }
 
 #[tokio::test]
-async fn layer_settles_through_the_tap_on_redis() {
+async fn layer_settles_with_the_reported_usage_when_the_stream_ends_on_redis() {
     require_redis!();
-    let p = prefix("tap");
+    let p = prefix("report");
     let s = store(&p);
+    // The upstream streams its usage (3 + 2) and holds the stream open until released.
+    let up = Upstream {
+        hold_body: true,
+        usage: Some((3, 2)),
+        ..Upstream::default()
+    };
     let svc = ServiceBuilder::new()
         .layer(ParseLayer::new())
         .layer(
@@ -404,10 +410,13 @@ async fn layer_settles_through_the_tap_on_redis() {
                     .concurrent_requests(5),
             ),
         )
-        .service(Upstream::default());
-    let tap = tollgate::usage::UsageTap::new();
-    let mut req = chat_req();
-    req.extensions_mut().insert(tap.clone());
+        .layer(tollgate::stream::StreamPassthroughLayer::new())
+        .service(up.clone());
+    let req = Request::post("/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":5,"stream":true}"#,
+        )))
+        .unwrap();
     let now = now_ms();
     let res = svc.oneshot(req).await.unwrap();
     assert_eq!(res.status(), 200);
@@ -418,17 +427,21 @@ async fn layer_settles_through_the_tap_on_redis() {
     let reserved = get(&tk).await.unwrap();
     assert!(reserved > 5);
     assert_eq!(zcard(&ck).await, 1);
-    let usage = tollgate::usage::Usage {
-        prompt_tokens: 3,
-        completion_tokens: 2,
-        total_tokens: 5,
-        ..Default::default()
-    };
-    tap.finish(&common::record(
-        "m",
-        tollgate::usage::Outcome::Success,
-        Some(usage),
-    ));
+    // Read to [DONE]; the stream is still open, so nothing is settled yet.
+    let mut body = res.into_body();
+    let mut got = Vec::new();
+    while !got.ends_with(b"data: [DONE]\n\n") {
+        let f = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        got.extend_from_slice(&f.into_data().unwrap());
+    }
+    assert_eq!(get(&tk).await, Some(reserved));
+    assert_eq!(zcard(&ck).await, 1);
+    // The upstream ends the stream.
+    up.seen.open.lock().unwrap().clear();
+    assert!(http_body_util::BodyExt::frame(&mut body).await.is_none());
     // The settle runs on a spawned task: one round trip.
     let mut settled = false;
     for _ in 0..100 {

@@ -35,7 +35,12 @@ pin_project! {
             req: Option<Request<B>>,
             inner: Option<S>,
         },
-        Calling { #[pin] fut: S::Future },
+        Calling {
+            #[pin]
+            fut: S::Future,
+            // Reported on the way back: on the response, or in the error's context.
+            id: Option<KeyIdentity>,
+        },
     }
 }
 
@@ -57,9 +62,9 @@ where
             },
         }
     }
-    pub(super) fn calling(fut: S::Future) -> Self {
+    pub(super) fn calling(fut: S::Future, id: KeyIdentity) -> Self {
         AuthFuture {
-            state: State::Calling { fut },
+            state: State::Calling { fut, id: Some(id) },
         }
     }
 }
@@ -86,14 +91,29 @@ where
                         return Poll::Ready(Err(GatewayError::internal("polled after completion")));
                     };
                     match found.and_then(|id| admit(id, req)) {
-                        Ok(req) => {
+                        Ok((req, id)) => {
                             let fut = inner.call(req);
-                            this.state.set(State::Calling { fut });
+                            this.state.set(State::Calling { fut, id: Some(id) });
                         }
                         Err(e) => this.state.set(State::Failed { error: Some(e) }),
                     }
                 }
-                StateProj::Calling { fut } => return fut.poll(cx),
+                StateProj::Calling { fut, id } => {
+                    let res = ready!(fut.poll(cx));
+                    let Some(id) = id.take() else {
+                        return Poll::Ready(res);
+                    };
+                    return Poll::Ready(match res {
+                        Ok(mut res) => {
+                            res.extensions_mut().insert(id);
+                            Ok(res)
+                        }
+                        Err(mut e) => {
+                            e.context_mut().key = Some(id);
+                            Err(e)
+                        }
+                    });
+                }
             }
         }
     }

@@ -6,9 +6,13 @@
 //! - answers **401** (`code: invalid_api_key`) for a missing or unknown key,
 //! - answers **403** (`code: model_not_allowed`) when the key's model globs do not match
 //!   [`ParsedRequest::model`],
-//! - otherwise inserts the [`KeyIdentity`] extension, writes `key_id`/`tenant` into the
-//!   [`UsageTap`] when one is present, removes every credential header
+//! - otherwise inserts the [`KeyIdentity`] extension, removes every credential header
 //!   ([`CREDENTIAL_HEADERS`]) and calls the inner service.
+//!
+//! On the way back it reports the identity (see [`ext`](crate::ext)): the [`KeyIdentity`] goes
+//! on the response's extensions, or on the error's
+//! [`context`](crate::error::GatewayError::context) — also on its own 403, so the record of a
+//! refusal names the key.
 //!
 //! The raw key never appears in logs, metrics or errors: it travels as a [`Secret`] from the
 //! header to the validator and is dropped there.
@@ -54,7 +58,6 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::provider::CREDENTIAL_HEADERS;
 use crate::request::ParsedRequest;
 use crate::secret::Secret;
-use crate::usage::UsageTap;
 
 /// Counter: requests refused by Auth, labelled `reason` (`missing_key`, `unknown_key`,
 /// `model_not_allowed`).
@@ -127,7 +130,7 @@ where
                 .cloned()
                 .unwrap_or_else(KeyIdentity::anonymous);
             return match admit(Some(id), req) {
-                Ok(req) => AuthFuture::calling(inner.call(req)),
+                Ok((req, id)) => AuthFuture::calling(inner.call(req), id),
                 Err(e) => AuthFuture::failed(e),
             };
         };
@@ -175,12 +178,12 @@ fn unauthorized(message: &'static str) -> GatewayError {
     GatewayError::new(ErrorKind::Unauthorized, message).with_code("invalid_api_key")
 }
 
-/// Turn a validation result into the admitted request (identity inserted, tap written) or
-/// the refusal.
+/// Turn a validation result into the admitted request (identity inserted) and the identity to
+/// report on the way back, or the refusal (with the identity in its context, when known).
 pub(crate) fn admit<B>(
     id: Option<KeyIdentity>,
     mut req: Request<B>,
-) -> Result<Request<B>, GatewayError> {
+) -> Result<(Request<B>, KeyIdentity), GatewayError> {
     let Some(id) = id else {
         refused("unknown_key");
         return Err(unauthorized(
@@ -191,7 +194,7 @@ pub(crate) fn admit<B>(
         if !id.allows_model(&parsed.model) {
             refused("model_not_allowed");
             tracing::debug!(key_id = %id.key_id, model = %parsed.model, "model not allowed");
-            return Err(GatewayError::new(
+            let mut e = GatewayError::new(
                 ErrorKind::Forbidden,
                 format!(
                     "The key '{}' may not use the model '{}'.",
@@ -199,16 +202,12 @@ pub(crate) fn admit<B>(
                 ),
             )
             .with_code("model_not_allowed")
-            .with_param("model"));
+            .with_param("model");
+            e.context_mut().key = Some(id);
+            return Err(e);
         }
     }
-    if let Some(tap) = req.extensions().get::<UsageTap>() {
-        tap.update(|s| {
-            s.key_id = Some(id.key_id.clone());
-            s.tenant = id.tenant.clone();
-        });
-    }
     tracing::trace!(key_id = %id.key_id, "authenticated");
-    req.extensions_mut().insert(id);
-    Ok(req)
+    req.extensions_mut().insert(id.clone());
+    Ok((req, id))
 }

@@ -17,9 +17,9 @@ use tower::retry::budget::Budget;
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
+use crate::ext::ServedBy;
 use crate::health::{Admission, Blame, BlockReason, Blocked, Ejection, blame};
-use crate::target::{Attempt, AttemptInfo, ServedBy, Target, Timeouts};
-use crate::usage::UsageTap;
+use crate::target::{Attempt, AttemptInfo, Target, Timeouts};
 
 use super::{ATTEMPTS_HEADER, TARGET_HEADER};
 use crate::health::CircuitState;
@@ -135,7 +135,6 @@ pin_project! {
         limit: usize,
         client_timeouts: Timeouts,
         budget: Arc<dyn Budget + Send + Sync>,
-        tap: Option<UsageTap>,
         next: usize,
         calls: u32,
         attempts: Vec<AttemptInfo>,
@@ -159,7 +158,6 @@ impl<S, F> ResponseFuture<S, F> {
         allow_fallback: bool,
         client_timeouts: Timeouts,
         budget: Arc<dyn Budget + Send + Sync>,
-        tap: Option<UsageTap>,
         error: Option<GatewayError>,
         model: Arc<str>,
     ) -> Self {
@@ -176,7 +174,6 @@ impl<S, F> ResponseFuture<S, F> {
             limit,
             client_timeouts,
             budget,
-            tap,
             next: 0,
             calls: 0,
             attempts: Vec::with_capacity(limit.min(4)),
@@ -462,20 +459,11 @@ where
                             if let Some(v) = target.series.id_value(&target.id) {
                                 headers.insert(TARGET_NAME.clone(), v);
                             }
-                            let served = ServedBy {
+                            res.extensions_mut().insert(ServedBy {
                                 target,
-                                attempts: attempts.clone(),
-                            };
-                            if let Some(tap) = this.tap.as_ref() {
-                                let wait = *this.upstream_wait;
-                                let served = served.clone();
-                                tap.update(move |s| {
-                                    s.attempts = attempts.to_vec();
-                                    s.served = Some(served);
-                                    s.upstream_wait += wait;
-                                });
-                            }
-                            res.extensions_mut().insert(served);
+                                attempts,
+                                upstream_wait: *this.upstream_wait,
+                            });
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(res));
                         }
@@ -563,14 +551,7 @@ where
                                     HeaderValue::from_static("retry-budget"),
                                 );
                             }
-                            if let Some(tap) = this.tap.as_ref() {
-                                let attempts = std::mem::take(this.attempts);
-                                let wait = *this.upstream_wait;
-                                tap.update(move |s| {
-                                    s.attempts = attempts;
-                                    s.upstream_wait += wait;
-                                });
-                            }
+                            e.context_mut().attempts = Some(std::mem::take(this.attempts).into());
                             return Poll::Ready(Err(e));
                         }
                     }

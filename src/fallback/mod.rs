@@ -46,9 +46,9 @@
 //!
 //! Every response — success or error — carries `x-tollgate-attempts:
 //! provider/model/status/ms;...` (status is the error kind when there was none); a success also
-//! carries `x-tollgate-target: provider/model` and a [`ServedBy`](crate::target::ServedBy)
-//! response extension. With a [`UsageTap`] in the request, `tap.attempts`, `tap.served` and
-//! `tap.upstream_wait` are written.
+//! carries `x-tollgate-target: provider/model` and reports a [`ServedBy`](crate::ext::ServedBy)
+//! (target, attempts, time waited on upstreams) on the response; an exhausted chain reports its
+//! attempts in the error's [`context`](crate::error::GatewayError::context).
 //!
 //! ```
 //! use tower::ServiceBuilder;
@@ -76,7 +76,6 @@ use tower::retry::budget::Budget;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::target::{AttemptInfo, RouteDecision};
-use crate::usage::UsageTap;
 
 mod future;
 mod layer;
@@ -144,7 +143,6 @@ where
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
         self.budget.deposit();
-        let tap = req.extensions().get::<UsageTap>().cloned();
         match req.extensions().get::<RouteDecision>() {
             Some(d) => {
                 let (targets, allow, timeouts, model) = (
@@ -166,7 +164,6 @@ where
                     allow,
                     timeouts,
                     self.budget.clone(),
-                    tap,
                     None,
                     model,
                 )
@@ -179,7 +176,6 @@ where
                 false,
                 Default::default(),
                 self.budget.clone(),
-                tap,
                 Some(GatewayError::internal(
                     "Fallback needs the RouteDecision extension (Route layer)",
                 )),

@@ -32,9 +32,9 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
+use crate::ext::ServedBy;
 use crate::pricing::{PriceDate, PriceHandle, pico_to_usd};
 use crate::request::ParsedRequest;
-use crate::target::ServedBy;
 use crate::usage::{Price, Usage};
 
 /// Layer for [`CostReport`]: configuration only.

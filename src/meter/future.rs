@@ -6,10 +6,9 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::body::{Finalizer, MeterBody};
-use super::{Ctx, CtxGuard, End};
+use super::{Ctx, CtxGuard, End, Reports};
 use crate::body::Body;
 use crate::error::GatewayError;
-use crate::target::ServedBy;
 
 pin_project! {
     /// Future of [`UsageMeter`](super::UsageMeter).
@@ -38,26 +37,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.inner.poll(cx));
-        let Some(ctx) = this.ctx.take() else {
+        let Some(mut ctx) = this.ctx.take() else {
             return Poll::Ready(res);
         };
         Poll::Ready(match res {
             Ok(res) => {
-                // Who served, from the response when no Fallback wrote it into the tap.
-                if let Some(served) = res.extensions().get::<ServedBy>() {
-                    ctx.tap.update(|t| {
-                        if t.served.is_none() {
-                            t.served = Some(served.clone());
-                        }
-                    });
-                }
+                ctx.reports(Reports::of_response(res.extensions()));
                 let head = ctx.received_at.elapsed();
                 let status = res.status().as_u16();
-                let keep_json = !ctx.stream() && res.status().is_success();
-                let fin = Finalizer::new(ctx, status, head, keep_json);
+                let fin = Finalizer::new(ctx, status, head);
                 Ok(res.map(|b| Body::new(MeterBody::new(b, fin))))
             }
             Err(e) => {
+                ctx.reports(Reports::of_error(&e));
                 ctx.finalize(End::Failed(&e));
                 Err(e)
             }

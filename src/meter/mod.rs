@@ -1,23 +1,25 @@
 //! The UsageMeter layer: one [`UsageRecord`] per request, on every terminal path.
 //!
-//! The meter puts a fresh [`UsageTap`] (the per-request ledger) into the request extensions,
-//! lets the inner layers fill it (key, route, attempts, stream usage, completion hooks, guards),
-//! and wraps the response body. It finalizes **exactly once**:
+//! The meter is a **pure observer**: it adds nothing to the request, and no other layer depends
+//! on it. It reads the reports the inner layers put on the response, or on the error's
+//! [`context`](crate::error::GatewayError::context) (see [`ext`](crate::ext)): the
+//! [`KeyIdentity`](crate::ext::KeyIdentity) (Auth), [`Routed`] (Route), [`ServedBy`] or the
+//! failed attempts (Fallback), and the [`UsageReport`] (StreamPassthrough) — and wraps the
+//! response body. It finalizes **exactly once**:
 //! - when the body ends (success, or a stream that ended in an in-band error),
 //! - when the body yields an error,
 //! - when the body is dropped before its end (the client went away),
 //! - or at once when the inner service answers with an error (refusals, upstream errors,
 //!   timeouts before the commit point).
 //!
-//! Finalizing builds the record (usage from the upstream — the tap for streams, the JSON
-//! `usage` of a non-streaming body otherwise — marked `upstream`, `estimated` or `none`), prices
-//! it with the serving target's [`Price`](crate::usage::Price), sends it to every sink, records
-//! the metrics in [`crate::metrics`], runs the tap's completion hooks (RateLimit settles) and
-//! then drops the held guards (concurrency permits).
+//! Finalizing builds the record (usage from the upstream as the [`UsageReport`] tells it — the
+//! usage chunk of a stream, the `usage` of a JSON answer — marked `upstream`, `estimated` or
+//! `none`), prices it with the serving target's [`Price`](crate::usage::Price), sends it to
+//! every sink and records the metrics in [`crate::metrics`]. The report is read when the
+//! meter's own body ends, after the inner body has ended or been dropped, so it is final.
 //!
-//! The body is never buffered: frames pass through as they come. For a non-streaming JSON
-//! answer the meter keeps reference-counted handles to the frames it forwarded (no copy) and
-//! reads `usage` when the body ends.
+//! The body is never buffered: frames pass through as they come. Without StreamPassthrough in
+//! the stack there is no usage report: records then carry an estimate of the prompt only.
 //!
 //! Outcomes and usage sources per terminal path:
 //!
@@ -31,6 +33,10 @@
 //! | client hangs up mid-answer | `client_disconnect` | as above |
 //! | client hangs up before the answer (future dropped) | `client_disconnect`, status 499 | `none` |
 //! | refused by auth / limits / bad request | `refused` | `none` |
+//!
+//! A request abandoned before any answer came back carries no reports (nothing came up): its
+//! record has what the meter saw itself — request id, requested model, stream flag, times —
+//! but no key, variant or attempts.
 //!
 //! Cost: the record is priced with the [`PriceHandle`] given to
 //! [`UsageMeterLayer::prices`] (by provider, upstream model and the request's date), else with
@@ -67,12 +73,15 @@ use tower::{Layer, Service};
 pub use self::body::MeterBody;
 pub use self::cost::{CostBody, CostReport, CostReportFuture, CostReportLayer};
 pub use self::future::MeterFuture;
+use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
+use crate::ext::{Routed, ServedBy, UsageFacts, UsageReport};
 use crate::metrics as m;
 use crate::pricing::{PriceDate, PriceHandle};
-use crate::request::{Api, ParsedRequest};
-use crate::usage::{Outcome, Usage, UsageRecord, UsageSource, UsageTap};
+use crate::request::ParsedRequest;
+use crate::target::AttemptInfo;
+use crate::usage::{Outcome, Usage, UsageRecord, UsageSource};
 
 /// Where usage records go. Implemented for any `Fn(&UsageRecord) + Send + Sync`.
 pub trait RecordSink: Send + Sync + 'static {
@@ -91,7 +100,6 @@ where
 
 struct Shared {
     sinks: Vec<Arc<dyn RecordSink>>,
-    json_cap: usize,
     prices: Option<PriceHandle>,
     series: series::SeriesCache,
 }
@@ -107,7 +115,6 @@ impl Default for UsageMeterLayer {
         UsageMeterLayer {
             shared: Arc::new(Shared {
                 sinks: Vec::new(),
-                json_cap: 8 << 20,
                 prices: None,
                 series: series::SeriesCache::default(),
             }),
@@ -132,7 +139,6 @@ impl UsageMeterLayer {
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
         let mut shared = Shared {
             sinks: self.shared.sinks.clone(),
-            json_cap: self.shared.json_cap,
             prices: self.shared.prices.clone(),
             series: series::SeriesCache::default(),
         };
@@ -157,11 +163,6 @@ impl UsageMeterLayer {
     pub fn prices(self, table: impl Into<PriceHandle>) -> Self {
         let table = table.into();
         self.edit(|s| s.prices = Some(table))
-    }
-
-    /// The most bytes of a non-streaming JSON body kept (by reference) to read its `usage`.
-    pub fn json_cap(self, bytes: usize) -> Self {
-        self.edit(|s| s.json_cap = bytes)
     }
 }
 
@@ -217,9 +218,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let tap = UsageTap::new();
-        req.extensions_mut().insert(tap.clone());
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -228,9 +227,8 @@ where
         let ctx = match req.extensions().get::<ParsedRequest>() {
             Some(p) => Ctx {
                 shared: self.shared.clone(),
-                tap,
+                reports: Reports::default(),
                 model: p.model.clone(),
-                api: p.api,
                 stream: p.stream,
                 received_at: p.received_at,
                 prompt_estimate: p.prompt_tokens_estimate(),
@@ -239,9 +237,8 @@ where
             },
             None => Ctx {
                 shared: self.shared.clone(),
-                tap,
+                reports: Reports::default(),
                 model: Arc::from(""),
-                api: Api::ChatCompletions,
                 stream: false,
                 received_at: Instant::now(),
                 prompt_estimate: 0,
@@ -260,12 +257,59 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The reports the inner layers sent up with the response (or the error).
+#[derive(Default)]
+pub(crate) struct Reports {
+    key_id: Option<Arc<str>>,
+    tenant: Option<Arc<str>>,
+    routed: Option<Routed>,
+    served: Option<ServedBy>,
+    /// The attempts of a failed chain (a success lists them in `served`).
+    attempts: Option<Arc<[AttemptInfo]>>,
+    usage: Option<UsageReport>,
+}
+
+impl Reports {
+    /// The reports on a response's extensions.
+    pub(crate) fn of_response(ext: &http::Extensions) -> Reports {
+        let key = ext.get::<KeyIdentity>();
+        Reports {
+            key_id: key.map(|k| k.key_id.clone()),
+            tenant: key.and_then(|k| k.tenant.clone()),
+            routed: ext.get::<Routed>().cloned(),
+            served: ext.get::<ServedBy>().cloned(),
+            attempts: None,
+            usage: ext.get::<UsageReport>().cloned(),
+        }
+    }
+
+    /// The reports in an error's context.
+    pub(crate) fn of_error(e: &GatewayError) -> Reports {
+        let c = e.context();
+        Reports {
+            key_id: c.key.as_ref().map(|k| k.key_id.clone()),
+            tenant: c.key.as_ref().and_then(|k| k.tenant.clone()),
+            routed: c.routed.clone(),
+            served: None,
+            attempts: c.attempts.clone(),
+            usage: c.usage.clone(),
+        }
+    }
+
+    fn attempts(&self) -> &[AttemptInfo] {
+        match (&self.served, &self.attempts) {
+            (Some(s), _) => &s.attempts,
+            (None, Some(a)) => a,
+            (None, None) => &[],
+        }
+    }
+}
+
 /// What the meter knows of one request until it finalizes.
 pub(crate) struct Ctx {
     shared: Arc<Shared>,
-    tap: UsageTap,
+    reports: Reports,
     model: Arc<str>,
-    api: Api,
     stream: bool,
     received_at: Instant,
     prompt_estimate: u64,
@@ -278,13 +322,7 @@ pub(crate) enum End<'a> {
     /// The inner service failed before a response.
     Failed(&'a GatewayError),
     /// The body ended normally.
-    Eof {
-        status: u16,
-        head: Duration,
-        json_usage: Option<Usage>,
-        /// Generated bytes of a JSON answer that had no `usage` (for the estimate).
-        json_content_bytes: u64,
-    },
+    Eof { status: u16, head: Duration },
     /// The body yielded an error.
     BodyError { status: u16, head: Duration },
     /// The body was dropped before its end.
@@ -319,103 +357,27 @@ impl Drop for CtxGuard {
     }
 }
 
-fn outcome_of(kind: ErrorKind) -> Outcome {
-    match kind {
-        ErrorKind::BadRequest
-        | ErrorKind::PayloadTooLarge
-        | ErrorKind::MethodNotAllowed
-        | ErrorKind::NotFound
-        | ErrorKind::ModelNotFound
-        | ErrorKind::Unauthorized
-        | ErrorKind::Forbidden
-        | ErrorKind::RateLimited
-        | ErrorKind::BudgetExceeded => Outcome::Refused,
-        ErrorKind::UpstreamTimeout => Outcome::Timeout,
-        ErrorKind::Internal => Outcome::GatewayError,
-        _ => Outcome::UpstreamError,
-    }
-}
-
 impl Ctx {
-    pub(crate) fn json_cap(&self) -> usize {
-        self.shared.json_cap
+    /// Take the reports the response (or error) carried up.
+    pub(crate) fn reports(&mut self, reports: Reports) {
+        self.reports = reports;
     }
 
-    pub(crate) fn api(&self) -> Api {
-        self.api
-    }
-
-    pub(crate) fn stream(&self) -> bool {
-        self.stream
-    }
-
-    /// Build the record, emit it everywhere, run the hooks, drop the guards.
-    pub(crate) fn finalize(self, end: End<'_>) -> UsageRecord {
+    /// Build the record and emit it everywhere (sinks, metrics).
+    pub(crate) fn finalize(mut self, end: End<'_>) -> UsageRecord {
         let now = Instant::now();
-        let tap = self.tap.snapshot();
+        let request_id = self.request_id.take();
+        let facts = self
+            .reports
+            .usage
+            .as_ref()
+            .map(UsageReport::get)
+            .unwrap_or_default();
         let total = now.saturating_duration_since(self.received_at);
-        let (outcome, status, error_kind, head) = match &end {
-            End::Failed(e) => (
-                outcome_of(e.kind()),
-                e.status().as_u16(),
-                Some(e.kind().as_str().to_owned()),
-                None,
-            ),
-            End::Eof { status, head, .. } => {
-                let (outcome, kind) = if !self.stream || tap.done {
-                    (Outcome::Success, None)
-                } else if tap.error_kind == Some(ErrorKind::UpstreamTimeout.as_str()) {
-                    (Outcome::Timeout, tap.error_kind)
-                } else {
-                    (
-                        Outcome::StreamError,
-                        tap.error_kind.or(Some("upstream_protocol")),
-                    )
-                };
-                (outcome, *status, kind.map(str::to_owned), Some(*head))
-            }
-            End::BodyError { status, head } => (
-                Outcome::StreamError,
-                *status,
-                Some(tap.error_kind.unwrap_or("upstream_protocol").to_owned()),
-                Some(*head),
-            ),
-            // A client that hangs up right after `[DONE]` got the whole answer.
-            End::Dropped { status, head } if self.stream && tap.done && !tap.error => {
-                (Outcome::Success, *status, None, Some(*head))
-            }
-            End::Dropped { status, head } => {
-                (Outcome::ClientDisconnect, *status, None, Some(*head))
-            }
-            End::Cancelled => (Outcome::ClientDisconnect, CLIENT_CLOSED_STATUS, None, None),
-        };
-
-        let (json_usage, json_content_bytes) = match &end {
-            End::Eof {
-                json_usage,
-                json_content_bytes,
-                ..
-            } => (*json_usage, *json_content_bytes),
-            _ => (None, 0),
-        };
-        let got_response = head.is_some();
-        let (usage, usage_source) = match tap.usage.or(json_usage) {
-            Some(u) => (u, UsageSource::Upstream),
-            None if got_response => {
-                // ~4 bytes per token: a rough estimate, and recorded as one.
-                let completion = (tap.content_bytes + json_content_bytes).div_ceil(4);
-                let u = Usage {
-                    prompt_tokens: self.prompt_estimate,
-                    completion_tokens: completion,
-                    total_tokens: self.prompt_estimate + completion,
-                    ..Usage::default()
-                };
-                (u, UsageSource::Estimated)
-            }
-            None => (Usage::default(), UsageSource::None),
-        };
-
-        let served = tap.served.as_ref();
+        let (outcome, status, error_kind, head) = self.outcome(&end, &facts);
+        let (usage, usage_source) = self.usage(&facts, head.is_some());
+        let r = &self.reports;
+        let served = r.served.as_ref();
         let date = PriceDate::from_unix_ms(self.started_at_ms);
         let price = served
             .and_then(|s| crate::pricing::resolve(self.shared.prices.as_ref(), &s.target, date));
@@ -429,27 +391,29 @@ impl Ctx {
                 Some(s.target.provider.name().to_owned()),
                 Some(s.target.upstream_model.to_string()),
             ),
-            None => match tap.attempts.last().and_then(|a| a.target.split_once('/')) {
+            None => match r.attempts().last().and_then(|a| a.target.split_once('/')) {
                 Some((p, m)) => (Some(p.to_owned()), Some(m.to_owned())),
                 None => (None, None),
             },
         };
         let ttft = if self.stream {
-            tap.first_event_after
+            facts.first_event_after
         } else {
             head
         };
-        let overhead = head.map(|h| h.saturating_sub(tap.upstream_wait));
-        let attempts = tap.attempts.len().max(usize::from(served.is_some())) as u32;
+        let upstream_wait = served.map_or(Duration::ZERO, |s| s.upstream_wait);
+        let overhead = head.map(|h| h.saturating_sub(upstream_wait));
+        let attempts = r.attempts().len().max(usize::from(served.is_some())) as u32;
+        let routed = r.routed.as_ref();
 
         let record = UsageRecord {
-            request_id: self.request_id,
-            key_id: tap.key_id.as_deref().map(str::to_owned),
-            tenant: tap.tenant.as_deref().map(str::to_owned),
-            model: tap.model.as_deref().unwrap_or(&self.model).to_owned(),
+            request_id,
+            key_id: r.key_id.as_deref().map(str::to_owned),
+            tenant: r.tenant.as_deref().map(str::to_owned),
+            model: routed.map_or(&*self.model, |x| &*x.model).to_owned(),
             provider,
             upstream_model,
-            variant: tap.variant.as_deref().map(str::to_owned),
+            variant: routed.and_then(|x| x.variant.as_deref()).map(str::to_owned),
             attempts,
             stream: self.stream,
             outcome,
@@ -463,17 +427,89 @@ impl Ctx {
             overhead_us: overhead.map(|d| d.as_secs_f64() * 1e6),
             started_at_ms: self.started_at_ms,
         };
+        emit_metrics(&self.series(&record), &record, ttft, total, overhead);
+        for sink in &self.shared.sinks {
+            sink.record(&record);
+        }
+        record
+    }
 
-        let series = match tap.model.as_ref() {
-            Some(model) => {
-                let (target_id, provider) = match served {
+    /// Outcome, status, error kind and time to the response head, by how the request ended.
+    fn outcome(
+        &self,
+        end: &End<'_>,
+        facts: &UsageFacts,
+    ) -> (Outcome, u16, Option<String>, Option<Duration>) {
+        match end {
+            End::Failed(e) => (
+                Outcome::of_error(e.kind()),
+                e.status().as_u16(),
+                Some(e.kind().as_str().to_owned()),
+                None,
+            ),
+            End::Eof { status, head } => {
+                let (outcome, kind) = if !self.stream || facts.done {
+                    (Outcome::Success, None)
+                } else if facts.error_kind == Some(ErrorKind::UpstreamTimeout.as_str()) {
+                    (Outcome::Timeout, facts.error_kind)
+                } else {
+                    (
+                        Outcome::StreamError,
+                        facts.error_kind.or(Some("upstream_protocol")),
+                    )
+                };
+                (outcome, *status, kind.map(str::to_owned), Some(*head))
+            }
+            End::BodyError { status, head } => (
+                Outcome::StreamError,
+                *status,
+                Some(facts.error_kind.unwrap_or("upstream_protocol").to_owned()),
+                Some(*head),
+            ),
+            // A client that hangs up right after `[DONE]` got the whole answer.
+            End::Dropped { status, head } if self.stream && facts.done && !facts.error => {
+                (Outcome::Success, *status, None, Some(*head))
+            }
+            End::Dropped { status, head } => {
+                (Outcome::ClientDisconnect, *status, None, Some(*head))
+            }
+            End::Cancelled => (Outcome::ClientDisconnect, CLIENT_CLOSED_STATUS, None, None),
+        }
+    }
+
+    /// The upstream's usage when reported; else, once a response came, an estimate (and
+    /// recorded as one); else none.
+    fn usage(&self, facts: &UsageFacts, got_response: bool) -> (Usage, UsageSource) {
+        match facts.usage {
+            Some(u) => (u, UsageSource::Upstream),
+            None if got_response => {
+                // ~4 bytes per token: a rough estimate, and recorded as one.
+                let completion = facts.content_bytes.div_ceil(4);
+                let u = Usage {
+                    prompt_tokens: self.prompt_estimate,
+                    completion_tokens: completion,
+                    total_tokens: self.prompt_estimate + completion,
+                    ..Usage::default()
+                };
+                (u, UsageSource::Estimated)
+            }
+            None => (Usage::default(), UsageSource::None),
+        }
+    }
+
+    /// The metric handles for the record: cached per routed model and target.
+    fn series(&self, record: &UsageRecord) -> Arc<series::Series> {
+        let r = &self.reports;
+        match r.routed.as_ref() {
+            Some(routed) => {
+                let (target_id, provider) = match r.served.as_ref() {
                     Some(s) => (Some(&s.target.id), Some(s.target.provider.name())),
-                    None => match tap.attempts.last() {
+                    None => match r.attempts().last() {
                         Some(a) => (Some(&a.target), a.target.split_once('/').map(|(p, _)| p)),
                         None => (None, None),
                     },
                 };
-                self.shared.series.get(model, target_id, provider)
+                self.shared.series.get(&routed.model, target_id, provider)
             }
             // Not routed (refused or unknown model): labels from the record, not cached.
             None => Arc::new(series::Series::new(
@@ -481,13 +517,7 @@ impl Ctx {
                 None,
                 record.provider.as_deref().map(Arc::from),
             )),
-        };
-        emit_metrics(&series, &record, ttft, total, overhead);
-        for sink in &self.shared.sinks {
-            sink.record(&record);
         }
-        self.tap.finish(&record);
-        record
     }
 }
 
@@ -571,13 +601,17 @@ mod tests {
     #[tokio::test]
     async fn non_stream_usage_is_read_exactly_across_frames() {
         let (layer, recs) = layer();
-        let svc = layer.layer(service_fn(|_req: Request<Full<Bytes>>| async {
+        let upstream = service_fn(|_req: Request<Full<Bytes>>| async {
             let parts: Vec<Result<Frame<Bytes>, Infallible>> = vec![
                 Ok(Frame::data(Bytes::from_static(br#"{"id":"x","choices":[],"usage":{"prompt_to"#))),
                 Ok(Frame::data(Bytes::from_static(br#"kens":11,"completion_tokens":6,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#))),
             ];
-            Ok::<_, GatewayError>(Response::new(Body::new(StreamBody::new(futures_util::stream::iter(parts)))))
-        }));
+            Ok::<_, GatewayError>(Response::new(Body::new(StreamBody::new(
+                futures_util::stream::iter(parts),
+            ))))
+        });
+        // The usage is StreamPassthrough's report; the meter only reads it.
+        let svc = layer.layer(crate::stream::StreamPassthrough::new(upstream));
         let res = svc.oneshot(req(false)).await.unwrap();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         assert!(bytes.ends_with(b"}}}"));
@@ -601,20 +635,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refusal_is_recorded_once_and_hooks_run() {
+    async fn refusal_is_recorded_once_with_the_errors_context() {
         let (layer, recs) = layer();
-        let hook_runs = Arc::new(Mutex::new(0));
-        let h = hook_runs.clone();
-        let svc = layer.layer(service_fn(move |req: Request<Full<Bytes>>| {
-            let h = h.clone();
-            async move {
-                let tap = req.extensions().get::<UsageTap>().unwrap().clone();
-                tap.on_complete(move |r| {
-                    assert_eq!(r.outcome, Outcome::Refused);
-                    *h.lock().unwrap() += 1;
-                });
-                Err::<Response<Body>, _>(GatewayError::new(ErrorKind::RateLimited, "no"))
-            }
+        let svc = layer.layer(service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut e = GatewayError::new(ErrorKind::RateLimited, "no");
+            e.context_mut().key = Some(KeyIdentity::new("k-7", "team").with_tenant("acme"));
+            Err::<Response<Body>, _>(e)
         }));
         let e = svc.oneshot(req(false)).await.unwrap_err();
         assert_eq!(e.status(), 429);
@@ -623,27 +649,17 @@ mod tests {
         assert_eq!(recs[0].outcome, Outcome::Refused);
         assert_eq!(recs[0].status, 429);
         assert_eq!(recs[0].usage_source, UsageSource::None);
-        assert_eq!(*hook_runs.lock().unwrap(), 1);
-    }
-
-    struct Guard(Arc<Mutex<bool>>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            *self.0.lock().unwrap() = true;
-        }
+        assert_eq!(recs[0].key_id.as_deref(), Some("k-7"));
+        assert_eq!(recs[0].tenant.as_deref(), Some("acme"));
     }
 
     #[tokio::test]
-    async fn dropped_stream_is_a_client_disconnect_and_releases_guards_then() {
+    async fn dropped_stream_is_a_client_disconnect_recorded_then() {
         let (layer, recs) = layer();
-        let released = Arc::new(Mutex::new(false));
-        let rel = released.clone();
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         let rx = Arc::new(Mutex::new(Some(rx)));
-        let svc = layer.layer(service_fn(move |req: Request<Full<Bytes>>| {
+        let svc = layer.layer(service_fn(move |_req: Request<Full<Bytes>>| {
             let rx = rx.lock().unwrap().take().unwrap();
-            let tap = req.extensions().get::<UsageTap>().unwrap().clone();
-            tap.hold(Guard(rel.clone()));
             async move {
                 let s = futures_util::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|x| (x, rx))
@@ -659,12 +675,10 @@ mod tests {
         let f = body.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"data: {}\n\n"));
         assert!(
-            !*released.lock().unwrap(),
-            "guard must live while the stream is open"
+            recs.lock().unwrap().is_empty(),
+            "no record while the stream is open"
         );
-        assert!(recs.lock().unwrap().is_empty());
         drop(body);
-        assert!(*released.lock().unwrap());
         let recs = recs.lock().unwrap();
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].outcome, Outcome::ClientDisconnect);
@@ -674,22 +688,25 @@ mod tests {
     }
 
     #[test]
-    fn stream_usage_from_the_tap_and_metrics() {
+    fn stream_usage_from_the_report_and_metrics() {
         let recorder = metrics_util::debugging::DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let (layer, recs) = layer();
-        let svc = layer.layer(service_fn(|req: Request<Full<Bytes>>| async move {
-            let tap = req.extensions().get::<UsageTap>().unwrap().clone();
-            tap.update(|t| {
-                t.usage = Some(Usage {
+        let svc = layer.layer(service_fn(|_req: Request<Full<Bytes>>| async move {
+            let (writer, report) = UsageReport::channel();
+            writer.publish(&UsageFacts {
+                usage: Some(Usage {
                     prompt_tokens: 5,
                     completion_tokens: 7,
                     total_tokens: 12,
                     ..Usage::default()
-                });
-                t.done = true;
+                }),
+                done: true,
+                ..UsageFacts::default()
             });
-            Ok::<_, GatewayError>(Response::new(Body::full("data: [DONE]\n\n")))
+            let mut res = Response::new(Body::full("data: [DONE]\n\n"));
+            res.extensions_mut().insert(report);
+            Ok::<_, GatewayError>(res)
         }));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

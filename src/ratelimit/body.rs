@@ -1,4 +1,5 @@
-//! [`PermitBody`]: keeps a reservation's permit alive until the response body ends.
+//! [`PermitBody`]: keeps a reservation's permit alive until the response body ends, then
+//! settles it (the permit settles when dropped).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -11,8 +12,11 @@ use super::Permit;
 use crate::body::BoxError;
 
 pin_project! {
-    /// A response body that holds a [`Permit`] until the end of stream, an error, or drop.
+    /// A response body that holds a [`Permit`] until the end of stream, an error, or drop;
+    /// releasing it settles the reservation.
     pub(crate) struct PermitBody<B> {
+        // Declared first, so dropped first: the inner body's report is final when the permit
+        // settles.
         #[pin]
         inner: B,
         permit: Option<Permit>,
@@ -40,8 +44,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if matches!(frame, None | Some(Err(_))) {
+        let mut inner = this.inner;
+        let frame = ready!(inner.as_mut().poll_frame(cx));
+        // hyper stops polling a body that says it has ended: settle now.
+        let ended = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(_)) => inner.is_end_stream(),
+        };
+        if ended {
             this.permit.take();
         }
         Poll::Ready(frame)

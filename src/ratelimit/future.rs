@@ -12,7 +12,7 @@ use tower::Service;
 use super::body::PermitBody;
 use super::layer::Config;
 use super::store::{Decision, StoreError, StoreFuture};
-use super::{Pending, Permit, RateStatus, Reserving, proceed, settlement_for_error, write_headers};
+use super::{Permit, RateStatus, Reserving, proceed, write_headers};
 use crate::body::Body;
 use crate::error::GatewayError;
 
@@ -44,9 +44,8 @@ pin_project! {
         Calling {
             #[pin]
             fut: S::Future,
-            // Without a tap: the permit rides in the future, then in the body.
+            // The reservation rides in the future, then in the body, until it settles.
             permit: Option<Permit>,
-            pending: Option<Arc<Pending>>,
             status: Option<RateStatus>,
         },
     }
@@ -86,7 +85,6 @@ where
                 StateProj::Calling {
                     fut,
                     permit,
-                    pending,
                     status,
                 } => {
                     let res = ready!(fut.poll(cx));
@@ -95,16 +93,16 @@ where
                             if let Some(s) = status.take() {
                                 write_headers(res.headers_mut(), &s);
                             }
-                            if let Some(p) = permit.take() {
+                            if let Some(mut p) = permit.take() {
+                                p.attach(&res);
                                 res = res.map(|b| Body::new(PermitBody::new(b, p)));
                             }
                             Ok(res)
                         }
                         Err(e) => {
-                            if let Some(p) = pending.take() {
-                                p.complete(settlement_for_error(&e));
+                            if let Some(p) = permit.take() {
+                                p.settle_error(&e);
                             }
-                            permit.take();
                             Err(e)
                         }
                     });

@@ -13,15 +13,19 @@
 //!   429 [`BudgetExceeded`](crate::error::ErrorKind::BudgetExceeded) that names the budget, with
 //!   `x-should-retry: false`. Nothing reaches the upstream.
 //! - Admitted: the response carries the same `x-ratelimit-*` headers.
-//! - Settled when the request ends: with a [`UsageTap`] (the UsageMeter's ledger), a
-//!   completion hook settles with the record's exact usage and cost — refunding the
-//!   difference at once — and the concurrency permit is handed to [`UsageTap::hold`], so it
-//!   lives until the response stream ends. A record without upstream usage (a client that
-//!   disconnected before the upstream reported, a timeout) keeps the reserved amount: never
-//!   zero. A request refused further in (`Refused`) or an upstream error status without usage
-//!   is refunded in full. Without a tap, the permit rides in the response future and then the
-//!   body, and the reserved amounts are kept (no usage to settle with), except for errors the
-//!   upstream did not bill.
+//! - Settled exactly once, in one place: the reservation's permit rides in the response future
+//!   and then in the response body (tower-http's `in_flight_requests` pattern), so the
+//!   concurrency slot is held until a 60-second stream has ended. When the body ends, fails or
+//!   is dropped, the permit settles with the exact usage and cost the answer reported (the
+//!   [`UsageReport`](crate::ext::UsageReport) StreamPassthrough put on the response, read then)
+//!   — refunding the difference at once. Without reported usage (a client that disconnected
+//!   before the upstream reported, an upstream that sent none) the reserved amount is kept:
+//!   never zero. An error instead of a response settles from the error's
+//!   [`context`](crate::error::GatewayError::context): reported usage if any, else nothing for
+//!   a request refused further in or failed by its upstreams (every attempt of the chain
+//!   failed), and the reserved amount for a deadline or a gateway fault (the upstream may have
+//!   billed). The price is the one of the model Route reports ([`Routed`](crate::ext::Routed)),
+//!   else the one reserved with.
 //!
 //! Windows are fixed and aligned to UTC (minute, day, calendar month): exact within a
 //! window, identical on every replica. Stores: [`MemoryStore`] (default) and, with the `redis`
@@ -54,8 +58,8 @@ mod redis;
 mod store;
 mod window;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -82,8 +86,9 @@ pub(crate) use store::decide;
 use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
+use crate::ext::{Routed, UsageReport};
 use crate::request::ParsedRequest;
-use crate::usage::{Outcome, Price, Usage, UsageRecord, UsageSource, UsageTap};
+use crate::usage::{Outcome, Price, Usage};
 
 /// Counter: requests refused by a limit, labelled `scope` (`key`, `model`, `global`) and
 /// `limit` ([`LimitKind::as_str`]).
@@ -131,7 +136,6 @@ impl<S> RateLimit<S> {
 
 /// What the layer needs after the reservation is decided.
 pub(crate) struct Reserving {
-    tap: Option<UsageTap>,
     price: Option<Price>,
 }
 
@@ -176,7 +180,6 @@ where
                 state: State::Calling {
                     fut: inner.call(req),
                     permit: None,
-                    pending: None,
                     status: None,
                 },
             };
@@ -205,10 +208,7 @@ where
             tokens: prompt.saturating_add(completion),
             cost_pico,
         };
-        let ctx = Reserving {
-            tap: req.extensions().get::<UsageTap>().cloned(),
-            price,
-        };
+        let ctx = Reserving { price };
         let state = match cfg.store.reserve(rr).now_or() {
             Ok(decision) => proceed(cfg, decision, req, inner, ctx),
             Err(fut) => State::Reserving {
@@ -235,36 +235,17 @@ where
     S: Service<Request<B>>,
 {
     match decision {
-        Ok(Decision::Admitted { ticket, status }) => {
-            let pending = Arc::new(Pending {
-                store: cfg.store.clone(),
-                ticket: Mutex::new(Some(ticket)),
-            });
-            let (permit, pending_err) = match &ctx.tap {
-                Some(tap) => {
-                    let hook = pending.clone();
-                    let prices = cfg.price.clone();
-                    let reserved_price = ctx.price;
-                    tap.on_complete(move |rec| {
-                        let price = prices
-                            .as_ref()
-                            .filter(|_| !rec.model.is_empty())
-                            .and_then(|f| f(&rec.model))
-                            .or(reserved_price);
-                        hook.complete(settlement_from_record(rec, price));
-                    });
-                    tap.hold(Permit(pending));
-                    (None, None)
-                }
-                None => (Some(Permit(pending.clone())), Some(pending)),
-            };
-            State::Calling {
-                fut: inner.call(req),
-                permit,
-                pending: pending_err,
-                status: Some(status),
-            }
-        }
+        Ok(Decision::Admitted { ticket, status }) => State::Calling {
+            fut: inner.call(req),
+            permit: Some(Permit {
+                cfg: cfg.clone(),
+                ticket: Some(ticket),
+                reserved_price: ctx.price,
+                report: None,
+                model: None,
+            }),
+            status: Some(status),
+        },
         Ok(Decision::Refused(r)) => State::Failed {
             error: Some(refusal_error(&r)),
         },
@@ -285,7 +266,6 @@ where
                 FailurePolicy::Open => State::Calling {
                     fut: inner.call(req),
                     permit: None,
-                    pending: None,
                     status: None,
                 },
                 FailurePolicy::Closed => State::Failed {
@@ -304,18 +284,61 @@ where
     }
 }
 
-/// A reservation waiting to be settled, exactly once.
-pub(crate) struct Pending {
-    store: Arc<dyn LimitStore>,
-    ticket: Mutex<Option<Ticket>>,
+/// An admitted reservation, settled exactly once — the one settlement path. It rides in the
+/// response future, then in the response body ([`PermitBody`](body::PermitBody)); while it
+/// lives, the reservation (and its concurrency slot) is held. Dropped — the body ended, failed
+/// or was dropped, or the request was abandoned — it settles with the usage the answer
+/// reported, else keeps the reserved amount. An error answer settles through
+/// [`settle_error`](Self::settle_error) instead.
+pub(crate) struct Permit {
+    cfg: Arc<Config>,
+    ticket: Option<Ticket>,
+    /// The price the reservation was made with (the requested model's).
+    reserved_price: Option<Price>,
+    /// The answer's usage report (StreamPassthrough's), read when the permit settles.
+    report: Option<UsageReport>,
+    /// The model Route resolved (its price settles), when reported.
+    model: Option<Arc<str>>,
 }
 
-impl Pending {
+impl Permit {
+    /// The response arrived: read its reports when the body ends.
+    fn attach(&mut self, res: &Response<Body>) {
+        self.report = res.extensions().get::<UsageReport>().cloned();
+        self.model = res.extensions().get::<Routed>().map(|r| r.model.clone());
+    }
+
+    /// The inner service answered with an error: settle from its context.
+    fn settle_error(mut self, e: &GatewayError) {
+        let ctx = e.context();
+        self.model = ctx.routed.as_ref().map(|r| r.model.clone());
+        let usage = ctx.usage.as_ref().and_then(UsageReport::usage);
+        let settlement = settlement(usage, Some(e.kind()), self.price());
+        self.settle(settlement);
+    }
+
+    fn price(&self) -> Option<Price> {
+        let routed = match (&self.cfg.price, &self.model) {
+            (Some(f), Some(m)) => f(m),
+            _ => None,
+        };
+        routed.or(self.reserved_price)
+    }
+
     /// Settle (first call only): `Some` with the exact amounts, `None` to keep the reserved.
-    fn complete(&self, actual: Option<Settlement>) {
-        let ticket = self.ticket.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = ticket {
-            run_settle(self.store.settle(t, actual));
+    fn settle(&mut self, actual: Option<Settlement>) {
+        if let Some(t) = self.ticket.take() {
+            run_settle(self.cfg.store.settle(t, actual));
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            let usage = self.report.as_ref().and_then(UsageReport::usage);
+            let settlement = settlement(usage, None, self.price());
+            self.settle(settlement);
         }
     }
 }
@@ -342,40 +365,24 @@ fn settle_failed(e: &StoreError) {
     tracing::warn!(error = %e, "rate-limit settlement failed; the reserved amounts stay charged");
 }
 
-/// The guard that releases a reservation's concurrency slot (and settles it at the reserved
-/// amount, if nothing settled it before) when dropped.
-pub(crate) struct Permit(Arc<Pending>);
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.complete(None);
+/// What to settle a finished request with: the exact reported `usage` (priced with `price`)
+/// when there is one; else, for a request that failed with `error` that was refused further in
+/// or failed by its upstreams before anything was served, nothing; else (a deadline, a gateway
+/// fault, an answer without usage, a disconnect) `None`: keep the reservation.
+pub fn settlement(
+    usage: Option<Usage>,
+    error: Option<ErrorKind>,
+    price: Option<Price>,
+) -> Option<Settlement> {
+    if let Some(u) = usage {
+        return Some(Settlement {
+            tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+            cost_pico: price.map_or(0, |p| u64::try_from(p.cost_pico(&u)).unwrap_or(u64::MAX)),
+        });
     }
-}
-
-/// What to settle a finished request with. Exact upstream usage settles exactly; a request
-/// refused further in, or an upstream error status without usage, costs nothing; anything
-/// else without upstream usage (disconnect, timeout, cut stream) keeps the reservation.
-pub fn settlement_from_record(rec: &UsageRecord, price: Option<Price>) -> Option<Settlement> {
-    match rec.usage_source {
-        UsageSource::Upstream => {
-            let u = &rec.usage;
-            Some(Settlement {
-                tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
-                cost_pico: price.map_or(0, |p| u64::try_from(p.cost_pico(u)).unwrap_or(u64::MAX)),
-            })
-        }
-        _ if matches!(rec.outcome, Outcome::Refused | Outcome::UpstreamError) => {
-            Some(Settlement::default())
-        }
+    match error.map(Outcome::of_error) {
+        Some(Outcome::Refused | Outcome::UpstreamError) => Some(Settlement::default()),
         _ => None,
-    }
-}
-
-/// Without a tap: errors the upstream did not bill are refunded; others keep the reservation.
-fn settlement_for_error(e: &GatewayError) -> Option<Settlement> {
-    match e.kind() {
-        ErrorKind::UpstreamTimeout | ErrorKind::UpstreamProtocol | ErrorKind::Internal => None,
-        _ => Some(Settlement::default()),
     }
 }
 
@@ -482,35 +489,6 @@ pub fn write_headers(h: &mut HeaderMap, status: &RateStatus) {
 mod tests {
     use super::*;
 
-    fn rec(outcome: Outcome, source: UsageSource) -> UsageRecord {
-        UsageRecord {
-            request_id: None,
-            key_id: None,
-            tenant: None,
-            model: "m".into(),
-            provider: None,
-            upstream_model: None,
-            variant: None,
-            attempts: 1,
-            stream: true,
-            outcome,
-            status: 200,
-            error_kind: None,
-            usage: Usage {
-                prompt_tokens: 10,
-                completion_tokens: 4,
-                total_tokens: 14,
-                ..Usage::default()
-            },
-            usage_source: source,
-            cost_pico: None,
-            ttft_ms: None,
-            total_ms: 1.0,
-            overhead_us: None,
-            started_at_ms: 0,
-        }
-    }
-
     #[test]
     fn settlement_rules() {
         let price = Some(Price {
@@ -519,36 +497,42 @@ mod tests {
             cached_input: None,
             cache_write: None,
         });
+        let usage = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 4,
+            total_tokens: 14,
+            ..Usage::default()
+        };
         let exact = Some(Settlement {
             tokens: 14,
             cost_pico: 10 * 5 + 4 * 7,
         });
-        assert_eq!(
-            settlement_from_record(&rec(Outcome::Success, UsageSource::Upstream), price),
-            exact
-        );
-        assert_eq!(
-            settlement_from_record(
-                &rec(Outcome::ClientDisconnect, UsageSource::Upstream),
-                price
-            ),
-            exact
-        );
-        // No exact usage: keep the reservation (an estimate never settles).
-        for o in [
-            Outcome::ClientDisconnect,
-            Outcome::Timeout,
-            Outcome::StreamError,
-        ] {
-            for s in [UsageSource::None, UsageSource::Estimated] {
-                assert_eq!(settlement_from_record(&rec(o, s), price), None);
-            }
+        // Reported usage settles exactly: an answer, or an error after usage was reported.
+        assert_eq!(settlement(Some(usage), None, price), exact);
+        for kind in [ErrorKind::UpstreamTimeout, ErrorKind::UpstreamServerError] {
+            assert_eq!(settlement(Some(usage), Some(kind), price), exact);
         }
-        // Not billed upstream: refund in full.
-        for o in [Outcome::Refused, Outcome::UpstreamError] {
+        // No usage reported: keep the reservation (an answer without usage, a disconnect, a
+        // deadline, a gateway fault: the upstream may have billed).
+        assert_eq!(settlement(None, None, price), None);
+        for kind in [ErrorKind::UpstreamTimeout, ErrorKind::Internal] {
+            assert_eq!(settlement(None, Some(kind), price), None);
+        }
+        // Refused further in, or every upstream attempt failed: nothing was billed.
+        for kind in [
+            ErrorKind::Unauthorized,
+            ErrorKind::ModelNotFound,
+            ErrorKind::RateLimited,
+            ErrorKind::UpstreamServerError,
+            ErrorKind::UpstreamRateLimited,
+            ErrorKind::UpstreamConnect,
+            ErrorKind::UpstreamProtocol,
+            ErrorKind::CircuitOpen,
+        ] {
             assert_eq!(
-                settlement_from_record(&rec(o, UsageSource::None), price),
-                Some(Settlement::default())
+                settlement(None, Some(kind), price),
+                Some(Settlement::default()),
+                "{kind}"
             );
         }
     }

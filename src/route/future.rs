@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderName, HeaderValue, Response};
@@ -10,12 +9,13 @@ use pin_project_lite::pin_project;
 
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::ext::Routed;
 
 use super::table::VARIANT_HEADER;
 
 pin_project! {
-    /// Future of [`Route`](super::Route): the inner call, or the routing error; adds
-    /// `x-tollgate-variant` when a split chose a variant.
+    /// Future of [`Route`](super::Route): the inner call, or the routing error; reports
+    /// [`Routed`] and adds `x-tollgate-variant` when a split chose a variant.
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
@@ -28,7 +28,7 @@ pin_project! {
         Inner {
             #[pin]
             fut: F,
-            variant: Option<Arc<str>>,
+            routed: Option<Routed>,
         },
         Failed {
             err: Option<GatewayError>,
@@ -37,9 +37,12 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn inner(fut: F, variant: Option<Arc<str>>) -> Self {
+    pub(super) fn inner(fut: F, routed: Routed) -> Self {
         ResponseFuture {
-            kind: Kind::Inner { fut, variant },
+            kind: Kind::Inner {
+                fut,
+                routed: Some(routed),
+            },
         }
     }
     pub(super) fn failed(err: GatewayError) -> Self {
@@ -63,15 +66,27 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            Proj::Inner { fut, variant } => {
+            Proj::Inner { fut, routed } => {
                 let res = ready!(fut.poll(cx));
-                Poll::Ready(match (res, variant.as_deref().and_then(variant_value)) {
-                    (Ok(mut res), Some(v)) => {
-                        res.headers_mut().insert(VARIANT_NAME.clone(), v);
+                let Some(routed) = routed.take() else {
+                    return Poll::Ready(res);
+                };
+                let variant = routed.variant.as_deref().and_then(variant_value);
+                Poll::Ready(match res {
+                    Ok(mut res) => {
+                        if let Some(v) = variant {
+                            res.headers_mut().insert(VARIANT_NAME.clone(), v);
+                        }
+                        res.extensions_mut().insert(routed);
                         Ok(res)
                     }
-                    (Err(e), Some(v)) => Err(e.with_header(VARIANT_NAME.clone(), v)),
-                    (res, None) => res,
+                    Err(mut e) => {
+                        if let Some(v) = variant {
+                            e = e.with_header(VARIANT_NAME.clone(), v);
+                        }
+                        e.context_mut().routed = Some(routed);
+                        Err(e)
+                    }
                 })
             }
             Proj::Failed { err } => Poll::Ready(Err(err.take().unwrap_or_else(|| {

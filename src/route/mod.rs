@@ -7,8 +7,8 @@
 //! - **strategies** per model ([`Strategy`]): ordered, weighted, lowest latency (EWMA of time to
 //!   first token from [`Health`](crate::health::Health)), cheapest;
 //! - **weighted splits** ([`ModelRoute::split`]) for A/B tests and canaries, optionally sticky per
-//!   key (`x-tollgate-sticky` header, else the key id Auth wrote into the
-//!   [`UsageTap`]); the chosen variant is sent as `x-tollgate-variant` and recorded in the tap;
+//!   key (`x-tollgate-sticky` header, else the id of the [`KeyIdentity`] Auth put in the
+//!   request); the chosen variant is sent as `x-tollgate-variant`;
 //! - **tiers** ([`ModelRoute::tier`], e.g. `tier:cheap`): the cheapest healthy target whose
 //!   capabilities satisfy the request (tools, images, JSON mode, context window);
 //! - **rules** ([`Rule`]) on request features (tools, images, JSON mode, stream, prompt size,
@@ -40,8 +40,10 @@
 //! The table lives behind a [`RouteHandle`] (`Arc<ArcSwap<RouteTable>>`): a reload stores a new
 //! table; requests already routed keep theirs.
 //!
-//! Reads [`ParsedRequest`] (and [`UsageTap`] and [`KeyIdentity`], if present); writes
-//! [`RouteDecision`] and `tap.model` / `tap.variant`.
+//! Reads [`ParsedRequest`] (and [`KeyIdentity`], if present); writes [`RouteDecision`] down,
+//! and reports [`Routed`] (model and variant) up, on the response or in the error's
+//! [`context`](crate::error::GatewayError::context). A routing refusal (unknown model) reports
+//! nothing.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -87,8 +89,8 @@ use tower::Service;
 use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::ext::Routed;
 use crate::request::ParsedRequest;
-use crate::usage::UsageTap;
 
 mod future;
 mod layer;
@@ -158,40 +160,29 @@ where
                     "Route needs the ParsedRequest extension (Parse layer)",
                 ));
             };
-            let tap = req.extensions().get::<UsageTap>();
-            let mut key_id = None;
-            if let Some(tap) = tap {
-                tap.update(|s| key_id = s.key_id.clone());
-            }
-            let key_max_price = req
-                .extensions()
-                .get::<KeyIdentity>()
-                .and_then(|k| k.max_price);
+            let key = req.extensions().get::<KeyIdentity>();
+            let key_id = key.map(|k| &*k.key_id);
+            let key_max_price = key.and_then(|k| k.max_price);
             let table = self.table.load();
             let routed = table.route(
                 parsed,
                 table::RouteInput {
                     headers: Some(req.headers()),
-                    key_id: key_id.as_deref(),
+                    key_id,
                     key_max_price,
                 },
             );
             match routed {
-                Ok(d) => {
-                    if let Some(tap) = tap {
-                        tap.update(|s| {
-                            s.model = Some(d.model.clone());
-                            s.variant = d.variant.clone();
-                        });
-                    }
-                    d
-                }
+                Ok(d) => d,
                 Err(e) => return ResponseFuture::failed(e),
             }
         };
-        let variant = decision.variant.clone();
+        let routed = Routed {
+            model: decision.model.clone(),
+            variant: decision.variant.clone(),
+        };
         req.extensions_mut().insert(decision);
-        ResponseFuture::inner(self.inner.call(req), variant)
+        ResponseFuture::inner(self.inner.call(req), routed)
     }
 }
 

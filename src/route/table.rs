@@ -24,7 +24,7 @@ pub const FIRST_TOKEN_TIMEOUT_HEADER: &str = "x-tollgate-first-token-timeout-ms"
 /// `x-tollgate-idle-timeout-ms: N` caps the gap between two stream events.
 pub const IDLE_TIMEOUT_HEADER: &str = "x-tollgate-idle-timeout-ms";
 /// `x-tollgate-sticky: KEY` keeps a sticky split on one variant per KEY (otherwise the key id
-/// Auth wrote into the usage tap is used).
+/// of the [`KeyIdentity`](crate::auth::KeyIdentity) Auth put in the request is used).
 pub const STICKY_HEADER: &str = "x-tollgate-sticky";
 /// `x-tollgate-tag: TAG` is matched by [`Condition::tag`].
 pub const TAG_HEADER: &str = "x-tollgate-tag";

@@ -8,13 +8,15 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::*;
+use crate::auth::KeyIdentity;
 use crate::error::{ErrorKind, GatewayError};
+use crate::ext::Routed;
 use crate::fallback::tests::{attempts, chat, request, send, stack, text};
 use crate::provider::Provider;
 use crate::provider::mock::MockProvider;
 use crate::request::{Api, ParsedRequest, parse_body};
 use crate::target::{Capabilities, Target};
-use crate::usage::{Price, UsageTap};
+use crate::usage::Price;
 
 fn p(name: &str) -> Arc<dyn Provider> {
     Arc::new(MockProvider::new(name.to_owned()))
@@ -114,7 +116,7 @@ fn sticky_keys_stay_on_one_variant() {
                 .variant;
             assert_eq!(v, first, "{key} moved");
         }
-        // the key id (from Auth, via the tap) is the sticky key when no header is sent
+        // the key id (Auth's KeyIdentity) is the sticky key when no header is sent
         let by_key_id = table
             .route(
                 &req,
@@ -136,19 +138,17 @@ fn sticky_keys_stay_on_one_variant() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn variant_is_sent_as_header_and_written_to_the_tap() {
+async fn variant_is_sent_as_header_and_reported() {
     let h = RouteHandle::new(canary());
     let mut svc = stack(&h);
     let mut req = chat("canary", false);
-    let tap = UsageTap::new();
-    tap.update(|s| s.key_id = Some(Arc::from("k1")));
-    req.extensions_mut().insert(tap.clone());
+    req.extensions_mut().insert(KeyIdentity::new("k1", "k1"));
     let res = send(&mut svc, req).await;
     assert_eq!(res.status(), 200);
     let v = res.headers()[VARIANT_HEADER].to_str().unwrap().to_owned();
-    let snap = tap.snapshot();
-    assert_eq!(snap.variant.as_deref(), Some(v.as_str()));
-    assert_eq!(snap.model.as_deref(), Some("canary"));
+    let routed = res.extensions().get::<Routed>().expect("Routed");
+    assert_eq!(routed.variant.as_deref(), Some(v.as_str()));
+    assert_eq!(&*routed.model, "canary");
     let target = if v == "stable" { "a/v1" } else { "a/v2" };
     assert_eq!(attempts(&res), format!("{target}/200/0"));
 }
@@ -552,13 +552,11 @@ async fn split_through_the_stack_10000_requests_records_variants() {
     let mut svc = stack(&h);
     let mut stable = 0u32;
     for i in 0..10_000 {
-        let mut req = chat("canary", false);
-        let tap = UsageTap::new();
-        req.extensions_mut().insert(tap.clone());
-        let res = send(&mut svc, req).await;
+        let res = send(&mut svc, chat("canary", false)).await;
         assert_eq!(res.status(), 200, "request {i}");
         let v = res.headers()[VARIANT_HEADER].to_str().unwrap().to_owned();
-        assert_eq!(tap.snapshot().variant.as_deref(), Some(v.as_str()));
+        let routed = res.extensions().get::<Routed>().expect("Routed");
+        assert_eq!(routed.variant.as_deref(), Some(v.as_str()));
         if v == "stable" {
             stable += 1;
         }
@@ -746,9 +744,7 @@ async fn fallback_never_reaches_a_target_over_the_threshold() {
             .build()
             .unwrap(),
     );
-    let mut req = chat("m", false);
-    let tap = UsageTap::new();
-    req.extensions_mut().insert(tap.clone());
+    let req = chat("m", false);
     let res = send(&mut stack(&h), req).await;
     // the two within it failed; the dear one that would have served is never called
     assert_eq!(res.status(), 503);
@@ -756,7 +752,6 @@ async fn fallback_never_reaches_a_target_over_the_threshold() {
         attempts(&res),
         "b/ok/over_max_price/0;a/status?code=503/503/0;c/status?code=500/500/0"
     );
-    assert_eq!(tap.snapshot().attempts.len(), 3);
     // a key's threshold comes from the KeyIdentity extension Auth writes
     let mut req = chat("m", false);
     req.extensions_mut().insert(

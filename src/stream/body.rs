@@ -16,10 +16,11 @@ use serde::de::IgnoredAny;
 
 use crate::body::BoxError;
 use crate::error::{ErrorKind, GatewayError};
+use crate::ext::{UsageFacts, UsageWriter};
 use crate::request::ParsedRequest;
 use crate::sse::{DONE, SseEvent, SseScanner, data_event};
 use crate::translate::ingress::error_to_anthropic;
-use crate::usage::{AnthropicUsage, AnthropicUsageDelta, Usage, UsageTap};
+use crate::usage::{AnthropicUsage, AnthropicUsageDelta, Usage};
 
 /// The parts of an Anthropic stream event the observer reads.
 #[derive(Deserialize)]
@@ -47,19 +48,16 @@ pub(crate) struct StreamInfo {
     wants_usage: bool,
     /// When the gateway received the request.
     received_at: Instant,
-    /// Where to write what the stream tells (absent: record nothing).
-    tap: Option<UsageTap>,
     /// An Anthropic event stream (`/v1/messages`): no `[DONE]`, usage from `message_start` and
     /// `message_delta`, in-band errors as `event: error`.
     anthropic: bool,
 }
 
 impl StreamInfo {
-    pub(crate) fn new(parsed: &ParsedRequest, tap: Option<UsageTap>) -> Self {
+    pub(crate) fn new(parsed: &ParsedRequest) -> Self {
         StreamInfo {
             wants_usage: parsed.wants_usage,
             received_at: parsed.received_at,
-            tap,
             anthropic: parsed.api.is_anthropic(),
         }
     }
@@ -105,10 +103,14 @@ enum State {
     Ended,
 }
 
-/// What the body learned so far, and where it writes it.
+/// What the body learned so far, and where it publishes it: the facts are kept here (no lock
+/// per event) and published to the [`UsageWriter`] when the stream ends, fails or is dropped —
+/// before any outer body can read the report.
 #[derive(Debug)]
 struct Observer {
     info: StreamInfo,
+    facts: UsageFacts,
+    writer: Option<UsageWriter>,
     /// `[DONE]` was seen.
     done: bool,
     /// An error event went out (the upstream's or ours).
@@ -127,7 +129,7 @@ pin_project! {
     /// one upstream frame in **one** frame (a zero-copy slice of the upstream frame when nothing
     /// between them was removed, else one copy); strips the
     /// extra usage chunk when the client did not ask for it; writes usage, `[DONE]`, event counts
-    /// and time to first event into the request's [`UsageTap`]; and ends a failed stream with an
+    /// and time to first event into its [`UsageWriter`]'s report; and ends a failed stream with an
     /// in-band `data: {"error": …}` event and no `[DONE]`. Dropping it drops the upstream body,
     /// which cancels the upstream request.
     pub struct ResponseBody<B> {
@@ -142,12 +144,12 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    /// Wrap the SSE body `inner` of a response to `parsed`, recording into `tap` if given.
-    pub fn new(inner: B, parsed: &ParsedRequest, tap: Option<UsageTap>) -> Self {
-        Self::from_info(inner, StreamInfo::new(parsed, tap))
+    /// Wrap the SSE body `inner` of a response to `parsed`, reporting through `writer` if given.
+    pub fn new(inner: B, parsed: &ParsedRequest, writer: Option<UsageWriter>) -> Self {
+        Self::from_info(inner, StreamInfo::new(parsed), writer)
     }
 
-    pub(crate) fn from_info(inner: B, info: StreamInfo) -> Self {
+    pub(crate) fn from_info(inner: B, info: StreamInfo, writer: Option<UsageWriter>) -> Self {
         ResponseBody {
             inner,
             scanner: SseScanner::new(),
@@ -155,6 +157,8 @@ impl<B> ResponseBody<B> {
             state: State::Streaming,
             observer: Observer {
                 info,
+                facts: UsageFacts::default(),
+                writer,
                 done: false,
                 error: false,
                 started: false,
@@ -207,10 +211,14 @@ where
                     // Trailers pass through.
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
-                Some(Err(e)) => *this.state = this.observer.on_error(e.into()),
+                Some(Err(e)) => {
+                    *this.state = this.observer.on_error(e.into());
+                    this.observer.publish();
+                }
                 None => {
                     let tail = this.scanner.finish();
                     *this.state = this.observer.on_eof(tail);
+                    this.observer.publish();
                 }
             }
         }
@@ -453,10 +461,21 @@ impl Observer {
         State::Last(data_event(&json))
     }
 
-    fn update(&self, f: impl FnOnce(&mut crate::usage::TapState)) {
-        if let Some(tap) = &self.info.tap {
-            tap.update(f);
+    fn update(&mut self, f: impl FnOnce(&mut UsageFacts)) {
+        f(&mut self.facts);
+    }
+
+    /// Publish the facts (the stream is over: ended, failed or dropped).
+    fn publish(&self) {
+        if let Some(w) = &self.writer {
+            w.publish(&self.facts);
         }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.publish();
     }
 }
 

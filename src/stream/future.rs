@@ -8,21 +8,35 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::body::{ResponseBody, StreamInfo, prepare_headers};
+use super::json::{JsonBody, JsonUsage};
 use crate::body::Body;
+use crate::ext::UsageReport;
+use crate::request::Api;
+
+/// What to observe in the answer.
+#[derive(Debug)]
+pub(crate) enum Observe {
+    /// A streaming request: the SSE body.
+    Stream(StreamInfo),
+    /// A non-streaming request: the JSON answer's `usage` (frames kept up to `cap` bytes).
+    Json { api: Api, cap: usize },
+}
 
 pin_project! {
-    /// Response future of [`StreamPassthrough`](super::StreamPassthrough): for a streaming
-    /// request answered 2xx, sets the SSE headers and wraps the body in a [`ResponseBody`].
+    /// Response future of [`StreamPassthrough`](super::StreamPassthrough): for a request
+    /// answered 2xx, puts a [`UsageReport`] on the response and wraps the body — an event
+    /// stream in a [`ResponseBody`] (SSE headers set), a JSON answer in a
+    /// [`JsonBody`](super::JsonBody).
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        info: Option<StreamInfo>,
+        observe: Option<Observe>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, info: Option<StreamInfo>) -> Self {
-        ResponseFuture { inner, info }
+    pub(crate) fn new(inner: F, observe: Option<Observe>) -> Self {
+        ResponseFuture { inner, observe }
     }
 }
 
@@ -35,17 +49,28 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.inner.poll(cx))?;
-        let Some(info) = this.info.take() else {
+        let Some(observe) = this.observe.take() else {
             return Poll::Ready(Ok(res));
         };
         if !res.status().is_success() {
             return Poll::Ready(Ok(res));
         }
         let (mut parts, body) = res.into_parts();
-        if !prepare_headers(&mut parts.headers) {
-            return Poll::Ready(Ok(Response::from_parts(parts, body)));
-        }
-        let body = Body::new(ResponseBody::from_info(body, info));
+        let body = match observe {
+            Observe::Stream(info) => {
+                if !prepare_headers(&mut parts.headers) {
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                let (writer, report) = UsageReport::channel();
+                parts.extensions.insert(report);
+                Body::new(ResponseBody::from_info(body, info, Some(writer)))
+            }
+            Observe::Json { api, cap } => {
+                let (writer, report) = UsageReport::channel();
+                parts.extensions.insert(report);
+                Body::new(JsonBody::new(body, JsonUsage::new(api, cap, writer)))
+            }
+        };
         Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }

@@ -19,7 +19,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tollgate::auth::KeyIdentity;
 use tollgate::body::{Body, BoxError};
 use tollgate::error::GatewayError;
-use tollgate::usage::{Outcome, Usage, UsageRecord, UsageSource};
 
 /// A fixed clock: one second into a minute, so windows never roll during a test.
 pub const T0: u64 = 1_795_623_241_000;
@@ -50,12 +49,27 @@ pub struct Seen {
 
 /// The innermost service: counts admitted calls, records headers and identities, and
 /// answers either at once or with a body held open until the test releases it. With `gate`,
-/// each call waits for a permit before answering (to keep calls in flight).
+/// each call waits for a permit before answering (to keep calls in flight). With `usage`
+/// (prompt, completion), the answer reports that usage as an upstream does: the JSON answer's
+/// `usage`, or for a held body an SSE stream (a content event, the usage chunk, `[DONE]`) that
+/// stays open until released. With `fail`, every call fails with that error.
 #[derive(Clone, Default)]
 pub struct Upstream {
     pub seen: Arc<Seen>,
     pub hold_body: bool,
     pub gate: Option<Arc<Semaphore>>,
+    pub usage: Option<(u64, u64)>,
+    pub fail: Option<GatewayError>,
+}
+
+/// The SSE events a held stream with `usage` sends before it is released.
+pub fn sse_with_usage(prompt: u64, completion: u64) -> String {
+    format!(
+        "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"Hi\"}}}}],\"usage\":null}}\n\n\
+         data: {{\"id\":\"c\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{}}}}}\n\n\
+         data: [DONE]\n\n",
+        prompt + completion
+    )
 }
 
 impl tower::Service<Request<Full<Bytes>>> for Upstream {
@@ -78,19 +92,41 @@ impl tower::Service<Request<Full<Bytes>>> for Upstream {
             .push(req.extensions().get::<KeyIdentity>().cloned());
         let hold = self.hold_body;
         let gate = self.gate.clone();
+        let usage = self.usage;
+        let fail = self.fail.clone();
         Box::pin(async move {
             if let Some(g) = gate {
                 g.acquire().await.unwrap().forget();
             }
-            let body = if hold {
-                let (tx, rx) = mpsc::channel(4);
-                tx.send(Bytes::from_static(b"data: {}\n\n")).await.unwrap();
-                seen.open.lock().unwrap().push(tx);
-                Body::new(ChanBody(rx))
-            } else {
-                Body::from(r#"{"ok":true}"#)
+            if let Some(e) = fail {
+                return Err(e);
+            }
+            let mut res = Response::new(Body::empty());
+            let body = match (hold, usage) {
+                (true, usage) => {
+                    let (tx, rx) = mpsc::channel(4);
+                    let first = match usage {
+                        Some((p, c)) => {
+                            res.headers_mut().insert(
+                                "content-type",
+                                http::HeaderValue::from_static("text/event-stream"),
+                            );
+                            Bytes::from(sse_with_usage(p, c))
+                        }
+                        None => Bytes::from_static(b"data: {}\n\n"),
+                    };
+                    tx.send(first).await.unwrap();
+                    seen.open.lock().unwrap().push(tx);
+                    Body::new(ChanBody(rx))
+                }
+                (false, Some((p, c))) => Body::from(format!(
+                    r#"{{"id":"x","choices":[],"usage":{{"prompt_tokens":{p},"completion_tokens":{c},"total_tokens":{}}}}}"#,
+                    p + c
+                )),
+                (false, None) => Body::from(r#"{"ok":true}"#),
             };
-            Ok(Response::new(body))
+            *res.body_mut() = body;
+            Ok(res)
         })
     }
 }
@@ -140,6 +176,13 @@ pub fn chat_body(model: &str, max_tokens: u64) -> String {
     )
 }
 
+/// The same request, streaming.
+pub fn stream_body(model: &str, max_tokens: u64) -> String {
+    format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{max_tokens},"stream":true}}"#
+    )
+}
+
 /// A chat request to `addr` with extra headers.
 pub fn chat(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let mut b = Request::post(format!("http://{addr}/v1/chat/completions"))
@@ -157,35 +200,6 @@ pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> (u16, HeaderMap,
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// A usage record, as the UsageMeter would build it.
-pub fn record(model: &str, outcome: Outcome, usage: Option<Usage>) -> UsageRecord {
-    UsageRecord {
-        request_id: None,
-        key_id: None,
-        tenant: None,
-        model: model.to_owned(),
-        provider: None,
-        upstream_model: None,
-        variant: None,
-        attempts: 1,
-        stream: true,
-        outcome,
-        status: 200,
-        error_kind: None,
-        usage: usage.unwrap_or_default(),
-        usage_source: if usage.is_some() {
-            UsageSource::Upstream
-        } else {
-            UsageSource::None
-        },
-        cost_pico: None,
-        ttft_ms: None,
-        total_ms: 1.0,
-        overhead_us: None,
-        started_at_ms: 0,
-    }
 }
 
 /// A writer into a shared buffer, for capturing log output.
