@@ -183,9 +183,9 @@ fn openai_events() -> Vec<String> {
     evs
 }
 
-/// The frames of a whole answer in one read: the first event alone, then all the rest.
-fn two_frames(first: usize, total: usize) -> Vec<usize> {
-    vec![first, total - first]
+/// The frames of a whole answer in one read: one frame, never split.
+fn one_frame(total: usize) -> Vec<usize> {
+    vec![total]
 }
 
 /// The data frames of the one response, after the client read it to its end.
@@ -223,8 +223,8 @@ async fn openai_events_of_one_read_leave_in_one_frame() {
     let f = frames_of(&frames, body.len()).await;
     assert_eq!(
         f,
-        two_frames(events[0].len(), body.len()),
-        "the first event, then the other {} events of the one upstream write in one frame",
+        one_frame(body.len()),
+        "the {} events of the one upstream write in one frame",
         N + 1
     );
 
@@ -236,10 +236,7 @@ async fn openai_events_of_one_read_leave_in_one_frame() {
         .rest()
         .await;
     assert_eq!(String::from_utf8_lossy(&body), events.concat());
-    assert_eq!(
-        frames_of(&frames, body.len()).await,
-        two_frames(events[0].len(), body.len())
-    );
+    assert_eq!(frames_of(&frames, body.len()).await, one_frame(body.len()));
 }
 
 fn anthropic_event(name: &str, data: &str) -> String {
@@ -309,7 +306,7 @@ async fn translated_anthropic_events_of_one_read_leave_in_one_frame() {
     let f = frames_of(&frames, body.len()).await;
     assert_eq!(
         f,
-        two_frames(first, body.len()),
+        one_frame(body.len()),
         "the translation of one upstream read leaves in one frame after the first"
     );
 }
@@ -333,9 +330,8 @@ async fn messages_ingress_events_of_one_read_leave_in_one_frame() {
     );
     let f = frames_of(&frames, body.len()).await;
     assert_eq!(
-        f.len(),
-        2,
-        "the first event's translation, then one frame: {f:?}"
+        f,
+        one_frame(body.len()),
+        "all of the one read's translation in one frame"
     );
-    assert!(f[1] > f[0] * 4, "the bulk is in the second frame: {f:?}");
 }
