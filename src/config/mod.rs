@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 mod build;
 pub mod presets;
+mod source_error;
 
 pub use build::{
     HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limits, ratelimit_layer,
@@ -87,6 +88,25 @@ pub struct ServerConfig {
     /// so a request never wakes another thread; `"work-stealing"` is one tokio multi-thread
     /// runtime (better when a few connections carry very uneven load). See BENCHMARKS.md.
     pub runtime: Option<RuntimeKind>,
+    /// A second listener for the operators' endpoints (`/metrics`, `/healthz`), e.g.
+    /// `"127.0.0.1:9090"`; never the LLM endpoints. Changing it needs a restart.
+    pub admin_listen: Option<String>,
+    /// Where `/metrics` is served: `"main"` (the main listener too), `"admin"` (only on
+    /// `admin_listen`) or `"off"`. Default: on `admin_listen` when it is set; else on the main
+    /// listener when auth is off, and nowhere when auth is on.
+    pub metrics: Option<MetricsPolicy>,
+}
+
+/// `[server] metrics`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricsPolicy {
+    /// On the main listener (and on `admin_listen` when set), without a key.
+    Main,
+    /// Only on `admin_listen`.
+    Admin,
+    /// Nowhere.
+    Off,
 }
 
 /// `[server] runtime`
@@ -182,7 +202,7 @@ pub struct UsageConfig {
 }
 
 /// `[usage.postgres]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresUsageConfig {
     /// Connection string or URL; usually `${DATABASE_URL}`.
@@ -364,10 +384,13 @@ impl PriceConfig {
 }
 
 impl Config {
-    /// Parse TOML text; `source` names the file in error messages.
+    /// Parse TOML text; `source` names the file in error messages. Empty or binary text is
+    /// refused; errors name the file, line and field, and never echo the file's content (a
+    /// bad line may hold a literal secret).
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        source_error::check_text(source, text)?;
         let mut cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError(format!("{source}: {e}")))?;
+            toml::from_str(text).map_err(|e| source_error::parse_error(source, text, &e))?;
         cfg.source = source.to_owned();
         Ok(cfg)
     }
