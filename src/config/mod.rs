@@ -16,8 +16,8 @@ pub mod presets;
 mod source_error;
 
 pub use build::{
-    HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limits, ratelimit_layer,
-    static_keys, worst_price,
+    HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limit_store, limits,
+    ratelimit_layer, ratelimit_layer_on, static_keys, worst_price,
 };
 
 /// The embedded default configuration: mock models to try at once, plus real providers that

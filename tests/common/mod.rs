@@ -1,10 +1,7 @@
 //! Shared integration-test harness: a scripted upstream on 127.0.0.1:0 driven step by step by the
-//! test, the reference gateway (examples/gateway/app.rs) served in-process on 127.0.0.1:0, and a
-//! small streaming HTTP client.
+//! test, the library's gateway (`tollgate::gateway`) served in-process on 127.0.0.1:0, the
+//! reference binary as a process, and a small streaming HTTP client.
 #![allow(dead_code)]
-
-#[path = "../../examples/gateway/app.rs"]
-pub mod app;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -151,36 +148,41 @@ impl ScriptedUpstream {
     }
 }
 
-/// The reference gateway served in-process.
+/// The library's gateway served in-process.
 pub struct Gateway {
     pub addr: SocketAddr,
     pub records: Arc<Mutex<Vec<UsageRecord>>>,
-    pub app: Arc<app::App>,
+    pub gateway: tollgate::gateway::Gateway,
+    pub reloader: Arc<tollgate::gateway::Reloader>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl Gateway {
     pub async fn start(config_toml: &str) -> Gateway {
+        Self::start_with(config_toml, |b| b).await
+    }
+
+    /// Start with `build` adding to the builder (a metrics callback, a sink).
+    pub async fn start_with(
+        config_toml: &str,
+        build: impl FnOnce(
+            tollgate::gateway::GatewayBuilder<'_>,
+        ) -> tollgate::gateway::GatewayBuilder<'_>,
+    ) -> Gateway {
         let cfg = tollgate::config::Config::parse(config_toml, "test.toml").expect("config");
         let records: Arc<Mutex<Vec<UsageRecord>>> = Arc::default();
         let r = records.clone();
-        let app = Arc::new(
-            app::App::build_with(
-                &cfg,
-                None,
-                Some(Arc::new(move |rec: &UsageRecord| {
-                    r.lock().unwrap().push(rec.clone())
-                })),
-            )
-            .await
-            .expect("app"),
-        );
+        let builder =
+            tollgate::gateway::Gateway::builder(&cfg).sink(Arc::new(move |rec: &UsageRecord| {
+                r.lock().unwrap().push(rec.clone())
+            }));
+        let (gateway, reloader) = build(builder).build().await.expect("gateway");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let a = app.clone();
+        let g = gateway.clone();
         tokio::spawn(async move {
-            app::serve(a, listener, async move {
+            g.serve(listener, async move {
                 let _ = rx.await;
             })
             .await
@@ -188,7 +190,8 @@ impl Gateway {
         Gateway {
             addr,
             records,
-            app,
+            gateway,
+            reloader: Arc::new(reloader),
             shutdown: Some(tx),
         }
     }
