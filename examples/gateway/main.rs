@@ -191,6 +191,12 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
 
+    // SIGHUP is handled before the address is printed: whoever waits for that line may reload.
+    #[cfg(unix)]
+    reload_on_sighup(reloader, args.config.clone())?;
+    #[cfg(not(unix))]
+    drop(reloader);
+
     let (listener, local) = listen_on(addr, extra > 0)?;
     // The other workers: one thread, one runtime, one listener each; all stop on one signal.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -206,10 +212,6 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
     }
     let models = gateway.model_names();
     tracing::info!(?models, "serving {} models", models.len());
-    #[cfg(unix)]
-    reload_on_sighup(reloader, args.config.clone())?;
-    #[cfg(not(unix))]
-    drop(reloader);
 
     serve_connections(listener, gateway.clone(), async {
         shutdown_signal().await;

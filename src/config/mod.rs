@@ -395,11 +395,13 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Read and parse a file.
+    /// Read and parse a file (errors as for [`Config::parse`]; text that is not UTF-8 is
+    /// refused as binary, naming the line).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{name}: cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| ConfigError(format!("{name}: cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| source_error::not_utf8(&name, &e))?;
         Self::parse(&text, &name)
     }
 

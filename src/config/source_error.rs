@@ -22,6 +22,19 @@ pub(super) fn check_text(file: &str, text: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A file that is not UTF-8 text.
+pub(super) fn not_utf8(file: &str, e: &std::string::FromUtf8Error) -> ConfigError {
+    let valid = e.utf8_error().valid_up_to();
+    let line = e.as_bytes()[..valid]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1;
+    ConfigError(format!(
+        "{file}: line {line}: the file holds binary data (not UTF-8), not TOML text"
+    ))
+}
+
 /// The message for a TOML syntax or schema error.
 pub(super) fn parse_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     let values = value_text(text);

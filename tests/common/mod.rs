@@ -320,12 +320,25 @@ pub struct GatewayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub config: std::path::PathBuf,
+    /// Its stderr, when started with [`GatewayProcess::start_logged`].
+    pub log: Option<std::path::PathBuf>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl GatewayProcess {
     /// Start `target/<profile>/examples/gateway --config <file> --listen 127.0.0.1:0` with
     /// `config_toml` written to a fresh temp file; returns once it prints its address.
     pub fn start(config_toml: &str) -> GatewayProcess {
+        Self::spawn(config_toml, "warn", false)
+    }
+
+    /// [`start`](Self::start) with `RUST_LOG=rust_log` and stderr written to a file
+    /// ([`log_text`](Self::log_text) reads it).
+    pub fn start_logged(config_toml: &str, rust_log: &str) -> GatewayProcess {
+        Self::spawn(config_toml, rust_log, true)
+    }
+
+    fn spawn(config_toml: &str, rust_log: &str, logged: bool) -> GatewayProcess {
         use std::io::BufRead;
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let exe = std::env::current_exe().unwrap();
@@ -345,6 +358,11 @@ impl GatewayProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("gateway.toml");
         std::fs::write(&config, config_toml).unwrap();
+        let log = logged.then(|| dir.join("stderr.log"));
+        let stderr = match &log {
+            Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+            None => std::process::Stdio::inherit(),
+        };
         let mut child = std::process::Command::new(&bin)
             .args([
                 "--config",
@@ -352,16 +370,14 @@ impl GatewayProcess {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .rsplit("http://")
@@ -373,11 +389,37 @@ impl GatewayProcess {
             child,
             addr,
             config,
+            log,
+            stdout,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The next line the gateway prints on stdout (after its address line).
+    pub fn next_line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Everything it logged so far (started with [`start_logged`](Self::start_logged)).
+    pub fn log_text(&self) -> String {
+        let p = self.log.as_ref().expect("started with start_logged");
+        String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned()
+    }
+
+    /// Send SIGHUP (reload the config file).
+    pub fn sighup(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP failed");
     }
 }
 
