@@ -2,8 +2,10 @@
 //!
 //! Composable [Tower](https://docs.rs/tower) layers for LLM gateways: one OpenAI-compatible
 //! endpoint in front of many providers, with explicit routing and fallback, true error codes,
-//! exact usage and cost, and limits that hold. The reference gateway in `examples/gateway`
-//! assembles them; you can stack them in your own hyper or axum service.
+//! exact usage and cost, and limits that hold. [`gateway`] (cargo feature `gateway`, on by
+//! default) assembles them from a config file, with hot reload; the reference binary in
+//! `examples/gateway` serves it. You can stack the layers in your own hyper or axum service
+//! (`default-features = false` leaves the layers only).
 //!
 //! ## The stack (request flow, outside in)
 //!
@@ -139,6 +141,8 @@ pub mod config;
 pub mod error;
 pub mod ext;
 pub mod fallback;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod health;
 mod jsonscan;
 pub mod meter;

@@ -314,7 +314,7 @@ async fn credentials_can_not_be_configured_to_go_upstream() {
             &format!("{field} = [\"{name}\"]"),
         );
         let cfg = tollgate::config::Config::parse(&cfg, "test.toml").unwrap();
-        let err = common::app::App::build(&cfg, None)
+        let err = tollgate::gateway::Gateway::from_config(&cfg)
             .await
             .err()
             .expect("refused");

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{chat, send};
 use tokio::net::TcpListener;
 
@@ -30,14 +28,14 @@ targets = [{ provider = "mock", model = "status?code=503" }]
         "metrics.toml",
     )
     .unwrap();
-    let app = Arc::new(
-        common::app::App::build(&cfg, Some(prometheus))
-            .await
-            .unwrap(),
-    );
+    let (gateway, _reloader) = tollgate::gateway::Gateway::builder(&cfg)
+        .metrics(move || prometheus.render())
+        .build()
+        .await
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(common::app::serve(app, listener, std::future::pending()));
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
 
     for _ in 0..3 {
         let r = chat(

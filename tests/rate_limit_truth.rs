@@ -329,7 +329,7 @@ async fn a_reload_forgets_remembered_waits() {
     assert_eq!(retry_after(&res), 30);
     assert_eq!(refused_locally(&gw, &mut up, REQ).await.status, 429);
     let cfg = tollgate::config::Config::parse(&toml, "test.toml").expect("config");
-    gw.app.reload(&cfg).expect("reload");
+    gw.reloader.reload(&cfg).expect("reload");
     let res = through(&gw, &mut up, REQ, (200, &[], OK)).await;
     assert_eq!(res.status, 200);
 }

@@ -218,7 +218,7 @@ async fn a_reload_replaces_the_virtual_keys_and_cannot_switch_auth_off() {
     assert_eq!(status("sk-old").await, 200);
     assert_eq!(status("sk-new").await, 401);
     let new = tollgate::config::Config::parse(&keyed("sk-new"), "new.toml").unwrap();
-    gw.app.reload(&new).unwrap();
+    gw.reloader.reload(&new).unwrap();
     assert_eq!(
         status("sk-old").await,
         401,
@@ -235,7 +235,7 @@ async fn a_reload_replaces_the_virtual_keys_and_cannot_switch_auth_off() {
         "off.toml",
     )
     .unwrap();
-    let e = gw.app.reload(&off).unwrap_err().to_string();
+    let e = gw.reloader.reload(&off).unwrap_err().to_string();
     assert!(e.contains("auth.enabled"), "{e}");
     assert_eq!(status("sk-old").await, 401);
     assert_eq!(status("sk-new").await, 200);

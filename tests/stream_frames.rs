@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tollgate::body::{Body, BoxError};
 use tower::ServiceExt;
 
-use common::{app, send};
+use common::send;
 
 /// How many events the upstream writes in its one write.
 const N: usize = 20;
@@ -123,18 +123,20 @@ impl http_body::Body for Counted {
     }
 }
 
-/// The gateway's stack (examples/gateway/app.rs) behind a hyper server that records the data
+/// The gateway's stack (`tollgate::gateway::Gateway`) behind a hyper server that records the data
 /// frames of each response body.
 async fn counting_gateway(config: &str) -> (SocketAddr, Arc<Mutex<Vec<usize>>>) {
     let cfg = tollgate::config::Config::parse(config, "test.toml").expect("config");
-    let app = Arc::new(app::App::build(&cfg, None).await.expect("app"));
+    let (gateway, _reloader) = tollgate::gateway::Gateway::from_config(&cfg)
+        .await
+        .expect("gateway");
     let frames: Arc<Mutex<Vec<usize>>> = Arc::default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let f = frames.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
-            let (front, frames) = (app.service(), f.clone());
+            let (front, frames) = (gateway.clone(), f.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (front, frames) = (front.clone(), frames.clone());

@@ -1,69 +1,70 @@
-//! The reference gateway: an OpenAI-compatible endpoint in front of many providers, assembled
-//! from tollgate's layers (the stack is spelled out in `app.rs`).
+//! The reference gateway: an OpenAI-compatible endpoint in front of many providers. The stack,
+//! hot reload and the operational endpoints are the library's (`tollgate::gateway`); this
+//! binary adds its arguments, the runtime and worker threads, the sockets and the Prometheus
+//! exporter.
 //!
-//! ```text
-//! gateway [--config FILE] [--listen ADDR] [--print-config] [--hash-key KEY]
-//! ```
 //! Without `--config` it runs on the embedded default (mock models, no API key needed; real
 //! providers switch on when their key variables are set). SIGHUP reloads the config file;
 //! SIGTERM / ctrl-c shut down gracefully (in-flight requests finish, usage records are flushed).
 
-mod app;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tollgate::config::{Config, DEFAULT_CONFIG, LogFormat, RuntimeKind};
+use tollgate::gateway::{Gateway, Reloader, serve_connections};
 
+const HELP: &str = "\
+tollgate reference gateway: one OpenAI-compatible endpoint in front of many providers
+
+usage: gateway [OPTIONS]
+
+options:
+  -c, --config FILE           the TOML config (default: the embedded one; SIGHUP reloads FILE)
+  -l, --listen ADDR           listen address, e.g. 127.0.0.1:8080 (wins over [server] listen)
+      --print-config          print the embedded default config and exit
+      --hash-key KEY          print the sha256 of a virtual key for [[auth.keys]] and exit
+      --spend-report [QUERY]  sum spend by key, model and day from the usage records, as JSON
+                              (QUERY: e.g. key=team-a&model=gpt-4o&from=2026-01-01)
+  -h, --help                  print this help and exit
+
+environment: RUST_LOG sets the log filter (default: info).";
+
+#[derive(Debug, Default)]
 struct Args {
     config: Option<PathBuf>,
     listen: Option<String>,
     print_config: bool,
     hash_key: Option<String>,
     spend_report: Option<String>,
+    help: bool,
 }
 
-const USAGE: &str =
-    "usage: gateway [--config FILE] [--listen ADDR] [--print-config] [--hash-key KEY]";
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        config: None,
-        listen: None,
-        print_config: false,
-        hash_key: None,
-        spend_report: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (a.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--config" | "-c" => args.config = Some(PathBuf::from(value("--config")?)),
-            "--listen" | "-l" => args.listen = Some(value("--listen")?),
-            "--print-config" => args.print_config = true,
-            "--hash-key" => args.hash_key = Some(value("--hash-key")?),
-            "--spend-report" => {
-                // the query is optional: take the next word unless it is another flag
-                args.spend_report = Some(inline.clone().unwrap_or_default());
+fn parse_args() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut args = Args::default();
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('c') | Long("config") => args.config = Some(parser.value()?.into()),
+            Short('l') | Long("listen") => args.listen = Some(parser.value()?.string()?),
+            Long("print-config") => args.print_config = true,
+            Long("hash-key") => args.hash_key = Some(parser.value()?.string()?),
+            Long("spend-report") => {
+                // the query is optional: `--spend-report=Q`, or the next word unless it is a flag
+                let query = match parser.optional_value() {
+                    Some(v) => Some(v),
+                    None => parser
+                        .try_raw_args()
+                        .and_then(|mut raw| raw.next_if(|a| !a.to_string_lossy().starts_with('-'))),
+                };
+                args.spend_report =
+                    Some(query.map(|q| q.string()).transpose()?.unwrap_or_default());
             }
-            q if args.spend_report.as_deref() == Some("") && !q.starts_with("--") => {
-                args.spend_report = Some(q.to_owned());
-            }
-            "--help" | "-h" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            Short('h') | Long("help") => args.help = true,
+            _ => return Err(arg.unexpected()),
         }
     }
     Ok(args)
@@ -73,10 +74,14 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("error: {e}\n\n{HELP}");
             return ExitCode::from(2);
         }
     };
+    if args.help {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
     if args.print_config {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;
@@ -96,32 +101,7 @@ fn main() -> ExitCode {
         }
     };
     init_logs(cfg.server.log_format.unwrap_or_default());
-    let workers = cfg
-        .server
-        .workers
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let kind = cfg.server.runtime.unwrap_or_default();
-    let mut builder = match kind {
-        RuntimeKind::PerCore => tokio::runtime::Builder::new_current_thread(),
-        RuntimeKind::WorkStealing => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(workers);
-            b
-        }
-    };
-    let rt = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let extra = match kind {
-        RuntimeKind::PerCore => workers - 1,
-        RuntimeKind::WorkStealing => 0,
-    };
-    match rt.block_on(run(args, cfg, extra)) {
+    match start(args, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -151,10 +131,36 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
-/// Serve on the current runtime plus `extra` more threads, each with its own single-threaded
-/// runtime and its own listening socket on the same address (`SO_REUSEPORT`).
-async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
-    // Histograms with buckets (not the default summaries, which do more work per sample).
+/// The runtime `[server] runtime` and `workers` ask for, then [`run`] on it.
+fn start(args: Args, cfg: Config) -> Result<(), String> {
+    let workers = cfg
+        .server
+        .workers
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let kind = cfg.server.runtime.unwrap_or_default();
+    let mut builder = match kind {
+        RuntimeKind::PerCore => tokio::runtime::Builder::new_current_thread(),
+        RuntimeKind::WorkStealing => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(workers);
+            b
+        }
+    };
+    let rt = builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let extra = match kind {
+        RuntimeKind::PerCore => workers - 1,
+        RuntimeKind::WorkStealing => 0,
+    };
+    rt.block_on(run(args, cfg, extra))
+}
+
+/// Install the Prometheus recorder: histograms with buckets (not the default summaries, which
+/// do more work per sample), upkeep every 5 s.
+fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     use metrics_exporter_prometheus::Matcher;
     use tollgate::metrics as m;
     let seconds = [
@@ -170,17 +176,21 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
         .map_err(|e| format!("metrics: {e}"))?
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;
-    {
-        let p = prometheus.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                p.run_upkeep();
-            }
-        });
-    }
+    let p = prometheus.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            p.run_upkeep();
+        }
+    });
+    Ok(prometheus)
+}
 
+/// Serve on the current runtime plus `extra` more threads, each with its own single-threaded
+/// runtime and its own listening socket on the same address (`SO_REUSEPORT`).
+async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
+    let prometheus = install_prometheus()?;
     let listen = args
         .listen
         .clone()
@@ -189,85 +199,35 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| format!("--listen {listen}: {e}"))?;
-    let app = Arc::new(
-        app::App::build(&cfg, Some(prometheus))
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    let (gateway, reloader) = Gateway::builder(&cfg)
+        .metrics(move || prometheus.render())
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // SIGHUP is handled before the address is printed: whoever waits for that line may reload.
+    #[cfg(unix)]
+    reload_on_sighup(reloader, args.config.clone())?;
+    #[cfg(not(unix))]
+    drop(reloader);
 
     let (listener, local) = listen_on(addr, extra > 0)?;
     // The other workers: one thread, one runtime, one listener each; all stop on one signal.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut finished = Vec::with_capacity(extra);
     for i in 1..=extra {
-        let (socket, _) = bind(local, true)?;
-        let app = app.clone();
-        let mut stop = stop_rx.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name(format!("tg-worker-{i}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot start a worker runtime: {e}")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match socket.listen(LISTEN_BACKLOG) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("cannot listen on {local}: {e}")));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    app::serve_connections(&app, listener, async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-                });
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
-        ready_rx
-            .recv()
-            .map_err(|_| "a worker thread died at start".to_owned())??;
-        finished.push(done_rx);
+        finished.push(spawn_worker(i, local, &gateway, stop_rx.clone())?);
     }
     println!("tollgate listening on http://{local}");
-    tracing::info!(models = ?app.model_names(), "serving {} models", app.model_names().len());
-
-    #[cfg(unix)]
-    {
-        // SIGHUP: reload the config file; a bad file is refused and the old config stays.
-        let app = app.clone();
-        let path = args.config.clone();
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match path.as_ref() {
-                    None => tracing::warn!("SIGHUP: no --config file to reload"),
-                    Some(p) => match load(Some(p))
-                        .and_then(|c| app.reload(&c).map_err(|e| e.to_string()))
-                    {
-                        Ok(()) => tracing::info!(file = %p.display(), "config reloaded"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "config reload refused; the old config stays")
-                        }
-                    },
-                }
-            }
-        });
+    gateway.warn_if_exposed(local);
+    if let Some(admin) = &cfg.server.admin_listen {
+        let admin = serve_admin(admin, &gateway, stop_rx.clone()).await?;
+        println!("tollgate admin on http://{admin}");
     }
+    let models = gateway.model_names();
+    tracing::info!(?models, "serving {} models", models.len());
 
-    app::serve_connections(&app, listener, async {
+    serve_connections(listener, gateway.clone(), async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
@@ -276,7 +236,97 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
     for done in finished {
         let _ = done.await;
     }
-    app.flush().await;
+    gateway.flush().await;
+    Ok(())
+}
+
+/// Worker `i`: its own thread, runtime and listener on `local`; the receiver fires when it
+/// has finished its in-flight requests.
+fn spawn_worker(
+    i: usize,
+    local: SocketAddr,
+    gateway: &Gateway,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<()>, String> {
+    let (socket, _) = bind(local, true)?;
+    let gateway = gateway.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("tg-worker-{i}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start a worker runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match socket.listen(LISTEN_BACKLOG) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot listen on {local}: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                serve_connections(listener, gateway, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            });
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| "a worker thread died at start".to_owned())??;
+    Ok(done_rx)
+}
+
+/// `[server] admin_listen`: `/healthz` and `/metrics` on their own listener.
+async fn serve_admin(
+    addr: &str,
+    gateway: &Gateway,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<SocketAddr, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("[server] admin_listen {addr}: {e}");
+    let addr: SocketAddr = addr.parse().map_err(|e| fail(&e))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| fail(&e))?;
+    let local = listener.local_addr().map_err(|e| fail(&e))?;
+    let admin = gateway.admin();
+    tokio::spawn(async move {
+        serve_connections(listener, admin, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    });
+    Ok(local)
+}
+
+/// SIGHUP: reload the config file; a refused file keeps the old config, and says why.
+#[cfg(unix)]
+fn reload_on_sighup(reloader: Reloader, path: Option<PathBuf>) -> Result<(), String> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(p) = path.as_ref() else {
+                tracing::warn!("SIGHUP: no --config file to reload");
+                continue;
+            };
+            match reloader.reload_file(p) {
+                Ok(()) => tracing::info!(file = %p.display(), "config reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload refused; the old config stays")
+                }
+            }
+        }
+    });
     Ok(())
 }
 

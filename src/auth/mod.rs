@@ -137,17 +137,22 @@ where
         match key {
             None => {
                 refused("missing_key");
-                AuthFuture::failed(unauthorized(
-                    "Missing API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
-                ))
+                AuthFuture::failed(unauthorized(MISSING_KEY))
             }
             Some(key) => AuthFuture::validating(validator.validate(key), req, inner),
         }
     }
 }
 
+/// The 401 message for a request without a key.
+pub(crate) const MISSING_KEY: &str =
+    "Missing API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.";
+/// The 401 message for a key the validator does not know.
+pub(crate) const UNKNOWN_KEY: &str =
+    "Incorrect API key provided. Check the key, or ask the gateway's operator for one.";
+
 /// The presented key: `Authorization: Bearer <key>` first, then `x-api-key`.
-fn credential(headers: &HeaderMap) -> Option<Secret> {
+pub(crate) fn credential(headers: &HeaderMap) -> Option<Secret> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if let Some((scheme, rest)) = v.split_once(' ') {
@@ -169,12 +174,12 @@ fn strip_credentials(headers: &mut HeaderMap) {
     crate::provider::remove_named(headers, &CREDENTIAL_HEADERS);
 }
 
-fn refused(reason: &'static str) {
+pub(crate) fn refused(reason: &'static str) {
     metrics::counter!(AUTH_REFUSED_TOTAL, "reason" => reason).increment(1);
     tracing::debug!(reason, "request refused by auth");
 }
 
-fn unauthorized(message: &'static str) -> GatewayError {
+pub(crate) fn unauthorized(message: &'static str) -> GatewayError {
     GatewayError::new(ErrorKind::Unauthorized, message).with_code("invalid_api_key")
 }
 
@@ -186,9 +191,7 @@ pub(crate) fn admit<B>(
 ) -> Result<(Request<B>, KeyIdentity), GatewayError> {
     let Some(id) = id else {
         refused("unknown_key");
-        return Err(unauthorized(
-            "Incorrect API key provided. Check the key, or ask the gateway's operator for one.",
-        ));
+        return Err(unauthorized(UNKNOWN_KEY));
     };
     if let Some(parsed) = req.extensions().get::<ParsedRequest>() {
         if !id.allows_model(&parsed.model) {

@@ -125,9 +125,14 @@ pub fn ratelimit_layer(
     cfg: &Config,
     price: impl Fn(&str) -> Option<crate::usage::Price> + Send + Sync + 'static,
 ) -> Result<RateLimitLayer, ConfigError> {
+    ratelimit_layer_on(cfg, limit_store(cfg)?, price)
+}
+
+/// The counter store that `[limits] store` names (`memory`, the default, or `redis`).
+pub fn limit_store(cfg: &Config) -> Result<Arc<dyn LimitStore>, ConfigError> {
     let file = cfg.source.as_str();
     let l = &cfg.limits;
-    let store: Arc<dyn LimitStore> = match l.store.as_deref() {
+    Ok(match l.store.as_deref() {
         None | Some("memory") => Arc::new(MemoryStore::new()),
         #[cfg(feature = "redis")]
         Some("redis") => {
@@ -160,7 +165,18 @@ pub fn ratelimit_layer(
                 format!("unknown store `{other}`; expected memory or redis"),
             ));
         }
-    };
+    })
+}
+
+/// [`ratelimit_layer`] over an existing `store` (a reload keeps the counters: a lowered limit
+/// applies to what was already counted in the window).
+pub fn ratelimit_layer_on(
+    cfg: &Config,
+    store: Arc<dyn LimitStore>,
+    price: impl Fn(&str) -> Option<crate::usage::Price> + Send + Sync + 'static,
+) -> Result<RateLimitLayer, ConfigError> {
+    let file = cfg.source.as_str();
+    let l = &cfg.limits;
     let policy = match l.on_store_error.as_deref() {
         None | Some("fail_closed") => FailurePolicy::Closed,
         Some("fail_open") => FailurePolicy::Open,

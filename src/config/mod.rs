@@ -13,10 +13,11 @@ use serde::Deserialize;
 
 mod build;
 pub mod presets;
+mod source_error;
 
 pub use build::{
-    HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limits, ratelimit_layer,
-    static_keys, worst_price,
+    HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limit_store, limits,
+    ratelimit_layer, ratelimit_layer_on, static_keys, worst_price,
 };
 
 /// The embedded default configuration: mock models to try at once, plus real providers that
@@ -93,6 +94,13 @@ pub struct ServerConfig {
     /// One `info` line per request under the target `tollgate::access` (see
     /// [`AccessLog`](crate::sink::AccessLog)). Default `true`. Read at start.
     pub access_log: Option<bool>,
+    /// A second listener for the operators' endpoints (`/metrics`, `/healthz`), e.g.
+    /// `"127.0.0.1:9090"`; never the LLM endpoints. Changing it needs a restart.
+    pub admin_listen: Option<String>,
+    /// Where `/metrics` is served: `"main"` (the main listener too), `"admin"` (only on
+    /// `admin_listen`) or `"off"`. Default: on `admin_listen` when it is set; else on the main
+    /// listener when auth is off, and nowhere when auth is on.
+    pub metrics: Option<MetricsPolicy>,
 }
 
 /// `[server] log_format`
@@ -104,6 +112,18 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `[server] metrics`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricsPolicy {
+    /// On the main listener (and on `admin_listen` when set), without a key.
+    Main,
+    /// Only on `admin_listen`.
+    Admin,
+    /// Nowhere.
+    Off,
 }
 
 /// `[server] runtime`
@@ -202,7 +222,7 @@ pub struct UsageConfig {
 }
 
 /// `[usage.postgres]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresUsageConfig {
     /// Connection string or URL; usually `${DATABASE_URL}`.
@@ -483,19 +503,24 @@ impl PriceConfig {
 }
 
 impl Config {
-    /// Parse TOML text; `source` names the file in error messages.
+    /// Parse TOML text; `source` names the file in error messages. Empty or binary text is
+    /// refused; errors name the file, line and field, and never echo the file's content (a
+    /// bad line may hold a literal secret).
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        source_error::check_text(source, text)?;
         let mut cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError(format!("{source}: {e}")))?;
+            toml::from_str(text).map_err(|e| source_error::parse_error(source, text, &e))?;
         cfg.source = source.to_owned();
         Ok(cfg)
     }
 
-    /// Read and parse a file.
+    /// Read and parse a file (errors as for [`Config::parse`]; text that is not UTF-8 is
+    /// refused as binary, naming the line).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{name}: cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| ConfigError(format!("{name}: cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| source_error::not_utf8(&name, &e))?;
         Self::parse(&text, &name)
     }
 

@@ -1,10 +1,7 @@
 //! Shared integration-test harness: a scripted upstream on 127.0.0.1:0 driven step by step by the
-//! test, the reference gateway (examples/gateway/app.rs) served in-process on 127.0.0.1:0, and a
-//! small streaming HTTP client.
+//! test, the library's gateway (`tollgate::gateway`) served in-process on 127.0.0.1:0, the
+//! reference binary as a process, and a small streaming HTTP client.
 #![allow(dead_code)]
-
-#[path = "../../examples/gateway/app.rs"]
-pub mod app;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -151,36 +148,41 @@ impl ScriptedUpstream {
     }
 }
 
-/// The reference gateway served in-process.
+/// The library's gateway served in-process.
 pub struct Gateway {
     pub addr: SocketAddr,
     pub records: Arc<Mutex<Vec<UsageRecord>>>,
-    pub app: Arc<app::App>,
+    pub gateway: tollgate::gateway::Gateway,
+    pub reloader: Arc<tollgate::gateway::Reloader>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl Gateway {
     pub async fn start(config_toml: &str) -> Gateway {
+        Self::start_with(config_toml, |b| b).await
+    }
+
+    /// Start with `build` adding to the builder (a metrics callback, a sink).
+    pub async fn start_with(
+        config_toml: &str,
+        build: impl FnOnce(
+            tollgate::gateway::GatewayBuilder<'_>,
+        ) -> tollgate::gateway::GatewayBuilder<'_>,
+    ) -> Gateway {
         let cfg = tollgate::config::Config::parse(config_toml, "test.toml").expect("config");
         let records: Arc<Mutex<Vec<UsageRecord>>> = Arc::default();
         let r = records.clone();
-        let app = Arc::new(
-            app::App::build_with(
-                &cfg,
-                None,
-                Some(Arc::new(move |rec: &UsageRecord| {
-                    r.lock().unwrap().push(rec.clone())
-                })),
-            )
-            .await
-            .expect("app"),
-        );
+        let builder =
+            tollgate::gateway::Gateway::builder(&cfg).sink(Arc::new(move |rec: &UsageRecord| {
+                r.lock().unwrap().push(rec.clone())
+            }));
+        let (gateway, reloader) = build(builder).build().await.expect("gateway");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let a = app.clone();
+        let g = gateway.clone();
         tokio::spawn(async move {
-            app::serve(a, listener, async move {
+            g.serve(listener, async move {
                 let _ = rx.await;
             })
             .await
@@ -188,7 +190,8 @@ impl Gateway {
         Gateway {
             addr,
             records,
-            app,
+            gateway,
+            reloader: Arc::new(reloader),
             shutdown: Some(tx),
         }
     }
@@ -317,19 +320,37 @@ pub struct GatewayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub config: std::path::PathBuf,
+    /// Its stderr, when started with [`GatewayProcess::start_logged`].
+    pub log: Option<std::path::PathBuf>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl GatewayProcess {
     /// Start `target/<profile>/examples/gateway --config <file> --listen 127.0.0.1:0` with
     /// `config_toml` written to a fresh temp file; returns once it prints its address.
     pub fn start(config_toml: &str) -> GatewayProcess {
-        Self::start_with(config_toml, |_| {})
+        Self::spawn(config_toml, "warn", false, |_| {})
     }
 
     /// [`start`](Self::start), with `configure` applied to the command last (environment,
     /// working directory, where stderr goes).
     pub fn start_with(
         config_toml: &str,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> GatewayProcess {
+        Self::spawn(config_toml, "warn", false, configure)
+    }
+
+    /// [`start`](Self::start) with `RUST_LOG=rust_log` and stderr written to a file
+    /// ([`log_text`](Self::log_text) reads it).
+    pub fn start_logged(config_toml: &str, rust_log: &str) -> GatewayProcess {
+        Self::spawn(config_toml, rust_log, true, |_| {})
+    }
+
+    fn spawn(
+        config_toml: &str,
+        rust_log: &str,
+        logged: bool,
         configure: impl FnOnce(&mut std::process::Command),
     ) -> GatewayProcess {
         use std::io::BufRead;
@@ -351,6 +372,11 @@ impl GatewayProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("gateway.toml");
         std::fs::write(&config, config_toml).unwrap();
+        let log = logged.then(|| dir.join("stderr.log"));
+        let stderr = match &log {
+            Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+            None => std::process::Stdio::inherit(),
+        };
         let mut cmd = std::process::Command::new(&bin);
         cmd.args([
             "--config",
@@ -358,16 +384,14 @@ impl GatewayProcess {
             "--listen",
             "127.0.0.1:0",
         ])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
+        .stderr(stderr);
         configure(&mut cmd);
         let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .rsplit("http://")
@@ -379,11 +403,37 @@ impl GatewayProcess {
             child,
             addr,
             config,
+            log,
+            stdout,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The next line the gateway prints on stdout (after its address line).
+    pub fn next_line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Everything it logged so far (started with [`start_logged`](Self::start_logged)).
+    pub fn log_text(&self) -> String {
+        let p = self.log.as_ref().expect("started with start_logged");
+        String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned()
+    }
+
+    /// Send SIGHUP (reload the config file).
+    pub fn sighup(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP failed");
     }
 }
 

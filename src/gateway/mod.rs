@@ -1,0 +1,305 @@
+//! The assembled gateway (cargo feature `gateway`, on by default): the whole stack built from a
+//! [`Config`], hot reload, request ids, the panic response, `/v1/models`, the health and metrics
+//! endpoints, usage-record sinks and the serve loop. The reference binary
+//! (`examples/gateway`) is this plus its arguments, runtime, sockets and metrics exporter.
+//!
+//! ```no_run
+//! use tollgate::config::Config;
+//! use tollgate::gateway::Gateway;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = Config::load("gateway.toml".as_ref())?;
+//! let (gateway, reloader) = Gateway::builder(&cfg)
+//!     .metrics(|| String::from("# your exporter's text\n"))
+//!     .build()
+//!     .await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! // SIGHUP (or anything else) applies a new file; a refused one keeps the old config.
+//! let _ = reloader.reload_file("gateway.toml".as_ref());
+//! gateway.serve(listener, std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Gateway`] is a cloneable `tower::Service<Request<Incoming>>` for hyper: the operational
+//! endpoints are answered in front of the LLM stack, everything else goes through the stack
+//! (which answers 404/405 for unknown paths and methods). [`Reloader`] swaps in a new stack
+//! built from a new config, atomically: a request sees the old config or the new one, never a
+//! mix; requests in flight finish on the stack they were admitted by.
+//!
+//! Endpoints beside the LLM stack:
+//! - `GET /healthz` (`/health`): `{"status":"ok"}`.
+//! - `GET /v1/models` (`/models`), `GET /v1/models/{id}`: the models the calling key may use;
+//!   with auth on, a request without a valid key gets 401.
+//! - `GET /metrics`: the text of the [metrics callback](GatewayBuilder::metrics), on the main
+//!   listener only when `[server] metrics = "main"` (or by default when auth is off), and on
+//!   the [admin service](Gateway::admin) served on `[server] admin_listen`.
+
+mod ops;
+mod reload;
+mod serve;
+mod stack;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use futures_util::future::{Either, Ready, ready};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::Service;
+use tower::util::BoxCloneSyncService;
+
+use crate::body::Body;
+use crate::config::{Config, ConfigError, HealthRegistry};
+use crate::meter::RecordSink;
+
+pub use ops::Admin;
+pub use reload::Reloader;
+pub use serve::serve_connections;
+
+use stack::{Fixed, Stack};
+
+/// Renders the text that `/metrics` answers (e.g. a Prometheus exporter's `render`).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+type HttpService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+
+/// What every clone of a [`Gateway`] and its [`Reloader`] share.
+struct Shared {
+    /// The stack requests use now; a reload replaces it whole.
+    current: ArcSwap<Stack>,
+    metrics: Option<MetricsRender>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<Arc<crate::sink::postgres::PostgresSink>>,
+}
+
+/// The assembled gateway: the LLM stack plus the small operational endpoints. See the
+/// [module docs](self).
+pub struct Gateway {
+    shared: Arc<Shared>,
+    /// The stack service made ready by `poll_ready`, used by the next `call`.
+    ready: Option<HttpService>,
+}
+
+impl Clone for Gateway {
+    fn clone(&self) -> Self {
+        Gateway {
+            shared: self.shared.clone(),
+            ready: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("models", &self.model_names())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Gateway`] and its [`Reloader`] from a config; see [`Gateway::builder`].
+#[must_use]
+pub struct GatewayBuilder<'a> {
+    cfg: &'a Config,
+    metrics: Option<MetricsRender>,
+    sinks: Vec<Arc<dyn RecordSink>>,
+}
+
+impl std::fmt::Debug for GatewayBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("source", &self.cfg.source)
+            .field("metrics", &self.metrics.is_some())
+            .field("sinks", &self.sinks.len())
+            .finish()
+    }
+}
+
+impl GatewayBuilder<'_> {
+    /// What `/metrics` answers (where the config serves it). Without it `/metrics` is 404.
+    pub fn metrics(mut self, render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.metrics = Some(Arc::new(render));
+        self
+    }
+
+    /// One more usage-record sink, beside the ones the config names (kept across reloads).
+    pub fn sink(mut self, sink: Arc<dyn RecordSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Build the stack. Fails with a message naming the field and the file. Logs a warning
+    /// when auth is on with no keys (every request would get 401).
+    pub async fn build(self) -> Result<(Gateway, Reloader), ConfigError> {
+        let cfg = self.cfg;
+        #[cfg(feature = "postgres")]
+        let postgres = stack::connect_postgres(cfg).await?;
+        #[cfg(feature = "postgres")]
+        let sinks = {
+            let mut sinks = self.sinks;
+            sinks.extend(postgres.iter().map(|pg| pg.clone() as Arc<dyn RecordSink>));
+            sinks
+        };
+        #[cfg(not(feature = "postgres"))]
+        let sinks = self.sinks;
+        #[cfg(not(feature = "postgres"))]
+        if cfg.usage.postgres.is_some() {
+            return Err(ConfigError::field(
+                &cfg.source,
+                "usage.postgres",
+                "this build has no PostgreSQL support (cargo feature `postgres`)",
+            ));
+        }
+        let fixed = Fixed {
+            store: crate::config::limit_store(cfg)?,
+            sinks,
+        };
+        let mut health = HealthRegistry::new();
+        let stack = stack::build(cfg, &fixed, &mut health, None)?;
+        if stack.keys.as_ref().is_some_and(|k| k.is_empty()) {
+            tracing::warn!(
+                file = %cfg.source,
+                "auth is on and there are no [[auth.keys]]: every request will be refused with 401"
+            );
+        }
+        let shared = Arc::new(Shared {
+            current: ArcSwap::from_pointee(stack),
+            metrics: self.metrics,
+            #[cfg(feature = "postgres")]
+            postgres,
+        });
+        let reloader = Reloader::new(shared.clone(), cfg.clone(), health, fixed);
+        Ok((
+            Gateway {
+                shared,
+                ready: None,
+            },
+            reloader,
+        ))
+    }
+}
+
+impl Gateway {
+    /// A builder: add a metrics callback or an extra sink, then [`build`](GatewayBuilder::build).
+    pub fn builder(cfg: &Config) -> GatewayBuilder<'_> {
+        GatewayBuilder {
+            cfg,
+            metrics: None,
+            sinks: Vec::new(),
+        }
+    }
+
+    /// Build from `cfg` with no metrics callback and no extra sink.
+    pub async fn from_config(cfg: &Config) -> Result<(Gateway, Reloader), ConfigError> {
+        Self::builder(cfg).build().await
+    }
+
+    /// The public model names served now (aliases and tiers included).
+    pub fn model_names(&self) -> Vec<String> {
+        let stack = self.shared.current.load();
+        stack.models.iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// Whether requests need a virtual key.
+    pub fn auth_enabled(&self) -> bool {
+        self.shared.current.load().keys.is_some()
+    }
+
+    /// The service for `[server] admin_listen`: `/healthz` and `/metrics` only.
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.shared.clone())
+    }
+
+    /// Warn (once, at `warn`) when auth is off and `addr` is not a loopback address: anyone who
+    /// can reach it can spend the providers' keys.
+    pub fn warn_if_exposed(&self, addr: SocketAddr) {
+        if let Some(w) = exposure_warning(self.auth_enabled(), addr) {
+            tracing::warn!(%addr, "{w}");
+        }
+    }
+
+    /// Write every queued usage record (graceful shutdown).
+    pub async fn flush(&self) {
+        let jsonl = self
+            .shared
+            .current
+            .load()
+            .jsonl
+            .as_ref()
+            .map(|j| j.sink.clone());
+        if let Some(s) = jsonl {
+            let _ = tokio::task::spawn_blocking(move || s.flush()).await;
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.shared.postgres {
+            pg.flush().await;
+        }
+    }
+
+    /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
+    /// requests finish (up to 30 s) and flush the usage records.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        serve_connections(listener, self.clone(), shutdown).await;
+        self.flush().await;
+    }
+}
+
+/// The start-up warning for auth off on a non-loopback address.
+fn exposure_warning(auth_enabled: bool, addr: SocketAddr) -> Option<&'static str> {
+    (!auth_enabled && !addr.ip().is_loopback()).then_some(
+        "auth is off and the gateway listens on a non-loopback address: anyone who reaches it \
+         can use the providers' keys; set [auth] enabled = true with [[auth.keys]]",
+    )
+}
+
+type GatewayFuture = Either<
+    <HttpService as Service<Request<Incoming>>>::Future,
+    Ready<Result<Response<Body>, Infallible>>,
+>;
+
+impl Service<Request<Incoming>> for Gateway {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        let shared = &self.shared;
+        self.ready
+            .get_or_insert_with(|| shared.current.load().llm.clone())
+            .poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> GatewayFuture {
+        let stack = self.shared.current.load();
+        if let Some(res) = ops::main_endpoint(&stack, self.shared.metrics.as_ref(), &req) {
+            return Either::Right(ready(Ok(res)));
+        }
+        // The service made ready by poll_ready; every layer of the stack is always ready, so
+        // a caller that skipped poll_ready gets the current stack.
+        let mut llm = self.ready.take().unwrap_or_else(|| stack.llm.clone());
+        Either::Left(llm.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_off_on_a_public_address_is_warned_about() {
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let local6: SocketAddr = "[::1]:8080".parse().unwrap();
+        assert!(exposure_warning(false, public).is_some());
+        assert!(exposure_warning(true, public).is_none());
+        assert!(exposure_warning(false, local).is_none());
+        assert!(exposure_warning(false, local6).is_none());
+    }
+}
