@@ -314,10 +314,9 @@ async fn credentials_can_not_be_configured_to_go_upstream() {
             &format!("{field} = [\"{name}\"]"),
         );
         let cfg = tollgate::config::Config::parse(&cfg, "test.toml").unwrap();
-        let err = tollgate::gateway::Gateway::from_config(&cfg)
-            .await
-            .err()
-            .expect("refused");
+        let Err(err) = tollgate::gateway::Gateway::from_config(&cfg).await else {
+            panic!("{field} naming {name} must be refused");
+        };
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("providers.oai.{field}")) && msg.contains(name),
