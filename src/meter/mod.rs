@@ -3,7 +3,7 @@
 //! The meter is a **pure observer**: it adds nothing to the request, and no other layer depends
 //! on it. It reads the reports the inner layers put on the response, or on the error's
 //! [`context`](crate::error::GatewayError::context) (see [`ext`](crate::ext)): the
-//! [`KeyIdentity`](crate::ext::KeyIdentity) (Auth), [`Routed`] (Route), [`ServedBy`] or the
+//! [`KeyIdentity`] (Auth), [`Routed`] (Route), [`ServedBy`] or the
 //! failed attempts (Fallback), and the [`UsageReport`] (StreamPassthrough) — and wraps the
 //! response body. It finalizes **exactly once**:
 //! - when the body ends (success, or a stream that ended in an in-band error),

@@ -17,14 +17,14 @@
 //!   and then in the response body (tower-http's `in_flight_requests` pattern), so the
 //!   concurrency slot is held until a 60-second stream has ended. When the body ends, fails or
 //!   is dropped, the permit settles with the exact usage and cost the answer reported (the
-//!   [`UsageReport`](crate::ext::UsageReport) StreamPassthrough put on the response, read then)
+//!   [`UsageReport`] StreamPassthrough put on the response, read then)
 //!   — refunding the difference at once. Without reported usage (a client that disconnected
 //!   before the upstream reported, an upstream that sent none) the reserved amount is kept:
 //!   never zero. An error instead of a response settles from the error's
 //!   [`context`](crate::error::GatewayError::context): reported usage if any, else nothing for
 //!   a request refused further in or failed by its upstreams (every attempt of the chain
 //!   failed), and the reserved amount for a deadline or a gateway fault (the upstream may have
-//!   billed). The price is the one of the model Route reports ([`Routed`](crate::ext::Routed)),
+//!   billed). The price is the one of the model Route reports ([`Routed`]),
 //!   else the one reserved with.
 //!
 //! Windows are fixed and aligned to UTC (minute, day, calendar month): exact within a
