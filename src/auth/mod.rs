@@ -40,6 +40,7 @@ mod future;
 mod keys;
 mod layer;
 
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
@@ -115,6 +116,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Fail closed: without ParsedRequest the per-key model allow-list cannot be checked.
+        if req.extensions().get::<ParsedRequest>().is_none() {
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            return AuthFuture::failed(GatewayError::misconfigured_stack(
+                "AuthLayer",
+                "ParseLayer",
+                "ParsedRequest",
+                &LOGGED,
+            ));
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let key = self

@@ -37,6 +37,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -118,7 +119,16 @@ where
                 Some(Arc::from(a.target.provider.name())),
                 Some(a.target.id.clone()),
             ),
-            None => (Default::default(), None, None),
+            None => {
+                // Fail closed: without an Attempt there is no deadline to enforce.
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                return ResponseFuture::failed(GatewayError::misconfigured_stack(
+                    "TimeoutLayer",
+                    "FallbackLayer",
+                    "Attempt",
+                    &LOGGED,
+                ));
+            }
         };
         let mode = if stream {
             Mode::Stream
