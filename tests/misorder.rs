@@ -198,9 +198,16 @@ async fn fallback_without_route() {
     assert_misconfigured(over_http(svc, OPEN_KEY).await, "RouteLayer");
 }
 
-/// Timeout outside Fallback used to apply no deadline at all.
+/// Timeout outside Fallback used to apply no deadline at all. The misconfiguration is logged
+/// once (at error level, naming both layers), not once per request.
 #[tokio::test]
 async fn timeout_outside_fallback() {
+    let log = common::LogBuf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let svc = ServiceBuilder::new()
         .layer(ErrorResponseLayer::new())
         .layer(ParseLayer::new())
@@ -208,7 +215,19 @@ async fn timeout_outside_fallback() {
         .layer(TimeoutLayer::new())
         .layer(FallbackLayer::new())
         .service(Dispatch::new());
+    assert_misconfigured(over_http(svc.clone(), OPEN_KEY).await, "FallbackLayer");
     assert_misconfigured(over_http(svc, OPEN_KEY).await, "FallbackLayer");
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("misconfigured stack"))
+        .collect();
+    assert_eq!(lines.len(), 1, "logged once: {text}");
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains("FallbackLayer"),
+        "{text}"
+    );
+    assert!(lines[0].contains("TimeoutLayer"), "{text}");
 }
 
 /// UsageMeter inside Auth is a lossy order, not a broken one (nothing is missing: the meter needs
