@@ -18,7 +18,11 @@
 //! header to the validator and is dropped there.
 //!
 //! Auth sits after Parse (it reads the model) and inside the UsageMeter (so refusals get
-//! usage records). Switch it off explicitly with [`AuthLayer::disabled`].
+//! usage records). Without the [`ParsedRequest`] extension (Parse missing or placed inside
+//! Auth) it fails closed: every request is answered 500 `misconfigured_stack` naming
+//! `ParseLayer`, whether or not the key has a model allow-list (so a wrong order shows on the
+//! first request, not on the first restricted key). Switch it off explicitly with
+//! [`AuthLayer::disabled`] (which still needs Parse).
 //!
 //! ```
 //! use tollgate::auth::{AuthLayer, KeyEntry, StaticKeys, hash_key};

@@ -36,6 +36,11 @@
 //! Scopes: the key (from [`KeyIdentity`]: its own limits, else the layer's default key
 //! limits), the model the client asked for (when it has limits), and the gateway.
 //!
+//! Order, fail closed: RateLimit needs Parse outside it (the model and the token estimate), and,
+//! when [default key limits](RateLimitLayer::default_key_limits) are set, Auth outside it;
+//! otherwise it answers 500 `misconfigured_stack` naming the missing layer. Global and per-model
+//! limits alone work without Auth.
+//!
 //! ```
 //! use tollgate::auth::{AuthLayer, StaticKeys};
 //! use tollgate::ratelimit::{Limits, RateLimitLayer};

@@ -1,6 +1,8 @@
 //! The Timeout layer: four deadlines per attempt, and the commit-point gate.
 //!
-//! Reads the [`Attempt`] extension's `timeouts` (the target's, shortened by the client's):
+//! Reads the [`Attempt`] extension's `timeouts` (the target's, shortened by the client's);
+//! without an [`Attempt`] (Fallback missing or placed inside Timeout) it fails closed with 500
+//! `misconfigured_stack` naming `FallbackLayer`:
 //! - **connect** is passed to the provider by [`Dispatch`](crate::provider::Dispatch);
 //! - **first token**: for a streaming request the future does not resolve until the first SSE
 //!   event *carrying data* has arrived (comments and keep-alives do not count) — so a stalled
