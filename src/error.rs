@@ -21,6 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -87,6 +88,10 @@ pub enum ErrorKind {
     CircuitOpen,
     /// Bug or unexpected state inside the gateway (500).
     Internal,
+    /// The layers are stacked in an order that cannot work: a layer did not find the request
+    /// extension another layer should have added (500, code `misconfigured_stack`, the message
+    /// names the missing layer). See [`GatewayError::misconfigured_stack`].
+    MisconfiguredStack,
 }
 
 impl ErrorKind {
@@ -111,6 +116,7 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Internal => "internal",
+            ErrorKind::MisconfiguredStack => "misconfigured_stack",
         }
     }
 
@@ -132,7 +138,7 @@ impl ErrorKind {
             ErrorKind::UpstreamServerError
             | ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamProtocol => "api_error",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::Internal | ErrorKind::MisconfiguredStack => "server_error",
         }
     }
 }
@@ -193,7 +199,9 @@ impl GatewayError {
             }
             ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, Origin::Upstream),
             ErrorKind::CircuitOpen => (StatusCode::SERVICE_UNAVAILABLE, Origin::Gateway),
-            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, Origin::Gateway),
+            ErrorKind::Internal | ErrorKind::MisconfiguredStack => {
+                (StatusCode::INTERNAL_SERVER_ERROR, Origin::Gateway)
+            }
         };
         GatewayError {
             inner: Box::new(Inner {
@@ -225,6 +233,33 @@ impl GatewayError {
     /// 500 for a gateway bug.
     pub fn internal(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+
+    /// 500 `misconfigured_stack`: `layer` needs the request extension `extension`, which
+    /// `missing` (a layer placed outside it) adds, and did not find it. Fails closed: the
+    /// request is refused rather than served without that layer's protection. Logged once per
+    /// `logged` flag (one static per checking layer), at error level.
+    pub fn misconfigured_stack(
+        layer: &'static str,
+        missing: &'static str,
+        extension: &'static str,
+        logged: &AtomicBool,
+    ) -> Self {
+        if !logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                layer,
+                missing,
+                extension,
+                "misconfigured stack: {missing} must be placed outside {layer}; refusing requests"
+            );
+        }
+        Self::new(
+            ErrorKind::MisconfiguredStack,
+            format!(
+                "Misconfigured gateway: {layer} needs the {extension} extension from {missing}, \
+                 which is missing or placed inside it."
+            ),
+        )
     }
 
     /// An error answered by an upstream with `status`: the status class is kept
@@ -562,20 +597,34 @@ impl ErrorResponseLayer {
 impl<S> Layer<S> for ErrorResponseLayer {
     type Service = ErrorResponse<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorResponse { inner }
+        ErrorResponse::new(inner)
     }
 }
 
 /// The edge service: `Error = Infallible`; inner errors become OpenAI-shaped responses.
+///
+/// **Readiness.** An inner service whose `poll_ready` fails is, by the `Service` contract,
+/// unusable: it is never called again. The edge stays ready (it has an answer for everyone)
+/// and answers every later request with that error as a response (its own status: a 503 stays
+/// a 503); drop this service and build a new one to recover.
 #[derive(Debug, Clone)]
 pub struct ErrorResponse<S> {
     inner: S,
+    failed: Option<GatewayError>,
 }
 
 impl<S> ErrorResponse<S> {
     /// Wrap `inner`.
     pub fn new(inner: S) -> Self {
-        ErrorResponse { inner }
+        ErrorResponse {
+            inner,
+            failed: None,
+        }
+    }
+    /// The readiness error of the inner service, if it failed (then every request is answered
+    /// with it and the inner service is never called again).
+    pub fn failed(&self) -> Option<&GatewayError> {
+        self.failed.as_ref()
     }
     /// The inner service.
     pub fn get_ref(&self) -> &S {
@@ -604,12 +653,16 @@ where
     type Future = ErrorResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // An inner service that fails readiness has nothing to answer with; stay ready and
-        // surface the error on `call` instead.
+        // An inner service that failed readiness is never polled nor called again; the edge
+        // stays ready and answers with the error instead.
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => {
-                tracing::error!(error = %e, "inner service failed readiness");
+                tracing::error!(error = %e, "inner service failed readiness; answering with it");
+                self.failed = Some(e);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => Poll::Pending,
@@ -624,9 +677,17 @@ where
         } else {
             None
         };
-        ErrorResponseFuture {
-            inner: self.inner.call(req),
-            anthropic,
+        match &self.failed {
+            Some(e) => ErrorResponseFuture {
+                inner: None,
+                failed: Some(e.clone()),
+                anthropic,
+            },
+            None => ErrorResponseFuture {
+                inner: Some(self.inner.call(req)),
+                failed: None,
+                anthropic,
+            },
         }
     }
 }
@@ -635,7 +696,9 @@ pin_project! {
     /// Future of [`ErrorResponse`].
     pub struct ErrorResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
+        // The inner service's readiness error, answered without calling it.
+        failed: Option<GatewayError>,
         // The Anthropic face (`/v1/messages`), with the request's `x-request-id`.
         anthropic: Option<Option<HeaderValue>>,
     }
@@ -649,7 +712,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = ready!(this.inner.poll(cx));
+        let res = match (this.inner.as_pin_mut(), this.failed.take()) {
+            (Some(inner), _) => ready!(inner.poll(cx)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(GatewayError::internal(
+                "ErrorResponseFuture polled after completion",
+            )),
+        };
         let Some(request_id) = this.anthropic.take() else {
             return Poll::Ready(Ok(match res {
                 Ok(res) => res,
@@ -710,5 +779,47 @@ mod tests {
         let res = GatewayError::new(ErrorKind::CircuitOpen, "ejected").into_response();
         assert_eq!(res.status(), 503);
         assert!(res.headers().contains_key(RETRY_AFTER));
+    }
+
+    /// A failed `poll_ready` is answered with the error, as a response, and the failed inner
+    /// service is neither polled nor called again (the `Service` contract).
+    #[tokio::test]
+    async fn failed_readiness_is_answered_without_calling_inner() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<&'static str>, Response<Body>>();
+        let inner = tower::ServiceExt::map_err(mock, |e: tower::BoxError| {
+            match e.downcast::<GatewayError>() {
+                Ok(g) => *g,
+                Err(e) => GatewayError::internal(e.to_string()),
+            }
+        });
+        let mut svc = tower_test::mock::Spawn::new(ErrorResponse::new(inner));
+        handle.send_error(
+            GatewayError::new(ErrorKind::CircuitOpen, "all targets ejected")
+                .with_retry_after(Duration::from_secs(3)),
+        );
+        assert!(svc.poll_ready().is_ready(), "the edge stays ready");
+        assert!(svc.get_ref().failed().is_some());
+        for _ in 0..2 {
+            let res = svc.call(Request::new("x")).await.unwrap();
+            assert_eq!(res.status(), 503);
+            assert_eq!(res.headers()[RETRY_AFTER], "3");
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "circuit_open");
+            assert!(svc.poll_ready().is_ready());
+        }
+        // The inner service never saw a request.
+        let next = handle.next_request();
+        tokio::pin!(next);
+        assert!(futures_poll_once(next.as_mut()).await.is_none());
+    }
+
+    async fn futures_poll_once<F: Future + Unpin>(f: F) -> Option<F::Output> {
+        let mut f = f;
+        std::future::poll_fn(|cx| match Pin::new(&mut f).poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Some(v)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
     }
 }

@@ -36,6 +36,18 @@
 //! - **Auth and RateLimit** run before anything that costs money.
 //! - **Fallback** sits outside Timeout, so every attempt gets its own deadlines; it is inside
 //!   UsageMeter, so exactly one winning attempt is metered and the failed ones are listed.
+//! - **Order is checked, fail closed.** A layer that needs another's request extension and does
+//!   not find it answers 500 `misconfigured_stack` naming the missing layer (logged once per
+//!   layer), never a silent pass: Auth, RateLimit and Route need Parse outside them (Auth
+//!   always, since a key's model allow-list cannot be checked without ParsedRequest); RateLimit
+//!   with per-key limits needs Auth outside it; Fallback needs Route; Timeout needs Fallback.
+//!   UsageMeter inside Auth is not refused (nothing is missing) but misses Auth's refusals.
+//! - **Deadlines by default**: [`Target::new`](target::Target::new) has
+//!   [`Timeouts::RECOMMENDED`](target::Timeouts::RECOMMENDED);
+//!   `with_timeouts(Timeouts::NONE)` opts out.
+//! - **Readiness**: every layer is ready when its inner service is; the edge
+//!   ([`ErrorResponse`](error::ErrorResponse)) answers an inner readiness failure with that
+//!   error and never calls the failed service again.
 //! - **The commit point** is the first byte to the client: before it any retryable failure falls
 //!   back (connect error, 408/429/5xx/529, a first-token timeout, an error as the first event of
 //!   a 200 stream); after it a failure ends the stream with an in-band `data: {"error":…}` event

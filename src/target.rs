@@ -33,9 +33,9 @@ impl Timeouts {
         total: None,
     };
 
-    /// The documented defaults the reference configuration starts from: connect 5 s, first
-    /// token 60 s, idle gap 60 s, total 10 min. (A [`Target`] built with [`Target::new`] has
-    /// none; the config layer decides.)
+    /// The documented defaults: connect 5 s, first token 60 s, idle gap 60 s, total 10 min.
+    /// A [`Target`] built with [`Target::new`] gets them, and so does every configured target
+    /// without explicit timeouts; [`Target::with_timeouts`]`(Timeouts::NONE)` opts out.
     pub const RECOMMENDED: Timeouts = Timeouts {
         connect: Some(Duration::from_secs(5)),
         first_token: Some(Duration::from_secs(60)),
@@ -124,14 +124,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// A target with default deadlines, weight 1, default capabilities and fresh health.
+    /// A target with the default deadlines ([`Timeouts::RECOMMENDED`]), weight 1, default capabilities and fresh health.
     pub fn new(provider: Arc<dyn Provider>, upstream_model: impl Into<Arc<str>>) -> Target {
         let upstream_model = upstream_model.into();
         Target {
             id: Arc::from(format!("{}/{}", provider.name(), upstream_model)),
             provider,
             upstream_model,
-            timeouts: Timeouts::default(),
+            timeouts: Timeouts::RECOMMENDED,
             weight: 1,
             price: None,
             caps: Capabilities::default(),

@@ -288,7 +288,7 @@ impl Outcome {
             | ErrorKind::RateLimited
             | ErrorKind::BudgetExceeded => Outcome::Refused,
             ErrorKind::UpstreamTimeout => Outcome::Timeout,
-            ErrorKind::Internal => Outcome::GatewayError,
+            ErrorKind::Internal | ErrorKind::MisconfiguredStack => Outcome::GatewayError,
             _ => Outcome::UpstreamError,
         }
     }

@@ -18,7 +18,11 @@
 //! header to the validator and is dropped there.
 //!
 //! Auth sits after Parse (it reads the model) and inside the UsageMeter (so refusals get
-//! usage records). Switch it off explicitly with [`AuthLayer::disabled`].
+//! usage records). Without the [`ParsedRequest`] extension (Parse missing or placed inside
+//! Auth) it fails closed: every request is answered 500 `misconfigured_stack` naming
+//! `ParseLayer`, whether or not the key has a model allow-list (so a wrong order shows on the
+//! first request, not on the first restricted key). Switch it off explicitly with
+//! [`AuthLayer::disabled`] (which still needs Parse).
 //!
 //! ```
 //! use tollgate::auth::{AuthLayer, KeyEntry, StaticKeys, hash_key};
@@ -40,6 +44,7 @@ mod future;
 mod keys;
 mod layer;
 
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
@@ -115,6 +120,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Fail closed: without ParsedRequest the per-key model allow-list cannot be checked.
+        if req.extensions().get::<ParsedRequest>().is_none() {
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            return AuthFuture::failed(GatewayError::misconfigured_stack(
+                "AuthLayer",
+                "ParseLayer",
+                "ParsedRequest",
+                &LOGGED,
+            ));
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let key = self

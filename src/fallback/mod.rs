@@ -65,6 +65,7 @@
 //! [`Timeout`]: crate::timeout::Timeout
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -176,9 +177,15 @@ where
                 false,
                 Default::default(),
                 self.budget.clone(),
-                Some(GatewayError::internal(
-                    "Fallback needs the RouteDecision extension (Route layer)",
-                )),
+                Some({
+                    static LOGGED: AtomicBool = AtomicBool::new(false);
+                    GatewayError::misconfigured_stack(
+                        "FallbackLayer",
+                        "RouteLayer",
+                        "RouteDecision",
+                        &LOGGED,
+                    )
+                }),
                 Arc::from(""),
             ),
         }

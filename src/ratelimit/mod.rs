@@ -36,6 +36,11 @@
 //! Scopes: the key (from [`KeyIdentity`]: its own limits, else the layer's default key
 //! limits), the model the client asked for (when it has limits), and the gateway.
 //!
+//! Order, fail closed: RateLimit needs Parse outside it (the model and the token estimate), and,
+//! when [default key limits](RateLimitLayer::default_key_limits) are set, Auth outside it;
+//! otherwise it answers 500 `misconfigured_stack` naming the missing layer. Global and per-model
+//! limits alone work without Auth.
+//!
 //! ```
 //! use tollgate::auth::{AuthLayer, StaticKeys};
 //! use tollgate::ratelimit::{Limits, RateLimitLayer};
@@ -59,7 +64,7 @@ mod store;
 mod window;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -134,6 +139,32 @@ impl<S> RateLimit<S> {
     }
 }
 
+/// Fail closed when the layer is stacked where it cannot see what it limits: without
+/// ParsedRequest (Parse outside) there is no model and no token estimate; without KeyIdentity
+/// (Auth outside) per-key limits would silently not apply, so it is required when default key
+/// limits are configured. Global and per-model limits alone work without Auth.
+fn misordered<B>(cfg: &Config, req: &Request<B>) -> Option<GatewayError> {
+    static NO_PARSE: AtomicBool = AtomicBool::new(false);
+    static NO_AUTH: AtomicBool = AtomicBool::new(false);
+    if req.extensions().get::<ParsedRequest>().is_none() {
+        return Some(GatewayError::misconfigured_stack(
+            "RateLimitLayer",
+            "ParseLayer",
+            "ParsedRequest",
+            &NO_PARSE,
+        ));
+    }
+    if !cfg.key_default.is_empty() && req.extensions().get::<KeyIdentity>().is_none() {
+        return Some(GatewayError::misconfigured_stack(
+            "RateLimitLayer",
+            "AuthLayer",
+            "KeyIdentity",
+            &NO_AUTH,
+        ));
+    }
+    None
+}
+
 /// What the layer needs after the reservation is decided.
 pub(crate) struct Reserving {
     price: Option<Price>,
@@ -155,6 +186,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let cfg = &self.cfg;
+        if let Some(error) = misordered(cfg, &req) {
+            return RateLimitFuture {
+                state: State::Failed { error: Some(error) },
+            };
+        }
         let parsed = req.extensions().get::<ParsedRequest>();
         let model = parsed.map(|p| &p.model);
 

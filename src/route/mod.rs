@@ -79,6 +79,7 @@
 //! # let _ = layer;
 //! ```
 
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -156,8 +157,12 @@ where
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
         let decision = {
             let Some(parsed) = req.extensions().get::<ParsedRequest>() else {
-                return ResponseFuture::failed(GatewayError::internal(
-                    "Route needs the ParsedRequest extension (Parse layer)",
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                return ResponseFuture::failed(GatewayError::misconfigured_stack(
+                    "RouteLayer",
+                    "ParseLayer",
+                    "ParsedRequest",
+                    &LOGGED,
                 ));
             };
             let key = req.extensions().get::<KeyIdentity>();

@@ -61,6 +61,10 @@ pin_project! {
             scanner: Option<SseScanner>,
             json: Vec<u8>,
         },
+        // Refused before calling the inner service (a misconfigured stack).
+        Failed {
+            error: Option<GatewayError>,
+        },
         Done,
     }
 }
@@ -100,6 +104,24 @@ impl<F> ResponseFuture<F> {
             max_preread: c.max_preread,
             provider: c.provider,
             target: c.target,
+        }
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// A future that answers `error` without calling the inner service.
+    pub(super) fn failed(error: GatewayError) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+            gate: None,
+            mode: Mode::Passthrough,
+            started: Instant::now(),
+            first_token: None,
+            idle: None,
+            total: None,
+            max_preread: 0,
+            provider: None,
+            target: None,
         }
     }
 }
@@ -442,6 +464,13 @@ where
                         )));
                     }
                     return Poll::Pending;
+                }
+                StateProj::Failed { error } => {
+                    let e = error.take();
+                    this.state.set(State::Done);
+                    if let Some(e) = e {
+                        return Poll::Ready(Err(e));
+                    }
                 }
                 StateProj::Done => {
                     return Poll::Ready(Err(GatewayError::internal(

@@ -1,6 +1,8 @@
 //! The Timeout layer: four deadlines per attempt, and the commit-point gate.
 //!
-//! Reads the [`Attempt`] extension's `timeouts` (the target's, shortened by the client's):
+//! Reads the [`Attempt`] extension's `timeouts` (the target's, shortened by the client's);
+//! without an [`Attempt`] (Fallback missing or placed inside Timeout) it fails closed with 500
+//! `misconfigured_stack` naming `FallbackLayer`:
 //! - **connect** is passed to the provider by [`Dispatch`](crate::provider::Dispatch);
 //! - **first token**: for a streaming request the future does not resolve until the first SSE
 //!   event *carrying data* has arrived (comments and keep-alives do not count) — so a stalled
@@ -37,6 +39,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -118,7 +121,16 @@ where
                 Some(Arc::from(a.target.provider.name())),
                 Some(a.target.id.clone()),
             ),
-            None => (Default::default(), None, None),
+            None => {
+                // Fail closed: without an Attempt there is no deadline to enforce.
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                return ResponseFuture::failed(GatewayError::misconfigured_stack(
+                    "TimeoutLayer",
+                    "FallbackLayer",
+                    "Attempt",
+                    &LOGGED,
+                ));
+            }
         };
         let mode = if stream {
             Mode::Stream
