@@ -142,6 +142,88 @@ impl Target {
 }
 
 impl Target {
+    /// A target served by a leaf service of your own instead of [`Dispatch`] and its
+    /// [`Provider`] adapters: the leaf reads the [`Attempt`] extension and answers by
+    /// [`provider_name`](Provider::name) and [`upstream_model`](Target::upstream_model). The
+    /// target's id is `provider_name/upstream_model`, as for any target, and every other
+    /// setting (deadlines, weight, price, health) works the same. Its `provider` is a
+    /// placeholder of kind `custom` that only names it: if such a target ever reaches
+    /// [`Dispatch`], the attempt fails with a 500 saying so (never a silent call).
+    ///
+    /// The leaf follows the provider contract: `Ok` only for a successful answer, in OpenAI's
+    /// format for the request's API (JSON, or `text/event-stream` chunks ending in
+    /// `data: [DONE]`); `Err(`[`GatewayError`](crate::error::GatewayError)`)` otherwise
+    /// (e.g. [`GatewayError::upstream_status`](crate::error::GatewayError::upstream_status)),
+    /// so Fallback can try the next target.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{Request, Response, StatusCode};
+    /// use http_body_util::Full;
+    /// use tollgate::body::Body;
+    /// use tollgate::error::GatewayError;
+    /// use tollgate::ext::Attempt;
+    /// use tollgate::target::Target;
+    ///
+    /// let primary = Target::for_leaf("my-cluster", "llama-3").into_arc();
+    /// assert_eq!(&*primary.id, "my-cluster/llama-3");
+    ///
+    /// // The leaf, under FallbackLayer and TimeoutLayer in place of `Dispatch`.
+    /// let leaf = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+    ///     let attempt = req.extensions().get::<Attempt>().cloned();
+    ///     let Some(attempt) = attempt else {
+    ///         return Err(GatewayError::internal("no Attempt: FallbackLayer is missing"));
+    ///     };
+    ///     if &*attempt.target.upstream_model != "llama-3" {
+    ///         let name = attempt.target.provider.name().into();
+    ///         return Err(GatewayError::upstream_status(StatusCode::SERVICE_UNAVAILABLE, "busy", Some(name)));
+    ///     }
+    ///     Ok::<_, GatewayError>(Response::new(Body::from(r#"{"choices":[]}"#)))
+    /// });
+    /// # let _ = leaf;
+    /// ```
+    ///
+    /// [`Dispatch`]: crate::provider::Dispatch
+    pub fn for_leaf(
+        provider_name: impl Into<Arc<str>>,
+        upstream_model: impl Into<Arc<str>>,
+    ) -> Target {
+        let leaf = CustomLeaf {
+            name: provider_name.into(),
+        };
+        Target::new(Arc::new(leaf), upstream_model)
+    }
+}
+
+/// The placeholder provider of a [`Target::for_leaf`] target: names it, never calls anything.
+#[derive(Debug)]
+struct CustomLeaf {
+    name: Arc<str>,
+}
+
+impl Provider for CustomLeaf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+    fn call(
+        &self,
+        call: crate::provider::UpstreamCall,
+    ) -> crate::provider::BoxFuture<
+        Result<http::Response<crate::body::Body>, crate::error::GatewayError>,
+    > {
+        let message = format!(
+            "The target '{}/{}' is served by a leaf service of your own (Target::for_leaf); \
+             Dispatch cannot call it.",
+            self.name, call.upstream_model
+        );
+        Box::pin(async move { Err(crate::error::GatewayError::internal(message)) })
+    }
+}
+
+impl Target {
     /// Set the deadlines.
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Target {
         self.timeouts = timeouts;
