@@ -144,6 +144,14 @@
 //!
 //! In axum, the same stack is a `tower::Service<Request<axum::body::Body>>` and mounts with
 //! `Router::route_service("/v1/chat/completions", gateway)`.
+//!
+//! Your own upstream instead of tollgate's providers: give Route targets made with
+//! [`Target::for_leaf`](target::Target::for_leaf) and put any
+//! `tower::Service<Request<Full<Bytes>>, Response = Response<Body>, Error = GatewayError>` in
+//! place of `Dispatch`; it reads the [`Attempt`](ext::Attempt) extension to know which target
+//! it serves. Your own key store: implement [`KeyValidator`](auth::KeyValidator) and pass it to
+//! [`AuthLayer::new`](auth::AuthLayer::new). `tests/library_user.rs` does both in an axum
+//! `Router`, in under 100 lines.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
