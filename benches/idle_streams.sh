@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Memory per idle open stream (issue 12 "Scale", issue 14 acceptance 7): N streams held open
-# through tollgate prod (virtual key, rpm limit, JSONL usage file), tollgate lean and nginx
-# (proxy_buffering off), each in front of an upstream that sends the SSE head and first event,
-# then nothing until told to finish; VmRSS before and after opening them, the p50 of a json
-# loop at concurrency 1 without and with them, then every stream finished and counted.
+# through tollgate prod (virtual key, rpm limit, JSONL usage file), tollgate lean, the bare
+# hyper proxy (the floor) and nginx (proxy_buffering off), each in front of an upstream that
+# sends the SSE head and first event, then nothing until told to finish; VmRSS before and after
+# opening them, the p50 of a json loop at concurrency 1 without and with them, then every
+# stream finished and counted.
 #
 #   benches/idle_streams.sh [N] [loadgen flags]     # N defaults to 10000; e.g. --cell-secs 3
 #

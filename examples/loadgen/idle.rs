@@ -1,7 +1,8 @@
 //! `--idle-streams N`: what an idle open stream costs (issue 12 "Scale", issue 14 acceptance 7).
 //!
 //! For each of tollgate prod (virtual key, rpm limit, JSONL usage file), tollgate lean (auth off,
-//! no usage file) and nginx (`proxy_buffering off`), each in front of its own fresh *idle
+//! no usage file), the bare hyper proxy (`--serve-proxy`, the floor: hyper server + hyper-util's
+//! pooled client, no layers) and nginx (`proxy_buffering off`), each in front of its own fresh *idle
 //! upstream* (this binary with `--serve-idle-mock`: every stream gets the SSE head and its first
 //! event at once, then nothing until the harness says `finish` on the child's stdin):
 //! 1. warm up (json requests, 20 streams opened and finished);
@@ -343,7 +344,7 @@ pub(super) async fn run(args: &Args, asked: usize) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut outcomes = Vec::new();
     let mut result = Ok(());
-    for name in ["tollgate prod", "tollgate lean", "nginx"] {
+    for name in ["tollgate prod", "tollgate lean", "bare proxy", "nginx"] {
         eprintln!("- {name}: {n} idle streams");
         match measure(args, &dir, name, n).await {
             Ok(o) => outcomes.push(o),
@@ -411,6 +412,10 @@ fn start_target(
     mock_port: u16,
     n: usize,
 ) -> Result<(Proc, SocketAddr, Option<Arc<str>>), String> {
+    if name == "bare proxy" {
+        let (p, port) = start_proxy(None, mock_port)?;
+        return Ok((p, SocketAddr::from(([127, 0, 0, 1], port)), None));
+    }
     if name == "nginx" {
         // nginx starts closing fresh connections ("worker_connections are not enough, reusing
         // connections") once fewer than 1/16 of its worker_connections are free.
@@ -471,7 +476,7 @@ fn report(args: &Args, limit: usize, outcomes: &[Outcome]) {
         );
     }
     let nginx = outcomes.iter().find(|o| o.name == "nginx");
-    for o in outcomes.iter().filter(|o| o.name != "nginx") {
+    for o in outcomes.iter().filter(|o| o.name.starts_with("tollgate")) {
         let per = o.bytes_per_stream();
         let ratio = nginx.map_or_else(
             || "-".to_owned(),
