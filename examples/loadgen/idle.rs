@@ -13,6 +13,8 @@
 //! 4. the same json loop while the N streams are open;
 //! 5. `finish`: every stream must end cleanly (`data: [DONE]` and a clean body end), counted.
 //!
+//! `LOADGEN_IDLE_TARGETS=lean,nginx` (names or parts of them) measures only those targets.
+//!
 //! The gateway holds two sockets per stream (client and upstream), so N is capped at half the
 //! open-file limit this process has (the children inherit it), less headroom.
 
@@ -344,7 +346,13 @@ pub(super) async fn run(args: &Args, asked: usize) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut outcomes = Vec::new();
     let mut result = Ok(());
+    // `LOADGEN_IDLE_TARGETS=lean,nginx` (names or parts of them) measures only those.
+    let only = std::env::var("LOADGEN_IDLE_TARGETS").unwrap_or_default();
+    let picked = |name: &str| only.is_empty() || only.split(',').any(|p| name.contains(p.trim()));
     for name in ["tollgate prod", "tollgate lean", "bare proxy", "nginx"] {
+        if !picked(name) {
+            continue;
+        }
         eprintln!("- {name}: {n} idle streams");
         match measure(args, &dir, name, n).await {
             Ok(o) => outcomes.push(o),
