@@ -34,6 +34,9 @@
 //!    upstream's 50 ms pacing;
 //! 5. prints a table with ratios and the added microseconds, then stops both children.
 //!
+//! `--idle-streams N` (benches/idle_streams.sh) measures memory per idle open stream instead: see
+//! `examples/loadgen/idle.rs`.
+//!
 //! Phases: `json` (a non-streaming `ok` answer) at concurrency 1 and at `C`, `stream20` (a
 //! 20-chunk stream, body read to the end) at concurrency 1, then the pacing check.
 
