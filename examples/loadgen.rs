@@ -34,6 +34,9 @@
 //!    upstream's 50 ms pacing;
 //! 5. prints a table with ratios and the added microseconds, then stops both children.
 //!
+//! `--idle-streams N` (benches/idle_streams.sh) measures memory per idle open stream instead: see
+//! `examples/loadgen/idle.rs`.
+//!
 //! Phases: `json` (a non-streaming `ok` answer) at concurrency 1 and at `C`, `stream20` (a
 //! 20-chunk stream, body read to the end) at concurrency 1, then the pacing check.
 
@@ -51,9 +54,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tollgate::provider::mock::{MockLog, MockServer};
 
+/// `--idle-streams N` and its upstream (`--serve-idle-mock`).
+#[path = "loadgen/idle.rs"]
+mod idle;
+
 const USAGE: &str = "usage: loadgen [--requests N] [--concurrency C] [--time-cap SECS] \
                      [--gateway PATH] [--gateway-log FILTER] [--gateway-workers N] [--gateway-runtime KIND] [--gateway-cpus LIST] [--mock-cpus LIST] [--rounds R] [--no-floor] [--serve-mock] [--serve-proxy PORT] [--drive ADDR] \
-                     [--vs-nginx [--nginx PATH] [--cell-secs S] [--gateway-before PATH]]";
+                     [--vs-nginx [--nginx PATH] [--cell-secs S] [--gateway-before PATH]] \
+                     [--idle-streams N [--nginx PATH] [--cell-secs S]] [--serve-idle-mock]";
 
 #[derive(Clone)]
 struct Args {
@@ -86,6 +94,10 @@ struct Args {
     concurrency_set: bool,
     /// `--vs-nginx`: also an older gateway binary's production path, as a sixth column.
     gateway_before: Option<PathBuf>,
+    /// `--idle-streams N`: memory per idle open stream at N streams (see `idle`).
+    idle_streams: Option<usize>,
+    /// Child mode: the upstream that holds streams open until told to finish.
+    serve_idle_mock: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -109,6 +121,8 @@ fn parse_args() -> Result<Args, String> {
         cell_secs: 3,
         concurrency_set: false,
         gateway_before: None,
+        idle_streams: None,
+        serve_idle_mock: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -127,6 +141,8 @@ fn parse_args() -> Result<Args, String> {
                 a.concurrency_set = true;
             }
             "--vs-nginx" => a.vs_nginx = true,
+            "--idle-streams" => a.idle_streams = Some(num(value()?)?.max(1) as usize),
+            "--serve-idle-mock" => a.serve_idle_mock = true,
             "--nginx" => a.nginx = PathBuf::from(value()?),
             "--cell-secs" => a.cell_secs = num(value()?)?.max(1),
             "--gateway-before" => a.gateway_before = Some(PathBuf::from(value()?)),
@@ -171,6 +187,10 @@ fn main() -> ExitCode {
     };
     let result = if args.serve_mock {
         rt.block_on(serve_mock())
+    } else if args.serve_idle_mock {
+        rt.block_on(idle::serve_mock())
+    } else if let Some(n) = args.idle_streams {
+        rt.block_on(idle::run(&args, n))
     } else if let Some(port) = args.serve_proxy {
         rt.block_on(serve_proxy(port))
     } else if let Some(addr) = args.drive {
@@ -654,13 +674,8 @@ impl Conn {
         })
     }
 
-    /// One request; the body is read to its end. With `events`, the arrival time of every SSE
-    /// event (a blank line) is recorded.
-    async fn request(
-        &mut self,
-        body: &Bytes,
-        mut events: Option<&mut EventTimes>,
-    ) -> Result<Sample, String> {
+    /// A chat completions request with `body`, once the connection is ready for it.
+    async fn post(&mut self, body: &Bytes) -> Result<Request<Full<Bytes>>, String> {
         self.sender
             .ready()
             .await
@@ -674,6 +689,17 @@ impl Conn {
             req.headers_mut()
                 .insert(http::header::AUTHORIZATION, v.clone());
         }
+        Ok(req)
+    }
+
+    /// One request; the body is read to its end. With `events`, the arrival time of every SSE
+    /// event (a blank line) is recorded.
+    async fn request(
+        &mut self,
+        body: &Bytes,
+        mut events: Option<&mut EventTimes>,
+    ) -> Result<Sample, String> {
+        let req = self.post(body).await?;
         let t0 = Instant::now();
         let res = self
             .sender
@@ -1213,7 +1239,7 @@ mod vs_nginx {
     use super::*;
 
     /// The virtual key the production path is driven with.
-    const KEY: &str = "sk-loadgen-bench-key";
+    pub(super) const KEY: &str = "sk-loadgen-bench-key";
 
     /// Something the client can be pointed at.
     struct Target {
@@ -1245,7 +1271,7 @@ mod vs_nginx {
     }
 
     /// A field of a `/proc/PID/…` file of `key: value` lines, as a number.
-    fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    pub(super) fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/{file}"))
             .ok()
             .and_then(|s| {
@@ -1262,7 +1288,7 @@ mod vs_nginx {
         Ok(l.local_addr().map_err(|e| e.to_string())?.port())
     }
 
-    fn wait_listening(addr: SocketAddr, name: &str) -> Result<(), String> {
+    pub(super) fn wait_listening(addr: SocketAddr, name: &str) -> Result<(), String> {
         for _ in 0..100 {
             if std::net::TcpStream::connect(addr).is_ok() {
                 return Ok(());
@@ -1275,15 +1301,22 @@ mod vs_nginx {
     /// nginx as a plain reverse proxy in front of the mock: one process (`master_process
     /// off`, so its CPU and RSS are one pid's), `proxy_buffering off`, upstream keep-alive,
     /// no access log, everything under `dir`, listening on 127.0.0.1 only.
-    fn start_nginx(args: &Args, dir: &Path, mock_port: u16) -> Result<(Proc, SocketAddr), String> {
+    pub(super) fn start_nginx(
+        args: &Args,
+        dir: &Path,
+        mock_port: u16,
+        conns: usize,
+    ) -> Result<(Proc, SocketAddr), String> {
         let port = free_port()?;
         let d = dir.display();
+        let nofile = conns + 64;
         let conf = format!(
             r#"# Generated by examples/loadgen.rs --vs-nginx
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log crit;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {conns}; }}
 http {{
     access_log off;
     client_body_temp_path {d}/body;
@@ -1350,7 +1383,7 @@ http {{
 
     /// A gateway config: one worker; `prod` adds a virtual key with an rpm limit and the JSONL
     /// usage file; lean has auth off and no usage file.
-    fn tollgate_config(args: &Args, dir: &Path, mock_port: u16, prod: bool) -> String {
+    pub(super) fn tollgate_config(args: &Args, dir: &Path, mock_port: u16, prod: bool) -> String {
         let workers = args.gateway_workers.unwrap_or(1);
         let runtime = args
             .gateway_runtime
@@ -1498,7 +1531,7 @@ targets = [{{ provider = "mock", model = "ok?chunks=20" }}]
     async fn run_in(args: &Args, dir: &Path, ticks: u64) -> Result<(), String> {
         let (mock_proc, mock_port) = start_mock(args.mock_cpus.as_deref())?;
         let mock = SocketAddr::from(([127, 0, 0, 1], mock_port));
-        let (nginx_proc, nginx) = start_nginx(args, dir, mock_port)?;
+        let (nginx_proc, nginx) = start_nginx(args, dir, mock_port, 4096)?;
         let (floor_proc, floor_port) = start_proxy(args.gateway_cpus.as_deref(), mock_port)?;
         let (prod_proc, prod) = start_tollgate(args, dir, mock_port, true)?;
         let (lean_proc, lean) = start_tollgate(args, dir, mock_port, false)?;
