@@ -584,6 +584,100 @@ impl std::fmt::Display for GatewayError {
 impl std::error::Error for GatewayError {}
 
 /// Layer for [`ErrorResponse`]: the single place a [`GatewayError`] becomes a response.
+///
+/// It is the outermost tollgate layer, and placing it inside any other layer does not compile:
+/// its `Error = Infallible` is not the `GatewayError` every other layer needs from its inner
+/// service. One `compile_fail` check per layer (E0271: type mismatch on `Error`):
+///
+/// Parse outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::request::ParseLayer::new())
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// UsageMeter outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::meter::UsageMeterLayer::new())
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// Auth outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::auth::AuthLayer::disabled())
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// RateLimit outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::ratelimit::RateLimitLayer::new())
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// StreamPassthrough outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::stream::StreamPassthroughLayer::new())
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// Route outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::route::RouteLayer::new(tollgate::route::RouteHandle::new(tollgate::route::RouteTable::builder().build().unwrap())))
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// Fallback outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::fallback::FallbackLayer::new())
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// Timeout outside ErrorResponse:
+/// ```compile_fail,E0271
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::timeout::TimeoutLayer::new())
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
+///
+/// The right way round compiles:
+/// ```
+/// # use bytes::Bytes; use http_body_util::Full;
+/// fn serves<S: tower::Service<http::Request<Full<Bytes>>>>(_: S) {}
+/// serves(tower::ServiceBuilder::new()
+///     .layer(tollgate::error::ErrorResponseLayer::new())
+///     .layer(tollgate::request::ParseLayer::new())
+///     .service(tollgate::provider::Dispatch::new()));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorResponseLayer;
 

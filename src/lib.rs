@@ -36,12 +36,15 @@
 //! - **Auth and RateLimit** run before anything that costs money.
 //! - **Fallback** sits outside Timeout, so every attempt gets its own deadlines; it is inside
 //!   UsageMeter, so exactly one winning attempt is metered and the failed ones are listed.
-//! - **Order is checked, fail closed.** A layer that needs another's request extension and does
-//!   not find it answers 500 `misconfigured_stack` naming the missing layer (logged once per
-//!   layer), never a silent pass: Auth, RateLimit and Route need Parse outside them (Auth
-//!   always, since a key's model allow-list cannot be checked without ParsedRequest); RateLimit
-//!   with per-key limits needs Auth outside it; Fallback needs Route; Timeout needs Fallback.
-//!   UsageMeter inside Auth is not refused (nothing is missing) but misses Auth's refusals.
+//! - **Order is checked, fail closed.** Any two of Parse, UsageMeter, Auth, RateLimit,
+//!   StreamPassthrough, Route, Fallback and Timeout in the wrong order answer every request with
+//!   500 `misconfigured_stack`, naming the layers (logged once per layer), never a silent pass:
+//!   each layer marks the request as it goes by and refuses it when a layer that belongs inside
+//!   it has already run. A layer that needs another's request extension and does not find it
+//!   refuses the same way: Auth, RateLimit, StreamPassthrough and Route need Parse outside them;
+//!   RateLimit with per-key limits needs Auth; Fallback needs Route; Timeout needs Fallback.
+//!   [`ErrorResponse`](error::ErrorResponse) inside any layer does not compile (see
+//!   [`ErrorResponseLayer`](error::ErrorResponseLayer)). `tests/misorder.rs` has a test per pair.
 //! - **Deadlines by default**: [`Target::new`](target::Target::new) has
 //!   [`Timeouts::RECOMMENDED`](target::Timeouts::RECOMMENDED);
 //!   `with_timeouts(Timeouts::NONE)` opts out.
@@ -167,6 +170,7 @@ pub mod health;
 mod jsonscan;
 pub mod meter;
 pub mod metrics;
+mod order;
 pub mod pricing;
 pub mod provider;
 pub mod ratelimit;

@@ -26,6 +26,7 @@ use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, GatewayError};
+use crate::order::{self, Checked};
 
 mod validate;
 
@@ -767,7 +768,10 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if let Err(e) = order::enter(&mut parts.extensions, Checked::Parse) {
+            return ParseFuture::failed(e);
+        }
         let api = match Api::from_path(parts.uri.path()) {
             Some(api) => api,
             None => {

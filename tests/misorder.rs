@@ -63,6 +63,7 @@ fn routes(upstream_model: &str) -> RouteHandle {
 
 fn buffered() -> http::Request<Full<Bytes>> {
     http::Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {OPEN_KEY}"))
         .body(Full::new(Bytes::from_static(BODY.as_bytes())))
         .unwrap()
 }
@@ -198,43 +199,10 @@ async fn fallback_without_route() {
     assert_misconfigured(over_http(svc, OPEN_KEY).await, "RouteLayer");
 }
 
-/// Timeout outside Fallback used to apply no deadline at all. The misconfiguration is logged
-/// once (at error level, naming both layers), not once per request.
+/// UsageMeter inside Auth used to be a lossy order (Auth's refusals got no record). Now it is
+/// refused like any other misorder, and the meter still records the refusal it answers.
 #[tokio::test]
-async fn timeout_outside_fallback() {
-    let log = common::LogBuf::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let svc = ServiceBuilder::new()
-        .layer(ErrorResponseLayer::new())
-        .layer(ParseLayer::new())
-        .layer(RouteLayer::new(routes("ok")))
-        .layer(TimeoutLayer::new())
-        .layer(FallbackLayer::new())
-        .service(Dispatch::new());
-    assert_misconfigured(over_http(svc.clone(), OPEN_KEY).await, "FallbackLayer");
-    assert_misconfigured(over_http(svc, OPEN_KEY).await, "FallbackLayer");
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("misconfigured stack"))
-        .collect();
-    assert_eq!(lines.len(), 1, "logged once: {text}");
-    assert!(
-        lines[0].contains("ERROR") && lines[0].contains("FallbackLayer"),
-        "{text}"
-    );
-    assert!(lines[0].contains("TimeoutLayer"), "{text}");
-}
-
-/// UsageMeter inside Auth is a lossy order, not a broken one (nothing is missing: the meter needs
-/// only ParsedRequest), so it is not refused: Auth's refusals never reach the meter and get no
-/// record, while served requests do. The documented place is right after Parse.
-#[tokio::test]
-async fn usage_meter_inside_auth_misses_refusals() {
+async fn usage_meter_inside_auth() {
     let records: Arc<Mutex<Vec<UsageRecord>>> = Arc::default();
     let r = records.clone();
     let svc = ServiceBuilder::new()
@@ -249,21 +217,128 @@ async fn usage_meter_inside_auth_misses_refusals() {
         .layer(FallbackLayer::new())
         .layer(TimeoutLayer::new())
         .service(Dispatch::new());
-    assert_eq!(over_http(svc.clone(), "sk-unknown-key-000000").await.0, 401);
-    assert_eq!(over_http(svc.clone(), LIMITED_KEY).await.0, 403);
-    assert_eq!(over_http(svc, OPEN_KEY).await.0, 200);
+    let out = over_http(svc.clone(), OPEN_KEY).await;
+    assert_misconfigured(out, "UsageMeterLayer");
+    assert_misconfigured(over_http(svc, OPEN_KEY).await, "AuthLayer");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while records.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+    while records.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let recs = records.lock().unwrap();
-    assert_eq!(
-        recs.len(),
-        1,
-        "only the served request is recorded: {recs:?}"
-    );
-    assert_eq!(recs[0].status, 200);
+    assert_eq!(recs.len(), 2, "each refusal is recorded: {recs:?}");
+    assert!(recs.iter().all(|r| r.status == 500), "{recs:?}");
+}
+
+/// Every pair of the eight checked layers, placed in the wrong order (the two swapped, the
+/// others in their documented places), answers 500 `misconfigured_stack` naming one of the two.
+/// One test per pair. (ErrorResponse inside any layer does not compile: see the `compile_fail`
+/// doctests on [`tollgate::error::ErrorResponseLayer`].)
+mod every_pair {
+    use super::*;
+
+    macro_rules! layer {
+        (Parse) => {
+            ParseLayer::new()
+        };
+        (UsageMeter) => {
+            UsageMeterLayer::new()
+        };
+        (Auth) => {
+            AuthLayer::new(keys())
+        };
+        (RateLimit) => {
+            RateLimitLayer::new().default_key_limits(Limits::new().requests_per_minute(100))
+        };
+        (StreamPassthrough) => {
+            StreamPassthroughLayer::new()
+        };
+        (Route) => {
+            RouteLayer::new(routes("ok"))
+        };
+        (Fallback) => {
+            FallbackLayer::new()
+        };
+        (Timeout) => {
+            TimeoutLayer::new()
+        };
+    }
+
+    /// `$name`: the stack `$l…` (outside in) is refused naming `$a` or `$b`, the swapped pair.
+    macro_rules! pair {
+        ($name:ident, $a:ident, $b:ident: $($l:ident),+) => {
+            #[tokio::test]
+            async fn $name() {
+                let svc = ServiceBuilder::new()
+                    .layer(ErrorResponseLayer::new())
+                    $(.layer(layer!($l)))+
+                    .service(Dispatch::new());
+                let (status, text) = in_process(svc).await;
+                assert_misconfigured_either(
+                    (status, text),
+                    concat!(stringify!($a), "Layer"),
+                    concat!(stringify!($b), "Layer"),
+                );
+            }
+        };
+    }
+
+    fn assert_misconfigured_either((status, text): (u16, String), a: &str, b: &str) {
+        assert_eq!(status, 500, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "misconfigured_stack", "{text}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(a) || msg.contains(b),
+            "names {a} or {b}: {msg}"
+        );
+    }
+
+    /// Control: the documented order of the same eight layers serves.
+    #[tokio::test]
+    async fn the_documented_order_of_all_eight_serves() {
+        let svc = ServiceBuilder::new()
+            .layer(ErrorResponseLayer::new())
+            .layer(layer!(Parse))
+            .layer(layer!(UsageMeter))
+            .layer(layer!(Auth))
+            .layer(layer!(RateLimit))
+            .layer(layer!(StreamPassthrough))
+            .layer(layer!(Route))
+            .layer(layer!(Fallback))
+            .layer(layer!(Timeout))
+            .service(Dispatch::new());
+        let (status, text) = in_process(svc).await;
+        assert_eq!(status, 200, "{text}");
+    }
+
+    pair!(usage_meter_outside_parse, Parse, UsageMeter: UsageMeter, Parse, Auth, RateLimit, StreamPassthrough, Route, Fallback, Timeout);
+    pair!(auth_outside_parse, Parse, Auth: Auth, UsageMeter, Parse, RateLimit, StreamPassthrough, Route, Fallback, Timeout);
+    pair!(rate_limit_outside_parse, Parse, RateLimit: RateLimit, UsageMeter, Auth, Parse, StreamPassthrough, Route, Fallback, Timeout);
+    pair!(stream_passthrough_outside_parse, Parse, StreamPassthrough: StreamPassthrough, UsageMeter, Auth, RateLimit, Parse, Route, Fallback, Timeout);
+    pair!(route_outside_parse, Parse, Route: Route, UsageMeter, Auth, RateLimit, StreamPassthrough, Parse, Fallback, Timeout);
+    pair!(fallback_outside_parse, Parse, Fallback: Fallback, UsageMeter, Auth, RateLimit, StreamPassthrough, Route, Parse, Timeout);
+    pair!(timeout_outside_parse, Parse, Timeout: Timeout, UsageMeter, Auth, RateLimit, StreamPassthrough, Route, Fallback, Parse);
+    pair!(auth_outside_usage_meter, UsageMeter, Auth: Parse, Auth, UsageMeter, RateLimit, StreamPassthrough, Route, Fallback, Timeout);
+    pair!(rate_limit_outside_usage_meter, UsageMeter, RateLimit: Parse, RateLimit, Auth, UsageMeter, StreamPassthrough, Route, Fallback, Timeout);
+    pair!(stream_passthrough_outside_usage_meter, UsageMeter, StreamPassthrough: Parse, StreamPassthrough, Auth, RateLimit, UsageMeter, Route, Fallback, Timeout);
+    pair!(route_outside_usage_meter, UsageMeter, Route: Parse, Route, Auth, RateLimit, StreamPassthrough, UsageMeter, Fallback, Timeout);
+    pair!(fallback_outside_usage_meter, UsageMeter, Fallback: Parse, Fallback, Auth, RateLimit, StreamPassthrough, Route, UsageMeter, Timeout);
+    pair!(timeout_outside_usage_meter, UsageMeter, Timeout: Parse, Timeout, Auth, RateLimit, StreamPassthrough, Route, Fallback, UsageMeter);
+    pair!(rate_limit_outside_auth, Auth, RateLimit: Parse, UsageMeter, RateLimit, Auth, StreamPassthrough, Route, Fallback, Timeout);
+    pair!(stream_passthrough_outside_auth, Auth, StreamPassthrough: Parse, UsageMeter, StreamPassthrough, RateLimit, Auth, Route, Fallback, Timeout);
+    pair!(route_outside_auth, Auth, Route: Parse, UsageMeter, Route, RateLimit, StreamPassthrough, Auth, Fallback, Timeout);
+    pair!(fallback_outside_auth, Auth, Fallback: Parse, UsageMeter, Fallback, RateLimit, StreamPassthrough, Route, Auth, Timeout);
+    pair!(timeout_outside_auth, Auth, Timeout: Parse, UsageMeter, Timeout, RateLimit, StreamPassthrough, Route, Fallback, Auth);
+    pair!(stream_passthrough_outside_rate_limit, RateLimit, StreamPassthrough: Parse, UsageMeter, Auth, StreamPassthrough, RateLimit, Route, Fallback, Timeout);
+    pair!(route_outside_rate_limit, RateLimit, Route: Parse, UsageMeter, Auth, Route, StreamPassthrough, RateLimit, Fallback, Timeout);
+    pair!(fallback_outside_rate_limit, RateLimit, Fallback: Parse, UsageMeter, Auth, Fallback, StreamPassthrough, Route, RateLimit, Timeout);
+    pair!(timeout_outside_rate_limit, RateLimit, Timeout: Parse, UsageMeter, Auth, Timeout, StreamPassthrough, Route, Fallback, RateLimit);
+    pair!(route_outside_stream_passthrough, StreamPassthrough, Route: Parse, UsageMeter, Auth, RateLimit, Route, StreamPassthrough, Fallback, Timeout);
+    pair!(fallback_outside_stream_passthrough, StreamPassthrough, Fallback: Parse, UsageMeter, Auth, RateLimit, Fallback, Route, StreamPassthrough, Timeout);
+    pair!(timeout_outside_stream_passthrough, StreamPassthrough, Timeout: Parse, UsageMeter, Auth, RateLimit, Timeout, Route, Fallback, StreamPassthrough);
+    pair!(fallback_outside_route, Route, Fallback: Parse, UsageMeter, Auth, RateLimit, StreamPassthrough, Fallback, Route, Timeout);
+    pair!(timeout_outside_route, Route, Timeout: Parse, UsageMeter, Auth, RateLimit, StreamPassthrough, Timeout, Fallback, Route);
+    pair!(timeout_outside_fallback, Fallback, Timeout: Parse, UsageMeter, Auth, RateLimit, StreamPassthrough, Route, Timeout, Fallback);
 }
 
 /// Deadlines by default: `Target::new(..)` has the documented deadlines, so the README's stack

@@ -60,6 +60,7 @@ pub use layer::AuthLayer;
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
+use crate::order::{self, Checked};
 use crate::provider::CREDENTIAL_HEADERS;
 use crate::request::ParsedRequest;
 use crate::secret::Secret;
@@ -120,6 +121,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Err(e) = order::enter(req.extensions_mut(), Checked::Auth) {
+            return AuthFuture::failed(e);
+        }
         // Fail closed: without ParsedRequest the per-key model allow-list cannot be checked.
         if req.extensions().get::<ParsedRequest>().is_none() {
             static LOGGED: AtomicBool = AtomicBool::new(false);

@@ -76,6 +76,7 @@ use tower::retry::budget::Budget;
 
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::order::{self, Checked};
 use crate::target::{AttemptInfo, RouteDecision};
 
 mod future;
@@ -140,12 +141,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
         let clone = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, clone);
         self.budget.deposit();
+        // Marks the request for the layers that belong outside Fallback (Timeout, the only
+        // layer inside, leaves no mark, so this cannot fail).
+        let misordered = order::enter(req.extensions_mut(), Checked::Fallback).err();
         match req.extensions().get::<RouteDecision>() {
-            Some(d) => {
+            Some(d) if misordered.is_none() => {
                 let (targets, allow, timeouts, model) = (
                     d.targets.clone(),
                     d.allow_fallback,
@@ -170,14 +174,14 @@ where
                 )
                 .skipped(skipped)
             }
-            None => ResponseFuture::new(
+            _ => ResponseFuture::new(
                 service,
                 req,
                 Arc::from(Vec::new()),
                 false,
                 Default::default(),
                 self.budget.clone(),
-                Some({
+                Some(misordered.unwrap_or_else(|| {
                     static LOGGED: AtomicBool = AtomicBool::new(false);
                     GatewayError::misconfigured_stack(
                         "FallbackLayer",
@@ -185,7 +189,7 @@ where
                         "RouteDecision",
                         &LOGGED,
                     )
-                }),
+                })),
                 Arc::from(""),
             ),
         }

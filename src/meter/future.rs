@@ -14,16 +14,27 @@ pin_project! {
     /// Future of [`UsageMeter`](super::UsageMeter).
     pub struct MeterFuture<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
         ctx: CtxGuard,
+        refused: Option<GatewayError>,
     }
 }
 
 impl<F> MeterFuture<F> {
     pub(crate) fn new(inner: F, ctx: Ctx) -> Self {
         MeterFuture {
-            inner,
+            inner: Some(inner),
             ctx: CtxGuard::new(ctx),
+            refused: None,
+        }
+    }
+
+    /// Answer (and record) `error` without calling the inner service.
+    pub(crate) fn failed(error: GatewayError, ctx: Ctx) -> Self {
+        MeterFuture {
+            inner: None,
+            ctx: CtxGuard::new(ctx),
+            refused: Some(error),
         }
     }
 }
@@ -36,7 +47,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = ready!(this.inner.poll(cx));
+        let res = match this.inner.as_pin_mut() {
+            Some(inner) => ready!(inner.poll(cx)),
+            None => Err(this.refused.take().unwrap_or_else(|| {
+                GatewayError::internal("UsageMeter future polled after completion")
+            })),
+        };
         let Some(mut ctx) = this.ctx.take() else {
             return Poll::Ready(res);
         };

@@ -78,6 +78,7 @@ use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::ext::{Routed, ServedBy, UsageFacts, UsageReport};
 use crate::metrics as m;
+use crate::order::{self, Checked};
 use crate::pricing::{PriceDate, PriceHandle};
 use crate::request::ParsedRequest;
 use crate::target::AttemptInfo;
@@ -218,7 +219,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let misordered = order::enter(req.extensions_mut(), Checked::UsageMeter).err();
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -246,7 +248,10 @@ where
                 started_at_ms: unix_ms(),
             },
         };
-        MeterFuture::new(self.inner.call(req), ctx)
+        match misordered {
+            Some(e) => MeterFuture::failed(e, ctx),
+            None => MeterFuture::new(self.inner.call(req), ctx),
+        }
     }
 }
 

@@ -92,6 +92,7 @@ use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::ext::{Routed, UsageReport};
+use crate::order::{self, Checked};
 use crate::request::ParsedRequest;
 use crate::usage::{Outcome, Price, Usage};
 
@@ -143,7 +144,10 @@ impl<S> RateLimit<S> {
 /// ParsedRequest (Parse outside) there is no model and no token estimate; without KeyIdentity
 /// (Auth outside) per-key limits would silently not apply, so it is required when default key
 /// limits are configured. Global and per-model limits alone work without Auth.
-fn misordered<B>(cfg: &Config, req: &Request<B>) -> Option<GatewayError> {
+fn misordered<B>(cfg: &Config, req: &mut Request<B>) -> Option<GatewayError> {
+    if let Err(e) = order::enter(req.extensions_mut(), Checked::RateLimit) {
+        return Some(e);
+    }
     static NO_PARSE: AtomicBool = AtomicBool::new(false);
     static NO_AUTH: AtomicBool = AtomicBool::new(false);
     if req.extensions().get::<ParsedRequest>().is_none() {
@@ -182,11 +186,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let cfg = &self.cfg;
-        if let Some(error) = misordered(cfg, &req) {
+        if let Some(error) = misordered(cfg, &mut req) {
             return RateLimitFuture {
                 state: State::Failed { error: Some(error) },
             };

@@ -91,6 +91,7 @@ use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::ext::Routed;
+use crate::order::{self, Checked};
 use crate::request::ParsedRequest;
 
 mod future;
@@ -155,6 +156,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
+        if let Err(e) = order::enter(req.extensions_mut(), Checked::Route) {
+            return ResponseFuture::failed(e);
+        }
         let decision = {
             let Some(parsed) = req.extensions().get::<ParsedRequest>() else {
                 static LOGGED: AtomicBool = AtomicBool::new(false);

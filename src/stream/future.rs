@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 use super::body::{ResponseBody, StreamInfo, prepare_headers};
 use super::json::{JsonBody, JsonUsage};
 use crate::body::Body;
+use crate::error::GatewayError;
 use crate::ext::UsageReport;
 use crate::request::Api;
 
@@ -29,26 +30,45 @@ pin_project! {
     /// [`JsonBody`](super::JsonBody).
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
         observe: Option<Observe>,
+        refused: Option<GatewayError>,
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, observe: Option<Observe>) -> Self {
-        ResponseFuture { inner, observe }
+        ResponseFuture {
+            inner: Some(inner),
+            observe,
+            refused: None,
+        }
+    }
+
+    /// Answer `error` without calling the inner service.
+    pub(crate) fn failed(error: GatewayError) -> Self {
+        ResponseFuture {
+            inner: None,
+            observe: None,
+            refused: Some(error),
+        }
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F> Future for ResponseFuture<F>
 where
-    F: Future<Output = Result<Response<Body>, E>>,
+    F: Future<Output = Result<Response<Body>, GatewayError>>,
 {
-    type Output = Result<Response<Body>, E>;
+    type Output = Result<Response<Body>, GatewayError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let res = ready!(this.inner.poll(cx))?;
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err(this.refused.take().unwrap_or_else(|| {
+                GatewayError::internal("StreamPassthrough future polled after completion")
+            })));
+        };
+        let res = ready!(inner.poll(cx))?;
         let Some(observe) = this.observe.take() else {
             return Poll::Ready(Ok(res));
         };

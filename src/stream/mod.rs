@@ -108,9 +108,12 @@ pub use self::layer::StreamPassthroughLayer;
 use self::body::StreamInfo;
 use self::future::Observe;
 use crate::body::Body;
+use crate::error::GatewayError;
 #[cfg(doc)]
 use crate::ext::UsageReport;
+use crate::order::{self, Checked};
 use crate::request::ParsedRequest;
+use std::sync::atomic::AtomicBool;
 
 /// The StreamPassthrough service: see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -148,10 +151,10 @@ impl<S> StreamPassthrough<S> {
 
 impl<S, ReqBody> Service<Request<ReqBody>> for StreamPassthrough<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<Body>>,
+    S: Service<Request<ReqBody>, Response = Response<Body>, Error = GatewayError>,
 {
     type Response = Response<Body>;
-    type Error = S::Error;
+    type Error = GatewayError;
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -159,6 +162,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        if let Err(e) = order::enter(req.extensions_mut(), Checked::StreamPassthrough) {
+            return ResponseFuture::failed(e);
+        }
         let observe = match req.extensions_mut().get_mut::<ParsedRequest>() {
             Some(parsed) if parsed.stream => {
                 // An Anthropic stream (`/v1/messages`) always carries its usage.
@@ -169,7 +175,17 @@ where
                 api: parsed.api,
                 cap: self.json_cap,
             }),
-            None => None,
+            None => {
+                // Fail closed: without ParsedRequest there is no way to tell a stream, and
+                // its usage would go unreported (limits settled at the estimate).
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                return ResponseFuture::failed(GatewayError::misconfigured_stack(
+                    "StreamPassthroughLayer",
+                    "ParseLayer",
+                    "ParsedRequest",
+                    &LOGGED,
+                ));
+            }
         };
         ResponseFuture::new(self.inner.call(req), observe)
     }
