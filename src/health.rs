@@ -2,24 +2,24 @@
 //!
 //! One `Health` lives in each [`Target`](crate::target::Target) (share the `Arc` between two
 //! `Target` values that name the same provider and upstream model). Fallback asks it before each
-//! attempt ([`Health::admit`]) and reports the outcome ([`Health::on_success`],
-//! [`Health::on_failure`]); Route reads it without side effects ([`Health::peek`],
+//! attempt (`Health::admit`) and reports the outcome ([`Health::on_success`],
+//! [`Health::on_failure`]); Route reads it without side effects (`Health::peek`,
 //! [`Health::ewma_ttft`]) to order tier and latency routes.
 //!
-//! Every error an attempt ends with is first asked **who is to blame** ([`blame`]):
-//! - [`Blame::Target`] — the target's own failure: an upstream 5xx or 529, 408, a connect error,
+//! Every error an attempt ends with is first asked **who is to blame** (`blame`):
+//! - `Blame::Target` — the target's own failure: an upstream 5xx or 529, 408, a connect error,
 //!   a timeout under the target's own deadlines, a protocol error. Only these count for the
 //!   breaker.
-//! - [`Blame::RateLimit`] — an upstream **429**. Rate limiting is not failure: it never counts
+//! - `Blame::RateLimit` — an upstream **429**. Rate limiting is not failure: it never counts
 //!   for the breaker. Its `Retry-After` (capped at [`BreakerConfig::max_retry_after`], default
 //!   60 s) is remembered and the target is skipped until exactly that instant has passed
-//!   ([`BlockReason::RateLimited`]; Fallback answers 429 with the remaining wait). A 429 that is
+//!   (`BlockReason::RateLimited`; Fallback answers 429 with the remaining wait). A 429 that is
 //!   not a wait — `insufficient_quota`, or one the upstream marked `x-should-retry: false` — is
 //!   not remembered at all: the next request still goes.
-//! - [`Blame::Nobody`] with proof of life — any other upstream 4xx: the request was the client's
+//! - `Blame::Nobody` with proof of life — any other upstream 4xx: the request was the client's
 //!   mistake and the target answered it. It counts as a success for the breaker (but not for the
 //!   latency average, and it does not clear a remembered wait).
-//! - [`Blame::Nobody`] — the gateway's own refusals and failures provoked by the request itself
+//! - `Blame::Nobody` — the gateway's own refusals and failures provoked by the request itself
 //!   (`origin: "gateway"`: a request the adapter could not translate, a skip): not reported at
 //!   all, so one client's bad requests cannot eject a target for everyone.
 //!
@@ -30,7 +30,7 @@
 //!   [`Ejection`], which Fallback logs at `warn` naming the target and counts in
 //!   [`EJECTIONS`](crate::metrics::EJECTIONS)).
 //! - **open**: no request reaches the target until the ejection ends
-//!   ([`BlockReason::CircuitOpen`], with the failure count, so the gateway's 503 can say
+//!   (`BlockReason::CircuitOpen`, with the failure count, so the gateway's 503 can say
 //!   "circuit open for target X after N failures"). The ejection lasts `base_ejection`, doubled
 //!   on each ejection in a row (capped at `max_ejection`), and at least as long as the failing
 //!   answer's own `Retry-After` (capped like any other).
@@ -83,7 +83,7 @@ pub struct BreakerConfig {
 }
 
 /// Default of [`BreakerConfig::max_retry_after`].
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl Default for BreakerConfig {
     fn default() -> Self {
@@ -118,7 +118,7 @@ impl BreakerConfig {
 
 /// Who an attempt's error blames; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
+pub(crate) enum Blame {
     /// The target's own failure: counts for the breaker.
     Target,
     /// The upstream rate-limited the request (429): never a failure. `wait` is its
@@ -140,7 +140,7 @@ pub enum Blame {
 /// Whether a 429 is not a wait: `insufficient_quota` (OpenAI's `error.code`/`type`), or an
 /// answer the upstream marked `x-should-retry: false`. Waiting will not help; telling clients to
 /// retry would make them retry forever.
-pub fn is_quota_exhausted(err: &GatewayError) -> bool {
+pub(crate) fn is_quota_exhausted(err: &GatewayError) -> bool {
     err.code() == Some("insufficient_quota")
         || err
             .headers()
@@ -149,7 +149,7 @@ pub fn is_quota_exhausted(err: &GatewayError) -> bool {
 }
 
 /// Who `err`, the outcome of one attempt, blames.
-pub fn blame(err: &GatewayError) -> Blame {
+pub(crate) fn blame(err: &GatewayError) -> Blame {
     if err.origin() == Origin::Gateway {
         // A refusal of the gateway's own (the request could not be translated, a skip): the
         // target never saw the request, or the request itself was at fault.
@@ -189,7 +189,7 @@ pub enum CircuitState {
 
 /// Why a target refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockReason {
+pub(crate) enum BlockReason {
     /// The upstream answered 429 with a `Retry-After` that has not passed.
     RateLimited,
     /// The breaker ejected the target.
@@ -204,7 +204,7 @@ pub enum BlockReason {
 
 /// A refusal: see [`Health::admit`] and [`Health::peek`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blocked {
+pub(crate) struct Blocked {
     /// The earliest time the target may accept again (an estimate for
     /// [`BlockReason::ProbeInFlight`]).
     pub until: Instant,
@@ -214,7 +214,7 @@ pub struct Blocked {
 
 /// Answer of [`Health::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Go ahead.
     Allowed,
     /// Go ahead: this request is the half-open probe. Report its outcome.
@@ -303,7 +303,7 @@ impl Health {
 
     /// Ask to send a request now. Moves an expired open circuit to half-open and hands out
     /// the single probe; the caller must report the outcome of an admitted request.
-    pub fn admit(&self, now: Instant) -> Admission {
+    pub(crate) fn admit(&self, now: Instant) -> Admission {
         let mut s = self.lock();
         if let Some(b) = self.blocked(&mut s, now) {
             return Admission::Blocked(b);
@@ -359,7 +359,7 @@ impl Health {
     /// `Ok` when [`admit`](Self::admit) would let a request through now (as a normal request
     /// or as the probe); otherwise the refusal. No side effects (beyond forgetting a rate limit
     /// that has passed).
-    pub fn peek(&self, now: Instant) -> Result<(), Blocked> {
+    pub(crate) fn peek(&self, now: Instant) -> Result<(), Blocked> {
         let mut s = self.lock();
         match self.blocked(&mut s, now) {
             Some(b) => Err(b),
@@ -428,7 +428,7 @@ impl Health {
         }
     }
 
-    /// Record a failed attempt, according to [`blame`]: a target failure is counted (and may
+    /// Record a failed attempt, according to `blame`: a target failure is counted (and may
     /// eject: the [`Ejection`] is returned); a 429 is remembered for its capped `Retry-After`
     /// and proves the target up; an upstream 4xx proves it up; a gateway-side error changes
     /// nothing.

@@ -44,7 +44,7 @@
 //!   refuses the same way: Auth, RateLimit, StreamPassthrough and Route need Parse outside them;
 //!   RateLimit with per-key limits needs Auth; Fallback needs Route; Timeout needs Fallback.
 //!   [`ErrorResponse`](error::ErrorResponse) inside any layer does not compile (see
-//!   [`ErrorResponseLayer`](error::ErrorResponseLayer)). `tests/misorder.rs` has a test per pair.
+//!   [`ErrorResponseLayer`]). `tests/misorder.rs` has a test per pair.
 //! - **Deadlines by default**: [`Target::new`](target::Target::new) has
 //!   [`Timeouts::RECOMMENDED`](target::Timeouts::RECOMMENDED);
 //!   `with_timeouts(Timeouts::NONE)` opts out.
@@ -65,14 +65,14 @@
 //!
 //! | down (request extension) | written by | read by |
 //! |---|---|---|
-//! | [`ParsedRequest`](ext::ParsedRequest) | Parse | everyone |
-//! | [`KeyIdentity`](ext::KeyIdentity) | Auth | RateLimit, Route (sticky key), Dispatch |
+//! | [`ParsedRequest`] | Parse | everyone |
+//! | [`KeyIdentity`] | Auth | RateLimit, Route (sticky key), Dispatch |
 //! | [`RouteDecision`](ext::RouteDecision) | Route | Fallback |
-//! | [`Attempt`](ext::Attempt) | Fallback | Timeout, Dispatch |
+//! | [`Attempt`] | Fallback | Timeout, Dispatch |
 //!
 //! | up (response extension / error context) | written by | read by |
 //! |---|---|---|
-//! | [`KeyIdentity`](ext::KeyIdentity) | Auth | UsageMeter |
+//! | [`KeyIdentity`] | Auth | UsageMeter |
 //! | [`Routed`](ext::Routed) (model, variant) | Route | RateLimit (price), UsageMeter |
 //! | [`ServedBy`](ext::ServedBy) (target, attempts) / the attempts | Fallback | CostReport, UsageMeter |
 //! | [`UsageReport`](ext::UsageReport) (filled as the body goes by) | StreamPassthrough | RateLimit (settles), UsageMeter |
@@ -82,7 +82,7 @@
 //! Anthropic target gets the request passed through untouched, any other target gets it
 //! translated to OpenAI's format and its answer translated back (streams event by event).
 //!
-//! Inner layers return [`GatewayError`](error::GatewayError); exactly one edge layer,
+//! Inner layers return [`GatewayError`]; exactly one edge layer,
 //! [`ErrorResponse`](error::ErrorResponse), turns it into an OpenAI-shaped response that keeps the
 //! upstream's status class (an upstream 429 stays 429, with `Retry-After` — also when the gateway
 //! skips a target whose upstream asked it to wait; rate limiting never ejects a target, see
@@ -151,12 +151,33 @@
 //! Your own upstream instead of tollgate's providers: give Route targets made with
 //! [`Target::for_leaf`](target::Target::for_leaf) and put any
 //! `tower::Service<Request<Full<Bytes>>, Response = Response<Body>, Error = GatewayError>` in
-//! place of `Dispatch`; it reads the [`Attempt`](ext::Attempt) extension to know which target
-//! it serves. Your own key store: implement [`KeyValidator`](auth::KeyValidator) and pass it to
+//! place of `Dispatch`; it reads the [`Attempt`] extension to know which target
+//! it serves. Your own key store: implement [`KeyValidator`] and pass it to
 //! [`AuthLayer::new`](auth::AuthLayer::new). `tests/library_user.rs` does both in an axum
 //! `Router`, in under 100 lines.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
+#![deny(unreachable_pub)]
+
+// Curated re-exports: the layers and what building a stack needs, so the common case reads
+// `tollgate::ParseLayer`; the modules stay reachable for the rest.
+pub use auth::{AuthLayer, KeyValidator, StaticKeys};
+pub use body::Body;
+pub use error::{ErrorResponseLayer, GatewayError};
+pub use ext::{Attempt, KeyIdentity, ParsedRequest};
+pub use fallback::FallbackLayer;
+#[cfg(feature = "gateway")]
+pub use gateway::{Gateway, Reloader};
+pub use meter::UsageMeterLayer;
+pub use provider::{Dispatch, Provider};
+pub use ratelimit::{Limits, RateLimitLayer};
+pub use request::ParseLayer;
+pub use route::{ModelRoute, RouteHandle, RouteLayer, RouteTable};
+pub use stream::StreamPassthroughLayer;
+pub use target::{Target, Timeouts};
+pub use timeout::TimeoutLayer;
+pub use usage::UsageRecord;
 
 pub mod auth;
 pub mod body;
@@ -174,7 +195,8 @@ mod order;
 pub mod pricing;
 pub mod provider;
 pub mod ratelimit;
-pub mod reqid;
+#[cfg(feature = "gateway")]
+mod reqid;
 pub mod request;
 pub mod route;
 pub mod secret;

@@ -13,7 +13,7 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// Makes `x-request-id` values; clones share one counter.
 #[derive(Debug, Clone)]
-pub struct RequestIds {
+pub(crate) struct RequestIds {
     prefix: u64,
     counter: Arc<AtomicU64>,
 }
@@ -29,12 +29,12 @@ impl Default for RequestIds {
 
 impl RequestIds {
     /// A maker with a fresh random prefix.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The next id.
-    pub fn next_id(&self) -> HeaderValue {
+    pub(crate) fn next_id(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // `req_` + 16 + 16 lower-case hex digits, written by hand (no formatter on this path).
         const HEX: &[u8; 16] = b"0123456789abcdef";

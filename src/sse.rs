@@ -39,7 +39,7 @@ const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 ///
 /// `json` must not contain a line break (serialized JSON never does: breaks inside strings are
 /// escaped).
-pub fn data_event(json: &[u8]) -> Bytes {
+pub(crate) fn data_event(json: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(json.len() + 8);
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(json);

@@ -67,6 +67,13 @@ pub fn static_keys(cfg: &Config) -> Result<Option<StaticKeys>, ConfigError> {
 #[derive(Clone)]
 pub struct ReloadableKeys(Arc<ArcSwap<StaticKeys>>);
 
+impl std::fmt::Debug for ReloadableKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key hashes are not printed.
+        f.debug_struct("ReloadableKeys").finish_non_exhaustive()
+    }
+}
+
 impl ReloadableKeys {
     /// Start with `keys`.
     pub fn new(keys: StaticKeys) -> Self {
@@ -129,7 +136,7 @@ pub fn ratelimit_layer(
 }
 
 /// The counter store that `[limits] store` names (`memory`, the default, or `redis`).
-pub fn limit_store(cfg: &Config) -> Result<Arc<dyn LimitStore>, ConfigError> {
+pub(crate) fn limit_store(cfg: &Config) -> Result<Arc<dyn LimitStore>, ConfigError> {
     let file = cfg.source.as_str();
     let l = &cfg.limits;
     Ok(match l.store.as_deref() {
@@ -170,7 +177,7 @@ pub fn limit_store(cfg: &Config) -> Result<Arc<dyn LimitStore>, ConfigError> {
 
 /// [`ratelimit_layer`] over an existing `store` (a reload keeps the counters: a lowered limit
 /// applies to what was already counted in the window).
-pub fn ratelimit_layer_on(
+pub(crate) fn ratelimit_layer_on(
     cfg: &Config,
     store: Arc<dyn LimitStore>,
     price: impl Fn(&str) -> Option<crate::usage::Price> + Send + Sync + 'static,
@@ -203,7 +210,8 @@ pub fn ratelimit_layer_on(
 
 /// The highest price among the targets a public model may use (budget reservations are
 /// upper bounds).
-pub fn worst_price(routes: &RouteTable, model: &str) -> Option<crate::usage::Price> {
+#[cfg(feature = "gateway")]
+pub(crate) fn worst_price(routes: &RouteTable, model: &str) -> Option<crate::usage::Price> {
     let route = routes.get(model)?;
     route
         .variants()

@@ -16,9 +16,11 @@ pub mod presets;
 mod source_error;
 
 pub use build::{
-    HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limit_store, limits,
-    ratelimit_layer, ratelimit_layer_on, static_keys, worst_price,
+    HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limits, ratelimit_layer,
+    static_keys,
 };
+#[cfg(feature = "gateway")]
+pub(crate) use build::{limit_store, ratelimit_layer_on, worst_price};
 
 /// The embedded default configuration: mock models to try at once, plus real providers that
 /// switch on when their API-key variables are set.
@@ -533,7 +535,7 @@ impl Config {
 
 /// Resolve `${NAME}` and `${NAME:-default}` references in `value`; `field` names the setting in
 /// errors. `$$` is a literal `$`.
-pub fn interpolate(value: &str, source: &str, field: &str) -> Result<String, ConfigError> {
+pub(crate) fn interpolate(value: &str, source: &str, field: &str) -> Result<String, ConfigError> {
     interpolate_with(value, source, field, |k| std::env::var(k).ok())
 }
 

@@ -18,7 +18,7 @@
 //!   the target's shortened by the client's) is put on a clone of the request (the last
 //!   candidate gets the request itself) and the inner service is called; the outcome is
 //!   reported to the target's `Health`, which decides whom it blames
-//!   ([`blame`](crate::health::blame)): a 429 is remembered for its `Retry-After` (capped at the
+//!   (`blame`): a 429 is remembered for its `Retry-After` (capped at the
 //!   target's [`max_retry_after`](crate::health::BreakerConfig::max_retry_after), which also caps
 //!   what the client is told) and never ejects; only the target's own failures (connect errors,
 //!   5xx, 529, timeouts, protocol errors) count for the breaker, and an ejection is logged at

@@ -184,6 +184,14 @@ pub struct UsageMeter<S> {
     shared: Arc<Shared>,
 }
 
+impl<S: std::fmt::Debug> std::fmt::Debug for UsageMeter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageMeter")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> UsageMeter<S> {
     /// Wrap `inner` with a meter that has no sinks.
     pub fn new(inner: S) -> Self {

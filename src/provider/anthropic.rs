@@ -54,7 +54,7 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The largest error body read from an upstream.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The largest non-streaming answer read from an upstream for translation.
-pub const MAX_RESPONSE_BODY: usize = 32 << 20;
+pub(crate) const MAX_RESPONSE_BODY: usize = 32 << 20;
 
 /// A provider configuration error (bad URL, bad header value).
 #[derive(Debug, Clone, thiserror::Error)]

@@ -95,13 +95,14 @@ pub const NEVER_EXPOSED: [&str; 10] = [
 ];
 
 /// Upstream response headers that carry the upstream's request id.
-pub const UPSTREAM_REQUEST_ID: [HeaderName; 2] = [
+pub(crate) const UPSTREAM_REQUEST_ID: [HeaderName; 2] = [
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("request-id"),
 ];
 
 /// The header the upstream's request id is renamed to.
-pub static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+pub(crate) static X_UPSTREAM_REQUEST_ID: HeaderName =
+    HeaderName::from_static("x-upstream-request-id");
 
 /// A bad header-policy setting (names the header).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

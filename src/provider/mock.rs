@@ -88,7 +88,7 @@ use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error, upstream
 use crate::request::{Api, ParsedRequest, parse_body};
 
 /// The fixed `created` of every mock answer (2026-01-01T00:00:00Z).
-pub const MOCK_CREATED: u64 = 1_767_225_600;
+pub(crate) const MOCK_CREATED: u64 = 1_767_225_600;
 
 /// The scenario names the mock knows (listed by the server's `GET /v1/models`).
 pub const SCENARIOS: [&str; 12] = [
@@ -110,7 +110,7 @@ pub const SCENARIOS: [&str; 12] = [
 const PIECES: [&str; 3] = ["Hello", " there", "!"];
 
 /// How many requests a [`MockLog`] keeps by default (counters are never capped).
-pub const DEFAULT_RECORD_LIMIT: usize = 10_000;
+pub(crate) const DEFAULT_RECORD_LIMIT: usize = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Scenario grammar

@@ -93,7 +93,7 @@ pub trait Provider: Send + Sync + 'static {
 /// any of the three forms of RFC 7231 §7.1.1.1). Absurd values saturate instead of failing; the
 /// cap on what is believed is the target's
 /// ([`BreakerConfig::max_retry_after`](crate::health::BreakerConfig::max_retry_after)).
-pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
@@ -140,7 +140,7 @@ fn secs_f64(secs: f64) -> Duration {
 ///
 /// The status class is kept (429 stays 429, other 4xx stay 4xx, 5xx stay 5xx, 529 becomes 503);
 /// `Retry-After`, `x-should-retry` and the upstream request id (as `x-upstream-request-id`)
-/// are kept by [`with_upstream_headers`]. Credentials are scrubbed by the adapter
+/// are kept by `with_upstream_headers`. Credentials are scrubbed by the adapter
 /// ([`HeaderPolicy::scrub`](headers::HeaderPolicy::scrub)).
 pub fn upstream_error(
     status: StatusCode,
@@ -195,7 +195,7 @@ pub(crate) fn status_sentence(provider: &str, status: StatusCode) -> String {
 /// Keep what the client needs of an upstream error answer's headers: the wait it asked for
 /// (`retry-after-ms`, `retry-after`), `x-should-retry`, and its request id as
 /// `x-upstream-request-id`. Nothing else of the upstream's headers reaches the client.
-pub fn with_upstream_headers(mut e: GatewayError, headers: &HeaderMap) -> GatewayError {
+pub(crate) fn with_upstream_headers(mut e: GatewayError, headers: &HeaderMap) -> GatewayError {
     if let Some(wait) = parse_retry_after(headers) {
         e = e.with_retry_after(wait);
     }
@@ -213,7 +213,7 @@ pub fn with_upstream_headers(mut e: GatewayError, headers: &HeaderMap) -> Gatewa
 
 /// Whether an upstream's 400 message says the prompt does not fit the model's context window
 /// (OpenAI, vLLM, llama.cpp, Anthropic's "prompt is too long", Gemini's token limit).
-pub fn is_context_length_message(message: &str) -> bool {
+pub(crate) fn is_context_length_message(message: &str) -> bool {
     const NEEDLES: [&str; 7] = [
         "context length",
         "context_length",
@@ -262,7 +262,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
 
 /// Pull a human message out of an upstream error body (OpenAI `{"error":{"message"}}`,
 /// Anthropic `{"type":"error","error":{"message"}}`, Gemini `{"error":{"message"}}` or a list).
-pub fn error_message(body: &[u8]) -> Option<String> {
+pub(crate) fn error_message(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let v = match &v {
         serde_json::Value::Array(a) => a.first()?.clone(),
@@ -279,7 +279,7 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 }
 
 /// A connect/transport failure to `provider`.
-pub fn connect_error(provider: &Arc<str>, err: impl std::fmt::Display) -> GatewayError {
+pub(crate) fn connect_error(provider: &Arc<str>, err: impl std::fmt::Display) -> GatewayError {
     GatewayError::new(
         ErrorKind::UpstreamConnect,
         format!("could not reach upstream {provider}: {err}"),
@@ -380,6 +380,15 @@ pub struct DispatchFuture {
     inner: Option<BoxFuture<Result<Response<Body>, GatewayError>>>,
     error: Option<GatewayError>,
     id_header: &'static HeaderName,
+}
+
+impl std::fmt::Debug for DispatchFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatchFuture")
+            .field("pending", &self.inner.is_some())
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -4,9 +4,9 @@
 //!
 //! The request body is [`ParsedRequest::upstream_body`](crate::request::ParsedRequest::upstream_body)
 //! (the model replaced, every other field byte-for-byte); a 2xx answer streams straight through,
-//! never buffered; a non-2xx answer is read (at most [`MAX_ERROR_BODY`] bytes) and classified with
+//! never buffered; a non-2xx answer is read (at most `MAX_ERROR_BODY` bytes) and classified with
 //! [`upstream_error`] (the upstream's `message`, `type`, `code` and `param` pass through, the
-//! credentials this adapter sent scrubbed); a connect or transport failure is [`connect_error`].
+//! credentials this adapter sent scrubbed); a connect or transport failure is `connect_error`.
 //! Headers follow the provider's [`HeaderPolicy`]: only its allow-list of client headers goes
 //! upstream, only its allow-list of upstream headers comes back.
 //!
@@ -51,7 +51,7 @@ use crate::request::Api;
 use crate::secret::Secret;
 
 /// The most of an upstream error body that is read (the rest is dropped).
-pub const MAX_ERROR_BODY: usize = 64 * 1024;
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// How many distinct connect timeouts get their own pooled client.
 const MAX_CACHED_CLIENTS: usize = 32;

@@ -208,7 +208,7 @@ pub(crate) struct View {
 }
 
 impl View {
-    pub fn fits(&self) -> bool {
+    pub(crate) fn fits(&self) -> bool {
         self.used
             .checked_add(self.amount)
             .is_some_and(|t| t <= self.limit)

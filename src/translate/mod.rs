@@ -423,7 +423,7 @@ pub(crate) fn usage_json(u: &crate::usage::Usage) -> serde_json::Value {
 }
 
 /// Seconds since the Unix epoch (the `created` field).
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
