@@ -49,11 +49,16 @@ fn bearer(key: &str) -> [(&'static str, String); 1] {
     [("authorization", format!("Bearer {key}"))]
 }
 
-async fn call(gw: &Gateway, method: &str, id: &str, key: Option<&str>) -> (StatusCode, Bytes) {
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    id: &str,
+    key: Option<&str>,
+) -> (StatusCode, Bytes) {
     let h = key.map(bearer);
     let headers: Vec<(&str, &str)> = h.iter().flatten().map(|(k, v)| (*k, v.as_str())).collect();
     let path = format!("/v1/responses/{id}");
-    let res = send(gw.addr, method, &path, &headers, Bytes::new()).await;
+    let res = send(addr, method, &path, &headers, Bytes::new()).await;
     let status = res.status;
     (status, res.rest().await)
 }
@@ -99,29 +104,29 @@ async fn shared_between(one: &Gateway, two: &Gateway) {
         .await
         .unwrap();
     for gw in [one, two] {
-        let (status, body) = call(gw, "GET", &id, Some(KEY_A)).await;
+        let (status, body) = call(gw.addr, "GET", &id, Some(KEY_A)).await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
         assert_eq!(body, rec.response, "the stored bytes, as they were");
         // Another key: as if it did not exist, and it cannot delete it.
-        let (status, body) = call(gw, "GET", &id, Some(KEY_B)).await;
+        let (status, body) = call(gw.addr, "GET", &id, Some(KEY_B)).await;
         assert_not_found(status, &body, &id);
-        let (status, body) = call(gw, "DELETE", &id, Some(KEY_B)).await;
+        let (status, body) = call(gw.addr, "DELETE", &id, Some(KEY_B)).await;
         assert_not_found(status, &body, &id);
         // No key: 401 before the store is asked.
-        let (status, _) = call(gw, "GET", &id, None).await;
+        let (status, _) = call(gw.addr, "GET", &id, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let (status, body) = call(two, "DELETE", &id, Some(KEY_A)).await;
+    let (status, body) = call(two.addr, "DELETE", &id, Some(KEY_A)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         json(&body),
         serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})
     );
     for gw in [one, two] {
-        let (status, body) = call(gw, "GET", &id, Some(KEY_A)).await;
+        let (status, body) = call(gw.addr, "GET", &id, Some(KEY_A)).await;
         assert_not_found(status, &body, &id);
     }
-    let (status, body) = call(one, "DELETE", &id, Some(KEY_A)).await;
+    let (status, body) = call(one.addr, "DELETE", &id, Some(KEY_A)).await;
     assert_not_found(status, &body, &id);
 }
 
@@ -131,11 +136,11 @@ async fn expires_on_both(one: &Gateway, two: &Gateway) {
     assert_eq!(store.ttl(), Duration::from_secs(1));
     let rec = record();
     store.put("team-a", rec.clone()).await.unwrap();
-    let (status, _) = call(two, "GET", &rec.id, Some(KEY_A)).await;
+    let (status, _) = call(two.addr, "GET", &rec.id, Some(KEY_A)).await;
     assert_eq!(status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1600)).await;
     for gw in [one, two] {
-        let (status, body) = call(gw, "GET", &rec.id, Some(KEY_A)).await;
+        let (status, body) = call(gw.addr, "GET", &rec.id, Some(KEY_A)).await;
         assert_not_found(status, &body, &rec.id);
     }
 }
@@ -154,18 +159,18 @@ async fn memory_store_serves_get_and_delete_per_key() {
         .put("team-a", rec.clone())
         .await
         .unwrap();
-    let (status, body) = call(&gw, "GET", &rec.id, Some(KEY_A)).await;
+    let (status, body) = call(gw.addr, "GET", &rec.id, Some(KEY_A)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, rec.response);
-    let (status, body) = call(&gw, "GET", &rec.id, Some(KEY_B)).await;
+    let (status, body) = call(gw.addr, "GET", &rec.id, Some(KEY_B)).await;
     assert_not_found(status, &body, &rec.id);
     // Not an id at all: 404 without echoing it.
-    let (status, body) = call(&gw, "GET", "not-an-id", Some(KEY_A)).await;
+    let (status, body) = call(gw.addr, "GET", "not-an-id", Some(KEY_A)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!String::from_utf8_lossy(&body).contains("not-an-id"));
-    let (status, _) = call(&gw, "DELETE", &rec.id, Some(KEY_A)).await;
+    let (status, _) = call(gw.addr, "DELETE", &rec.id, Some(KEY_A)).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = call(&gw, "GET", &rec.id, Some(KEY_A)).await;
+    let (status, body) = call(gw.addr, "GET", &rec.id, Some(KEY_A)).await;
     assert_not_found(status, &body, &rec.id);
 }
 
@@ -178,9 +183,9 @@ async fn memory_stores_are_per_gateway() {
         .put("team-a", rec.clone())
         .await
         .unwrap();
-    let (status, _) = call(&one, "GET", &rec.id, Some(KEY_A)).await;
+    let (status, _) = call(one.addr, "GET", &rec.id, Some(KEY_A)).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = call(&two, "GET", &rec.id, Some(KEY_A)).await;
+    let (status, body) = call(two.addr, "GET", &rec.id, Some(KEY_A)).await;
     assert_not_found(status, &body, &rec.id);
 }
 
@@ -207,6 +212,43 @@ mod redis {
         }
         let (one, two) = pair(&responses("")).await;
         shared_between(&one, &two).await;
+    }
+
+    /// The reference binary, twice, over one Redis: what a library-side store put there is
+    /// served (and deleted) by both processes, per key.
+    #[tokio::test]
+    async fn redis_two_gateway_processes_serve_the_shared_store() {
+        use tollgate::store::{RedisResponseStore, RedisStoreConfig, ResponseStore};
+        if !common::redis_available(&url()) {
+            return;
+        }
+        let cfg = responses("");
+        let prefix = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_prefix = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let one = common::GatewayProcess::start(&config(&cfg));
+        let two = common::GatewayProcess::start(&config(&cfg));
+        let writer = RedisResponseStore::new(RedisStoreConfig::new(url()).prefix(prefix)).unwrap();
+        let rec = record();
+        writer
+            .put("team-a", rec.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        for addr in [one.addr, two.addr] {
+            let (status, body) = call(addr, "GET", &rec.id, Some(KEY_A)).await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(body, rec.response);
+            let (status, body) = call(addr, "GET", &rec.id, Some(KEY_B)).await;
+            assert_not_found(status, &body, &rec.id);
+        }
+        let (status, _) = call(two.addr, "DELETE", &rec.id, Some(KEY_A)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = call(one.addr, "GET", &rec.id, Some(KEY_A)).await;
+        assert_not_found(status, &body, &rec.id);
+        assert_eq!(writer.get("team-a", &rec.id).await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -292,13 +334,20 @@ mod postgres {
             "host=127.0.0.1 port=1 user=postgres dbname=x connect_timeout=1",
         );
         let gw = Gateway::start(&cfg).await;
-        let (status, body) = call(&gw, "GET", &new_response_id(), Some(KEY_A)).await;
-        assert_eq!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            String::from_utf8_lossy(&body)
-        );
+        let path = format!("/v1/responses/{}", new_response_id());
+        let auth = format!("Bearer {KEY_A}");
+        let res = send(
+            gw.addr,
+            "GET",
+            &path,
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers.contains_key("retry-after"));
+        let body = res.rest().await;
+        assert!(!String::from_utf8_lossy(&body).contains("port=1"));
         assert_eq!(json(&body)["error"]["code"], "response_store_unavailable");
     }
 }
