@@ -189,6 +189,23 @@ async fn memory_stores_are_per_gateway() {
     assert_not_found(status, &body, &rec.id);
 }
 
+#[tokio::test]
+async fn a_reload_that_changes_responses_is_refused_and_the_store_kept() {
+    let gw = Gateway::start(&config("max_entries = 100")).await;
+    let rec = record();
+    let store = gw.gateway.response_store();
+    store.put("team-a", rec.clone()).await.unwrap();
+    let new = tollgate::config::Config::parse(&config("max_entries = 5"), "new.toml").unwrap();
+    let e = gw.reloader.reload(&new).unwrap_err().to_string();
+    assert!(e.contains("responses"), "{e}");
+    // Another change (same [responses]) applies, and the stored response is still served.
+    let same = config("max_entries = 100").replace("[models.m]", "[models.m2]");
+    let same = tollgate::config::Config::parse(&same, "new.toml").unwrap();
+    gw.reloader.reload(&same).unwrap();
+    let (status, _) = call(gw.addr, "GET", &rec.id, Some(KEY_A)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
