@@ -258,6 +258,9 @@ pub struct ResponsesConfig {
     pub ttl_secs: Option<u64>,
     /// Most responses the `memory` store keeps (default 10 000); the oldest go first.
     pub max_entries: Option<usize>,
+    /// Most bytes of responses the `memory` store keeps (default 268 435 456: 256 MiB); the
+    /// oldest go first.
+    pub max_bytes: Option<usize>,
     /// Redis URL of the `redis` store (default: `[limits] redis_url`, else
     /// `redis://127.0.0.1:6379`).
     pub redis_url: Option<String>,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::{Config, ConfigError};
 use crate::store::{
-    DEFAULT_MAX_ENTRIES, DEFAULT_TTL, MemoryResponseStore, ResponseStore, ResponseStoreHandle,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TTL, MemoryResponseStore, ResponseStore,
+    ResponseStoreHandle,
 };
 
 /// The response store `[responses]` names (`memory` by default), with its TTL. Does not
@@ -25,9 +26,10 @@ pub fn response_store(cfg: &Config) -> Result<ResponseStoreHandle, ConfigError> 
         Some(s) => Duration::from_secs(s),
     };
     let store: Arc<dyn ResponseStore> = match r.store.as_deref() {
-        None | Some("memory") => Arc::new(MemoryResponseStore::new(
-            r.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
-        )),
+        None | Some("memory") => Arc::new(
+            MemoryResponseStore::new(r.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES))
+                .max_bytes(r.max_bytes.unwrap_or(DEFAULT_MAX_BYTES)),
+        ),
         Some("redis") => redis_store(cfg)?,
         Some("postgres") => postgres_store(cfg)?,
         Some(other) => {
@@ -38,10 +40,12 @@ pub fn response_store(cfg: &Config) -> Result<ResponseStoreHandle, ConfigError> 
             ));
         }
     };
-    if r.max_entries.is_some() && r.store.as_deref().is_some_and(|s| s != "memory") {
+    if (r.max_entries.is_some() || r.max_bytes.is_some())
+        && r.store.as_deref().is_some_and(|s| s != "memory")
+    {
         tracing::warn!(
             file,
-            "responses.max_entries applies to the memory store only"
+            "responses.max_entries and max_bytes apply to the memory store only"
         );
     }
     Ok(ResponseStoreHandle::new(store, ttl))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{ResponseStore, StoreFuture, StoredResponse};
+use super::{ResponseStore, ResponseStoreError, StoreFuture, StoredResponse};
 
 struct Entry {
     owner: Box<str>,
@@ -22,16 +22,21 @@ struct Inner {
     /// Ids in insertion order, with the insertion's `seq`; stale pairs are skipped.
     order: VecDeque<(String, u64)>,
     next_seq: u64,
+    /// The bytes of the records held (bodies, id, names).
+    bytes: usize,
 }
 
 /// Responses kept in this process (the default store): lost on restart and not shared between
 /// replicas — configure Redis or PostgreSQL for that.
 ///
-/// Bounded: at most `max_entries` records. Putting one more first drops expired records at the
-/// front of the insertion order, then the oldest ones. Reading an expired record finds nothing
-/// (and drops it).
+/// Bounded: at most `max_entries` records and `max_bytes` bytes of them (bodies, ids and
+/// names; a follow-up's record holds the whole conversation, so long conversations weigh).
+/// Putting one more first drops expired records at the front of the insertion order, then the
+/// oldest ones, until it fits. A record larger than `max_bytes` on its own is refused with an
+/// error. Reading an expired record finds nothing (and drops it).
 pub struct MemoryResponseStore {
     max_entries: usize,
+    max_bytes: usize,
     inner: Mutex<Inner>,
 }
 
@@ -39,18 +44,31 @@ impl std::fmt::Debug for MemoryResponseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryResponseStore")
             .field("max_entries", &self.max_entries)
+            .field("max_bytes", &self.max_bytes)
             .field("len", &self.len())
             .finish()
     }
 }
 
+fn size(r: &StoredResponse) -> usize {
+    r.response.len() + r.conversation.len() + r.id.len() + r.model.len() + r.target.len()
+}
+
 impl MemoryResponseStore {
-    /// A store of at most `max_entries` records (at least 1).
+    /// A store of at most `max_entries` records (at least 1) and
+    /// [`DEFAULT_MAX_BYTES`](super::DEFAULT_MAX_BYTES) bytes.
     pub fn new(max_entries: usize) -> Self {
         MemoryResponseStore {
             max_entries: max_entries.max(1),
+            max_bytes: super::DEFAULT_MAX_BYTES,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Hold at most `max_bytes` bytes of records.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Records held now (expired ones not yet dropped included).
@@ -61,6 +79,11 @@ impl MemoryResponseStore {
     /// Whether it holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes of the records held now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Pairs in the insertion order (live and stale).
@@ -75,16 +98,27 @@ impl MemoryResponseStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put_now(&self, owner: &str, record: StoredResponse, ttl: Duration) {
+    fn put_now(
+        &self,
+        owner: &str,
+        record: StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), ResponseStoreError> {
+        let bytes = size(&record);
+        if bytes > self.max_bytes {
+            return Err(ResponseStoreError(format!(
+                "a response of {bytes} bytes is larger than the memory store's max_bytes"
+            )));
+        }
         let now = Instant::now();
         let mut g = self.lock();
         let inner = &mut *g;
-        if !inner.by_id.contains_key(&record.id) {
-            inner.make_room(self.max_entries, now);
-        }
+        inner.remove(&record.id);
+        inner.make_room(self.max_entries, self.max_bytes - bytes, now);
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.order.push_back((record.id.clone(), seq));
+        inner.bytes += bytes;
         let entry = Entry {
             owner: owner.into(),
             expires: now + ttl,
@@ -93,6 +127,7 @@ impl MemoryResponseStore {
         };
         inner.by_id.insert(entry.record.id.clone(), entry);
         inner.compact(self.max_entries);
+        Ok(())
     }
 
     fn get_now(&self, owner: &str, id: &str) -> Option<StoredResponse> {
@@ -100,7 +135,7 @@ impl MemoryResponseStore {
         let mut g = self.lock();
         let e = g.by_id.get(id)?;
         if e.expires <= now {
-            g.by_id.remove(id);
+            g.remove(id);
             return None;
         }
         (*e.owner == *owner).then(|| e.record.clone())
@@ -112,7 +147,7 @@ impl MemoryResponseStore {
         match g.by_id.get(id) {
             Some(e) if *e.owner == *owner => {
                 let live = e.expires > now;
-                g.by_id.remove(id);
+                g.remove(id);
                 live
             }
             _ => false,
@@ -121,18 +156,25 @@ impl MemoryResponseStore {
 }
 
 impl Inner {
-    /// Drop expired records at the front, then the oldest, until one more fits.
-    fn make_room(&mut self, max: usize, now: Instant) {
-        while let Some((id, seq)) = self.order.front() {
-            let current = self.by_id.get(id).filter(|e| e.seq == *seq);
-            match current {
-                None => {}
-                Some(e) if e.expires <= now || self.by_id.len() >= max => {
-                    self.by_id.remove(id);
+    fn remove(&mut self, id: &str) {
+        if let Some(e) = self.by_id.remove(id) {
+            self.bytes -= size(&e.record);
+        }
+    }
+
+    /// Drop expired records at the front, then the oldest, until one more record fits in
+    /// `max` records and `max_bytes` bytes.
+    fn make_room(&mut self, max: usize, max_bytes: usize, now: Instant) {
+        while let Some((id, seq)) = self.order.pop_front() {
+            let full = self.by_id.len() >= max || self.bytes > max_bytes;
+            match self.by_id.get(&id).filter(|e| e.seq == seq) {
+                None => continue,
+                Some(e) if e.expires <= now || full => self.remove(&id),
+                Some(_) => {
+                    self.order.push_front((id, seq));
+                    break;
                 }
-                Some(_) => break,
             }
-            self.order.pop_front();
         }
     }
 
@@ -154,8 +196,7 @@ impl ResponseStore for MemoryResponseStore {
         record: StoredResponse,
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
-        self.put_now(owner, record, ttl);
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(self.put_now(owner, record, ttl)))
     }
 
     fn get<'a>(&'a self, owner: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredResponse>> {

@@ -68,6 +68,10 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most responses the in-memory store keeps unless `[responses] max_entries` says otherwise.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 
+/// Most bytes of responses the in-memory store keeps unless `[responses] max_bytes` says
+/// otherwise: 256 MiB.
+pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
+
 /// What a store operation returns: a boxed, sendable future borrowing the store and its
 /// arguments.
 pub type StoreFuture<'a, T> =

@@ -1,6 +1,7 @@
 //! [`PostgresResponseStore`] (feature `postgres`): responses shared by every replica through
 //! one PostgreSQL table.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct PostgresStoreConfig {
     pub table: String,
     /// Longest wait for a connection (default 5 s).
     pub connect_timeout: Duration,
+    /// Longest wait for one operation once connected (default 5 s).
+    pub query_timeout: Duration,
 }
 
 impl PostgresStoreConfig {
@@ -37,6 +40,7 @@ impl PostgresStoreConfig {
             schema: None,
             table: "tollgate_responses".to_owned(),
             connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(5),
         }
     }
     /// Use `schema` (created if missing).
@@ -179,6 +183,17 @@ impl PostgresResponseStore {
             .map_err(|e| db_err(&e))
     }
 
+    /// `op`, failed once the connect and query timeouts have passed.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, ResponseStoreError>>,
+    ) -> Result<T, ResponseStoreError> {
+        let limit = self.cfg.connect_timeout + self.cfg.query_timeout;
+        tokio::time::timeout(limit, op)
+            .await
+            .map_err(|_| ResponseStoreError("postgres: timed out".into()))?
+    }
+
     /// Delete up to 1 000 expired rows; returns how many.
     pub async fn purge_expired(&self) -> Result<u64, ResponseStoreError> {
         let client = self.client().await?;
@@ -278,15 +293,15 @@ impl ResponseStore for PostgresResponseStore {
         record: StoredResponse,
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.put_async(owner, record, ttl))
+        Box::pin(self.bounded(self.put_async(owner, record, ttl)))
     }
 
     fn get<'a>(&'a self, owner: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredResponse>> {
-        Box::pin(self.get_async(owner, id))
+        Box::pin(self.bounded(self.get_async(owner, id)))
     }
 
     fn delete<'a>(&'a self, owner: &'a str, id: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(self.delete_async(owner, id))
+        Box::pin(self.bounded(self.delete_async(owner, id)))
     }
 }
 

@@ -173,3 +173,38 @@ mod memory {
         assert!(s.order_len() <= 2 * 4 + 16 + 1);
     }
 }
+
+mod memory_bytes {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_byte_cap_evicts_oldest_and_refuses_a_giant() {
+        let one = size_of_record();
+        let s = MemoryResponseStore::new(100).max_bytes(one * 2 + one / 2);
+        let recs: Vec<_> = (0..3).map(|_| record("m")).collect();
+        for r in &recs {
+            s.put("k", r.clone(), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.len(), 2);
+        assert!(s.bytes() <= one * 2 + one / 2);
+        assert!(s.get("k", &recs[0].id).await.unwrap().is_none());
+        assert!(s.get("k", &recs[2].id).await.unwrap().is_some());
+        let mut giant = record("m");
+        giant.conversation = Bytes::from(vec![b' '; one * 3]);
+        assert!(s.put("k", giant, Duration::from_secs(60)).await.is_err());
+        assert!(s.get("k", &recs[2].id).await.unwrap().is_some());
+        // Deleting and overwriting keep the count exact.
+        assert!(s.delete("k", &recs[2].id).await.unwrap());
+        s.put("k", recs[1].clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(s.bytes(), one);
+    }
+
+    fn size_of_record() -> usize {
+        let r = record("m");
+        r.response.len() + r.conversation.len() + r.id.len() + r.model.len() + r.target.len()
+    }
+}
