@@ -18,7 +18,8 @@ use crate::provider::mock::MockProvider;
 use crate::provider::openai::{AuthStyle, OpenAiProvider};
 use crate::ratelimit::{FailurePolicy, LimitStore, Limits, MemoryStore, RateLimitLayer};
 use crate::route::{
-    ClientControl, Condition, ModelRoute, RoutePolicy, RouteTable, Rule, Strategy, Variant,
+    ClientControl, Condition, ModelRoute, RoutePolicy, RouteTable, RouteTableBuilder, Rule,
+    Strategy, Variant,
 };
 use crate::secret::Secret;
 use crate::target::{Capabilities, Target, Timeouts};
@@ -273,233 +274,42 @@ impl Config {
         } else {
             &self.source
         };
-        let mut providers: BTreeMap<String, Arc<dyn Provider>> = BTreeMap::new();
-        let mut provider_connect: HashMap<String, Option<Duration>> = HashMap::new();
-        let mut disabled = Vec::new();
-        for (name, p) in &self.providers {
-            let field = |f: &str| format!("providers.{name}.{f}");
-            if let Some(var) = &p.enabled_if_env {
-                if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
-                    disabled.push(name.clone());
-                    continue;
-                }
-            }
-            let pre = preset(&p.kind).ok_or_else(|| {
-                ConfigError::field(
-                    file,
-                    &field("kind"),
-                    format!(
-                        "unknown kind `{}`; expected one of {}",
-                        p.kind,
-                        super::presets::KINDS.join(", ")
-                    ),
-                )
-            })?;
-            let api_key = match &p.api_key {
-                Some(k) => Some(interpolate(k, file, &field("api_key"))?),
-                None => None,
-            };
-            let base_url = match (&p.base_url, pre.base_url) {
-                (Some(u), _) => interpolate(u, file, &field("base_url"))?,
-                (None, Some(u)) => u.to_owned(),
-                (None, None) if pre.adapter == Adapter::Mock => String::new(),
-                (None, None) => {
-                    return Err(ConfigError::field(
-                        file,
-                        &field("base_url"),
-                        format!("kind `{}` needs a base_url", p.kind),
-                    ));
-                }
-            };
-            if pre.needs_key && api_key.as_deref().is_none_or(str::is_empty) {
-                return Err(ConfigError::field(
-                    file,
-                    &field("api_key"),
-                    format!("kind `{}` needs an api_key", p.kind),
-                ));
-            }
-            provider_connect.insert(name.clone(), ms(p.connect_timeout_ms));
-            let policy = header_policy(p, file, &field)?;
-            let provider: Arc<dyn Provider> = match pre.adapter {
-                Adapter::Mock => Arc::new(MockProvider::new(name.as_str())),
-                Adapter::OpenAi => {
-                    let mut b =
-                        OpenAiProvider::builder(name.as_str(), base_url).header_policy(policy);
-                    if let Some(k) = api_key.filter(|k| !k.is_empty()) {
-                        b = b.api_key(Secret::new(k));
-                    }
-                    if let Some(h) = p.auth_header.as_deref().or(pre.auth_header) {
-                        b = b.auth(
-                            AuthStyle::header(h)
-                                .map_err(|e| ConfigError::field(file, &field("auth_header"), e))?,
-                        );
-                    }
-                    if let Some(q) = &p.query {
-                        b = b.query(interpolate(q, file, &field("query"))?);
-                    }
-                    for (k, v) in &p.headers {
-                        b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
-                    }
-                    Arc::new(
-                        b.build()
-                            .map_err(|e| ConfigError::field(file, &field("base_url"), e))?,
-                    )
-                }
-                Adapter::Anthropic | Adapter::Gemini => {
-                    build_translating(name, pre.adapter, &base_url, api_key, p, policy, file)?
-                }
-            };
-            providers.insert(name.clone(), provider);
-        }
-
+        let built = self.build_providers(file)?;
         let prices = crate::pricing::PriceTable::from_config(self)?;
-        let today = crate::pricing::PriceDate::today();
-        let defaults = timeouts(&self.routing.timeouts).or(Timeouts::RECOMMENDED);
-        let breaker = BreakerConfig {
-            max_retry_after: ms(self.routing.max_retry_after_ms).unwrap_or(DEFAULT_MAX_RETRY_AFTER),
-            ..BreakerConfig::default()
+        let ctx = TargetCtx {
+            cfg: self,
+            file,
+            built: &built,
+            prices: &prices,
+            today: crate::pricing::PriceDate::today(),
+            defaults: timeouts(&self.routing.timeouts).or(Timeouts::RECOMMENDED),
+            breaker: BreakerConfig {
+                max_retry_after: ms(self.routing.max_retry_after_ms)
+                    .unwrap_or(DEFAULT_MAX_RETRY_AFTER),
+                ..BreakerConfig::default()
+            },
         };
         let mut builder = RouteTable::builder();
         let mut models = Vec::new();
         let mut targets_of: HashMap<&str, Vec<Arc<Target>>> = HashMap::new();
         for (mname, m) in &self.models {
-            let mfield = |f: &str| format!("models.{mname}.{f}");
-            if m.targets.is_empty() {
-                return Err(ConfigError::field(
-                    file,
-                    &mfield("targets"),
-                    "must not be empty",
-                ));
-            }
-            let model_timeouts = timeouts(&m.timeouts);
-            let mut targets: Vec<(Option<String>, Arc<Target>)> = Vec::new();
-            for (i, t) in m.targets.iter().enumerate() {
-                let tfield = format!("models.{mname}.targets[{i}]");
-                let Some(provider) = providers.get(&t.provider) else {
-                    if disabled.contains(&t.provider) {
-                        continue;
-                    }
-                    return Err(ConfigError::field(
-                        file,
-                        &format!("{tfield}.provider"),
-                        format!("no provider `{}` in [providers]", t.provider),
-                    ));
-                };
-                let tt = timeouts(&t.timeouts)
-                    .or(model_timeouts)
-                    .or(Timeouts {
-                        connect: provider_connect.get(&t.provider).copied().flatten(),
-                        ..Timeouts::default()
-                    })
-                    .or(defaults);
-                let mut target = Target::new(provider.clone(), t.model.as_str())
-                    .with_timeouts(tt)
-                    .with_weight(t.weight.unwrap_or(1))
-                    .with_caps(Capabilities {
-                        context_window: t.context_window,
-                        tools: t.tools.unwrap_or(true),
-                        vision: t.vision.unwrap_or(true),
-                        json_mode: t.json_mode.unwrap_or(true),
-                    });
-                let key = format!("{}/{}", t.provider, t.model);
-                let price = t
-                    .price
-                    .or_else(|| self.prices.get(&key).copied())
-                    .map(|p| p.to_price())
-                    .or_else(|| prices.lookup(&t.provider, &t.model, today));
-                if let Some(p) = price {
-                    target = target.with_price(p);
-                }
-                let h = match health.get(&target.id) {
-                    Some(h) if *h.config() == breaker => h.clone(),
-                    _ => {
-                        let h = Arc::new(Health::new(breaker));
-                        health.insert(target.id.clone(), h.clone());
-                        h
-                    }
-                };
-                targets.push((t.variant.clone(), target.with_health(h).into_arc()));
-            }
+            let targets = ctx.model_targets(mname, m, health)?;
             if targets.is_empty() {
                 continue; // every provider of this model is switched off
             }
-            let strategy = match m.strategy.as_deref() {
-                None | Some("ordered") | Some("priority") => Strategy::Ordered,
-                Some("weighted") | Some("split") => Strategy::Weighted,
-                Some("latency") => Strategy::Latency,
-                Some("cheapest") => Strategy::Cheapest,
-                Some(other) => {
-                    return Err(ConfigError::field(
-                        file,
-                        &mfield("strategy"),
-                        format!(
-                            "unknown strategy `{other}`; expected ordered, weighted, latency, cheapest"
-                        ),
-                    ));
-                }
-            };
-            let sticky = match m.sticky.as_deref() {
-                None | Some("none") => false,
-                Some("key") => true,
-                Some(other) => {
-                    return Err(ConfigError::field(
-                        file,
-                        &mfield("sticky"),
-                        format!("unknown value `{other}`; expected key or none"),
-                    ));
-                }
-            };
-            let has_variants = targets.iter().any(|(v, _)| v.is_some());
-            let route = if has_variants {
-                // A weighted split: one variant per name; a variant's targets are tried in order.
-                let mut variants: Vec<(String, u32, Vec<Arc<Target>>)> = Vec::new();
-                for (v, t) in &targets {
-                    let name = v.clone().unwrap_or_else(|| t.id.to_string());
-                    match variants.iter_mut().find(|(n, _, _)| *n == name) {
-                        Some((_, _, ts)) => ts.push(t.clone()),
-                        None => variants.push((name, t.weight, vec![t.clone()])),
-                    }
-                }
-                ModelRoute::split(
-                    mname.as_str(),
-                    variants
-                        .into_iter()
-                        .map(|(n, w, ts)| Variant::new(n, w, ts))
-                        .collect(),
-                )
-                .sticky(sticky)
-            } else {
-                ModelRoute::new(
-                    mname.as_str(),
-                    targets.iter().map(|(_, t)| t.clone()).collect(),
-                )
-                .strategy(strategy)
-                .sticky(sticky)
-            };
-            let route = if m.fallback == Some(false) {
-                route.fallback(false)
-            } else {
-                route
-            };
-            let route = match &m.max_price {
-                Some(mp) => route.max_price(mp.to_max_price(file, &mfield("max_price"))?),
-                None => route,
-            };
-            builder = builder.model(route);
+            builder = builder.model(model_route(mname, m, &targets, file)?);
             let owned_by = m.owned_by.clone().unwrap_or_else(|| {
                 m.targets
                     .first()
                     .map(|t| t.provider.clone())
                     .unwrap_or_default()
             });
-            models.push(ModelInfo {
-                id: mname.clone(),
-                owned_by: owned_by.clone(),
-            });
-            for a in &m.aliases {
-                builder = builder.alias(a.as_str(), mname.as_str());
+            for id in std::iter::once(mname).chain(&m.aliases) {
+                if id != mname {
+                    builder = builder.alias(id.as_str(), mname.as_str());
+                }
                 models.push(ModelInfo {
-                    id: a.clone(),
+                    id: id.clone(),
                     owned_by: owned_by.clone(),
                 });
             }
@@ -509,49 +319,98 @@ impl Config {
             );
         }
         for (tname, tier) in &self.tiers {
-            let mut candidates = Vec::new();
-            for m in &tier.models {
-                match targets_of.get(m.as_str()) {
-                    Some(ts) => candidates.extend(ts.iter().cloned()),
-                    None if self.models.contains_key(m) => {} // switched off
-                    None => {
-                        return Err(ConfigError::field(
-                            file,
-                            &format!("tiers.{tname}.models"),
-                            format!("no model `{m}` in [models]"),
-                        ));
-                    }
+            if let Some(route) = self.tier_route(tname, tier, &targets_of, file)? {
+                models.push(ModelInfo {
+                    id: route.name().to_string(),
+                    owned_by: "tollgate".into(),
+                });
+                builder = builder.model(route);
+            }
+        }
+        let routes = self
+            .with_rules_and_policy(builder)
+            .build()
+            .map_err(|e| ConfigError(format!("{file}: {e}")))?;
+        for h in health.values() {
+            h.forget_waits();
+        }
+        Ok(Runtime {
+            providers: built.providers,
+            routes,
+            models,
+            disabled_providers: built.disabled,
+            prices,
+        })
+    }
+
+    /// Every enabled provider of `[providers]`, with its connect deadline.
+    fn build_providers(&self, file: &str) -> Result<BuiltProviders, ConfigError> {
+        let mut built = BuiltProviders::default();
+        for (name, p) in &self.providers {
+            if let Some(var) = &p.enabled_if_env {
+                if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
+                    built.disabled.push(name.clone());
+                    continue;
                 }
             }
-            if candidates.is_empty() {
-                continue;
-            }
-            let name = format!("tier:{tname}");
-            let route = match tier.strategy.as_deref() {
-                None | Some("cheapest") => ModelRoute::tier(name.as_str(), candidates),
-                Some("ordered") => {
-                    ModelRoute::new(name.as_str(), candidates).require_capabilities(true)
-                }
-                Some(other) => {
+            built.connect.insert(name.clone(), ms(p.connect_timeout_ms));
+            built
+                .providers
+                .insert(name.clone(), build_provider(name, p, file)?);
+        }
+        Ok(built)
+    }
+
+    /// The route of tier `tname` (`tier:{tname}`), over the targets of its models; `None` when
+    /// every one of them is switched off.
+    fn tier_route(
+        &self,
+        tname: &str,
+        tier: &super::TierConfig,
+        targets_of: &HashMap<&str, Vec<Arc<Target>>>,
+        file: &str,
+    ) -> Result<Option<ModelRoute>, ConfigError> {
+        let mut candidates = Vec::new();
+        for m in &tier.models {
+            match targets_of.get(m.as_str()) {
+                Some(ts) => candidates.extend(ts.iter().cloned()),
+                None if self.models.contains_key(m) => {} // switched off
+                None => {
                     return Err(ConfigError::field(
                         file,
-                        &format!("tiers.{tname}.strategy"),
-                        format!("unknown strategy `{other}`; expected cheapest or ordered"),
+                        &format!("tiers.{tname}.models"),
+                        format!("no model `{m}` in [models]"),
                     ));
                 }
-            };
-            let route = match &tier.max_price {
-                Some(mp) => {
-                    route.max_price(mp.to_max_price(file, &format!("tiers.{tname}.max_price"))?)
-                }
-                None => route,
-            };
-            builder = builder.model(route);
-            models.push(ModelInfo {
-                id: name,
-                owned_by: "tollgate".into(),
-            });
+            }
         }
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let name = format!("tier:{tname}");
+        let route = match tier.strategy.as_deref() {
+            None | Some("cheapest") => ModelRoute::tier(name.as_str(), candidates),
+            Some("ordered") => {
+                ModelRoute::new(name.as_str(), candidates).require_capabilities(true)
+            }
+            Some(other) => {
+                return Err(ConfigError::field(
+                    file,
+                    &format!("tiers.{tname}.strategy"),
+                    format!("unknown strategy `{other}`; expected cheapest or ordered"),
+                ));
+            }
+        };
+        Ok(Some(match &tier.max_price {
+            Some(mp) => {
+                route.max_price(mp.to_max_price(file, &format!("tiers.{tname}.max_price"))?)
+            }
+            None => route,
+        }))
+    }
+
+    /// `[routing] rules` and the client-control policy, added to `builder`.
+    fn with_rules_and_policy(&self, mut builder: RouteTableBuilder) -> RouteTableBuilder {
         for r in &self.routing.rules {
             builder = builder.rule(Rule {
                 models: r
@@ -577,28 +436,252 @@ impl Config {
                 ClientControl::Reject
             }
         };
-        builder = builder.policy(RoutePolicy {
+        builder.policy(RoutePolicy {
             client_fallback_list: control(self.routing.allow_client_models, false),
             client_fallback_off: control(self.routing.allow_client_fallback_off, true),
             client_timeouts: ClientControl::Allow,
-        });
-        let routes = builder
-            .build()
-            .map_err(|e| ConfigError(format!("{file}: {e}")))?;
-        for h in health.values() {
-            h.forget_waits();
-        }
-        Ok(Runtime {
-            providers,
-            routes,
-            models,
-            disabled_providers: disabled,
-            prices,
         })
     }
 }
 
-/// The provider's [`HeaderPolicy`] from `forward_headers` and `expose_headers`.
+/// The providers a config builds.
+#[derive(Default)]
+struct BuiltProviders {
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    /// Each provider's `connect_timeout_ms`.
+    connect: HashMap<String, Option<Duration>>,
+    /// Providers switched off because their key variable is unset.
+    disabled: Vec<String>,
+}
+
+/// One provider of `[providers]`.
+fn build_provider(
+    name: &str,
+    p: &super::ProviderConfig,
+    file: &str,
+) -> Result<Arc<dyn Provider>, ConfigError> {
+    let field = |f: &str| format!("providers.{name}.{f}");
+    let pre = preset(&p.kind).ok_or_else(|| {
+        ConfigError::field(
+            file,
+            &field("kind"),
+            format!(
+                "unknown kind `{}`; expected one of {}",
+                p.kind,
+                super::presets::KINDS.join(", ")
+            ),
+        )
+    })?;
+    let api_key = match &p.api_key {
+        Some(k) => Some(interpolate(k, file, &field("api_key"))?),
+        None => None,
+    };
+    let base_url = match (&p.base_url, pre.base_url) {
+        (Some(u), _) => interpolate(u, file, &field("base_url"))?,
+        (None, Some(u)) => u.to_owned(),
+        (None, None) if pre.adapter == Adapter::Mock => String::new(),
+        (None, None) => {
+            return Err(ConfigError::field(
+                file,
+                &field("base_url"),
+                format!("kind `{}` needs a base_url", p.kind),
+            ));
+        }
+    };
+    if pre.needs_key && api_key.as_deref().is_none_or(str::is_empty) {
+        return Err(ConfigError::field(
+            file,
+            &field("api_key"),
+            format!("kind `{}` needs an api_key", p.kind),
+        ));
+    }
+    let policy = header_policy(p, file, &field)?;
+    Ok(match pre.adapter {
+        Adapter::Mock => Arc::new(MockProvider::new(name)),
+        Adapter::OpenAi => {
+            let mut b = OpenAiProvider::builder(name, base_url).header_policy(policy);
+            if let Some(k) = api_key.filter(|k| !k.is_empty()) {
+                b = b.api_key(Secret::new(k));
+            }
+            if let Some(h) = p.auth_header.as_deref().or(pre.auth_header) {
+                b = b.auth(
+                    AuthStyle::header(h)
+                        .map_err(|e| ConfigError::field(file, &field("auth_header"), e))?,
+                );
+            }
+            if let Some(q) = &p.query {
+                b = b.query(interpolate(q, file, &field("query"))?);
+            }
+            for (k, v) in &p.headers {
+                b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
+            }
+            Arc::new(
+                b.build()
+                    .map_err(|e| ConfigError::field(file, &field("base_url"), e))?,
+            )
+        }
+        Adapter::Anthropic | Adapter::Gemini => {
+            build_translating(name, pre.adapter, &base_url, api_key, p, policy, file)?
+        }
+    })
+}
+
+/// What building a model's targets needs.
+struct TargetCtx<'a> {
+    cfg: &'a Config,
+    file: &'a str,
+    built: &'a BuiltProviders,
+    prices: &'a crate::pricing::PriceTable,
+    today: crate::pricing::PriceDate,
+    defaults: Timeouts,
+    breaker: BreakerConfig,
+}
+
+impl TargetCtx<'_> {
+    /// The targets of model `mname` (with their variant names), skipping switched-off
+    /// providers. Health is kept from `health` when the breaker settings are unchanged.
+    fn model_targets(
+        &self,
+        mname: &str,
+        m: &super::ModelConfig,
+        health: &mut HealthRegistry,
+    ) -> Result<Vec<(Option<String>, Arc<Target>)>, ConfigError> {
+        if m.targets.is_empty() {
+            return Err(ConfigError::field(
+                self.file,
+                &format!("models.{mname}.targets"),
+                "must not be empty",
+            ));
+        }
+        let model_timeouts = timeouts(&m.timeouts);
+        let mut targets = Vec::new();
+        for (i, t) in m.targets.iter().enumerate() {
+            let Some(provider) = self.built.providers.get(&t.provider) else {
+                if self.built.disabled.contains(&t.provider) {
+                    continue;
+                }
+                return Err(ConfigError::field(
+                    self.file,
+                    &format!("models.{mname}.targets[{i}].provider"),
+                    format!("no provider `{}` in [providers]", t.provider),
+                ));
+            };
+            let tt = timeouts(&t.timeouts)
+                .or(model_timeouts)
+                .or(Timeouts {
+                    connect: self.built.connect.get(&t.provider).copied().flatten(),
+                    ..Timeouts::default()
+                })
+                .or(self.defaults);
+            let target = self.target(provider, t, tt);
+            let h = match health.get(&target.id) {
+                Some(h) if *h.config() == self.breaker => h.clone(),
+                _ => {
+                    let h = Arc::new(Health::new(self.breaker));
+                    health.insert(target.id.clone(), h.clone());
+                    h
+                }
+            };
+            targets.push((t.variant.clone(), target.with_health(h).into_arc()));
+        }
+        Ok(targets)
+    }
+
+    /// One target: deadlines, weight, capabilities and price (the target's own, `[prices]`,
+    /// else the shipped table).
+    fn target(
+        &self,
+        provider: &Arc<dyn Provider>,
+        t: &super::TargetConfig,
+        tt: Timeouts,
+    ) -> Target {
+        let target = Target::new(provider.clone(), t.model.as_str())
+            .with_timeouts(tt)
+            .with_weight(t.weight.unwrap_or(1))
+            .with_caps(Capabilities {
+                context_window: t.context_window,
+                tools: t.tools.unwrap_or(true),
+                vision: t.vision.unwrap_or(true),
+                json_mode: t.json_mode.unwrap_or(true),
+            });
+        let key = format!("{}/{}", t.provider, t.model);
+        let price = t
+            .price
+            .or_else(|| self.cfg.prices.get(&key).copied())
+            .map(|p| p.to_price())
+            .or_else(|| self.prices.lookup(&t.provider, &t.model, self.today));
+        match price {
+            Some(p) => target.with_price(p),
+            None => target,
+        }
+    }
+}
+
+/// The route of model `mname` over `targets`: strategy, stickiness, a weighted split when
+/// targets name variants, fallback and price threshold.
+fn model_route(
+    mname: &str,
+    m: &super::ModelConfig,
+    targets: &[(Option<String>, Arc<Target>)],
+    file: &str,
+) -> Result<ModelRoute, ConfigError> {
+    let mfield = |f: &str| format!("models.{mname}.{f}");
+    let strategy = match m.strategy.as_deref() {
+        None | Some("ordered") | Some("priority") => Strategy::Ordered,
+        Some("weighted") | Some("split") => Strategy::Weighted,
+        Some("latency") => Strategy::Latency,
+        Some("cheapest") => Strategy::Cheapest,
+        Some(other) => {
+            return Err(ConfigError::field(
+                file,
+                &mfield("strategy"),
+                format!(
+                    "unknown strategy `{other}`; expected ordered, weighted, latency, cheapest"
+                ),
+            ));
+        }
+    };
+    let sticky = match m.sticky.as_deref() {
+        None | Some("none") => false,
+        Some("key") => true,
+        Some(other) => {
+            return Err(ConfigError::field(
+                file,
+                &mfield("sticky"),
+                format!("unknown value `{other}`; expected key or none"),
+            ));
+        }
+    };
+    let route = if targets.iter().any(|(v, _)| v.is_some()) {
+        // A weighted split: one variant per name; a variant's targets are tried in order.
+        let mut variants: Vec<(String, u32, Vec<Arc<Target>>)> = Vec::new();
+        for (v, t) in targets {
+            let name = v.clone().unwrap_or_else(|| t.id.to_string());
+            match variants.iter_mut().find(|(n, _, _)| *n == name) {
+                Some((_, _, ts)) => ts.push(t.clone()),
+                None => variants.push((name, t.weight, vec![t.clone()])),
+            }
+        }
+        let variants = variants
+            .into_iter()
+            .map(|(n, w, ts)| Variant::new(n, w, ts))
+            .collect();
+        ModelRoute::split(mname, variants).sticky(sticky)
+    } else {
+        let ts = targets.iter().map(|(_, t)| t.clone()).collect();
+        ModelRoute::new(mname, ts).strategy(strategy).sticky(sticky)
+    };
+    let route = if m.fallback == Some(false) {
+        route.fallback(false)
+    } else {
+        route
+    };
+    Ok(match &m.max_price {
+        Some(mp) => route.max_price(mp.to_max_price(file, &mfield("max_price"))?),
+        None => route,
+    })
+}
+
 fn header_policy(
     p: &super::ProviderConfig,
     file: &str,
