@@ -526,6 +526,9 @@ fn build_provider(
     })
 }
 
+/// A model's target with the name of the split variant it belongs to, if any.
+type VariantTarget = (Option<String>, Arc<Target>);
+
 /// What building a model's targets needs.
 struct TargetCtx<'a> {
     cfg: &'a Config,
@@ -545,7 +548,7 @@ impl TargetCtx<'_> {
         mname: &str,
         m: &super::ModelConfig,
         health: &mut HealthRegistry,
-    ) -> Result<Vec<(Option<String>, Arc<Target>)>, ConfigError> {
+    ) -> Result<Vec<VariantTarget>, ConfigError> {
         if m.targets.is_empty() {
             return Err(ConfigError::field(
                 self.file,
@@ -622,7 +625,7 @@ impl TargetCtx<'_> {
 fn model_route(
     mname: &str,
     m: &super::ModelConfig,
-    targets: &[(Option<String>, Arc<Target>)],
+    targets: &[VariantTarget],
     file: &str,
 ) -> Result<ModelRoute, ConfigError> {
     let mfield = |f: &str| format!("models.{mname}.{f}");
