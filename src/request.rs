@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -797,8 +797,14 @@ where
                 return ParseFuture::failed(too_large(self.max_body_bytes));
             }
         }
+        // The server's shutdown: a body still arriving then is refused, not waited for.
+        let stop = parts
+            .extensions
+            .get::<crate::ext::Drain>()
+            .map(|d| d.wait(crate::ext::DrainPhase::Stopping));
         ParseFuture {
             state: ParseState::Collecting {
+                stop,
                 collect: Limited::new(body, self.max_body_bytes).collect(),
                 parts: Some(parts),
                 api,
@@ -839,6 +845,7 @@ pin_project! {
     {
         Failed { error: Option<GatewayError> },
         Collecting {
+            stop: Option<crate::ext::DrainWait>,
             #[pin]
             collect: http_body_util::combinators::Collect<Limited<B>>,
             parts: Option<http::request::Parts>,
@@ -881,13 +888,24 @@ where
                         .unwrap_or_else(|| GatewayError::internal("polled after completion"))));
                 }
                 ParseStateProj::Collecting {
+                    stop,
                     collect,
                     parts,
                     api,
                     inner,
                     max,
                 } => {
-                    let collected = ready!(collect.poll(cx));
+                    let Poll::Ready(collected) = collect.poll(cx) else {
+                        if stop.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()) {
+                            let e = GatewayError::new(
+                                ErrorKind::ShuttingDown,
+                                "the gateway is shutting down; the request body had not arrived",
+                            );
+                            this.state.set(ParseState::Failed { error: Some(e) });
+                            continue;
+                        }
+                        return Poll::Pending;
+                    };
                     let bytes = match collected {
                         Ok(c) => c.to_bytes(),
                         Err(e) => {

@@ -421,6 +421,10 @@ impl Ctx {
             error_kind,
             usage,
             usage_source,
+            usage_note: facts
+                .usage_rejected
+                .filter(|_| usage_source != UsageSource::Upstream)
+                .map(str::to_owned),
             cost_pico,
             ttft_ms: ttft.map(|d| d.as_secs_f64() * 1000.0),
             total_ms: total.as_secs_f64() * 1000.0,

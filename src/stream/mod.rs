@@ -108,6 +108,7 @@ pub use self::layer::StreamPassthroughLayer;
 use self::body::StreamInfo;
 use self::future::Observe;
 use crate::body::Body;
+use crate::ext::Drain;
 #[cfg(doc)]
 use crate::ext::UsageReport;
 use crate::request::ParsedRequest;
@@ -116,7 +117,7 @@ use crate::request::ParsedRequest;
 #[derive(Debug, Clone)]
 pub struct StreamPassthrough<S> {
     inner: S,
-    json_cap: usize,
+    config: StreamPassthroughLayer,
 }
 
 impl<S> StreamPassthrough<S> {
@@ -159,15 +160,21 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let drain = req.extensions().get::<Drain>().cloned();
         let observe = match req.extensions_mut().get_mut::<ParsedRequest>() {
             Some(parsed) if parsed.stream => {
                 // An Anthropic stream (`/v1/messages`) always carries its usage.
                 parsed.upstream_include_usage = !parsed.api.is_anthropic();
-                Some(Observe::Stream(StreamInfo::new(parsed)))
+                let mut info = StreamInfo::new(parsed);
+                info.max_event = self.config.max_event;
+                info.max_usage = self.config.max_usage;
+                info.drain = drain;
+                Some(Observe::Stream(info))
             }
             Some(parsed) => Some(Observe::Json {
                 api: parsed.api,
-                cap: self.json_cap,
+                cap: self.config.json_cap,
+                max_usage: self.config.max_usage,
             }),
             None => None,
         };
@@ -192,7 +199,7 @@ mod tests {
     use super::*;
     use crate::body::BoxError;
     use crate::error::{ErrorKind, GatewayError};
-    use crate::ext::UsageReport;
+    use crate::ext::{Drain, UsageReport};
     use crate::request::{Api, parse_body};
     use crate::usage::Usage;
 
