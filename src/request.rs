@@ -896,7 +896,10 @@ where
                     max,
                 } => {
                     let Poll::Ready(collected) = collect.poll(cx) else {
-                        if stop.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()) {
+                        if stop
+                            .as_mut()
+                            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+                        {
                             let e = GatewayError::new(
                                 ErrorKind::ShuttingDown,
                                 "the gateway is shutting down; the request body had not arrived",

@@ -595,7 +595,10 @@ mod tests {
     fn an_event_over_the_cap_is_reported() {
         let mut s = SseScanner::with_max_event(16);
         s.push(Bytes::from_static(b"data: 0123456789\n\n"));
-        assert!(s.next_event().is_some(), "a complete event is handed out whatever its size");
+        assert!(
+            s.next_event().is_some(),
+            "a complete event is handed out whatever its size"
+        );
         assert!(!s.event_too_large());
         s.push(Bytes::from_static(b"data: 01234"));
         assert!(s.next_event().is_none());

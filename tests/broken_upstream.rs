@@ -287,14 +287,20 @@ async fn a_200_mb_event_or_line_is_cut_in_band_and_not_held() {
             .expect("the stream ended");
         let peak = sampler.finish();
         let text = String::from_utf8_lossy(&body);
-        assert!(text.starts_with(FIRST_EVENT), "{model}: the first event went out");
+        assert!(
+            text.starts_with(FIRST_EVENT),
+            "{model}: the first event went out"
+        );
         let last = text.trim_end().rsplit("\n\n").next().unwrap();
         assert!(
             last.starts_with("data: {\"error\":") && last.contains("upstream_protocol"),
             "{model}: ends with the in-band error event: {last:.300}"
         );
         assert!(last.contains("max_sse_event_bytes"), "{last:.300}");
-        assert!(!text.contains("[DONE]"), "{model}: no [DONE] after an error");
+        assert!(
+            !text.contains("[DONE]"),
+            "{model}: no [DONE] after an error"
+        );
         assert!(
             body.len() < 64 << 10,
             "{model}: the partial event is not forwarded ({} bytes)",
@@ -303,7 +309,10 @@ async fn a_200_mb_event_or_line_is_cut_in_band_and_not_held() {
         // The upstream is dropped: it sent about the cap, not 200 MB.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let sent = up.sent.load(Ordering::Relaxed) - before;
-        assert!(sent < 32 * MB, "{model}: the upstream was cut, sent {sent} bytes");
+        assert!(
+            sent < 32 * MB,
+            "{model}: the upstream was cut, sent {sent} bytes"
+        );
         let growth = peak.saturating_sub(base);
         eprintln!(
             "{model}: upstream sent {:.1} MiB before the cut, in {:?}; gateway VmRSS {:.1} MiB -> peak {:.1} MiB (+{:.1} MiB)",
@@ -320,7 +329,10 @@ async fn a_200_mb_event_or_line_is_cut_in_band_and_not_held() {
         assert_eq!(r["outcome"], "stream_error", "{r}");
         assert_eq!(r["error_kind"], "upstream_protocol", "{r}");
         assert_eq!(r["usage_source"], "estimated", "{r}");
-        assert!(r["usage"]["total_tokens"].as_u64().unwrap() < 100_000, "{r}");
+        assert!(
+            r["usage"]["total_tokens"].as_u64().unwrap() < 100_000,
+            "{r}"
+        );
     }
 }
 
@@ -435,9 +447,11 @@ async fn absurd_usage_is_recorded_as_an_estimate_and_settles_at_the_reservation(
             let addr = gw.addr;
             async move { chat(addr, JSON_REQ, &[]).await.rest().await }
         });
-        up.next()
-            .await
-            .respond(200, &[("content-type", "application/json")], json_answer(usage));
+        up.next().await.respond(
+            200,
+            &[("content-type", "application/json")],
+            json_answer(usage),
+        );
         let body = call.await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(v["choices"].is_array(), "{usage}: answered: {v}");

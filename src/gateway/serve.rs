@@ -2,7 +2,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use bytes::Bytes;
+use pin_project_lite::pin_project;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -13,14 +20,139 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
 
-use crate::body::Body;
-use crate::ext::{DrainControl, DrainPhase};
+use crate::body::{Body, BoxError};
+use crate::ext::{DrainControl, DrainPhase, DrainWait};
 
 /// How long in-flight requests may run after shutdown began, for [`serve_connections`].
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// After the drain period: how long the streams just ended in-band get to be written out.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// At shutdown, how long a connection with no request in hand gets to close by itself (what
+/// it has written goes out) before it is dropped.
+const IDLE_GRACE: Duration = Duration::from_millis(100);
+
+/// At shutdown, how often a connection with requests in hand looks again.
+const IN_HAND_POLL: Duration = Duration::from_millis(20);
+
+/// Drive one connection. Once shutdown began, hyper closes it if idle; one with no request in
+/// hand (a request head still arriving) would hold the exit until its head came, so it is
+/// dropped; one with requests in hand runs on (a body still arriving is refused by Parse, a
+/// stream ends at the end of the drain period).
+async fn run_connection(
+    conn: impl Future<Output = Result<(), BoxError>>,
+    in_hand: Arc<AtomicUsize>,
+    stopping: DrainWait,
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => return,
+        _ = stopping => {}
+    }
+    loop {
+        let idle = in_hand.load(Ordering::Acquire) == 0;
+        let wait = if idle { IDLE_GRACE } else { IN_HAND_POLL };
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if idle && in_hand.load(Ordering::Acquire) == 0 {
+            return;
+        }
+    }
+}
+
+/// Counts a connection's requests in hand: from the call until the response body is dropped.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    in_hand: Arc<AtomicUsize>,
+}
+
+/// One request in hand; dropped with its response body (or its future, if never answered).
+struct InHand(Arc<AtomicUsize>);
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.in_hand.fetch_add(1, Ordering::AcqRel);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard: Some(InHand(self.in_hand.clone())),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Tracked`]: moves the request's [`InHand`] into the body.
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InHand>,
+    }
+}
+
+impl<F> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(res.map(|r| {
+            r.map(|inner| TrackedBody {
+                inner,
+                _guard: guard,
+            })
+        }))
+    }
+}
+
+/// A response body holding its request's [`InHand`].
+struct TrackedBody {
+    inner: Body,
+    _guard: Option<InHand>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Serve `service` (one clone per connection) on `listener` until `shutdown` resolves; then
 /// stop accepting and let in-flight requests finish (up to 30 s). No flush: the reference
@@ -74,12 +206,15 @@ pub async fn serve_draining<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(service.clone());
+                let in_hand = Arc::new(AtomicUsize::new(0));
+                let svc = TowerToHyperService::new(Tracked {
+                    inner: service.clone(),
+                    in_hand: in_hand.clone(),
+                });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let stopping = drain.drain().wait(DrainPhase::Stopping);
+                tokio::spawn(run_connection(conn, in_hand, stopping));
             }
             _ = &mut shutdown => break,
         }

@@ -19,7 +19,11 @@ pub(crate) enum Observe {
     /// A streaming request: the SSE body.
     Stream(StreamInfo),
     /// A non-streaming request: the JSON answer's `usage` (frames kept up to `cap` bytes).
-    Json { api: Api, cap: usize, max_usage: u64 },
+    Json {
+        api: Api,
+        cap: usize,
+        max_usage: u64,
+    },
 }
 
 pin_project! {

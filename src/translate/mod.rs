@@ -274,7 +274,9 @@ where
                 *this.scanner = SseScanner::new();
                 *this.state = BodyState::Closing(Some(GatewayError::new(
                     ErrorKind::UpstreamProtocol,
-                    format!("the upstream sent an event larger than {MAX_TRANSLATED_EVENT_BYTES} bytes"),
+                    format!(
+                        "the upstream sent an event larger than {MAX_TRANSLATED_EVENT_BYTES} bytes"
+                    ),
                 )));
                 continue;
             }
