@@ -230,6 +230,7 @@ where
                 reports: Reports::default(),
                 model: p.model.clone(),
                 stream: p.stream,
+                anthropic: p.api.is_anthropic(),
                 received_at: p.received_at,
                 prompt_estimate: p.prompt_tokens_estimate(),
                 request_id,
@@ -240,6 +241,7 @@ where
                 reports: Reports::default(),
                 model: Arc::from(""),
                 stream: false,
+                anthropic: false,
                 received_at: Instant::now(),
                 prompt_estimate: 0,
                 request_id,
@@ -311,6 +313,8 @@ pub(crate) struct Ctx {
     reports: Reports,
     model: Arc<str>,
     stream: bool,
+    /// `/v1/messages`: errors are answered with the Anthropic face's status.
+    anthropic: bool,
     received_at: Instant,
     prompt_estimate: u64,
     request_id: Option<String>,
@@ -447,7 +451,11 @@ impl Ctx {
         match end {
             End::Failed(e) => (
                 Outcome::of_error(e.kind()),
-                e.status().as_u16(),
+                if self.anthropic {
+                    crate::translate::ingress::anthropic_face(e).0.as_u16()
+                } else {
+                    e.status().as_u16()
+                },
                 Some(e.kind().as_str().to_owned()),
                 None,
             ),
