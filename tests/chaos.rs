@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::{Gateway, send};
 use tokio::sync::Semaphore;
 use tollgate::provider::mock::MockServer;
+use tollgate::usage::UsageSource;
 
 /// Every scenario of the mock, with parameters that keep each under a second or two.
 const SCENARIOS: &[&str] = &[
@@ -34,6 +35,11 @@ const SCENARIOS: &[&str] = &[
     "error-in-200",
     "midstream-error",
     "refuse",
+    // A broken upstream: an 8 MiB event without a line break (over the 4 MiB cap), and an
+    // 8 MiB JSON answer.
+    "flood?bytes=8388608",
+    // Absurd usage: prompt_tokens = 2^64 − 1.
+    "ok?prompt=18446744073709551615",
     "err-429",
     "err-429-always",
     "err-502",
@@ -228,6 +234,40 @@ async fn every_fault_under_load_gets_a_complete_answer_and_one_record() {
         "chaos: {REQUESTS} requests ({} scenarios x solo/pair x stream/json x OpenAI/Anthropic), concurrency {CONCURRENCY}, {elapsed:?}; endings {endings:?}; statuses {statuses:?}",
         SCENARIOS.len()
     );
+    // The absurd usage is an estimate, never 2^64 tokens.
+    let served_by = |r: &&tollgate::usage::UsageRecord, what: &str| {
+        r.upstream_model
+            .as_deref()
+            .is_some_and(|m| m.contains(what))
+    };
+    let mut absurd_seen = 0;
+    for r in recs_now
+        .iter()
+        .filter(|r| served_by(r, "prompt=18446744073709551615"))
+    {
+        if r.status == 200 {
+            absurd_seen += 1;
+            assert_eq!(r.usage_source, UsageSource::Estimated, "{r:?}");
+            assert!(r.usage_note.is_some(), "{r:?}");
+        }
+        assert!(r.usage.total_tokens < 1_000_000, "{r:?}");
+    }
+    assert!(absurd_seen > 0);
+    // A flood that went out as a stream was cut in-band, never held to its end.
+    let cut = recs_now
+        .iter()
+        .filter(|r| served_by(r, "flood") && r.stream && r.status == 200)
+        .inspect(|r| {
+            // Cut at the event cap, or (under this load) by the idle deadline first: no
+            // complete event came for `idle_ms`.
+            let kind = r.error_kind.as_deref();
+            assert!(
+                matches!(kind, Some("upstream_protocol" | "upstream_timeout")),
+                "{r:?}"
+            );
+        })
+        .count();
+    assert!(cut > 0, "a flood was streamed");
     // Every kind of ending happened: the faults really were driven.
     for e in [
         Ending::Json,
