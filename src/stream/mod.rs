@@ -199,7 +199,7 @@ mod tests {
     use super::*;
     use crate::body::BoxError;
     use crate::error::{ErrorKind, GatewayError};
-    use crate::ext::{Drain, UsageReport};
+    use crate::ext::UsageReport;
     use crate::request::{Api, parse_body};
     use crate::usage::Usage;
 
