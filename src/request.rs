@@ -951,6 +951,39 @@ mod tests {
         parse_body(Api::ChatCompletions, Bytes::from(body.to_owned()))
     }
 
+    #[tokio::test]
+    async fn a_body_still_arriving_at_shutdown_is_refused_at_once() {
+        use tower::{Layer, ServiceExt};
+        let control = crate::ext::DrainControl::new(std::time::Duration::from_secs(60));
+        let inner = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, GatewayError>(Response::new(Body::from("called")))
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+        let mut rx = rx;
+        let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        }));
+        let mut req = Request::post("/v1/chat/completions").body(body).unwrap();
+        req.extensions_mut().insert(control.drain());
+        let call = tokio::spawn(ParseLayer::new().layer(inner).oneshot(req));
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+            b"{\"model\":",
+        ))))
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!call.is_finished(), "waits for the rest of the body");
+        control.advance(crate::ext::DrainPhase::Stopping);
+        let res = tokio::time::timeout(std::time::Duration::from_secs(2), call)
+            .await
+            .expect("refused at once")
+            .unwrap();
+        let err = res.err().expect("refused");
+        assert_eq!(err.kind(), ErrorKind::ShuttingDown);
+        assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        drop(tx);
+    }
+
     #[test]
     fn reads_what_it_needs() {
         let p = parse(r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":7,"tools":[{"type":"function","function":{"name":"f"}}],"x_unknown":{"a":[1,2]}}"#).unwrap();
