@@ -978,7 +978,7 @@ mod tests {
             .await
             .expect("refused at once")
             .unwrap();
-        let err = res.err().expect("refused");
+        let Err(err) = res else { panic!("refused") };
         assert_eq!(err.kind(), ErrorKind::ShuttingDown);
         assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         drop(tx);
