@@ -5,7 +5,9 @@
 //!   the in-band error event after what it already had, the usage record says `stream_error`
 //!   with an estimate, and the gateway process (the reference binary) does not grow by the
 //!   event: its VmRSS is sampled while the upstream sends.
-//! - A 200 MB non-streaming answer passes through whole without the gateway holding it.
+//! - A 200 MB non-streaming answer passes through whole without the gateway holding it; one the
+//!   gateway must read whole to translate (the Anthropic face over an OpenAI upstream) is read up
+//!   to its 32 MiB cap and refused with a 502, not held.
 //! - Absurd usage counts (2^64 − 1, negative, fractional, text, above `[usage]
 //!   max_usage_tokens`, parts larger than the whole) are recorded as `estimated` with a
 //!   `usage_note`, and a rate-limit reservation settles at what it reserved (the next request
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Gateway, GatewayProcess, ScriptedUpstream, chat};
+use common::{Gateway, GatewayProcess, ScriptedUpstream, chat, send};
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -378,6 +380,51 @@ async fn a_200_mb_json_answer_passes_through_without_being_held() {
     assert_eq!(recs[1]["outcome"], "success", "{}", recs[1]);
     // Too large to read its usage (over the JSON cap): an estimate, and said so.
     assert_eq!(recs[1]["usage_source"], "estimated", "{}", recs[1]);
+}
+
+/// An answer the gateway must read whole to translate it (an OpenAI upstream answering the
+/// Anthropic face) is read up to a cap: a 200 MB one is refused with an error, not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_answer_to_translate_is_refused_at_the_cap() {
+    let up = generator(plans).await;
+    let dir = tempdir("xlate");
+    let jsonl = dir.join("usage.jsonl");
+    let gw = GatewayProcess::start(&process_config(&up, &jsonl));
+    let warm = chat(gw.addr, &stream_req("ok"), &[]).await.rest().await;
+    assert!(warm.ends_with(b"data: [DONE]\n\n"));
+    let base = rss(gw.pid());
+    let sampler = RssSampler::start(gw.pid());
+    let t = Instant::now();
+    let res = send(
+        gw.addr,
+        "POST",
+        "/v1/messages",
+        &[],
+        r#"{"model":"huge-json","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    let status = res.status.as_u16();
+    let body = res.rest().await;
+    let peak = sampler.finish();
+    let growth = peak.saturating_sub(base);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = up.sent.load(Ordering::Relaxed);
+    eprintln!(
+        "huge-json via /v1/messages: {status} in {:?}, upstream sent {:.1} MiB; gateway VmRSS {:.1} MiB -> peak {:.1} MiB (+{:.1} MiB)",
+        t.elapsed(),
+        sent as f64 / MB as f64,
+        base as f64 / MB as f64,
+        peak as f64 / MB as f64,
+        growth as f64 / MB as f64
+    );
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(sent < 100 * MB, "the upstream was cut, sent {sent} bytes");
+    // What is held is the cap (32 MiB), no more.
+    assert!(growth < 50 * MB, "gateway grew by {growth} bytes");
+    let recs = jsonl_records(&jsonl, 2).await;
+    assert_eq!(recs[1]["status"], 502, "{}", recs[1]);
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
