@@ -798,13 +798,11 @@ where
             }
         }
         // The server's shutdown: a body still arriving then is refused, not waited for.
-        let stop = parts
-            .extensions
-            .get::<crate::ext::Drain>()
-            .map(|d| d.wait(crate::ext::DrainPhase::Stopping));
+        let drain = parts.extensions.get::<crate::ext::Drain>().cloned();
         ParseFuture {
             state: ParseState::Collecting {
-                stop,
+                drain,
+                stop: None,
                 collect: Limited::new(body, self.max_body_bytes).collect(),
                 parts: Some(parts),
                 api,
@@ -845,6 +843,8 @@ pin_project! {
     {
         Failed { error: Option<GatewayError> },
         Collecting {
+            drain: Option<crate::ext::Drain>,
+            // Made from `drain` the first time the body is not all there.
             stop: Option<crate::ext::DrainWait>,
             #[pin]
             collect: http_body_util::combinators::Collect<Limited<B>>,
@@ -888,6 +888,7 @@ where
                         .unwrap_or_else(|| GatewayError::internal("polled after completion"))));
                 }
                 ParseStateProj::Collecting {
+                    drain,
                     stop,
                     collect,
                     parts,
@@ -896,6 +897,11 @@ where
                     max,
                 } => {
                     let Poll::Ready(collected) = collect.poll(cx) else {
+                        if stop.is_none() {
+                            *stop = drain
+                                .take()
+                                .map(|d| d.wait(crate::ext::DrainPhase::Stopping));
+                        }
                         if stop
                             .as_mut()
                             .is_some_and(|s| s.as_mut().poll(cx).is_ready())
