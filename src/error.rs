@@ -86,6 +86,9 @@ pub enum ErrorKind {
     /// its upstream's 429 `Retry-After` is [`UpstreamRateLimited`](Self::UpstreamRateLimited)
     /// with `origin: "gateway"` instead).
     CircuitOpen,
+    /// The gateway is shutting down: a request still arriving is refused (503), and a stream
+    /// still running at the end of the drain period ends with an in-band error of this kind.
+    ShuttingDown,
     /// Bug or unexpected state inside the gateway (500).
     Internal,
     /// The layers are stacked in an order that cannot work: a layer did not find the request
@@ -115,6 +118,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Internal => "internal",
             ErrorKind::MisconfiguredStack => "misconfigured_stack",
         }
@@ -133,7 +137,9 @@ impl ErrorKind {
             ErrorKind::Forbidden => "permission_error",
             ErrorKind::RateLimited | ErrorKind::UpstreamRateLimited => "rate_limit_error",
             ErrorKind::BudgetExceeded => "insufficient_quota",
-            ErrorKind::UpstreamOverloaded | ErrorKind::CircuitOpen => "service_unavailable_error",
+            ErrorKind::UpstreamOverloaded | ErrorKind::CircuitOpen | ErrorKind::ShuttingDown => {
+                "service_unavailable_error"
+            }
             ErrorKind::UpstreamTimeout => "timeout_error",
             ErrorKind::UpstreamServerError
             | ErrorKind::UpstreamConnect
@@ -198,7 +204,9 @@ impl GatewayError {
                 (StatusCode::BAD_GATEWAY, Origin::Upstream)
             }
             ErrorKind::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, Origin::Upstream),
-            ErrorKind::CircuitOpen => (StatusCode::SERVICE_UNAVAILABLE, Origin::Gateway),
+            ErrorKind::CircuitOpen | ErrorKind::ShuttingDown => {
+                (StatusCode::SERVICE_UNAVAILABLE, Origin::Gateway)
+            }
             ErrorKind::Internal | ErrorKind::MisconfiguredStack => {
                 (StatusCode::INTERNAL_SERVER_ERROR, Origin::Gateway)
             }

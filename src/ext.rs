@@ -16,6 +16,7 @@
 //! | [`RouteDecision`] | Route | Fallback |
 //! | [`Attempt`] | Fallback (one per try) | Timeout, Dispatch |
 //! | [`ResponseStoreHandle`] | the [gateway](crate::gateway), on `/v1/responses…` (or your own `map_request`) | the Responses endpoint (`previous_response_id`, `store`) |
+//! | [`Drain`] | the server (the gateway's accept loop) | Parse (refuses a body still arriving at shutdown), StreamPassthrough (ends a stream in-band when the drain period is over) |
 //!
 //! **Up** (response extensions; the same on [`GatewayError::context`]):
 //!
@@ -50,8 +51,12 @@
 //! [`GatewayError::context`]: crate::error::GatewayError::context
 //! [`ResponseStoreHandle`]: crate::store::ResponseStoreHandle
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 pub use crate::auth::KeyIdentity;
 pub use crate::request::ParsedRequest;
@@ -99,6 +104,95 @@ pub struct UsageFacts {
     pub content_bytes: u64,
     /// Time from when the request was received to the first content event (streams).
     pub first_event_after: Option<Duration>,
+    /// Why a usage the upstream sent was not taken as exact (unreadable, or absurd counts):
+    /// `usage` is then `None`, the record carries an estimate with this reason, and a
+    /// reservation settles at what it reserved.
+    pub usage_rejected: Option<&'static str>,
+}
+
+/// Where a server is in its shutdown. See [`Drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum DrainPhase {
+    /// Accepting and serving.
+    #[default]
+    Serving,
+    /// Shutdown began: no new connections; requests in flight may finish.
+    Stopping,
+    /// The drain period is over: streams still running end now, with an in-band error.
+    Over,
+}
+
+/// A request extension the server puts on each request: its view of the shutdown. Parse
+/// refuses a request body still arriving once shutdown began (a half-sent request does not
+/// hold the exit); the stream layer ends a stream still running when the drain period is over
+/// with the in-band error event, and its usage record is written as usual. Without it (a stack
+/// composed by hand), nothing changes.
+#[derive(Debug, Clone)]
+pub struct Drain(watch::Receiver<DrainPhase>);
+
+/// A future that resolves once a [`Drain`] reaches a phase (never, if its control is gone).
+pub type DrainWait = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+impl Drain {
+    /// The current phase.
+    pub fn phase(&self) -> DrainPhase {
+        *self.0.borrow()
+    }
+
+    /// Resolves when the phase is `phase` or later.
+    pub fn wait(&self, phase: DrainPhase) -> DrainWait {
+        let mut rx = self.0.clone();
+        Box::pin(async move {
+            if rx.wait_for(|p| *p >= phase).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+/// The server's side of a [`Drain`]: moves every request's view forward, and knows how long
+/// the drain period lasts. Cheap to clone; all clones drive the same phase.
+#[derive(Debug, Clone)]
+pub struct DrainControl {
+    tx: Arc<watch::Sender<DrainPhase>>,
+    period: Duration,
+}
+
+impl DrainControl {
+    /// A control in [`DrainPhase::Serving`] whose drain period is `period`.
+    pub fn new(period: Duration) -> Self {
+        let (tx, _) = watch::channel(DrainPhase::Serving);
+        DrainControl {
+            tx: Arc::new(tx),
+            period,
+        }
+    }
+
+    /// How long streams may run after shutdown began.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The extension to put on a request.
+    pub fn drain(&self) -> Drain {
+        Drain(self.tx.subscribe())
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> DrainPhase {
+        *self.tx.borrow()
+    }
+
+    /// Move to `phase` (never backwards).
+    pub fn advance(&self, phase: DrainPhase) {
+        self.tx.send_if_modified(|p| {
+            let later = phase > *p;
+            if later {
+                *p = phase;
+            }
+            later
+        });
+    }
 }
 
 /// The reader's side of a usage report: a shared, read-only view of what the one

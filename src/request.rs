@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -801,8 +801,12 @@ where
                 return ParseFuture::failed(too_large(self.max_body_bytes));
             }
         }
+        // The server's shutdown: a body still arriving then is refused, not waited for.
+        let drain = parts.extensions.get::<crate::ext::Drain>().cloned();
         ParseFuture {
             state: ParseState::Collecting {
+                drain,
+                stop: None,
                 collect: Limited::new(body, self.max_body_bytes).collect(),
                 parts: Some(parts),
                 api,
@@ -843,6 +847,9 @@ pin_project! {
     {
         Failed { error: Option<GatewayError> },
         Collecting {
+            drain: Option<crate::ext::Drain>,
+            // Made from `drain` the first time the body is not all there.
+            stop: Option<crate::ext::DrainWait>,
             #[pin]
             collect: http_body_util::combinators::Collect<Limited<B>>,
             parts: Option<http::request::Parts>,
@@ -885,13 +892,33 @@ where
                         .unwrap_or_else(|| GatewayError::internal("polled after completion"))));
                 }
                 ParseStateProj::Collecting {
+                    drain,
+                    stop,
                     collect,
                     parts,
                     api,
                     inner,
                     max,
                 } => {
-                    let collected = ready!(collect.poll(cx));
+                    let Poll::Ready(collected) = collect.poll(cx) else {
+                        if stop.is_none() {
+                            *stop = drain
+                                .take()
+                                .map(|d| d.wait(crate::ext::DrainPhase::Stopping));
+                        }
+                        if stop
+                            .as_mut()
+                            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+                        {
+                            let e = GatewayError::new(
+                                ErrorKind::ShuttingDown,
+                                "the gateway is shutting down; the request body had not arrived",
+                            );
+                            this.state.set(ParseState::Failed { error: Some(e) });
+                            continue;
+                        }
+                        return Poll::Pending;
+                    };
                     let bytes = match collected {
                         Ok(c) => c.to_bytes(),
                         Err(e) => {
@@ -932,6 +959,39 @@ mod tests {
 
     fn parse(body: &str) -> Result<ParsedRequest, GatewayError> {
         parse_body(Api::ChatCompletions, Bytes::from(body.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_at_shutdown_is_refused_at_once() {
+        use tower::{Layer, ServiceExt};
+        let control = crate::ext::DrainControl::new(std::time::Duration::from_secs(60));
+        let inner = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, GatewayError>(Response::new(Body::from("called")))
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+        let mut rx = rx;
+        let body = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        }));
+        let mut req = Request::post("/v1/chat/completions").body(body).unwrap();
+        req.extensions_mut().insert(control.drain());
+        let call = tokio::spawn(ParseLayer::new().layer(inner).oneshot(req));
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+            b"{\"model\":",
+        ))))
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!call.is_finished(), "waits for the rest of the body");
+        control.advance(crate::ext::DrainPhase::Stopping);
+        let res = tokio::time::timeout(std::time::Duration::from_secs(2), call)
+            .await
+            .expect("refused at once")
+            .unwrap();
+        let Err(err) = res else { panic!("refused") };
+        assert_eq!(err.kind(), ErrorKind::ShuttingDown);
+        assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        drop(tx);
     }
 
     #[test]

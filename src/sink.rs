@@ -252,6 +252,7 @@ mod tests {
                 ..Usage::default()
             },
             usage_source: UsageSource::Upstream,
+            usage_note: None,
             cost_pico: Some(i),
             ttft_ms: None,
             total_ms: 1.0,

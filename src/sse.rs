@@ -35,6 +35,10 @@ pub const DONE: &[u8] = b"data: [DONE]\n\n";
 /// The UTF-8 byte-order mark, stripped once at the start of a stream.
 const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
 
+/// The default cap on one event (and so on one line) a gateway scanner holds: 4 MiB. An
+/// upstream that sends more without a blank line (or without any line break) is broken.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 << 20;
+
 /// Encode `json` as one SSE event: `data: {json}\n\n`.
 ///
 /// `json` must not contain a line break (serialized JSON never does: breaks inside strings are
@@ -172,6 +176,8 @@ pub struct SseScanner {
     bom_seen: u8,
     /// Whether the start of the stream has been checked for a BOM.
     bom_done: bool,
+    /// The most bytes the event in progress may hold (see [`SseScanner::with_max_event`]).
+    max_event: usize,
 }
 
 impl Default for SseScanner {
@@ -192,7 +198,27 @@ impl SseScanner {
             pending_lf: PendingLf::No,
             bom_seen: 0,
             bom_done: false,
+            max_event: usize::MAX,
         }
+    }
+
+    /// A scanner whose event in progress may hold at most `bytes` bytes: past that,
+    /// [`event_too_large`](Self::event_too_large) says so, and the caller stops pushing (a
+    /// line without a line break is part of the event in progress, so this caps lines too).
+    pub fn with_max_event(bytes: usize) -> Self {
+        SseScanner {
+            max_event: bytes,
+            ..Self::new()
+        }
+    }
+
+    /// Whether the unfinished event (the bytes after the last complete one, a line without
+    /// its line break included) holds more than the cap of
+    /// [`with_max_event`](Self::with_max_event). Meaningful after
+    /// [`next_event`](Self::next_event) returned `None`; the caller then fails the stream
+    /// instead of pushing more (and drops the scanner, which frees what it held).
+    pub fn event_too_large(&self) -> bool {
+        self.buf.len() + self.pos > self.max_event
     }
 
     /// Add the next chunk of the stream. Nothing is copied here.
@@ -563,6 +589,32 @@ mod tests {
         s.push(Bytes::from_static(b"data: a\n\n"));
         assert!(s.finish().is_some());
         assert!(s.finish().is_none());
+    }
+
+    #[test]
+    fn an_event_over_the_cap_is_reported() {
+        let mut s = SseScanner::with_max_event(16);
+        s.push(Bytes::from_static(b"data: 0123456789\n\n"));
+        assert!(
+            s.next_event().is_some(),
+            "a complete event is handed out whatever its size"
+        );
+        assert!(!s.event_too_large());
+        s.push(Bytes::from_static(b"data: 01234"));
+        assert!(s.next_event().is_none());
+        assert!(!s.event_too_large());
+        // A line without a line break grows the event in progress past the cap.
+        s.push(Bytes::from_static(b"567890abcdef"));
+        assert!(s.next_event().is_none());
+        assert!(s.event_too_large());
+        // Many short lines without the blank line: the event is over the cap too.
+        let mut s = SseScanner::with_max_event(16);
+        for _ in 0..4 {
+            s.push(Bytes::from_static(b"data: x\n"));
+            assert!(s.next_event().is_none());
+        }
+        assert!(s.event_too_large());
+        assert!(!SseScanner::new().event_too_large());
     }
 
     #[test]

@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::jsonscan::Lookup;
 
+/// The default ceiling on one plausible usage count: 10 million tokens, above any model's
+/// context window today. A larger count is a broken upstream, recorded as an estimate.
+pub const DEFAULT_MAX_USAGE_TOKENS: u64 = 10_000_000;
+
 /// Token counts in OpenAI's semantics: `prompt_tokens` includes cached tokens,
 /// `completion_tokens` includes reasoning tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +159,37 @@ impl Usage {
         }
     }
 
+    /// Why these counts cannot be what the upstream billed, if they cannot: a count above
+    /// `ceiling` (no request has more tokens than the largest context window; 2^64 − 1 is a
+    /// broken upstream, not a bill), or parts larger than their whole (more cached tokens
+    /// than prompt tokens, more reasoning than completion tokens).
+    pub fn implausible(&self, ceiling: u64) -> Option<&'static str> {
+        let counts = [
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.cached_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        ];
+        if counts.iter().any(|&n| n > ceiling) {
+            return Some("upstream usage above the plausible ceiling");
+        }
+        if self.cached_tokens.saturating_add(self.cache_write_tokens) > self.prompt_tokens
+            || self.reasoning_tokens > self.completion_tokens
+        {
+            return Some("upstream usage inconsistent");
+        }
+        None
+    }
+
+    /// Whether the JSON document `doc` has a top-level `usage` that is not null (whether or
+    /// not it reads as counts): with [`from_openai_json`](Self::from_openai_json) giving
+    /// `None`, the upstream sent a usage the gateway cannot read (negative, fractional, text).
+    pub fn present_in(doc: &[u8]) -> bool {
+        read_usage::<serde::de::IgnoredAny>(doc).is_some()
+    }
+
     /// Sum of two usages (for aggregation); saturates instead of overflowing.
     pub fn add(&self, other: &Usage) -> Usage {
         Usage {
@@ -288,7 +323,9 @@ impl Outcome {
             | ErrorKind::RateLimited
             | ErrorKind::BudgetExceeded => Outcome::Refused,
             ErrorKind::UpstreamTimeout => Outcome::Timeout,
-            ErrorKind::Internal | ErrorKind::MisconfiguredStack => Outcome::GatewayError,
+            ErrorKind::Internal | ErrorKind::MisconfiguredStack | ErrorKind::ShuttingDown => {
+                Outcome::GatewayError
+            }
             _ => Outcome::UpstreamError,
         }
     }
@@ -338,6 +375,10 @@ pub struct UsageRecord {
     pub usage: Usage,
     /// Where `usage` came from.
     pub usage_source: UsageSource,
+    /// Why `usage` is an estimate although the upstream sent a usage (unreadable or absurd
+    /// counts, e.g. 2^64 − 1), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_note: Option<String>,
     /// Cost in pico-USD (10^-12 USD; integer, so sums never drift), when priced.
     pub cost_pico: Option<u64>,
     /// Time to first body byte from the upstream, ms.
@@ -433,6 +474,38 @@ mod tests {
         assert_eq!(u.add(&u).completion_tokens, max);
         let g = crate::translate::anthropic::usage_from_anthropic(max, 1, 1, 1, 0);
         assert_eq!(g.total_tokens, max);
+    }
+
+    #[test]
+    fn absurd_and_unreadable_counts_are_told_apart_from_absent_ones() {
+        let ok = Usage::from_openai_json(
+            br#"{"usage":{"prompt_tokens":11,"completion_tokens":6,"prompt_tokens_details":{"cached_tokens":4}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.implausible(10_000_000), None);
+        let max = u64::MAX;
+        let huge = Usage::from_openai_json(
+            format!(r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":5}}}}"#).as_bytes(),
+        )
+        .unwrap();
+        assert!(huge.implausible(10_000_000).is_some());
+        let parts = Usage {
+            prompt_tokens: 3,
+            cached_tokens: 9,
+            ..Usage::default()
+        };
+        assert!(parts.implausible(10_000_000).is_some());
+        for bad in [
+            r#"{"usage":{"prompt_tokens":-5,"completion_tokens":5}}"#,
+            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":5}}"#,
+            r#"{"usage":{"prompt_tokens":"12","completion_tokens":5}}"#,
+            r#"{"usage":{"prompt_tokens":1e30,"completion_tokens":5}}"#,
+        ] {
+            assert_eq!(Usage::from_openai_json(bad.as_bytes()), None, "{bad}");
+            assert!(Usage::present_in(bad.as_bytes()), "{bad}");
+        }
+        assert!(!Usage::present_in(br#"{"usage":null}"#));
+        assert!(!Usage::present_in(br#"{"choices":[]}"#));
     }
 
     #[test]

@@ -92,6 +92,7 @@ mod pg {
                 reasoning_tokens: 1,
             },
             usage_source: UsageSource::Upstream,
+            usage_note: None,
             cost_pico: Some(1_000_000_000 + i),
             ttft_ms: Some(1.25),
             total_ms: 3.5,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tollgate::config::{Config, DEFAULT_CONFIG, LogFormat, RuntimeKind};
-use tollgate::gateway::{Gateway, Reloader, serve_connections};
+use tollgate::gateway::{Gateway, Reloader, serve_connections, serve_draining};
 
 const HELP: &str = "\
 tollgate reference gateway: one OpenAI-compatible endpoint in front of many providers
@@ -227,11 +227,17 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
     let models = gateway.model_names();
     tracing::info!(?models, "serving {} models", models.len());
 
-    serve_connections(listener, gateway.clone(), async {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stop_tx.send(true);
-    })
+    let drain = gateway.drain_control();
+    serve_draining(
+        listener,
+        gateway.clone(),
+        async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop_tx.send(true);
+        },
+        drain,
+    )
     .await;
     for done in finished {
         let _ = done.await;
@@ -274,9 +280,15 @@ fn spawn_worker(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                serve_connections(listener, gateway, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
+                let drain = gateway.drain_control();
+                serve_draining(
+                    listener,
+                    gateway,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                    drain,
+                )
                 .await;
             });
             let _ = done_tx.send(());

@@ -108,6 +108,12 @@ pub struct ServerConfig {
     /// `admin_listen`) or `"off"`. Default: on `admin_listen` when it is set; else on the main
     /// listener when auth is off, and nowhere when auth is on.
     pub metrics: Option<MetricsPolicy>,
+    /// How long streams may run after shutdown began (SIGTERM), in ms (default 30 000); then
+    /// each ends with the in-band error event and its usage record. Read at start.
+    pub drain_ms: Option<u64>,
+    /// The most bytes one upstream SSE event (or a line without a line break) may hold
+    /// (default 4 MiB); past it the stream ends with the in-band error, the event not held.
+    pub max_sse_event_bytes: Option<usize>,
 }
 
 /// `[server] log_format`
@@ -226,6 +232,10 @@ pub struct UsageConfig {
     pub queue: Option<usize>,
     /// `[usage.postgres]`: also write records to PostgreSQL (needs the `postgres` feature).
     pub postgres: Option<PostgresUsageConfig>,
+    /// The largest usage count taken from an upstream as exact (default 10 000 000 tokens);
+    /// above it (or unreadable: negative, fractional, text) the record carries an estimate
+    /// with a `usage_note`, and a reservation settles at what it reserved.
+    pub max_usage_tokens: Option<u64>,
 }
 
 /// `[usage.postgres]`

@@ -48,6 +48,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, Ready, ready};
@@ -58,12 +59,16 @@ use tower::util::BoxCloneSyncService;
 
 use crate::body::Body;
 use crate::config::{Config, ConfigError, HealthRegistry};
+use crate::ext::DrainControl;
 use crate::meter::RecordSink;
 use crate::store::ResponseStoreHandle;
 
 pub use ops::Admin;
 pub use reload::Reloader;
-pub use serve::serve_connections;
+pub use serve::{serve_connections, serve_draining};
+
+/// Default of `[server] drain_ms`: how long streams may run after shutdown began.
+pub const DEFAULT_DRAIN_MS: u64 = 30_000;
 
 use stack::{Fixed, Stack};
 
@@ -79,6 +84,8 @@ struct Shared {
     metrics: Option<MetricsRender>,
     /// The Responses API's store (`[responses]`), kept across reloads.
     responses: ResponseStoreHandle,
+    /// The shutdown every request is told about (`[server] drain_ms`, read at start).
+    drain: DrainControl,
     #[cfg(feature = "postgres")]
     postgres: Option<Arc<crate::sink::postgres::PostgresSink>>,
 }
@@ -189,6 +196,9 @@ impl GatewayBuilder<'_> {
             current: ArcSwap::from_pointee(stack),
             metrics: self.metrics,
             responses,
+            drain: DrainControl::new(Duration::from_millis(
+                cfg.server.drain_ms.unwrap_or(DEFAULT_DRAIN_MS),
+            )),
             #[cfg(feature = "postgres")]
             postgres,
         });
@@ -268,14 +278,21 @@ impl Gateway {
         }
     }
 
+    /// The shutdown control every request of this gateway is told about: pass it to
+    /// [`serve_draining`] (each worker's loop may; the first to stop moves all requests on).
+    pub fn drain_control(&self) -> DrainControl {
+        self.shared.drain.clone()
+    }
+
     /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
-    /// requests finish (up to 30 s) and flush the usage records.
+    /// requests finish (up to `[server] drain_ms`, then streams end with the in-band error
+    /// event) and flush the usage records. See [`serve_draining`].
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        serve_connections(listener, self.clone(), shutdown).await;
+        serve_draining(listener, self.clone(), shutdown, self.drain_control()).await;
         self.flush().await;
     }
 }
@@ -307,6 +324,7 @@ impl Service<Request<Incoming>> for Gateway {
 
     fn call(&mut self, mut req: Request<Incoming>) -> GatewayFuture {
         let stack = self.shared.current.load();
+        req.extensions_mut().insert(self.shared.drain.drain());
         if let Some(res) = ops::main_endpoint(&stack, self.shared.metrics.as_ref(), &req) {
             return Either::Right(Either::Left(ready(Ok(res))));
         }

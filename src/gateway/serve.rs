@@ -2,7 +2,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use bytes::Bytes;
+use pin_project_lite::pin_project;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -13,10 +20,139 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
+use crate::ext::{DrainControl, DrainPhase, DrainWait};
 
-/// How long in-flight requests may run after shutdown began.
+/// How long in-flight requests may run after shutdown began, for [`serve_connections`].
 const DRAIN: Duration = Duration::from_secs(30);
+
+/// After the drain period: how long the streams just ended in-band get to be written out.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// At shutdown, how long a connection with no request in hand gets to close by itself (what
+/// it has written goes out) before it is dropped.
+const IDLE_GRACE: Duration = Duration::from_millis(100);
+
+/// At shutdown, how often a connection with requests in hand looks again.
+const IN_HAND_POLL: Duration = Duration::from_millis(20);
+
+/// Drive one connection. Once shutdown began, hyper closes it if idle; one with no request in
+/// hand (a request head still arriving) would hold the exit until its head came, so it is
+/// dropped; one with requests in hand runs on (a body still arriving is refused by Parse, a
+/// stream ends at the end of the drain period).
+async fn run_connection(
+    conn: impl Future<Output = Result<(), BoxError>>,
+    in_hand: Arc<AtomicUsize>,
+    stopping: DrainWait,
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => return,
+        _ = stopping => {}
+    }
+    loop {
+        let idle = in_hand.load(Ordering::Acquire) == 0;
+        let wait = if idle { IDLE_GRACE } else { IN_HAND_POLL };
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if idle && in_hand.load(Ordering::Acquire) == 0 {
+            return;
+        }
+    }
+}
+
+/// Counts a connection's requests in hand: from the call until the response body is dropped.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    in_hand: Arc<AtomicUsize>,
+}
+
+/// One request in hand; dropped with its response body (or its future, if never answered).
+struct InHand(Arc<AtomicUsize>);
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.in_hand.fetch_add(1, Ordering::AcqRel);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard: Some(InHand(self.in_hand.clone())),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Tracked`]: moves the request's [`InHand`] into the body.
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InHand>,
+    }
+}
+
+impl<F> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(res.map(|r| {
+            r.map(|inner| TrackedBody {
+                inner,
+                _guard: guard,
+            })
+        }))
+    }
+}
+
+/// A response body holding its request's [`InHand`].
+struct TrackedBody {
+    inner: Body,
+    _guard: Option<InHand>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Serve `service` (one clone per connection) on `listener` until `shutdown` resolves; then
 /// stop accepting and let in-flight requests finish (up to 30 s). No flush: the reference
@@ -26,6 +162,28 @@ pub async fn serve_connections<S>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    serve_draining(listener, service, shutdown, DrainControl::new(DRAIN)).await;
+}
+
+/// [`serve_connections`] with the shutdown told to every request through `drain` (a
+/// [`Gateway`](super::Gateway)'s [`drain_control`](super::Gateway::drain_control): its
+/// requests carry the matching [`Drain`](crate::ext::Drain)). When `shutdown` resolves: stop
+/// accepting; idle connections close at once (hyper's graceful shutdown), and a request whose
+/// body is still arriving is answered 503 at once; streams run on until the drain period
+/// ends, then each ends with the in-band error event (its usage record written as for any
+/// failed stream); returns as soon as no connection is left.
+pub async fn serve_draining<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    drain: DrainControl,
 ) where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -48,21 +206,36 @@ pub async fn serve_connections<S>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let svc = TowerToHyperService::new(service.clone());
+                let in_hand = Arc::new(AtomicUsize::new(0));
+                let svc = TowerToHyperService::new(Tracked {
+                    inner: service.clone(),
+                    in_hand: in_hand.clone(),
+                });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let stopping = drain.drain().wait(DrainPhase::Stopping);
+                tokio::spawn(run_connection(conn, in_hand, stopping));
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
+    drain.advance(DrainPhase::Stopping);
+    let all_closed = graceful.shutdown();
+    tokio::pin!(all_closed);
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN) => {
-            tracing::warn!("in-flight requests still running after 30 s; closing");
+        _ = &mut all_closed => return,
+        _ = tokio::time::sleep(drain.period()) => {}
+    }
+    tracing::warn!(
+        drain_ms = drain.period().as_millis() as u64,
+        "streams still running at the end of the drain period; ending them"
+    );
+    drain.advance(DrainPhase::Over);
+    tokio::select! {
+        _ = &mut all_closed => {}
+        _ = tokio::time::sleep(CLOSE_GRACE) => {
+            tracing::warn!("requests still running after the drain period; closing");
         }
     }
 }

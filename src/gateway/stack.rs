@@ -95,6 +95,17 @@ pub(super) fn build(
     };
     let layers = Layers {
         max_body: cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        stream: StreamPassthroughLayer::new()
+            .max_event_bytes(
+                cfg.server
+                    .max_sse_event_bytes
+                    .unwrap_or(crate::sse::DEFAULT_MAX_EVENT_BYTES),
+            )
+            .max_usage_tokens(
+                cfg.usage
+                    .max_usage_tokens
+                    .unwrap_or(crate::usage::DEFAULT_MAX_USAGE_TOKENS),
+            ),
         meter,
         // `cost` (USD) in the usage object the client receives, as OpenRouter does.
         cost: cfg
@@ -119,6 +130,7 @@ pub(super) fn build(
 /// The configured layers of one generation.
 struct Layers {
     max_body: usize,
+    stream: StreamPassthroughLayer,
     meter: UsageMeterLayer,
     cost: Option<CostReportLayer>,
     auth: AuthLayer,
@@ -157,7 +169,7 @@ fn llm_service(l: Layers) -> HttpService {
         // RPM / TPM / concurrency / budgets: reserve now, settle when the body ends
         .layer(l.ratelimit)
         // SSE hygiene, include_usage injection and stripping, in-band errors after commit
-        .layer(StreamPassthroughLayer::new())
+        .layer(l.stream)
         // model name -> ordered targets
         .layer(RouteLayer::new(l.routes))
         // try targets in order until the commit point

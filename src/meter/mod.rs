@@ -240,6 +240,7 @@ where
                 reports: Reports::default(),
                 model: p.model.clone(),
                 stream: p.stream,
+                anthropic: p.api.is_anthropic(),
                 received_at: p.received_at,
                 prompt_estimate: p.prompt_tokens_estimate(),
                 request_id,
@@ -250,6 +251,7 @@ where
                 reports: Reports::default(),
                 model: Arc::from(""),
                 stream: false,
+                anthropic: false,
                 received_at: Instant::now(),
                 prompt_estimate: 0,
                 request_id,
@@ -324,6 +326,8 @@ pub(crate) struct Ctx {
     reports: Reports,
     model: Arc<str>,
     stream: bool,
+    /// `/v1/messages`: errors are answered with the Anthropic face's status.
+    anthropic: bool,
     received_at: Instant,
     prompt_estimate: u64,
     request_id: Option<String>,
@@ -434,6 +438,10 @@ impl Ctx {
             error_kind,
             usage,
             usage_source,
+            usage_note: facts
+                .usage_rejected
+                .filter(|_| usage_source != UsageSource::Upstream)
+                .map(str::to_owned),
             cost_pico,
             ttft_ms: ttft.map(|d| d.as_secs_f64() * 1000.0),
             total_ms: total.as_secs_f64() * 1000.0,
@@ -456,7 +464,11 @@ impl Ctx {
         match end {
             End::Failed(e) => (
                 Outcome::of_error(e.kind()),
-                e.status().as_u16(),
+                if self.anthropic {
+                    crate::translate::ingress::anthropic_face(e).0.as_u16()
+                } else {
+                    e.status().as_u16()
+                },
                 Some(e.kind().as_str().to_owned()),
                 None,
             ),

@@ -506,6 +506,7 @@ fn sink_drops_are_counted_in_metrics() {
             error_kind: None,
             usage: Usage::default(),
             usage_source: UsageSource::None,
+            usage_note: None,
             cost_pico: None,
             ttft_ms: None,
             total_ms: 0.0,

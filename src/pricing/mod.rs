@@ -623,7 +623,7 @@ mod tests {
                     request_id: None, key_id: Some("k".into()), tenant: None, model: "m".into(),
                     provider: None, upstream_model: None, variant: None, attempts: 1,
                     stream: false, outcome: crate::usage::Outcome::Success, status: 200,
-                    error_kind: None, usage: *u, usage_source: crate::usage::UsageSource::Upstream,
+                    error_kind: None, usage: *u, usage_source: crate::usage::UsageSource::Upstream, usage_note: None,
                     cost_pico: Some(u64::try_from(price.cost_pico(u)).unwrap()),
                     ttft_ms: None, total_ms: 0.0, overhead_us: None, started_at_ms: 0,
                 })

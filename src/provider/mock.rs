@@ -20,6 +20,7 @@
 //! | `error-in-200` | stream: a 200 whose first event is `data: {"error":{..}}`, then the end (no `[DONE]`); non-stream: a 200 JSON body `{"error":{..}}` |
 //! | `midstream-error` | stream: `after` content deltas (default 1), then an in-band `data: {"error":{..}}` event, then the end (no `[DONE]`) |
 //! | `refuse` | no answer at all: in-process, an `UpstreamConnect` error; the server closes the connection without a response |
+//! | `flood` | a broken upstream: stream: `after` content chunks (default 1), then a content event whose text runs on for `bytes` bytes (default 64 MiB) with no line break, then the end; non-stream: a JSON answer whose content is `bytes` long. Generated on the fly from one static 64 KiB buffer, never held |
 //! | `err-429` | alias of `fail-then-ok?fails=2&code=429&retry_after=1` |
 //! | `err-429-always` | alias of `status?code=429&retry_after=1` |
 //! | `err-NNN` | alias of `status?code=NNN` |
@@ -42,6 +43,7 @@
 //! | `abort=true` | `cut`: end with a body error |
 //! | `prompt=P`, `completion=C`, `cached=K`, `reasoning=R` | usage numbers (defaults 11, 6 + R, 4, 0); `total = prompt + completion` |
 //! | `dims=N` | embeddings: vector length (default: the request's `dimensions`, else 8) |
+//! | `bytes=N` | `flood`: how many bytes of text |
 //!
 //! Streams honour the request: each chunk carries `"usage":null` and a final usage chunk
 //! (`choices: []`) is sent only when `stream_options.include_usage` is true (in-process: when the
@@ -91,7 +93,7 @@ use crate::request::{Api, ParsedRequest, parse_body};
 pub(crate) const MOCK_CREATED: u64 = 1_767_225_600;
 
 /// The scenario names the mock knows (listed by the server's `GET /v1/models`).
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 13] = [
     "ok",
     "tool",
     "status",
@@ -101,6 +103,7 @@ pub const SCENARIOS: [&str; 12] = [
     "error-in-200",
     "midstream-error",
     "refuse",
+    "flood",
     "err-429",
     "err-429-always",
     "slow",
@@ -127,6 +130,7 @@ enum Kind {
     ErrorIn200,
     MidstreamError,
     Refuse,
+    Flood,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +160,7 @@ struct Script {
     cached: u64,
     reasoning: u64,
     dims: Option<usize>,
+    flood: u64,
 }
 
 impl Script {
@@ -182,6 +187,7 @@ impl Script {
             cached: 4,
             reasoning: 0,
             dims: None,
+            flood: 64 << 20,
         };
         match name {
             "tool" => s.kind = Kind::Tool,
@@ -195,6 +201,7 @@ impl Script {
             "error-in-200" => s.kind = Kind::ErrorIn200,
             "midstream-error" => s.kind = Kind::MidstreamError,
             "refuse" => s.kind = Kind::Refuse,
+            "flood" => s.kind = Kind::Flood,
             "err-429" => {
                 s.kind = Kind::FailThenOk;
                 s.code = StatusCode::TOO_MANY_REQUESTS;
@@ -258,6 +265,7 @@ impl Script {
                 "cached" => s.cached = num().unwrap_or(s.cached),
                 "reasoning" => s.reasoning = num().unwrap_or(0),
                 "dims" => s.dims = num().and_then(|n| usize::try_from(n).ok()),
+                "bytes" => s.flood = num().unwrap_or(s.flood),
                 _ => {}
             }
         }
@@ -275,7 +283,7 @@ impl Script {
             ),
             self.prompt,
             completion,
-            self.prompt + completion,
+            self.prompt.saturating_add(completion),
             self.cached,
             self.reasoning
         )
@@ -525,8 +533,13 @@ enum Op {
     Done,
     Wait(Duration),
     Raw(Bytes),
+    /// This many more bytes of [`FLOOD`] text.
+    Flood(u64),
     Fail(&'static str),
 }
+
+/// The text of `flood`, handed out in slices (never copied).
+static FLOOD: [u8; 64 << 10] = [b'x'; 64 << 10];
 
 enum Step {
     Data(Bytes),
@@ -699,6 +712,14 @@ impl Gen {
                 Op::Done => return Some(Step::Data(Bytes::from_static(b"data: [DONE]\n\n"))),
                 Op::Wait(d) => return Some(Step::Wait(d)),
                 Op::Raw(b) => return Some(Step::Data(b)),
+                Op::Flood(left) => {
+                    if left == 0 {
+                        continue;
+                    }
+                    let n = left.min(FLOOD.len() as u64) as usize;
+                    self.current = Some(Op::Flood(left - n as u64));
+                    return Some(Step::Data(Bytes::from_static(&FLOOD[..n])));
+                }
                 Op::Fail(m) => return Some(Step::Fail(m)),
             }
         }
@@ -855,6 +876,7 @@ impl Engine {
         let res = match call.api {
             Api::Embeddings => embeddings_response(&call, &script, hash),
             _ if call.stream => self.stream_response(&call, &script, hash),
+            _ if script.kind == Kind::Flood => flood_response(&call, &script, hash),
             _ => complete_response(&call, &script, hash),
         };
         Answer::Response(res)
@@ -911,6 +933,17 @@ impl Engine {
                 "server_error",
                 "error_in_200",
             ))),
+            Kind::Flood => {
+                ops.push(Op::Content {
+                    from: 0,
+                    to: script.after.unwrap_or(1),
+                });
+                ops.push(Op::Raw(Bytes::from(format!(
+                    r#"data: {{"id":{},"object":"chat.completion.chunk","created":{MOCK_CREATED},"choices":[{{"index":0,"delta":{{"content":""#,
+                    json_string(&id)
+                ))));
+                ops.push(Op::Flood(script.flood));
+            }
             Kind::MidstreamError => {
                 ops.push(Op::Content {
                     from: 0,
@@ -1087,6 +1120,36 @@ fn complete_response(call: &MockCall, script: &Script, hash: u64) -> Response<Bo
         return json_response(StatusCode::OK, Body::new(body), hash);
     }
     json_response(StatusCode::OK, body, hash)
+}
+
+/// `flood`, non-streaming: a chat completion whose content is `script.flood` bytes long,
+/// generated as it is read.
+fn flood_response(call: &MockCall, script: &Script, hash: u64) -> Response<Body> {
+    let head = format!(
+        concat!(
+            r#"{{"id":"chatcmpl-mock{:016x}","object":"chat.completion","created":{},"model":{},"#,
+            r#""choices":[{{"index":0,"message":{{"role":"assistant","content":""#
+        ),
+        hash,
+        MOCK_CREATED,
+        json_string(&call.model)
+    );
+    let tail = format!(
+        r#""}},"finish_reason":"stop"}}],"usage":{}}}"#,
+        script.usage_json()
+    );
+    let ops = vec![
+        Op::Raw(Bytes::from(head)),
+        Op::Flood(script.flood),
+        Op::Raw(Bytes::from(tail)),
+    ];
+    let body = MockBody {
+        script_gen: Gen::new(None, ops, Duration::ZERO),
+        sleep: None,
+        guard: None,
+        done: false,
+    };
+    json_response(StatusCode::OK, Body::new(body), hash)
 }
 
 /// The deterministic embedding of one input: components are multiples of 1/128 in [-1, 1).

@@ -646,6 +646,7 @@ mod tests {
             error_kind: None,
             usage: crate::usage::Usage::default(),
             usage_source: crate::usage::UsageSource::None,
+            usage_note: None,
             cost_pico: None,
             ttft_ms: None,
             total_ms: 1.5,

@@ -16,9 +16,9 @@ use serde::de::IgnoredAny;
 
 use crate::body::BoxError;
 use crate::error::{ErrorKind, GatewayError};
-use crate::ext::{UsageFacts, UsageWriter};
+use crate::ext::{Drain, DrainPhase, DrainWait, UsageFacts, UsageWriter};
 use crate::request::ParsedRequest;
-use crate::sse::{DONE, SseEvent, SseScanner, data_event};
+use crate::sse::{DEFAULT_MAX_EVENT_BYTES, DONE, SseEvent, SseScanner, data_event};
 use crate::translate::ingress::error_to_anthropic;
 use crate::usage::{AnthropicUsage, AnthropicUsageDelta, Usage};
 
@@ -51,6 +51,12 @@ pub(crate) struct StreamInfo {
     /// An Anthropic event stream (`/v1/messages`): no `[DONE]`, usage from `message_start` and
     /// `message_delta`, in-band errors as `event: error`.
     anthropic: bool,
+    /// The most bytes one upstream event (or line) may hold.
+    pub(crate) max_event: usize,
+    /// The most tokens a plausible usage count has.
+    pub(crate) max_usage: u64,
+    /// The server's shutdown, when it told the request.
+    pub(crate) drain: Option<Drain>,
 }
 
 impl StreamInfo {
@@ -59,6 +65,9 @@ impl StreamInfo {
             wants_usage: parsed.wants_usage,
             received_at: parsed.received_at,
             anthropic: parsed.api.is_anthropic(),
+            max_event: DEFAULT_MAX_EVENT_BYTES,
+            max_usage: crate::usage::DEFAULT_MAX_USAGE_TOKENS,
+            drain: None,
         }
     }
 }
@@ -140,6 +149,8 @@ pin_project! {
         chunk: Bytes,
         state: State,
         observer: Observer,
+        // Resolves when the server's drain period is over (see `Drain`).
+        stop: Option<DrainWait>,
     }
 }
 
@@ -150,11 +161,13 @@ impl<B> ResponseBody<B> {
     }
 
     pub(crate) fn from_info(inner: B, info: StreamInfo, writer: Option<UsageWriter>) -> Self {
+        let stop = info.drain.as_ref().map(|d| d.wait(DrainPhase::Over));
         ResponseBody {
             inner,
-            scanner: SseScanner::new(),
+            scanner: SseScanner::with_max_event(info.max_event),
             chunk: Bytes::new(),
             state: State::Streaming,
+            stop,
             observer: Observer {
                 info,
                 facts: UsageFacts::default(),
@@ -202,6 +215,13 @@ where
             if let Some(frame) = drain(this.scanner, this.chunk, this.observer) {
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
+            if let Some(err) = cut_short(this.scanner, this.stop, this.observer, cx) {
+                // Free what the scanner held; the upstream is dropped with this body.
+                *this.scanner = SseScanner::new();
+                *this.state = this.observer.end_with(&err);
+                this.observer.publish();
+                continue;
+            }
             match ready!(this.inner.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
@@ -231,6 +251,36 @@ where
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
+}
+
+/// Why the stream must end now, if it must: the upstream's event in progress is over the cap
+/// (a broken upstream: the gateway does not hold it), or the server's drain period is over.
+fn cut_short(
+    scanner: &SseScanner,
+    stop: &mut Option<DrainWait>,
+    observer: &Observer,
+    cx: &mut Context<'_>,
+) -> Option<GatewayError> {
+    if scanner.event_too_large() {
+        return Some(GatewayError::new(
+            ErrorKind::UpstreamProtocol,
+            format!(
+                "the upstream sent an event larger than {} bytes ([server] max_sse_event_bytes)",
+                observer.info.max_event
+            ),
+        ));
+    }
+    let over = stop
+        .as_mut()
+        .is_some_and(|s| s.as_mut().poll(cx).is_ready());
+    if over {
+        *stop = None;
+        return Some(GatewayError::new(
+            ErrorKind::ShuttingDown,
+            "the gateway is shutting down and its drain period is over; the stream was cut",
+        ));
+    }
+    None
 }
 
 /// Observe every complete event in the scanner; return what goes to the client as **one**
@@ -306,9 +356,10 @@ impl Observer {
         }
         let mut usage_only = false;
         if has_usage_object(data) {
-            if let Some(usage) = Usage::from_openai_json(data) {
-                usage_only = has_no_choices(data);
-                self.update(|s| s.usage = Some(usage));
+            usage_only = has_no_choices(data);
+            match Usage::from_openai_json(data) {
+                Some(usage) => self.set_usage(usage),
+                None => self.reject_usage("upstream usage unreadable"),
             }
         }
         if usage_only {
@@ -345,6 +396,9 @@ impl Observer {
         } else {
             None
         };
+        if parse && parsed.is_none() && USAGE_KEY.find(data).is_some() {
+            self.reject_usage("upstream usage unreadable");
+        }
         let ty: &[u8] = match (&parsed, named) {
             (Some(p), _) => p.ty.as_bytes(),
             (None, Some(n)) => n,
@@ -375,7 +429,7 @@ impl Observer {
             // All zeros is no report (a translated stream whose upstream sent no usage, or a
             // `message_start` before it is known): the meter then estimates, never fakes.
             if usage != Usage::default() {
-                self.update(|s| s.usage = Some(usage));
+                self.set_usage(usage);
             }
         }
         let first = !self.started;
@@ -389,6 +443,33 @@ impl Observer {
                 s.first_event_after = first_after;
             }
         });
+    }
+
+    /// Take `usage` as the upstream's count, unless it cannot be one: then no exact usage (the
+    /// record estimates, saying why; a reservation settles at what it reserved).
+    fn set_usage(&mut self, usage: Usage) {
+        match usage.implausible(self.info.max_usage) {
+            None => self.update(|s| {
+                s.usage = Some(usage);
+                s.usage_rejected = None;
+            }),
+            Some(reason) => self.reject_usage(reason),
+        }
+    }
+
+    fn reject_usage(&mut self, reason: &'static str) {
+        self.update(|s| {
+            s.usage = None;
+            s.usage_rejected = Some(reason);
+        });
+    }
+
+    /// The gateway ends the stream (`err`): in-band, unless the stream is already over.
+    fn end_with(&mut self, err: &GatewayError) -> State {
+        if self.done || self.error {
+            return State::Ended;
+        }
+        self.fail(err)
     }
 
     /// The upstream body failed: end with an in-band error unless the stream is already over.

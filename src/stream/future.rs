@@ -20,7 +20,11 @@ pub(crate) enum Observe {
     /// A streaming request: the SSE body.
     Stream(StreamInfo),
     /// A non-streaming request: the JSON answer's `usage` (frames kept up to `cap` bytes).
-    Json { api: Api, cap: usize },
+    Json {
+        api: Api,
+        cap: usize,
+        max_usage: u64,
+    },
 }
 
 pin_project! {
@@ -85,10 +89,15 @@ where
                 parts.extensions.insert(report);
                 Body::new(ResponseBody::from_info(body, info, Some(writer)))
             }
-            Observe::Json { api, cap } => {
+            Observe::Json {
+                api,
+                cap,
+                max_usage,
+            } => {
                 let (writer, report) = UsageReport::channel();
                 parts.extensions.insert(report);
-                Body::new(JsonBody::new(body, JsonUsage::new(api, cap, writer)))
+                let usage = JsonUsage::new(api, cap, writer).max_usage(max_usage);
+                Body::new(JsonBody::new(body, usage))
             }
         };
         Poll::Ready(Ok(Response::from_parts(parts, body)))

@@ -24,6 +24,7 @@ pub(crate) struct JsonUsage {
     frames: Option<Vec<Bytes>>,
     len: usize,
     writer: Option<UsageWriter>,
+    max_usage: u64,
 }
 
 impl JsonUsage {
@@ -34,7 +35,14 @@ impl JsonUsage {
             frames: Some(Vec::new()),
             len: 0,
             writer: Some(writer),
+            max_usage: crate::usage::DEFAULT_MAX_USAGE_TOKENS,
         }
+    }
+
+    /// The largest usage count taken as exact.
+    pub(crate) fn max_usage(mut self, tokens: u64) -> Self {
+        self.max_usage = tokens;
+        self
     }
 
     fn observe(&mut self, data: &Bytes) {
@@ -64,13 +72,22 @@ impl JsonUsage {
                 &joined
             }
         };
-        let facts = match Usage::from_json(self.api, doc) {
-            Some(u) => UsageFacts {
+        let read = Usage::from_json(self.api, doc);
+        let rejected = match read {
+            Some(u) => u.implausible(self.max_usage),
+            None if !self.api.is_anthropic() && Usage::present_in(doc) => {
+                Some("upstream usage unreadable")
+            }
+            None => None,
+        };
+        let facts = match read {
+            Some(u) if rejected.is_none() => UsageFacts {
                 usage: Some(u),
                 ..UsageFacts::default()
             },
-            None => UsageFacts {
+            _ => UsageFacts {
                 content_bytes: generated_bytes(self.api, doc),
+                usage_rejected: rejected,
                 ..UsageFacts::default()
             },
         };

@@ -109,6 +109,7 @@ use self::body::StreamInfo;
 use self::future::Observe;
 use crate::body::Body;
 use crate::error::GatewayError;
+use crate::ext::Drain;
 #[cfg(doc)]
 use crate::ext::UsageReport;
 use crate::order::{self, Checked};
@@ -119,7 +120,7 @@ use std::sync::atomic::AtomicBool;
 #[derive(Debug, Clone)]
 pub struct StreamPassthrough<S> {
     inner: S,
-    json_cap: usize,
+    config: StreamPassthroughLayer,
 }
 
 impl<S> StreamPassthrough<S> {
@@ -165,15 +166,21 @@ where
         if let Err(e) = order::enter(req.extensions_mut(), Checked::StreamPassthrough) {
             return ResponseFuture::failed(e);
         }
+        let drain = req.extensions().get::<Drain>().cloned();
         let observe = match req.extensions_mut().get_mut::<ParsedRequest>() {
             Some(parsed) if parsed.stream => {
                 // An Anthropic stream (`/v1/messages`) always carries its usage.
                 parsed.upstream_include_usage = !parsed.api.is_anthropic();
-                Some(Observe::Stream(StreamInfo::new(parsed)))
+                let mut info = StreamInfo::new(parsed);
+                info.max_event = self.config.max_event;
+                info.max_usage = self.config.max_usage;
+                info.drain = drain;
+                Some(Observe::Stream(info))
             }
             Some(parsed) => Some(Observe::Json {
                 api: parsed.api,
-                cap: self.json_cap,
+                cap: self.config.json_cap,
+                max_usage: self.config.max_usage,
             }),
             None => {
                 // Fail closed: without ParsedRequest there is no way to tell a stream, and
@@ -286,6 +293,80 @@ mod tests {
         let s = std::str::from_utf8(out).unwrap();
         let last = s.trim_end().rsplit("\n\n").next().unwrap();
         serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_drain_period_ends_a_stream_in_band() {
+        let control = crate::ext::DrainControl::new(std::time::Duration::from_secs(1));
+        let (tx, body) = channel_body();
+        let mut req = request(STREAM);
+        req.extensions_mut().insert(control.drain());
+        let res = respond(req, StatusCode::OK, body).await;
+        let report = report_of(&res);
+        let mut body = res.into_body();
+        tx.send(Ok(Frame::data(Bytes::from_static(CHUNK1))))
+            .await
+            .unwrap();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], CHUNK1);
+        // Shutdown began: the stream runs on.
+        control.advance(crate::ext::DrainPhase::Stopping);
+        tx.send(Ok(Frame::data(Bytes::from_static(CHUNK2))))
+            .await
+            .unwrap();
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], CHUNK2);
+        // The drain period is over: the in-band error, then the end (the upstream is still open).
+        control.advance(crate::ext::DrainPhase::Over);
+        let out = collect(body).await;
+        assert_eq!(error_json(&out)["error"]["code"], "shutting_down");
+        let facts = report.get();
+        assert!(facts.error && !facts.done);
+        assert_eq!(facts.error_kind, Some("shutting_down"));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn an_event_over_the_cap_ends_the_stream_in_band_and_is_not_held() {
+        let (tx, body) = channel_body();
+        let upstream = service_fn({
+            let body = Mutex::new(Some(body));
+            move |_req: Request<Bytes>| {
+                let res = Response::new(body.lock().unwrap().take().unwrap());
+                std::future::ready(Ok::<_, GatewayError>(res))
+            }
+        });
+        let svc = StreamPassthroughLayer::new()
+            .max_event_bytes(1024)
+            .layer(upstream);
+        let res = svc.oneshot(request(STREAM)).await.unwrap();
+        let report = report_of(&res);
+        let mut body = res.into_body();
+        tx.send(Ok(Frame::data(Bytes::from_static(CHUNK1))))
+            .await
+            .unwrap();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], CHUNK1);
+        // 600 + 600 bytes of one line: over the cap once the second part arrives.
+        let part = Bytes::from(vec![b'x'; 600]);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: {\"a\":\""))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::data(part.clone()))).await.unwrap();
+        tx.send(Ok(Frame::data(part))).await.unwrap();
+        let out = collect(body).await;
+        let err = error_json(&out);
+        assert_eq!(err["error"]["code"], "upstream_protocol");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_sse_event_bytes")
+        );
+        assert!(out.len() < 600, "the partial event is not forwarded");
+        assert!(report.get().error);
+        // The upstream body was dropped with the stream.
+        assert!(tx.is_closed());
     }
 
     #[tokio::test]

@@ -395,11 +395,19 @@ fn anthropic_error_type(status: u16, kind: ErrorKind) -> &'static str {
 /// type follows the status — with an exhausted quota (`insufficient_quota`) as Anthropic's
 /// `billing_error`.
 pub fn error_to_anthropic(e: &GatewayError) -> (StatusCode, Bytes) {
+    let (status, ty) = anthropic_face(e);
+    let body = json!({"type": "error", "error": {"type": ty, "message": e.message()}});
+    (status, Bytes::from(body.to_string()))
+}
+
+/// The status and `error.type` the Anthropic face answers `e` with (see
+/// [`error_to_anthropic`]); the UsageMeter records that status for `/v1/messages`.
+pub(crate) fn anthropic_face(e: &GatewayError) -> (StatusCode, &str) {
     let native = e.anthropic_type().zip(
         e.upstream_status_code()
             .and_then(|s| StatusCode::from_u16(s).ok()),
     );
-    let (status, ty) = match native {
+    match native {
         Some((ty, status)) => (status, ty),
         None => {
             let ty = if e.code() == Some("insufficient_quota") {
@@ -413,9 +421,7 @@ pub fn error_to_anthropic(e: &GatewayError) -> (StatusCode, Bytes) {
             };
             (status, ty)
         }
-    };
-    let body = json!({"type": "error", "error": {"type": ty, "message": e.message()}});
-    (status, Bytes::from(body.to_string()))
+    }
 }
 
 fn write_event(out: &mut BytesMut, name: &str, data: &Value) {

@@ -187,6 +187,11 @@ pub(crate) fn named_tool(f: &serde_json::Value) -> serde_json::Map<String, serde
     tool
 }
 
+/// The most bytes one upstream event may hold in a translated stream (16 MiB: four times the
+/// default of `[server] max_sse_event_bytes`, which the stream layer applies to what this
+/// body produces).
+pub const MAX_TRANSLATED_EVENT_BYTES: usize = 16 << 20;
+
 pin_project! {
     /// A response body translating an upstream SSE body on the fly, event by event, with no
     /// buffering beyond the event being scanned. Everything translated from one upstream frame
@@ -216,7 +221,7 @@ impl<B, T> TranslateBody<B, T> {
     pub fn new(inner: B, translator: T) -> Self {
         TranslateBody {
             inner,
-            scanner: SseScanner::new(),
+            scanner: SseScanner::with_max_event(MAX_TRANSLATED_EVENT_BYTES),
             translator,
             out: BytesMut::with_capacity(1024),
             state: BodyState::Streaming,
@@ -262,6 +267,18 @@ where
             }
             if !this.out.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+            }
+            if this.scanner.event_too_large() {
+                // A broken upstream: its event is not held. The stream layer outside ends the
+                // stream in-band with this error.
+                *this.scanner = SseScanner::new();
+                *this.state = BodyState::Closing(Some(GatewayError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!(
+                        "the upstream sent an event larger than {MAX_TRANSLATED_EVENT_BYTES} bytes"
+                    ),
+                )));
+                continue;
             }
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
