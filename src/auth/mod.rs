@@ -43,6 +43,7 @@
 mod future;
 mod keys;
 mod layer;
+mod precheck;
 
 use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
@@ -57,6 +58,8 @@ pub use keys::{
     hash_key,
 };
 pub use layer::AuthLayer;
+pub(crate) use precheck::{PreAuth, refused_early};
+pub use precheck::{KeyCheck, KeyCheckFuture, KeyCheckLayer};
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
@@ -120,6 +123,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // KeyCheck (in front of Parse) already refused it: the body was never read.
+        let pre = req.extensions_mut().remove::<PreAuth>();
+        if let Some(PreAuth::Refused { reason, message }) = pre {
+            refused(reason);
+            return AuthFuture::failed(unauthorized(message));
+        }
         // Fail closed: without ParsedRequest the per-key model allow-list cannot be checked.
         if req.extensions().get::<ParsedRequest>().is_none() {
             static LOGGED: AtomicBool = AtomicBool::new(false);
@@ -149,12 +158,17 @@ where
                 Err(e) => AuthFuture::failed(e),
             };
         };
-        match key {
-            None => {
+        match (key, pre) {
+            // KeyCheck validated this key already.
+            (_, Some(PreAuth::Admitted(id))) => match admit(Some(id), req) {
+                Ok((req, id)) => AuthFuture::calling(inner.call(req), id),
+                Err(e) => AuthFuture::failed(e),
+            },
+            (None, _) => {
                 refused("missing_key");
                 AuthFuture::failed(unauthorized(MISSING_KEY))
             }
-            Some(key) => AuthFuture::validating(validator.validate(key), req, inner),
+            (Some(key), _) => AuthFuture::validating(validator.validate(key), req, inner),
         }
     }
 }
@@ -216,7 +230,8 @@ pub(crate) fn admit<B>(
                 ErrorKind::Forbidden,
                 format!(
                     "The key '{}' may not use the model '{}'.",
-                    id.name, parsed.model
+                    id.name,
+                    crate::request::prefix(&parsed.model)
                 ),
             )
             .with_code("model_not_allowed")

@@ -34,6 +34,7 @@
 //!   listener only when `[server] metrics = "main"` (or by default when auth is off), and on
 //!   the [admin service](Gateway::admin) served on `[server] admin_listen`.
 
+mod conn;
 mod ops;
 mod reload;
 mod serve;
@@ -57,7 +58,12 @@ use crate::meter::RecordSink;
 
 pub use ops::Admin;
 pub use reload::Reloader;
-pub use serve::serve_connections;
+pub use conn::{
+    DEFAULT_H2_MAX_STREAMS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, ServeOptions,
+    default_max_connections, raise_nofile_limit,
+};
+pub use serve::{serve_connections, serve_connections_with};
 
 use stack::{Fixed, Stack};
 
@@ -71,6 +77,8 @@ struct Shared {
     /// The stack requests use now; a reload replaces it whole.
     current: ArcSwap<Stack>,
     metrics: Option<MetricsRender>,
+    /// The connection discipline of `[server]` (read at start; one connection count).
+    serve: ServeOptions,
     #[cfg(feature = "postgres")]
     postgres: Option<Arc<crate::sink::postgres::PostgresSink>>,
 }
@@ -157,6 +165,7 @@ impl GatewayBuilder<'_> {
             store: crate::config::limit_store(cfg)?,
             sinks,
         };
+        let serve = ServeOptions::from_config(cfg)?;
         let mut health = HealthRegistry::new();
         let stack = stack::build(cfg, &fixed, &mut health, None)?;
         if stack.keys.as_ref().is_some_and(|k| k.is_empty()) {
@@ -168,6 +177,7 @@ impl GatewayBuilder<'_> {
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(stack),
             metrics: self.metrics,
+            serve,
             #[cfg(feature = "postgres")]
             postgres,
         });
@@ -239,14 +249,22 @@ impl Gateway {
         }
     }
 
-    /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
-    /// requests finish (up to 30 s) and flush the usage records.
+    /// The connection discipline `[server]` asks for (timeouts, header limits, connection
+    /// cap). Clones share one connection count: give the same value to every accept loop.
+    pub fn serve_options(&self) -> ServeOptions {
+        self.shared.serve.clone()
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, with [`serve_options`](Self::serve_options);
+    /// then stop accepting, let in-flight requests finish (up to 30 s) and flush the usage
+    /// records.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        serve_connections(listener, self.clone(), shutdown).await;
+        let opts = self.serve_options();
+        serve_connections_with(listener, self.clone(), shutdown, &opts).await;
         self.flush().await;
     }
 }

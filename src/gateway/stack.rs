@@ -3,6 +3,7 @@
 //! JSON-lines file the records go to.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Response;
 use tower::ServiceBuilder;
@@ -22,7 +23,7 @@ use crate::meter::{CostReportLayer, RecordSink, UsageMeterLayer};
 use crate::pricing::PriceHandle;
 use crate::provider::Dispatch;
 use crate::ratelimit::{LimitStore, RateLimitLayer};
-use crate::request::{DEFAULT_MAX_BODY_BYTES, ParseLayer};
+use crate::request::{DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, ParseLayer};
 use crate::route::{RouteHandle, RouteLayer};
 use crate::sink::JsonlSink;
 use crate::stream::StreamPassthroughLayer;
@@ -78,7 +79,11 @@ pub(super) fn build(
         crate::config::worst_price(&price_routes.load(), model)
     })?;
     let jsonl = jsonl_file(cfg, jsonl)?;
-    let mut meter = UsageMeterLayer::new().prices(prices.clone());
+    // Records and metric labels name served models only (else `unknown`): bounded cardinality.
+    let known_routes = routes.clone();
+    let mut meter = UsageMeterLayer::new()
+        .prices(prices.clone())
+        .known_models(move |m| known_routes.load().get(m).is_some());
     if let Some(j) = &jsonl {
         meter = meter.sink(j.sink.clone());
     }
@@ -93,8 +98,20 @@ pub(super) fn build(
         Some(k) => AuthLayer::new(k.clone()),
         None => AuthLayer::disabled(),
     };
+    let body_read_timeout = match cfg.server.body_read_timeout_ms {
+        Some(0) => {
+            return Err(ConfigError::field(
+                &cfg.source,
+                "server.body_read_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => DEFAULT_BODY_READ_TIMEOUT,
+    };
     let layers = Layers {
         max_body: cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        body_read_timeout,
         meter,
         // `cost` (USD) in the usage object the client receives, as OpenRouter does.
         cost: cfg
@@ -119,6 +136,7 @@ pub(super) fn build(
 /// The configured layers of one generation.
 struct Layers {
     max_body: usize,
+    body_read_timeout: Duration,
     meter: UsageMeterLayer,
     cost: Option<CostReportLayer>,
     auth: AuthLayer,
@@ -146,8 +164,14 @@ fn llm_service(l: Layers) -> HttpService {
         )
         // the one place a GatewayError becomes an OpenAI-shaped response
         .layer(ErrorResponseLayer::new())
-        // buffer the request once (capped), read model/stream/...
-        .layer(ParseLayer::new().max_body_bytes(l.max_body))
+        // the key from the headers: no valid key, no byte of the body is read
+        .layer(l.auth.key_check())
+        // buffer the request once (capped, read deadline), read model/stream/...
+        .layer(
+            ParseLayer::new()
+                .max_body_bytes(l.max_body)
+                .body_read_timeout(Some(l.body_read_timeout)),
+        )
         // one usage record per request, every outcome
         .layer(l.meter)
         // optional: the cost in the client's usage object

@@ -98,9 +98,17 @@ where
     }
 }
 
+/// Whether a model name is one the gateway serves (see [`UsageMeterLayer::known_models`]).
+type KnownModels = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The `model` of a record (and its metric label) for a request that was not routed and is
+/// not known to be a served model (no key, an unknown model).
+pub const UNKNOWN_MODEL: &str = "unknown";
+
 struct Shared {
     sinks: Vec<Arc<dyn RecordSink>>,
     prices: Option<PriceHandle>,
+    known: Option<KnownModels>,
     series: series::SeriesCache,
 }
 
@@ -116,6 +124,7 @@ impl Default for UsageMeterLayer {
             shared: Arc::new(Shared {
                 sinks: Vec::new(),
                 prices: None,
+                known: None,
                 series: series::SeriesCache::default(),
             }),
         }
@@ -140,6 +149,7 @@ impl UsageMeterLayer {
         let mut shared = Shared {
             sinks: self.shared.sinks.clone(),
             prices: self.shared.prices.clone(),
+            known: self.shared.known.clone(),
             series: series::SeriesCache::default(),
         };
         f(&mut shared);
@@ -163,6 +173,15 @@ impl UsageMeterLayer {
     pub fn prices(self, table: impl Into<PriceHandle>) -> Self {
         let table = table.into();
         self.edit(|s| s.prices = Some(table))
+    }
+
+    /// Bound the `model` of records and metric labels to served names: a request that was
+    /// not routed keeps its requested model only when it was authenticated and `known` says
+    /// the name is served; else it is recorded as [`UNKNOWN_MODEL`]. Without it the requested
+    /// model (at most [`MAX_MODEL_BYTES`](crate::request::MAX_MODEL_BYTES)) is recorded as sent.
+    pub fn known_models(self, known: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        let known: KnownModels = Arc::new(known);
+        self.edit(|s| s.known = Some(known))
     }
 }
 
@@ -410,7 +429,7 @@ impl Ctx {
             request_id,
             key_id: r.key_id.as_deref().map(str::to_owned),
             tenant: r.tenant.as_deref().map(str::to_owned),
-            model: routed.map_or(&*self.model, |x| &*x.model).to_owned(),
+            model: routed.map_or_else(|| self.unrouted_model(), |x| &*x.model).to_owned(),
             provider,
             upstream_model,
             variant: routed.and_then(|x| x.variant.as_deref()).map(str::to_owned),
@@ -494,6 +513,16 @@ impl Ctx {
                 (u, UsageSource::Estimated)
             }
             None => (Usage::default(), UsageSource::None),
+        }
+    }
+
+    /// The model to record for a request that was not routed: see
+    /// [`UsageMeterLayer::known_models`].
+    fn unrouted_model(&self) -> &str {
+        match &self.shared.known {
+            None => &self.model,
+            Some(known) if self.reports.key_id.is_some() && known(&self.model) => &self.model,
+            Some(_) => UNKNOWN_MODEL,
         }
     }
 
