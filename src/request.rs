@@ -828,8 +828,11 @@ where
         }
         ParseFuture {
             state: ParseState::Collecting {
-                collect: Limited::new(TimedBody::new(body, self.body_read_timeout), self.max_body_bytes)
-                    .collect(),
+                collect: Limited::new(
+                    TimedBody::new(body, self.body_read_timeout),
+                    self.max_body_bytes,
+                )
+                .collect(),
                 parts: Some(parts),
                 api,
                 inner: Some(inner),

@@ -58,8 +58,8 @@ pub use keys::{
     hash_key,
 };
 pub use layer::AuthLayer;
-pub(crate) use precheck::{PreAuth, refused_early};
 pub use precheck::{KeyCheck, KeyCheckFuture, KeyCheckLayer};
+pub(crate) use precheck::{PreAuth, refused_early};
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};

@@ -101,7 +101,11 @@ impl ServeOptions {
                 s.header_read_timeout_ms,
                 DEFAULT_HEADER_READ_TIMEOUT,
             )?)
-            .idle_timeout(ms("idle_timeout_ms", s.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT)?)
+            .idle_timeout(ms(
+                "idle_timeout_ms",
+                s.idle_timeout_ms,
+                DEFAULT_IDLE_TIMEOUT,
+            )?)
             .max_connections(s.max_connections.unwrap_or_else(default_max_connections));
         if let Some(n) = s.max_header_bytes {
             o = o.max_header_bytes(n);

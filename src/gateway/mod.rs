@@ -56,13 +56,13 @@ use crate::body::Body;
 use crate::config::{Config, ConfigError, HealthRegistry};
 use crate::meter::RecordSink;
 
-pub use ops::Admin;
-pub use reload::Reloader;
 pub use conn::{
     DEFAULT_H2_MAX_STREAMS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, ServeOptions,
     default_max_connections, raise_nofile_limit,
 };
+pub use ops::Admin;
+pub use reload::Reloader;
 pub use serve::{serve_connections, serve_connections_with};
 
 use stack::{Fixed, Stack};

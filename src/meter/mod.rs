@@ -429,7 +429,9 @@ impl Ctx {
             request_id,
             key_id: r.key_id.as_deref().map(str::to_owned),
             tenant: r.tenant.as_deref().map(str::to_owned),
-            model: routed.map_or_else(|| self.unrouted_model(), |x| &*x.model).to_owned(),
+            model: routed
+                .map_or_else(|| self.unrouted_model(), |x| &*x.model)
+                .to_owned(),
             provider,
             upstream_model,
             variant: routed.and_then(|x| x.variant.as_deref()).map(str::to_owned),
