@@ -24,6 +24,10 @@
 //! first request, not on the first restricted key). Switch it off explicitly with
 //! [`AuthLayer::disabled`] (which still needs Parse).
 //!
+//! To refuse a request without a valid key before its body is read, put
+//! [`AuthLayer::key_check`] in front of Parse (see [`KeyCheck`]): the key is then validated
+//! once, from the headers, and Auth only checks the model allow-list.
+//!
 //! ```
 //! use tollgate::auth::{AuthLayer, KeyEntry, StaticKeys, hash_key};
 //! use tollgate::ratelimit::Limits;
