@@ -27,9 +27,11 @@ use tower::{Layer, Service};
 use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, GatewayError};
 
+mod budget;
 mod read_timeout;
 mod validate;
 
+pub use budget::{BodyBudget, BodyBudgetFuture, BodyBudgetLayer, DEFAULT_BODY_BUDGET_BYTES};
 pub use read_timeout::BodyReadTimeout;
 use read_timeout::TimedBody;
 pub use validate::ECHO_CHARS;

@@ -3,10 +3,12 @@
 //! and must see every one of them answered 200.
 //!
 //! The gateway runs with short limits so the suite is quick: header read timeout 1 s, body
-//! read timeout 1 s, idle timeout 1.5 s, 48 connections, 16 KiB of headers, 50 headers.
+//! read timeout 1 s, idle timeout 1.5 s, 48 connections, 16 KiB of headers, 50 headers, 4 MB
+//! of request bodies in flight.
 //!
 //! - slowloris headers (one byte every 100 ms) are cut at the header timeout;
 //! - a stalled upload is answered 408; a keyless one 401 before its body is read;
+//! - uploads beyond the body budget are answered 503 at once;
 //! - idle keep-alive connections (HTTP/1.1 and HTTP/2) are closed;
 //! - a connection flood beyond the cap is refused (503, closed) and the good client is served;
 //! - oversized and too many headers get 431;
@@ -18,7 +20,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,6 +49,7 @@ idle_timeout_ms = 1500
 max_connections = {MAX_CONNECTIONS}
 max_header_bytes = 16384
 max_headers = 50
+max_buffered_body_bytes = 4000000
 
 [auth]
 enabled = true
@@ -86,13 +89,15 @@ async fn setup() -> Setup {
 /// connections dropped after 400 ms, before the gateway would close them), each must be 200.
 struct Good {
     stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<(u64, Vec<String>)>,
 }
 
 impl Good {
     fn start(addr: SocketAddr) -> Good {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let served = Arc::new(AtomicU64::new(0));
+        let (s, count) = (stop.clone(), served.clone());
         let task = tokio::spawn(async move {
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_millis(400))
@@ -113,7 +118,10 @@ impl Good {
                 })
                 .await;
                 match res {
-                    Ok(Ok((status, _))) if status == 200 => ok += 1,
+                    Ok(Ok((status, _))) if status == 200 => {
+                        ok += 1;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(Ok((status, body))) => failures.push(format!("{status}: {body:?}")),
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push("no answer in 10 s".to_owned()),
@@ -122,11 +130,17 @@ impl Good {
             }
             (ok, failures)
         });
-        Good { stop, task }
+        Good { stop, served, task }
     }
 
-    /// Stop; every request it sent was answered 200, and it sent a few.
+    /// Stop (after at least 5 requests); every request it sent was answered 200.
     async fn finish(self) -> u64 {
+        for _ in 0..100 {
+            if self.served.load(Ordering::Relaxed) >= 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.stop.store(true, Ordering::Relaxed);
         let (ok, failures) = self.task.await.unwrap();
         assert!(
@@ -281,6 +295,53 @@ async fn a_stalled_upload_gets_408_and_a_keyless_one_401_before_its_body() {
         assert!(took < Duration::from_millis(700), "401 after {took:?}");
         assert_eq!(json_body(&bytes)["error"]["code"], "invalid_api_key");
     }
+    s.good.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_body_budget_get_503() {
+    let s = setup().await;
+    let addr = s.gw.addr;
+    // Two stalled uploads reserve 3.8 of the 4 MB.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("{}{{\"model\":", head(1_900_000, &bearer())).as_bytes())
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A third, of 1 MB, is refused before its body is read.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    c.write_all(format!("{}{{\"model\":", head(1_000_000, &bearer())).as_bytes())
+        .await
+        .unwrap();
+    let bytes = read_response(&mut c, Duration::from_millis(700)).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(status_of(&bytes), Some(503), "{text}");
+    assert!(start.elapsed() < Duration::from_millis(700));
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    assert_eq!(json_body(&bytes)["error"]["code"], "body_budget_exhausted");
+    // The stalled ones end with 408, and give their reservation back.
+    for mut c in held {
+        let bytes = read_response(&mut c, Duration::from_secs(3)).await;
+        assert_eq!(status_of(&bytes), Some(408));
+    }
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("{}{{\"model\":", head(1_000_000, &bearer())).as_bytes())
+        .await
+        .unwrap();
+    let bytes = read_response(&mut c, Duration::from_secs(3)).await;
+    assert_eq!(
+        status_of(&bytes),
+        Some(408),
+        "the budget was not given back"
+    );
     s.good.finish().await;
 }
 

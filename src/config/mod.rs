@@ -107,6 +107,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: Option<u64>,
     /// A request body with no byte for this many ms is answered 408 (default 60 000).
     pub body_read_timeout_ms: Option<u64>,
+    /// Request-body bytes all requests in flight may hold (each reserves its
+    /// `content-length`, or `max_body_bytes` without one); past it, 503 with `Retry-After`
+    /// (default 1 GiB). Read at start.
+    pub max_buffered_body_bytes: Option<usize>,
     /// A connection with no request in flight and no byte moving for this many ms is closed
     /// (default 75 000). Read at start.
     pub idle_timeout_ms: Option<u64>,

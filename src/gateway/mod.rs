@@ -164,6 +164,7 @@ impl GatewayBuilder<'_> {
         let fixed = Fixed {
             store: crate::config::limit_store(cfg)?,
             sinks,
+            body_budget: stack::body_budget(cfg),
         };
         let serve = ServeOptions::from_config(cfg)?;
         let mut health = HealthRegistry::new();

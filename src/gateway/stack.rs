@@ -23,7 +23,10 @@ use crate::meter::{CostReportLayer, RecordSink, UsageMeterLayer};
 use crate::pricing::PriceHandle;
 use crate::provider::Dispatch;
 use crate::ratelimit::{LimitStore, RateLimitLayer};
-use crate::request::{DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, ParseLayer};
+use crate::request::{
+    BodyBudgetLayer, DEFAULT_BODY_BUDGET_BYTES, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    ParseLayer,
+};
 use crate::route::{RouteHandle, RouteLayer};
 use crate::sink::JsonlSink;
 use crate::stream::StreamPassthroughLayer;
@@ -38,6 +41,18 @@ pub(super) struct Fixed {
     pub(super) store: Arc<dyn LimitStore>,
     /// Sinks that are not the JSON-lines file (the builder's extra sinks, PostgreSQL).
     pub(super) sinks: Vec<Arc<dyn RecordSink>>,
+    /// The request-body bytes all requests in flight may hold.
+    pub(super) body_budget: BodyBudgetLayer,
+}
+
+/// The body budget of `[server] max_buffered_body_bytes`.
+pub(super) fn body_budget(cfg: &Config) -> BodyBudgetLayer {
+    BodyBudgetLayer::new(
+        cfg.server
+            .max_buffered_body_bytes
+            .unwrap_or(DEFAULT_BODY_BUDGET_BYTES),
+    )
+    .max_body_bytes(cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES))
 }
 
 /// The JSON-lines file of a generation; a reload that keeps the path keeps the writer.
@@ -112,6 +127,7 @@ pub(super) fn build(
     let layers = Layers {
         max_body: cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         body_read_timeout,
+        body_budget: fixed.body_budget.clone(),
         meter,
         // `cost` (USD) in the usage object the client receives, as OpenRouter does.
         cost: cfg
@@ -137,6 +153,7 @@ pub(super) fn build(
 struct Layers {
     max_body: usize,
     body_read_timeout: Duration,
+    body_budget: BodyBudgetLayer,
     meter: UsageMeterLayer,
     cost: Option<CostReportLayer>,
     auth: AuthLayer,
@@ -166,6 +183,8 @@ fn llm_service(l: Layers) -> HttpService {
         .layer(ErrorResponseLayer::new())
         // the key from the headers: no valid key, no byte of the body is read
         .layer(l.auth.key_check())
+        // one budget of buffered request-body bytes for all requests in flight: 503 when spent
+        .layer(l.body_budget)
         // buffer the request once (capped, read deadline), read model/stream/...
         .layer(
             ParseLayer::new()
