@@ -626,3 +626,123 @@ async fn refusals_are_recorded_without_attacker_labels() {
     assert!(recs[1].key_id.is_some());
     assert_eq!(recs[2].model, "fast");
 }
+
+/// The gateway started with an open-file limit of `nofile` (soft and hard), its stderr in a
+/// file (returned).
+fn start_with_nofile(cfg: &str, nofile: u64) -> (GatewayProcess, std::path::PathBuf) {
+    use std::os::unix::process::CommandExt;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let log = std::env::temp_dir().join(format!(
+        "tollgate-hostile-{}-{}.log",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::File::create(&log).unwrap();
+    let gw = GatewayProcess::start_with(cfg, |cmd| {
+        cmd.stderr(file);
+        // SAFETY: setrlimit only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                use rustix::process::{Resource, Rlimit, setrlimit};
+                let lim = Rlimit {
+                    current: Some(nofile),
+                    maximum: Some(nofile),
+                };
+                setrlimit(Resource::Nofile, lim).map_err(std::io::Error::from)
+            });
+        }
+    });
+    (gw, log)
+}
+
+/// `n` connections, each sending nothing: how many the gateway answered at once with 503 and
+/// closed, how many it closed without a word, and the rest, still open.
+async fn flood(addr: SocketAddr, n: usize) -> (usize, usize, Vec<TcpStream>) {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let checks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let (bytes, closed) = read_until_closed(&mut c, Duration::from_millis(300)).await;
+                (closed, status_of(&bytes), c)
+            })
+        })
+        .collect();
+    let (mut refused, mut silent) = (0, 0);
+    let mut open = Vec::new();
+    for t in checks {
+        match t.await.unwrap() {
+            (false, _, c) => open.push(c),
+            (true, Some(503), _) => refused += 1,
+            (true, _, _) => silent += 1,
+        }
+    }
+    (refused, silent, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_stays_below_the_open_file_limit() {
+    let up = MockServer::start().await.expect("mock upstream");
+    // No max_connections: the default leaves room in 200 descriptors, (200 - 64) / 2 = 68.
+    let cfg = config(&up.base_url())
+        .replace(&format!("max_connections = {MAX_CONNECTIONS}\n"), "")
+        .replace(
+            "header_read_timeout_ms = 1000",
+            "header_read_timeout_ms = 3000",
+        );
+    let (gw, log) = start_with_nofile(&cfg, 200);
+    let good = Good::start(gw.addr);
+    let (refused, silent, open) = flood(gw.addr, 150).await;
+    let admitted = open.len();
+    assert!(
+        (60..=68).contains(&admitted) && refused == 150 - admitted,
+        "admitted {admitted}, refused {refused}, closed without a 503 {silent}"
+    );
+    good.finish().await;
+    drop(open);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("accept failed"), "{text}");
+    assert!(
+        text.contains("max_connections"),
+        "the refusals were not logged: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_failures_are_logged_at_most_once_a_second() {
+    let up = MockServer::start().await.expect("mock upstream");
+    // A cap above the open-file limit: the accept loop runs out of descriptors.
+    let cfg = config(&up.base_url())
+        .replace(
+            &format!("max_connections = {MAX_CONNECTIONS}"),
+            "max_connections = 1000",
+        )
+        .replace(
+            "header_read_timeout_ms = 1000",
+            "header_read_timeout_ms = 3000",
+        );
+    let (gw, log) = start_with_nofile(&cfg, 200);
+    let start = Instant::now();
+    let (_, _, open) = flood(gw.addr, 300).await;
+    tokio::time::sleep(Duration::from_millis(2000).saturating_sub(start.elapsed())).await;
+    let held = start.elapsed();
+    drop(open);
+    // Served again once the descriptors are back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let res = common::chat(
+        gw.addr,
+        GOOD_BODY,
+        &[("authorization", &format!("Bearer {KEY}"))],
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(lines >= 1, "no accept failure logged: {text}");
+    // One line a second (per worker), whatever the rate of failures.
+    let most = 2 * (held.as_secs() as usize + 2);
+    assert!(lines <= most, "{lines} lines in {held:?}: {text}");
+}
