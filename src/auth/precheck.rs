@@ -79,7 +79,10 @@ impl<S> Layer<S> for KeyCheckLayer {
     }
 }
 
-/// Validates the key from the headers before the body is read; see the [module docs](self).
+/// Validates the key from the headers before the body is read. In front of Parse: a request
+/// without a valid key is marked refused, Parse reads none of its body, the UsageMeter records
+/// it and [`Auth`](super::Auth) answers 401; a valid key is not validated again by Auth, which
+/// checks the model allow-list. Made by [`AuthLayer::key_check`](super::AuthLayer::key_check).
 #[derive(Clone)]
 pub struct KeyCheck<S> {
     inner: S,

@@ -26,6 +26,11 @@
 //! built from a new config, atomically: a request sees the old config or the new one, never a
 //! mix; requests in flight finish on the stack they were admitted by.
 //!
+//! [`Gateway::serve`] (and [`serve_connections_with`] with [`Gateway::serve_options`]) applies
+//! the connection discipline of `[server]`: header read and idle timeouts, header limits, the
+//! HTTP/2 stream cap and the connection cap ([`ServeOptions`]); the stack refuses a request
+//! without a valid key before reading its body, and holds all bodies in flight to one budget.
+//!
 //! Endpoints beside the LLM stack:
 //! - `GET /healthz` (`/health`): `{"status":"ok"}`.
 //! - `GET /v1/models` (`/models`), `GET /v1/models/{id}`: the models the calling key may use;

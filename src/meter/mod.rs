@@ -43,8 +43,14 @@
 //! the serving target's own price. [`CostReportLayer`] (placed directly inside the meter) reports
 //! the same cost to the client in its `usage` object.
 //!
-//! Where it sits: `Parse · UsageMeter · [CostReport] · Auth · RateLimit · StreamPassthrough ·
-//! Route · Fallback · Timeout · Dispatch` — outside Auth and RateLimit, so refusals get records.
+//! Where it sits: `[KeyCheck] · Parse · UsageMeter · [CostReport] · Auth · RateLimit ·
+//! StreamPassthrough · Route · Fallback · Timeout · Dispatch` — outside Auth and RateLimit, so
+//! refusals get records (also those [`KeyCheck`](crate::auth::KeyCheck) refused before Parse
+//! read their body: no key, no model).
+//!
+//! Cardinality: with [`UsageMeterLayer::known_models`] (the reference gateway sets it), the
+//! `model` of a record and its metric label is a served name or [`UNKNOWN_MODEL`], never a
+//! name an unauthenticated or unrouted request made up.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};

@@ -65,7 +65,9 @@ impl<S> Layer<S> for BodyBudgetLayer {
     }
 }
 
-/// Reserves each request's body from a shared budget; see the [module docs](self).
+/// Reserves each request's `content-length` (or the body cap) from a shared budget before
+/// Parse reads the body, until the inner service answers; 503 with `Retry-After: 1` when the
+/// budget is spent. Made by [`BodyBudgetLayer`].
 #[derive(Debug, Clone)]
 pub struct BodyBudget<S> {
     inner: S,
