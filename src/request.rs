@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -28,9 +28,15 @@ use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, GatewayError};
 use crate::order::{self, Checked};
 
+mod budget;
+mod read_timeout;
 mod validate;
 
+pub use budget::{BodyBudget, BodyBudgetFuture, BodyBudgetLayer, DEFAULT_BODY_BUDGET_BYTES};
+pub use read_timeout::BodyReadTimeout;
+use read_timeout::TimedBody;
 pub use validate::ECHO_CHARS;
+pub(crate) use validate::prefix;
 
 /// Most levels of nesting in a request body (the top-level object is level 1): a deeper body
 /// is refused with a 400 at Parse and never forwarded.
@@ -684,16 +690,22 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
 /// Default body cap: 16 MiB (images travel inline as base64).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 
+/// Default body read timeout: a body with no byte for 60 s is answered 408 (nginx's
+/// `client_body_timeout`).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Layer for [`Parse`]: configuration only.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLayer {
     max_body_bytes: usize,
+    body_read_timeout: Option<Duration>,
 }
 
 impl Default for ParseLayer {
     fn default() -> Self {
         ParseLayer {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_read_timeout: Some(DEFAULT_BODY_READ_TIMEOUT),
         }
     }
 }
@@ -708,6 +720,12 @@ impl ParseLayer {
         self.max_body_bytes = n;
         self
     }
+    /// A body that sends no byte for `d` is answered 408 (`None`: wait for ever). Default
+    /// [`DEFAULT_BODY_READ_TIMEOUT`].
+    pub fn body_read_timeout(mut self, d: Option<Duration>) -> Self {
+        self.body_read_timeout = d;
+        self
+    }
 }
 
 impl<S> Layer<S> for ParseLayer {
@@ -716,6 +734,7 @@ impl<S> Layer<S> for ParseLayer {
         Parse {
             inner,
             max_body_bytes: self.max_body_bytes,
+            body_read_timeout: self.body_read_timeout,
         }
     }
 }
@@ -726,6 +745,7 @@ impl<S> Layer<S> for ParseLayer {
 pub struct Parse<S> {
     inner: S,
     max_body_bytes: usize,
+    body_read_timeout: Option<Duration>,
 }
 
 impl<S> Parse<S> {
@@ -777,7 +797,7 @@ where
             None => {
                 return ParseFuture::failed(GatewayError::new(
                     ErrorKind::NotFound,
-                    format!("no endpoint at {}", parts.uri.path()),
+                    format!("no endpoint at {}", prefix(parts.uri.path())),
                 ));
             }
         };
@@ -786,10 +806,21 @@ where
                 ErrorKind::MethodNotAllowed,
                 format!(
                     "{} is not allowed on {}; use POST",
-                    parts.method,
-                    parts.uri.path()
+                    prefix(parts.method.as_str()),
+                    prefix(parts.uri.path())
                 ),
             ));
+        }
+        // The key was refused from the headers (KeyCheck): read none of the body; Auth
+        // answers 401 and the UsageMeter records it.
+        if crate::auth::refused_early(&parts.extensions) {
+            let mut inner = inner;
+            let req = Request::from_parts(parts, Full::new(Bytes::new()));
+            return ParseFuture {
+                state: ParseState::Calling {
+                    fut: inner.call(req),
+                },
+            };
         }
         if let Some(len) = parts
             .headers
@@ -807,7 +838,11 @@ where
             state: ParseState::Collecting {
                 drain,
                 stop: None,
-                collect: Limited::new(body, self.max_body_bytes).collect(),
+                collect: Limited::new(
+                    TimedBody::new(body, self.body_read_timeout),
+                    self.max_body_bytes,
+                )
+                .collect(),
                 parts: Some(parts),
                 api,
                 inner: Some(inner),
@@ -815,6 +850,18 @@ where
             },
         }
     }
+}
+
+fn read_timed_out(t: BodyReadTimeout) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::BadRequest,
+        format!(
+            "the request body stalled: no data for {} ms",
+            t.0.as_millis()
+        ),
+    )
+    .with_status(http::StatusCode::REQUEST_TIMEOUT)
+    .with_code("request_timeout")
 }
 
 fn too_large(max: usize) -> GatewayError {
@@ -851,7 +898,7 @@ pin_project! {
             // Made from `drain` the first time the body is not all there.
             stop: Option<crate::ext::DrainWait>,
             #[pin]
-            collect: http_body_util::combinators::Collect<Limited<B>>,
+            collect: http_body_util::combinators::Collect<Limited<TimedBody<B>>>,
             parts: Option<http::request::Parts>,
             api: Api,
             inner: Option<S>,
@@ -924,6 +971,8 @@ where
                         Err(e) => {
                             let e = if e.is::<http_body_util::LengthLimitError>() {
                                 too_large(*max)
+                            } else if let Some(t) = e.downcast_ref::<BodyReadTimeout>() {
+                                read_timed_out(*t)
                             } else {
                                 GatewayError::bad_request(
                                     format!("failed to read request body: {e}"),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tollgate::config::{Config, DEFAULT_CONFIG, LogFormat, RuntimeKind};
-use tollgate::gateway::{Gateway, Reloader, serve_connections, serve_draining};
+use tollgate::gateway::{Gateway, Reloader, serve_connections, serve_with};
 
 const HELP: &str = "\
 tollgate reference gateway: one OpenAI-compatible endpoint in front of many providers
@@ -191,6 +191,11 @@ fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle,
 /// runtime and its own listening socket on the same address (`SO_REUSEPORT`).
 async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
     let prometheus = install_prometheus()?;
+    // Every client connection is a descriptor: the soft limit (often 1024) goes up to the hard
+    // one, and `[server] max_connections` defaults to what it leaves room for.
+    if let Some(n) = tollgate::gateway::raise_nofile_limit() {
+        tracing::debug!(nofile = n, "open-file limit");
+    }
     let listen = args
         .listen
         .clone()
@@ -227,18 +232,14 @@ async fn run(args: Args, cfg: Config, extra: usize) -> Result<(), String> {
     let models = gateway.model_names();
     tracing::info!(?models, "serving {} models", models.len());
 
+    let opts = gateway.serve_options();
     let drain = gateway.drain_control();
-    serve_draining(
-        listener,
-        gateway.clone(),
-        async {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_tx.send(true);
-        },
-        drain,
-    )
-    .await;
+    let shutdown = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    };
+    serve_with(listener, gateway.clone(), shutdown, &opts, drain).await;
     for done in finished {
         let _ = done.await;
     }
@@ -280,16 +281,12 @@ fn spawn_worker(
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
+                let opts = gateway.serve_options();
                 let drain = gateway.drain_control();
-                serve_draining(
-                    listener,
-                    gateway,
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                    drain,
-                )
-                .await;
+                let stop = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                serve_with(listener, gateway, stop, &opts, drain).await;
             });
             let _ = done_tx.send(());
         })

@@ -42,6 +42,14 @@ impl AuthLayer {
         AuthLayer { validator: None }
     }
 
+    /// The [`KeyCheck`](super::KeyCheck) layer for the same validator: placed in front of
+    /// Parse, a request without a valid key is refused before a byte of its body is read.
+    pub fn key_check(&self) -> super::KeyCheckLayer {
+        super::KeyCheckLayer {
+            validator: self.validator.clone(),
+        }
+    }
+
     /// Whether keys are checked.
     pub fn is_enabled(&self) -> bool {
         self.validator.is_some()

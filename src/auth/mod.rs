@@ -24,6 +24,10 @@
 //! first request, not on the first restricted key). Switch it off explicitly with
 //! [`AuthLayer::disabled`] (which still needs Parse).
 //!
+//! To refuse a request without a valid key before its body is read, put
+//! [`AuthLayer::key_check`] in front of Parse (see [`KeyCheck`]): the key is then validated
+//! once, from the headers, and Auth only checks the model allow-list.
+//!
 //! ```
 //! use tollgate::auth::{AuthLayer, KeyEntry, StaticKeys, hash_key};
 //! use tollgate::ratelimit::Limits;
@@ -43,6 +47,7 @@
 mod future;
 mod keys;
 mod layer;
+mod precheck;
 
 use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
@@ -57,6 +62,8 @@ pub use keys::{
     hash_key,
 };
 pub use layer::AuthLayer;
+pub use precheck::{KeyCheck, KeyCheckFuture, KeyCheckLayer};
+pub(crate) use precheck::{PreAuth, refused_early};
 
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
@@ -124,6 +131,12 @@ where
         if let Err(e) = order::enter(req.extensions_mut(), Checked::Auth) {
             return AuthFuture::failed(e);
         }
+        // KeyCheck (in front of Parse) already refused it: the body was never read.
+        let pre = req.extensions_mut().remove::<PreAuth>();
+        if let Some(PreAuth::Refused { reason, message }) = pre {
+            refused(reason);
+            return AuthFuture::failed(unauthorized(message));
+        }
         // Fail closed: without ParsedRequest the per-key model allow-list cannot be checked.
         if req.extensions().get::<ParsedRequest>().is_none() {
             static LOGGED: AtomicBool = AtomicBool::new(false);
@@ -153,12 +166,17 @@ where
                 Err(e) => AuthFuture::failed(e),
             };
         };
-        match key {
-            None => {
+        match (key, pre) {
+            // KeyCheck validated this key already.
+            (_, Some(PreAuth::Admitted(id))) => match admit(Some(id), req) {
+                Ok((req, id)) => AuthFuture::calling(inner.call(req), id),
+                Err(e) => AuthFuture::failed(e),
+            },
+            (None, _) => {
                 refused("missing_key");
                 AuthFuture::failed(unauthorized(MISSING_KEY))
             }
-            Some(key) => AuthFuture::validating(validator.validate(key), req, inner),
+            (Some(key), _) => AuthFuture::validating(validator.validate(key), req, inner),
         }
     }
 }
@@ -220,7 +238,8 @@ pub(crate) fn admit<B>(
                 ErrorKind::Forbidden,
                 format!(
                     "The key '{}' may not use the model '{}'.",
-                    id.name, parsed.model
+                    id.name,
+                    crate::request::prefix(&parsed.model)
                 ),
             )
             .with_code("model_not_allowed")

@@ -114,6 +114,29 @@ pub struct ServerConfig {
     /// The most bytes one upstream SSE event (or a line without a line break) may hold
     /// (default 4 MiB); past it the stream ends with the in-band error, the event not held.
     pub max_sse_event_bytes: Option<usize>,
+    /// A request's head (request line and headers) must arrive within this many ms, else the
+    /// connection is closed (default 30 000). On HTTP/1.1 the clock also runs while a kept-alive
+    /// connection waits for its next request. Read at start.
+    pub header_read_timeout_ms: Option<u64>,
+    /// A request body with no byte for this many ms is answered 408 (default 60 000).
+    pub body_read_timeout_ms: Option<u64>,
+    /// Request-body bytes all requests in flight may hold (each reserves its
+    /// `content-length`, or `max_body_bytes` without one); past it, 503 with `Retry-After`
+    /// (default 1 GiB). Read at start.
+    pub max_buffered_body_bytes: Option<usize>,
+    /// A connection with no request in flight and no byte moving for this many ms is closed
+    /// (default 75 000). Read at start.
+    pub idle_timeout_ms: Option<u64>,
+    /// Cap on open client connections; one over it gets 503 and is closed (default 8192, or
+    /// less when the open-file limit is lower). Read at start.
+    pub max_connections: Option<usize>,
+    /// Cap on a request's head in bytes (default 65 536, at least 8192); larger gets 431 or a
+    /// closed connection. Read at start.
+    pub max_header_bytes: Option<usize>,
+    /// Cap on the number of headers of an HTTP/1.1 request (default 100). Read at start.
+    pub max_headers: Option<usize>,
+    /// Cap on concurrent streams of one HTTP/2 connection (default 128). Read at start.
+    pub http2_max_concurrent_streams: Option<u32>,
 }
 
 /// `[server] log_format`

@@ -26,6 +26,11 @@
 //! built from a new config, atomically: a request sees the old config or the new one, never a
 //! mix; requests in flight finish on the stack they were admitted by.
 //!
+//! [`Gateway::serve`] (and [`serve_with`] with [`Gateway::serve_options`]) applies
+//! the connection discipline of `[server]`: header read and idle timeouts, header limits, the
+//! HTTP/2 stream cap and the connection cap ([`ServeOptions`]); the stack refuses a request
+//! without a valid key before reading its body, and holds all bodies in flight to one budget.
+//!
 //! Endpoints beside the LLM stack:
 //! - `GET /healthz` (`/health`): `{"status":"ok"}`.
 //! - `GET /v1/models` (`/models`), `GET /v1/models/{id}`: the models the calling key may use;
@@ -39,6 +44,7 @@
 //!   listener only when `[server] metrics = "main"` (or by default when auth is off), and on
 //!   the [admin service](Gateway::admin) served on `[server] admin_listen`.
 
+mod conn;
 mod ops;
 mod reload;
 mod serve;
@@ -63,9 +69,14 @@ use crate::ext::DrainControl;
 use crate::meter::RecordSink;
 use crate::store::ResponseStoreHandle;
 
+pub use conn::{
+    DEFAULT_H2_MAX_STREAMS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, ServeOptions,
+    default_max_connections, raise_nofile_limit,
+};
 pub use ops::Admin;
 pub use reload::Reloader;
-pub use serve::{serve_connections, serve_draining};
+pub use serve::{serve_connections, serve_with};
 
 /// Default of `[server] drain_ms`: how long streams may run after shutdown began.
 pub const DEFAULT_DRAIN_MS: u64 = 30_000;
@@ -86,6 +97,8 @@ struct Shared {
     responses: ResponseStoreHandle,
     /// The shutdown every request is told about (`[server] drain_ms`, read at start).
     drain: DrainControl,
+    /// The connection discipline of `[server]` (read at start; one connection count).
+    serve: ServeOptions,
     #[cfg(feature = "postgres")]
     postgres: Option<Arc<crate::sink::postgres::PostgresSink>>,
 }
@@ -183,7 +196,9 @@ impl GatewayBuilder<'_> {
         let fixed = Fixed {
             store: crate::config::limit_store(cfg)?,
             sinks,
+            body_budget: stack::body_budget(cfg),
         };
+        let serve = ServeOptions::from_config(cfg)?;
         let mut health = HealthRegistry::new();
         let stack = stack::build(cfg, &fixed, &mut health, None)?;
         if stack.keys.as_ref().is_some_and(|k| k.is_empty()) {
@@ -199,6 +214,7 @@ impl GatewayBuilder<'_> {
             drain: DrainControl::new(Duration::from_millis(
                 cfg.server.drain_ms.unwrap_or(DEFAULT_DRAIN_MS),
             )),
+            serve,
             #[cfg(feature = "postgres")]
             postgres,
         });
@@ -279,20 +295,28 @@ impl Gateway {
     }
 
     /// The shutdown control every request of this gateway is told about: pass it to
-    /// [`serve_draining`] (each worker's loop may; the first to stop moves all requests on).
+    /// [`serve_with`] (each worker's loop may; the first to stop moves all requests on).
     pub fn drain_control(&self) -> DrainControl {
         self.shared.drain.clone()
     }
 
-    /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
-    /// requests finish (up to `[server] drain_ms`, then streams end with the in-band error
-    /// event) and flush the usage records. See [`serve_draining`].
+    /// The connection discipline `[server]` asks for (timeouts, header limits, connection
+    /// cap). Clones share one connection count: give the same value to every accept loop.
+    pub fn serve_options(&self) -> ServeOptions {
+        self.shared.serve.clone()
+    }
+
+    /// Serve on `listener` until `shutdown` resolves, with [`serve_options`](Self::serve_options);
+    /// then stop accepting, let in-flight requests finish (up to `[server] drain_ms`, then
+    /// streams end with the in-band error event) and flush the usage records. See
+    /// [`serve_with`].
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        serve_draining(listener, self.clone(), shutdown, self.drain_control()).await;
+        let opts = self.serve_options();
+        serve_with(listener, self.clone(), shutdown, &opts, self.drain_control()).await;
         self.flush().await;
     }
 }

@@ -13,13 +13,13 @@ use pin_project_lite::pin_project;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
 
+use super::conn::{Counted, IdleIo, InFlight, LogLimit, ServeOptions, accept_failed};
 use crate::body::{Body, BoxError};
 use crate::ext::{DrainControl, DrainPhase, DrainWait};
 
@@ -154,10 +154,8 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// Serve `service` (one clone per connection) on `listener` until `shutdown` resolves; then
-/// stop accepting and let in-flight requests finish (up to 30 s). No flush: the reference
-/// gateway runs one loop per worker thread, each on its own listener, and flushes once when
-/// all have finished ([`Gateway::serve`](super::Gateway::serve) does both).
+/// Serve `service` (one clone per connection) on `listener` until `shutdown` resolves, with
+/// the default [`ServeOptions`] (its own connection count) and a 30 s drain: see [`serve_with`].
 pub async fn serve_connections<S>(
     listener: TcpListener,
     service: S,
@@ -169,20 +167,29 @@ pub async fn serve_connections<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    serve_draining(listener, service, shutdown, DrainControl::new(DRAIN)).await;
+    let opts = ServeOptions::default();
+    serve_with(listener, service, shutdown, &opts, DrainControl::new(DRAIN)).await;
 }
 
-/// [`serve_connections`] with the shutdown told to every request through `drain` (a
-/// [`Gateway`](super::Gateway)'s [`drain_control`](super::Gateway::drain_control): its
-/// requests carry the matching [`Drain`](crate::ext::Drain)). When `shutdown` resolves: stop
-/// accepting; idle connections close at once (hyper's graceful shutdown), and a request whose
-/// body is still arriving is answered 503 at once; streams run on until the drain period
-/// ends, then each ends with the in-band error event (its usage record written as for any
-/// failed stream); returns as soon as no connection is left.
-pub async fn serve_draining<S>(
+/// Serve `service` (one clone per connection) on `listener` until `shutdown` resolves. No
+/// flush: the reference gateway runs one loop per worker thread, each on its own listener, and
+/// flushes once when all have finished ([`Gateway::serve`](super::Gateway::serve) does both).
+///
+/// `opts` sets the connection discipline: header read and idle timeouts, header limits, and
+/// the cap on open connections (shared by the clones of `opts`: pass one value to every loop).
+///
+/// `drain` tells every request about the shutdown (a [`Gateway`](super::Gateway)'s
+/// [`drain_control`](super::Gateway::drain_control): its requests carry the matching
+/// [`Drain`](crate::ext::Drain)). When `shutdown` resolves: stop accepting; idle connections
+/// close at once (hyper's graceful shutdown), a connection whose request head is still arriving
+/// is dropped, and a request whose body is still arriving is answered 503 at once; streams run
+/// on until the drain period ends, then each ends with the in-band error event (its usage
+/// record written as for any failed stream); returns as soon as no connection is left.
+pub async fn serve_with<S>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
+    opts: &ServeOptions,
     drain: DrainControl,
 ) where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -192,7 +199,8 @@ pub async fn serve_draining<S>(
     S::Future: Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = opts.builder();
+    let mut accept_log = LogLimit::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -200,26 +208,35 @@ pub async fn serve_draining<S>(
                 let (stream, _) = match conn {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        tokio::time::sleep(accept_failed(&mut accept_log, &e)).await;
                         continue;
                     }
                 };
+                let Some(slot) = opts.admit(&stream) else { continue };
                 let _ = stream.set_nodelay(true);
+                let in_flight = InFlight::default();
+                let io = IdleIo::new(stream, opts.idle_timeout_value(), in_flight.clone());
                 let in_hand = Arc::new(AtomicUsize::new(0));
-                let svc = TowerToHyperService::new(Tracked {
-                    inner: service.clone(),
-                    in_hand: in_hand.clone(),
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let tracked = Tracked { inner: service.clone(), in_hand: in_hand.clone() };
+                let svc = TowerToHyperService::new(Counted { inner: tracked, in_flight });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                 let conn = graceful.watch(conn.into_owned());
                 let stopping = drain.drain().wait(DrainPhase::Stopping);
-                tokio::spawn(run_connection(conn, in_hand, stopping));
+                tokio::spawn(async move {
+                    run_connection(conn, in_hand, stopping).await;
+                    drop(slot);
+                });
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
+    finish(graceful, &drain).await;
+}
+
+/// After the accept loop: wait for the connections, up to the drain period; then end the
+/// streams still running in-band and give them a short grace to be written out.
+async fn finish(graceful: GracefulShutdown, drain: &DrainControl) {
     drain.advance(DrainPhase::Stopping);
     let all_closed = graceful.shutdown();
     tokio::pin!(all_closed);

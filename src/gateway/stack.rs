@@ -3,6 +3,7 @@
 //! JSON-lines file the records go to.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Response;
 use tower::ServiceBuilder;
@@ -22,7 +23,10 @@ use crate::meter::{CostReportLayer, RecordSink, UsageMeterLayer};
 use crate::pricing::PriceHandle;
 use crate::provider::Dispatch;
 use crate::ratelimit::{LimitStore, RateLimitLayer};
-use crate::request::{DEFAULT_MAX_BODY_BYTES, ParseLayer};
+use crate::request::{
+    BodyBudgetLayer, DEFAULT_BODY_BUDGET_BYTES, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    ParseLayer,
+};
 use crate::route::{RouteHandle, RouteLayer};
 use crate::sink::JsonlSink;
 use crate::stream::StreamPassthroughLayer;
@@ -37,6 +41,18 @@ pub(super) struct Fixed {
     pub(super) store: Arc<dyn LimitStore>,
     /// Sinks that are not the JSON-lines file (the builder's extra sinks, PostgreSQL).
     pub(super) sinks: Vec<Arc<dyn RecordSink>>,
+    /// The request-body bytes all requests in flight may hold.
+    pub(super) body_budget: BodyBudgetLayer,
+}
+
+/// The body budget of `[server] max_buffered_body_bytes`.
+pub(super) fn body_budget(cfg: &Config) -> BodyBudgetLayer {
+    BodyBudgetLayer::new(
+        cfg.server
+            .max_buffered_body_bytes
+            .unwrap_or(DEFAULT_BODY_BUDGET_BYTES),
+    )
+    .max_body_bytes(cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES))
 }
 
 /// The JSON-lines file of a generation; a reload that keeps the path keeps the writer.
@@ -78,7 +94,11 @@ pub(super) fn build(
         crate::config::worst_price(&price_routes.load(), model)
     })?;
     let jsonl = jsonl_file(cfg, jsonl)?;
-    let mut meter = UsageMeterLayer::new().prices(prices.clone());
+    // Records and metric labels name served models only (else `unknown`): bounded cardinality.
+    let known_routes = routes.clone();
+    let mut meter = UsageMeterLayer::new()
+        .prices(prices.clone())
+        .known_models(move |m| known_routes.load().get(m).is_some());
     if let Some(j) = &jsonl {
         meter = meter.sink(j.sink.clone());
     }
@@ -93,6 +113,17 @@ pub(super) fn build(
         Some(k) => AuthLayer::new(k.clone()),
         None => AuthLayer::disabled(),
     };
+    let body_read_timeout = match cfg.server.body_read_timeout_ms {
+        Some(0) => {
+            return Err(ConfigError::field(
+                &cfg.source,
+                "server.body_read_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        Some(ms) => Duration::from_millis(ms),
+        None => DEFAULT_BODY_READ_TIMEOUT,
+    };
     let layers = Layers {
         max_body: cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         stream: StreamPassthroughLayer::new()
@@ -106,6 +137,8 @@ pub(super) fn build(
                     .max_usage_tokens
                     .unwrap_or(crate::usage::DEFAULT_MAX_USAGE_TOKENS),
             ),
+        body_read_timeout,
+        body_budget: fixed.body_budget.clone(),
         meter,
         // `cost` (USD) in the usage object the client receives, as OpenRouter does.
         cost: cfg
@@ -131,6 +164,8 @@ pub(super) fn build(
 struct Layers {
     max_body: usize,
     stream: StreamPassthroughLayer,
+    body_read_timeout: Duration,
+    body_budget: BodyBudgetLayer,
     meter: UsageMeterLayer,
     cost: Option<CostReportLayer>,
     auth: AuthLayer,
@@ -158,8 +193,16 @@ fn llm_service(l: Layers) -> HttpService {
         )
         // the one place a GatewayError becomes an OpenAI-shaped response
         .layer(ErrorResponseLayer::new())
-        // buffer the request once (capped), read model/stream/...
-        .layer(ParseLayer::new().max_body_bytes(l.max_body))
+        // the key from the headers: no valid key, no byte of the body is read
+        .layer(l.auth.key_check())
+        // one budget of buffered request-body bytes for all requests in flight: 503 when spent
+        .layer(l.body_budget)
+        // buffer the request once (capped, read deadline), read model/stream/...
+        .layer(
+            ParseLayer::new()
+                .max_body_bytes(l.max_body)
+                .body_read_timeout(Some(l.body_read_timeout)),
+        )
         // one usage record per request, every outcome
         .layer(l.meter)
         // optional: the cost in the client's usage object

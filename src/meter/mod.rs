@@ -43,8 +43,14 @@
 //! the serving target's own price. [`CostReportLayer`] (placed directly inside the meter) reports
 //! the same cost to the client in its `usage` object.
 //!
-//! Where it sits: `Parse · UsageMeter · [CostReport] · Auth · RateLimit · StreamPassthrough ·
-//! Route · Fallback · Timeout · Dispatch` — outside Auth and RateLimit, so refusals get records.
+//! Where it sits: `[KeyCheck] · Parse · UsageMeter · [CostReport] · Auth · RateLimit ·
+//! StreamPassthrough · Route · Fallback · Timeout · Dispatch` — outside Auth and RateLimit, so
+//! refusals get records (also those [`KeyCheck`](crate::auth::KeyCheck) refused before Parse
+//! read their body: no key, no model).
+//!
+//! Cardinality: with [`UsageMeterLayer::known_models`] (the reference gateway sets it), the
+//! `model` of a record and its metric label is a served name or [`UNKNOWN_MODEL`], never a
+//! name an unauthenticated or unrouted request made up.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -99,9 +105,17 @@ where
     }
 }
 
+/// Whether a model name is one the gateway serves (see [`UsageMeterLayer::known_models`]).
+type KnownModels = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The `model` of a record (and its metric label) for a request that was not routed and is
+/// not known to be a served model (no key, an unknown model).
+pub const UNKNOWN_MODEL: &str = "unknown";
+
 struct Shared {
     sinks: Vec<Arc<dyn RecordSink>>,
     prices: Option<PriceHandle>,
+    known: Option<KnownModels>,
     series: series::SeriesCache,
 }
 
@@ -117,6 +131,7 @@ impl Default for UsageMeterLayer {
             shared: Arc::new(Shared {
                 sinks: Vec::new(),
                 prices: None,
+                known: None,
                 series: series::SeriesCache::default(),
             }),
         }
@@ -141,6 +156,7 @@ impl UsageMeterLayer {
         let mut shared = Shared {
             sinks: self.shared.sinks.clone(),
             prices: self.shared.prices.clone(),
+            known: self.shared.known.clone(),
             series: series::SeriesCache::default(),
         };
         f(&mut shared);
@@ -164,6 +180,15 @@ impl UsageMeterLayer {
     pub fn prices(self, table: impl Into<PriceHandle>) -> Self {
         let table = table.into();
         self.edit(|s| s.prices = Some(table))
+    }
+
+    /// Bound the `model` of records and metric labels to served names: a request that was
+    /// not routed keeps its requested model only when it was authenticated and `known` says
+    /// the name is served; else it is recorded as [`UNKNOWN_MODEL`]. Without it the requested
+    /// model (at most [`MAX_MODEL_BYTES`](crate::request::MAX_MODEL_BYTES)) is recorded as sent.
+    pub fn known_models(self, known: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        let known: KnownModels = Arc::new(known);
+        self.edit(|s| s.known = Some(known))
     }
 }
 
@@ -427,7 +452,9 @@ impl Ctx {
             request_id,
             key_id: r.key_id.as_deref().map(str::to_owned),
             tenant: r.tenant.as_deref().map(str::to_owned),
-            model: routed.map_or(&*self.model, |x| &*x.model).to_owned(),
+            model: routed
+                .map_or_else(|| self.unrouted_model(), |x| &*x.model)
+                .to_owned(),
             provider,
             upstream_model,
             variant: routed.and_then(|x| x.variant.as_deref()).map(str::to_owned),
@@ -519,6 +546,16 @@ impl Ctx {
                 (u, UsageSource::Estimated)
             }
             None => (Usage::default(), UsageSource::None),
+        }
+    }
+
+    /// The model to record for a request that was not routed: see
+    /// [`UsageMeterLayer::known_models`].
+    fn unrouted_model(&self) -> &str {
+        match &self.shared.known {
+            None => &self.model,
+            Some(known) if self.reports.key_id.is_some() && known(&self.model) => &self.model,
+            Some(_) => UNKNOWN_MODEL,
         }
     }
 

@@ -43,6 +43,14 @@ pub(crate) fn echo(s: &str) -> String {
     }
 }
 
+/// `s` unquoted, cut to [`ECHO_CHARS`] characters (with `…` when cut).
+pub(crate) fn prefix(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(ECHO_CHARS) {
+        Some((at, _)) => Cow::Owned(format!("{}…", &s[..at])),
+        None => Cow::Borrowed(s),
+    }
+}
+
 /// The kinds of JSON value, from a (valid) raw value's first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

@@ -854,7 +854,10 @@ fn header_ms(
 pub fn model_not_found(name: &str) -> GatewayError {
     GatewayError::new(
         ErrorKind::ModelNotFound,
-        format!("The model `{name}` does not exist or you do not have access to it."),
+        format!(
+            "The model `{}` does not exist or you do not have access to it.",
+            crate::request::prefix(name)
+        ),
     )
     .with_param("model")
     .with_code("model_not_found")

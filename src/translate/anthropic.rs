@@ -292,7 +292,7 @@ pub fn request_to_anthropic(
             "function" => return Err(unsupported("functions")),
             other => {
                 return Err(bad(
-                    format!("unknown message role '{other}'"),
+                    format!("unknown message role '{}'", crate::request::prefix(other)),
                     format!("messages[{i}].role"),
                 ));
             }

@@ -272,7 +272,7 @@ pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
             "function" => return Err(unsupported("functions")),
             other => {
                 return Err(bad(
-                    format!("unknown message role '{other}'"),
+                    format!("unknown message role '{}'", crate::request::prefix(other)),
                     format!("messages[{i}].role"),
                 ));
             }
