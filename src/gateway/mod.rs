@@ -316,7 +316,14 @@ impl Gateway {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let opts = self.serve_options();
-        serve_with(listener, self.clone(), shutdown, &opts, self.drain_control()).await;
+        serve_with(
+            listener,
+            self.clone(),
+            shutdown,
+            &opts,
+            self.drain_control(),
+        )
+        .await;
         self.flush().await;
     }
 }
