@@ -259,10 +259,15 @@ async fn every_fault_under_load_gets_a_complete_answer_and_one_record() {
         .filter(|r| served_by(r, "flood") && r.stream && r.status == 200)
         .inspect(|r| {
             // Cut at the event cap, or (under this load) by the idle deadline first: no
-            // complete event came for `idle_ms`.
+            // complete event came for `idle_ms`. On the Anthropic face the stream is translated
+            // (a 16 MiB cap there): the 8 MiB event ends unterminated, and the translator's
+            // in-band `api_error` is recorded as the upstream's failure.
             let kind = r.error_kind.as_deref();
             assert!(
-                matches!(kind, Some("upstream_protocol" | "upstream_timeout")),
+                matches!(
+                    kind,
+                    Some("upstream_protocol" | "upstream_timeout" | "upstream_server_error")
+                ),
                 "{r:?}"
             );
         })
