@@ -56,7 +56,7 @@ pub use crate::request::ParsedRequest;
 pub use crate::target::{Attempt, AttemptInfo, RouteDecision};
 
 use crate::target::Target;
-use crate::usage::Usage;
+use crate::usage::{Units, Usage};
 
 /// Route's report: the public model after alias resolution, and the split variant it chose.
 #[derive(Debug, Clone)]
@@ -97,6 +97,11 @@ pub struct UsageFacts {
     pub content_bytes: u64,
     /// Time from when the request was received to the first content event (streams).
     pub first_event_after: Option<Duration>,
+    /// Units billed per image, character or second, when known.
+    pub units: Option<Units>,
+    /// `units` were counted by the gateway from the request (speech characters, images asked
+    /// for), not reported by the upstream: the record says `estimated`.
+    pub units_from_request: bool,
 }
 
 /// The reader's side of a usage report: a shared, read-only view of what the one

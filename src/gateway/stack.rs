@@ -22,7 +22,7 @@ use crate::meter::{CostReportLayer, RecordSink, UsageMeterLayer};
 use crate::pricing::PriceHandle;
 use crate::provider::Dispatch;
 use crate::ratelimit::{LimitStore, RateLimitLayer};
-use crate::request::{DEFAULT_MAX_BODY_BYTES, ParseLayer};
+use crate::request::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, ParseLayer};
 use crate::route::{RouteHandle, RouteLayer};
 use crate::sink::JsonlSink;
 use crate::stream::StreamPassthroughLayer;
@@ -95,6 +95,10 @@ pub(super) fn build(
     };
     let layers = Layers {
         max_body: cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_upload: cfg
+            .server
+            .max_upload_bytes
+            .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
         meter,
         // `cost` (USD) in the usage object the client receives, as OpenRouter does.
         cost: cfg
@@ -119,6 +123,7 @@ pub(super) fn build(
 /// The configured layers of one generation.
 struct Layers {
     max_body: usize,
+    max_upload: usize,
     meter: UsageMeterLayer,
     cost: Option<CostReportLayer>,
     auth: AuthLayer,
@@ -147,7 +152,11 @@ fn llm_service(l: Layers) -> HttpService {
         // the one place a GatewayError becomes an OpenAI-shaped response
         .layer(ErrorResponseLayer::new())
         // buffer the request once (capped), read model/stream/...
-        .layer(ParseLayer::new().max_body_bytes(l.max_body))
+        .layer(
+            ParseLayer::new()
+                .max_body_bytes(l.max_body)
+                .max_upload_bytes(l.max_upload),
+        )
         // one usage record per request, every outcome
         .layer(l.meter)
         // optional: the cost in the client's usage object

@@ -474,6 +474,9 @@ mod tests {
             output: 600_000,
             cached_input: Some(75_000),
             cache_write: None,
+            per_image: None,
+            per_character: None,
+            per_second: None,
         }
     }
 

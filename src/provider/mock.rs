@@ -1200,6 +1200,10 @@ impl Provider for MockProvider {
         &self.name
     }
 
+    fn serves_openai_surface(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "mock"
     }

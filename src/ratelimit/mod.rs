@@ -532,6 +532,9 @@ mod tests {
             output: 7,
             cached_input: None,
             cache_write: None,
+            per_image: None,
+            per_character: None,
+            per_second: None,
         });
         let usage = Usage {
             prompt_tokens: 10,

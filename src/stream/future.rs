@@ -10,8 +10,9 @@ use pin_project_lite::pin_project;
 use super::body::{ResponseBody, StreamInfo, prepare_headers};
 use super::json::{JsonBody, JsonUsage};
 use crate::body::Body;
-use crate::ext::UsageReport;
+use crate::ext::{UsageFacts, UsageReport};
 use crate::request::Api;
+use crate::usage::Units;
 
 /// What to observe in the answer.
 #[derive(Debug)]
@@ -19,7 +20,10 @@ pub(crate) enum Observe {
     /// A streaming request: the SSE body.
     Stream(StreamInfo),
     /// A non-streaming request: the JSON answer's `usage` (frames kept up to `cap` bytes).
-    Json { api: Api, cap: usize },
+    Json { api: Api, units: Units, cap: usize },
+    /// An answer that is not JSON (speech audio): the body passes untouched, the units the
+    /// request counted are reported at once.
+    Binary { units: Units },
 }
 
 pin_project! {
@@ -65,10 +69,20 @@ where
                 parts.extensions.insert(report);
                 Body::new(ResponseBody::from_info(body, info, Some(writer)))
             }
-            Observe::Json { api, cap } => {
+            Observe::Json { api, units, cap } => {
                 let (writer, report) = UsageReport::channel();
                 parts.extensions.insert(report);
-                Body::new(JsonBody::new(body, JsonUsage::new(api, cap, writer)))
+                Body::new(JsonBody::new(body, JsonUsage::new(api, units, cap, writer)))
+            }
+            Observe::Binary { units } => {
+                let (writer, report) = UsageReport::channel();
+                writer.publish(&UsageFacts {
+                    units: Some(units),
+                    units_from_request: true,
+                    ..UsageFacts::default()
+                });
+                parts.extensions.insert(report);
+                body
             }
         };
         Poll::Ready(Ok(Response::from_parts(parts, body)))

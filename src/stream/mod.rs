@@ -110,7 +110,7 @@ use self::future::Observe;
 use crate::body::Body;
 #[cfg(doc)]
 use crate::ext::UsageReport;
-use crate::request::ParsedRequest;
+use crate::request::{Api, ParsedRequest};
 
 /// The StreamPassthrough service: see the [module docs](self).
 #[derive(Debug, Clone)]
@@ -165,8 +165,12 @@ where
                 parsed.upstream_include_usage = !parsed.api.is_anthropic();
                 Some(Observe::Stream(StreamInfo::new(parsed)))
             }
+            Some(parsed) if parsed.api == Api::AudioSpeech => Some(Observe::Binary {
+                units: parsed.units,
+            }),
             Some(parsed) => Some(Observe::Json {
                 api: parsed.api,
+                units: parsed.units,
                 cap: self.json_cap,
             }),
             None => None,
