@@ -89,9 +89,7 @@ impl Api {
             "/v1/moderations" | "/moderations" => Some(Api::Moderations),
             "/v1/images/generations" | "/images/generations" => Some(Api::ImageGenerations),
             "/v1/audio/speech" | "/audio/speech" => Some(Api::AudioSpeech),
-            "/v1/audio/transcriptions" | "/audio/transcriptions" => {
-                Some(Api::AudioTranscriptions)
-            }
+            "/v1/audio/transcriptions" | "/audio/transcriptions" => Some(Api::AudioTranscriptions),
             "/v1/audio/translations" | "/audio/translations" => Some(Api::AudioTranslations),
             _ => None,
         }

@@ -88,10 +88,7 @@ fn seconds_to_ms(s: f64) -> Option<u64> {
 /// The usage an image or transcription answer reports: tokens where it counts them, and the
 /// units (images in `data`, audio seconds from `usage.seconds` or `duration`). `None` parts
 /// were not reported (or the answer is not JSON: `response_format: "text"`, `"srt"`, `"vtt"`).
-pub fn units_from_json(
-    api: crate::request::Api,
-    doc: &[u8],
-) -> (Option<Usage>, Option<Units>) {
+pub fn units_from_json(api: crate::request::Api, doc: &[u8]) -> (Option<Usage>, Option<Units>) {
     use crate::request::Api;
     let Ok(a) = serde_json::from_slice::<UnitAnswer>(doc) else {
         return (None, None);
@@ -518,7 +515,11 @@ impl Price {
             (_, None) => None,
         };
         let seconds = part(units.audio_ms, self.per_second)? / 1000;
-        Some(part(units.images, self.per_image)? + part(units.characters, self.per_character)? + seconds)
+        Some(
+            part(units.images, self.per_image)?
+                + part(units.characters, self.per_character)?
+                + seconds,
+        )
     }
 
     /// The cost of `usage` in pico-USD (10^-12 USD).

@@ -389,7 +389,9 @@ impl Ctx {
         let cost_pico = match usage_source {
             UsageSource::None => None,
             _ => price.and_then(|p| {
-                let cost = p.cost_pico(&usage).checked_add(p.units_cost_pico(&units)?)?;
+                let cost = p
+                    .cost_pico(&usage)
+                    .checked_add(p.units_cost_pico(&units)?)?;
                 Some(u64::try_from(cost).unwrap_or(u64::MAX))
             }),
         };

@@ -20,7 +20,10 @@ const MAX_BOUNDARY: usize = 70;
 /// Most bytes of one part's headers.
 const MAX_PART_HEADERS: usize = 16 * 1024;
 
-fn bad(msg: impl Into<std::borrow::Cow<'static, str>>, param: Option<&'static str>) -> GatewayError {
+fn bad(
+    msg: impl Into<std::borrow::Cow<'static, str>>,
+    param: Option<&'static str>,
+) -> GatewayError {
     GatewayError::bad_request(msg, param)
 }
 
@@ -112,7 +115,8 @@ fn disposition(head: &[u8]) -> (Option<&[u8]>, bool) {
                 .unwrap_or(value);
             if key.eq_ignore_ascii_case(b"name") {
                 name = Some(value);
-            } else if key.eq_ignore_ascii_case(b"filename") || key.eq_ignore_ascii_case(b"filename*")
+            } else if key.eq_ignore_ascii_case(b"filename")
+                || key.eq_ignore_ascii_case(b"filename*")
             {
                 file = true;
             }

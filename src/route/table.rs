@@ -824,7 +824,10 @@ fn needs(p: &ParsedRequest) -> String {
         v.push("count_tokens (an Anthropic provider)".to_owned());
     }
     if p.api.openai_only() {
-        v.push(format!("{} (an OpenAI-compatible provider)", p.api.as_str()));
+        v.push(format!(
+            "{} (an OpenAI-compatible provider)",
+            p.api.as_str()
+        ));
     }
     if p.has_tools {
         v.push("tools".to_owned());
