@@ -189,7 +189,7 @@ async fn moderations_need_a_key_fall_back_and_leave_a_record() {
     assert_eq!((recs[0].outcome, recs[0].status), (Outcome::Refused, 401));
     let r = &recs[1];
     assert_eq!(r.outcome, Outcome::Success);
-    assert_eq!(r.key_id.is_some(), true);
+    assert_eq!(r.key_id.as_deref(), Some("team"));
     assert_eq!(r.model, "omni-moderation-latest");
     assert_eq!(r.provider.as_deref(), Some("second"));
     assert_eq!(r.attempts, 2);
