@@ -21,6 +21,10 @@ const KEY: &str = "sk-tg-surface-test-key-0000000000001";
 const BOUNDARY: &str = "----tollgate-surface-7MA4YWxkTrZu0gW";
 
 fn config(first: &ScriptedUpstream, second: &ScriptedUpstream) -> String {
+    config_with(first, second, "")
+}
+
+fn config_with(first: &ScriptedUpstream, second: &ScriptedUpstream, extra: &str) -> String {
     let both = |model: &str| {
         format!(
             r#"targets = [{{ provider = "first", model = "{model}" }}, {{ provider = "second", model = "{model}" }}]"#
@@ -28,6 +32,7 @@ fn config(first: &ScriptedUpstream, second: &ScriptedUpstream) -> String {
     };
     format!(
         r#"
+{extra}
 [[auth.keys]]
 name = "team"
 sha256 = "{hash}"
@@ -233,6 +238,42 @@ async fn images_fall_back_and_are_counted_and_priced_per_image() {
     assert_eq!(r.usage_source, UsageSource::Upstream);
     // The shipped price of dall-e-3: USD 0.04 an image.
     assert_eq!(r.cost_pico, Some(2 * 40_000_000_000));
+}
+
+#[tokio::test]
+async fn a_daily_budget_counts_what_images_cost() {
+    let (mut a, b) = (
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+    );
+    let gw = Gateway::start(&config_with(
+        &a,
+        &b,
+        "[limits.global]\nbudget_usd_day = 0.05",
+    ))
+    .await;
+    let body = Bytes::from_static(br#"{"model":"dall-e-3","prompt":"a lighthouse","n":2}"#);
+    let headers = [("content-type", "application/json"), AUTH];
+    let client = tokio::spawn(post(
+        gw.addr,
+        "/v1/images/generations",
+        &headers,
+        body.clone(),
+    ));
+    let answer = r#"{"created":1,"data":[{"url":"https://example.com/1.png"},{"url":"https://example.com/2.png"}]}"#;
+    a.next()
+        .await
+        .respond(200, &[("content-type", "application/json")], answer);
+    let res = client.await.unwrap().unwrap();
+    assert_eq!(res.status, 200);
+    res.rest().await;
+    assert_eq!(gw.records(1).await[0].cost_pico, Some(80_000_000_000));
+    // USD 0.08 spent of 0.05: the next request is refused before any upstream is called.
+    let res = post(gw.addr, "/v1/images/generations", &headers, body)
+        .await
+        .unwrap();
+    assert_eq!(res.status, 429);
+    a.assert_idle(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
