@@ -589,3 +589,85 @@ targets = [{ provider = "mock", model = "whisper-1" }]
     assert_eq!(units[3].1.audio_ms, 5_000, "{units:?}");
     assert_eq!(units[3].2, UsageSource::Upstream);
 }
+
+/// The python of `.venv` with the pinned SDKs, or `None` after printing a SKIPPED notice (a
+/// failure when `TOLLGATE_REQUIRE_PYTHON` is set), as tests/conformance.rs does.
+fn python_or_skip() -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let ok = venv.exists()
+        && std::process::Command::new(&venv)
+            .args(["-c", "import openai, pytest"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        return Some(venv);
+    }
+    assert!(
+        std::env::var("TOLLGATE_REQUIRE_PYTHON").is_err(),
+        "TOLLGATE_REQUIRE_PYTHON is set but .venv/bin/python with the SDKs is missing"
+    );
+    eprintln!("SKIPPED: .venv with the pinned SDKs not found (run .ci/run to create it)");
+    None
+}
+
+#[tokio::test]
+async fn the_openai_python_sdk_uses_the_surface_through_the_gateway() {
+    let Some(py) = python_or_skip() else {
+        return;
+    };
+    let mut cfg = format!(
+        r#"
+[[auth.keys]]
+name = "sdk"
+sha256 = "{}"
+[usage]
+jsonl = ""
+[providers.mock]
+kind = "mock"
+"#,
+        tollgate::auth::hash_key("sk-client-test")
+    );
+    for (name, upstream) in [
+        ("omni-moderation-latest", "omni-moderation-latest"),
+        ("dall-e-3", "dall-e-3"),
+        ("tts-1", "tts-1?chunks=4&delay_ms=20"),
+        ("whisper-1", "whisper-1"),
+    ] {
+        cfg.push_str(&format!(
+            "[models.\"{name}\"]\ntargets = [{{ provider = \"mock\", model = \"err-503\" }}, {{ provider = \"mock\", model = \"{upstream}\" }}]\n"
+        ));
+    }
+    let gw = Gateway::start(&cfg).await;
+    let gateway = gw.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(py)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .arg("tests/conformance/test_openai_surface.py")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("GATEWAY", gateway)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .expect("run pytest")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pytest failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("6 passed"), "{stdout}");
+    // One record per call (the refused one too), each served by the second target.
+    let recs = gw.records(6).await;
+    let served: Vec<_> = recs
+        .iter()
+        .filter(|r| r.outcome == Outcome::Success)
+        .collect();
+    assert_eq!(served.len(), 5, "{recs:?}");
+    assert!(served.iter().all(|r| r.attempts == 2), "{served:?}");
+    let by = |m: &str| served.iter().find(|r| r.model == m).unwrap().units;
+    assert_eq!(by("dall-e-3").images, 2);
+    assert_eq!(by("tts-1").characters, 11);
+    assert!(by("whisper-1").audio_ms >= 1_000);
+}
