@@ -14,8 +14,8 @@ use crate::config::{Config, ConfigError, HealthRegistry};
 /// too), models, routes, tiers and rules, timeouts, providers, prices, limits (global, per
 /// model, per key, default max tokens, store-error policy: the counters are kept, so a lowered
 /// limit applies to what the window already counted), usage options (the JSON-lines file and
-/// its queue: new records go to the new file; `report_cost`), `[server] max_body_bytes` and
-/// `metrics`. Circuit state and latency history are kept per target.
+/// its queue: new records go to the new file; `report_cost`), `[server] max_body_bytes`,
+/// `max_upload_bytes` and `metrics`. Circuit state and latency history are kept per target.
 ///
 /// Refused, naming the field, because they need a restart: `[server] listen`, `workers`,
 /// `runtime`, `admin_listen`; `[limits] store`, `redis_url`, `redis_prefix`;
