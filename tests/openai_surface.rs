@@ -14,7 +14,6 @@ use common::{Gateway, ScriptedUpstream, Streaming};
 use http::Request;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
 use tollgate::usage::{Outcome, UsageSource};
 
 const KEY: &str = "sk-tg-surface-test-key-0000000000001";
@@ -148,10 +147,6 @@ fn content_type() -> String {
     format!("multipart/form-data; boundary={BOUNDARY}")
 }
 
-fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
 const MODERATION: &str = r#"{"id":"modr-1","model":"omni-moderation-latest","results":[{"flagged":false,"categories":{"violence":false},"category_scores":{"violence":0.0001}}]}"#;
 const UNAVAILABLE: &str =
     r#"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#;
@@ -202,6 +197,53 @@ async fn moderations_need_a_key_fall_back_and_leave_a_record() {
     assert_eq!(r.usage_source, UsageSource::None);
     assert_eq!(r.usage.total_tokens, 0);
     assert_eq!(r.cost_pico, None);
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_a_request_without_a_valid_key() {
+    let (mut a, mut b) = (
+        ScriptedUpstream::start().await,
+        ScriptedUpstream::start().await,
+    );
+    let gw = Gateway::start(&config(&a, &b)).await;
+    let json = "application/json";
+    let ct = content_type();
+    let cases: [(&str, &str, Bytes); 5] = [
+        (
+            "/v1/moderations",
+            json,
+            Bytes::from_static(br#"{"input":"x"}"#),
+        ),
+        (
+            "/v1/images/generations",
+            json,
+            Bytes::from_static(br#"{"model":"dall-e-3","prompt":"p"}"#),
+        ),
+        (
+            "/v1/audio/speech",
+            json,
+            Bytes::from_static(br#"{"model":"tts-1","input":"x","voice":"alloy"}"#),
+        ),
+        ("/v1/audio/transcriptions", &ct, form("whisper", b"ID3")),
+        ("/v1/audio/translations", &ct, form("whisper", b"ID3")),
+    ];
+    for (path, ct, body) in cases {
+        for auth in [None, Some("Bearer sk-tg-wrong-key")] {
+            let mut headers = vec![("content-type", ct)];
+            headers.extend(auth.map(|v| ("authorization", v)));
+            let res = post(gw.addr, path, &headers, body.clone()).await.unwrap();
+            assert_eq!(res.status, 401, "{path} {auth:?}");
+            let j = res.json().await;
+            assert!(j["error"]["message"].is_string(), "{path}: {j}");
+        }
+    }
+    a.assert_idle(Duration::from_millis(100)).await;
+    b.assert_idle(Duration::from_millis(10)).await;
+    let recs = gw.records(10).await;
+    assert!(
+        recs.iter()
+            .all(|r| r.outcome == Outcome::Refused && r.status == 401)
+    );
 }
 
 #[tokio::test]
@@ -344,11 +386,16 @@ async fn a_25_mib_upload_reaches_the_upstream_intact_and_is_replayed_on_fallback
     ));
     for (i, up) in [&mut a, &mut b].into_iter().enumerate() {
         let ex = up.next().await;
+        eprintln!(
+            "attempt {i}: upload at the upstream after {:?}",
+            started.elapsed()
+        );
         assert_eq!(ex.path, "/v1/audio/transcriptions");
         assert_eq!(ex.headers["content-type"], ct.as_str());
         assert_eq!(ex.body.len(), want.len());
+        // Byte for byte (a memcmp: a hash of 25 MiB is slow in a debug build).
         assert!(
-            sha(&ex.body) == sha(&want),
+            ex.body[..] == want[..],
             "attempt {i}: the upload arrived altered"
         );
         if i == 0 {
