@@ -576,6 +576,65 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_units_of_image_and_audio_answers() {
+        use crate::request::Api;
+        // gpt-image-1: tokens, and the images in `data`.
+        let (u, n) = units_from_json(
+            Api::ImageGenerations,
+            br#"{"created":1,"data":[{"b64_json":"AA=="},{"b64_json":"AA=="}],"usage":{"input_tokens":50,"input_tokens_details":{"text_tokens":50,"image_tokens":0},"output_tokens":4160,"total_tokens":4210}}"#,
+        );
+        assert_eq!(
+            u.map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
+            Some((50, 4160, 4210))
+        );
+        assert_eq!(n.map(|n| n.images), Some(2));
+        // whisper-1: `usage.seconds`; `verbose_json`: `duration`.
+        let (u, n) = units_from_json(
+            Api::AudioTranscriptions,
+            br#"{"text":"hi","usage":{"type":"duration","seconds":3}}"#,
+        );
+        assert_eq!((u, n.map(|n| n.audio_ms)), (None, Some(3000)));
+        let (_, n) = units_from_json(
+            Api::AudioTranslations,
+            br#"{"task":"translate","language":"english","duration":8.47,"text":"hi","segments":[]}"#,
+        );
+        assert_eq!(n.map(|n| n.audio_ms), Some(8470));
+        // gpt-4o-transcribe: tokens only.
+        let (u, n) = units_from_json(
+            Api::AudioTranscriptions,
+            br#"{"text":"hi","usage":{"type":"tokens","input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},"output_tokens":45,"total_tokens":59}}"#,
+        );
+        assert_eq!(u.map(|u| u.total_tokens), Some(59));
+        assert_eq!(n, None);
+        // `response_format: "text"`: nothing.
+        assert_eq!(
+            units_from_json(Api::AudioTranscriptions, b"Hello."),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn units_are_priced_only_when_every_unit_has_a_price() {
+        let p = Price {
+            per_image: Some(40_000_000_000),
+            per_second: Some(100_000_000),
+            ..Price::default()
+        };
+        let n = Units {
+            images: 2,
+            audio_ms: 1_500,
+            ..Units::default()
+        };
+        assert_eq!(p.units_cost_pico(&n), Some(80_000_000_000 + 150_000_000));
+        assert_eq!(p.units_cost_pico(&Units::default()), Some(0));
+        let speech = Units {
+            characters: 10,
+            ..Units::default()
+        };
+        assert_eq!(p.units_cost_pico(&speech), None);
+    }
+
+    #[test]
     fn reads_openai_usage_with_details() {
         let doc = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":6,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
         let u = Usage::from_openai_json(doc).unwrap();

@@ -478,6 +478,29 @@ mod tests {
     }
 
     #[test]
+    fn per_unit_prices_parse_to_pico_usd_per_unit() {
+        let t = PriceTable::parse(
+            "[openai.\"img\"]\nper_image = 0.04\n[openai.\"stt\"]\nper_second = 0.0001\n[openai.\"tts\"]\nper_million_characters = 15\n",
+            "t.toml",
+        )
+        .unwrap();
+        let day = PriceDate::today();
+        let get = |m: &str| t.lookup("openai", m, day).unwrap();
+        assert_eq!(get("img").per_image, Some(40_000_000_000));
+        assert_eq!(get("stt").per_second, Some(100_000_000));
+        assert_eq!(get("tts").per_character, Some(15_000_000));
+        assert_eq!((get("tts").input, get("tts").output), (0, 0));
+        // Neither tokens nor units: refused.
+        assert!(PriceTable::parse("[openai.\"x\"]\ncached_input = 1\n", "t.toml").is_err());
+        // The shipped table prices the OpenAI per-unit models.
+        let shipped = PriceTable::shipped().unwrap();
+        let tts = shipped.lookup("openai", "tts-1", day).unwrap();
+        assert_eq!(tts.per_character, Some(15_000_000));
+        let whisper = shipped.lookup("openai", "whisper-1", day).unwrap();
+        assert_eq!(whisper.per_second, Some(100_000_000));
+    }
+
+    #[test]
     fn shipped_table_parses_and_covers_every_vendor() {
         let t = PriceTable::shipped().unwrap();
         for (kind, model) in [
