@@ -105,6 +105,7 @@ fn served() -> ServedBy {
                 output: 600_000,
                 cached_input: Some(75_000),
                 cache_write: None,
+                ..Price::default()
             })
             .into_arc(),
         attempts: Arc::from(Vec::new()),

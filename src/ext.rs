@@ -63,7 +63,7 @@ pub use crate::request::ParsedRequest;
 pub use crate::target::{Attempt, AttemptInfo, RouteDecision};
 
 use crate::target::Target;
-use crate::usage::Usage;
+use crate::usage::{Units, Usage};
 
 /// Route's report: the public model after alias resolution, and the split variant it chose.
 #[derive(Debug, Clone)]
@@ -108,6 +108,11 @@ pub struct UsageFacts {
     /// `usage` is then `None`, the record carries an estimate with this reason, and a
     /// reservation settles at what it reserved.
     pub usage_rejected: Option<&'static str>,
+    /// Units billed per image, character or second, when known.
+    pub units: Option<Units>,
+    /// `units` were counted by the gateway from the request (speech characters, images asked
+    /// for), not reported by the upstream: the record says `estimated`.
+    pub units_from_request: bool,
 }
 
 /// Where a server is in its shutdown. See [`Drain`].

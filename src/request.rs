@@ -30,6 +30,9 @@ use crate::order::{self, Checked};
 
 mod budget;
 mod read_timeout;
+use crate::usage::Units;
+
+mod multipart;
 mod validate;
 
 pub use budget::{BodyBudget, BodyBudgetFuture, BodyBudgetLayer, DEFAULT_BODY_BUDGET_BYTES};
@@ -60,7 +63,27 @@ pub enum Api {
     Messages,
     /// `POST /v1/messages/count_tokens` (Anthropic-style; served by Anthropic targets only).
     CountTokens,
+    /// `POST /v1/moderations` (served by OpenAI-compatible targets only). A body without
+    /// `model` is routed as [`DEFAULT_MODERATION_MODEL`].
+    Moderations,
+    /// `POST /v1/images/generations` (OpenAI-compatible targets only). A body without `model`
+    /// is routed as [`DEFAULT_IMAGE_MODEL`].
+    ImageGenerations,
+    /// `POST /v1/audio/speech` (OpenAI-compatible targets only): the answer is audio bytes,
+    /// passed through as they come.
+    AudioSpeech,
+    /// `POST /v1/audio/transcriptions` (OpenAI-compatible targets only): a
+    /// `multipart/form-data` body, capped by [`ParseLayer::max_upload_bytes`].
+    AudioTranscriptions,
+    /// `POST /v1/audio/translations`: as [`Api::AudioTranscriptions`].
+    AudioTranslations,
 }
+
+/// The model a `/v1/moderations` body without `model` is routed as (OpenAI's own default).
+pub const DEFAULT_MODERATION_MODEL: &str = "omni-moderation-latest";
+
+/// The model a `/v1/images/generations` body without `model` is routed as (OpenAI's default).
+pub const DEFAULT_IMAGE_MODEL: &str = "dall-e-2";
 
 impl Api {
     /// The API served at `path`, if any.
@@ -71,6 +94,11 @@ impl Api {
             "/v1/embeddings" | "/embeddings" => Some(Api::Embeddings),
             "/v1/messages" => Some(Api::Messages),
             "/v1/messages/count_tokens" => Some(Api::CountTokens),
+            "/v1/moderations" | "/moderations" => Some(Api::Moderations),
+            "/v1/images/generations" | "/images/generations" => Some(Api::ImageGenerations),
+            "/v1/audio/speech" | "/audio/speech" => Some(Api::AudioSpeech),
+            "/v1/audio/transcriptions" | "/audio/transcriptions" => Some(Api::AudioTranscriptions),
+            "/v1/audio/translations" | "/audio/translations" => Some(Api::AudioTranslations),
             _ => None,
         }
     }
@@ -83,7 +111,37 @@ impl Api {
             Api::Embeddings => "/embeddings",
             Api::Messages => "/messages",
             Api::CountTokens => "/messages/count_tokens",
+            Api::Moderations => "/moderations",
+            Api::ImageGenerations => "/images/generations",
+            Api::AudioSpeech => "/audio/speech",
+            Api::AudioTranscriptions => "/audio/transcriptions",
+            Api::AudioTranslations => "/audio/translations",
         }
+    }
+
+    /// Whether only OpenAI-compatible targets serve this API (moderations, images, audio):
+    /// Route skips the targets of other kinds, and answers 400 when none is left.
+    pub fn openai_only(self) -> bool {
+        matches!(
+            self,
+            Api::Moderations
+                | Api::ImageGenerations
+                | Api::AudioSpeech
+                | Api::AudioTranscriptions
+                | Api::AudioTranslations
+        )
+    }
+
+    /// Whether the request body is `multipart/form-data` (an audio upload), not JSON.
+    pub fn is_multipart(self) -> bool {
+        matches!(self, Api::AudioTranscriptions | Api::AudioTranslations)
+    }
+
+    /// Whether usage is counted in tokens that can be estimated from the bytes (chat,
+    /// completions, embeddings, messages): `false` for the endpoints billed per image, second
+    /// or character, whose records carry what the upstream reported or `source: none`.
+    pub fn estimable(self) -> bool {
+        !self.openai_only()
     }
 
     /// Whether the request and its answer are in Anthropic's wire format (the `/v1/messages`
@@ -100,12 +158,20 @@ impl Api {
             Api::Embeddings => "embeddings",
             Api::Messages => "messages",
             Api::CountTokens => "count_tokens",
+            Api::Moderations => "moderations",
+            Api::ImageGenerations => "images",
+            Api::AudioSpeech => "speech",
+            Api::AudioTranscriptions => "transcriptions",
+            Api::AudioTranslations => "translations",
         }
     }
 
-    /// Whether responses of this API may stream.
+    /// Whether responses of this API may stream (through the gateway).
     pub fn can_stream(self) -> bool {
-        !matches!(self, Api::Embeddings | Api::CountTokens)
+        matches!(
+            self,
+            Api::ChatCompletions | Api::Completions | Api::Messages
+        )
     }
 }
 
@@ -134,7 +200,10 @@ pub struct ParsedRequest {
     pub base64_embeddings: bool,
     /// Ask the upstream for a usage chunk even if the client did not (set by StreamPassthrough).
     pub upstream_include_usage: bool,
-    /// The raw JSON body, as received.
+    /// What the request itself says it will be billed by: `n` images asked for, the characters
+    /// of a speech `input` (zero elsewhere).
+    pub units: Units,
+    /// The raw body, as received: JSON, or `multipart/form-data` for [`Api::is_multipart`].
     pub body: Bytes,
     /// Where `body`'s top-level members lie, so [`upstream_body`](Self::upstream_body) writes
     /// the upstream body without parsing the request again. Written by Parse; a
@@ -230,6 +299,10 @@ impl ParsedRequest {
     /// A rough prompt-token estimate (4 bytes a token) used for reservations and tier routing;
     /// never presented as a real count.
     pub fn prompt_tokens_estimate(&self) -> u64 {
+        if self.api.is_multipart() {
+            // An audio upload is not text: its size says nothing of tokens.
+            return 0;
+        }
         (self.body.len() as u64).div_ceil(4)
     }
 
@@ -237,6 +310,13 @@ impl ParsedRequest {
     /// requested when [`upstream_include_usage`](Self::upstream_include_usage) is set, the
     /// gateway-only `models` list removed. Every other field is copied byte-for-byte.
     pub fn upstream_body(&self, upstream_model: &str) -> Result<Bytes, GatewayError> {
+        if self.api.is_multipart() {
+            return multipart::with_model(&self.body, upstream_model);
+        }
+        if matches!(self.api, Api::Moderations | Api::ImageGenerations) {
+            // `model` may be absent (a default was routed): write it.
+            return with_model(&self.body, upstream_model);
+        }
         if let Some(members) = self.layout.members_of(&self.body) {
             if let Some(out) = self.upstream_body_from(members, upstream_model) {
                 return out;
@@ -533,11 +613,18 @@ fn model_name(v: Option<&RawValue>) -> Result<Arc<str>, GatewayError> {
 
 /// Parse a request body for `api` into a [`ParsedRequest`].
 pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> {
+    if api.is_multipart() {
+        return multipart::parse(api, body);
+    }
     let received_at = Instant::now();
     let fields = TopLevel::parse(&body)?;
 
     check_depth(&fields)?;
-    let model = model_name(fields.get("model"))?;
+    let model = match (api, fields.get("model")) {
+        (Api::Moderations, None) => Arc::from(DEFAULT_MODERATION_MODEL),
+        (Api::ImageGenerations, None) => Arc::from(DEFAULT_IMAGE_MODEL),
+        (_, m) => model_name(m)?,
+    };
 
     let stream = opt_bool(fields.get("stream"), "stream")?.unwrap_or(false);
     if stream && !api.can_stream() {
@@ -594,7 +681,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             }
             Some(_) => {}
         },
-        Api::Embeddings | Api::Completions => {}
+        _ => {}
     }
     match api {
         Api::Messages if max_tokens.is_none() => {
@@ -609,14 +696,21 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
                 Some("input"),
             ));
         }
-        Api::Completions if fields.get("prompt").is_none_or(is_null) => {
+        Api::Completions | Api::ImageGenerations if fields.get("prompt").is_none_or(is_null) => {
             return Err(GatewayError::bad_request(
                 "'prompt' is a required property",
                 Some("prompt"),
             ));
         }
+        Api::Moderations | Api::AudioSpeech if fields.get("input").is_none_or(is_null) => {
+            return Err(GatewayError::bad_request(
+                "'input' is a required property",
+                Some("input"),
+            ));
+        }
         _ => {}
     }
+    let units = requested_units(api, &fields)?;
 
     let non_empty_array = |k: &str| {
         fields
@@ -681,9 +775,32 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
         fallback_models,
         base64_embeddings,
         upstream_include_usage: false,
+        units,
         body,
         layout,
         received_at,
+    })
+}
+
+/// What a request says it will be billed by: `n` images (default 1), or the characters of a
+/// speech `input`.
+fn requested_units(api: Api, fields: &TopLevel<'_>) -> Result<Units, GatewayError> {
+    Ok(match api {
+        Api::ImageGenerations => Units {
+            images: opt_u64(fields.get("n"), "n")?.unwrap_or(1),
+            ..Units::default()
+        },
+        Api::AudioSpeech => {
+            let input = fields.get("input").map(RawValue::get).unwrap_or("\"\"");
+            let text: Cow<'_, str> = serde_json::from_str(input).map_err(|_| {
+                GatewayError::bad_request("'input' must be a string", Some("input"))
+            })?;
+            Units {
+                characters: text.chars().count() as u64,
+                ..Units::default()
+            }
+        }
+        _ => Units::default(),
     })
 }
 
@@ -693,12 +810,16 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 /// Default body read timeout: a body with no byte for 60 s is answered 408 (nginx's
 /// `client_body_timeout`).
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default cap of an audio upload (`multipart/form-data`): 26 MiB, OpenAI's 25 MB file limit
+/// plus room for the form's other fields.
+pub const DEFAULT_MAX_UPLOAD_BYTES: usize = 26 << 20;
 
 /// Layer for [`Parse`]: configuration only.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLayer {
     max_body_bytes: usize,
     body_read_timeout: Option<Duration>,
+    max_upload_bytes: usize,
 }
 
 impl Default for ParseLayer {
@@ -706,6 +827,7 @@ impl Default for ParseLayer {
         ParseLayer {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             body_read_timeout: Some(DEFAULT_BODY_READ_TIMEOUT),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
         }
     }
 }
@@ -726,6 +848,13 @@ impl ParseLayer {
         self.body_read_timeout = d;
         self
     }
+    /// Set the cap of a `multipart/form-data` audio upload (default
+    /// [`DEFAULT_MAX_UPLOAD_BYTES`]); larger uploads are answered 413, before a byte is read
+    /// when `Content-Length` says so.
+    pub fn max_upload_bytes(mut self, n: usize) -> Self {
+        self.max_upload_bytes = n;
+        self
+    }
 }
 
 impl<S> Layer<S> for ParseLayer {
@@ -735,6 +864,7 @@ impl<S> Layer<S> for ParseLayer {
             inner,
             max_body_bytes: self.max_body_bytes,
             body_read_timeout: self.body_read_timeout,
+            max_upload_bytes: self.max_upload_bytes,
         }
     }
 }
@@ -746,6 +876,7 @@ pub struct Parse<S> {
     inner: S,
     max_body_bytes: usize,
     body_read_timeout: Option<Duration>,
+    max_upload_bytes: usize,
 }
 
 impl<S> Parse<S> {
@@ -822,14 +953,22 @@ where
                 },
             };
         }
+        let max = if api.is_multipart() {
+            if let Err(e) = multipart_content_type(&parts.headers) {
+                return ParseFuture::failed(e);
+            }
+            self.max_upload_bytes
+        } else {
+            self.max_body_bytes
+        };
         if let Some(len) = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
         {
-            if len > self.max_body_bytes as u64 {
-                return ParseFuture::failed(too_large(self.max_body_bytes));
+            if len > max as u64 {
+                return ParseFuture::failed(too_large(max));
             }
         }
         // The server's shutdown: a body still arriving then is refused, not waited for.
@@ -838,15 +977,11 @@ where
             state: ParseState::Collecting {
                 drain,
                 stop: None,
-                collect: Limited::new(
-                    TimedBody::new(body, self.body_read_timeout),
-                    self.max_body_bytes,
-                )
-                .collect(),
+                collect: Limited::new(TimedBody::new(body, self.body_read_timeout), max).collect(),
                 parts: Some(parts),
                 api,
                 inner: Some(inner),
-                max: self.max_body_bytes,
+                max,
             },
         }
     }
@@ -862,6 +997,21 @@ fn read_timed_out(t: BodyReadTimeout) -> GatewayError {
     )
     .with_status(http::StatusCode::REQUEST_TIMEOUT)
     .with_code("request_timeout")
+}
+
+/// An audio upload must say `multipart/form-data` with a boundary (it is forwarded upstream).
+fn multipart_content_type(headers: &http::HeaderMap) -> Result<(), GatewayError> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match multipart::boundary_of_header(ct) {
+        Some(_) => Ok(()),
+        None => Err(GatewayError::bad_request(
+            "this endpoint takes a multipart/form-data body (Content-Type with a boundary)",
+            None,
+        )),
+    }
 }
 
 fn too_large(max: usize) -> GatewayError {

@@ -247,6 +247,7 @@ mod tests {
             outcome: Outcome::Success,
             status: 200,
             error_kind: None,
+            units: Default::default(),
             usage: Usage {
                 prompt_tokens: i,
                 ..Usage::default()

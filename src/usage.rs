@@ -30,6 +30,101 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
+/// What the endpoints billed per unit count, beside tokens: images generated, characters of
+/// speech input, milliseconds of transcribed audio. Zero where not applicable; records leave
+/// out the zero ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Units {
+    /// Images generated (`/v1/images/generations`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub images: u64,
+    /// Characters of speech input (`/v1/audio/speech`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub characters: u64,
+    /// Milliseconds of audio transcribed or translated, as the upstream reported them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audio_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Units {
+    /// Whether every count is zero.
+    pub fn is_empty(&self) -> bool {
+        *self == Units::default()
+    }
+}
+
+/// The `usage` of an image or audio answer: tokens (`gpt-image-1`, `gpt-4o-transcribe`:
+/// `input_tokens` / `output_tokens`), or `{"type": "duration", "seconds": N}` (`whisper-1`).
+#[derive(Debug, Default, Deserialize)]
+struct WireUnitUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    seconds: Option<f64>,
+}
+
+/// The parts of an image or transcription answer the gateway counts.
+#[derive(Deserialize)]
+struct UnitAnswer {
+    #[serde(default)]
+    usage: Option<WireUnitUsage>,
+    /// Images: one entry per image.
+    #[serde(default)]
+    data: Option<Vec<serde::de::IgnoredAny>>,
+    /// Transcriptions in `verbose_json`: the audio's length in seconds.
+    #[serde(default)]
+    duration: Option<f64>,
+}
+
+/// Seconds (as an upstream reports them) to whole milliseconds; `None` for nonsense.
+fn seconds_to_ms(s: f64) -> Option<u64> {
+    (s.is_finite() && s >= 0.0).then(|| (s * 1000.0).round() as u64)
+}
+
+/// The usage an image or transcription answer reports: tokens where it counts them, and the
+/// units (images in `data`, audio seconds from `usage.seconds` or `duration`). `None` parts
+/// were not reported (or the answer is not JSON: `response_format: "text"`, `"srt"`, `"vtt"`).
+pub fn units_from_json(api: crate::request::Api, doc: &[u8]) -> (Option<Usage>, Option<Units>) {
+    use crate::request::Api;
+    let Ok(a) = serde_json::from_slice::<UnitAnswer>(doc) else {
+        return (None, None);
+    };
+    let usage = a.usage.as_ref().and_then(|u| {
+        let (i, o) = (u.input_tokens?, u.output_tokens.unwrap_or(0));
+        Some(Usage {
+            prompt_tokens: i,
+            completion_tokens: o,
+            total_tokens: u.total_tokens.unwrap_or(i.saturating_add(o)),
+            ..Usage::default()
+        })
+    });
+    let units = match api {
+        Api::ImageGenerations => a.data.map(|d| Units {
+            images: d.len() as u64,
+            ..Units::default()
+        }),
+        Api::AudioTranscriptions | Api::AudioTranslations => a
+            .usage
+            .and_then(|u| u.seconds)
+            .or(a.duration)
+            .and_then(seconds_to_ms)
+            .map(|ms| Units {
+                audio_ms: ms,
+                ..Units::default()
+            }),
+        _ => None,
+    };
+    (usage, units)
+}
+
 /// The `usage` object as OpenAI sends it; tolerant of missing and extra fields.
 #[derive(Debug, Default, Deserialize)]
 struct WireUsage {
@@ -153,6 +248,11 @@ impl Usage {
         match api {
             Api::Messages => Usage::from_anthropic_json(doc),
             Api::CountTokens => Some(Usage::default()),
+            Api::ImageGenerations | Api::AudioTranscriptions | Api::AudioTranslations => {
+                units_from_json(api, doc).0
+            }
+            // A moderation answer has no usage; speech is audio.
+            Api::Moderations | Api::AudioSpeech => None,
             Api::ChatCompletions | Api::Completions | Api::Embeddings => {
                 Usage::from_openai_json(doc)
             }
@@ -373,6 +473,10 @@ pub struct UsageRecord {
     pub error_kind: Option<String>,
     /// Token usage.
     pub usage: Usage,
+    /// Units billed per image, character or second (images, speech, transcriptions); absent
+    /// when none.
+    #[serde(default, skip_serializing_if = "Units::is_empty")]
+    pub units: Units,
     /// Where `usage` came from.
     pub usage_source: UsageSource,
     /// Why `usage` is an estimate although the upstream sent a usage (unreadable or absurd
@@ -419,6 +523,15 @@ pub struct Price {
     pub cached_input: Option<u64>,
     /// Input tokens written to the cache; `None`: same as `input`.
     pub cache_write: Option<u64>,
+    /// Pico-USD per image generated; `None`: unknown.
+    #[serde(default)]
+    pub per_image: Option<u64>,
+    /// Pico-USD per character of speech input; `None`: unknown.
+    #[serde(default)]
+    pub per_character: Option<u64>,
+    /// Pico-USD per second of transcribed audio; `None`: unknown.
+    #[serde(default)]
+    pub per_second: Option<u64>,
 }
 
 impl Price {
@@ -429,7 +542,25 @@ impl Price {
             output: usd_to_micros(output),
             cached_input: None,
             cache_write: None,
+            per_image: None,
+            per_character: None,
+            per_second: None,
         }
+    }
+
+    /// The cost of `units` in pico-USD; `None` when a count is not zero and its price unknown.
+    pub fn units_cost_pico(&self, units: &Units) -> Option<u128> {
+        let part = |n: u64, price: Option<u64>| match (n, price) {
+            (0, _) => Some(0),
+            (n, Some(p)) => Some(u128::from(n) * u128::from(p)),
+            (_, None) => None,
+        };
+        let seconds = part(units.audio_ms, self.per_second)? / 1000;
+        Some(
+            part(units.images, self.per_image)?
+                + part(units.characters, self.per_character)?
+                + seconds,
+        )
     }
 
     /// The cost of `usage` in pico-USD (10^-12 USD).
@@ -441,6 +572,15 @@ impl Price {
             + u128::from(cached) * u128::from(self.cached_input.unwrap_or(self.input))
             + u128::from(write) * u128::from(self.cache_write.unwrap_or(self.input))
             + u128::from(u.completion_tokens) * u128::from(self.output)
+    }
+}
+
+/// USD (a config float) to integer pico-USD, rounded.
+pub fn usd_to_pico(usd: f64) -> u64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * 1e12).round() as u64
+    } else {
+        0
     }
 }
 
@@ -506,6 +646,65 @@ mod tests {
         }
         assert!(!Usage::present_in(br#"{"usage":null}"#));
         assert!(!Usage::present_in(br#"{"choices":[]}"#));
+    }
+
+    #[test]
+    fn reads_the_units_of_image_and_audio_answers() {
+        use crate::request::Api;
+        // gpt-image-1: tokens, and the images in `data`.
+        let (u, n) = units_from_json(
+            Api::ImageGenerations,
+            br#"{"created":1,"data":[{"b64_json":"AA=="},{"b64_json":"AA=="}],"usage":{"input_tokens":50,"input_tokens_details":{"text_tokens":50,"image_tokens":0},"output_tokens":4160,"total_tokens":4210}}"#,
+        );
+        assert_eq!(
+            u.map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
+            Some((50, 4160, 4210))
+        );
+        assert_eq!(n.map(|n| n.images), Some(2));
+        // whisper-1: `usage.seconds`; `verbose_json`: `duration`.
+        let (u, n) = units_from_json(
+            Api::AudioTranscriptions,
+            br#"{"text":"hi","usage":{"type":"duration","seconds":3}}"#,
+        );
+        assert_eq!((u, n.map(|n| n.audio_ms)), (None, Some(3000)));
+        let (_, n) = units_from_json(
+            Api::AudioTranslations,
+            br#"{"task":"translate","language":"english","duration":8.47,"text":"hi","segments":[]}"#,
+        );
+        assert_eq!(n.map(|n| n.audio_ms), Some(8470));
+        // gpt-4o-transcribe: tokens only.
+        let (u, n) = units_from_json(
+            Api::AudioTranscriptions,
+            br#"{"text":"hi","usage":{"type":"tokens","input_tokens":14,"input_token_details":{"text_tokens":0,"audio_tokens":14},"output_tokens":45,"total_tokens":59}}"#,
+        );
+        assert_eq!(u.map(|u| u.total_tokens), Some(59));
+        assert_eq!(n, None);
+        // `response_format: "text"`: nothing.
+        assert_eq!(
+            units_from_json(Api::AudioTranscriptions, b"Hello."),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn units_are_priced_only_when_every_unit_has_a_price() {
+        let p = Price {
+            per_image: Some(40_000_000_000),
+            per_second: Some(100_000_000),
+            ..Price::default()
+        };
+        let n = Units {
+            images: 2,
+            audio_ms: 1_500,
+            ..Units::default()
+        };
+        assert_eq!(p.units_cost_pico(&n), Some(80_000_000_000 + 150_000_000));
+        assert_eq!(p.units_cost_pico(&Units::default()), Some(0));
+        let speech = Units {
+            characters: 10,
+            ..Units::default()
+        };
+        assert_eq!(p.units_cost_pico(&speech), None);
     }
 
     #[test]

@@ -33,6 +33,9 @@ const PRICE: Price = Price {
     output: 2_000_000,
     cached_input: None,
     cache_write: None,
+    per_image: None,
+    per_character: None,
+    per_second: None,
 };
 
 fn key_id() -> Arc<str> {

@@ -83,6 +83,7 @@ mod pg {
             outcome: Outcome::Success,
             status: 200,
             error_kind: None,
+            units: Default::default(),
             usage: Usage {
                 prompt_tokens: i,
                 completion_tokens: 2,

@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// Request body cap in bytes (default 16 MiB).
     pub max_body_bytes: Option<usize>,
+    /// Cap of a `multipart/form-data` audio upload (`/v1/audio/transcriptions`,
+    /// `/v1/audio/translations`) in bytes (default 26 MiB); larger uploads get 413.
+    pub max_upload_bytes: Option<usize>,
     /// Worker threads of the reference gateway (default: one per CPU it may run on).
     pub workers: Option<usize>,
     /// How the reference gateway runs its workers: `"per-core"` (the default) gives each
@@ -544,14 +547,22 @@ impl MaxPriceConfig {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PriceConfig {
-    /// Input tokens.
+    /// Input tokens (default 0: a model billed per image, character or second).
+    #[serde(default)]
     pub input: f64,
-    /// Output tokens.
+    /// Output tokens (default 0).
+    #[serde(default)]
     pub output: f64,
     /// Cached input tokens (default: `input`).
     pub cached_input: Option<f64>,
     /// Cache-write input tokens (default: `input`).
     pub cache_write: Option<f64>,
+    /// USD per image generated (`/v1/images/generations`).
+    pub per_image: Option<f64>,
+    /// USD per second of audio transcribed or translated.
+    pub per_second: Option<f64>,
+    /// USD per million characters of speech input (`/v1/audio/speech`).
+    pub per_million_characters: Option<f64>,
 }
 
 impl PriceConfig {
@@ -563,6 +574,9 @@ impl PriceConfig {
             output: usd_to_micros(self.output),
             cached_input: self.cached_input.map(usd_to_micros),
             cache_write: self.cache_write.map(usd_to_micros),
+            per_image: self.per_image.map(crate::usage::usd_to_pico),
+            per_second: self.per_second.map(crate::usage::usd_to_pico),
+            per_character: self.per_million_characters.map(usd_to_micros),
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::provider::Dispatch;
 use crate::ratelimit::{LimitStore, RateLimitLayer};
 use crate::request::{
     BodyBudgetLayer, DEFAULT_BODY_BUDGET_BYTES, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
-    ParseLayer,
+    DEFAULT_MAX_UPLOAD_BYTES, ParseLayer,
 };
 use crate::route::{RouteHandle, RouteLayer};
 use crate::sink::JsonlSink;
@@ -139,6 +139,10 @@ pub(super) fn build(
             ),
         body_read_timeout,
         body_budget: fixed.body_budget.clone(),
+        max_upload: cfg
+            .server
+            .max_upload_bytes
+            .unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
         meter,
         // `cost` (USD) in the usage object the client receives, as OpenRouter does.
         cost: cfg
@@ -166,6 +170,7 @@ struct Layers {
     stream: StreamPassthroughLayer,
     body_read_timeout: Duration,
     body_budget: BodyBudgetLayer,
+    max_upload: usize,
     meter: UsageMeterLayer,
     cost: Option<CostReportLayer>,
     auth: AuthLayer,
@@ -201,7 +206,8 @@ fn llm_service(l: Layers) -> HttpService {
         .layer(
             ParseLayer::new()
                 .max_body_bytes(l.max_body)
-                .body_read_timeout(Some(l.body_read_timeout)),
+                .body_read_timeout(Some(l.body_read_timeout))
+                .max_upload_bytes(l.max_upload),
         )
         // one usage record per request, every outcome
         .layer(l.meter)

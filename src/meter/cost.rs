@@ -17,7 +17,8 @@
 //! `"usage"`. A usage object that already has a `cost` (an upstream such as OpenRouter) is left
 //! as the upstream sent it, and so is one that is not OpenAI-shaped (no `prompt_tokens` /
 //! `completion_tokens`, e.g. Anthropic's on the `/v1/messages` ingress). Responses with no known price, errors and compressed bodies pass
-//! through untouched; a rewritten non-streaming response loses its `content-length`.
+//! through untouched, as do moderations, images and audio; a rewritten non-streaming response
+//! loses its `content-length`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -110,7 +111,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let stream = req.extensions().get::<ParsedRequest>().map(|p| p.stream);
+        // Moderations, images and audio are left alone: speech is audio bytes, and their cost
+        // is per unit (in the record, not in a `usage` object).
+        let stream = req
+            .extensions()
+            .get::<ParsedRequest>()
+            .filter(|p| !p.api.openai_only())
+            .map(|p| p.stream);
         CostReportFuture {
             inner: self.inner.call(req),
             stream,
@@ -474,6 +481,9 @@ mod tests {
             output: 600_000,
             cached_input: Some(75_000),
             cache_write: None,
+            per_image: None,
+            per_character: None,
+            per_second: None,
         }
     }
 

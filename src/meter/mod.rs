@@ -268,6 +268,7 @@ where
                 anthropic: p.api.is_anthropic(),
                 received_at: p.received_at,
                 prompt_estimate: p.prompt_tokens_estimate(),
+                estimable: p.api.estimable(),
                 request_id,
                 started_at_ms: unix_ms(),
             },
@@ -279,6 +280,7 @@ where
                 anthropic: false,
                 received_at: Instant::now(),
                 prompt_estimate: 0,
+                estimable: true,
                 request_id,
                 started_at_ms: unix_ms(),
             },
@@ -355,6 +357,8 @@ pub(crate) struct Ctx {
     anthropic: bool,
     received_at: Instant,
     prompt_estimate: u64,
+    /// Token usage may be estimated when none came (`false` for the per-unit endpoints).
+    estimable: bool,
     request_id: Option<String>,
     started_at_ms: u64,
 }
@@ -423,9 +427,15 @@ impl Ctx {
         let date = PriceDate::from_unix_ms(self.started_at_ms);
         let price = served
             .and_then(|s| crate::pricing::resolve(self.shared.prices.as_ref(), &s.target, date));
+        let units = facts.units.unwrap_or_default();
         let cost_pico = match usage_source {
             UsageSource::None => None,
-            _ => price.map(|p| u64::try_from(p.cost_pico(&usage)).unwrap_or(u64::MAX)),
+            _ => price.and_then(|p| {
+                let cost = p
+                    .cost_pico(&usage)
+                    .checked_add(p.units_cost_pico(&units)?)?;
+                Some(u64::try_from(cost).unwrap_or(u64::MAX))
+            }),
         };
         // Who served; for a failed request, the target of the last attempt (`provider/model`).
         let (provider, upstream_model) = match served {
@@ -464,6 +474,7 @@ impl Ctx {
             status,
             error_kind,
             usage,
+            units,
             usage_source,
             usage_note: facts
                 .usage_rejected
@@ -533,8 +544,13 @@ impl Ctx {
     /// recorded as one); else none.
     fn usage(&self, facts: &UsageFacts, got_response: bool) -> (Usage, UsageSource) {
         match facts.usage {
+            Some(u) if facts.units_from_request => (u, UsageSource::Estimated),
             Some(u) => (u, UsageSource::Upstream),
-            None if got_response => {
+            None if facts.units.is_some() && facts.units_from_request => {
+                (Usage::default(), UsageSource::Estimated)
+            }
+            None if facts.units.is_some() => (Usage::default(), UsageSource::Upstream),
+            None if got_response && self.estimable => {
                 // ~4 bytes per token: a rough estimate, and recorded as one.
                 let completion = facts.content_bytes.div_ceil(4);
                 let u = Usage {

@@ -33,6 +33,9 @@ const PRICE: Price = Price {
     output: 600_000,
     cached_input: Some(75_000),
     cache_write: None,
+    per_image: None,
+    per_character: None,
+    per_second: None,
 };
 
 /// The mock's exact usage for `ok?reasoning=2`: prompt 11 (4 cached), completion 6 + 2.
@@ -505,6 +508,7 @@ fn sink_drops_are_counted_in_metrics() {
             status: 429,
             error_kind: None,
             usage: Usage::default(),
+            units: Default::default(),
             usage_source: UsageSource::None,
             usage_note: None,
             cost_pico: None,
@@ -643,6 +647,9 @@ async fn a_price_table_prices_records_and_the_client_and_reloads() {
         output: 2_000_000,
         cached_input: None,
         cache_write: None,
+        per_image: None,
+        per_character: None,
+        per_second: None,
     };
     table.set_override("mock", "ok?reasoning=2", p1);
     let handle = PriceHandle::new(table);

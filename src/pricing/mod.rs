@@ -383,6 +383,9 @@ fn price_of(p: &PriceConfig, source: &str, field: &str) -> Result<Price, ConfigE
         ("output", Some(p.output)),
         ("cached_input", p.cached_input),
         ("cache_write", p.cache_write),
+        ("per_image", p.per_image),
+        ("per_second", p.per_second),
+        ("per_million_characters", p.per_million_characters),
     ] {
         if let Some(v) = v {
             if !v.is_finite() || v < 0.0 {
@@ -433,6 +436,13 @@ fn parse_entry(v: &toml::Value, source: &str, field: &str) -> Result<Dated, Conf
             }
             "cached_input" => price.cached_input = Some(usd(v, source, &f)?),
             "cache_write" => price.cache_write = Some(usd(v, source, &f)?),
+            // USD per image / per second: stored as pico-USD per unit.
+            "per_image" => price.per_image = Some(usd(v, source, &f)?.saturating_mul(1_000_000)),
+            "per_second" => {
+                price.per_second = Some(usd(v, source, &f)?.saturating_mul(1_000_000));
+            }
+            // USD per million characters is pico-USD per character.
+            "per_million_characters" => price.per_character = Some(usd(v, source, &f)?),
             "from" => {
                 let text = match v {
                     toml::Value::Datetime(d) => d.to_string(),
@@ -446,7 +456,9 @@ fn parse_entry(v: &toml::Value, source: &str, field: &str) -> Result<Dated, Conf
             _ => return Err(ConfigError::field(source, &f, "unknown field")),
         }
     }
-    if !has_in || !has_out {
+    let per_unit =
+        price.per_image.is_some() || price.per_second.is_some() || price.per_character.is_some();
+    if (!has_in || !has_out) && !per_unit {
         return Err(ConfigError::field(
             source,
             field,
@@ -463,6 +475,29 @@ mod tests {
 
     fn d(s: &str) -> PriceDate {
         PriceDate::parse(s).unwrap()
+    }
+
+    #[test]
+    fn per_unit_prices_parse_to_pico_usd_per_unit() {
+        let t = PriceTable::parse(
+            "[openai.\"img\"]\nper_image = 0.04\n[openai.\"stt\"]\nper_second = 0.0001\n[openai.\"tts\"]\nper_million_characters = 15\n",
+            "t.toml",
+        )
+        .unwrap();
+        let day = PriceDate::today();
+        let get = |m: &str| t.lookup("openai", m, day).unwrap();
+        assert_eq!(get("img").per_image, Some(40_000_000_000));
+        assert_eq!(get("stt").per_second, Some(100_000_000));
+        assert_eq!(get("tts").per_character, Some(15_000_000));
+        assert_eq!((get("tts").input, get("tts").output), (0, 0));
+        // Neither tokens nor units: refused.
+        assert!(PriceTable::parse("[openai.\"x\"]\ncached_input = 1\n", "t.toml").is_err());
+        // The shipped table prices the OpenAI per-unit models.
+        let shipped = PriceTable::shipped().unwrap();
+        let tts = shipped.lookup("openai", "tts-1", day).unwrap();
+        assert_eq!(tts.per_character, Some(15_000_000));
+        let whisper = shipped.lookup("openai", "whisper-1", day).unwrap();
+        assert_eq!(whisper.per_second, Some(100_000_000));
     }
 
     #[test]
@@ -492,7 +527,10 @@ mod tests {
                 input: 3_000_000,
                 output: 15_000_000,
                 cached_input: Some(300_000),
-                cache_write: Some(3_750_000)
+                cache_write: Some(3_750_000),
+                per_image: None,
+                per_character: None,
+                per_second: None,
             }
         );
     }
@@ -612,7 +650,9 @@ mod tests {
             write in proptest::option::of(0u64..100_000_000),
             usages in proptest::collection::vec(usage(), 0..40),
         ) {
-            let price = Price { input, output, cached_input: cached, cache_write: write };
+            let price = Price {
+                input, output, cached_input: cached, cache_write: write, ..Price::default()
+            };
             let each: u128 = usages.iter().map(|u| price.cost_pico(u)).sum();
             let total = usages.iter().fold(Usage::default(), |a, u| a.add(u));
             proptest::prop_assert_eq!(each, price.cost_pico(&total));
@@ -620,6 +660,7 @@ mod tests {
             let records: Vec<crate::usage::UsageRecord> = usages
                 .iter()
                 .map(|u| crate::usage::UsageRecord {
+                    units: Default::default(),
                     request_id: None, key_id: Some("k".into()), tenant: None, model: "m".into(),
                     provider: None, upstream_model: None, variant: None, attempts: 1,
                     stream: false, outcome: crate::usage::Outcome::Success, status: 200,
@@ -643,6 +684,9 @@ mod tests {
             output: 600_000,
             cached_input: Some(75_000),
             cache_write: None,
+            per_image: None,
+            per_character: None,
+            per_second: None,
         };
         let u = Usage {
             prompt_tokens: 11,

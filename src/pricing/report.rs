@@ -14,7 +14,8 @@
 //!     model: "gpt-4o".into(), provider: Some("openai".into()), upstream_model: None,
 //!     variant: None, attempts: 1, stream: false, outcome: Outcome::Success, status: 200,
 //!     error_kind: None, usage: Usage { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15,
-//!     ..Usage::default() }, usage_source: UsageSource::Upstream, usage_note: None, cost_pico: Some(cost),
+//!     ..Usage::default() }, units: Default::default(), usage_source: UsageSource::Upstream,
+//!     usage_note: None, cost_pico: Some(cost),
 //!     ttft_ms: None, total_ms: 1.0, overhead_us: None, started_at_ms: 1_767_225_600_000,
 //! };
 //! let report = spend_report_records(
@@ -383,6 +384,7 @@ mod tests {
             outcome: Outcome::Success,
             status: 200,
             error_kind: None,
+            units: Default::default(),
             usage: Usage {
                 prompt_tokens: 3,
                 completion_tokens: 2,

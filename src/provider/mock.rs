@@ -52,6 +52,12 @@
 //! `data: [DONE]`. Answers are deterministic: the `id` is derived from the model string and the
 //! request body, `created` is fixed.
 //!
+//! The rest of OpenAI's surface answers in its wire format: `/v1/moderations` (one unflagged
+//! result per input), `/v1/images/generations` (`n` image URLs in `data`), `/v1/audio/speech`
+//! (`audio/mpeg` bytes in `chunks` frames of 1 KiB, `delay_ms` apart), `/v1/audio/transcriptions`
+//! and `/translations` (`{"text": "Hello there!", "usage": ...}`: `{"type": "duration",
+//! "seconds": N}` for a `whisper*` model, N the upload's bytes / 16,000; else token usage).
+//!
 //! Embeddings are deterministic per input (`encoding_format: "base64"` gives base64 of the
 //! little-endian `f32` vector); `/v1/completions` answers in the `text_completion` shape.
 //!
@@ -870,11 +876,13 @@ impl Engine {
             }
             _ => {}
         }
-        if !call.stream && !script.delay.is_zero() {
+        // Speech: `delay_ms` is the gap between audio chunks, not a wait before the head.
+        if !call.stream && call.api != Api::AudioSpeech && !script.delay.is_zero() {
             tokio::time::sleep(script.delay).await;
         }
         let res = match call.api {
             Api::Embeddings => embeddings_response(&call, &script, hash),
+            api if api.openai_only() => surface::response(&call, &script, hash),
             _ if call.stream => self.stream_response(&call, &script, hash),
             _ if script.kind == Kind::Flood => flood_response(&call, &script, hash),
             _ => complete_response(&call, &script, hash),
@@ -1217,6 +1225,99 @@ fn embeddings_response(call: &MockCall, script: &Script, hash: u64) -> Response<
     json_response(StatusCode::OK, body.to_string(), hash)
 }
 
+/// Answers of the rest of OpenAI's surface, in its wire format: moderations, images, speech
+/// (audio bytes in `chunks` frames, `delay_ms` apart), transcriptions and translations.
+mod surface {
+    use super::*;
+
+    /// The bytes of the mock's audio: an MP3-like stream, deterministic per request.
+    pub(super) fn audio_chunk(i: u32, hash: u64) -> Bytes {
+        let mut out = Vec::with_capacity(1024);
+        if i == 0 {
+            out.extend_from_slice(b"ID3\x04\x00\x00\x00\x00\x00\x00");
+        }
+        let mut x = hash ^ u64::from(i);
+        while out.len() < 1024 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(1024);
+        Bytes::from(out)
+    }
+
+    pub(super) fn response(call: &MockCall, script: &Script, hash: u64) -> Response<Body> {
+        let v: serde_json::Value = if call.api.is_multipart() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&call.body).unwrap_or_default()
+        };
+        let model = &*call.model;
+        let body = match call.api {
+            Api::Moderations => {
+                let n = match v.get("input") {
+                    Some(serde_json::Value::Array(a)) => a.len(),
+                    _ => 1,
+                };
+                let result = serde_json::json!({
+                    "flagged": false,
+                    "categories": {"harassment": false, "hate": false, "self-harm": false,
+                        "sexual": false, "violence": false},
+                    "category_scores": {"harassment": 0.0001, "hate": 0.0001,
+                        "self-harm": 0.0001, "sexual": 0.0001, "violence": 0.0001},
+                });
+                serde_json::json!({
+                    "id": format!("modr-mock{hash:016x}"),
+                    "model": model,
+                    "results": vec![result; n],
+                })
+            }
+            Api::ImageGenerations => {
+                let n = v
+                    .get("n")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(1)
+                    .min(10);
+                let data: Vec<_> = (0..n)
+                    .map(|i| serde_json::json!({"url": format!("https://mock.invalid/{hash:016x}-{i}.png")}))
+                    .collect();
+                serde_json::json!({"created": MOCK_CREATED, "data": data})
+            }
+            Api::AudioSpeech => return speech(script, hash),
+            _ => {
+                // 16,000 bytes a second: a 128 kbit/s MP3.
+                let seconds = (call.body.len() as u64).div_ceil(16_000);
+                let usage = if model.starts_with("whisper") {
+                    serde_json::json!({"type": "duration", "seconds": seconds})
+                } else {
+                    serde_json::json!({"type": "tokens", "input_tokens": script.prompt,
+                        "output_tokens": 3, "total_tokens": script.prompt + 3})
+                };
+                serde_json::json!({"text": "Hello there!", "usage": usage})
+            }
+        };
+        json_response(StatusCode::OK, body.to_string(), hash)
+    }
+
+    /// `chunks` frames of audio, `delay_ms` apart, generated as they are sent.
+    fn speech(script: &Script, hash: u64) -> Response<Body> {
+        let (chunks, delay) = (script.chunks, script.delay);
+        let frames = futures_util::stream::unfold(0u32, move |i| async move {
+            if i >= chunks {
+                return None;
+            }
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, BoxError>(Frame::data(audio_chunk(i, hash))), i + 1))
+        });
+        let mut res = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
+        insert_request_id(h, hash);
+        res
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // In-process provider
 // ---------------------------------------------------------------------------------------------
@@ -1261,6 +1362,10 @@ impl MockProvider {
 impl Provider for MockProvider {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn serves_openai_surface(&self) -> bool {
+        true
     }
 
     fn kind(&self) -> &'static str {

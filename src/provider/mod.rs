@@ -87,6 +87,13 @@ pub trait Provider: Send + Sync + 'static {
     fn speaks_anthropic(&self) -> bool {
         false
     }
+
+    /// Whether [`call`](Self::call) serves the rest of OpenAI's surface — moderations, image
+    /// generation, speech, transcriptions and translations ([`Api::openai_only`]) — by passing
+    /// them through. Default `false`: Route skips the target for those endpoints.
+    fn serves_openai_surface(&self) -> bool {
+        false
+    }
 }
 
 /// Parse `retry-after-ms`, then `retry-after` (seconds, fractional allowed, or an HTTP date in

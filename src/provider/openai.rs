@@ -159,6 +159,11 @@ impl OpenAiProviderBuilder {
             uri_for(Api::ChatCompletions)?,
             uri_for(Api::Completions)?,
             uri_for(Api::Embeddings)?,
+            uri_for(Api::Moderations)?,
+            uri_for(Api::ImageGenerations)?,
+            uri_for(Api::AudioSpeech)?,
+            uri_for(Api::AudioTranscriptions)?,
+            uri_for(Api::AudioTranslations)?,
         ];
         let auth = match &self.api_key {
             None => None,
@@ -205,8 +210,9 @@ impl OpenAiProviderBuilder {
 pub struct OpenAiProvider {
     name: Arc<str>,
     base_url: Arc<str>,
-    /// Request URLs of chat, text completions and embeddings (query included).
-    uris: [Uri; 3],
+    /// Request URLs of chat, text completions, embeddings, moderations, images, speech,
+    /// transcriptions and translations (query included).
+    uris: [Uri; 8],
     auth: Option<(HeaderName, HeaderValue)>,
     headers: HeaderMap,
     policy: Arc<HeaderPolicy>,
@@ -250,6 +256,11 @@ impl OpenAiProvider {
             Api::ChatCompletions => Ok(&self.uris[0]),
             Api::Completions => Ok(&self.uris[1]),
             Api::Embeddings => Ok(&self.uris[2]),
+            Api::Moderations => Ok(&self.uris[3]),
+            Api::ImageGenerations => Ok(&self.uris[4]),
+            Api::AudioSpeech => Ok(&self.uris[5]),
+            Api::AudioTranscriptions => Ok(&self.uris[6]),
+            Api::AudioTranslations => Ok(&self.uris[7]),
             // Dispatch translates `/v1/messages` to chat completions for this adapter.
             Api::Messages | Api::CountTokens => Err(GatewayError::bad_request(
                 format!(
@@ -273,16 +284,19 @@ impl OpenAiProvider {
                 GatewayError::internal(format!("could not build upstream request: {e}"))
             })?;
         let h = req.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let api = call.parsed.api;
+        // An audio upload keeps its own content type: the boundary the body is cut by.
+        let content_type = match call.headers.get(header::CONTENT_TYPE) {
+            Some(ct) if api.is_multipart() => ct.clone(),
+            _ => HeaderValue::from_static("application/json"),
+        };
+        h.insert(header::CONTENT_TYPE, content_type);
         h.insert(
             header::ACCEPT,
-            HeaderValue::from_static(if call.parsed.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
+            HeaderValue::from_static(match api {
+                _ if call.parsed.stream => "text/event-stream",
+                Api::AudioSpeech => "*/*",
+                _ => "application/json",
             }),
         );
         h.insert(
@@ -303,6 +317,10 @@ impl OpenAiProvider {
 impl Provider for OpenAiProvider {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn serves_openai_surface(&self) -> bool {
+        true
     }
 
     fn kind(&self) -> &'static str {

@@ -91,7 +91,7 @@ pub(crate) use store::decide;
 use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
-use crate::ext::{Routed, UsageReport};
+use crate::ext::{Routed, UsageFacts, UsageReport};
 use crate::order::{self, Checked};
 use crate::request::ParsedRequest;
 use crate::usage::{Outcome, Price, Usage};
@@ -376,8 +376,11 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.ticket.is_some() {
-            let usage = self.report.as_ref().and_then(UsageReport::usage);
-            let settlement = settlement(usage, None, self.price());
+            let facts = self.report.as_ref().map(UsageReport::get);
+            let settlement = match facts {
+                Some(f) if f.units.is_some() => units_settlement(&f, self.price()),
+                _ => settlement(facts.and_then(|f| f.usage), None, self.price()),
+            };
             self.settle(settlement);
         }
     }
@@ -424,6 +427,22 @@ pub fn settlement(
         Some(Outcome::Refused | Outcome::UpstreamError) => Some(Settlement::default()),
         _ => None,
     }
+}
+
+/// The settlement of an answer billed per unit (images, speech characters, audio seconds):
+/// its tokens, and the cost of tokens and units together (a unit without a price costs
+/// nothing, as tokens without a price do).
+fn units_settlement(facts: &UsageFacts, price: Option<Price>) -> Option<Settlement> {
+    let usage = facts.usage.unwrap_or_default();
+    let units = facts.units.unwrap_or_default();
+    let cost = price.map_or(0, |p| {
+        p.cost_pico(&usage)
+            .saturating_add(p.units_cost_pico(&units).unwrap_or(0))
+    });
+    Some(Settlement {
+        tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        cost_pico: u64::try_from(cost).unwrap_or(u64::MAX),
+    })
 }
 
 fn usd(pico: u64) -> String {
@@ -536,6 +555,9 @@ mod tests {
             output: 7,
             cached_input: None,
             cache_write: None,
+            per_image: None,
+            per_character: None,
+            per_second: None,
         });
         let usage = Usage {
             prompt_tokens: 10,

@@ -236,6 +236,12 @@ pub(super) fn check(api: Api, fields: &TopLevel<'_>) -> Result<(), GatewayError>
             Api::Completions => sampling_field(key, v),
             Api::Embeddings => embeddings_field(key, v)?,
             Api::Messages | Api::CountTokens => anthropic_field(key, v)?,
+            // Passed through to OpenAI-compatible targets, which check their own fields.
+            Api::Moderations
+            | Api::ImageGenerations
+            | Api::AudioSpeech
+            | Api::AudioTranscriptions
+            | Api::AudioTranslations => Ok(()),
         };
         scalar.map_err(|why| invalid(key.to_owned(), why))?;
     }

@@ -605,8 +605,9 @@ impl RouteTable {
         parsed: &ParsedRequest,
         point: u64,
     ) -> Result<Arc<[Arc<Target>]>, GatewayError> {
-        // `count_tokens` is served only by targets that speak Anthropic.
-        let count = parsed.api == Api::CountTokens;
+        // `count_tokens` is served only by targets that speak Anthropic, moderations, images
+        // and audio only by OpenAI-compatible ones.
+        let count = parsed.api == Api::CountTokens || parsed.api.openai_only();
         if route.strategy == Strategy::Ordered && !route.require_caps && !count {
             return Ok(variant.targets.clone());
         }
@@ -623,7 +624,7 @@ impl RouteTable {
             variant
                 .targets
                 .iter()
-                .filter(|t| t.provider.speaks_anthropic())
+                .filter(|t| serves_api(t, parsed.api))
                 .cloned()
                 .collect()
         } else {
@@ -796,7 +797,7 @@ fn no_target_within(
 /// within the context window; `count_tokens` only on a provider that speaks Anthropic.
 pub fn satisfies(t: &Target, p: &ParsedRequest) -> bool {
     let c = &t.caps;
-    (p.api != Api::CountTokens || t.provider.speaks_anthropic())
+    serves_api(t, p.api)
         && (!p.has_tools || c.tools)
         && (!p.has_images || c.vision)
         && (!p.json_mode || c.json_mode)
@@ -807,10 +808,26 @@ pub fn satisfies(t: &Target, p: &ParsedRequest) -> bool {
         })
 }
 
+/// Whether `t`'s provider serves `api` at all: `count_tokens` needs one that speaks Anthropic,
+/// moderations, images and audio an OpenAI-compatible one.
+fn serves_api(t: &Target, api: Api) -> bool {
+    match api {
+        Api::CountTokens => t.provider.speaks_anthropic(),
+        a if a.openai_only() => t.provider.serves_openai_surface(),
+        _ => true,
+    }
+}
+
 fn needs(p: &ParsedRequest) -> String {
     let mut v = Vec::new();
     if p.api == Api::CountTokens {
         v.push("count_tokens (an Anthropic provider)".to_owned());
+    }
+    if p.api.openai_only() {
+        v.push(format!(
+            "{} (an OpenAI-compatible provider)",
+            p.api.as_str()
+        ));
     }
     if p.has_tools {
         v.push("tools".to_owned());

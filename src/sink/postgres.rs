@@ -642,6 +642,7 @@ mod tests {
             attempts: 2,
             stream: true,
             outcome: crate::usage::Outcome::ClientDisconnect,
+            units: Default::default(),
             status: 499,
             error_kind: None,
             usage: crate::usage::Usage::default(),

@@ -11,8 +11,9 @@ use super::body::{ResponseBody, StreamInfo, prepare_headers};
 use super::json::{JsonBody, JsonUsage};
 use crate::body::Body;
 use crate::error::GatewayError;
-use crate::ext::UsageReport;
+use crate::ext::{UsageFacts, UsageReport};
 use crate::request::Api;
+use crate::usage::Units;
 
 /// What to observe in the answer.
 #[derive(Debug)]
@@ -22,9 +23,13 @@ pub(crate) enum Observe {
     /// A non-streaming request: the JSON answer's `usage` (frames kept up to `cap` bytes).
     Json {
         api: Api,
+        units: Units,
         cap: usize,
         max_usage: u64,
     },
+    /// An answer that is not JSON (speech audio): the body passes untouched, the units the
+    /// request counted are reported at once.
+    Binary { units: Units },
 }
 
 pin_project! {
@@ -91,13 +96,24 @@ where
             }
             Observe::Json {
                 api,
+                units,
                 cap,
                 max_usage,
             } => {
                 let (writer, report) = UsageReport::channel();
                 parts.extensions.insert(report);
-                let usage = JsonUsage::new(api, cap, writer).max_usage(max_usage);
+                let usage = JsonUsage::new(api, units, cap, writer).max_usage(max_usage);
                 Body::new(JsonBody::new(body, usage))
+            }
+            Observe::Binary { units } => {
+                let (writer, report) = UsageReport::channel();
+                writer.publish(&UsageFacts {
+                    units: Some(units),
+                    units_from_request: true,
+                    ..UsageFacts::default()
+                });
+                parts.extensions.insert(report);
+                body
             }
         };
         Poll::Ready(Ok(Response::from_parts(parts, body)))

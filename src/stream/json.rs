@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use crate::body::BoxError;
 use crate::ext::{UsageFacts, UsageWriter};
 use crate::request::Api;
-use crate::usage::Usage;
+use crate::usage::{Units, Usage, units_from_json};
 
 /// Default for [`StreamPassthroughLayer::json_cap`](super::StreamPassthroughLayer::json_cap).
 pub(crate) const DEFAULT_JSON_CAP: usize = 8 << 20;
@@ -20,6 +20,8 @@ pub(crate) const DEFAULT_JSON_CAP: usize = 8 << 20;
 #[derive(Debug)]
 pub(crate) struct JsonUsage {
     api: Api,
+    /// What the request asked for (images `n`): the count when the answer says nothing.
+    requested: Units,
     cap: usize,
     frames: Option<Vec<Bytes>>,
     len: usize,
@@ -28,9 +30,10 @@ pub(crate) struct JsonUsage {
 }
 
 impl JsonUsage {
-    pub(crate) fn new(api: Api, cap: usize, writer: UsageWriter) -> Self {
+    pub(crate) fn new(api: Api, requested: Units, cap: usize, writer: UsageWriter) -> Self {
         JsonUsage {
             api,
+            requested,
             cap,
             frames: Some(Vec::new()),
             len: 0,
@@ -62,7 +65,12 @@ impl JsonUsage {
         let Some(writer) = self.writer.take() else {
             return;
         };
-        let frames = self.frames.take().unwrap_or_default();
+        let frames = self.frames.take();
+        if !self.api.estimable() {
+            writer.publish(&self.unit_facts(frames.as_deref()));
+            return;
+        }
+        let frames = frames.unwrap_or_default();
         let joined;
         let doc: &[u8] = match frames.as_slice() {
             [] => return,
@@ -92,6 +100,25 @@ impl JsonUsage {
             },
         };
         writer.publish(&facts);
+    }
+}
+
+impl JsonUsage {
+    /// The facts of an answer billed per unit: what it reports (tokens, images in `data`,
+    /// audio seconds); for images, the count asked for when the answer was over the cap.
+    fn unit_facts(&self, frames: Option<&[Bytes]>) -> UsageFacts {
+        let (usage, units) = match frames {
+            Some([one]) => units_from_json(self.api, one),
+            Some(many) if !many.is_empty() => units_from_json(self.api, &many.concat()),
+            _ => (None, None),
+        };
+        let fallback = (units.is_none() && !self.requested.is_empty()).then_some(self.requested);
+        UsageFacts {
+            usage,
+            units: units.or(fallback),
+            units_from_request: fallback.is_some(),
+            ..UsageFacts::default()
+        }
     }
 }
 

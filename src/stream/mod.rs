@@ -113,7 +113,7 @@ use crate::ext::Drain;
 #[cfg(doc)]
 use crate::ext::UsageReport;
 use crate::order::{self, Checked};
-use crate::request::ParsedRequest;
+use crate::request::{Api, ParsedRequest};
 use std::sync::atomic::AtomicBool;
 
 /// The StreamPassthrough service: see the [module docs](self).
@@ -177,8 +177,12 @@ where
                 info.drain = drain;
                 Some(Observe::Stream(info))
             }
+            Some(parsed) if parsed.api == Api::AudioSpeech => Some(Observe::Binary {
+                units: parsed.units,
+            }),
             Some(parsed) => Some(Observe::Json {
                 api: parsed.api,
+                units: parsed.units,
                 cap: self.config.json_cap,
                 max_usage: self.config.max_usage,
             }),

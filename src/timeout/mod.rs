@@ -24,7 +24,7 @@
 //! anything else 500). A non-streaming 2xx answer's body is read before resolving (capped,
 //! [`TimeoutLayer::max_preread`], 1 MiB by default; bounded by `total` and `idle`) and an
 //! `{"error": ...}` document in it falls back the same way ([`TimeoutLayer::inspect_json`]
-//! switches this off). A stream that ends before any data event is an
+//! switches this off; speech audio is never read ahead). A stream that ends before any data event is an
 //! [`UpstreamProtocol`](crate::error::ErrorKind::UpstreamProtocol) error (retryable).
 //!
 //! Deadlines run on tokio's clock (tests use `tokio::time::pause`).
@@ -111,10 +111,10 @@ where
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
         let started = Instant::now();
-        let stream = req
-            .extensions()
-            .get::<ParsedRequest>()
-            .is_some_and(|p| p.stream);
+        let parsed = req.extensions().get::<ParsedRequest>();
+        let stream = parsed.is_some_and(|p| p.stream);
+        // Speech is audio, not JSON: nothing to inspect, and it is never held back.
+        let binary = parsed.is_some_and(|p| p.api == crate::request::Api::AudioSpeech);
         let (timeouts, provider, target) = match req.extensions().get::<Attempt>() {
             Some(a) => (
                 a.timeouts,
@@ -147,7 +147,7 @@ where
             first_token: timeouts.first_token,
             idle: timeouts.idle,
             total: timeouts.total,
-            max_preread: if mode == Mode::Json && !self.config.inspect_json {
+            max_preread: if binary || (mode == Mode::Json && !self.config.inspect_json) {
                 0
             } else {
                 self.config.max_preread

@@ -64,6 +64,24 @@ impl Exchange {
         let _ = self.respond.take().unwrap().send(res);
     }
 
+    /// Answer 200 with `headers` and a body sent frame by frame through the returned sender
+    /// (audio, or anything that is not an event stream).
+    pub fn respond_frames(mut self, headers: &[(&str, &str)]) -> BodyTx {
+        let (tx, rx) = mpsc::channel(16);
+        let s: ChunkStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        }));
+        let mut res = Response::new(StreamBody::new(s));
+        for (k, v) in headers {
+            res.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let _ = self.respond.take().unwrap().send(res);
+        BodyTx(tx)
+    }
+
     /// Answer 200 `text/event-stream` and return the sender for its events.
     pub fn respond_stream(mut self) -> BodyTx {
         let (tx, rx) = mpsc::channel(16);
@@ -233,6 +251,21 @@ pub struct Streaming {
 }
 
 impl Streaming {
+    /// A response read by a test's own client (`conn` drives its connection).
+    pub fn from_parts(
+        status: StatusCode,
+        headers: http::HeaderMap,
+        body: Incoming,
+        conn: tokio::task::JoinHandle<()>,
+    ) -> Streaming {
+        Streaming {
+            status,
+            headers,
+            body,
+            _conn: conn,
+        }
+    }
+
     /// The next data frame (None at the end), failing the test after 10 s.
     pub async fn next_data(&mut self) -> Option<Bytes> {
         loop {
