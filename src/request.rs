@@ -53,6 +53,9 @@ pub enum Api {
     Messages,
     /// `POST /v1/messages/count_tokens` (Anthropic-style; served by Anthropic targets only).
     CountTokens,
+    /// `POST /v1/responses` (the OpenAI Responses API): passed through to targets that serve it,
+    /// translated through chat completions for the others.
+    Responses,
 }
 
 impl Api {
@@ -64,6 +67,7 @@ impl Api {
             "/v1/embeddings" | "/embeddings" => Some(Api::Embeddings),
             "/v1/messages" => Some(Api::Messages),
             "/v1/messages/count_tokens" => Some(Api::CountTokens),
+            "/v1/responses" | "/responses" => Some(Api::Responses),
             _ => None,
         }
     }
@@ -76,6 +80,7 @@ impl Api {
             Api::Embeddings => "/embeddings",
             Api::Messages => "/messages",
             Api::CountTokens => "/messages/count_tokens",
+            Api::Responses => "/responses",
         }
     }
 
@@ -93,6 +98,7 @@ impl Api {
             Api::Embeddings => "embeddings",
             Api::Messages => "messages",
             Api::CountTokens => "count_tokens",
+            Api::Responses => "responses",
         }
     }
 
@@ -113,7 +119,7 @@ pub struct ParsedRequest {
     pub stream: bool,
     /// The client asked for the usage chunk (`stream_options.include_usage: true`).
     pub wants_usage: bool,
-    /// `max_completion_tokens`, else `max_tokens`.
+    /// `max_completion_tokens`, else `max_tokens` (`max_output_tokens` for the Responses API).
     pub max_tokens: Option<u64>,
     /// The request has a non-empty `tools` (or legacy `functions`) list.
     pub has_tools: bool,
@@ -562,6 +568,9 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
     };
     let max_tokens = match opt_u64(fields.get("max_completion_tokens"), "max_completion_tokens")? {
         Some(n) => Some(n),
+        None if api == Api::Responses => {
+            opt_u64(fields.get("max_output_tokens"), "max_output_tokens")?
+        }
         None => opt_u64(fields.get("max_tokens"), "max_tokens")?,
     };
 
@@ -587,7 +596,7 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             }
             Some(_) => {}
         },
-        Api::Embeddings | Api::Completions => {}
+        Api::Embeddings | Api::Completions | Api::Responses => {}
     }
     match api {
         Api::Messages if max_tokens.is_none() => {
@@ -597,6 +606,17 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             ));
         }
         Api::Embeddings if fields.get("input").is_none_or(is_null) => {
+            return Err(GatewayError::bad_request(
+                "'input' is a required property",
+                Some("input"),
+            ));
+        }
+        Api::Responses
+            if fields.get("input").is_none_or(is_null)
+                && fields.get("previous_response_id").is_none_or(is_null)
+                && fields.get("conversation").is_none_or(is_null)
+                && fields.get("prompt").is_none_or(is_null) =>
+        {
             return Err(GatewayError::bad_request(
                 "'input' is a required property",
                 Some("input"),
@@ -617,18 +637,18 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             .is_some_and(|v| starts_with(v, b'[') && !v.get()[1..].trim_start().starts_with(']'))
     };
     let has_tools = non_empty_array("tools") || non_empty_array("functions");
-    let image_key: &[u8] = if api.is_anthropic() {
-        b"\"image\""
-    } else {
-        b"\"image_url\""
+    let (image_key, content_key): (&[u8], &str) = match api {
+        _ if api.is_anthropic() => (b"\"image\"", "messages"),
+        Api::Responses => (b"\"input_image\"", "input"),
+        _ => (b"\"image_url\"", "messages"),
     };
     let has_images = fields
-        .get("messages")
+        .get(content_key)
         .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), image_key).is_some());
-    let format_key = if api.is_anthropic() {
-        "output_config"
-    } else {
-        "response_format"
+    let format_key = match api {
+        _ if api.is_anthropic() => "output_config",
+        Api::Responses => "text",
+        _ => "response_format",
     };
     let json_mode = fields.get(format_key).is_some_and(|v| {
         let s = v.get().as_bytes();

@@ -315,8 +315,11 @@ impl Config {
             let provider: Arc<dyn Provider> = match pre.adapter {
                 Adapter::Mock => Arc::new(MockProvider::new(name.as_str())),
                 Adapter::OpenAi => {
-                    let mut b =
-                        OpenAiProvider::builder(name.as_str(), base_url).header_policy(policy);
+                    let native = matches!(p.kind.as_str(), "azure")
+                        || (p.kind == "openai" && p.base_url.is_none());
+                    let mut b = OpenAiProvider::builder(name.as_str(), base_url)
+                        .header_policy(policy)
+                        .responses(p.responses.unwrap_or(native));
                     if let Some(k) = api_key.filter(|k| !k.is_empty()) {
                         b = b.api_key(Secret::new(k));
                     }

@@ -28,6 +28,14 @@
 //! ([`request_from_anthropic`]), the answer back ([`response_to_anthropic`], or
 //! [`IngressStream`] event by event for streams, never buffered). `count_tokens` needs an
 //! adapter that speaks Anthropic.
+//!
+//! ## The Responses API
+//! A `/v1/responses` request ([`Api::Responses`]) goes as is (model replaced) to an adapter
+//! that [serves it](Provider::speaks_responses): an OpenAI-compatible provider configured with
+//! `responses = true` (the default for `kind = "openai"` at api.openai.com and for `azure`).
+//! For any other adapter, [`Dispatch`] translates it per attempt through chat completions
+//! ([`request_to_chat`], [`response_from_chat`], [`ResponsesStream`]); the Anthropic and
+//! Gemini adapters then translate that chat request with their own translators.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +55,7 @@ use crate::request::{Api, ParsedRequest, parse_body};
 use crate::target::Attempt;
 use crate::translate::TranslateBody;
 use crate::translate::ingress::{IngressStream, request_from_anthropic, response_to_anthropic};
+use crate::translate::responses::{ResponsesStream, request_to_chat, response_from_chat};
 
 pub mod anthropic;
 pub mod gemini;
@@ -85,6 +94,13 @@ pub trait Provider: Send + Sync + 'static {
     /// [`Api::CountTokens`]) natively. Default `false`: [`Dispatch`] translates them to chat
     /// completions and translates the answer back.
     fn speaks_anthropic(&self) -> bool {
+        false
+    }
+
+    /// Whether [`call`](Self::call) serves the Responses API ([`Api::Responses`]) natively
+    /// (passed through, only the model replaced). Default `false`: [`Dispatch`] translates it
+    /// to chat completions and translates the answer back.
+    fn speaks_responses(&self) -> bool {
         false
     }
 }
@@ -358,6 +374,8 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
         let anthropic = call.parsed.api.is_anthropic();
         let fut = if anthropic && !provider.speaks_anthropic() {
             messages_via_chat(provider.as_ref(), call)
+        } else if call.parsed.api == Api::Responses && !provider.speaks_responses() {
+            responses_via_chat(provider.as_ref(), call)
         } else {
             provider.call(call)
         };
@@ -467,6 +485,61 @@ fn messages_via_chat(
             }
         };
         let out = response_to_anthropic(&bytes)?;
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(Response::from_parts(parts, Body::full(out)))
+    })
+}
+
+/// Read a whole (capped) translated-target answer for translation.
+async fn read_translated(body: Body) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, MAX_TRANSLATED_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(match e.downcast::<GatewayError>() {
+            Ok(e) => *e,
+            Err(e) => GatewayError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("could not read the upstream answer: {e}"),
+            ),
+        }),
+    }
+}
+
+/// Serve a Responses API request with a provider that speaks OpenAI chat (itself, or through
+/// its own translator: Anthropic, Gemini): translate the request, call, translate the answer
+/// back (streams event by event).
+fn responses_via_chat(
+    provider: &dyn Provider,
+    mut call: UpstreamCall,
+) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+    let stream = call.parsed.stream;
+    let chat = request_to_chat(&call.parsed.body).and_then(|(body, echo)| {
+        parse_body(Api::ChatCompletions, body).map(|parsed| (parsed, echo))
+    });
+    let (mut chat, echo) = match chat {
+        Ok(c) => c,
+        Err(e) => return Box::pin(async move { Err(e) }),
+    };
+    chat.received_at = call.parsed.received_at;
+    chat.upstream_include_usage = stream;
+    call.parsed = chat;
+    let model = call.upstream_model.clone();
+    let fut = provider.call(call);
+    Box::pin(async move {
+        let (mut parts, body) = fut.await?.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        if stream {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let body = TranslateBody::new(body, ResponsesStream::new(&model, echo));
+            return Ok(Response::from_parts(parts, Body::new(body)));
+        }
+        let bytes = read_translated(body).await?;
+        let out = response_from_chat(&bytes, &echo)?;
         parts.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -90,9 +90,18 @@ pub struct OpenAiProviderBuilder {
     query: Option<String>,
     headers: Vec<(String, Secret)>,
     policy: HeaderPolicy,
+    responses: bool,
 }
 
 impl OpenAiProviderBuilder {
+    /// Whether the upstream serves the Responses API (`POST {base_url}/responses`): requests
+    /// to `/v1/responses` are then passed through (model replaced) instead of translated
+    /// through chat completions. Default `false`.
+    pub fn responses(mut self, native: bool) -> Self {
+        self.responses = native;
+        self
+    }
+
     /// Which headers cross between client and upstream (default [`HeaderPolicy::default`]).
     pub fn header_policy(mut self, policy: HeaderPolicy) -> Self {
         self.policy = policy;
@@ -159,6 +168,7 @@ impl OpenAiProviderBuilder {
             uri_for(Api::ChatCompletions)?,
             uri_for(Api::Completions)?,
             uri_for(Api::Embeddings)?,
+            uri_for(Api::Responses)?,
         ];
         let auth = match &self.api_key {
             None => None,
@@ -197,6 +207,7 @@ impl OpenAiProviderBuilder {
             auth,
             headers,
             policy: Arc::new(self.policy.with_secrets_of(&sent)),
+            responses: self.responses,
         })
     }
 }
@@ -205,11 +216,13 @@ impl OpenAiProviderBuilder {
 pub struct OpenAiProvider {
     name: Arc<str>,
     base_url: Arc<str>,
-    /// Request URLs of chat, text completions and embeddings (query included).
-    uris: [Uri; 3],
+    /// Request URLs of chat, text completions, embeddings and responses (query included).
+    uris: [Uri; 4],
     auth: Option<(HeaderName, HeaderValue)>,
     headers: HeaderMap,
     policy: Arc<HeaderPolicy>,
+    /// Serves the Responses API natively.
+    responses: bool,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -237,6 +250,7 @@ impl OpenAiProvider {
             query: None,
             headers: Vec::new(),
             policy: HeaderPolicy::default(),
+            responses: false,
         }
     }
 
@@ -250,8 +264,9 @@ impl OpenAiProvider {
             Api::ChatCompletions => Ok(&self.uris[0]),
             Api::Completions => Ok(&self.uris[1]),
             Api::Embeddings => Ok(&self.uris[2]),
+            Api::Responses if self.responses => Ok(&self.uris[3]),
             // Dispatch translates `/v1/messages` to chat completions for this adapter.
-            Api::Messages | Api::CountTokens => Err(GatewayError::bad_request(
+            Api::Messages | Api::CountTokens | Api::Responses => Err(GatewayError::bad_request(
                 format!(
                     "the OpenAI-compatible provider does not serve {}",
                     api.as_str()
@@ -307,6 +322,10 @@ impl Provider for OpenAiProvider {
 
     fn kind(&self) -> &'static str {
         "openai"
+    }
+
+    fn speaks_responses(&self) -> bool {
+        self.responses
     }
 
     fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {

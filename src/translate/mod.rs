@@ -6,6 +6,8 @@
 //! - [`gemini`]: the same for Google Gemini `generateContent` / `streamGenerateContent?alt=sse`.
 //! - [`ingress`]: the other direction, for an Anthropic-style `/v1/messages` ingress in front of
 //!   an OpenAI-compatible target.
+//! - [`responses`]: the OpenAI Responses API (`/v1/responses`) in front of a chat-completions
+//!   target (and, composed with the two above, Anthropic and Gemini targets).
 //!
 //! Streams are translated event by event with a [`StreamTranslator`]: one upstream SSE event in,
 //! zero or more output bytes out, nothing buffered beyond the event being scanned.
@@ -35,6 +37,7 @@ use crate::sse::{SseEvent, SseScanner};
 pub mod anthropic;
 pub mod gemini;
 pub mod ingress;
+pub mod responses;
 
 /// What a translator wants after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
