@@ -65,8 +65,11 @@ pub struct Echo {
     fields: Map<String, Value>,
 }
 
+/// Makes the default of an echoed member.
+type MakeDefault = fn() -> Value;
+
 /// The echoed members and their defaults, in the order the API documents them.
-const ECHOED: [(&str, fn() -> Value); 14] = [
+const ECHOED: [(&str, MakeDefault); 14] = [
     ("instructions", || Value::Null),
     ("max_output_tokens", || Value::Null),
     ("metadata", || json!({})),
