@@ -15,6 +15,7 @@
 //! | [`KeyIdentity`] | Auth | RateLimit (its limits), Route (the sticky key), Dispatch |
 //! | [`RouteDecision`] | Route | Fallback |
 //! | [`Attempt`] | Fallback (one per try) | Timeout, Dispatch |
+//! | [`ResponseStoreHandle`] | the [gateway](crate::gateway), on `/v1/responses…` (or your own `map_request`) | the Responses endpoint (`previous_response_id`, `store`) |
 //!
 //! **Up** (response extensions; the same on [`GatewayError::context`]):
 //!
@@ -47,6 +48,7 @@
 //!
 //! [`GatewayError`]: crate::error::GatewayError
 //! [`GatewayError::context`]: crate::error::GatewayError::context
+//! [`ResponseStoreHandle`]: crate::store::ResponseStoreHandle
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

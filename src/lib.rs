@@ -176,6 +176,7 @@ pub mod route;
 pub mod secret;
 pub mod sink;
 pub mod sse;
+pub mod store;
 pub mod stream;
 pub mod target;
 pub mod timeout;

@@ -13,12 +13,14 @@ use serde::Deserialize;
 
 mod build;
 pub mod presets;
+mod responses;
 mod source_error;
 
 pub use build::{
     HealthRegistry, ModelInfo, ReloadableKeys, Runtime, auth_layer, limit_store, limits,
     ratelimit_layer, ratelimit_layer_on, static_keys, worst_price,
 };
+pub use responses::response_store;
 
 /// The embedded default configuration: mock models to try at once, plus real providers that
 /// switch on when their API-key variables are set.
@@ -55,6 +57,9 @@ pub struct Config {
     /// Usage records.
     #[serde(default)]
     pub usage: UsageConfig,
+    /// The response store of the Responses API.
+    #[serde(default)]
+    pub responses: ResponsesConfig,
     /// Routing policy shared by all models.
     #[serde(default)]
     pub routing: RoutingConfig,
@@ -240,6 +245,31 @@ pub struct PostgresUsageConfig {
     /// Most bytes the spool file holds; records beyond are dropped and counted (default
     /// 256 MiB).
     pub spool_max_bytes: Option<u64>,
+}
+
+/// `[responses]`: where the Responses API keeps conversations for targets that keep none
+/// (see [`crate::store`]). Read at start; a change needs a restart.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponsesConfig {
+    /// `memory` (default), `redis` (feature `redis`) or `postgres` (feature `postgres`).
+    pub store: Option<String>,
+    /// How long a stored response lives, in seconds (default 604 800: 7 days).
+    pub ttl_secs: Option<u64>,
+    /// Most responses the `memory` store keeps (default 10 000); the oldest go first.
+    pub max_entries: Option<usize>,
+    /// Most bytes of responses the `memory` store keeps (default 268 435 456: 256 MiB); the
+    /// oldest go first.
+    pub max_bytes: Option<usize>,
+    /// Redis URL of the `redis` store (default: `[limits] redis_url`, else
+    /// `redis://127.0.0.1:6379`).
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis (default: `[limits] redis_prefix`, else `tollgate`).
+    pub redis_prefix: Option<String>,
+    /// Connection string of the `postgres` store (default: `[usage.postgres] url`).
+    pub postgres_url: Option<String>,
+    /// Table of the `postgres` store, created if missing (default `tollgate_responses`).
+    pub postgres_table: Option<String>,
 }
 
 /// `[routing]`

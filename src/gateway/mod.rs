@@ -30,6 +30,11 @@
 //! - `GET /healthz` (`/health`): `{"status":"ok"}`.
 //! - `GET /v1/models` (`/models`), `GET /v1/models/{id}`: the models the calling key may use;
 //!   with auth on, a request without a valid key gets 401.
+//! - `GET /v1/responses/{id}`, `DELETE /v1/responses/{id}` (also without `/v1`): the
+//!   calling key's stored response, from the [response store](crate::store) of
+//!   `[responses]`; 404 for an unknown, expired or another key's id. `POST /v1/responses`
+//!   goes through the LLM stack, with the store's [`ResponseStoreHandle`] as a request
+//!   extension.
 //! - `GET /metrics`: the text of the [metrics callback](GatewayBuilder::metrics), on the main
 //!   listener only when `[server] metrics = "main"` (or by default when auth is off), and on
 //!   the [admin service](Gateway::admin) served on `[server] admin_listen`.
@@ -54,6 +59,7 @@ use tower::util::BoxCloneSyncService;
 use crate::body::Body;
 use crate::config::{Config, ConfigError, HealthRegistry};
 use crate::meter::RecordSink;
+use crate::store::ResponseStoreHandle;
 
 pub use ops::Admin;
 pub use reload::Reloader;
@@ -71,6 +77,8 @@ struct Shared {
     /// The stack requests use now; a reload replaces it whole.
     current: ArcSwap<Stack>,
     metrics: Option<MetricsRender>,
+    /// The Responses API's store (`[responses]`), kept across reloads.
+    responses: ResponseStoreHandle,
     #[cfg(feature = "postgres")]
     postgres: Option<Arc<crate::sink::postgres::PostgresSink>>,
 }
@@ -106,6 +114,7 @@ pub struct GatewayBuilder<'a> {
     cfg: &'a Config,
     metrics: Option<MetricsRender>,
     sinks: Vec<Arc<dyn RecordSink>>,
+    responses: Option<ResponseStoreHandle>,
 }
 
 impl std::fmt::Debug for GatewayBuilder<'_> {
@@ -131,6 +140,13 @@ impl GatewayBuilder<'_> {
         self
     }
 
+    /// The Responses API's store, instead of the one `[responses]` names (e.g. one shared
+    /// by several gateways in one process, or a store of your own).
+    pub fn response_store(mut self, store: ResponseStoreHandle) -> Self {
+        self.responses = Some(store);
+        self
+    }
+
     /// Build the stack. Fails with a message naming the field and the file. Logs a warning
     /// when auth is on with no keys (every request would get 401).
     pub async fn build(self) -> Result<(Gateway, Reloader), ConfigError> {
@@ -153,6 +169,10 @@ impl GatewayBuilder<'_> {
                 "this build has no PostgreSQL support (cargo feature `postgres`)",
             ));
         }
+        let responses = match self.responses {
+            Some(r) => r,
+            None => crate::config::response_store(cfg)?,
+        };
         let fixed = Fixed {
             store: crate::config::limit_store(cfg)?,
             sinks,
@@ -168,6 +188,7 @@ impl GatewayBuilder<'_> {
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(stack),
             metrics: self.metrics,
+            responses,
             #[cfg(feature = "postgres")]
             postgres,
         });
@@ -189,6 +210,7 @@ impl Gateway {
             cfg,
             metrics: None,
             sinks: Vec::new(),
+            responses: None,
         }
     }
 
@@ -201,6 +223,13 @@ impl Gateway {
     pub fn model_names(&self) -> Vec<String> {
         let stack = self.shared.current.load();
         stack.models.iter().map(|m| m.id.clone()).collect()
+    }
+
+    /// The Responses API's store (`[responses]`, or the builder's), kept across reloads. The
+    /// gateway also inserts it as a request extension on every request whose path starts with
+    /// `/v1/responses` or `/responses`, for the Responses endpoint in the stack to read.
+    pub fn response_store(&self) -> ResponseStoreHandle {
+        self.shared.responses.clone()
     }
 
     /// Whether requests need a virtual key.
@@ -261,7 +290,7 @@ fn exposure_warning(auth_enabled: bool, addr: SocketAddr) -> Option<&'static str
 
 type GatewayFuture = Either<
     <HttpService as Service<Request<Incoming>>>::Future,
-    Ready<Result<Response<Body>, Infallible>>,
+    Either<Ready<Result<Response<Body>, Infallible>>, ops::OpFuture>,
 >;
 
 impl Service<Request<Incoming>> for Gateway {
@@ -276,10 +305,18 @@ impl Service<Request<Incoming>> for Gateway {
             .poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> GatewayFuture {
+    fn call(&mut self, mut req: Request<Incoming>) -> GatewayFuture {
         let stack = self.shared.current.load();
         if let Some(res) = ops::main_endpoint(&stack, self.shared.metrics.as_ref(), &req) {
-            return Either::Right(ready(Ok(res)));
+            return Either::Right(Either::Left(ready(Ok(res))));
+        }
+        let path = req.uri().path();
+        if path.starts_with("/v1/responses") || path.starts_with("/responses") {
+            let store = &self.shared.responses;
+            if let Some(fut) = ops::responses_endpoint(&stack, store, &req) {
+                return Either::Right(Either::Right(fut));
+            }
+            req.extensions_mut().insert(store.clone());
         }
         // The service made ready by poll_ready; every layer of the stack is always ready, so
         // a caller that skipped poll_ready gets the current stack.

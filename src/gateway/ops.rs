@@ -15,6 +15,7 @@ use crate::auth::KeyIdentity;
 use crate::body::Body;
 use crate::config::ModelInfo;
 use crate::error::{ErrorKind, GatewayError};
+use crate::store::ResponseStoreHandle;
 
 const CREATED: u64 = 1_767_225_600; // 2026-01-01
 
@@ -174,4 +175,76 @@ impl<B> Service<Request<B>> for Admin {
         };
         ready(Ok(res))
     }
+}
+
+/// A response of an endpoint that waits on something (the response store).
+pub(super) type OpFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// `GET` / `DELETE /v1/responses/{id}`, answered from the response store for the calling key;
+/// `None` for every other request (`POST /v1/responses` goes to the LLM stack).
+pub(super) fn responses_endpoint<B>(
+    stack: &Stack,
+    store: &ResponseStoreHandle,
+    req: &Request<B>,
+) -> Option<OpFuture> {
+    let path = req.uri().path();
+    let id = path
+        .strip_prefix("/v1/responses/")
+        .or_else(|| path.strip_prefix("/responses/"))
+        .filter(|id| !id.is_empty() && !id.contains('/'))?;
+    let delete = match *req.method() {
+        Method::GET => false,
+        Method::DELETE => true,
+        _ => return None,
+    };
+    let owner = match caller(stack, req.headers()) {
+        Ok(key) => ResponseStoreHandle::owner_of(key.as_ref()).to_owned(),
+        Err(e) => return Some(Box::pin(ready(Ok(e.into_response())))),
+    };
+    if !crate::store::is_response_id(id) {
+        return Some(Box::pin(ready(Ok(response_not_found(None)))));
+    }
+    let (store, id) = (store.clone(), id.to_owned());
+    Some(Box::pin(async move {
+        let res = match delete {
+            false => store.get(&owner, &id).await.map(|r| match r {
+                Some(r) => json(StatusCode::OK, r.response),
+                None => response_not_found(Some(&id)),
+            }),
+            true => store.delete(&owner, &id).await.map(|found| match found {
+                true => deleted(&id),
+                false => response_not_found(Some(&id)),
+            }),
+        };
+        Ok(res.unwrap_or_else(|e| store_unavailable(&e)))
+    }))
+}
+
+/// 404 in OpenAI's words; the same whether the id is unknown, expired or another key's.
+fn response_not_found(id: Option<&str>) -> Response<Body> {
+    let msg = match id {
+        Some(id) => format!("Response with id '{id}' not found."),
+        None => "No response with that id.".to_owned(),
+    };
+    GatewayError::new(ErrorKind::NotFound, msg)
+        .with_param("response_id")
+        .into_response()
+}
+
+fn deleted(id: &str) -> Response<Body> {
+    let body = serde_json::json!({"id": id, "object": "response.deleted", "deleted": true});
+    json(StatusCode::OK, Bytes::from(body.to_string()))
+}
+
+fn store_unavailable(e: &crate::store::ResponseStoreError) -> Response<Body> {
+    tracing::warn!(error = %e, "response store unavailable");
+    GatewayError::new(
+        ErrorKind::Internal,
+        "The response store cannot be reached right now; try again shortly.",
+    )
+    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    .with_code("response_store_unavailable")
+    .with_retry_after(std::time::Duration::from_secs(1))
+    .into_response()
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError, HealthRegistry};
 /// `metrics`. Circuit state and latency history are kept per target.
 ///
 /// Refused, naming the field, because they need a restart: `[server] listen`, `workers`,
-/// `runtime`, `admin_listen`; `[limits] store`, `redis_url`, `redis_prefix`;
+/// `runtime`, `admin_listen`; `[limits] store`, `redis_url`, `redis_prefix`; `[responses]`;
 /// `[usage.postgres]`; switching auth off.
 ///
 /// Refused as unsafe: an empty, binary or unparsable file (see [`Config::parse`]); auth on
@@ -117,6 +117,7 @@ fn needs_restart(old: &Config, new: &Config) -> Result<(), ConfigError> {
             old.limits.redis_prefix != new.limits.redis_prefix,
         ),
         ("usage.postgres", old.usage.postgres != new.usage.postgres),
+        ("responses", old.responses != new.responses),
     ];
     if let Some((field, _)) = changed.iter().find(|(_, c)| *c) {
         return Err(ConfigError::field(
