@@ -789,3 +789,90 @@ async fn a_stream_cut_after_the_first_byte_ends_with_an_in_band_error() {
         assert_eq!(rec.outcome, Outcome::StreamError, "{rec:?}");
     }
 }
+
+/// GET `/v1/responses/{id}` until the (asynchronously written) record is there.
+async fn stored(gw: &common::Gateway, id: &str) -> Value {
+    for _ in 0..100 {
+        let res = common::send(gw.addr, "GET", &format!("/v1/responses/{id}"), &[], "").await;
+        if res.status == 200 {
+            return res.json().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("response {id} was never stored");
+}
+
+#[tokio::test]
+async fn previous_response_id_continues_a_stored_conversation_on_a_translated_target() {
+    let fake = fakes::openai_responses().await;
+    let gw = common::Gateway::start(&gateway_config(&fake)).await;
+    // turn 1, non-stream: stored under a fresh id
+    let r1 = post(
+        &gw,
+        r#"{"model":"chat-ok","input":"hi","instructions":"be nice"}"#,
+    )
+    .await
+    .json()
+    .await;
+    let id1 = r1["id"].as_str().unwrap().to_owned();
+    assert!(id1.starts_with("resp_") && id1.len() == 53, "{id1}");
+    assert_eq!(r1["store"], true);
+    assert_eq!(stored(&gw, &id1).await["id"], id1);
+    // turn 2, streamed, continues it: the upstream sees the whole conversation
+    let body = format!(
+        r#"{{"model":"chat-ok","previous_response_id":"{id1}","input":"and then?","stream":true}}"#
+    );
+    let evs = events(&post(&gw, &body).await.rest().await);
+    check_sequence(&evs);
+    let r2 = &evs.last().unwrap().1["response"];
+    assert_eq!(r2["previous_response_id"], id1.as_str());
+    let id2 = r2["id"].as_str().unwrap().to_owned();
+    assert_ne!(id1, id2);
+    let seen = v(&fake.seen.lock().unwrap().last().unwrap().body);
+    // the earlier `instructions` are not carried over (as the API documents)
+    assert_eq!(
+        seen["messages"],
+        json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello there!"},
+            {"role": "user", "content": "and then?"}
+        ])
+    );
+    // turn 3 continues turn 2 (itself a continuation)
+    stored(&gw, &id2).await;
+    let body = format!(r#"{{"model":"chat-ok","previous_response_id":"{id2}","input":"ok"}}"#);
+    assert_eq!(post(&gw, &body).await.status, 200);
+    let seen = v(&fake.seen.lock().unwrap().last().unwrap().body);
+    assert_eq!(seen["messages"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        seen["messages"][4],
+        json!({"role": "user", "content": "ok"})
+    );
+    // an unknown id: a clear 400, nothing sent upstream
+    let n = fake.seen.lock().unwrap().len();
+    let res = post(
+        &gw,
+        r#"{"model":"chat-ok","previous_response_id":"resp_nope","input":"x"}"#,
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    let e = res.json().await;
+    assert_eq!(e["error"]["param"], "previous_response_id");
+    assert_eq!(e["error"]["code"], "previous_response_not_found");
+    assert_eq!(fake.seen.lock().unwrap().len(), n);
+    // store: false keeps nothing
+    let r = post(&gw, r#"{"model":"chat-ok","input":"hi","store":false}"#)
+        .await
+        .json()
+        .await;
+    assert_eq!(r["store"], false);
+    let res = common::send(
+        gw.addr,
+        "GET",
+        &format!("/v1/responses/{}", r["id"].as_str().unwrap()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(res.status, 404);
+}

@@ -87,6 +87,11 @@ const ECHOED: [(&str, MakeDefault); 14] = [
 ];
 
 impl Echo {
+    /// Set an echoed member (`previous_response_id`, `store`: what the gateway did).
+    pub fn set(&mut self, key: &str, value: Value) {
+        self.fields.insert(key.to_owned(), value);
+    }
+
     /// The echo of a Responses request.
     pub fn from_request(req: &Map<String, Value>) -> Echo {
         let mut fields = Map::new();
@@ -130,6 +135,28 @@ pub fn request_to_chat(body: &[u8]) -> Result<(Bytes, Echo), GatewayError> {
     let bytes = serde_json::to_vec(&out)
         .map_err(|e| GatewayError::internal(format!("serializing the chat request: {e}")))?;
     Ok((Bytes::from(bytes), Echo::from_request(&req)))
+}
+
+/// The request's `input` as a list of input items (a string is one user message).
+pub fn input_items(req: &Map<String, Value>) -> Vec<Value> {
+    match req.get("input") {
+        Some(Value::String(s)) => vec![json!({"role": "user", "content": s})],
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// A Responses request body continuing a stored conversation: `history` (input items) put
+/// before the request's own input, `previous_response_id` removed (the gateway resolved it).
+pub fn with_history(req: &Map<String, Value>, history: Vec<Value>) -> Result<Bytes, GatewayError> {
+    let mut req = req.clone();
+    let mut input = history;
+    input.extend(input_items(&req));
+    req.insert("input".into(), Value::Array(input));
+    req.remove("previous_response_id");
+    serde_json::to_vec(&req)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the request: {e}")))
 }
 
 /// The request members no chat target can honour: 400s naming them.
@@ -429,18 +456,23 @@ pub fn usage_json(u: &Usage) -> Value {
 #[derive(Debug, Clone, Default)]
 struct Ids {
     base: String,
+    /// The response id, when the gateway chose it (a stored response).
+    response: Option<String>,
 }
 
 impl Ids {
-    fn new(chat_id: &str) -> Ids {
+    fn new(chat_id: &str, response: Option<String>) -> Ids {
         let base = chat_id
             .strip_prefix("chatcmpl-")
             .unwrap_or(chat_id)
             .to_owned();
-        Ids { base }
+        Ids { base, response }
     }
     fn response(&self) -> String {
-        format!("resp_{}", self.base)
+        match &self.response {
+            Some(id) => id.clone(),
+            None => format!("resp_{}", self.base),
+        }
     }
     fn message(&self) -> String {
         format!("msg_{}", self.base)
@@ -519,6 +551,15 @@ fn call_json(id: &str, status: &str, call_id: &str, name: &str, args: &str) -> V
 
 /// Translate a `chat.completion` body into a `response` object, repeating `echo`.
 pub fn response_from_chat(body: &[u8], echo: &Echo) -> Result<Bytes, GatewayError> {
+    response_from_chat_with_id(body, echo, None)
+}
+
+/// [`response_from_chat`] with the response id `id` (else one derived from the completion's).
+pub fn response_from_chat_with_id(
+    body: &[u8],
+    echo: &Echo,
+    id: Option<String>,
+) -> Result<Bytes, GatewayError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| protocol_error(format!("invalid chat.completion: {e}")))?;
     let choice = v
@@ -526,7 +567,10 @@ pub fn response_from_chat(body: &[u8], echo: &Echo) -> Result<Bytes, GatewayErro
         .and_then(|c| c.get(0))
         .ok_or_else(|| protocol_error("chat.completion without choices"))?;
     let msg = choice.get("message").unwrap_or(&Value::Null);
-    let ids = Ids::new(v.get("id").and_then(Value::as_str).unwrap_or("response"));
+    let ids = Ids::new(
+        v.get("id").and_then(Value::as_str).unwrap_or("response"),
+        id,
+    );
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let mut output = Vec::new();
     if let Some(r) = str_of(msg, "reasoning_content").filter(|r| !r.is_empty()) {
@@ -682,7 +726,6 @@ impl Item {
 /// with the whole response and the usage chunk's counts. An in-band `{"error":..}` becomes an
 /// `error` event and `response.failed`; a stream that ends without `[DONE]` is `Err` (the
 /// stream layer ends it with the in-band error), never a faked `response.completed`.
-#[derive(Debug)]
 pub struct ResponsesStream {
     echo: Echo,
     model: String,
@@ -696,9 +739,36 @@ pub struct ResponsesStream {
     finish: Option<String>,
     usage: Option<Usage>,
     done: bool,
+    /// The response id the gateway chose, if any.
+    response_id: Option<String>,
+    /// Called once with the final response object (`response.completed` or
+    /// `response.incomplete`): where the gateway stores it.
+    on_complete: Option<Box<dyn FnOnce(&Value) + Send>>,
+}
+
+impl std::fmt::Debug for ResponsesStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponsesStream")
+            .field("seq", &self.seq)
+            .field("items", &self.output.len())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResponsesStream {
+    /// Use `id` as the response id (instead of one derived from the completion's).
+    pub fn with_id(mut self, id: String) -> Self {
+        self.response_id = Some(id);
+        self
+    }
+
+    /// Call `f` with the final response object when the stream completes (not when it fails).
+    pub fn on_complete(mut self, f: Box<dyn FnOnce(&Value) + Send>) -> Self {
+        self.on_complete = Some(f);
+        self
+    }
+
     /// A translator for one response; `model` is reported if the chunks name none; `echo`
     /// is repeated in the response objects.
     pub fn new(model: &str, echo: Echo) -> Self {
@@ -714,6 +784,8 @@ impl ResponsesStream {
             finish: None,
             usage: None,
             done: false,
+            response_id: None,
+            on_complete: None,
         }
     }
 
@@ -765,7 +837,10 @@ impl ResponsesStream {
             return;
         }
         self.started = true;
-        self.ids = Ids::new(chunk.id.as_deref().unwrap_or("response"));
+        self.ids = Ids::new(
+            chunk.id.as_deref().unwrap_or("response"),
+            self.response_id.clone(),
+        );
         if let Some(m) = chunk.model.as_deref().filter(|m| !m.is_empty()) {
             self.model = m.to_owned();
         }
@@ -1023,6 +1098,9 @@ impl ResponsesStream {
             "response.incomplete"
         };
         self.value_event(out, name, "response", &r);
+        if let Some(f) = self.on_complete.take() {
+            f(&r);
+        }
         self.done = true;
     }
 
