@@ -116,3 +116,32 @@ def test_built_in_tool_on_a_translated_target_is_a_400_naming_it(c, kind):
     with pytest.raises(openai.BadRequestError) as e:
         c.responses.create(model=f"{kind}-ok", input="x", tools=[{"type": "web_search"}])
     assert e.value.param == "tools[0]"
+
+
+@pytest.mark.parametrize("kind", ["chat", "anthropic", "gemini"])
+def test_previous_response_id_retrieve_and_delete(c, kind):
+    import time
+    import openai
+    r1 = c.responses.create(model=f"{kind}-tool", input="What is the weather in Paris?",
+                            tools=TOOLS)
+    call = [o for o in r1.output if o.type == "function_call"][0]
+    # the store is written as the answer ends: wait until it can be read back
+    for _ in range(100):
+        try:
+            got = c.responses.retrieve(r1.id)
+            break
+        except openai.NotFoundError:
+            time.sleep(0.02)
+    assert got.id == r1.id
+    assert [o.type for o in got.output] == [o.type for o in r1.output]
+    r2 = c.responses.create(
+        model=f"{kind}-ok", previous_response_id=r1.id, tools=TOOLS,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
+    assert r2.status == "completed"
+    assert r2.previous_response_id == r1.id
+    assert r2.output_text
+    deleted = c.responses.delete(r1.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    with pytest.raises(openai.NotFoundError):
+        c.responses.retrieve(r1.id)
