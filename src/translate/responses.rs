@@ -743,8 +743,11 @@ pub struct ResponsesStream {
     response_id: Option<String>,
     /// Called once with the final response object (`response.completed` or
     /// `response.incomplete`): where the gateway stores it.
-    on_complete: Option<Box<dyn FnOnce(&Value) + Send>>,
+    on_complete: Option<OnComplete>,
 }
+
+/// What a [`ResponsesStream`] calls with the final response object.
+pub type OnComplete = Box<dyn FnOnce(&Value) + Send>;
 
 impl std::fmt::Debug for ResponsesStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -764,7 +767,7 @@ impl ResponsesStream {
     }
 
     /// Call `f` with the final response object when the stream completes (not when it fails).
-    pub fn on_complete(mut self, f: Box<dyn FnOnce(&Value) + Send>) -> Self {
+    pub fn on_complete(mut self, f: OnComplete) -> Self {
         self.on_complete = Some(f);
         self
     }
