@@ -876,3 +876,77 @@ async fn previous_response_id_continues_a_stored_conversation_on_a_translated_ta
     .await;
     assert_eq!(res.status, 404);
 }
+
+/// Acceptance 5 (the conversation half): two gateways sharing one Redis response store; a
+/// conversation started on the first continues on the second for the same key; another key
+/// can neither read nor continue it.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_follow_up_on_a_second_gateway_continues_over_a_shared_redis_store() {
+    let url =
+        std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if !common::redis_available(&url) {
+        return;
+    }
+    let fake = fakes::openai_responses().await;
+    let prefix = format!(
+        "tollgate-resp-it-{}",
+        &tollgate::store::new_response_id()[5..17]
+    );
+    let cfg = gateway_config(&fake).replace(
+        "[auth]\nenabled = false\n",
+        &format!(
+            "[auth]\nenabled = true\n[[auth.keys]]\nname = \"a\"\nsha256 = \"{}\"\n[[auth.keys]]\nname = \"b\"\nsha256 = \"{}\"\n[responses]\nstore = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n",
+            tollgate::auth::hash_key("sk-resp-a"),
+            tollgate::auth::hash_key("sk-resp-b"),
+        ),
+    );
+    let (one, two) = (
+        common::Gateway::start(&cfg).await,
+        common::Gateway::start(&cfg).await,
+    );
+    let a = [("authorization", "Bearer sk-resp-a")];
+    let b = [("authorization", "Bearer sk-resp-b")];
+    let r1 = common::send(
+        one.addr,
+        "POST",
+        "/v1/responses",
+        &a,
+        r#"{"model":"chat-ok","input":"hi"}"#,
+    )
+    .await
+    .json()
+    .await;
+    let id = r1["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/responses/{id}");
+    let mut ok = false;
+    for _ in 0..100 {
+        if common::send(two.addr, "GET", &path, &a, "").await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the second gateway never saw {id}");
+    let follow = format!(r#"{{"model":"chat-ok","previous_response_id":"{id}","input":"more"}}"#);
+    let res = common::send(two.addr, "POST", "/v1/responses", &a, follow.clone()).await;
+    assert_eq!(res.status, 200);
+    let seen = v(&fake.seen.lock().unwrap().last().unwrap().body);
+    assert_eq!(
+        seen["messages"],
+        json!([{"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "Hello there!"},
+               {"role": "user", "content": "more"}])
+    );
+    // another key: 404 on read, 400 previous_response_not_found on a follow-up
+    assert_eq!(
+        common::send(two.addr, "GET", &path, &b, "").await.status,
+        404
+    );
+    let res = common::send(two.addr, "POST", "/v1/responses", &b, follow).await;
+    assert_eq!(res.status, 400);
+    assert_eq!(
+        res.json().await["error"]["code"],
+        "previous_response_not_found"
+    );
+}
