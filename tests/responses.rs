@@ -950,3 +950,32 @@ async fn a_follow_up_on_a_second_gateway_continues_over_a_shared_redis_store() {
         "previous_response_not_found"
     );
 }
+
+#[tokio::test]
+async fn the_mock_provider_serves_the_responses_api_translated() {
+    let cfg = "[auth]\nenabled = false\n[usage]\njsonl = \"\"\n[providers.mock]\nkind = \"mock\"\n[models.mock]\ntargets = [{ provider = \"mock\", model = \"ok\" }]\n[models.mock-tool]\ntargets = [{ provider = \"mock\", model = \"tool\" }]\n";
+    let gw = common::Gateway::start(cfg).await;
+    let r = post(&gw, r#"{"model":"mock","input":"hi"}"#)
+        .await
+        .json()
+        .await;
+    assert_eq!(r["status"], "completed");
+    assert!(
+        !r["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let evs = events(
+        &post(&gw, r#"{"model":"mock-tool","input":"w?","stream":true}"#)
+            .await
+            .rest()
+            .await,
+    );
+    check_sequence(&evs);
+    let out = &evs.last().unwrap().1["response"]["output"][0];
+    assert_eq!(out["call_id"], "call_mock_1");
+    assert_eq!(out["arguments"], "{\"location\":\"Paris\"}");
+    let recs = gw.records(2).await;
+    assert!(recs.iter().all(|r| r.usage_source == UsageSource::Upstream));
+}
