@@ -979,3 +979,42 @@ async fn the_mock_provider_serves_the_responses_api_translated() {
     let recs = gw.records(2).await;
     assert!(recs.iter().all(|r| r.usage_source == UsageSource::Upstream));
 }
+
+#[test]
+fn parse_reads_what_the_stack_needs_from_a_responses_body() {
+    use tollgate::request::{Api, parse_body};
+    let p = parse_body(
+        Api::Responses,
+        Bytes::from_static(
+            br#"{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"https://x/y.png"}]}],"max_output_tokens":50,"stream":true,"tools":[{"type":"function","name":"f"}],"text":{"format":{"type":"json_schema","name":"a","schema":{}}}}"#,
+        ),
+    )
+    .unwrap();
+    assert_eq!(Api::from_path("/v1/responses"), Some(Api::Responses));
+    assert_eq!(p.max_tokens, Some(50), "max_output_tokens reserves");
+    assert!(p.stream && p.has_tools && p.has_images && p.json_mode);
+    for (body, param) in [
+        (r#"{"model":"m"}"#, "input"),
+        (
+            r#"{"model":"m","input":"x","temperature":3}"#,
+            "temperature",
+        ),
+        (
+            r#"{"model":"m","input":"x","max_output_tokens":0}"#,
+            "max_output_tokens",
+        ),
+        (r#"{"model":"m","input":5}"#, "input"),
+    ] {
+        let e = parse_body(Api::Responses, Bytes::from(body)).unwrap_err();
+        assert_eq!(e.status(), 400, "{body}");
+        assert_eq!(e.to_json()["error"]["param"], param, "{body}");
+    }
+    // a follow-up may carry no input of its own
+    assert!(
+        parse_body(
+            Api::Responses,
+            Bytes::from_static(br#"{"model":"m","previous_response_id":"resp_1"}"#)
+        )
+        .is_ok()
+    );
+}
