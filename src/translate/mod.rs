@@ -384,9 +384,10 @@ pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Appends `s` as a JSON string literal.
 pub(crate) fn write_json_str(out: &mut BytesMut, s: &str) {
-    // serde_json's escaping; a String never fails to serialize.
-    let lit = serde_json::Value::from(s).to_string();
-    out.extend_from_slice(lit.as_bytes());
+    use bytes::BufMut;
+    // serde_json's escaping, straight into the buffer (no temporary string); a `str` never
+    // fails to serialize and writing to memory cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
 }
 
 /// Whether a raw JSON value is a string literal (so it can be copied into output as is).

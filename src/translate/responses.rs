@@ -1010,18 +1010,26 @@ impl ResponsesStream {
         }
     }
 
+    /// The bulk of a stream: written without copying the item id.
     fn on_text(&mut self, out: &mut BytesMut, t: &str) {
         let at = self.message_at(out);
-        if let Item::Message { text, .. } = &mut self.output[at] {
-            text.push_str(t);
-        }
-        let (id, _) = self.item_ref(at);
-        self.event(out, "response.output_text.delta", |o| {
-            write_item(o, &id, at);
-            o.extend_from_slice(b"\"content_index\":0,\"delta\":");
-            write_json_str(o, t);
-            o.extend_from_slice(b",\"logprobs\":[],");
-        });
+        let Item::Message { id, text, .. } = &mut self.output[at] else {
+            return;
+        };
+        text.push_str(t);
+        const NAME: &[u8] = b"response.output_text.delta";
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(NAME);
+        out.extend_from_slice(b"\ndata: {\"type\":\"");
+        out.extend_from_slice(NAME);
+        out.extend_from_slice(b"\",");
+        write_item(out, id, at);
+        out.extend_from_slice(b"\"content_index\":0,\"delta\":");
+        write_json_str(out, t);
+        out.extend_from_slice(b",\"logprobs\":[],\"sequence_number\":");
+        write_u64(out, self.seq);
+        out.extend_from_slice(b"}\n\n");
+        self.seq += 1;
     }
 
     fn on_refusal(&mut self, out: &mut BytesMut, t: &str) {
