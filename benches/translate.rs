@@ -1,4 +1,6 @@
-//! Translation cost: a 1,000-event Anthropic stream → OpenAI chunks.
+//! Translation cost: a 1,000-event Anthropic stream → OpenAI chunks, and beside it a
+//! 1,000-event chat-completions stream → Responses API events (`/v1/responses` in front of a
+//! chat-only target).
 //!
 //! `cargo bench --bench translate`. Divide the reported time by 1,000 for the per-event cost
 //! (the `item/s` throughput column is events per second).
@@ -7,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use divan::counter::ItemsCount;
 use divan::{Bencher, black_box};
 use tollgate::translate::anthropic::AnthropicStream;
+use tollgate::translate::responses::{Echo, ResponsesStream};
 use tollgate::translate::{StreamTranslator, translate_chunks};
 
 fn main() {
@@ -67,6 +70,73 @@ fn anthropic_stream_bytes_end_to_end(b: Bencher) {
         .with_inputs(|| chunks.clone())
         .bench_local_values(|chunks| {
             let mut t = AnthropicStream::new(true, 1_700_000_000);
+            let (out, err) = translate_chunks(&mut t, chunks);
+            assert!(err.is_none());
+            black_box(out.len())
+        });
+}
+
+/// The `data:` payloads of a 1,000-event chat stream: the role chunk, 995 content deltas, a
+/// tool call in two deltas, the finish chunk, the usage chunk and `[DONE]`.
+fn chat_payloads() -> Vec<String> {
+    let head = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4.1-2025-04-14","service_tier":"default","system_fingerprint":"fp_fc9f1d7035","choices":["#;
+    let mut v = Vec::with_capacity(EVENTS);
+    v.push(format!(
+        r#"{head}{{"index":0,"delta":{{"role":"assistant","content":"","refusal":null}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+    ));
+    for i in 0..(EVENTS - 6) {
+        v.push(format!(
+            r#"{head}{{"index":0,"delta":{{"content":"word {i} and \"more\" "}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+        ));
+    }
+    v.push(format!(
+        r#"{head}{{"index":0,"delta":{{"tool_calls":[{{"index":0,"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":""}}}}]}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+    ));
+    v.push(format!(
+        r#"{head}{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":"{{\"location\":\"Paris\"}}"}}}}]}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+    ));
+    v.push(format!(
+        r#"{head}{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"tool_calls"}}],"usage":null}}"#
+    ));
+    v.push(format!(
+        r#"{head}],"usage":{{"prompt_tokens":377,"completion_tokens":1500,"total_tokens":1877,"prompt_tokens_details":{{"cached_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0}}}}}}"#
+    ));
+    v.push("[DONE]".to_owned());
+    assert_eq!(v.len(), EVENTS);
+    v
+}
+
+/// The Responses state machine alone: one parsed chat `data` payload in, Responses events out.
+#[divan::bench]
+fn responses_events_state_machine(b: Bencher) {
+    let p = chat_payloads();
+    let mut out = BytesMut::with_capacity(1 << 20);
+    b.counter(ItemsCount::new(EVENTS)).bench_local(|| {
+        out.clear();
+        let mut t = ResponsesStream::new("gpt-4.1", Echo::default());
+        for d in &p {
+            t.on_event(Some(d.as_bytes()), b"", &mut out);
+        }
+        black_box(out.len())
+    });
+}
+
+/// The whole byte path of a translated `/v1/responses` stream: chat SSE bytes (in 16 KiB
+/// upstream chunks) → scanner → Responses translator.
+#[divan::bench]
+fn responses_stream_bytes_end_to_end(b: Bencher) {
+    let mut wire = Vec::new();
+    for d in chat_payloads() {
+        wire.extend_from_slice(b"data: ");
+        wire.extend_from_slice(d.as_bytes());
+        wire.extend_from_slice(b"\n\n");
+    }
+    let wire = Bytes::from(wire);
+    let chunks: Vec<Bytes> = wire.chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
+    b.counter(ItemsCount::new(EVENTS))
+        .with_inputs(|| chunks.clone())
+        .bench_local_values(|chunks| {
+            let mut t = ResponsesStream::new("gpt-4.1", Echo::default());
             let (out, err) = translate_chunks(&mut t, chunks);
             assert!(err.is_none());
             black_box(out.len())

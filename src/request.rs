@@ -77,6 +77,9 @@ pub enum Api {
     AudioTranscriptions,
     /// `POST /v1/audio/translations`: as [`Api::AudioTranscriptions`].
     AudioTranslations,
+    /// `POST /v1/responses` (the OpenAI Responses API): passed through to targets that serve it,
+    /// translated through chat completions for the others.
+    Responses,
 }
 
 /// The model a `/v1/moderations` body without `model` is routed as (OpenAI's own default).
@@ -99,6 +102,7 @@ impl Api {
             "/v1/audio/speech" | "/audio/speech" => Some(Api::AudioSpeech),
             "/v1/audio/transcriptions" | "/audio/transcriptions" => Some(Api::AudioTranscriptions),
             "/v1/audio/translations" | "/audio/translations" => Some(Api::AudioTranslations),
+            "/v1/responses" | "/responses" => Some(Api::Responses),
             _ => None,
         }
     }
@@ -116,6 +120,7 @@ impl Api {
             Api::AudioSpeech => "/audio/speech",
             Api::AudioTranscriptions => "/audio/transcriptions",
             Api::AudioTranslations => "/audio/translations",
+            Api::Responses => "/responses",
         }
     }
 
@@ -163,6 +168,7 @@ impl Api {
             Api::AudioSpeech => "speech",
             Api::AudioTranscriptions => "transcriptions",
             Api::AudioTranslations => "translations",
+            Api::Responses => "responses",
         }
     }
 
@@ -186,7 +192,7 @@ pub struct ParsedRequest {
     pub stream: bool,
     /// The client asked for the usage chunk (`stream_options.include_usage: true`).
     pub wants_usage: bool,
-    /// `max_completion_tokens`, else `max_tokens`.
+    /// `max_completion_tokens`, else `max_tokens` (`max_output_tokens` for the Responses API).
     pub max_tokens: Option<u64>,
     /// The request has a non-empty `tools` (or legacy `functions`) list.
     pub has_tools: bool,
@@ -656,6 +662,9 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
     };
     let max_tokens = match opt_u64(fields.get("max_completion_tokens"), "max_completion_tokens")? {
         Some(n) => Some(n),
+        None if api == Api::Responses => {
+            opt_u64(fields.get("max_output_tokens"), "max_output_tokens")?
+        }
         None => opt_u64(fields.get("max_tokens"), "max_tokens")?,
     };
 
@@ -696,6 +705,17 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
                 Some("input"),
             ));
         }
+        Api::Responses
+            if fields.get("input").is_none_or(is_null)
+                && fields.get("previous_response_id").is_none_or(is_null)
+                && fields.get("conversation").is_none_or(is_null)
+                && fields.get("prompt").is_none_or(is_null) =>
+        {
+            return Err(GatewayError::bad_request(
+                "'input' is a required property",
+                Some("input"),
+            ));
+        }
         Api::Completions | Api::ImageGenerations if fields.get("prompt").is_none_or(is_null) => {
             return Err(GatewayError::bad_request(
                 "'prompt' is a required property",
@@ -718,18 +738,18 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             .is_some_and(|v| starts_with(v, b'[') && !v.get()[1..].trim_start().starts_with(']'))
     };
     let has_tools = non_empty_array("tools") || non_empty_array("functions");
-    let image_key: &[u8] = if api.is_anthropic() {
-        b"\"image\""
-    } else {
-        b"\"image_url\""
+    let (image_key, content_key): (&[u8], &str) = match api {
+        _ if api.is_anthropic() => (b"\"image\"", "messages"),
+        Api::Responses => (b"\"input_image\"", "input"),
+        _ => (b"\"image_url\"", "messages"),
     };
     let has_images = fields
-        .get("messages")
+        .get(content_key)
         .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), image_key).is_some());
-    let format_key = if api.is_anthropic() {
-        "output_config"
-    } else {
-        "response_format"
+    let format_key = match api {
+        _ if api.is_anthropic() => "output_config",
+        Api::Responses => "text",
+        _ => "response_format",
     };
     let json_mode = fields.get(format_key).is_some_and(|v| {
         let s = v.get().as_bytes();

@@ -157,6 +157,39 @@ struct WireCompletionDetails {
     reasoning_tokens: Option<u64>,
 }
 
+/// The Responses API's `usage` object (`input_tokens` includes cached tokens, `output_tokens`
+/// includes reasoning tokens: OpenAI's semantics under other names).
+#[derive(Debug, Default, Deserialize)]
+struct ResponsesWireUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens_details: Option<WirePromptDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<WireCompletionDetails>,
+}
+
+impl From<ResponsesWireUsage> for Usage {
+    fn from(w: ResponsesWireUsage) -> Self {
+        let p = w.input_tokens_details.unwrap_or_default();
+        let c = w.output_tokens_details.unwrap_or_default();
+        Usage {
+            prompt_tokens: w.input_tokens,
+            completion_tokens: w.output_tokens,
+            total_tokens: w
+                .total_tokens
+                .unwrap_or(w.input_tokens.saturating_add(w.output_tokens)),
+            cached_tokens: p.cached_tokens.unwrap_or(0),
+            cache_write_tokens: p.cache_write_tokens.unwrap_or(0),
+            reasoning_tokens: c.reasoning_tokens.unwrap_or(0),
+        }
+    }
+}
+
 impl From<WireUsage> for Usage {
     fn from(w: WireUsage) -> Self {
         let p = w.prompt_tokens_details.unwrap_or_default();
@@ -215,6 +248,25 @@ impl Usage {
         read_usage::<WireUsage>(doc).map(Usage::from)
     }
 
+    /// Read the top-level `usage` of a Responses API `response` object (`input_tokens`,
+    /// `input_tokens_details.cached_tokens`, `output_tokens`,
+    /// `output_tokens_details.reasoning_tokens`). `None` when absent or null.
+    pub fn from_responses_json(doc: &[u8]) -> Option<Usage> {
+        read_usage::<ResponsesWireUsage>(doc).map(Usage::from)
+    }
+
+    /// Read the usage of a Responses stream's terminal event (`response.completed`,
+    /// `response.incomplete`, `response.failed`): its `response.usage`.
+    pub fn from_responses_event(data: &[u8]) -> Option<Usage> {
+        #[derive(Deserialize)]
+        struct Event {
+            #[serde(default)]
+            response: Option<HasUsage<ResponsesWireUsage>>,
+        }
+        let e: Event = serde_json::from_slice(data).ok()?;
+        e.response?.usage.map(Usage::from)
+    }
+
     /// Usage from Anthropic's counts: `input_tokens` excludes cache reads and writes, so the
     /// OpenAI-semantics `prompt_tokens` is their sum; thinking tokens are part of `output_tokens`.
     pub fn from_anthropic(u: &AnthropicUsage) -> Usage {
@@ -253,6 +305,7 @@ impl Usage {
             }
             // A moderation answer has no usage; speech is audio.
             Api::Moderations | Api::AudioSpeech => None,
+            Api::Responses => Usage::from_responses_json(doc),
             Api::ChatCompletions | Api::Completions | Api::Embeddings => {
                 Usage::from_openai_json(doc)
             }

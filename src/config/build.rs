@@ -499,7 +499,12 @@ fn build_provider(
     Ok(match pre.adapter {
         Adapter::Mock => Arc::new(MockProvider::new(name)),
         Adapter::OpenAi => {
-            let mut b = OpenAiProvider::builder(name, base_url).header_policy(policy);
+            // The Responses API is passed through to OpenAI itself and Azure by default.
+            let native =
+                matches!(p.kind.as_str(), "azure") || (p.kind == "openai" && p.base_url.is_none());
+            let mut b = OpenAiProvider::builder(name, base_url)
+                .header_policy(policy)
+                .responses(p.responses.unwrap_or(native));
             if let Some(k) = api_key.filter(|k| !k.is_empty()) {
                 b = b.api_key(Secret::new(k));
             }

@@ -402,6 +402,10 @@ pub struct ProviderConfig {
     pub connect_timeout_ms: Option<u64>,
     /// Anthropic: `max_tokens` sent when the client gives none.
     pub default_max_tokens: Option<u64>,
+    /// OpenAI-compatible: the upstream serves the Responses API (`/v1/responses` is passed
+    /// through, not translated through chat completions). Default: true for `azure` and for
+    /// `openai` without a `base_url` (api.openai.com), false otherwise.
+    pub responses: Option<bool>,
 }
 
 /// `[models.NAME]`

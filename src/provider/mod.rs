@@ -28,6 +28,14 @@
 //! ([`request_from_anthropic`]), the answer back ([`response_to_anthropic`], or
 //! [`IngressStream`] event by event for streams, never buffered). `count_tokens` needs an
 //! adapter that speaks Anthropic.
+//!
+//! ## The Responses API
+//! A `/v1/responses` request ([`Api::Responses`]) goes as is (model replaced) to an adapter
+//! that [serves it](Provider::speaks_responses): an OpenAI-compatible provider configured with
+//! `responses = true` (the default for `kind = "openai"` at api.openai.com and for `azure`).
+//! For any other adapter, [`Dispatch`] translates it per attempt through chat completions
+//! ([`request_to_chat`], [`response_from_chat`], [`ResponsesStream`]); the Anthropic and
+//! Gemini adapters then translate that chat request with their own translators.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,9 +52,13 @@ use tower::Service;
 use crate::body::Body;
 use crate::error::{ErrorKind, GatewayError};
 use crate::request::{Api, ParsedRequest, parse_body};
+use crate::store::{ResponseStoreHandle, StoredResponse, new_response_id};
 use crate::target::Attempt;
 use crate::translate::TranslateBody;
 use crate::translate::ingress::{IngressStream, request_from_anthropic, response_to_anthropic};
+use crate::translate::responses::{
+    ResponsesStream, input_items, request_to_chat, response_from_chat_with_id, with_history,
+};
 
 pub mod anthropic;
 pub mod gemini;
@@ -92,6 +104,13 @@ pub trait Provider: Send + Sync + 'static {
     /// generation, speech, transcriptions and translations ([`Api::openai_only`]) — by passing
     /// them through. Default `false`: Route skips the target for those endpoints.
     fn serves_openai_surface(&self) -> bool {
+        false
+    }
+
+    /// Whether [`call`](Self::call) serves the Responses API ([`Api::Responses`]) natively
+    /// (passed through, only the model replaced). Default `false`: [`Dispatch`] translates it
+    /// to chat completions and translates the answer back.
+    fn speaks_responses(&self) -> bool {
         false
     }
 }
@@ -355,6 +374,20 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
             };
         };
         remove_named(&mut parts.headers, &CREDENTIAL_HEADERS);
+        let state = parts
+            .extensions
+            .get::<ResponseStoreHandle>()
+            .map(|handle| ResponseState {
+                handle: handle.clone(),
+                // With auth off the stack's identity is the anonymous one, the store's
+                // owner `-` (as `GET /v1/responses/{id}` sees it).
+                owner: Arc::from(ResponseStoreHandle::owner_of(
+                    parts
+                        .extensions
+                        .get::<crate::auth::KeyIdentity>()
+                        .filter(|k| &*k.key_id != crate::auth::ANONYMOUS_KEY_ID),
+                )),
+            });
         let call = UpstreamCall {
             parsed,
             upstream_model: attempt.target.upstream_model.clone(),
@@ -365,6 +398,8 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
         let anthropic = call.parsed.api.is_anthropic();
         let fut = if anthropic && !provider.speaks_anthropic() {
             messages_via_chat(provider.as_ref(), call)
+        } else if call.parsed.api == Api::Responses && !provider.speaks_responses() {
+            responses_via_chat(provider.clone(), call, state)
         } else {
             provider.call(call)
         };
@@ -483,6 +518,195 @@ fn messages_via_chat(
             }
         };
         let out = response_to_anthropic(&bytes)?;
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(Response::from_parts(parts, Body::full(out)))
+    })
+}
+
+/// Read a whole (capped) translated-target answer for translation.
+async fn read_translated(body: Body) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, MAX_TRANSLATED_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(match e.downcast::<GatewayError>() {
+            Ok(e) => *e,
+            Err(e) => GatewayError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("could not read the upstream answer: {e}"),
+            ),
+        }),
+    }
+}
+
+/// Where a translated Responses conversation is kept: the store and the calling key (its
+/// owner).
+#[derive(Debug, Clone)]
+pub struct ResponseState {
+    /// The store (the [`ResponseStoreHandle`] request extension).
+    pub handle: ResponseStoreHandle,
+    /// The owner of the request's responses (its key's id).
+    pub owner: Arc<str>,
+}
+
+fn store_error(e: &crate::store::ResponseStoreError) -> GatewayError {
+    tracing::warn!(error = %e, "response store unavailable");
+    GatewayError::new(
+        ErrorKind::Internal,
+        "The response store cannot be reached right now; try again shortly.",
+    )
+    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    .with_code("response_store_unavailable")
+    .with_retry_after(Duration::from_secs(1))
+}
+
+/// The conversation stored under `previous_response_id`, or the error saying why there is none.
+async fn load_history(
+    state: Option<&ResponseState>,
+    id: &str,
+) -> Result<Vec<serde_json::Value>, GatewayError> {
+    let not_found = || {
+        GatewayError::bad_request(
+            format!(
+                "Previous response with id '{id}' not found (this target keeps no state of its \
+                 own: only responses the gateway stored can be continued)."
+            ),
+            Some("previous_response_id"),
+        )
+        .with_code("previous_response_not_found")
+    };
+    let Some(state) = state else {
+        return Err(not_found());
+    };
+    let rec = state
+        .handle
+        .get(&state.owner, id)
+        .await
+        .map_err(|e| store_error(&e))?
+        .ok_or_else(not_found)?;
+    serde_json::from_slice(&rec.conversation).map_err(|_| not_found())
+}
+
+/// What a translated Responses call needs besides the chat call: the request (as JSON), the
+/// echo, the store to save in (when `store` is not false) and the conversation so far.
+struct Turn {
+    echo: crate::translate::responses::Echo,
+    save: Option<ResponseState>,
+    /// The conversation including this request's input (what the next turn continues).
+    conversation: Vec<serde_json::Value>,
+    model: Arc<str>,
+    target: String,
+}
+
+impl Turn {
+    /// Keep `response` (the response object) and the conversation up to it.
+    fn saver(&self, id: String) -> Option<impl FnOnce(&serde_json::Value) + Send + 'static> {
+        let state = self.save.clone()?;
+        let mut conversation = self.conversation.clone();
+        let (model, target) = (self.model.to_string(), self.target.clone());
+        Some(move |response: &serde_json::Value| {
+            if let Some(out) = response.get("output").and_then(serde_json::Value::as_array) {
+                conversation.extend(out.iter().cloned());
+            }
+            let rec = StoredResponse::with_id(
+                id,
+                Bytes::from(response.to_string()),
+                Bytes::from(serde_json::Value::Array(conversation).to_string()),
+                model,
+                target,
+            );
+            tokio::spawn(async move {
+                if let Err(e) = state.handle.put(&state.owner, rec).await {
+                    tracing::warn!(error = %e, "could not store a response");
+                }
+            });
+        })
+    }
+}
+
+/// Resolve `previous_response_id` from the store and translate the request: the chat
+/// request and the [`Turn`].
+async fn prepare_turn(
+    call: &UpstreamCall,
+    provider: &str,
+    state: Option<ResponseState>,
+) -> Result<(ParsedRequest, Turn), GatewayError> {
+    use serde_json::Value;
+    let req: serde_json::Map<String, Value> = serde_json::from_slice(&call.parsed.body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
+    let prev = req
+        .get("previous_response_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut history = Vec::new();
+    let body = match &prev {
+        Some(id) => {
+            history = load_history(state.as_ref(), id).await?;
+            with_history(&req, history.clone())?
+        }
+        None => call.parsed.body.clone(),
+    };
+    let save = state.filter(|_| req.get("store").and_then(Value::as_bool) != Some(false));
+    let (chat, mut echo) = request_to_chat(&body)?;
+    echo.set(
+        "previous_response_id",
+        prev.map_or(Value::Null, Value::from),
+    );
+    echo.set("store", Value::Bool(save.is_some()));
+    let mut parsed = parse_body(Api::ChatCompletions, chat)?;
+    parsed.received_at = call.parsed.received_at;
+    parsed.upstream_include_usage = call.parsed.stream;
+    history.extend(input_items(&req));
+    let turn = Turn {
+        echo,
+        save,
+        conversation: history,
+        model: call.parsed.model.clone(),
+        target: format!("{provider}/{}", call.upstream_model),
+    };
+    Ok((parsed, turn))
+}
+
+/// Serve a Responses API request with a provider that speaks OpenAI chat (itself, or through
+/// its own translator: Anthropic, Gemini): resolve `previous_response_id` from the response
+/// store, translate the request, call, translate the answer back (streams event by event),
+/// and keep the response in the store unless the request says `store: false`.
+fn responses_via_chat(
+    provider: Arc<dyn Provider>,
+    mut call: UpstreamCall,
+    state: Option<ResponseState>,
+) -> BoxFuture<Result<Response<Body>, GatewayError>> {
+    Box::pin(async move {
+        let stream = call.parsed.stream;
+        let (chat, turn) = prepare_turn(&call, provider.name(), state).await?;
+        call.parsed = chat;
+        let model = call.upstream_model.clone();
+        let id = turn.save.as_ref().map(|_| new_response_id());
+        let (mut parts, body) = provider.call(call).await?.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        if stream {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let mut t = ResponsesStream::new(&model, turn.echo.clone());
+            if let Some(id) = id {
+                if let Some(save) = turn.saver(id.clone()) {
+                    t = t.on_complete(Box::new(save));
+                }
+                t = t.with_id(id);
+            }
+            let body = TranslateBody::new(body, t);
+            return Ok(Response::from_parts(parts, Body::new(body)));
+        }
+        let bytes = read_translated(body).await?;
+        let out = response_from_chat_with_id(&bytes, &turn.echo, id.clone())?;
+        if let Some(save) = id.and_then(|id| turn.saver(id)) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out) {
+                save(&v);
+            }
+        }
         parts.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

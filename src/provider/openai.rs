@@ -90,9 +90,18 @@ pub struct OpenAiProviderBuilder {
     query: Option<String>,
     headers: Vec<(String, Secret)>,
     policy: HeaderPolicy,
+    responses: bool,
 }
 
 impl OpenAiProviderBuilder {
+    /// Whether the upstream serves the Responses API (`POST {base_url}/responses`): requests
+    /// to `/v1/responses` are then passed through (model replaced) instead of translated
+    /// through chat completions. Default `false`.
+    pub fn responses(mut self, native: bool) -> Self {
+        self.responses = native;
+        self
+    }
+
     /// Which headers cross between client and upstream (default [`HeaderPolicy::default`]).
     pub fn header_policy(mut self, policy: HeaderPolicy) -> Self {
         self.policy = policy;
@@ -164,6 +173,7 @@ impl OpenAiProviderBuilder {
             uri_for(Api::AudioSpeech)?,
             uri_for(Api::AudioTranscriptions)?,
             uri_for(Api::AudioTranslations)?,
+            uri_for(Api::Responses)?,
         ];
         let auth = match &self.api_key {
             None => None,
@@ -202,6 +212,7 @@ impl OpenAiProviderBuilder {
             auth,
             headers,
             policy: Arc::new(self.policy.with_secrets_of(&sent)),
+            responses: self.responses,
         })
     }
 }
@@ -211,11 +222,13 @@ pub struct OpenAiProvider {
     name: Arc<str>,
     base_url: Arc<str>,
     /// Request URLs of chat, text completions, embeddings, moderations, images, speech,
-    /// transcriptions and translations (query included).
-    uris: [Uri; 8],
+    /// transcriptions, translations and responses (query included).
+    uris: [Uri; 9],
     auth: Option<(HeaderName, HeaderValue)>,
     headers: HeaderMap,
     policy: Arc<HeaderPolicy>,
+    /// Serves the Responses API natively.
+    responses: bool,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -243,6 +256,7 @@ impl OpenAiProvider {
             query: None,
             headers: Vec::new(),
             policy: HeaderPolicy::default(),
+            responses: false,
         }
     }
 
@@ -261,8 +275,9 @@ impl OpenAiProvider {
             Api::AudioSpeech => Ok(&self.uris[5]),
             Api::AudioTranscriptions => Ok(&self.uris[6]),
             Api::AudioTranslations => Ok(&self.uris[7]),
+            Api::Responses if self.responses => Ok(&self.uris[8]),
             // Dispatch translates `/v1/messages` to chat completions for this adapter.
-            Api::Messages | Api::CountTokens => Err(GatewayError::bad_request(
+            Api::Messages | Api::CountTokens | Api::Responses => Err(GatewayError::bad_request(
                 format!(
                     "the OpenAI-compatible provider does not serve {}",
                     api.as_str()
@@ -325,6 +340,10 @@ impl Provider for OpenAiProvider {
 
     fn kind(&self) -> &'static str {
         "openai"
+    }
+
+    fn speaks_responses(&self) -> bool {
+        self.responses
     }
 
     fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {

@@ -242,6 +242,7 @@ pub(super) fn check(api: Api, fields: &TopLevel<'_>) -> Result<(), GatewayError>
             | Api::AudioSpeech
             | Api::AudioTranscriptions
             | Api::AudioTranslations => Ok(()),
+            Api::Responses => responses_field(key, v),
         };
         scalar.map_err(|why| invalid(key.to_owned(), why))?;
     }
@@ -281,6 +282,28 @@ fn chat_field(key: &str, v: &str) -> Result<Result<(), Why>, GatewayError> {
         "modalities" => array(v),
         _ => sampling_field(key, v),
     })
+}
+
+/// One top-level member of a Responses API body (the scalars; items are checked where they
+/// are translated, or by the upstream that serves the API).
+fn responses_field(key: &str, v: &str) -> Result<(), Why> {
+    match key {
+        "input" => match kind(v) {
+            Kind::String | Kind::Array => Ok(()),
+            _ => Err(expected("a string or an array of input items", v)),
+        },
+        "instructions" | "previous_response_id" | "user" | "safety_identifier" => {
+            string(v).map(drop)
+        }
+        "temperature" => number(v, 0.0, 2.0),
+        "top_p" => number(v, 0.0, 1.0),
+        "max_output_tokens" => integer(v, 1, i64::MAX),
+        "top_logprobs" => integer(v, 0, 20),
+        "stream" | "store" | "background" | "parallel_tool_calls" => boolean(v),
+        "tools" | "include" => array(v),
+        "metadata" | "text" | "reasoning" | "stream_options" => object(v),
+        _ => Ok(()),
+    }
 }
 
 /// `functions` (legacy): each with a `name`.

@@ -17,9 +17,10 @@ use serde::de::IgnoredAny;
 use crate::body::BoxError;
 use crate::error::{ErrorKind, GatewayError};
 use crate::ext::{Drain, DrainPhase, DrainWait, UsageFacts, UsageWriter};
-use crate::request::ParsedRequest;
+use crate::request::{Api, ParsedRequest};
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, DONE, SseEvent, SseScanner, data_event};
 use crate::translate::ingress::error_to_anthropic;
+use crate::translate::responses::failure_events;
 use crate::usage::{AnthropicUsage, AnthropicUsageDelta, Usage};
 
 /// The parts of an Anthropic stream event the observer reads.
@@ -57,6 +58,10 @@ pub(crate) struct StreamInfo {
     pub(crate) max_usage: u64,
     /// The server's shutdown, when it told the request.
     pub(crate) drain: Option<Drain>,
+    /// A Responses event stream (`/v1/responses`): no `[DONE]`, usage from the terminal
+    /// `response.completed` | `response.incomplete` | `response.failed`, in-band errors as an
+    /// `error` event and `response.failed`.
+    responses: bool,
 }
 
 impl StreamInfo {
@@ -68,6 +73,7 @@ impl StreamInfo {
             max_event: DEFAULT_MAX_EVENT_BYTES,
             max_usage: crate::usage::DEFAULT_MAX_USAGE_TOKENS,
             drain: None,
+            responses: parsed.api == Api::Responses,
         }
     }
 }
@@ -128,6 +134,9 @@ struct Observer {
     started: bool,
     /// Anthropic streams: the usage so far (cumulative counts, overwritten).
     anthropic_usage: AnthropicUsage,
+    /// Responses streams: the last `sequence_number` sent, and the response's id.
+    last_seq: Option<u64>,
+    response_id: Option<String>,
 }
 
 pin_project! {
@@ -176,6 +185,8 @@ impl<B> ResponseBody<B> {
                 error: false,
                 started: false,
                 anthropic_usage: AnthropicUsage::default(),
+                last_seq: None,
+                response_id: None,
             },
         }
     }
@@ -339,6 +350,10 @@ impl Observer {
             self.on_anthropic_event(ev);
             return true;
         }
+        if self.info.responses {
+            self.on_responses_event(ev);
+            return true;
+        }
         if ev.is_done() {
             self.done = true;
             self.update(|s| s.done = true);
@@ -472,6 +487,76 @@ impl Observer {
         self.fail(err)
     }
 
+    /// One Responses event: every event goes to the client untouched; the terminal
+    /// `response.completed` | `response.incomplete` | `response.failed` carries the usage and
+    /// ends the stream, `error` is an in-band failure.
+    fn on_responses_event(&mut self, ev: &SseEvent) {
+        let data = &ev.data[..];
+        if let Some(at) = SEQ_KEY.find_iter(data).last() {
+            let digits = &data[skip_ws(data, at + b"\"sequence_number\":".len())..];
+            let end = digits
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(digits.len());
+            if let Some(n) = std::str::from_utf8(&digits[..end])
+                .ok()
+                .and_then(|d| d.parse().ok())
+            {
+                self.last_seq = Some(n);
+            }
+        }
+        let owned;
+        let ty: &[u8] = match ev.event.as_deref() {
+            Some(n) => n,
+            None => {
+                owned = responses_type(data).unwrap_or_default();
+                owned.as_bytes()
+            }
+        };
+        match ty {
+            b"response.completed" | b"response.incomplete" | b"response.failed" => {
+                if let Some(u) = Usage::from_responses_event(data) {
+                    self.set_usage(u);
+                }
+                if ty == b"response.failed" {
+                    self.mark_error();
+                } else {
+                    self.done = true;
+                    self.update(|s| s.done = true);
+                }
+                return;
+            }
+            b"error" => {
+                self.mark_error();
+                return;
+            }
+            b"response.created" => {
+                self.response_id = responses_id(data);
+            }
+            _ => {}
+        }
+        let first = !self.started;
+        self.started = true;
+        let first_after = first.then(|| self.info.received_at.elapsed());
+        let content = content_bytes(data);
+        self.update(|s| {
+            s.events += 1;
+            s.content_bytes += content;
+            if s.first_event_after.is_none() {
+                s.first_event_after = first_after;
+            }
+        });
+    }
+
+    fn mark_error(&mut self) {
+        self.error = true;
+        self.update(|s| {
+            s.error = true;
+            s.error_kind
+                .get_or_insert(ErrorKind::UpstreamServerError.as_str());
+        });
+    }
+
     /// The upstream body failed: end with an in-band error unless the stream is already over.
     fn on_error(&mut self, e: BoxError) -> State {
         if self.done || self.error {
@@ -489,10 +574,14 @@ impl Observer {
 
     /// The upstream body ended. Without `[DONE]`, the stream was cut: say so in-band.
     fn on_eof(&mut self, tail: Option<SseEvent>) -> State {
-        if self.info.anthropic {
+        if self.info.anthropic || self.info.responses {
             if let Some(ev) = tail.as_ref().filter(|ev| ev.has_data) {
                 // An event without its blank line: observe it and finish it for the client.
-                self.on_anthropic_event(ev);
+                if self.info.anthropic {
+                    self.on_anthropic_event(ev);
+                } else {
+                    self.on_responses_event(ev);
+                }
                 let mut raw = ev.raw.to_vec();
                 raw.extend_from_slice(b"\n\n");
                 if self.done || self.error {
@@ -513,6 +602,8 @@ impl Observer {
             ErrorKind::UpstreamProtocol,
             if self.info.anthropic {
                 "the upstream closed the stream before message_stop"
+            } else if self.info.responses {
+                "the upstream closed the stream before its terminal response event"
             } else {
                 "the upstream closed the stream before [DONE]"
             },
@@ -534,6 +625,15 @@ impl Observer {
             ev.extend_from_slice(&body);
             ev.extend_from_slice(b"\n\n");
             return State::Last(Bytes::from(ev));
+        }
+        if self.info.responses {
+            let code = err.code().unwrap_or(kind);
+            return State::Last(failure_events(
+                self.last_seq,
+                self.response_id.as_deref(),
+                code,
+                err.message(),
+            ));
         }
         let json = serde_json::to_vec(&err.to_json()).unwrap_or_else(|_| {
             br#"{"error":{"message":"stream failed","type":"api_error","param":null,"code":null}}"#
@@ -562,6 +662,32 @@ impl Drop for Observer {
 
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static KEY_END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\":"));
+static SEQ_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"sequence_number\":"));
+
+/// The `type` of a Responses event sent without an `event:` line.
+fn responses_type(data: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        ty: String,
+    }
+    serde_json::from_slice::<Typed>(data).ok().map(|t| t.ty)
+}
+
+/// The `response.id` of a `response.created` event.
+fn responses_id(data: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Created {
+        response: Id,
+    }
+    #[derive(Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Created>(data)
+        .ok()
+        .map(|c| c.response.id)
+}
 
 /// Skip JSON whitespace from `i`.
 fn skip_ws(s: &[u8], mut i: usize) -> usize {

@@ -143,10 +143,10 @@ fn generated_bytes(api: Api, doc: &[u8]) -> u64 {
         .ok()
         .and_then(|v| {
             // OpenAI: `choices[].message`; Anthropic (`/v1/messages`): `content[]` blocks
-            let answer = if api.is_anthropic() {
-                "content"
-            } else {
-                "choices"
+            let answer = match api {
+                _ if api.is_anthropic() => "content",
+                Api::Responses => "output",
+                _ => "choices",
             };
             v.get(answer).map(|c| walk(c, None))
         })

@@ -29,6 +29,12 @@
 //! reads and writes added into the prompt tokens), `message_stop` ends it, and a failure after
 //! the commit point ends it with an Anthropic `event: error`.
 //!
+//! A **Responses** stream (`/v1/responses`) is a named-event stream too: nothing is injected
+//! into the request, every event goes to the client untouched, the usage is read from the
+//! terminal `response.completed` | `response.incomplete` | `response.failed` event (which ends
+//! it), and a failure after the commit point ends it with an `error` event and a terminal
+//! `response.failed`, numbered after the last `sequence_number` sent.
+//!
 //! [`ReadCoalesce`]: crate::body::ReadCoalesce
 //!
 //! For a **non-streaming** request answered 2xx, the body passes through untouched in a
@@ -169,8 +175,10 @@ where
         let drain = req.extensions().get::<Drain>().cloned();
         let observe = match req.extensions_mut().get_mut::<ParsedRequest>() {
             Some(parsed) if parsed.stream => {
-                // An Anthropic stream (`/v1/messages`) always carries its usage.
-                parsed.upstream_include_usage = !parsed.api.is_anthropic();
+                // An Anthropic stream (`/v1/messages`) and a Responses stream always carry
+                // their usage (and the Responses API has no `include_usage`).
+                parsed.upstream_include_usage =
+                    !parsed.api.is_anthropic() && parsed.api != Api::Responses;
                 let mut info = StreamInfo::new(parsed);
                 info.max_event = self.config.max_event;
                 info.max_usage = self.config.max_usage;

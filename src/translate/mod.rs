@@ -6,6 +6,8 @@
 //! - [`gemini`]: the same for Google Gemini `generateContent` / `streamGenerateContent?alt=sse`.
 //! - [`ingress`]: the other direction, for an Anthropic-style `/v1/messages` ingress in front of
 //!   an OpenAI-compatible target.
+//! - [`responses`]: the OpenAI Responses API (`/v1/responses`) in front of a chat-completions
+//!   target (and, composed with the two above, Anthropic and Gemini targets).
 //!
 //! Streams are translated event by event with a [`StreamTranslator`]: one upstream SSE event in,
 //! zero or more output bytes out, nothing buffered beyond the event being scanned.
@@ -35,6 +37,7 @@ use crate::sse::{SseEvent, SseScanner};
 pub mod anthropic;
 pub mod gemini;
 pub mod ingress;
+pub mod responses;
 
 /// What a translator wants after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,9 +401,10 @@ pub(crate) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Appends `s` as a JSON string literal.
 pub(crate) fn write_json_str(out: &mut BytesMut, s: &str) {
-    // serde_json's escaping; a String never fails to serialize.
-    let lit = serde_json::Value::from(s).to_string();
-    out.extend_from_slice(lit.as_bytes());
+    use bytes::BufMut;
+    // serde_json's escaping, straight into the buffer (no temporary string); a `str` never
+    // fails to serialize and writing to memory cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
 }
 
 /// Whether a raw JSON value is a string literal (so it can be copied into output as is).

@@ -935,3 +935,212 @@ async fn openai_answer(state: Arc<State>, seen: Seen) -> Res {
     evs.push("data: [DONE]\n\n".to_owned());
     sse_response(&OPENAI_HEADERS, evs)
 }
+
+/// Start a fake OpenAI API serving **both** `POST /v1/responses` (the Responses API: a
+/// `response` object, or its named event stream ending at `response.completed`, no `[DONE]`)
+/// and `POST /v1/chat/completions`, with the same scripted answers, so a Responses-capable
+/// provider and a chat-only provider pointed at it answer alike: when the conversation ends
+/// with a tool's output, the text "The weather in Paris is sunny."; else for a model whose
+/// name contains `tool`, one `get_weather({"location":"Paris"})` call (call id
+/// `call_fake_1`); else "Hello there!". Usage: 11 input tokens (4 cached), 6 output tokens
+/// (2 of them reasoning). Model `midstream-error`: the stream stops after its first text delta.
+pub async fn openai_responses() -> Fake {
+    serve(|_state, seen| Box::pin(async move { responses_answer(seen) })).await
+}
+
+/// What the scripted assistant says next: `Ok(text)` or `Err(())` for the tool call.
+fn scripted_turn(model: &str, body: &Value) -> Result<&'static str, ()> {
+    let s = body.to_string();
+    if s.contains("function_call_output") || s.contains("\"role\":\"tool\"") {
+        Ok("The weather in Paris is sunny.")
+    } else if model.contains("tool") {
+        Err(())
+    } else {
+        Ok("Hello there!")
+    }
+}
+
+fn responses_answer(seen: Seen) -> Res {
+    let Ok(req) = serde_json::from_slice::<Value>(&seen.body) else {
+        return openai_error(
+            400,
+            "bad JSON",
+            "invalid_request_error",
+            Value::Null,
+            Value::Null,
+        );
+    };
+    let model = req["model"].as_str().unwrap_or_default().to_owned();
+    let stream = req["stream"].as_bool() == Some(true);
+    let turn = scripted_turn(&model, &req);
+    match seen.path.as_str() {
+        "/v1/responses" => native_response(&model, stream, turn),
+        "/v1/chat/completions" => chat_response(&model, stream, turn, &req),
+        _ => openai_error(
+            404,
+            "Unknown request URL",
+            "invalid_request_error",
+            Value::Null,
+            json!("unknown_url"),
+        ),
+    }
+}
+
+fn native_response(model: &str, stream: bool, turn: Result<&str, ()>) -> Res {
+    let usage = json!({"input_tokens": 11, "input_tokens_details": {"cached_tokens": 4},
+        "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 17});
+    let item = match turn {
+        Ok(text) => json!({"id": "msg_fake01", "type": "message", "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": text,
+            "annotations": [], "logprobs": []}]}),
+        Err(()) => json!({"id": "fc_fake01", "type": "function_call", "status": "completed",
+            "call_id": "call_fake_1", "name": "get_weather",
+            "arguments": "{\"location\":\"Paris\"}"}),
+    };
+    let object = |status: &str, output: Value, usage: Value| {
+        json!({"id": "resp_fake01", "object": "response", "created_at": 1_700_000_000,
+            "status": status, "error": null, "incomplete_details": null, "instructions": null,
+            "max_output_tokens": null, "model": model, "output": output,
+            "parallel_tool_calls": true, "previous_response_id": null,
+            "reasoning": {"effort": null, "summary": null}, "store": true, "temperature": 1.0,
+            "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+            "top_p": 1.0, "truncation": "disabled", "usage": usage, "user": null,
+            "metadata": {}})
+    };
+    if !stream {
+        return json_response(
+            200,
+            &OPENAI_HEADERS,
+            object("completed", json!([item]), usage),
+        );
+    }
+    let mut evs: Vec<Value> = vec![
+        json!({"type": "response.created", "response": object("in_progress", json!([]), Value::Null)}),
+        json!({"type": "response.in_progress", "response": object("in_progress", json!([]), Value::Null)}),
+    ];
+    let mut added = item.clone();
+    added["status"] = json!("in_progress");
+    match turn {
+        Ok(text) => {
+            added["content"] = json!([]);
+            evs.push(
+                json!({"type": "response.output_item.added", "output_index": 0, "item": added}),
+            );
+            evs.push(
+                json!({"type": "response.content_part.added", "item_id": "msg_fake01",
+                "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []}}),
+            );
+            let (a, b) = text.split_at(text.len() / 2);
+            for d in [a, b] {
+                evs.push(
+                    json!({"type": "response.output_text.delta", "item_id": "msg_fake01",
+                    "output_index": 0, "content_index": 0, "delta": d, "logprobs": []}),
+                );
+                if model == "midstream-error" {
+                    break;
+                }
+            }
+            evs.push(
+                json!({"type": "response.output_text.done", "item_id": "msg_fake01",
+                "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+            );
+            evs.push(
+                json!({"type": "response.content_part.done", "item_id": "msg_fake01",
+                "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": text, "annotations": []}}),
+            );
+        }
+        Err(()) => {
+            added["arguments"] = json!("");
+            evs.push(
+                json!({"type": "response.output_item.added", "output_index": 0, "item": added}),
+            );
+            for d in ["{\"location\":", "\"Paris\"}"] {
+                evs.push(json!({"type": "response.function_call_arguments.delta",
+                    "item_id": "fc_fake01", "output_index": 0, "delta": d}));
+            }
+            evs.push(json!({"type": "response.function_call_arguments.done",
+                "item_id": "fc_fake01", "output_index": 0, "name": "get_weather",
+                "arguments": "{\"location\":\"Paris\"}"}));
+        }
+    }
+    evs.push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
+    evs.push(json!({"type": "response.completed", "response": object("completed", json!([item]), usage)}));
+    let mut frames = Vec::new();
+    for (n, mut e) in evs.into_iter().enumerate() {
+        e["sequence_number"] = json!(n);
+        frames.push(format!(
+            "event: {}\ndata: {e}\n\n",
+            e["type"].as_str().unwrap()
+        ));
+        if model == "midstream-error" && n == 4 {
+            break;
+        }
+    }
+    sse_response(&OPENAI_HEADERS, frames)
+}
+
+fn chat_response(model: &str, stream: bool, turn: Result<&str, ()>, req: &Value) -> Res {
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 2}});
+    let id = "chatcmpl-fake01";
+    let call = json!({"id": "call_fake_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}});
+    let finish = if turn.is_ok() { "stop" } else { "tool_calls" };
+    if !stream {
+        let message = match turn {
+            Ok(text) => json!({"role": "assistant", "content": text}),
+            Err(()) => json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+        };
+        return json_response(
+            200,
+            &OPENAI_HEADERS,
+            json!({"id": id, "object": "chat.completion",
+            "created": 1_700_000_000, "model": model, "choices": [{"index": 0,
+            "message": message, "logprobs": null, "finish_reason": finish}], "usage": usage}),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null,
+            "finish_reason": finish}], "usage": null});
+        format!("data: {c}\n\n")
+    };
+    let mut evs = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    match turn {
+        Ok(text) => {
+            let (a, b) = text.split_at(text.len() / 2);
+            evs.push(chunk(json!({"content": a}), Value::Null));
+            if model == "midstream-error" {
+                return sse_response(&OPENAI_HEADERS, evs);
+            }
+            evs.push(chunk(json!({"content": b}), Value::Null));
+        }
+        Err(()) => {
+            evs.push(chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_fake_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": ""}}]}),
+                Value::Null,
+            ));
+            for d in ["{\"location\":", "\"Paris\"}"] {
+                evs.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": d}}]}),
+                    Value::Null,
+                ));
+            }
+        }
+    }
+    evs.push(chunk(json!({}), json!(finish)));
+    if req["stream_options"]["include_usage"].as_bool() == Some(true) {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [], "usage": usage});
+        evs.push(format!("data: {c}\n\n"));
+    }
+    evs.push("data: [DONE]\n\n".to_owned());
+    sse_response(&OPENAI_HEADERS, evs)
+}

@@ -1,0 +1,1363 @@
+//! The OpenAI Responses API (`POST /v1/responses`) in front of a target that speaks only chat
+//! completions: Responses request → chat request, and `chat.completion` / chunk stream →
+//! `response` object / named event stream. Anthropic and Gemini targets compose with their own
+//! translators (Responses → chat → Messages, and back): nothing here knows them.
+//!
+//! - [`request_to_chat`]: a Responses body → a `chat/completions` body, and the [`Echo`] of the
+//!   request parameters a `response` object repeats.
+//! - [`response_from_chat`]: a `chat.completion` → a `response` object.
+//! - [`ResponsesStream`]: `chat.completion.chunk` SSE → Responses SSE (`response.created`,
+//!   `response.in_progress`, `response.output_item.added`, `response.content_part.added`,
+//!   `response.output_text.delta`, `response.reasoning_text.delta`,
+//!   `response.function_call_arguments.delta`, the `…done` events, and exactly one terminal
+//!   `response.completed` | `response.incomplete` | `response.failed`), with increasing
+//!   `sequence_number`s.
+//!
+//! ## Request fields
+//! | Responses | chat completions |
+//! |---|---|
+//! | `instructions` | a leading `system` message |
+//! | `input` string | one `user` message |
+//! | `message` items (`role` user·system·developer·assistant; `input_text`, `output_text`, `input_image` parts) | messages (`text` and `image_url` parts; assistant text joined) |
+//! | `function_call` items `{call_id, name, arguments}` | assistant `tool_calls` (consecutive calls in one message; `id` = `call_id`) |
+//! | `function_call_output` items `{call_id, output}` | `tool` messages (`tool_call_id` = `call_id`) |
+//! | `reasoning` items | dropped (earlier reasoning a chat target cannot take back; the answer does not depend on it) |
+//! | function `tools` (flat `{name, description, parameters, strict}`) | `tools` `{type: function, function: {…}}` |
+//! | `tool_choice` auto·none·required·`{type: function, name}` | the same in chat's shape |
+//! | `text.format` json_schema·json_object·text | `response_format` |
+//! | `text.verbosity` | `verbosity` |
+//! | `max_output_tokens`, `temperature`, `top_p`, `parallel_tool_calls`, `user` | `max_tokens`, `temperature`, `top_p`, `parallel_tool_calls`, `user` |
+//! | `reasoning.effort` | `reasoning_effort` (the target's translator maps it, or refuses it) |
+//! | `stream` | `stream` + `stream_options.include_usage` |
+//!
+//! Dropped (bookkeeping that cannot change an answer): `store`, `metadata` (echoed back),
+//! `reasoning.summary`, `truncation`, `service_tier`, `prompt_cache_key`, `safety_identifier`,
+//! `stream_options`, `include` entries other than logprobs.
+//!
+//! Refused (400 naming the field): built-in tools (`web_search`, `file_search`, `computer_use`,
+//! `code_interpreter`, `mcp`, `image_generation`, …), `tool_choice` naming one, input items
+//! and parts a chat target cannot take (`input_file`, `input_audio`, `item_reference`, a
+//! built-in tool's call), `previous_response_id` and `conversation` (state that lives with
+//! another provider), `background: true`, `prompt` (stored prompts), `top_logprobs` and
+//! `include: ["message.output_text.logprobs"]`.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::{Flow, StreamTranslator, protocol_error, write_json_str, write_u64};
+use crate::error::GatewayError;
+use crate::usage::Usage;
+
+fn bad(msg: impl Into<Cow<'static, str>>, param: impl Into<Cow<'static, str>>) -> GatewayError {
+    GatewayError::bad_request(msg, None)
+        .with_param(param)
+        .with_code("unsupported_parameter")
+}
+
+/// The request parameters a `response` object repeats (`instructions`, `tools`, `text`, …),
+/// with the documented defaults for those the client left out.
+#[derive(Debug, Clone, Default)]
+pub struct Echo {
+    fields: Map<String, Value>,
+}
+
+/// Makes the default of an echoed member.
+type MakeDefault = fn() -> Value;
+
+/// The echoed members and their defaults, in the order the API documents them.
+const ECHOED: [(&str, MakeDefault); 14] = [
+    ("instructions", || Value::Null),
+    ("max_output_tokens", || Value::Null),
+    ("metadata", || json!({})),
+    ("parallel_tool_calls", || Value::Bool(true)),
+    ("previous_response_id", || Value::Null),
+    ("reasoning", || json!({"effort": null, "summary": null})),
+    ("store", || Value::Bool(false)),
+    ("temperature", || Value::from(1.0)),
+    ("text", || json!({"format": {"type": "text"}})),
+    ("tool_choice", || Value::from("auto")),
+    ("tools", || json!([])),
+    ("top_p", || Value::from(1.0)),
+    ("truncation", || Value::from("disabled")),
+    ("user", || Value::Null),
+];
+
+impl Echo {
+    /// Set an echoed member (`previous_response_id`, `store`: what the gateway did).
+    pub fn set(&mut self, key: &str, value: Value) {
+        self.fields.insert(key.to_owned(), value);
+    }
+
+    /// The echo of a Responses request.
+    pub fn from_request(req: &Map<String, Value>) -> Echo {
+        let mut fields = Map::new();
+        for (k, default) in ECHOED {
+            let v = req.get(k).filter(|v| !v.is_null()).cloned();
+            // Nothing is stored by a translating target.
+            let v = if k == "store" { None } else { v };
+            fields.insert(k.to_owned(), v.unwrap_or_else(default));
+        }
+        Echo { fields }
+    }
+}
+
+/// Translate a Responses request body into a chat completions body (the model name is kept:
+/// routing happens on it) and the [`Echo`] for the answer. See the module docs for the rules.
+pub fn request_to_chat(body: &[u8]) -> Result<(Bytes, Echo), GatewayError> {
+    let req: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
+    refuse_fields(&req)?;
+    let mut out = Map::new();
+    out.insert(
+        "model".into(),
+        req.get("model").cloned().unwrap_or(Value::Null),
+    );
+    let mut msgs: Vec<Value> = Vec::new();
+    if let Some(i) = req.get("instructions").and_then(Value::as_str) {
+        msgs.push(json!({"role": "system", "content": i}));
+    }
+    match req.get("input") {
+        Some(Value::String(s)) => msgs.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                input_item(item, i, &mut msgs)?;
+            }
+        }
+        _ => {}
+    }
+    out.insert("messages".into(), Value::Array(msgs));
+    tools_to_chat(&req, &mut out)?;
+    options_to_chat(&req, &mut out)?;
+    let bytes = serde_json::to_vec(&out)
+        .map_err(|e| GatewayError::internal(format!("serializing the chat request: {e}")))?;
+    Ok((Bytes::from(bytes), Echo::from_request(&req)))
+}
+
+/// The request's `input` as a list of input items (a string is one user message).
+pub fn input_items(req: &Map<String, Value>) -> Vec<Value> {
+    match req.get("input") {
+        Some(Value::String(s)) => vec![json!({"role": "user", "content": s})],
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// A Responses request body continuing a stored conversation: `history` (input items) put
+/// before the request's own input, `previous_response_id` removed (the gateway resolved it).
+pub fn with_history(req: &Map<String, Value>, history: Vec<Value>) -> Result<Bytes, GatewayError> {
+    let mut req = req.clone();
+    let mut input = history;
+    input.extend(input_items(&req));
+    req.insert("input".into(), Value::Array(input));
+    req.remove("previous_response_id");
+    serde_json::to_vec(&req)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the request: {e}")))
+}
+
+/// The request members no chat target can honour: 400s naming them.
+fn refuse_fields(req: &Map<String, Value>) -> Result<(), GatewayError> {
+    let set = |k: &str| req.get(k).is_some_and(|v| !v.is_null());
+    for k in [
+        "previous_response_id",
+        "conversation",
+        "prompt",
+        "top_logprobs",
+    ] {
+        if set(k) {
+            return Err(bad(
+                format!(
+                    "'{k}' is not supported by this target (it serves chat completions only; \
+                     use a target that serves the Responses API)"
+                ),
+                k.to_owned(),
+            ));
+        }
+    }
+    if req.get("background").and_then(Value::as_bool) == Some(true) {
+        return Err(bad(
+            "'background' responses are not supported by this target",
+            "background",
+        ));
+    }
+    if let Some(inc) = req.get("include").and_then(Value::as_array) {
+        for (i, v) in inc.iter().enumerate() {
+            if v.as_str().is_some_and(|s| s.contains("logprobs")) {
+                return Err(bad(
+                    "logprobs are not supported by this target",
+                    format!("include[{i}]"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One input item, appended to `msgs` as chat messages.
+fn input_item(item: &Value, i: usize, msgs: &mut Vec<Value>) -> Result<(), GatewayError> {
+    let ty = item.get("type").and_then(Value::as_str);
+    match ty {
+        None | Some("message") => msgs.push(message_item(item, i)?),
+        Some("function_call") => {
+            let call = json!({
+                "id": item.get("call_id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": item.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": item.get("arguments").cloned().unwrap_or(Value::from("{}")),
+                },
+            });
+            // Consecutive calls (and the text before them) form one assistant turn.
+            let joined = msgs.last_mut().and_then(|m| {
+                let m = m.as_object_mut()?;
+                (m.get("role")? == "assistant").then_some(m)
+            });
+            match joined {
+                Some(m) => match m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    Some(calls) => calls.push(call),
+                    None => {
+                        m.insert("tool_calls".into(), Value::Array(vec![call]));
+                    }
+                },
+                None => {
+                    msgs.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}))
+                }
+            }
+        }
+        Some("function_call_output") => {
+            let output = match item.get("output") {
+                Some(Value::String(s)) => Value::from(s.as_str()),
+                Some(Value::Array(parts)) => Value::Array(content_parts(parts, i, "output")?),
+                _ => Value::from(""),
+            };
+            msgs.push(json!({
+                "role": "tool",
+                "tool_call_id": item.get("call_id").cloned().unwrap_or(Value::Null),
+                "content": output,
+            }));
+        }
+        Some("reasoning") => {}
+        Some(other) => {
+            return Err(bad(
+                format!("input items of type '{other}' are not supported by this target"),
+                format!("input[{i}].type"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `message` item → a chat message.
+fn message_item(item: &Value, i: usize) -> Result<Value, GatewayError> {
+    let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
+    if !matches!(role, "user" | "system" | "developer" | "assistant") {
+        return Err(bad(
+            format!("unknown message role '{role}'"),
+            format!("input[{i}].role"),
+        ));
+    }
+    let content = match item.get("content") {
+        Some(Value::String(s)) => Value::from(s.as_str()),
+        Some(Value::Array(parts)) => {
+            let parts = content_parts(parts, i, "content")?;
+            let texts_only = parts.iter().all(|p| p["type"] == "text");
+            if role == "assistant" || (role != "user" && texts_only) {
+                // Assistant (and system) content in chat is text: join the parts.
+                if !texts_only {
+                    return Err(bad(
+                        "only text parts are supported in assistant messages",
+                        format!("input[{i}].content"),
+                    ));
+                }
+                Value::from(
+                    parts
+                        .iter()
+                        .filter_map(|p| p["text"].as_str())
+                        .collect::<String>(),
+                )
+            } else {
+                Value::Array(parts)
+            }
+        }
+        _ => Value::from(""),
+    };
+    Ok(json!({"role": role, "content": content}))
+}
+
+/// Responses content parts → chat content parts.
+fn content_parts(parts: &[Value], i: usize, field: &str) -> Result<Vec<Value>, GatewayError> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let param = || format!("input[{i}].{field}[{j}]");
+            match p.get("type").and_then(Value::as_str) {
+                Some("input_text" | "output_text" | "text") => Ok(json!({
+                    "type": "text",
+                    "text": p.get("text").cloned().unwrap_or(Value::from("")),
+                })),
+                Some("refusal") => Ok(json!({
+                    "type": "text",
+                    "text": p.get("refusal").cloned().unwrap_or(Value::from("")),
+                })),
+                Some("input_image") => {
+                    let Some(url) = p.get("image_url").and_then(Value::as_str) else {
+                        return Err(bad(
+                            "images by 'file_id' are not supported by this target; send 'image_url'",
+                            param(),
+                        ));
+                    };
+                    let mut image = json!({"url": url});
+                    if let Some(d) = p.get("detail").filter(|d| d.is_string()) {
+                        image["detail"] = d.clone();
+                    }
+                    Ok(json!({"type": "image_url", "image_url": image}))
+                }
+                other => Err(bad(
+                    format!(
+                        "content parts of type '{}' are not supported by this target",
+                        other.unwrap_or("?")
+                    ),
+                    param(),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// `tools` and `tool_choice` → chat's.
+fn tools_to_chat(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
+        let mut chat = Vec::with_capacity(tools.len());
+        for (i, t) in tools.iter().enumerate() {
+            match t.get("type").and_then(Value::as_str) {
+                Some("function") => {
+                    let mut f = Map::new();
+                    for k in ["name", "description", "parameters", "strict"] {
+                        if let Some(v) = t.get(k).filter(|v| !v.is_null()) {
+                            f.insert(k.into(), v.clone());
+                        }
+                    }
+                    chat.push(json!({"type": "function", "function": f}));
+                }
+                other => {
+                    return Err(bad(
+                        format!(
+                            "built-in tool '{}' is not supported by this target; only function tools are",
+                            other.unwrap_or("?")
+                        ),
+                        format!("tools[{i}]"),
+                    ));
+                }
+            }
+        }
+        if !chat.is_empty() {
+            out.insert("tools".into(), Value::Array(chat));
+        }
+    }
+    match req.get("tool_choice") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if matches!(s.as_str(), "auto" | "none" | "required") => {
+            out.insert("tool_choice".into(), Value::from(s.as_str()));
+        }
+        Some(v) if v.get("type").and_then(Value::as_str) == Some("function") => {
+            out.insert(
+                "tool_choice".into(),
+                json!({"type": "function", "function": {"name": v.get("name").cloned().unwrap_or(Value::Null)}}),
+            );
+        }
+        Some(_) => {
+            return Err(bad(
+                "this 'tool_choice' is not supported by this target",
+                "tool_choice",
+            ));
+        }
+    }
+    if let Some(p) = req.get("parallel_tool_calls").filter(|v| v.is_boolean()) {
+        out.insert("parallel_tool_calls".into(), p.clone());
+    }
+    Ok(())
+}
+
+/// Sampling, length, output format, reasoning and streaming options → chat's.
+fn options_to_chat(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    for (from, to) in [
+        ("max_output_tokens", "max_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("user", "user"),
+    ] {
+        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    if let Some(text) = req.get("text").filter(|v| v.is_object()) {
+        if let Some(f) = text.get("format").filter(|v| !v.is_null()) {
+            match f.get("type").and_then(Value::as_str) {
+                Some("text") => {}
+                Some("json_object") => {
+                    out.insert("response_format".into(), json!({"type": "json_object"}));
+                }
+                Some("json_schema") => {
+                    let mut schema = Map::new();
+                    for k in ["name", "description", "schema", "strict"] {
+                        if let Some(v) = f.get(k).filter(|v| !v.is_null()) {
+                            schema.insert(k.into(), v.clone());
+                        }
+                    }
+                    out.insert(
+                        "response_format".into(),
+                        json!({"type": "json_schema", "json_schema": schema}),
+                    );
+                }
+                _ => return Err(bad("unknown 'text.format' type", "text.format")),
+            }
+        }
+        if let Some(v) = text.get("verbosity").filter(|v| !v.is_null()) {
+            out.insert("verbosity".into(), v.clone());
+        }
+    }
+    if let Some(e) = req
+        .get("reasoning")
+        .and_then(|r| r.get("effort"))
+        .filter(|v| !v.is_null())
+    {
+        out.insert("reasoning_effort".into(), e.clone());
+    }
+    if req.get("stream").and_then(Value::as_bool) == Some(true) {
+        out.insert("stream".into(), Value::Bool(true));
+        out.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(())
+}
+
+/// A `usage` object of the Responses API for `u`.
+pub fn usage_json(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "total_tokens": u.total_tokens,
+    })
+}
+
+/// The ids of one response and its items, from the upstream's completion id.
+#[derive(Debug, Clone, Default)]
+struct Ids {
+    base: String,
+    /// The response id, when the gateway chose it (a stored response).
+    response: Option<String>,
+}
+
+impl Ids {
+    fn new(chat_id: &str, response: Option<String>) -> Ids {
+        let base = chat_id
+            .strip_prefix("chatcmpl-")
+            .unwrap_or(chat_id)
+            .to_owned();
+        Ids { base, response }
+    }
+    fn response(&self) -> String {
+        match &self.response {
+            Some(id) => id.clone(),
+            None => format!("resp_{}", self.base),
+        }
+    }
+    fn message(&self) -> String {
+        format!("msg_{}", self.base)
+    }
+    fn reasoning(&self) -> String {
+        format!("rs_{}", self.base)
+    }
+    fn call(&self, n: usize) -> String {
+        format!("fc_{}_{n}", self.base)
+    }
+}
+
+/// `status` and `incomplete_details` for a chat `finish_reason`.
+fn status_of(finish: Option<&str>) -> (&'static str, Value) {
+    match finish {
+        Some("length") => ("incomplete", json!({"reason": "max_output_tokens"})),
+        Some("content_filter") => ("incomplete", json!({"reason": "content_filter"})),
+        _ => ("completed", Value::Null),
+    }
+}
+
+/// What a `response` object says beyond the echo.
+struct Head<'a> {
+    id: &'a str,
+    created_at: u64,
+    model: &'a str,
+    status: &'a str,
+}
+
+/// A `response` object.
+fn response_object(
+    head: &Head<'_>,
+    echo: &Echo,
+    output: Vec<Value>,
+    incomplete: Value,
+    usage: Option<&Usage>,
+) -> Value {
+    let mut r = Map::new();
+    r.insert("id".into(), Value::from(head.id));
+    r.insert("object".into(), Value::from("response"));
+    r.insert("created_at".into(), Value::from(head.created_at));
+    r.insert("status".into(), Value::from(head.status));
+    r.insert("background".into(), Value::Bool(false));
+    r.insert("error".into(), Value::Null);
+    r.insert("incomplete_details".into(), incomplete);
+    r.insert("model".into(), Value::from(head.model));
+    r.insert("output".into(), Value::Array(output));
+    for (k, v) in &echo.fields {
+        r.insert(k.clone(), v.clone());
+    }
+    r.insert("usage".into(), usage.map(usage_json).unwrap_or(Value::Null));
+    Value::Object(r)
+}
+
+fn message_json(id: &str, status: &str, text: &str, refusal: Option<&str>) -> Value {
+    let mut content = Vec::new();
+    if !text.is_empty() || refusal.is_none() {
+        content
+            .push(json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []}));
+    }
+    if let Some(r) = refusal {
+        content.push(json!({"type": "refusal", "refusal": r}));
+    }
+    json!({"id": id, "type": "message", "status": status, "role": "assistant", "content": content})
+}
+
+fn reasoning_json(id: &str, text: &str) -> Value {
+    json!({"id": id, "type": "reasoning", "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}]})
+}
+
+fn call_json(id: &str, status: &str, call_id: &str, name: &str, args: &str) -> Value {
+    json!({"id": id, "type": "function_call", "status": status, "call_id": call_id,
+        "name": name, "arguments": args})
+}
+
+/// Translate a `chat.completion` body into a `response` object, repeating `echo`.
+pub fn response_from_chat(body: &[u8], echo: &Echo) -> Result<Bytes, GatewayError> {
+    response_from_chat_with_id(body, echo, None)
+}
+
+/// [`response_from_chat`] with the response id `id` (else one derived from the completion's).
+pub fn response_from_chat_with_id(
+    body: &[u8],
+    echo: &Echo,
+    id: Option<String>,
+) -> Result<Bytes, GatewayError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| protocol_error(format!("invalid chat.completion: {e}")))?;
+    let choice = v
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or_else(|| protocol_error("chat.completion without choices"))?;
+    let msg = choice.get("message").unwrap_or(&Value::Null);
+    let ids = Ids::new(
+        v.get("id").and_then(Value::as_str).unwrap_or("response"),
+        id,
+    );
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let mut output = Vec::new();
+    if let Some(r) = str_of(msg, "reasoning_content").filter(|r| !r.is_empty()) {
+        output.push(reasoning_json(&ids.reasoning(), &r));
+    }
+    let text = str_of(msg, "content").unwrap_or_default();
+    let refusal = str_of(msg, "refusal");
+    let calls = msg.get("tool_calls").and_then(Value::as_array);
+    if !text.is_empty() || refusal.is_some() || calls.is_none_or(Vec::is_empty) {
+        output.push(message_json(
+            &ids.message(),
+            "completed",
+            &text,
+            refusal.as_deref(),
+        ));
+    }
+    for (n, c) in calls.into_iter().flatten().enumerate() {
+        let f = c.get("function").unwrap_or(&Value::Null);
+        output.push(call_json(
+            &ids.call(n),
+            "completed",
+            c.get("id").and_then(Value::as_str).unwrap_or(""),
+            f.get("name").and_then(Value::as_str).unwrap_or(""),
+            f.get("arguments").and_then(Value::as_str).unwrap_or(""),
+        ));
+    }
+    let (status, incomplete) = status_of(choice.get("finish_reason").and_then(Value::as_str));
+    let usage = v
+        .get("usage")
+        .filter(|u| u.is_object())
+        .and_then(|u| Usage::from_openai_json(json!({"usage": u}).to_string().as_bytes()));
+    let head = Head {
+        id: &ids.response(),
+        created_at: v
+            .get("created")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(super::unix_now),
+        model: v.get("model").and_then(Value::as_str).unwrap_or(""),
+        status,
+    };
+    let doc = response_object(&head, echo, output, incomplete, usage.as_ref());
+    serde_json::to_vec(&doc)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the response: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/// The parts of a `chat.completion.chunk` the stream translator reads.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<u64>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolDelta<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<FnDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FnDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// One output item being streamed (or streamed already).
+#[derive(Debug)]
+enum Item {
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    Message {
+        id: String,
+        text: String,
+        refusal: Option<String>,
+    },
+    Call {
+        id: String,
+        index: u64,
+        call_id: String,
+        name: String,
+        args: String,
+    },
+}
+
+impl Item {
+    fn json(&self, status: &str) -> Value {
+        match self {
+            Item::Reasoning { id, text } => reasoning_json(id, text),
+            Item::Message { id, text, refusal } => {
+                message_json(id, status, text, refusal.as_deref())
+            }
+            Item::Call {
+                id,
+                call_id,
+                name,
+                args,
+                ..
+            } => call_json(id, status, call_id, name, args),
+        }
+    }
+}
+
+/// The streaming translator: OpenAI `chat.completion.chunk` SSE (with the include_usage chunk)
+/// → Responses SSE events. Only choice 0 is translated.
+///
+/// The first chunk opens the response (`response.created`, `response.in_progress`); reasoning
+/// text opens a `reasoning` item, content a `message` item (with its `output_text` part), each
+/// new tool-call `index` a `function_call` item; an item is closed (its `…done` events) when the
+/// next one opens or at the end. `[DONE]` closes the open item and sends the terminal event
+/// with the whole response and the usage chunk's counts. An in-band `{"error":..}` becomes an
+/// `error` event and `response.failed`; a stream that ends without `[DONE]` is `Err` (the
+/// stream layer ends it with the in-band error), never a faked `response.completed`.
+pub struct ResponsesStream {
+    echo: Echo,
+    model: String,
+    ids: Ids,
+    created: u64,
+    seq: u64,
+    started: bool,
+    output: Vec<Item>,
+    /// Index into `output` of the item still streaming, if any.
+    open: Option<usize>,
+    finish: Option<String>,
+    usage: Option<Usage>,
+    done: bool,
+    /// The response id the gateway chose, if any.
+    response_id: Option<String>,
+    /// Called once with the final response object (`response.completed` or
+    /// `response.incomplete`): where the gateway stores it.
+    on_complete: Option<OnComplete>,
+}
+
+/// What a [`ResponsesStream`] calls with the final response object.
+pub type OnComplete = Box<dyn FnOnce(&Value) + Send>;
+
+impl std::fmt::Debug for ResponsesStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponsesStream")
+            .field("seq", &self.seq)
+            .field("items", &self.output.len())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponsesStream {
+    /// Use `id` as the response id (instead of one derived from the completion's).
+    pub fn with_id(mut self, id: String) -> Self {
+        self.response_id = Some(id);
+        self
+    }
+
+    /// Call `f` with the final response object when the stream completes (not when it fails).
+    pub fn on_complete(mut self, f: OnComplete) -> Self {
+        self.on_complete = Some(f);
+        self
+    }
+
+    /// A translator for one response; `model` is reported if the chunks name none; `echo`
+    /// is repeated in the response objects.
+    pub fn new(model: &str, echo: Echo) -> Self {
+        ResponsesStream {
+            echo,
+            model: model.to_owned(),
+            ids: Ids::default(),
+            created: 0,
+            seq: 0,
+            started: false,
+            output: Vec::new(),
+            open: None,
+            finish: None,
+            usage: None,
+            done: false,
+            response_id: None,
+            on_complete: None,
+        }
+    }
+
+    /// `event: NAME\ndata: {"type":"NAME",` + fields + `"sequence_number":N}\n\n`.
+    fn event(&mut self, out: &mut BytesMut, name: &str, fields: impl FnOnce(&mut BytesMut)) {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\ndata: {\"type\":\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\",");
+        fields(out);
+        out.extend_from_slice(b"\"sequence_number\":");
+        write_u64(out, self.seq);
+        out.extend_from_slice(b"}\n\n");
+        self.seq += 1;
+    }
+
+    /// An event whose one other member is a JSON value: `"key":value,`.
+    fn value_event(&mut self, out: &mut BytesMut, name: &str, key: &str, v: &Value) {
+        let v = v.to_string();
+        self.event(out, name, |o| {
+            o.extend_from_slice(b"\"");
+            o.extend_from_slice(key.as_bytes());
+            o.extend_from_slice(b"\":");
+            o.extend_from_slice(v.as_bytes());
+            o.extend_from_slice(b",");
+        });
+    }
+
+    fn response(&self, status: &str, incomplete: Value, item_status: &str) -> Value {
+        let id = self.ids.response();
+        let head = Head {
+            id: &id,
+            created_at: self.created,
+            model: &self.model,
+            status,
+        };
+        let output = self.output.iter().map(|i| i.json(item_status)).collect();
+        let usage = if status == "in_progress" {
+            None
+        } else {
+            self.usage.as_ref()
+        };
+        response_object(&head, &self.echo, output, incomplete, usage)
+    }
+
+    fn start(&mut self, out: &mut BytesMut, chunk: &Chunk<'_>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        self.ids = Ids::new(
+            chunk.id.as_deref().unwrap_or("response"),
+            self.response_id.clone(),
+        );
+        if let Some(m) = chunk.model.as_deref().filter(|m| !m.is_empty()) {
+            self.model = m.to_owned();
+        }
+        self.created = chunk.created.unwrap_or_else(super::unix_now);
+        let r = self.response("in_progress", Value::Null, "in_progress");
+        self.value_event(out, "response.created", "response", &r);
+        self.value_event(out, "response.in_progress", "response", &r);
+    }
+
+    /// Writes `"item_id":ID,"output_index":N,` for item `at`.
+    fn item_ref(&self, at: usize) -> (String, usize) {
+        let id = match &self.output[at] {
+            Item::Reasoning { id, .. } | Item::Message { id, .. } | Item::Call { id, .. } => {
+                id.clone()
+            }
+        };
+        (id, at)
+    }
+
+    fn open_item(&mut self, out: &mut BytesMut, item: Item) -> usize {
+        self.close(out);
+        let at = self.output.len();
+        let added = item.json("in_progress");
+        let is_message = matches!(item, Item::Message { .. });
+        self.output.push(item);
+        self.open = Some(at);
+        self.event(out, "response.output_item.added", |o| {
+            write_index(o, at);
+            o.extend_from_slice(b"\"item\":");
+            o.extend_from_slice(added.to_string().as_bytes());
+            o.extend_from_slice(b",");
+        });
+        if is_message {
+            let (id, _) = self.item_ref(at);
+            self.event(out, "response.content_part.added", |o| {
+                write_item(o, &id, at);
+                o.extend_from_slice(
+                    b"\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[],\"logprobs\":[]},",
+                );
+            });
+        }
+        at
+    }
+
+    /// Close the open item: its `…done` events.
+    fn close(&mut self, out: &mut BytesMut) {
+        let Some(at) = self.open.take() else {
+            return;
+        };
+        let (id, _) = self.item_ref(at);
+        let done = self.output[at].json("completed");
+        match &self.output[at] {
+            Item::Reasoning { text, .. } => {
+                let text = text.clone();
+                self.event(out, "response.reasoning_text.done", |o| {
+                    write_item(o, &id, at);
+                    o.extend_from_slice(b"\"content_index\":0,\"text\":");
+                    write_json_str(o, &text);
+                    o.extend_from_slice(b",");
+                });
+            }
+            Item::Message { text, refusal, .. } => {
+                let (text, refusal) = (text.clone(), refusal.clone());
+                self.message_done(out, &id, at, &text, refusal.as_deref());
+            }
+            Item::Call { args, name, .. } => {
+                let (args, name) = (args.clone(), name.clone());
+                self.event(out, "response.function_call_arguments.done", |o| {
+                    write_item(o, &id, at);
+                    o.extend_from_slice(b"\"name\":");
+                    write_json_str(o, &name);
+                    o.extend_from_slice(b",\"arguments\":");
+                    write_json_str(o, &args);
+                    o.extend_from_slice(b",");
+                });
+            }
+        }
+        self.event(out, "response.output_item.done", |o| {
+            write_index(o, at);
+            o.extend_from_slice(b"\"item\":");
+            o.extend_from_slice(done.to_string().as_bytes());
+            o.extend_from_slice(b",");
+        });
+    }
+
+    fn message_done(
+        &mut self,
+        out: &mut BytesMut,
+        id: &str,
+        at: usize,
+        text: &str,
+        refusal: Option<&str>,
+    ) {
+        if let Some(r) = refusal {
+            self.event(out, "response.refusal.done", |o| {
+                write_item(o, id, at);
+                o.extend_from_slice(b"\"content_index\":0,\"refusal\":");
+                write_json_str(o, r);
+                o.extend_from_slice(b",");
+            });
+        }
+        self.event(out, "response.output_text.done", |o| {
+            write_item(o, id, at);
+            o.extend_from_slice(b"\"content_index\":0,\"text\":");
+            write_json_str(o, text);
+            o.extend_from_slice(b",\"logprobs\":[],");
+        });
+        self.event(out, "response.content_part.done", |o| {
+            write_item(o, id, at);
+            o.extend_from_slice(
+                b"\"content_index\":0,\"part\":{\"type\":\"output_text\",\"text\":",
+            );
+            write_json_str(o, text);
+            o.extend_from_slice(b",\"annotations\":[],\"logprobs\":[]},");
+        });
+    }
+
+    fn on_reasoning(&mut self, out: &mut BytesMut, t: &str) {
+        let at = match self
+            .open
+            .filter(|&at| matches!(self.output[at], Item::Reasoning { .. }))
+        {
+            Some(at) => at,
+            None => {
+                let id = self.ids.reasoning();
+                self.open_item(
+                    out,
+                    Item::Reasoning {
+                        id,
+                        text: String::new(),
+                    },
+                )
+            }
+        };
+        if let Item::Reasoning { text, .. } = &mut self.output[at] {
+            text.push_str(t);
+        }
+        let (id, _) = self.item_ref(at);
+        self.event(out, "response.reasoning_text.delta", |o| {
+            write_item(o, &id, at);
+            o.extend_from_slice(b"\"content_index\":0,\"delta\":");
+            write_json_str(o, t);
+            o.extend_from_slice(b",");
+        });
+    }
+
+    fn message_at(&mut self, out: &mut BytesMut) -> usize {
+        match self
+            .open
+            .filter(|&at| matches!(self.output[at], Item::Message { .. }))
+        {
+            Some(at) => at,
+            None => {
+                let id = self.ids.message();
+                self.open_item(
+                    out,
+                    Item::Message {
+                        id,
+                        text: String::new(),
+                        refusal: None,
+                    },
+                )
+            }
+        }
+    }
+
+    /// The bulk of a stream: written without copying the item id.
+    fn on_text(&mut self, out: &mut BytesMut, t: &str) {
+        let at = self.message_at(out);
+        let Item::Message { id, text, .. } = &mut self.output[at] else {
+            return;
+        };
+        text.push_str(t);
+        const NAME: &[u8] = b"response.output_text.delta";
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(NAME);
+        out.extend_from_slice(b"\ndata: {\"type\":\"");
+        out.extend_from_slice(NAME);
+        out.extend_from_slice(b"\",");
+        write_item(out, id, at);
+        out.extend_from_slice(b"\"content_index\":0,\"delta\":");
+        write_json_str(out, t);
+        out.extend_from_slice(b",\"logprobs\":[],\"sequence_number\":");
+        write_u64(out, self.seq);
+        out.extend_from_slice(b"}\n\n");
+        self.seq += 1;
+    }
+
+    fn on_refusal(&mut self, out: &mut BytesMut, t: &str) {
+        let at = self.message_at(out);
+        if let Item::Message { refusal, .. } = &mut self.output[at] {
+            refusal.get_or_insert_with(String::new).push_str(t);
+        }
+        let (id, _) = self.item_ref(at);
+        self.event(out, "response.refusal.delta", |o| {
+            write_item(o, &id, at);
+            o.extend_from_slice(b"\"content_index\":0,\"delta\":");
+            write_json_str(o, t);
+            o.extend_from_slice(b",");
+        });
+    }
+
+    fn on_tool(&mut self, out: &mut BytesMut, c: &ToolDelta<'_>) -> Result<(), GatewayError> {
+        let open_call = self
+            .open
+            .filter(|&at| matches!(self.output[at], Item::Call { index, .. } if index == c.index));
+        let at = match open_call {
+            Some(at) => at,
+            None => {
+                let seen = self
+                    .output
+                    .iter()
+                    .any(|i| matches!(i, Item::Call { index, .. } if *index == c.index));
+                if seen {
+                    return Err(protocol_error(
+                        "the upstream interleaved the deltas of several tool calls",
+                    ));
+                }
+                let n = self
+                    .output
+                    .iter()
+                    .filter(|i| matches!(i, Item::Call { .. }))
+                    .count();
+                let f = c.function.as_ref();
+                let item = Item::Call {
+                    id: self.ids.call(n),
+                    index: c.index,
+                    call_id: c.id.as_deref().unwrap_or("").to_owned(),
+                    name: f.and_then(|f| f.name.as_deref()).unwrap_or("").to_owned(),
+                    args: String::new(),
+                };
+                self.open_item(out, item)
+            }
+        };
+        let Some(a) = c
+            .function
+            .as_ref()
+            .and_then(|f| f.arguments.as_deref())
+            .filter(|a| !a.is_empty())
+        else {
+            return Ok(());
+        };
+        if let Item::Call { args, .. } = &mut self.output[at] {
+            args.push_str(a);
+        }
+        let (id, _) = self.item_ref(at);
+        self.event(out, "response.function_call_arguments.delta", |o| {
+            write_item(o, &id, at);
+            o.extend_from_slice(b"\"delta\":");
+            write_json_str(o, a);
+            o.extend_from_slice(b",");
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) {
+        self.close(out);
+        let (status, incomplete) = status_of(self.finish.as_deref());
+        let r = self.response(status, incomplete, "completed");
+        let name = if status == "completed" {
+            "response.completed"
+        } else {
+            "response.incomplete"
+        };
+        self.value_event(out, name, "response", &r);
+        if let Some(f) = self.on_complete.take() {
+            f(&r);
+        }
+        self.done = true;
+    }
+
+    /// An `error` event and the terminal `response.failed`.
+    fn fail(&mut self, out: &mut BytesMut, code: &str, message: &str) -> Flow {
+        if !self.started {
+            self.start(out, &Chunk::empty());
+        }
+        self.event(out, "error", |o| {
+            o.extend_from_slice(b"\"code\":");
+            write_json_str(o, code);
+            o.extend_from_slice(b",\"message\":");
+            write_json_str(o, message);
+            o.extend_from_slice(b",\"param\":null,");
+        });
+        let mut r = self.response("failed", Value::Null, "incomplete");
+        r["error"] = json!({"code": code, "message": message});
+        self.value_event(out, "response.failed", "response", &r);
+        self.done = true;
+        Flow::End
+    }
+
+    fn on_chunk(&mut self, out: &mut BytesMut, chunk: &Chunk<'_>) -> Result<(), GatewayError> {
+        self.start(out, chunk);
+        let Some(choice) = chunk
+            .choices
+            .as_deref()
+            .and_then(|c| c.iter().find(|c| c.index == 0))
+        else {
+            return Ok(());
+        };
+        if let Some(d) = &choice.delta {
+            if let Some(t) = d.reasoning_content.as_deref().filter(|t| !t.is_empty()) {
+                self.on_reasoning(out, t);
+            }
+            if let Some(t) = d.content.as_deref().filter(|t| !t.is_empty()) {
+                self.on_text(out, t);
+            }
+            if let Some(t) = d.refusal.as_deref().filter(|t| !t.is_empty()) {
+                self.on_refusal(out, t);
+            }
+            for c in d.tool_calls.iter().flatten() {
+                self.on_tool(out, c)?;
+            }
+        }
+        if let Some(f) = choice.finish_reason.as_deref() {
+            self.finish = Some(f.to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl Chunk<'_> {
+    fn empty() -> Chunk<'static> {
+        Chunk {
+            id: None,
+            model: None,
+            created: None,
+            choices: None,
+            usage: None,
+            error: None,
+        }
+    }
+}
+
+/// `"output_index":N,`
+fn write_index(o: &mut BytesMut, at: usize) {
+    o.extend_from_slice(b"\"output_index\":");
+    write_u64(o, at as u64);
+    o.extend_from_slice(b",");
+}
+
+/// `"item_id":ID,"output_index":N,`
+fn write_item(o: &mut BytesMut, id: &str, at: usize) {
+    o.extend_from_slice(b"\"item_id\":");
+    write_json_str(o, id);
+    o.extend_from_slice(b",");
+    write_index(o, at);
+}
+
+impl StreamTranslator for ResponsesStream {
+    fn on_event(&mut self, data: Option<&[u8]>, _raw: &[u8], out: &mut BytesMut) -> Flow {
+        let Some(data) = data else {
+            return Flow::Continue;
+        };
+        if self.done {
+            return Flow::End;
+        }
+        if data == b"[DONE]" {
+            if !self.started {
+                self.start(out, &Chunk::empty());
+            }
+            self.finish(out);
+            return Flow::End;
+        }
+        let chunk: Chunk<'_> = match serde_json::from_slice(data) {
+            Ok(c) => c,
+            Err(_) => return self.fail(out, "api_error", "the upstream sent an invalid chunk"),
+        };
+        if let Some(err) = chunk.error.filter(|e| e.get() != "null") {
+            if !self.started {
+                // Nothing sent yet: the error as the upstream sent it, so the Timeout layer's
+                // first-event check classifies it and Fallback may try another target.
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\n\n");
+                self.done = true;
+                return Flow::End;
+            }
+            let v: Value = serde_json::from_str(err.get()).unwrap_or(Value::Null);
+            let msg = v
+                .get("message")
+                .and_then(Value::as_str)
+                .or_else(|| v.as_str())
+                .unwrap_or("upstream error")
+                .to_owned();
+            let code = v
+                .get("code")
+                .and_then(Value::as_str)
+                .or_else(|| v.get("type").and_then(Value::as_str))
+                .unwrap_or("server_error")
+                .to_owned();
+            return self.fail(out, &code, &msg);
+        }
+        if chunk.usage.is_some_and(|u| u.get().starts_with('{')) {
+            if let Some(u) = Usage::from_openai_json(data) {
+                self.usage = Some(u);
+            }
+        }
+        match self.on_chunk(out, &chunk) {
+            Ok(()) => Flow::Continue,
+            Err(e) => self.fail(out, "api_error", e.message()),
+        }
+    }
+
+    fn on_eof(&mut self, _out: &mut BytesMut) -> Result<(), GatewayError> {
+        if self.done {
+            return Ok(());
+        }
+        Err(protocol_error("the upstream stream ended before [DONE]"))
+    }
+}
+
+/// The in-band end of a failed Responses stream, written by the stream layer after the commit
+/// point: an `error` event and a terminal `response.failed` (numbered after `last_seq`, the
+/// last sequence number sent), for response `id`.
+pub fn failure_events(last_seq: Option<u64>, id: Option<&str>, code: &str, message: &str) -> Bytes {
+    let mut seq = last_seq.map_or(0, |s| s + 1);
+    let err = json!({"type": "error", "code": code, "message": message, "param": null,
+        "sequence_number": seq});
+    seq += 1;
+    let failed = json!({"type": "response.failed", "sequence_number": seq, "response": {
+        "id": id.unwrap_or("resp_failed"), "object": "response", "status": "failed",
+        "error": {"code": code, "message": message}, "incomplete_details": null,
+        "output": [], "usage": null}});
+    let mut out = BytesMut::new();
+    out.extend_from_slice(b"event: error\ndata: ");
+    out.extend_from_slice(err.to_string().as_bytes());
+    out.extend_from_slice(b"\n\nevent: response.failed\ndata: ");
+    out.extend_from_slice(failed.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::translate_chunks;
+
+    fn chat(body: &str) -> Value {
+        let (b, _) = request_to_chat(body.as_bytes()).unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[test]
+    fn string_input_and_instructions() {
+        let c = chat(
+            r#"{"model":"m","instructions":"be brief","input":"hi","max_output_tokens":50,"temperature":0.5,"stream":true}"#,
+        );
+        assert_eq!(
+            c["messages"],
+            json!([{"role":"system","content":"be brief"},{"role":"user","content":"hi"}])
+        );
+        assert_eq!(c["max_tokens"], 50);
+        assert_eq!(c["temperature"], 0.5);
+        assert_eq!(c["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn function_calls_join_one_assistant_turn_and_keep_call_ids() {
+        let c = chat(
+            r#"{"model":"m","input":[{"role":"user","content":"w?"},
+            {"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},
+            {"type":"function_call","call_id":"c2","name":"g","arguments":"{\"a\":1}"},
+            {"type":"function_call_output","call_id":"c1","output":"r1"},
+            {"type":"function_call_output","call_id":"c2","output":"r2"}]}"#,
+        );
+        let m = c["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1]["tool_calls"][0]["id"], "c1");
+        assert_eq!(m[1]["tool_calls"][1]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            m[2],
+            json!({"role":"tool","tool_call_id":"c1","content":"r1"})
+        );
+        assert_eq!(m[3]["tool_call_id"], "c2");
+    }
+
+    #[test]
+    fn built_in_tools_are_refused_naming_them() {
+        let e = request_to_chat(br#"{"model":"m","input":"x","tools":[{"type":"function","name":"f"},{"type":"web_search"}]}"#)
+            .unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.to_json()["error"]["param"], "tools[1]");
+        let e = request_to_chat(br#"{"model":"m","input":"x","previous_response_id":"resp_1"}"#)
+            .unwrap_err();
+        assert_eq!(e.to_json()["error"]["param"], "previous_response_id");
+    }
+
+    #[test]
+    fn stream_of_text_and_a_call() {
+        let sse = concat!(
+            "data: {\"id\":\"chatcmpl-1\",\"created\":5,\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\"\"}}]}}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\":1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let mut t = ResponsesStream::new("m", Echo::default());
+        let (out, err) = translate_chunks(&mut t, [Bytes::from_static(sse.as_bytes())]);
+        assert!(err.is_none());
+        let text = std::str::from_utf8(&out).unwrap();
+        let events: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.split_once("data: "))
+            .map(|(_, d)| serde_json::from_str(d).unwrap())
+            .collect();
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types.first(), Some(&"response.created"));
+        assert_eq!(types.last(), Some(&"response.completed"));
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i as u64);
+        }
+        let done = events.last().unwrap();
+        assert_eq!(done["response"]["output"][1]["call_id"], "call_1");
+        assert_eq!(done["response"]["output"][1]["arguments"], "{\"a\":1}");
+        assert_eq!(done["response"]["usage"]["total_tokens"], 7);
+    }
+}
