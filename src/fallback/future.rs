@@ -124,29 +124,41 @@ pin_project! {
 
 pin_project! {
     /// Future of [`Fallback`](super::Fallback).
-    #[project = Proj]
     pub struct ResponseFuture<S, F> {
         service: S,
         // Whether `service` is known ready (the one `call` was given is).
         ready: bool,
-        // The request each attempt is cloned from (taken, not cloned, for the last candidate).
-        template: Option<Request<Full<Bytes>>>,
-        targets: Arc<[Arc<Target>]>,
-        limit: usize,
-        client_timeouts: Timeouts,
-        budget: Arc<dyn Budget + Send + Sync>,
-        next: usize,
-        calls: u32,
-        attempts: Vec<AttemptInfo>,
-        best: Option<GatewayError>,
-        earliest_retry: Option<Duration>,
+        chain: Chain,
+        outcome: Outcome,
         current: Option<Current>,
-        upstream_wait: Duration,
-        budget_exhausted: bool,
-        model: Arc<str>,
         #[pin]
         state: State<F>,
     }
+}
+
+/// The chain: the targets to try, how far along it is, and what each attempt is sent with.
+struct Chain {
+    // The request each attempt is cloned from (taken, not cloned, for the last candidate).
+    template: Option<Request<Full<Bytes>>>,
+    targets: Arc<[Arc<Target>]>,
+    limit: usize,
+    // The next candidate's index.
+    next: usize,
+    // Attempts called so far (skipped targets are not calls).
+    calls: u32,
+    client_timeouts: Timeouts,
+    budget: Arc<dyn Budget + Send + Sync>,
+    model: Arc<str>,
+}
+
+/// What the attempts so far came to: the `x-tollgate-attempts` entries, the most informative
+/// failure, the shortest wait a failure asked for, the time spent waiting on upstreams.
+struct Outcome {
+    attempts: Vec<AttemptInfo>,
+    best: Option<GatewayError>,
+    earliest_retry: Option<Duration>,
+    upstream_wait: Duration,
+    budget_exhausted: bool,
 }
 
 impl<S, F> ResponseFuture<S, F> {
@@ -169,20 +181,24 @@ impl<S, F> ResponseFuture<S, F> {
         ResponseFuture {
             service,
             ready: true,
-            template: Some(request),
-            targets,
-            limit,
-            client_timeouts,
-            budget,
-            next: 0,
-            calls: 0,
-            attempts: Vec::with_capacity(limit.min(4)),
-            best: error,
-            earliest_retry: None,
+            chain: Chain {
+                template: Some(request),
+                targets,
+                limit,
+                next: 0,
+                calls: 0,
+                client_timeouts,
+                budget,
+                model,
+            },
+            outcome: Outcome {
+                attempts: Vec::with_capacity(limit.min(4)),
+                best: error,
+                earliest_retry: None,
+                upstream_wait: Duration::ZERO,
+                budget_exhausted: false,
+            },
             current: None,
-            upstream_wait: Duration::ZERO,
-            budget_exhausted: false,
-            model,
             state: State::Next,
         }
     }
@@ -192,7 +208,7 @@ impl<S, F> ResponseFuture<S, F> {
     /// Start the attempts list with targets skipped before the chain (over the max price).
     pub(super) fn skipped(mut self, skipped: Vec<AttemptInfo>) -> Self {
         if !skipped.is_empty() {
-            self.attempts = skipped;
+            self.outcome.attempts = skipped;
         }
         self
     }
@@ -333,51 +349,164 @@ fn sooner(e: &GatewayError, than: &GatewayError) -> bool {
         && e.retry_after().unwrap_or(Duration::MAX) < than.retry_after().unwrap_or(Duration::MAX)
 }
 
-impl<S, F> ResponseFuture<S, F> {
+impl Chain {
+    /// The attempt on the next target to call; `None` when the chain is over (no candidate
+    /// left, or no retry budget). Targets whose health refuses them are skipped (recorded in
+    /// `outcome`) without a call.
+    fn choose(&mut self, outcome: &mut Outcome, now: Instant) -> Option<Current> {
+        while self.next < self.limit {
+            let target = self.targets[self.next].clone();
+            self.next += 1;
+            // A retry needs budget; check health first so a skip costs none.
+            if self.calls > 0 {
+                if let Err(blocked) = target.health.peek(now) {
+                    outcome.skip(&target, blocked, now);
+                    continue;
+                }
+                if !self.budget.withdraw() {
+                    outcome.budget_exhausted = true;
+                    self.next = self.limit;
+                    return None;
+                }
+            }
+            let probe = match target.health.admit(now) {
+                Admission::Allowed => false,
+                Admission::Probe => true,
+                Admission::Blocked(b) => {
+                    outcome.skip(&target, b, now);
+                    continue;
+                }
+            };
+            let shortened = target.timeouts.min(self.client_timeouts) != target.timeouts;
+            return Some(Current {
+                target,
+                started: now,
+                probe,
+                shortened,
+            });
+        }
+        None
+    }
+
+    /// The request for the attempt on `current`'s target (the template itself for the last
+    /// candidate), with its [`Attempt`]; counts the call (and the fallback, from the second on)
+    /// and times the attempt from now.
+    fn request(
+        &mut self,
+        current: &mut Option<Current>,
+        attempts: &[AttemptInfo],
+    ) -> Result<Request<Full<Bytes>>, GatewayError> {
+        let Some(current) = current.as_mut() else {
+            return Err(GatewayError::internal("fallback lost its chosen target"));
+        };
+        let last = self.next >= self.limit;
+        let mut req = match (last, self.template.as_ref()) {
+            (false, Some(t)) => clone_request(t),
+            _ => match self.template.take() {
+                Some(t) => t,
+                None => {
+                    return Err(GatewayError::internal(
+                        "fallback has no request left to send",
+                    ));
+                }
+            },
+        };
+        self.calls += 1;
+        if self.calls > 1 {
+            if let Some(prev) = attempts.last() {
+                metrics::counter!(m::FALLBACKS,
+                    "model" => label(&self.model),
+                    "from" => label(&prev.target),
+                    "reason" => prev.error.unwrap_or("unknown"))
+                .increment(1);
+            }
+        }
+        let target = &current.target;
+        req.extensions_mut().insert(Attempt {
+            target: target.clone(),
+            number: self.calls,
+            timeouts: target.timeouts.min(self.client_timeouts),
+        });
+        // Time the attempt from the call, not from the readiness wait.
+        current.started = Instant::now();
+        Ok(req)
+    }
+}
+
+impl Outcome {
     /// Record a target skipped because its health refused it.
-    fn skip(
-        attempts: &mut Vec<AttemptInfo>,
-        best: &mut Option<GatewayError>,
-        earliest: &mut Option<Duration>,
-        target: &Arc<Target>,
-        blocked: Blocked,
-        now: Instant,
-    ) {
+    fn skip(&mut self, target: &Arc<Target>, blocked: Blocked, now: Instant) {
         let wait = blocked.until.saturating_duration_since(now);
         let e = blocked_error(target, blocked, wait);
-        attempts.push(AttemptInfo {
+        self.attempts.push(AttemptInfo {
             target: target.id.clone(),
             status: 0,
             elapsed: Duration::ZERO,
             error: Some(e.kind().as_str()),
         });
-        Self::note_failure(best, earliest, e);
+        self.note_failure(e);
     }
 
-    fn note_failure(
-        best: &mut Option<GatewayError>,
-        earliest: &mut Option<Duration>,
-        e: GatewayError,
-    ) {
+    fn note_failure(&mut self, e: GatewayError) {
         if let Some(w) = e.retry_after() {
-            *earliest = Some(earliest.map_or(w, |x| x.min(w)));
+            self.earliest_retry = Some(self.earliest_retry.map_or(w, |x| x.min(w)));
         }
-        match best {
+        match &self.best {
             Some(b) if rank(b) > rank(&e) || (rank(b) == rank(&e) && !sooner(&e, b)) => {}
-            _ => *best = Some(e),
+            _ => self.best = Some(e),
         }
+    }
+
+    /// The attempt succeeded: report it to the target's health, count it, and mark the response
+    /// with the attempts (`x-tollgate-attempts`), the target (`x-tollgate-target`) and
+    /// [`ServedBy`].
+    fn served(
+        &mut self,
+        mut current: Current,
+        mut res: Response<Body>,
+        now: Instant,
+    ) -> Response<Body> {
+        let target = current.target.clone();
+        let elapsed = now.saturating_duration_since(current.started);
+        self.upstream_wait += elapsed;
+        // Reported: the probe slot is not handed back.
+        current.probe = false;
+        target.health.on_success(now, elapsed);
+        record_attempt(&target, "ok");
+        self.attempts.push(AttemptInfo {
+            target: target.id.clone(),
+            status: res.status().as_u16(),
+            elapsed,
+            error: None,
+        });
+        let attempts: Arc<[AttemptInfo]> = std::mem::take(&mut self.attempts).into();
+        let headers = res.headers_mut();
+        if let Some(v) = attempts_value(&attempts) {
+            headers.insert(ATTEMPTS_NAME.clone(), v);
+        }
+        if let Some(v) = target.series.id_value(&target.id) {
+            headers.insert(TARGET_NAME.clone(), v);
+        }
+        res.extensions_mut().insert(ServedBy {
+            target,
+            attempts,
+            upstream_wait: self.upstream_wait,
+        });
+        res
     }
 
     /// An attempt ended in `e`: report it to the target's health (unless it blames nobody),
     /// count it, and decide whether the chain goes on.
     fn attempt_failed(
-        this: &mut Proj<'_, S, F>,
+        &mut self,
+        chain: &mut Chain,
         mut current: Current,
         e: GatewayError,
         now: Instant,
     ) {
         let target = current.target.clone();
         let elapsed = now.saturating_duration_since(current.started);
+        self.upstream_wait += elapsed;
         // Believe an upstream's wait only up to the target's cap, in memory and to clients.
         let e = match e.retry_after() {
             Some(w) if e.origin() == crate::error::Origin::Upstream => {
@@ -397,9 +526,9 @@ impl<S, F> ResponseFuture<S, F> {
         }
         drop(current);
         record_attempt(&target, e.kind().as_str());
-        let more = e.is_retryable() && *this.next < *this.limit;
-        warn_failed(&target, &e, *this.calls, more);
-        this.attempts.push(AttemptInfo {
+        let more = e.is_retryable() && chain.next < chain.limit;
+        warn_failed(&target, &e, chain.calls, more);
+        self.attempts.push(AttemptInfo {
             target: target.id.clone(),
             status: e.upstream_status_code().unwrap_or(0),
             elapsed,
@@ -407,12 +536,37 @@ impl<S, F> ResponseFuture<S, F> {
         });
         if !e.is_retryable() {
             // The client's own mistake (or a gateway refusal): one attempt.
-            *this.best = Some(e);
-            *this.earliest_retry = None;
-            this.next.clone_from(this.limit);
+            self.best = Some(e);
+            self.earliest_retry = None;
+            chain.next = chain.limit;
         } else {
-            Self::note_failure(this.best, this.earliest_retry, e);
+            self.note_failure(e);
         }
+    }
+
+    /// Every candidate failed or was skipped: the most informative failure, with the shortest
+    /// wait any asked for, the attempts, and why the chain stopped early (retry budget).
+    fn exhausted(&mut self) -> GatewayError {
+        let mut e = self
+            .best
+            .take()
+            .unwrap_or_else(|| GatewayError::internal("no route targets (Route layer missing?)"));
+        if matches!(e.status().as_u16(), 429 | 503) {
+            if let Some(w) = self.earliest_retry {
+                e = e.with_retry_after(w);
+            }
+        }
+        if let Some(v) = attempts_value(&self.attempts) {
+            e = e.with_header(ATTEMPTS_NAME.clone(), v);
+        }
+        if self.budget_exhausted {
+            e = e.with_header(
+                HeaderName::from_static("x-tollgate-fallback-stopped"),
+                HeaderValue::from_static("retry-budget"),
+            );
+        }
+        e.context_mut().attempts = Some(std::mem::take(&mut self.attempts).into());
+        e
     }
 }
 
@@ -430,131 +584,31 @@ where
                 StateProj::Called { fut } => {
                     let res = ready!(fut.poll(cx));
                     let now = Instant::now();
-                    let Some(mut current) = this.current.take() else {
+                    let Some(current) = this.current.take() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(GatewayError::internal(
                             "fallback lost its current attempt",
                         )));
                     };
-                    let target = current.target.clone();
-                    let elapsed = now.saturating_duration_since(current.started);
-                    *this.upstream_wait += elapsed;
                     match res {
-                        Ok(mut res) => {
-                            // Reported: the probe slot is not handed back.
-                            current.probe = false;
-                            target.health.on_success(now, elapsed);
-                            record_attempt(&target, "ok");
-                            this.attempts.push(AttemptInfo {
-                                target: target.id.clone(),
-                                status: res.status().as_u16(),
-                                elapsed,
-                                error: None,
-                            });
-                            let attempts: Arc<[AttemptInfo]> = std::mem::take(this.attempts).into();
-                            let headers = res.headers_mut();
-                            if let Some(v) = attempts_value(&attempts) {
-                                headers.insert(ATTEMPTS_NAME.clone(), v);
-                            }
-                            if let Some(v) = target.series.id_value(&target.id) {
-                                headers.insert(TARGET_NAME.clone(), v);
-                            }
-                            res.extensions_mut().insert(ServedBy {
-                                target,
-                                attempts,
-                                upstream_wait: *this.upstream_wait,
-                            });
+                        Ok(res) => {
+                            let res = this.outcome.served(current, res, now);
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(res));
                         }
                         Err(e) => {
-                            Self::attempt_failed(&mut this, current, e, now);
+                            this.outcome.attempt_failed(this.chain, current, e, now);
                             this.state.set(State::Next);
                         }
                     }
                 }
                 StateProj::Next => {
-                    let now = Instant::now();
-                    let mut chosen = None;
-                    while *this.next < *this.limit {
-                        let target = this.targets[*this.next].clone();
-                        *this.next += 1;
-                        // A retry needs budget; check health first so a skip costs none.
-                        if *this.calls > 0 {
-                            if let Err(blocked) = target.health.peek(now) {
-                                Self::skip(
-                                    this.attempts,
-                                    this.best,
-                                    this.earliest_retry,
-                                    &target,
-                                    blocked,
-                                    now,
-                                );
-                                continue;
-                            }
-                            if !this.budget.withdraw() {
-                                *this.budget_exhausted = true;
-                                *this.next = *this.limit;
-                                break;
-                            }
-                        }
-                        let blocked = match target.health.admit(now) {
-                            Admission::Allowed => Ok(false),
-                            Admission::Probe => Ok(true),
-                            Admission::Blocked(b) => Err(b),
-                        };
-                        match blocked {
-                            Ok(probe) => {
-                                chosen = Some((target, probe));
-                                break;
-                            }
-                            Err(b) => {
-                                Self::skip(
-                                    this.attempts,
-                                    this.best,
-                                    this.earliest_retry,
-                                    &target,
-                                    b,
-                                    now,
-                                );
-                            }
-                        }
-                    }
-                    match chosen {
-                        Some((target, probe)) => {
-                            let shortened =
-                                target.timeouts.min(*this.client_timeouts) != target.timeouts;
-                            *this.current = Some(Current {
-                                target,
-                                started: now,
-                                probe,
-                                shortened,
-                            });
-                            this.state.set(State::Ready);
-                        }
-                        None => {
-                            this.state.set(State::Done);
-                            let mut e = this.best.take().unwrap_or_else(|| {
-                                GatewayError::internal("no route targets (Route layer missing?)")
-                            });
-                            if matches!(e.status().as_u16(), 429 | 503) {
-                                if let Some(w) = *this.earliest_retry {
-                                    e = e.with_retry_after(w);
-                                }
-                            }
-                            if let Some(v) = attempts_value(this.attempts) {
-                                e = e.with_header(ATTEMPTS_NAME.clone(), v);
-                            }
-                            if *this.budget_exhausted {
-                                e = e.with_header(
-                                    HeaderName::from_static("x-tollgate-fallback-stopped"),
-                                    HeaderValue::from_static("retry-budget"),
-                                );
-                            }
-                            e.context_mut().attempts = Some(std::mem::take(this.attempts).into());
-                            return Poll::Ready(Err(e));
-                        }
-                    }
+                    let Some(current) = this.chain.choose(this.outcome, Instant::now()) else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(this.outcome.exhausted()));
+                    };
+                    *this.current = Some(current);
+                    this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
                     if !*this.ready {
@@ -564,47 +618,16 @@ where
                         }
                     }
                     *this.ready = false;
-                    let Some(target) = this.current.as_ref().map(|c| c.target.clone()) else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(GatewayError::internal(
-                            "fallback lost its chosen target",
-                        )));
-                    };
-                    let last = *this.next >= *this.limit;
-                    let mut req = match (last, this.template.as_ref()) {
-                        (false, Some(t)) => clone_request(t),
-                        _ => match this.template.take() {
-                            Some(t) => t,
-                            None => {
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err(GatewayError::internal(
-                                    "fallback has no request left to send",
-                                )));
-                            }
-                        },
-                    };
-                    *this.calls += 1;
-                    if *this.calls > 1 {
-                        if let Some(prev) = this.attempts.last() {
-                            metrics::counter!(m::FALLBACKS,
-                                "model" => label(this.model),
-                                "from" => label(&prev.target),
-                                "reason" => prev.error.unwrap_or("unknown"))
-                            .increment(1);
+                    match this.chain.request(this.current, &this.outcome.attempts) {
+                        Ok(req) => {
+                            let fut = this.service.call(req);
+                            this.state.set(State::Called { fut });
+                        }
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
                         }
                     }
-                    req.extensions_mut().insert(Attempt {
-                        target: target.clone(),
-                        number: *this.calls,
-                        timeouts: target.timeouts.min(*this.client_timeouts),
-                    });
-                    // Time the attempt from the call, not from the readiness wait.
-                    let started = Instant::now();
-                    if let Some(c) = this.current.as_mut() {
-                        c.started = started;
-                    }
-                    let fut = this.service.call(req);
-                    this.state.set(State::Called { fut });
                 }
                 StateProj::Done => {
                     return Poll::Ready(Err(GatewayError::internal(

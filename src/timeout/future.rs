@@ -54,12 +54,7 @@ pin_project! {
             fut: F,
         },
         Preread {
-            parts: Option<http::response::Parts>,
-            body: Option<Body>,
-            frames: VecDeque<Frame<Bytes>>,
-            read: usize,
-            scanner: Option<SseScanner>,
-            json: Vec<u8>,
+            pre: Preread,
         },
         // Refused before calling the inner service (a misconfigured stack).
         Failed {
@@ -76,34 +71,21 @@ pin_project! {
         state: State<F>,
         #[pin]
         gate: Option<Sleep>,
-        mode: Mode,
-        started: Instant,
-        first_token: Option<Duration>,
-        idle: Option<Duration>,
-        total: Option<Duration>,
-        max_preread: usize,
-        provider: Option<Arc<str>>,
-        target: Option<Arc<str>>,
+        // The attempt's settings (`mode` narrows from `Stream` to `Json` at the head).
+        cfg: Config,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn new(fut: F, c: Config) -> Self {
+    pub(super) fn new(fut: F, cfg: Config) -> Self {
         let head_deadline = min_opt(
-            c.first_token.map(|d| c.started + d),
-            c.total.map(|d| c.started + d),
+            cfg.first_token.map(|d| cfg.started + d),
+            cfg.total.map(|d| cfg.started + d),
         );
         ResponseFuture {
             state: State::Head { fut },
             gate: head_deadline.map(tokio::time::sleep_until),
-            mode: c.mode,
-            started: c.started,
-            first_token: c.first_token,
-            idle: c.idle,
-            total: c.total,
-            max_preread: c.max_preread,
-            provider: c.provider,
-            target: c.target,
+            cfg,
         }
     }
 }
@@ -114,14 +96,16 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
             gate: None,
-            mode: Mode::Passthrough,
-            started: Instant::now(),
-            first_token: None,
-            idle: None,
-            total: None,
-            max_preread: 0,
-            provider: None,
-            target: None,
+            cfg: Config {
+                mode: Mode::Passthrough,
+                started: Instant::now(),
+                first_token: None,
+                idle: None,
+                total: None,
+                max_preread: 0,
+                provider: None,
+                target: None,
+            },
         }
     }
 }
@@ -235,6 +219,241 @@ pub fn error_in_body(doc: &[u8], provider: Option<&Arc<str>>) -> Option<GatewayE
     Some(e)
 }
 
+/// What the pre-read gate decided on one poll.
+enum Verdict {
+    /// Resolve with the head, replaying the frames read so far.
+    Commit,
+    /// Fail the attempt (before the commit point: Fallback may try the next target).
+    Fail(GatewayError),
+    /// No verdict yet: wait for more frames, or for the gate.
+    Wait,
+}
+
+/// The Preread state: the head, held back until the first data event (a stream) or the capped
+/// body (JSON) has been read.
+struct Preread {
+    parts: Option<http::response::Parts>,
+    body: Option<Body>,
+    /// The frames read so far, replayed at the start of the returned body.
+    frames: VecDeque<Frame<Bytes>>,
+    /// Data bytes read so far.
+    read: usize,
+    /// Streams only.
+    scanner: Option<SseScanner>,
+    /// JSON only: the body, up to `max_preread`.
+    json: Vec<u8>,
+}
+
+impl Preread {
+    fn new(parts: http::response::Parts, body: Body, mode: Mode) -> Self {
+        Preread {
+            parts: Some(parts),
+            body: Some(body),
+            frames: VecDeque::new(),
+            read: 0,
+            scanner: (mode == Mode::Stream).then(SseScanner::new),
+            json: Vec::new(),
+        }
+    }
+
+    /// Read the frames that are ready until there is a verdict.
+    fn read_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        cfg: &Config,
+        mut gate: Pin<&mut Option<Sleep>>,
+    ) -> Verdict {
+        // Inspection off: resolve at once, deadlines still on the body.
+        if cfg.max_preread == 0 && self.scanner.is_none() {
+            return Verdict::Commit;
+        }
+        loop {
+            let Some(b) = self.body.as_mut() else {
+                return self.on_end(cfg);
+            };
+            match Pin::new(b).poll_frame(cx) {
+                Poll::Pending => return Verdict::Wait,
+                Poll::Ready(None) => {
+                    self.body = None;
+                    return self.on_end(cfg);
+                }
+                Poll::Ready(Some(Err(e))) => return Verdict::Fail(body_error(e, &cfg.provider)),
+                Poll::Ready(Some(Ok(frame))) => match self.on_frame(frame, cfg, gate.as_mut()) {
+                    Ok(true) => return Verdict::Commit,
+                    Ok(false) => {}
+                    Err(e) => return Verdict::Fail(e),
+                },
+            }
+        }
+    }
+
+    /// Account for one frame and keep it for the replay; `Ok(true)` when it commits (the first
+    /// data event of a stream, or more than `max_preread` bytes without a verdict).
+    fn on_frame(
+        &mut self,
+        frame: Frame<Bytes>,
+        cfg: &Config,
+        gate: Pin<&mut Option<Sleep>>,
+    ) -> Result<bool, GatewayError> {
+        let mut commit = false;
+        if let Some(data) = frame.data_ref() {
+            self.read += data.len();
+            if let Some(sc) = self.scanner.as_mut() {
+                sc.push(data.clone());
+                while let Some(ev) = sc.next_event() {
+                    if !ev.has_data {
+                        continue;
+                    }
+                    if let Some(e) = error_in_body(&ev.data, cfg.provider.as_ref()) {
+                        return Err(e);
+                    }
+                    commit = true;
+                    break;
+                }
+            } else if self.json.len() + data.len() <= cfg.max_preread {
+                self.json.extend_from_slice(data);
+            }
+            if self.read > cfg.max_preread {
+                // Too much without a verdict: stop gating.
+                commit = true;
+            }
+            if cfg.mode == Mode::Json {
+                rearm_idle(gate, cfg);
+            }
+        }
+        self.frames.push_back(frame);
+        Ok(commit)
+    }
+
+    /// The body ended before a verdict: a stream without a data event fails (naming the error
+    /// in an unterminated trailing event, if any); a JSON body is checked for an error document.
+    fn on_end(&mut self, cfg: &Config) -> Verdict {
+        if let Some(sc) = self.scanner.as_mut() {
+            // An unterminated trailing event may still say what went wrong.
+            while let Some(ev) = sc.finish() {
+                if let Some(e) = ev
+                    .has_data
+                    .then(|| error_in_body(&ev.data, cfg.provider.as_ref()))
+                    .flatten()
+                {
+                    return Verdict::Fail(e);
+                }
+            }
+            return Verdict::Fail(with_provider(
+                GatewayError::new(
+                    ErrorKind::UpstreamProtocol,
+                    "upstream stream ended before its first event",
+                ),
+                &cfg.provider,
+            ));
+        }
+        if self.read <= cfg.max_preread {
+            if let Some(e) = error_in_body(&self.json, cfg.provider.as_ref()) {
+                return Verdict::Fail(e);
+            }
+        }
+        Verdict::Commit
+    }
+
+    /// The response: the head, and a body replaying the frames read, then the rest under the
+    /// idle and total deadlines.
+    fn commit(&mut self, cfg: &Config) -> Result<Response<Body>, GatewayError> {
+        let Some(parts) = self.parts.take() else {
+            return Err(GatewayError::internal(
+                "timeout future lost its response head",
+            ));
+        };
+        let body = ResponseBody::new(
+            std::mem::take(&mut self.frames),
+            self.body.take(),
+            cfg.idle,
+            cfg.total.map(|d| (cfg.started, d)),
+            cfg.provider.clone(),
+            cfg.target.clone(),
+        );
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// The head arrived: the mode it calls for (a stream request answered without
+/// `text/event-stream` is read as JSON), stored in `cfg`. For JSON the gate now bounds the body
+/// read by total and idle.
+fn on_head(cfg: &mut Config, mut gate: Pin<&mut Option<Sleep>>, res: &Response<Body>) -> Mode {
+    let is_sse = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    cfg.mode = match cfg.mode {
+        Mode::Stream if is_sse => Mode::Stream,
+        Mode::Passthrough => Mode::Passthrough,
+        _ => Mode::Json,
+    };
+    if cfg.mode == Mode::Json {
+        // The head arrived: the body read is bounded by total (and idle).
+        let deadline = min_opt(
+            cfg.total.map(|d| cfg.started + d),
+            cfg.idle.map(|d| Instant::now() + d),
+        );
+        match deadline {
+            Some(d) => match gate.as_mut().as_pin_mut() {
+                Some(g) => g.reset(d),
+                None => gate.set(Some(tokio::time::sleep_until(d))),
+            },
+            None => gate.set(None),
+        }
+    }
+    cfg.mode
+}
+
+/// A JSON body frame arrived: the gate moves to the next idle deadline (never past total).
+fn rearm_idle(gate: Pin<&mut Option<Sleep>>, cfg: &Config) {
+    if let (Some(d), Some(g)) = (cfg.idle, gate.as_pin_mut()) {
+        let next = Instant::now() + d;
+        let next = match cfg.total {
+            Some(t) => next.min(cfg.started + t),
+            None => next,
+        };
+        g.reset(next);
+    }
+}
+
+/// The head gate fired: no head (or, for a stream, no first token) in time.
+fn head_expired(cfg: &Config) -> GatewayError {
+    let what = if cfg.mode == Mode::Stream {
+        "no first token"
+    } else {
+        "no response head"
+    };
+    let (deadline, ms) = gate_ms(cfg.first_token, cfg.total);
+    super::expired(
+        &cfg.provider,
+        &cfg.target,
+        deadline,
+        ms,
+        format!("{what} from the upstream within {ms} ms"),
+    )
+}
+
+/// The pre-read gate fired: no first data event of a stream, or a JSON body not complete, in
+/// time (which of idle and total ran out).
+fn preread_expired(cfg: &Config, is_stream: bool) -> GatewayError {
+    let (deadline, ms, msg) = if is_stream {
+        let (deadline, ms) = gate_ms(cfg.first_token, cfg.total);
+        let msg = format!("no first token from the upstream within {ms} ms");
+        (deadline, ms, msg)
+    } else {
+        let total_passed = cfg.total.is_some_and(|t| Instant::now() >= cfg.started + t);
+        let (deadline, d) = match (total_passed, cfg.idle) {
+            (false, Some(idle)) => ("idle", idle),
+            _ => ("total", cfg.total.unwrap_or_default()),
+        };
+        let msg = "upstream body did not complete in time".to_owned();
+        (deadline, d.as_millis(), msg)
+    };
+    super::expired(&cfg.provider, &cfg.target, deadline, ms, msg)
+}
+
 impl<F> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<Body>, GatewayError>>,
@@ -247,223 +466,45 @@ where
             match this.state.as_mut().project() {
                 StateProj::Head { fut } => {
                     let res = match fut.poll(cx) {
-                        Poll::Ready(r) => r,
-                        Poll::Pending => {
-                            if let Some(gate) = this.gate.as_mut().as_pin_mut() {
-                                ready!(gate.poll(cx));
-                                this.state.set(State::Done);
-                                let what = if *this.mode == Mode::Stream {
-                                    "no first token"
-                                } else {
-                                    "no response head"
-                                };
-                                let (deadline, ms) = gate_ms(*this.first_token, *this.total);
-                                return Poll::Ready(Err(super::expired(
-                                    this.provider,
-                                    this.target,
-                                    deadline,
-                                    ms,
-                                    format!("{what} from the upstream within {ms} ms"),
-                                )));
-                            }
-                            return Poll::Pending;
-                        }
-                    };
-                    let res = match res {
-                        Ok(res) => res,
-                        Err(e) => {
+                        Poll::Ready(Ok(res)) => res,
+                        Poll::Ready(Err(e)) => {
                             this.state.set(State::Done);
                             return Poll::Ready(Err(e));
                         }
+                        Poll::Pending => {
+                            let Some(gate) = this.gate.as_mut().as_pin_mut() else {
+                                return Poll::Pending;
+                            };
+                            ready!(gate.poll(cx));
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(head_expired(this.cfg)));
+                        }
                     };
-                    let is_sse = res
-                        .headers()
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-                    let mode = match *this.mode {
-                        Mode::Stream if is_sse => Mode::Stream,
-                        Mode::Passthrough => Mode::Passthrough,
-                        _ => Mode::Json,
-                    };
-                    *this.mode = mode;
+                    let mode = on_head(this.cfg, this.gate.as_mut(), &res);
                     if mode == Mode::Passthrough {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(res));
                     }
-                    if mode == Mode::Json {
-                        // The head arrived: the body read is bounded by total (and idle).
-                        let deadline = min_opt(
-                            this.total.map(|d| *this.started + d),
-                            this.idle.map(|d| Instant::now() + d),
-                        );
-                        match deadline {
-                            Some(d) => match this.gate.as_mut().as_pin_mut() {
-                                Some(g) => g.reset(d),
-                                None => this.gate.set(Some(tokio::time::sleep_until(d))),
-                            },
-                            None => this.gate.set(None),
-                        }
-                    }
                     let (parts, body) = res.into_parts();
-                    this.state.set(State::Preread {
-                        parts: Some(parts),
-                        body: Some(body),
-                        frames: VecDeque::new(),
-                        read: 0,
-                        scanner: (mode == Mode::Stream).then(SseScanner::new),
-                        json: Vec::new(),
-                    });
+                    let pre = Preread::new(parts, body, mode);
+                    this.state.set(State::Preread { pre });
                 }
-                StateProj::Preread {
-                    parts,
-                    body,
-                    frames,
-                    read,
-                    scanner,
-                    json,
-                } => {
-                    // Inspection off: resolve at once, deadlines still on the body.
-                    let mut commit = *this.max_preread == 0 && scanner.is_none();
-                    let mut ended = false;
-                    while !commit {
-                        let Some(b) = body.as_mut() else {
-                            ended = true;
-                            break;
-                        };
-                        match Pin::new(b).poll_frame(cx) {
-                            Poll::Pending => break,
-                            Poll::Ready(None) => {
-                                *body = None;
-                                ended = true;
-                                break;
-                            }
-                            Poll::Ready(Some(Err(e))) => {
-                                let e = body_error(e, this.provider);
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err(e));
-                            }
-                            Poll::Ready(Some(Ok(frame))) => {
-                                if let Some(data) = frame.data_ref() {
-                                    *read += data.len();
-                                    if let Some(sc) = scanner.as_mut() {
-                                        sc.push(data.clone());
-                                        while let Some(ev) = sc.next_event() {
-                                            if !ev.has_data {
-                                                continue;
-                                            }
-                                            if let Some(e) =
-                                                error_in_body(&ev.data, this.provider.as_ref())
-                                            {
-                                                this.state.set(State::Done);
-                                                return Poll::Ready(Err(e));
-                                            }
-                                            commit = true;
-                                            break;
-                                        }
-                                    } else if json.len() + data.len() <= *this.max_preread {
-                                        json.extend_from_slice(data);
-                                    }
-                                    if *read > *this.max_preread {
-                                        // Too much without a verdict: stop gating.
-                                        commit = true;
-                                    }
-                                    if *this.mode == Mode::Json {
-                                        if let (Some(d), Some(g)) =
-                                            (*this.idle, this.gate.as_mut().as_pin_mut())
-                                        {
-                                            let next = Instant::now() + d;
-                                            let next = match this.total {
-                                                Some(t) => next.min(*this.started + *t),
-                                                None => next,
-                                            };
-                                            g.reset(next);
-                                        }
-                                    }
-                                }
-                                frames.push_back(frame);
-                                if commit {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    if ended && !commit {
-                        if let Some(sc) = scanner.as_mut() {
-                            // An unterminated trailing event may still say what went wrong.
-                            while let Some(ev) = sc.finish() {
-                                if let Some(e) = ev
-                                    .has_data
-                                    .then(|| error_in_body(&ev.data, this.provider.as_ref()))
-                                    .flatten()
-                                {
-                                    this.state.set(State::Done);
-                                    return Poll::Ready(Err(e));
-                                }
-                            }
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(with_provider(
-                                GatewayError::new(
-                                    ErrorKind::UpstreamProtocol,
-                                    "upstream stream ended before its first event",
-                                ),
-                                this.provider,
-                            )));
-                        }
-                        if *read <= *this.max_preread {
-                            if let Some(e) = error_in_body(json, this.provider.as_ref()) {
-                                this.state.set(State::Done);
-                                return Poll::Ready(Err(e));
-                            }
-                        }
-                        commit = true;
-                    }
-                    if commit {
-                        let Some(parts) = parts.take() else {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(GatewayError::internal(
-                                "timeout future lost its response head",
-                            )));
-                        };
-                        let body = ResponseBody::new(
-                            std::mem::take(frames),
-                            body.take(),
-                            *this.idle,
-                            this.total.map(|d| (*this.started, d)),
-                            this.provider.clone(),
-                            this.target.clone(),
-                        );
-                        this.state.set(State::Done);
-                        return Poll::Ready(Ok(Response::from_parts(parts, Body::new(body))));
-                    }
-                    let is_stream = scanner.is_some();
-                    if let Some(gate) = this.gate.as_mut().as_pin_mut() {
-                        ready!(gate.poll(cx));
-                        this.state.set(State::Done);
-                        let (deadline, ms, msg) = if is_stream {
-                            let (deadline, ms) = gate_ms(*this.first_token, *this.total);
-                            let msg = format!("no first token from the upstream within {ms} ms");
-                            (deadline, ms, msg)
-                        } else {
-                            let total_passed = this
-                                .total
-                                .is_some_and(|t| Instant::now() >= *this.started + t);
-                            let (deadline, d) = match (total_passed, *this.idle) {
-                                (false, Some(idle)) => ("idle", idle),
-                                _ => ("total", this.total.unwrap_or_default()),
+                StateProj::Preread { pre } => {
+                    let out = match pre.read_frames(cx, this.cfg, this.gate.as_mut()) {
+                        Verdict::Commit => pre.commit(this.cfg),
+                        Verdict::Fail(e) => Err(e),
+                        Verdict::Wait => {
+                            let is_stream = pre.scanner.is_some();
+                            let Some(gate) = this.gate.as_mut().as_pin_mut() else {
+                                return Poll::Pending;
                             };
-                            let msg = "upstream body did not complete in time".to_owned();
-                            (deadline, d.as_millis(), msg)
-                        };
-                        return Poll::Ready(Err(super::expired(
-                            this.provider,
-                            this.target,
-                            deadline,
-                            ms,
-                            msg,
-                        )));
-                    }
-                    return Poll::Pending;
+                            ready!(gate.poll(cx));
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(preread_expired(this.cfg, is_stream)));
+                        }
+                    };
+                    this.state.set(State::Done);
+                    return Poll::Ready(out);
                 }
                 StateProj::Failed { error } => {
                     let e = error.take();
