@@ -176,7 +176,7 @@ impl Api {
     pub fn can_stream(self) -> bool {
         matches!(
             self,
-            Api::ChatCompletions | Api::Completions | Api::Messages
+            Api::ChatCompletions | Api::Completions | Api::Messages | Api::Responses
         )
     }
 }

@@ -19,7 +19,7 @@ use tollgate::fallback::FallbackLayer;
 use tollgate::meter::UsageMeterLayer;
 use tollgate::provider::{Provider, mock::MockProvider};
 use tollgate::ratelimit::{Limits, RateLimitLayer};
-use tollgate::request::{Api, ParseLayer, ParsedRequest, parse_body};
+use tollgate::request::{Api, BodyBudgetLayer, ParseLayer, ParsedRequest, parse_body};
 use tollgate::route::{ModelRoute, RouteHandle, RouteLayer, RouteTable};
 use tollgate::stream::StreamPassthroughLayer;
 use tollgate::target::{Attempt, RouteDecision, Target, Timeouts};
@@ -160,6 +160,24 @@ async fn parse() {
             .get::<ParsedRequest>()
             .expect("ParsedRequest");
         assert_eq!(&*p.model, "m");
+    })
+    .await;
+}
+
+/// KeyCheck (in front of Parse: the key from the headers, before the body is read).
+#[tokio::test]
+async fn key_check() {
+    check(AuthLayer::new(keys()).key_check(), parsed, |r| {
+        assert!(r.extensions().get::<ParsedRequest>().is_some());
+    })
+    .await;
+}
+
+/// BodyBudget (the budget of buffered request-body bytes, in front of Parse).
+#[tokio::test]
+async fn body_budget() {
+    check(BodyBudgetLayer::new(1 << 30), parsed, |r| {
+        assert!(r.extensions().get::<ParsedRequest>().is_some());
     })
     .await;
 }
