@@ -11,6 +11,8 @@
 //!
 //! ```text
 //! edge:   CatchPanic · request-id · Trace · ErrorResponse   GatewayError -> OpenAI-shaped JSON
+//!         [KeyCheck]         optional: the key from the headers, before a byte of the body
+//!         [BodyBudget]       optional: one budget of buffered request-body bytes (503 when spent)
 //!         Parse              Incoming -> Request<Full<Bytes>> (capped) + ParsedRequest
 //!         UsageMeter         pure observer: one UsageRecord per request, every outcome
 //!         Auth               virtual key -> KeyIdentity (tenant, allowed models, limits)

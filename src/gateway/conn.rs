@@ -170,14 +170,22 @@ impl ServeOptions {
         self.max_connections - self.slots.available_permits()
     }
 
+    /// hyper's default cap on the headers of an HTTP/1.1 request.
+    const HYPER_MAX_HEADERS: usize = 100;
+
     /// The hyper connection builder these options describe.
     pub(super) fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
-            .max_buf_size(self.max_header_bytes)
-            .max_headers(self.max_headers);
+            .max_buf_size(self.max_header_bytes);
+        // hyper's own limit is 100 headers, kept in a stack array; setting any limit makes it
+        // allocate the array per request (about 1,000 instructions), so only a different
+        // limit is set.
+        if self.max_headers != Self::HYPER_MAX_HEADERS {
+            b.http1().max_headers(self.max_headers);
+        }
         b.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))

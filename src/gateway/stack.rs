@@ -94,50 +94,15 @@ pub(super) fn build(
         crate::config::worst_price(&price_routes.load(), model)
     })?;
     let jsonl = jsonl_file(cfg, jsonl)?;
-    // Records and metric labels name served models only (else `unknown`): bounded cardinality.
-    let known_routes = routes.clone();
-    let mut meter = UsageMeterLayer::new()
-        .prices(prices.clone())
-        .known_models(move |m| known_routes.load().get(m).is_some());
-    if let Some(j) = &jsonl {
-        meter = meter.sink(j.sink.clone());
-    }
-    for s in &fixed.sinks {
-        meter = meter.sink(s.clone());
-    }
-    // One `info` line per request under `tollgate::access`.
-    if cfg.server.access_log.unwrap_or(true) {
-        meter = meter.sink(Arc::new(crate::sink::AccessLog::new()));
-    }
+    let meter = meter_layer(cfg, fixed, &routes, &prices, jsonl.as_ref());
     let auth = match &keys {
         Some(k) => AuthLayer::new(k.clone()),
         None => AuthLayer::disabled(),
     };
-    let body_read_timeout = match cfg.server.body_read_timeout_ms {
-        Some(0) => {
-            return Err(ConfigError::field(
-                &cfg.source,
-                "server.body_read_timeout_ms",
-                "must be greater than 0",
-            ));
-        }
-        Some(ms) => Duration::from_millis(ms),
-        None => DEFAULT_BODY_READ_TIMEOUT,
-    };
     let layers = Layers {
         max_body: cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-        stream: StreamPassthroughLayer::new()
-            .max_event_bytes(
-                cfg.server
-                    .max_sse_event_bytes
-                    .unwrap_or(crate::sse::DEFAULT_MAX_EVENT_BYTES),
-            )
-            .max_usage_tokens(
-                cfg.usage
-                    .max_usage_tokens
-                    .unwrap_or(crate::usage::DEFAULT_MAX_USAGE_TOKENS),
-            ),
-        body_read_timeout,
+        stream: stream_layer(cfg),
+        body_read_timeout: body_read_timeout(cfg)?,
         body_budget: fixed.body_budget.clone(),
         max_upload: cfg
             .server
@@ -162,6 +127,61 @@ pub(super) fn build(
         metrics_on_admin,
         jsonl,
     })
+}
+
+/// The UsageMeter of a generation: prices, the JSON-lines file, the fixed sinks, the access
+/// log. Records and metric labels name served models only (else `unknown`): bounded
+/// cardinality.
+fn meter_layer(
+    cfg: &Config,
+    fixed: &Fixed,
+    routes: &RouteHandle,
+    prices: &PriceHandle,
+    jsonl: Option<&JsonlFile>,
+) -> UsageMeterLayer {
+    let known_routes = routes.clone();
+    let mut meter = UsageMeterLayer::new()
+        .prices(prices.clone())
+        .known_models(move |m| known_routes.load().get(m).is_some());
+    if let Some(j) = jsonl {
+        meter = meter.sink(j.sink.clone());
+    }
+    for s in &fixed.sinks {
+        meter = meter.sink(s.clone());
+    }
+    // One `info` line per request under `tollgate::access`.
+    if cfg.server.access_log.unwrap_or(true) {
+        meter = meter.sink(Arc::new(crate::sink::AccessLog::new()));
+    }
+    meter
+}
+
+/// StreamPassthrough with `[server] max_sse_event_bytes` and `[usage] max_usage_tokens`.
+fn stream_layer(cfg: &Config) -> StreamPassthroughLayer {
+    StreamPassthroughLayer::new()
+        .max_event_bytes(
+            cfg.server
+                .max_sse_event_bytes
+                .unwrap_or(crate::sse::DEFAULT_MAX_EVENT_BYTES),
+        )
+        .max_usage_tokens(
+            cfg.usage
+                .max_usage_tokens
+                .unwrap_or(crate::usage::DEFAULT_MAX_USAGE_TOKENS),
+        )
+}
+
+/// `[server] body_read_timeout_ms` (0 is refused).
+fn body_read_timeout(cfg: &Config) -> Result<Duration, ConfigError> {
+    match cfg.server.body_read_timeout_ms {
+        Some(0) => Err(ConfigError::field(
+            &cfg.source,
+            "server.body_read_timeout_ms",
+            "must be greater than 0",
+        )),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(DEFAULT_BODY_READ_TIMEOUT),
+    }
 }
 
 /// The configured layers of one generation.

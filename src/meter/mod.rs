@@ -88,7 +88,7 @@ use crate::order::{self, Checked};
 use crate::pricing::{PriceDate, PriceHandle};
 use crate::request::ParsedRequest;
 use crate::target::AttemptInfo;
-use crate::usage::{Outcome, Usage, UsageRecord, UsageSource};
+use crate::usage::{Outcome, Price, Units, Usage, UsageRecord, UsageSource};
 
 /// Where usage records go. Implemented for any `Fn(&UsageRecord) + Send + Sync`.
 pub trait RecordSink: Send + Sync + 'static {
@@ -299,6 +299,14 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The cost of `usage` and `units` at `price`, in picodollars; `None` when a unit has no price.
+fn cost_of(price: Price, usage: &Usage, units: &Units) -> Option<u64> {
+    let cost = price
+        .cost_pico(usage)
+        .checked_add(price.units_cost_pico(units)?)?;
+    Some(u64::try_from(cost).unwrap_or(u64::MAX))
+}
+
 /// The reports the inner layers sent up with the response (or the error).
 #[derive(Default)]
 pub(crate) struct Reports {
@@ -312,6 +320,25 @@ pub(crate) struct Reports {
 }
 
 impl Reports {
+    /// Who served: `(provider, upstream model)`; for a failed request, the target of the last
+    /// attempt (`provider/model`).
+    fn who_served(&self) -> (Option<String>, Option<String>) {
+        match self.served.as_ref() {
+            Some(s) => (
+                Some(s.target.provider.name().to_owned()),
+                Some(s.target.upstream_model.to_string()),
+            ),
+            None => match self
+                .attempts()
+                .last()
+                .and_then(|a| a.target.split_once('/'))
+            {
+                Some((p, m)) => (Some(p.to_owned()), Some(m.to_owned())),
+                None => (None, None),
+            },
+        }
+    }
+
     /// The reports on a response's extensions.
     pub(crate) fn of_response(ext: &http::Extensions) -> Reports {
         let key = ext.get::<KeyIdentity>();
@@ -430,24 +457,9 @@ impl Ctx {
         let units = facts.units.unwrap_or_default();
         let cost_pico = match usage_source {
             UsageSource::None => None,
-            _ => price.and_then(|p| {
-                let cost = p
-                    .cost_pico(&usage)
-                    .checked_add(p.units_cost_pico(&units)?)?;
-                Some(u64::try_from(cost).unwrap_or(u64::MAX))
-            }),
+            _ => price.and_then(|p| cost_of(p, &usage, &units)),
         };
-        // Who served; for a failed request, the target of the last attempt (`provider/model`).
-        let (provider, upstream_model) = match served {
-            Some(s) => (
-                Some(s.target.provider.name().to_owned()),
-                Some(s.target.upstream_model.to_string()),
-            ),
-            None => match r.attempts().last().and_then(|a| a.target.split_once('/')) {
-                Some((p, m)) => (Some(p.to_owned()), Some(m.to_owned())),
-                None => (None, None),
-            },
-        };
+        let (provider, upstream_model) = r.who_served();
         let ttft = if self.stream {
             facts.first_event_after
         } else {
