@@ -617,21 +617,17 @@ fn model_name(v: Option<&RawValue>) -> Result<Arc<str>, GatewayError> {
     }
 }
 
-/// Parse a request body for `api` into a [`ParsedRequest`].
-pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> {
-    if api.is_multipart() {
-        return multipart::parse(api, body);
-    }
-    let received_at = Instant::now();
-    let fields = TopLevel::parse(&body)?;
-
-    check_depth(&fields)?;
-    let model = match (api, fields.get("model")) {
+/// The `model` member, or the endpoint's default model where it may be omitted.
+fn request_model(api: Api, fields: &TopLevel<'_>) -> Result<Arc<str>, GatewayError> {
+    Ok(match (api, fields.get("model")) {
         (Api::Moderations, None) => Arc::from(DEFAULT_MODERATION_MODEL),
         (Api::ImageGenerations, None) => Arc::from(DEFAULT_IMAGE_MODEL),
         (_, m) => model_name(m)?,
-    };
+    })
+}
 
+/// `stream` (refused where `api` does not stream) and `stream_options.include_usage`.
+fn stream_flags(api: Api, fields: &TopLevel<'_>) -> Result<(bool, bool), GatewayError> {
     let stream = opt_bool(fields.get("stream"), "stream")?.unwrap_or(false);
     if stream && !api.can_stream() {
         return Err(GatewayError::bad_request(
@@ -660,121 +656,150 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
             ));
         }
     };
-    let max_tokens = match opt_u64(fields.get("max_completion_tokens"), "max_completion_tokens")? {
-        Some(n) => Some(n),
+    Ok((stream, wants_usage))
+}
+
+/// The output-token limit: `max_completion_tokens`, else `max_output_tokens` (Responses) or
+/// `max_tokens`.
+fn max_tokens(api: Api, fields: &TopLevel<'_>) -> Result<Option<u64>, GatewayError> {
+    match opt_u64(fields.get("max_completion_tokens"), "max_completion_tokens")? {
+        Some(n) => Ok(Some(n)),
         None if api == Api::Responses => {
-            opt_u64(fields.get("max_output_tokens"), "max_output_tokens")?
+            opt_u64(fields.get("max_output_tokens"), "max_output_tokens")
         }
-        None => opt_u64(fields.get("max_tokens"), "max_tokens")?,
-    };
-
-    match api {
-        Api::ChatCompletions | Api::Messages | Api::CountTokens => match fields.get("messages") {
-            None => {
-                return Err(GatewayError::bad_request(
-                    "'messages' is a required property",
-                    Some("messages"),
-                ));
-            }
-            Some(v) if !starts_with(v, b'[') => {
-                return Err(GatewayError::bad_request(
-                    "'messages' must be an array",
-                    Some("messages"),
-                ));
-            }
-            Some(v) if v.get()[1..].trim_start().starts_with(']') => {
-                return Err(GatewayError::bad_request(
-                    "'messages' must contain at least one message",
-                    Some("messages"),
-                ));
-            }
-            Some(_) => {}
-        },
-        _ => {}
+        None => opt_u64(fields.get("max_tokens"), "max_tokens"),
     }
-    match api {
+}
+
+/// Chat, Messages and count_tokens need a non-empty `messages` array.
+fn check_messages(api: Api, fields: &TopLevel<'_>) -> Result<(), GatewayError> {
+    if !matches!(api, Api::ChatCompletions | Api::Messages | Api::CountTokens) {
+        return Ok(());
+    }
+    match fields.get("messages") {
+        None => Err(GatewayError::bad_request(
+            "'messages' is a required property",
+            Some("messages"),
+        )),
+        Some(v) if !starts_with(v, b'[') => Err(GatewayError::bad_request(
+            "'messages' must be an array",
+            Some("messages"),
+        )),
+        Some(v) if v.get()[1..].trim_start().starts_with(']') => Err(GatewayError::bad_request(
+            "'messages' must contain at least one message",
+            Some("messages"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The members each endpoint requires besides `model` and `messages`.
+fn check_required(
+    api: Api,
+    fields: &TopLevel<'_>,
+    max_tokens: Option<u64>,
+) -> Result<(), GatewayError> {
+    const INPUT: (&str, &str) = ("'input' is a required property", "input");
+    const PROMPT: (&str, &str) = ("'prompt' is a required property", "prompt");
+    let missing = |k: &str| fields.get(k).is_none_or(is_null);
+    let (msg, param) = match api {
         Api::Messages if max_tokens.is_none() => {
-            return Err(GatewayError::bad_request(
-                "'max_tokens' is a required property",
-                Some("max_tokens"),
-            ));
+            ("'max_tokens' is a required property", "max_tokens")
         }
-        Api::Embeddings if fields.get("input").is_none_or(is_null) => {
-            return Err(GatewayError::bad_request(
-                "'input' is a required property",
-                Some("input"),
-            ));
-        }
+        Api::Embeddings if missing("input") => INPUT,
         Api::Responses
-            if fields.get("input").is_none_or(is_null)
-                && fields.get("previous_response_id").is_none_or(is_null)
-                && fields.get("conversation").is_none_or(is_null)
-                && fields.get("prompt").is_none_or(is_null) =>
+            if missing("input")
+                && missing("previous_response_id")
+                && missing("conversation")
+                && missing("prompt") =>
         {
-            return Err(GatewayError::bad_request(
-                "'input' is a required property",
-                Some("input"),
-            ));
+            INPUT
         }
-        Api::Completions | Api::ImageGenerations if fields.get("prompt").is_none_or(is_null) => {
-            return Err(GatewayError::bad_request(
-                "'prompt' is a required property",
-                Some("prompt"),
-            ));
-        }
-        Api::Moderations | Api::AudioSpeech if fields.get("input").is_none_or(is_null) => {
-            return Err(GatewayError::bad_request(
-                "'input' is a required property",
-                Some("input"),
-            ));
-        }
-        _ => {}
-    }
-    let units = requested_units(api, &fields)?;
+        Api::Completions | Api::ImageGenerations if missing("prompt") => PROMPT,
+        Api::Moderations | Api::AudioSpeech if missing("input") => INPUT,
+        _ => return Ok(()),
+    };
+    Err(GatewayError::bad_request(msg, Some(param)))
+}
 
+/// Whether the request offers tools (a non-empty `tools` or `functions` array).
+fn has_tools(fields: &TopLevel<'_>) -> bool {
     let non_empty_array = |k: &str| {
         fields
             .get(k)
             .is_some_and(|v| starts_with(v, b'[') && !v.get()[1..].trim_start().starts_with(']'))
     };
-    let has_tools = non_empty_array("tools") || non_empty_array("functions");
+    non_empty_array("tools") || non_empty_array("functions")
+}
+
+/// Whether the request's content (by a byte scan) carries an image part.
+fn has_images(api: Api, fields: &TopLevel<'_>) -> bool {
     let (image_key, content_key): (&[u8], &str) = match api {
         _ if api.is_anthropic() => (b"\"image\"", "messages"),
         Api::Responses => (b"\"input_image\"", "input"),
         _ => (b"\"image_url\"", "messages"),
     };
-    let has_images = fields
+    fields
         .get(content_key)
-        .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), image_key).is_some());
+        .is_some_and(|m| memchr::memmem::find(m.get().as_bytes(), image_key).is_some())
+}
+
+/// Whether the request asks for JSON output (by a byte scan of its format member).
+fn json_mode(api: Api, fields: &TopLevel<'_>) -> bool {
     let format_key = match api {
         _ if api.is_anthropic() => "output_config",
         Api::Responses => "text",
         _ => "response_format",
     };
-    let json_mode = fields.get(format_key).is_some_and(|v| {
+    fields.get(format_key).is_some_and(|v| {
         let s = v.get().as_bytes();
         memchr::memmem::find(s, b"json_object").is_some()
             || memchr::memmem::find(s, b"json_schema").is_some()
-    });
-    let fallback_models = match fields.get("models") {
-        None => None,
-        Some(v) if is_null(v) => None,
-        Some(v) => {
-            let list: Vec<String> = serde_json::from_str(v.get()).map_err(|_| {
-                GatewayError::bad_request("'models' must be an array of strings", Some("models"))
-            })?;
-            if let Some(long) = list.iter().find(|m| m.len() > MAX_MODEL_BYTES) {
-                return Err(GatewayError::bad_request(
-                    format!(
-                        "a name in 'models' is too long (at most {MAX_MODEL_BYTES} bytes): {}",
-                        validate::echo(long)
-                    ),
-                    Some("models"),
-                ));
-            }
-            Some(list.into_iter().map(Arc::from).collect())
-        }
+    })
+}
+
+/// The client's own fallback list (`models`), each name at most [`MAX_MODEL_BYTES`].
+fn fallback_models(fields: &TopLevel<'_>) -> Result<Option<Arc<[Arc<str>]>>, GatewayError> {
+    let v = match fields.get("models") {
+        None => return Ok(None),
+        Some(v) if is_null(v) => return Ok(None),
+        Some(v) => v,
     };
+    let list: Vec<String> = serde_json::from_str(v.get()).map_err(|_| {
+        GatewayError::bad_request("'models' must be an array of strings", Some("models"))
+    })?;
+    if let Some(long) = list.iter().find(|m| m.len() > MAX_MODEL_BYTES) {
+        return Err(GatewayError::bad_request(
+            format!(
+                "a name in 'models' is too long (at most {MAX_MODEL_BYTES} bytes): {}",
+                validate::echo(long)
+            ),
+            Some("models"),
+        ));
+    }
+    Ok(Some(list.into_iter().map(Arc::from).collect()))
+}
+
+/// Parse a request body for `api` into a [`ParsedRequest`].
+pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> {
+    if api.is_multipart() {
+        return multipart::parse(api, body);
+    }
+    let received_at = Instant::now();
+    let fields = TopLevel::parse(&body)?;
+
+    check_depth(&fields)?;
+    let model = request_model(api, &fields)?;
+    let (stream, wants_usage) = stream_flags(api, &fields)?;
+    let max_tokens = max_tokens(api, &fields)?;
+    check_messages(api, &fields)?;
+    check_required(api, &fields, max_tokens)?;
+    let units = requested_units(api, &fields)?;
+
+    let has_tools = has_tools(&fields);
+    let has_images = has_images(api, &fields);
+    let json_mode = json_mode(api, &fields);
+    let fallback_models = fallback_models(&fields)?;
     let base64_embeddings = api == Api::Embeddings
         && fields
             .get("encoding_format")

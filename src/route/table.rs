@@ -485,27 +485,10 @@ impl RouteTable {
         input: RouteInput<'_>,
     ) -> Result<RouteDecision, GatewayError> {
         let headers = input.headers;
-        let header = |name: &str| {
-            headers
-                .and_then(|h| h.get(name))
-                .and_then(|v| v.to_str().ok())
-        };
-
-        let mut route = self.lookup(&parsed.model)?;
-        if !self.rules.is_empty() {
-            let tag = header(TAG_HEADER);
-            if let Some(rule) = self.rules.iter().find(|r| {
-                r.models.as_ref().is_none_or(|ms| {
-                    ms.iter()
-                        .any(|m| self.get(m).is_some_and(|x| Arc::ptr_eq(x, route)))
-                }) && r.when.matches(parsed, tag)
-            }) {
-                route = self.lookup(&rule.route_to)?;
-            }
-        }
+        let route = self.resolve(parsed, headers)?;
 
         let sticky_key = if route.sticky {
-            header(STICKY_HEADER).or(input.key_id)
+            header_str(headers, STICKY_HEADER).or(input.key_id)
         } else {
             None
         };
@@ -514,77 +497,13 @@ impl RouteTable {
             None => splitmix64(self.counter.fetch_add(1, Ordering::Relaxed)),
         };
         let variant = route.pick_variant(point);
-        let mut targets = self.order(route, variant, parsed, point)?;
+        let targets = self.order(route, variant, parsed, point)?;
 
         // Per-request controls.
-        let mut allow_fallback = route.fallback;
-        if let Some(v) = header(FALLBACK_HEADER) {
-            let off = match v.trim().to_ascii_lowercase().as_str() {
-                "off" | "false" | "0" | "none" | "no" => true,
-                "on" | "true" | "1" | "yes" => false,
-                _ => {
-                    return Err(GatewayError::bad_request(
-                        format!("{FALLBACK_HEADER} must be `on` or `off`"),
-                        None,
-                    ));
-                }
-            };
-            if off {
-                match self.policy.client_fallback_off {
-                    ClientControl::Allow => allow_fallback = false,
-                    ClientControl::Ignore => {}
-                    ClientControl::Reject => {
-                        return Err(GatewayError::bad_request(
-                            format!("{FALLBACK_HEADER} is not allowed by this gateway"),
-                            None,
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(extra) = parsed.fallback_models.as_deref().filter(|l| !l.is_empty()) {
-            match self.policy.client_fallback_list {
-                ClientControl::Allow => {
-                    let mut list: Vec<Arc<Target>> = targets.to_vec();
-                    for name in extra {
-                        let r = self.lookup(name)?;
-                        let v = r.pick_variant(point);
-                        for t in self.order(r, v, parsed, point)?.iter() {
-                            if !list.iter().any(|x| Arc::ptr_eq(x, t) || x.id == t.id) {
-                                list.push(t.clone());
-                            }
-                        }
-                    }
-                    targets = list.into();
-                }
-                ClientControl::Ignore => {}
-                ClientControl::Reject => {
-                    return Err(GatewayError::bad_request(
-                        "a client fallback list (`models`) is not allowed by this gateway",
-                        Some("models"),
-                    ));
-                }
-            }
-        }
+        let allow_fallback = self.allow_fallback(route, headers)?;
+        let targets = self.client_fallbacks(targets, parsed, point)?;
         let priced = within_max_price(route, targets, headers, input.key_max_price, parsed)?;
-        let client_timeouts = match self.policy.client_timeouts {
-            ClientControl::Ignore => Timeouts::NONE,
-            policy => {
-                let t = Timeouts {
-                    connect: None,
-                    first_token: header_ms(headers, FIRST_TOKEN_TIMEOUT_HEADER)?,
-                    idle: header_ms(headers, IDLE_TIMEOUT_HEADER)?,
-                    total: header_ms(headers, TIMEOUT_HEADER)?,
-                };
-                if policy == ClientControl::Reject && !t.is_none() {
-                    return Err(GatewayError::bad_request(
-                        "client deadlines are not allowed by this gateway",
-                        None,
-                    ));
-                }
-                t
-            }
-        };
+        let client_timeouts = self.client_timeouts(headers)?;
 
         Ok(RouteDecision {
             model: route.name.clone(),
@@ -595,6 +514,115 @@ impl RouteTable {
             max_price: priced.limit,
             over_max_price: priced.over,
         })
+    }
+
+    /// The route of the requested model or alias, redirected by the first matching rule.
+    fn resolve(
+        &self,
+        parsed: &ParsedRequest,
+        headers: Option<&HeaderMap>,
+    ) -> Result<&Arc<ModelRoute>, GatewayError> {
+        let route = self.lookup(&parsed.model)?;
+        if self.rules.is_empty() {
+            return Ok(route);
+        }
+        let tag = header_str(headers, TAG_HEADER);
+        match self.rules.iter().find(|r| {
+            r.models.as_ref().is_none_or(|ms| {
+                ms.iter()
+                    .any(|m| self.get(m).is_some_and(|x| Arc::ptr_eq(x, route)))
+            }) && r.when.matches(parsed, tag)
+        }) {
+            Some(rule) => self.lookup(&rule.route_to),
+            None => Ok(route),
+        }
+    }
+
+    /// Whether fallback stays on: the route's setting, unless the client turns it off (as the
+    /// policy allows).
+    fn allow_fallback(
+        &self,
+        route: &ModelRoute,
+        headers: Option<&HeaderMap>,
+    ) -> Result<bool, GatewayError> {
+        let Some(v) = header_str(headers, FALLBACK_HEADER) else {
+            return Ok(route.fallback);
+        };
+        let off = match v.trim().to_ascii_lowercase().as_str() {
+            "off" | "false" | "0" | "none" | "no" => true,
+            "on" | "true" | "1" | "yes" => false,
+            _ => {
+                return Err(GatewayError::bad_request(
+                    format!("{FALLBACK_HEADER} must be `on` or `off`"),
+                    None,
+                ));
+            }
+        };
+        if !off {
+            return Ok(route.fallback);
+        }
+        match self.policy.client_fallback_off {
+            ClientControl::Allow => Ok(false),
+            ClientControl::Ignore => Ok(route.fallback),
+            ClientControl::Reject => Err(GatewayError::bad_request(
+                format!("{FALLBACK_HEADER} is not allowed by this gateway"),
+                None,
+            )),
+        }
+    }
+
+    /// `targets` followed by those of the client's own fallback models (`models`), each
+    /// target once, as the policy allows.
+    fn client_fallbacks(
+        &self,
+        targets: Arc<[Arc<Target>]>,
+        parsed: &ParsedRequest,
+        point: u64,
+    ) -> Result<Arc<[Arc<Target>]>, GatewayError> {
+        let Some(extra) = parsed.fallback_models.as_deref().filter(|l| !l.is_empty()) else {
+            return Ok(targets);
+        };
+        match self.policy.client_fallback_list {
+            ClientControl::Allow => {
+                let mut list: Vec<Arc<Target>> = targets.to_vec();
+                for name in extra {
+                    let r = self.lookup(name)?;
+                    let v = r.pick_variant(point);
+                    for t in self.order(r, v, parsed, point)?.iter() {
+                        if !list.iter().any(|x| Arc::ptr_eq(x, t) || x.id == t.id) {
+                            list.push(t.clone());
+                        }
+                    }
+                }
+                Ok(list.into())
+            }
+            ClientControl::Ignore => Ok(targets),
+            ClientControl::Reject => Err(GatewayError::bad_request(
+                "a client fallback list (`models`) is not allowed by this gateway",
+                Some("models"),
+            )),
+        }
+    }
+
+    /// The client's deadline headers, as the policy allows.
+    fn client_timeouts(&self, headers: Option<&HeaderMap>) -> Result<Timeouts, GatewayError> {
+        let policy = self.policy.client_timeouts;
+        if policy == ClientControl::Ignore {
+            return Ok(Timeouts::NONE);
+        }
+        let t = Timeouts {
+            connect: None,
+            first_token: header_ms(headers, FIRST_TOKEN_TIMEOUT_HEADER)?,
+            idle: header_ms(headers, IDLE_TIMEOUT_HEADER)?,
+            total: header_ms(headers, TIMEOUT_HEADER)?,
+        };
+        if policy == ClientControl::Reject && !t.is_none() {
+            return Err(GatewayError::bad_request(
+                "client deadlines are not allowed by this gateway",
+                None,
+            ));
+        }
+        Ok(t)
     }
 
     /// Order (and for capability-checked routes, filter) a variant's targets for `parsed`.
@@ -844,6 +872,13 @@ fn needs(p: &ParsedRequest) -> String {
         p.max_tokens.unwrap_or(0)
     ));
     v.join(", ")
+}
+
+/// The value of header `name`, when sent and visible ASCII.
+fn header_str<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers
+        .and_then(|h| h.get(name))
+        .and_then(|v| v.to_str().ok())
 }
 
 fn header_ms(

@@ -183,19 +183,106 @@ fn user_part(p: &Value, param: String) -> Result<Option<Value>, GatewayError> {
     }
 }
 
-/// Translate an OpenAI chat request body into a Gemini `generateContent` body (the model goes
-/// in the path: [`gemini_path`]). See the module docs for the field rules.
-pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
-    let (req, messages) = super::chat_request(body, PROVIDER)?;
+/// A Gemini turn: its role and parts.
+type Turn = (&'static str, Vec<Value>);
 
+/// The parts of a `user` message.
+fn user_parts(content: &Value, param: String) -> Result<Vec<Value>, GatewayError> {
+    Ok(match content {
+        Value::String(s) if s.is_empty() => Vec::new(),
+        Value::String(s) => vec![json!({"text": s})],
+        Value::Array(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (j, p) in list.iter().enumerate() {
+                if let Some(x) = user_part(p, format!("{param}[{j}]"))? {
+                    out.push(x);
+                }
+            }
+            out
+        }
+        _ => return Err(bad("content must be a string or an array", param)),
+    })
+}
+
+/// One assistant `tool_calls[]` entry as a `functionCall` part (remembering its name by id).
+fn function_call(
+    c: &Value,
+    p: String,
+    call_names: &mut HashMap<String, String>,
+) -> Result<Value, GatewayError> {
+    let f = c
+        .get("function")
+        .ok_or_else(|| bad("only function tool calls are supported", p.clone()))?;
+    let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+    let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
+    let args: Value = if args.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(args)
+            .map_err(|_| bad("function.arguments is not valid JSON", p.clone()))?
+    };
+    if !args.is_object() {
+        return Err(bad("function.arguments must be a JSON object", p));
+    }
+    if let Some(id) = c.get("id").and_then(Value::as_str) {
+        call_names.insert(id.to_owned(), name.to_owned());
+    }
+    Ok(json!({"functionCall": {"name": name, "args": args}}))
+}
+
+/// The parts of an `assistant` message (`i`): its texts, then its function calls.
+fn assistant_parts(
+    i: usize,
+    m: &Value,
+    content: &Value,
+    param: &str,
+    call_names: &mut HashMap<String, String>,
+) -> Result<Vec<Value>, GatewayError> {
+    let mut parts: Vec<Value> = texts(content, param)?
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .map(|t| json!({"text": t}))
+        .collect();
+    if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+        for (j, c) in calls.iter().enumerate() {
+            let p = format!("messages[{i}].tool_calls[{j}]");
+            parts.push(function_call(c, p, call_names)?);
+        }
+    }
+    Ok(parts)
+}
+
+/// The parts of a `tool` message (`i`): one `functionResponse` named after the call it answers.
+fn tool_parts(
+    i: usize,
+    m: &Value,
+    content: &Value,
+    param: &str,
+    call_names: &HashMap<String, String>,
+) -> Result<Vec<Value>, GatewayError> {
+    let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+    let name = call_names.get(id).ok_or_else(|| {
+        bad(
+            "tool_call_id does not match any earlier assistant tool call",
+            format!("messages[{i}].tool_call_id"),
+        )
+    })?;
+    let text = texts(content, param)?.concat();
+    Ok(vec![
+        json!({"functionResponse": {"name": name, "response": {"content": text}}}),
+    ])
+}
+
+/// The Gemini turns (consecutive same-role turns merged) and the system parts of `messages`.
+fn gemini_contents(messages: &[Value]) -> Result<(Vec<Turn>, Vec<Value>), GatewayError> {
     let mut system: Vec<Value> = Vec::new();
-    let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut contents: Vec<Turn> = Vec::new();
     let mut call_names: HashMap<String, String> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let content = m.get("content").unwrap_or(&Value::Null);
         let param = format!("messages[{i}].content");
-        let (role, parts): (&'static str, Vec<Value>) = match role {
+        let (role, parts): Turn = match role {
             "system" | "developer" => {
                 for t in texts(content, &param)? {
                     if !t.is_empty() {
@@ -204,71 +291,12 @@ pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
                 }
                 continue;
             }
-            "user" => {
-                let parts = match content {
-                    Value::String(s) if s.is_empty() => Vec::new(),
-                    Value::String(s) => vec![json!({"text": s})],
-                    Value::Array(list) => {
-                        let mut out = Vec::with_capacity(list.len());
-                        for (j, p) in list.iter().enumerate() {
-                            if let Some(x) = user_part(p, format!("{param}[{j}]"))? {
-                                out.push(x);
-                            }
-                        }
-                        out
-                    }
-                    _ => return Err(bad("content must be a string or an array", param)),
-                };
-                ("user", parts)
-            }
-            "assistant" => {
-                let mut parts: Vec<Value> = texts(content, &param)?
-                    .into_iter()
-                    .filter(|t| !t.is_empty())
-                    .map(|t| json!({"text": t}))
-                    .collect();
-                if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-                    for (j, c) in calls.iter().enumerate() {
-                        let p = format!("messages[{i}].tool_calls[{j}]");
-                        let f = c.get("function").ok_or_else(|| {
-                            bad("only function tool calls are supported", p.clone())
-                        })?;
-                        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
-                        let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
-                        let args: Value = if args.trim().is_empty() {
-                            json!({})
-                        } else {
-                            serde_json::from_str(args).map_err(|_| {
-                                bad("function.arguments is not valid JSON", p.clone())
-                            })?
-                        };
-                        if !args.is_object() {
-                            return Err(bad("function.arguments must be a JSON object", p));
-                        }
-                        if let Some(id) = c.get("id").and_then(Value::as_str) {
-                            call_names.insert(id.to_owned(), name.to_owned());
-                        }
-                        parts.push(json!({"functionCall": {"name": name, "args": args}}));
-                    }
-                }
-                ("model", parts)
-            }
-            "tool" => {
-                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
-                let name = call_names.get(id).ok_or_else(|| {
-                    bad(
-                        "tool_call_id does not match any earlier assistant tool call",
-                        format!("messages[{i}].tool_call_id"),
-                    )
-                })?;
-                let text = texts(content, &param)?.concat();
-                (
-                    "user",
-                    vec![
-                        json!({"functionResponse": {"name": name, "response": {"content": text}}}),
-                    ],
-                )
-            }
+            "user" => ("user", user_parts(content, param)?),
+            "assistant" => (
+                "model",
+                assistant_parts(i, m, content, &param, &mut call_names)?,
+            ),
+            "tool" => ("user", tool_parts(i, m, content, &param, &call_names)?),
             "function" => return Err(unsupported("functions")),
             other => {
                 return Err(bad(
@@ -285,35 +313,29 @@ pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
             _ => contents.push((role, parts)),
         }
     }
+    Ok((contents, system))
+}
 
-    let mut out = Map::new();
-    out.insert(
-        "contents".into(),
-        Value::Array(
-            contents
-                .into_iter()
-                .map(|(role, parts)| json!({"role": role, "parts": parts}))
-                .collect(),
-        ),
-    );
-    if !system.is_empty() {
-        out.insert("systemInstruction".into(), json!({"parts": system}));
+/// The `tools` member: the request's function tools as `functionDeclarations`.
+fn gemini_tools(req: &Map<String, Value>) -> Result<Option<Value>, GatewayError> {
+    let functions = super::function_tools(req, "Gemini")?;
+    if functions.is_empty() {
+        return Ok(None);
     }
-
-    // Tools.
-    let functions = super::function_tools(&req, "Gemini")?;
-    if !functions.is_empty() {
-        let mut decls = Vec::with_capacity(functions.len());
-        for f in functions {
-            let mut d = super::named_tool(f);
-            if let Some(x) = f.get("parameters").filter(|v| !v.is_null()) {
-                d.insert("parametersJsonSchema".into(), x.clone());
-            }
-            decls.push(Value::Object(d));
+    let mut decls = Vec::with_capacity(functions.len());
+    for f in functions {
+        let mut d = super::named_tool(f);
+        if let Some(x) = f.get("parameters").filter(|v| !v.is_null()) {
+            d.insert("parametersJsonSchema".into(), x.clone());
         }
-        out.insert("tools".into(), json!([{"functionDeclarations": decls}]));
+        decls.push(Value::Object(d));
     }
-    let fcc = match req.get("tool_choice") {
+    Ok(Some(json!([{"functionDeclarations": decls}])))
+}
+
+/// `tool_choice` → `toolConfig.functionCallingConfig`.
+fn function_calling_config(req: &Map<String, Value>) -> Result<Option<Value>, GatewayError> {
+    Ok(match req.get("tool_choice") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(match s.as_str() {
             "auto" => json!({"mode": "AUTO"}),
@@ -339,12 +361,29 @@ pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
                 ));
             }
         },
-    };
-    if let Some(f) = fcc {
-        out.insert("toolConfig".into(), json!({"functionCallingConfig": f}));
-    }
+    })
+}
 
-    // Generation config.
+/// `response_format` → `responseMimeType` (and `responseJsonSchema`) in `gc`.
+fn response_format(rf: &Value, gc: &mut Map<String, Value>) -> Result<(), GatewayError> {
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => {}
+        Some("json_object") => {
+            gc.insert("responseMimeType".into(), Value::from("application/json"));
+        }
+        Some("json_schema") => {
+            gc.insert("responseMimeType".into(), Value::from("application/json"));
+            if let Some(s) = rf.get("json_schema").and_then(|j| j.get("schema")) {
+                gc.insert("responseJsonSchema".into(), s.clone());
+            }
+        }
+        _ => return Err(unsupported("response_format")),
+    }
+    Ok(())
+}
+
+/// The `generationConfig` member (empty when the request sets none of its fields).
+fn generation_config(req: &Map<String, Value>) -> Result<Map<String, Value>, GatewayError> {
     let mut gc = Map::new();
     let mut copy = |from: &str, to: &str| {
         if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
@@ -375,19 +414,7 @@ pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
         _ => {}
     }
     if let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) {
-        match rf.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some("json_object") => {
-                gc.insert("responseMimeType".into(), Value::from("application/json"));
-            }
-            Some("json_schema") => {
-                gc.insert("responseMimeType".into(), Value::from("application/json"));
-                if let Some(s) = rf.get("json_schema").and_then(|j| j.get("schema")) {
-                    gc.insert("responseJsonSchema".into(), s.clone());
-                }
-            }
-            _ => return Err(unsupported("response_format")),
-        }
+        response_format(rf, &mut gc)?;
     }
     if let Some(effort) = req.get("reasoning_effort").and_then(Value::as_str) {
         let budget = match effort {
@@ -399,6 +426,35 @@ pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
         };
         gc.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
     }
+    Ok(gc)
+}
+
+/// Translate an OpenAI chat request body into a Gemini `generateContent` body (the model goes
+/// in the path: [`gemini_path`]). See the module docs for the field rules.
+pub fn request_to_gemini(body: &[u8]) -> Result<Bytes, GatewayError> {
+    let (req, messages) = super::chat_request(body, PROVIDER)?;
+    let (contents, system) = gemini_contents(&messages)?;
+
+    let mut out = Map::new();
+    out.insert(
+        "contents".into(),
+        Value::Array(
+            contents
+                .into_iter()
+                .map(|(role, parts)| json!({"role": role, "parts": parts}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        out.insert("systemInstruction".into(), json!({"parts": system}));
+    }
+    if let Some(tools) = gemini_tools(&req)? {
+        out.insert("tools".into(), tools);
+    }
+    if let Some(f) = function_calling_config(&req)? {
+        out.insert("toolConfig".into(), json!({"functionCallingConfig": f}));
+    }
+    let gc = generation_config(&req)?;
     if !gc.is_empty() {
         out.insert("generationConfig".into(), Value::Object(gc));
     }
@@ -864,19 +920,99 @@ impl GeminiStream {
         out.extend_from_slice(chunk_suffix(self.include_usage));
     }
 
+    /// The first chunk names the stream: its id and model go into every chunk's prefix.
+    fn start(&mut self, r: &WireResponse) {
+        self.rid = r.response_id.clone().unwrap_or_else(random_id);
+        let model = model_of(r, &self.model);
+        self.prefix = Some(chunk_prefix(
+            &format!("chatcmpl-{}", self.rid),
+            self.created,
+            &model,
+        ));
+    }
+
+    /// Open choice `idx` (state slot `i`) with the assistant role, once.
+    fn open(&mut self, out: &mut BytesMut, i: usize, idx: u32) {
+        if !self.cands[i].started {
+            self.cands[i].started = true;
+            self.choice(
+                out,
+                idx,
+                &[b"{\"role\":\"assistant\",\"content\":\"\"}"],
+                None,
+            );
+        }
+    }
+
+    /// A `functionCall` part of choice `idx` (state slot `i`) as a `tool_calls` delta.
+    fn function_call(&mut self, out: &mut BytesMut, i: usize, idx: u32, fc: &Value) {
+        let k = self.cands[i].next_tool;
+        self.cands[i].next_tool += 1;
+        self.cands[i].called = true;
+        let id = match fc.get("id").and_then(Value::as_str) {
+            Some(id) => id.to_owned(),
+            None => format!("call_{}_{}", self.rid, self.calls),
+        };
+        self.calls += 1;
+        let name = fc.get("name").and_then(Value::as_str).unwrap_or("");
+        let args = fc
+            .get("args")
+            .map(Value::to_string)
+            .unwrap_or_else(|| "{}".to_owned());
+        let mut buf = BytesMut::with_capacity(64 + args.len());
+        buf.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+        write_u64(&mut buf, u64::from(k));
+        buf.extend_from_slice(b",\"id\":");
+        write_json_str(&mut buf, &id);
+        buf.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+        write_json_str(&mut buf, name);
+        buf.extend_from_slice(b",\"arguments\":");
+        write_json_str(&mut buf, &args);
+        buf.extend_from_slice(b"}}]}");
+        self.choice(out, idx, &[&buf], None);
+    }
+
+    /// One candidate (at position `pos` of its chunk): open, its text and function-call
+    /// deltas (thoughts skipped), and its finish, once.
+    fn candidate(&mut self, out: &mut BytesMut, pos: usize, c: &WireCandidate) {
+        let idx = c.index.unwrap_or(pos as u32);
+        let i = idx as usize;
+        if self.cands.len() <= i {
+            self.cands.resize(i + 1, CandState::default());
+        }
+        self.open(out, i, idx);
+        let parts = c.content.as_ref().map(|c| &c.parts[..]).unwrap_or(&[]);
+        for p in parts {
+            if p.get("thought").and_then(Value::as_bool) == Some(true) {
+                continue;
+            }
+            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                if t.is_empty() {
+                    continue;
+                }
+                let mut lit = BytesMut::with_capacity(t.len() + 2);
+                write_json_str(&mut lit, t);
+                self.choice(out, idx, &[b"{\"content\":", &lit, b"}"], None);
+            } else if let Some(fc) = p.get("functionCall") {
+                self.function_call(out, i, idx, fc);
+            }
+        }
+        if let Some(reason) = c.finish_reason.as_deref() {
+            if !self.cands[i].finished {
+                self.cands[i].finished = true;
+                let f = finish_reason(reason, self.cands[i].called);
+                self.choice(out, idx, &[b"{}"], Some(f));
+            }
+        }
+    }
+
     fn chunk(&mut self, r: WireResponse, out: &mut BytesMut) -> Flow {
         if let Some(err) = &r.error {
             let err = err.clone();
             return self.error_event(out, &err);
         }
         if self.prefix.is_none() {
-            self.rid = r.response_id.clone().unwrap_or_else(random_id);
-            let model = model_of(&r, &self.model);
-            self.prefix = Some(chunk_prefix(
-                &format!("chatcmpl-{}", self.rid),
-                self.created,
-                &model,
-            ));
+            self.start(&r);
         }
         if let Some(u) = &r.usage_metadata {
             self.usage = Some(u.usage());
@@ -887,82 +1023,16 @@ impl GeminiStream {
                 .and_then(|f| f.get("blockReason"))
                 .is_some()
         {
+            // A blocked prompt: choice 0 ends with `content_filter`.
             if self.cands.is_empty() {
                 self.cands.push(CandState::default());
             }
-            if !self.cands[0].started {
-                self.cands[0].started = true;
-                self.choice(
-                    out,
-                    0,
-                    &[b"{\"role\":\"assistant\",\"content\":\"\"}"],
-                    None,
-                );
-            }
+            self.open(out, 0, 0);
             self.cands[0].finished = true;
             self.choice(out, 0, &[b"{}"], Some("content_filter"));
         }
         for (pos, c) in r.candidates.iter().enumerate() {
-            let idx = c.index.unwrap_or(pos as u32);
-            let i = idx as usize;
-            if self.cands.len() <= i {
-                self.cands.resize(i + 1, CandState::default());
-            }
-            if !self.cands[i].started {
-                self.cands[i].started = true;
-                self.choice(
-                    out,
-                    idx,
-                    &[b"{\"role\":\"assistant\",\"content\":\"\"}"],
-                    None,
-                );
-            }
-            let parts = c.content.as_ref().map(|c| &c.parts[..]).unwrap_or(&[]);
-            for p in parts {
-                if p.get("thought").and_then(Value::as_bool) == Some(true) {
-                    continue;
-                }
-                if let Some(t) = p.get("text").and_then(Value::as_str) {
-                    if t.is_empty() {
-                        continue;
-                    }
-                    let mut lit = BytesMut::with_capacity(t.len() + 2);
-                    write_json_str(&mut lit, t);
-                    self.choice(out, idx, &[b"{\"content\":", &lit, b"}"], None);
-                } else if let Some(fc) = p.get("functionCall") {
-                    let k = self.cands[i].next_tool;
-                    self.cands[i].next_tool += 1;
-                    self.cands[i].called = true;
-                    let id = match fc.get("id").and_then(Value::as_str) {
-                        Some(id) => id.to_owned(),
-                        None => format!("call_{}_{}", self.rid, self.calls),
-                    };
-                    self.calls += 1;
-                    let name = fc.get("name").and_then(Value::as_str).unwrap_or("");
-                    let args = fc
-                        .get("args")
-                        .map(Value::to_string)
-                        .unwrap_or_else(|| "{}".to_owned());
-                    let mut buf = BytesMut::with_capacity(64 + args.len());
-                    buf.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
-                    write_u64(&mut buf, u64::from(k));
-                    buf.extend_from_slice(b",\"id\":");
-                    write_json_str(&mut buf, &id);
-                    buf.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
-                    write_json_str(&mut buf, name);
-                    buf.extend_from_slice(b",\"arguments\":");
-                    write_json_str(&mut buf, &args);
-                    buf.extend_from_slice(b"}}]}");
-                    self.choice(out, idx, &[&buf], None);
-                }
-            }
-            if let Some(reason) = c.finish_reason.as_deref() {
-                if !self.cands[i].finished {
-                    self.cands[i].finished = true;
-                    let f = finish_reason(reason, self.cands[i].called);
-                    self.choice(out, idx, &[b"{}"], Some(f));
-                }
-            }
+            self.candidate(out, pos, c);
         }
         Flow::Continue
     }
