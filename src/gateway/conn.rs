@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::Service;
 
 use crate::config::{Config, ConfigError};
 
@@ -320,59 +318,15 @@ fn refused_log() {
     }
 }
 
-/// Requests of one connection in flight (from the call until the response head).
+/// Requests of one connection in hand (from the call until the response body is dropped):
+/// the idle clock does not run while one is, so a long silent stream is not cut as idle.
 #[derive(Debug, Clone, Default)]
 pub(super) struct InFlight(Arc<AtomicUsize>);
 
-/// The service of one connection: counts its requests in flight for the idle clock.
-#[derive(Debug, Clone)]
-pub(super) struct Counted<S> {
-    pub(super) inner: S,
-    pub(super) in_flight: InFlight,
-}
-
-impl<S, R> Service<R> for Counted<S>
-where
-    S: Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = CountedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: R) -> Self::Future {
-        self.in_flight.0.fetch_add(1, Ordering::Relaxed);
-        CountedFuture {
-            fut: self.inner.call(req),
-            _guard: Guard(self.in_flight.0.clone()),
-        }
-    }
-}
-
-struct Guard(Arc<AtomicUsize>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pin_project! {
-    /// Future of [`Counted`]: the count drops when it completes or is dropped.
-    pub(super) struct CountedFuture<F> {
-        #[pin]
-        fut: F,
-        _guard: Guard,
-    }
-}
-
-impl<F: Future> Future for CountedFuture<F> {
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.project().fut.poll(cx)
+impl InFlight {
+    /// The shared count, for the service wrapper that keeps it.
+    pub(super) fn counter(&self) -> Arc<AtomicUsize> {
+        self.0.clone()
     }
 }
 

@@ -19,7 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::Service;
 
-use super::conn::{Counted, IdleIo, InFlight, LogLimit, ServeOptions, accept_failed};
+use super::conn::{IdleIo, InFlight, LogLimit, ServeOptions, accept_failed};
 use crate::body::{Body, BoxError};
 use crate::ext::{DrainControl, DrainPhase, DrainWait};
 
@@ -214,11 +214,12 @@ pub async fn serve_with<S>(
                 };
                 let Some(slot) = opts.admit(&stream) else { continue };
                 let _ = stream.set_nodelay(true);
+                // One count of the requests in hand: the idle clock and the shutdown read it.
                 let in_flight = InFlight::default();
-                let io = IdleIo::new(stream, opts.idle_timeout_value(), in_flight.clone());
-                let in_hand = Arc::new(AtomicUsize::new(0));
+                let in_hand = in_flight.counter();
+                let io = IdleIo::new(stream, opts.idle_timeout_value(), in_flight);
                 let tracked = Tracked { inner: service.clone(), in_hand: in_hand.clone() };
-                let svc = TowerToHyperService::new(Counted { inner: tracked, in_flight });
+                let svc = TowerToHyperService::new(tracked);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                 let conn = graceful.watch(conn.into_owned());
                 let stopping = drain.drain().wait(DrainPhase::Stopping);
