@@ -199,103 +199,43 @@ pub fn request_to_anthropic(
     let mut out = Map::new();
     out.insert("model".into(), Value::from(upstream_model));
 
+    let (system, turns) = collect_turns(&messages)?;
+    let msgs = turns_to_messages(turns);
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert("messages".into(), Value::Array(msgs));
+
+    // max_tokens
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| req.get("max_tokens").and_then(Value::as_u64))
+        .unwrap_or(opts.default_max_tokens);
+    out.insert("max_tokens".into(), Value::from(max_tokens));
+
+    sampling_to_anthropic(&req, &mut out)?;
+    tools_to_anthropic(&req, &mut out)?;
+    tool_choice_to_anthropic(&req, &mut out)?;
+    response_format_to_anthropic(&req, &mut out)?;
+    reasoning_to_anthropic(&req, max_tokens, &mut out)?;
+
+    serde_json::to_vec(&Value::Object(out))
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the Anthropic request: {e}")))
+}
+
+/// One Anthropic turn: its role and content blocks.
+type Turn = (&'static str, Vec<Value>);
+
+/// The OpenAI messages → the `system` text blocks and the role turns (consecutive messages of
+/// one role merged, empty ones dropped).
+fn collect_turns(messages: &[Value]) -> Result<(Vec<Value>, Vec<Turn>), GatewayError> {
     let mut system: Vec<Value> = Vec::new();
-    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut turns: Vec<Turn> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let param = format!("messages[{i}].content");
-        let (role, blocks): (&'static str, Vec<Value>) = match role {
-            "system" | "developer" => {
-                for t in text_of(content, &param)? {
-                    if !t.is_empty() {
-                        system.push(text_block(t));
-                    }
-                }
-                continue;
-            }
-            "user" => {
-                let blocks = match content {
-                    Value::String(s) if s.is_empty() => Vec::new(),
-                    Value::String(s) => vec![text_block(s.clone())],
-                    Value::Array(parts) => {
-                        let mut b = Vec::with_capacity(parts.len());
-                        for (j, p) in parts.iter().enumerate() {
-                            if let Some(x) = user_part(p, format!("{param}[{j}]"))? {
-                                b.push(x);
-                            }
-                        }
-                        b
-                    }
-                    _ => return Err(bad("content must be a string or an array", param)),
-                };
-                ("user", blocks)
-            }
-            "assistant" => {
-                let mut blocks: Vec<Value> = text_of(content, &param)?
-                    .into_iter()
-                    .filter(|t| !t.is_empty())
-                    .map(text_block)
-                    .collect();
-                if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-                    for (j, c) in calls.iter().enumerate() {
-                        let p = format!("messages[{i}].tool_calls[{j}]");
-                        let f = c.get("function").ok_or_else(|| {
-                            bad("only function tool calls are supported", p.clone())
-                        })?;
-                        let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
-                        let input: Value = if args.trim().is_empty() {
-                            json!({})
-                        } else {
-                            serde_json::from_str(args).map_err(|_| {
-                                bad("function.arguments is not valid JSON", p.clone())
-                            })?
-                        };
-                        if !input.is_object() {
-                            return Err(bad("function.arguments must be a JSON object", p));
-                        }
-                        blocks.push(json!({
-                            "type": "tool_use",
-                            "id": c.get("id").cloned().unwrap_or(Value::Null),
-                            "name": f.get("name").cloned().unwrap_or(Value::Null),
-                            "input": input,
-                        }));
-                    }
-                }
-                ("assistant", blocks)
-            }
-            "tool" => {
-                let id = m.get("tool_call_id").cloned().ok_or_else(|| {
-                    bad(
-                        "tool_call_id is required",
-                        format!("messages[{i}].tool_call_id"),
-                    )
-                })?;
-                let texts = text_of(content, &param)?;
-                let content = match (content, texts.len()) {
-                    (Value::String(_), _) | (_, 0) => {
-                        Value::from(texts.into_iter().next().unwrap_or_default())
-                    }
-                    _ => Value::Array(
-                        texts
-                            .into_iter()
-                            .filter(|t| !t.is_empty())
-                            .map(text_block)
-                            .collect(),
-                    ),
-                };
-                (
-                    "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": content})],
-                )
-            }
-            "function" => return Err(unsupported("functions")),
-            other => {
-                return Err(bad(
-                    format!("unknown message role '{}'", crate::request::prefix(other)),
-                    format!("messages[{i}].role"),
-                ));
-            }
+        let Some((role, blocks)) = message_turn(i, m, &mut system)? else {
+            continue;
         };
         if blocks.is_empty() {
             continue;
@@ -305,8 +245,133 @@ pub fn request_to_anthropic(
             _ => turns.push((role, blocks)),
         }
     }
-    // tool_result blocks go first in their user turn; a final assistant prefill must not end
-    // in whitespace.
+    Ok((system, turns))
+}
+
+/// Message `i` → its turn (`None`: a system/developer message, appended to `system`).
+fn message_turn(
+    i: usize,
+    m: &Value,
+    system: &mut Vec<Value>,
+) -> Result<Option<Turn>, GatewayError> {
+    let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+    let content = m.get("content").unwrap_or(&Value::Null);
+    let param = format!("messages[{i}].content");
+    let turn: Turn = match role {
+        "system" | "developer" => {
+            for t in text_of(content, &param)? {
+                if !t.is_empty() {
+                    system.push(text_block(t));
+                }
+            }
+            return Ok(None);
+        }
+        "user" => ("user", user_blocks(content, param)?),
+        "assistant" => ("assistant", assistant_blocks(i, m, content, &param)?),
+        "tool" => ("user", vec![tool_result_block(i, m, content, &param)?]),
+        "function" => return Err(unsupported("functions")),
+        other => {
+            return Err(bad(
+                format!("unknown message role '{}'", crate::request::prefix(other)),
+                format!("messages[{i}].role"),
+            ));
+        }
+    };
+    Ok(Some(turn))
+}
+
+/// A user message's content → its content blocks.
+fn user_blocks(content: &Value, param: String) -> Result<Vec<Value>, GatewayError> {
+    match content {
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![text_block(s.clone())]),
+        Value::Array(parts) => {
+            let mut b = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                if let Some(x) = user_part(p, format!("{param}[{j}]"))? {
+                    b.push(x);
+                }
+            }
+            Ok(b)
+        }
+        _ => Err(bad("content must be a string or an array", param)),
+    }
+}
+
+/// Assistant message `i` → its text blocks, then a `tool_use` block per tool call.
+fn assistant_blocks(
+    i: usize,
+    m: &Value,
+    content: &Value,
+    param: &str,
+) -> Result<Vec<Value>, GatewayError> {
+    let mut blocks: Vec<Value> = text_of(content, param)?
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .map(text_block)
+        .collect();
+    if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+        for (j, c) in calls.iter().enumerate() {
+            blocks.push(tool_use_block(i, j, c)?);
+        }
+    }
+    Ok(blocks)
+}
+
+/// Tool call `j` of message `i` → a `tool_use` block.
+fn tool_use_block(i: usize, j: usize, c: &Value) -> Result<Value, GatewayError> {
+    let p = format!("messages[{i}].tool_calls[{j}]");
+    let f = c
+        .get("function")
+        .ok_or_else(|| bad("only function tool calls are supported", p.clone()))?;
+    let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
+    let input: Value = if args.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(args)
+            .map_err(|_| bad("function.arguments is not valid JSON", p.clone()))?
+    };
+    if !input.is_object() {
+        return Err(bad("function.arguments must be a JSON object", p));
+    }
+    Ok(json!({
+        "type": "tool_use",
+        "id": c.get("id").cloned().unwrap_or(Value::Null),
+        "name": f.get("name").cloned().unwrap_or(Value::Null),
+        "input": input,
+    }))
+}
+
+/// Tool message `i` → a `tool_result` block.
+fn tool_result_block(
+    i: usize,
+    m: &Value,
+    content: &Value,
+    param: &str,
+) -> Result<Value, GatewayError> {
+    let id = m.get("tool_call_id").cloned().ok_or_else(|| {
+        bad(
+            "tool_call_id is required",
+            format!("messages[{i}].tool_call_id"),
+        )
+    })?;
+    let texts = text_of(content, param)?;
+    let content = match (content, texts.len()) {
+        (Value::String(_), _) | (_, 0) => Value::from(texts.into_iter().next().unwrap_or_default()),
+        _ => Value::Array(
+            texts
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .map(text_block)
+                .collect(),
+        ),
+    };
+    Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
+}
+
+/// The turns → Messages `messages`: tool_result blocks go first in their user turn; a final
+/// assistant prefill must not end in whitespace.
+fn turns_to_messages(turns: Vec<Turn>) -> Vec<Value> {
     let n_turns = turns.len();
     let mut msgs = Vec::with_capacity(n_turns);
     for (k, (role, mut blocks)) in turns.into_iter().enumerate() {
@@ -327,20 +392,15 @@ pub fn request_to_anthropic(
         }
         msgs.push(json!({"role": role, "content": blocks}));
     }
-    if !system.is_empty() {
-        out.insert("system".into(), Value::Array(system));
-    }
-    out.insert("messages".into(), Value::Array(msgs));
+    msgs
+}
 
-    // max_tokens
-    let max_tokens = req
-        .get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| req.get("max_tokens").and_then(Value::as_u64))
-        .unwrap_or(opts.default_max_tokens);
-    out.insert("max_tokens".into(), Value::from(max_tokens));
-
-    // Sampling.
+/// Sampling and bookkeeping: `temperature`, `top_p`/`top_k`/`thinking`, `stop`, `stream`,
+/// `user` → `metadata.user_id`.
+fn sampling_to_anthropic(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
     if let Some(t) = req.get("temperature").filter(|v| !v.is_null()) {
         let x = t.as_f64().ok_or_else(|| {
             GatewayError::bad_request("'temperature' must be a number", Some("temperature"))
@@ -358,6 +418,22 @@ pub fn request_to_anthropic(
             out.insert(key.into(), v.clone());
         }
     }
+    stop_to_anthropic(req, out);
+    if req.get("stream").and_then(Value::as_bool) == Some(true) {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    if let Some(user) = req
+        .get("user")
+        .and_then(Value::as_str)
+        .or_else(|| req.get("safety_identifier").and_then(Value::as_str))
+    {
+        out.insert("metadata".into(), json!({"user_id": user}));
+    }
+    Ok(())
+}
+
+/// `stop` (string or list) → `stop_sequences`, whitespace-only entries dropped.
+fn stop_to_anthropic(req: &Map<String, Value>, out: &mut Map<String, Value>) {
     match req.get("stop") {
         Some(Value::String(s)) if !s.trim().is_empty() => {
             out.insert("stop_sequences".into(), json!([s]));
@@ -374,19 +450,14 @@ pub fn request_to_anthropic(
         }
         _ => {}
     }
-    if req.get("stream").and_then(Value::as_bool) == Some(true) {
-        out.insert("stream".into(), Value::Bool(true));
-    }
-    if let Some(user) = req
-        .get("user")
-        .and_then(Value::as_str)
-        .or_else(|| req.get("safety_identifier").and_then(Value::as_str))
-    {
-        out.insert("metadata".into(), json!({"user_id": user}));
-    }
+}
 
-    // Tools.
-    let functions = super::function_tools(&req, "Anthropic")?;
+/// Function `tools` → `tools` with `input_schema`.
+fn tools_to_anthropic(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let functions = super::function_tools(req, "Anthropic")?;
     if !functions.is_empty() {
         let mut list = Vec::with_capacity(functions.len());
         for f in functions {
@@ -404,6 +475,15 @@ pub fn request_to_anthropic(
         }
         out.insert("tools".into(), Value::Array(list));
     }
+    Ok(())
+}
+
+/// `tool_choice` and `parallel_tool_calls: false` → `tool_choice` (with
+/// `disable_parallel_tool_use`). Runs after [`tools_to_anthropic`].
+fn tool_choice_to_anthropic(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
     let mut choice = match req.get("tool_choice") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match s.as_str() {
@@ -444,30 +524,46 @@ pub fn request_to_anthropic(
     if let Some(c) = choice {
         out.insert("tool_choice".into(), c);
     }
+    Ok(())
+}
 
-    // Structured output and reasoning.
-    if let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) {
-        match rf.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some("json_schema") => {
-                let schema = rf
-                    .get("json_schema")
-                    .and_then(|j| j.get("schema"))
-                    .cloned()
-                    .ok_or_else(|| {
-                        GatewayError::bad_request(
-                            "response_format.json_schema.schema is required",
-                            Some("response_format"),
-                        )
-                    })?;
-                out.insert(
-                    "output_config".into(),
-                    json!({"format": {"type": "json_schema", "schema": schema}}),
-                );
-            }
-            _ => return Err(unsupported("response_format")),
+/// `response_format: json_schema` → `output_config.format`; `text` dropped; others refused.
+fn response_format_to_anthropic(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let Some(rf) = req.get("response_format").filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => {}
+        Some("json_schema") => {
+            let schema = rf
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .cloned()
+                .ok_or_else(|| {
+                    GatewayError::bad_request(
+                        "response_format.json_schema.schema is required",
+                        Some("response_format"),
+                    )
+                })?;
+            out.insert(
+                "output_config".into(),
+                json!({"format": {"type": "json_schema", "schema": schema}}),
+            );
         }
+        _ => return Err(unsupported("response_format")),
     }
+    Ok(())
+}
+
+/// `reasoning_effort` → `thinking` with a budget below `max_tokens`.
+fn reasoning_to_anthropic(
+    req: &Map<String, Value>,
+    max_tokens: u64,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
     match req.get("reasoning_effort").and_then(Value::as_str) {
         None | Some("none" | "minimal") => {}
         Some(effort) => {
@@ -492,10 +588,7 @@ pub fn request_to_anthropic(
             );
         }
     }
-
-    serde_json::to_vec(&Value::Object(out))
-        .map(Bytes::from)
-        .map_err(|e| GatewayError::internal(format!("serializing the Anthropic request: {e}")))
+    Ok(())
 }
 
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.
@@ -945,6 +1038,175 @@ impl AnthropicStream {
         out.extend_from_slice(b"\"}");
         out.extend_from_slice(chunk_suffix(self.include_usage));
     }
+
+    /// An in-band `error` event → the OpenAI error event; the stream ends.
+    fn on_error(&mut self, error: Option<WireError<'_>>, out: &mut BytesMut) -> Flow {
+        let (ty, msg) = error
+            .map(|e| (e.ty.into_owned(), e.message.into_owned()))
+            .unwrap_or_else(|| ("api_error".to_owned(), "upstream error".to_owned()));
+        let status = status_of_error_type(&ty);
+        let e = anthropic_row(status, &ty, &msg)
+            .into_error(status, msg, &HeaderMap::new(), self.provider.clone())
+            .with_anthropic_type(ty);
+        self.fail(out, e)
+    }
+
+    /// `message_start` → the chunk prefix and the `role: assistant` chunk.
+    fn on_message_start(&mut self, message: Option<StartMessage<'_>>, out: &mut BytesMut) -> Flow {
+        let Some(m) = message else {
+            return self.fail(out, protocol_error("message_start without a message"));
+        };
+        if let Some(u) = &m.usage {
+            self.usage.apply(u);
+        }
+        let mut id = String::with_capacity(9 + m.id.len());
+        id.push_str("chatcmpl-");
+        id.push_str(&m.id);
+        self.prefix = chunk_prefix(&id, self.created, &m.model);
+        self.phase = Phase::Open;
+        self.choice(out, &[b"{\"role\":\"assistant\",\"content\":\"\"}", REST]);
+        Flow::Continue
+    }
+
+    /// `content_block_start`: a text block (with its initial text), a tool-call start, or an
+    /// ignored block.
+    fn on_block_start(
+        &mut self,
+        index: Option<usize>,
+        block: Option<Block<'_>>,
+        out: &mut BytesMut,
+    ) -> Flow {
+        let (Some(i), Some(b)) = (index, block) else {
+            return self.fail(out, protocol_error("malformed content_block_start"));
+        };
+        if self.blocks.len() <= i {
+            self.blocks.resize(i + 1, BlockKind::Ignored);
+        }
+        match &*b.ty {
+            "text" => {
+                self.blocks[i] = BlockKind::Text;
+                if let Some(t) = b.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
+                    self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
+                }
+            }
+            "tool_use" => return self.on_tool_start(i, b.id, b.name, out),
+            _ => self.blocks[i] = BlockKind::Ignored,
+        }
+        Flow::Continue
+    }
+
+    /// A `tool_use` block at content index `i` → a tool-call start chunk with the next tool
+    /// ordinal.
+    fn on_tool_start(
+        &mut self,
+        i: usize,
+        id: Option<&RawValue>,
+        name: Option<&RawValue>,
+        out: &mut BytesMut,
+    ) -> Flow {
+        let (Some(id), Some(name)) = (
+            id.filter(|v| is_json_string(v)),
+            name.filter(|v| is_json_string(v)),
+        ) else {
+            return self.fail(out, protocol_error("tool_use block without id/name"));
+        };
+        let k = self.next_tool;
+        self.next_tool += 1;
+        self.blocks[i] = BlockKind::Tool(k);
+        let mut buf = [0u8; 20];
+        let idx = super::decimal(u64::from(k), &mut buf);
+        self.choice(
+            out,
+            &[
+                b"{\"tool_calls\":[{\"index\":",
+                idx,
+                b",\"id\":",
+                id.get().as_bytes(),
+                b",\"type\":\"function\",\"function\":{\"name\":",
+                name.get().as_bytes(),
+                b",\"arguments\":\"\"}}]}",
+                REST,
+            ],
+        );
+        Flow::Continue
+    }
+
+    /// `content_block_delta`: text → `delta.content`, `input_json_delta` → `arguments`.
+    fn on_block_delta(
+        &mut self,
+        index: Option<usize>,
+        delta: Option<Delta<'_>>,
+        out: &mut BytesMut,
+    ) -> Flow {
+        let (Some(i), Some(d)) = (index, delta) else {
+            return self.fail(out, protocol_error("malformed content_block_delta"));
+        };
+        let kind = self.blocks.get(i).copied().unwrap_or(BlockKind::Ignored);
+        match (d.ty.as_deref(), kind) {
+            (Some("text_delta"), BlockKind::Text) => {
+                if let Some(t) = d.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
+                    self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
+                }
+            }
+            (Some("input_json_delta"), BlockKind::Tool(k)) => {
+                if let Some(p) = d
+                    .partial_json
+                    .filter(|p| is_json_string(p) && p.get() != "\"\"")
+                {
+                    let mut buf = [0u8; 20];
+                    let idx = super::decimal(u64::from(k), &mut buf);
+                    self.choice(
+                        out,
+                        &[
+                            b"{\"tool_calls\":[{\"index\":",
+                            idx,
+                            b",\"function\":{\"arguments\":",
+                            p.get().as_bytes(),
+                            b"}}]}",
+                            REST,
+                        ],
+                    );
+                }
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    /// `message_delta`: usage, and the first `stop_reason` → the `finish_reason` chunk.
+    fn on_message_delta(
+        &mut self,
+        usage: Option<&WireUsage>,
+        delta: Option<&Delta<'_>>,
+        out: &mut BytesMut,
+    ) -> Flow {
+        if let Some(u) = usage {
+            self.usage.apply(u);
+        }
+        if !self.finish_sent {
+            if let Some(r) = delta.and_then(|d| d.stop_reason.as_deref()) {
+                self.finish_chunk(out, finish_reason(Some(r)));
+            }
+        }
+        Flow::Continue
+    }
+
+    /// `message_stop` → a `finish_reason` chunk if none was sent, the usage chunk if asked for,
+    /// and `[DONE]`; the stream ends.
+    fn on_message_stop(&mut self, out: &mut BytesMut) -> Flow {
+        if !self.finish_sent {
+            self.finish_chunk(out, "stop");
+        }
+        if self.include_usage {
+            out.extend_from_slice(&self.prefix);
+            out.extend_from_slice(b"],\"usage\":");
+            super::write_usage(out, &self.usage.usage());
+            out.extend_from_slice(b"}\n\n");
+        }
+        out.extend_from_slice(DONE);
+        self.phase = Phase::Done;
+        Flow::End
+    }
 }
 
 const REST: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}";
@@ -968,32 +1230,8 @@ impl StreamTranslator for AnthropicStream {
         };
         match (&*ev.ty, self.phase) {
             ("ping", _) => Flow::Continue,
-            ("error", _) => {
-                let (ty, msg) = ev
-                    .error
-                    .map(|e| (e.ty.into_owned(), e.message.into_owned()))
-                    .unwrap_or_else(|| ("api_error".to_owned(), "upstream error".to_owned()));
-                let status = status_of_error_type(&ty);
-                let e = anthropic_row(status, &ty, &msg)
-                    .into_error(status, msg, &HeaderMap::new(), self.provider.clone())
-                    .with_anthropic_type(ty);
-                self.fail(out, e)
-            }
-            ("message_start", Phase::Start) => {
-                let Some(m) = ev.message else {
-                    return self.fail(out, protocol_error("message_start without a message"));
-                };
-                if let Some(u) = &m.usage {
-                    self.usage.apply(u);
-                }
-                let mut id = String::with_capacity(9 + m.id.len());
-                id.push_str("chatcmpl-");
-                id.push_str(&m.id);
-                self.prefix = chunk_prefix(&id, self.created, &m.model);
-                self.phase = Phase::Open;
-                self.choice(out, &[b"{\"role\":\"assistant\",\"content\":\"\"}", REST]);
-                Flow::Continue
-            }
+            ("error", _) => self.on_error(ev.error, out),
+            ("message_start", Phase::Start) => self.on_message_start(ev.message, out),
             (_, Phase::Start) => self.fail(
                 out,
                 protocol_error(format!(
@@ -1001,112 +1239,13 @@ impl StreamTranslator for AnthropicStream {
                     ev.ty
                 )),
             ),
-            ("content_block_start", _) => {
-                let (Some(i), Some(b)) = (ev.index, ev.content_block) else {
-                    return self.fail(out, protocol_error("malformed content_block_start"));
-                };
-                if self.blocks.len() <= i {
-                    self.blocks.resize(i + 1, BlockKind::Ignored);
-                }
-                match &*b.ty {
-                    "text" => {
-                        self.blocks[i] = BlockKind::Text;
-                        if let Some(t) = b.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
-                            self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
-                        }
-                    }
-                    "tool_use" => {
-                        let (Some(id), Some(name)) = (
-                            b.id.filter(|v| is_json_string(v)),
-                            b.name.filter(|v| is_json_string(v)),
-                        ) else {
-                            return self
-                                .fail(out, protocol_error("tool_use block without id/name"));
-                        };
-                        let k = self.next_tool;
-                        self.next_tool += 1;
-                        self.blocks[i] = BlockKind::Tool(k);
-                        let mut buf = [0u8; 20];
-                        let idx = super::decimal(u64::from(k), &mut buf);
-                        self.choice(
-                            out,
-                            &[
-                                b"{\"tool_calls\":[{\"index\":",
-                                idx,
-                                b",\"id\":",
-                                id.get().as_bytes(),
-                                b",\"type\":\"function\",\"function\":{\"name\":",
-                                name.get().as_bytes(),
-                                b",\"arguments\":\"\"}}]}",
-                                REST,
-                            ],
-                        );
-                    }
-                    _ => self.blocks[i] = BlockKind::Ignored,
-                }
-                Flow::Continue
-            }
-            ("content_block_delta", _) => {
-                let (Some(i), Some(d)) = (ev.index, ev.delta) else {
-                    return self.fail(out, protocol_error("malformed content_block_delta"));
-                };
-                let kind = self.blocks.get(i).copied().unwrap_or(BlockKind::Ignored);
-                match (d.ty.as_deref(), kind) {
-                    (Some("text_delta"), BlockKind::Text) => {
-                        if let Some(t) = d.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
-                            self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
-                        }
-                    }
-                    (Some("input_json_delta"), BlockKind::Tool(k)) => {
-                        if let Some(p) = d
-                            .partial_json
-                            .filter(|p| is_json_string(p) && p.get() != "\"\"")
-                        {
-                            let mut buf = [0u8; 20];
-                            let idx = super::decimal(u64::from(k), &mut buf);
-                            self.choice(
-                                out,
-                                &[
-                                    b"{\"tool_calls\":[{\"index\":",
-                                    idx,
-                                    b",\"function\":{\"arguments\":",
-                                    p.get().as_bytes(),
-                                    b"}}]}",
-                                    REST,
-                                ],
-                            );
-                        }
-                    }
-                    _ => {}
-                }
-                Flow::Continue
-            }
+            ("content_block_start", _) => self.on_block_start(ev.index, ev.content_block, out),
+            ("content_block_delta", _) => self.on_block_delta(ev.index, ev.delta, out),
             ("content_block_stop", _) => Flow::Continue,
             ("message_delta", _) => {
-                if let Some(u) = &ev.usage {
-                    self.usage.apply(u);
-                }
-                if !self.finish_sent {
-                    if let Some(r) = ev.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
-                        self.finish_chunk(out, finish_reason(Some(r)));
-                    }
-                }
-                Flow::Continue
+                self.on_message_delta(ev.usage.as_ref(), ev.delta.as_ref(), out)
             }
-            ("message_stop", _) => {
-                if !self.finish_sent {
-                    self.finish_chunk(out, "stop");
-                }
-                if self.include_usage {
-                    out.extend_from_slice(&self.prefix);
-                    out.extend_from_slice(b"],\"usage\":");
-                    super::write_usage(out, &self.usage.usage());
-                    out.extend_from_slice(b"}\n\n");
-                }
-                out.extend_from_slice(DONE);
-                self.phase = Phase::Done;
-                Flow::End
-            }
+            ("message_stop", _) => self.on_message_stop(out),
             _ => Flow::Continue,
         }
     }

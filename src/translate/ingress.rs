@@ -82,6 +82,29 @@ pub fn request_from_anthropic(body: &[u8]) -> Result<Bytes, GatewayError> {
         "model".into(),
         req.get("model").cloned().unwrap_or(Value::Null),
     );
+    let msgs = messages_from_anthropic(&req)?;
+    out.insert("messages".into(), Value::Array(msgs));
+    params_from_anthropic(&req, &mut out);
+    tools_from_anthropic(&req, &mut out)?;
+    tool_choice_from_anthropic(&req, &mut out)?;
+    if let Some(schema) = req
+        .get("output_config")
+        .and_then(|o| o.get("format"))
+        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
+        .and_then(|f| f.get("schema"))
+    {
+        out.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
+        );
+    }
+    serde_json::to_vec(&Value::Object(out))
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("serializing the request: {e}")))
+}
+
+/// `system` and `messages` → the OpenAI `messages`.
+fn messages_from_anthropic(req: &Map<String, Value>) -> Result<Vec<Value>, GatewayError> {
     let mut msgs: Vec<Value> = Vec::new();
     if let Some(system) = req.get("system").filter(|v| !v.is_null()) {
         let text = block_texts(system);
@@ -96,97 +119,127 @@ pub fn request_from_anthropic(body: &[u8]) -> Result<Bytes, GatewayError> {
             GatewayError::bad_request("'messages' must be an array", Some("messages"))
         })?;
     for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-        let content = m.get("content").unwrap_or(&Value::Null);
-        match (role, content) {
-            ("user" | "assistant" | "system", Value::String(s)) => {
-                msgs.push(json!({"role": role, "content": s}));
-            }
-            ("system", blocks) => {
-                msgs.push(json!({"role": "system", "content": block_texts(blocks)}));
-            }
-            ("user", Value::Array(blocks)) => {
-                let mut parts = Vec::new();
-                for (j, b) in blocks.iter().enumerate() {
-                    let param = format!("messages[{i}].content[{j}]");
-                    match b.get("type").and_then(Value::as_str) {
-                        Some("text") => parts.push(json!({"type": "text",
-                            "text": b.get("text").cloned().unwrap_or(Value::from(""))})),
-                        Some("image") => parts.push(image_part(b, param)?),
-                        Some("document") => {
-                            let src = b.get("source").unwrap_or(&Value::Null);
-                            match src.get("type").and_then(Value::as_str) {
-                                Some("base64") => parts.push(json!({"type": "file", "file": {
-                                    "file_data": format!("data:{};base64,{}",
-                                        src.get("media_type").and_then(Value::as_str).unwrap_or("application/pdf"),
-                                        src.get("data").and_then(Value::as_str).unwrap_or(""))}})),
-                                Some("text") => parts.push(json!({"type": "text",
-                                    "text": src.get("data").cloned().unwrap_or(Value::from(""))})),
-                                _ => return Err(bad("unsupported document source", param)),
-                            }
-                        }
-                        Some("tool_result") => {
-                            let mut text = block_texts(b.get("content").unwrap_or(&Value::Null));
-                            if b.get("is_error").and_then(Value::as_bool) == Some(true) {
-                                text.insert_str(0, "Error: ");
-                            }
-                            msgs.push(json!({"role": "tool",
-                                "tool_call_id": b.get("tool_use_id").cloned().unwrap_or(Value::Null),
-                                "content": text}));
-                        }
-                        Some("thinking" | "redacted_thinking") => {}
-                        _ => return Err(bad("unsupported content block", param)),
-                    }
-                }
-                if !parts.is_empty() {
-                    let content = match &parts[..] {
-                        [one] if one.get("type").and_then(Value::as_str) == Some("text") => {
-                            one.get("text").cloned().unwrap_or(Value::from(""))
-                        }
-                        _ => Value::Array(parts),
-                    };
-                    msgs.push(json!({"role": "user", "content": content}));
-                }
-            }
-            ("assistant", Value::Array(blocks)) => {
-                let mut text = String::new();
-                let mut has_text = false;
-                let mut calls = Vec::new();
-                for b in blocks {
-                    match b.get("type").and_then(Value::as_str) {
-                        Some("text") => {
-                            has_text = true;
-                            text.push_str(b.get("text").and_then(Value::as_str).unwrap_or(""));
-                        }
-                        Some("tool_use") => calls.push(json!({
-                            "id": b.get("id").cloned().unwrap_or(Value::Null),
-                            "type": "function",
-                            "function": {
-                                "name": b.get("name").cloned().unwrap_or(Value::Null),
-                                "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
-                            },
-                        })),
-                        _ => {}
-                    }
-                }
-                let mut msg = json!({"role": "assistant",
-                    "content": if has_text { Value::String(text) } else { Value::Null }});
-                if !calls.is_empty() {
-                    if let Some(o) = msg.as_object_mut() {
-                        o.insert("tool_calls".into(), Value::Array(calls));
-                    }
-                }
-                msgs.push(msg);
-            }
-            _ => {
-                return Err(bad(
-                    "each message needs role user or assistant and string or block content",
-                    format!("messages[{i}]"),
-                ));
-            }
+        message_from_anthropic(i, m, &mut msgs)?;
+    }
+    Ok(msgs)
+}
+
+/// Message `i` → one or more OpenAI messages appended to `msgs`.
+fn message_from_anthropic(i: usize, m: &Value, msgs: &mut Vec<Value>) -> Result<(), GatewayError> {
+    let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+    let content = m.get("content").unwrap_or(&Value::Null);
+    match (role, content) {
+        ("user" | "assistant" | "system", Value::String(s)) => {
+            msgs.push(json!({"role": role, "content": s}));
+        }
+        ("system", blocks) => {
+            msgs.push(json!({"role": "system", "content": block_texts(blocks)}));
+        }
+        ("user", Value::Array(blocks)) => user_from_anthropic(i, blocks, msgs)?,
+        ("assistant", Value::Array(blocks)) => msgs.push(assistant_from_anthropic(blocks)),
+        _ => {
+            return Err(bad(
+                "each message needs role user or assistant and string or block content",
+                format!("messages[{i}]"),
+            ));
         }
     }
-    out.insert("messages".into(), Value::Array(msgs));
+    Ok(())
+}
+
+/// User message `i`'s blocks → a `tool` message per `tool_result` block, then one user message
+/// with the other parts (a lone text part as a string).
+fn user_from_anthropic(
+    i: usize,
+    blocks: &[Value],
+    msgs: &mut Vec<Value>,
+) -> Result<(), GatewayError> {
+    let mut parts = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let param = format!("messages[{i}].content[{j}]");
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => parts.push(json!({"type": "text",
+                "text": b.get("text").cloned().unwrap_or(Value::from(""))})),
+            Some("image") => parts.push(image_part(b, param)?),
+            Some("document") => parts.push(document_part(b, param)?),
+            Some("tool_result") => msgs.push(tool_message(b)),
+            Some("thinking" | "redacted_thinking") => {}
+            _ => return Err(bad("unsupported content block", param)),
+        }
+    }
+    if !parts.is_empty() {
+        let content = match &parts[..] {
+            [one] if one.get("type").and_then(Value::as_str) == Some("text") => {
+                one.get("text").cloned().unwrap_or(Value::from(""))
+            }
+            _ => Value::Array(parts),
+        };
+        msgs.push(json!({"role": "user", "content": content}));
+    }
+    Ok(())
+}
+
+/// A `document` block → a `file` part (base64) or a text part (plain-text source).
+fn document_part(b: &Value, param: String) -> Result<Value, GatewayError> {
+    let src = b.get("source").unwrap_or(&Value::Null);
+    match src.get("type").and_then(Value::as_str) {
+        Some("base64") => Ok(json!({"type": "file", "file": {
+            "file_data": format!("data:{};base64,{}",
+                src.get("media_type").and_then(Value::as_str).unwrap_or("application/pdf"),
+                src.get("data").and_then(Value::as_str).unwrap_or(""))}})),
+        Some("text") => Ok(json!({"type": "text",
+            "text": src.get("data").cloned().unwrap_or(Value::from(""))})),
+        _ => Err(bad("unsupported document source", param)),
+    }
+}
+
+/// A `tool_result` block → an OpenAI `tool` message.
+fn tool_message(b: &Value) -> Value {
+    let mut text = block_texts(b.get("content").unwrap_or(&Value::Null));
+    if b.get("is_error").and_then(Value::as_bool) == Some(true) {
+        text.insert_str(0, "Error: ");
+    }
+    json!({"role": "tool",
+        "tool_call_id": b.get("tool_use_id").cloned().unwrap_or(Value::Null),
+        "content": text})
+}
+
+/// An assistant message's blocks → one assistant message: the texts joined, `tool_use` blocks
+/// as `tool_calls`, other blocks dropped.
+fn assistant_from_anthropic(blocks: &[Value]) -> Value {
+    let mut text = String::new();
+    let mut has_text = false;
+    let mut calls = Vec::new();
+    for b in blocks {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                has_text = true;
+                text.push_str(b.get("text").and_then(Value::as_str).unwrap_or(""));
+            }
+            Some("tool_use") => calls.push(json!({
+                "id": b.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": b.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                },
+            })),
+            _ => {}
+        }
+    }
+    let mut msg = json!({"role": "assistant",
+        "content": if has_text { Value::String(text) } else { Value::Null }});
+    if !calls.is_empty() {
+        if let Some(o) = msg.as_object_mut() {
+            o.insert("tool_calls".into(), Value::Array(calls));
+        }
+    }
+    msg
+}
+
+/// Sampling and bookkeeping: `max_tokens`, `stop_sequences` → `stop`, `temperature`, `top_p`,
+/// `metadata.user_id` → `user`, `stream` (with usage asked for).
+fn params_from_anthropic(req: &Map<String, Value>, out: &mut Map<String, Value>) {
     for (from, to) in [
         ("max_tokens", "max_tokens"),
         ("stop_sequences", "stop"),
@@ -208,72 +261,81 @@ pub fn request_from_anthropic(body: &[u8]) -> Result<Bytes, GatewayError> {
         out.insert("stream".into(), Value::Bool(true));
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
-        let mut list = Vec::with_capacity(tools.len());
-        for (i, t) in tools.iter().enumerate() {
-            match t.get("type").and_then(Value::as_str) {
-                None | Some("custom") => {}
-                Some(_) => {
-                    return Err(bad(
-                        "server tools cannot be served by this target",
-                        format!("tools[{i}]"),
-                    ));
-                }
-            }
-            let mut f = Map::new();
-            f.insert("name".into(), t.get("name").cloned().unwrap_or(Value::Null));
-            if let Some(d) = t.get("description").filter(|v| !v.is_null()) {
-                f.insert("description".into(), d.clone());
-            }
-            f.insert(
-                "parameters".into(),
-                t.get("input_schema")
-                    .cloned()
-                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-            );
-            if let Some(s) = t.get("strict").filter(|v| v.is_boolean()) {
-                f.insert("strict".into(), s.clone());
-            }
-            list.push(json!({"type": "function", "function": f}));
-        }
-        if !list.is_empty() {
-            out.insert("tools".into(), Value::Array(list));
-        }
+}
+
+/// Custom `tools` → function tools; server tools refused.
+fn tools_from_anthropic(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let Some(tools) = req.get("tools").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    let mut list = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        list.push(tool_from_anthropic(i, t)?);
     }
-    if let Some(tc) = req.get("tool_choice").filter(|v| !v.is_null()) {
-        let choice = match tc.get("type").and_then(Value::as_str) {
-            Some("auto") => json!("auto"),
-            Some("any") => json!("required"),
-            Some("none") => json!("none"),
-            Some("tool") => {
-                json!({"type": "function", "function": {"name": tc.get("name").cloned().unwrap_or(Value::Null)}})
-            }
-            _ => {
-                return Err(GatewayError::bad_request(
-                    "unknown tool_choice",
-                    Some("tool_choice"),
-                ));
-            }
-        };
-        out.insert("tool_choice".into(), choice);
-        if tc.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
-            out.insert("parallel_tool_calls".into(), Value::Bool(false));
+    if !list.is_empty() {
+        out.insert("tools".into(), Value::Array(list));
+    }
+    Ok(())
+}
+
+/// Tool `i` → an OpenAI function tool.
+fn tool_from_anthropic(i: usize, t: &Value) -> Result<Value, GatewayError> {
+    match t.get("type").and_then(Value::as_str) {
+        None | Some("custom") => {}
+        Some(_) => {
+            return Err(bad(
+                "server tools cannot be served by this target",
+                format!("tools[{i}]"),
+            ));
         }
     }
-    if let Some(schema) = req
-        .get("output_config")
-        .and_then(|o| o.get("format"))
-        .filter(|f| f.get("type").and_then(Value::as_str) == Some("json_schema"))
-        .and_then(|f| f.get("schema"))
-    {
-        out.insert(
-            "response_format".into(),
-            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
-        );
+    let mut f = Map::new();
+    f.insert("name".into(), t.get("name").cloned().unwrap_or(Value::Null));
+    if let Some(d) = t.get("description").filter(|v| !v.is_null()) {
+        f.insert("description".into(), d.clone());
     }
-    serde_json::to_vec(&Value::Object(out))
-        .map(Bytes::from)
-        .map_err(|e| GatewayError::internal(format!("serializing the request: {e}")))
+    f.insert(
+        "parameters".into(),
+        t.get("input_schema")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+    );
+    if let Some(s) = t.get("strict").filter(|v| v.is_boolean()) {
+        f.insert("strict".into(), s.clone());
+    }
+    Ok(json!({"type": "function", "function": f}))
+}
+
+/// `tool_choice` → `tool_choice`, `disable_parallel_tool_use` → `parallel_tool_calls: false`.
+fn tool_choice_from_anthropic(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let Some(tc) = req.get("tool_choice").filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    let choice = match tc.get("type").and_then(Value::as_str) {
+        Some("auto") => json!("auto"),
+        Some("any") => json!("required"),
+        Some("none") => json!("none"),
+        Some("tool") => {
+            json!({"type": "function", "function": {"name": tc.get("name").cloned().unwrap_or(Value::Null)}})
+        }
+        _ => {
+            return Err(GatewayError::bad_request(
+                "unknown tool_choice",
+                Some("tool_choice"),
+            ));
+        }
+    };
+    out.insert("tool_choice".into(), choice);
+    if tc.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+        out.insert("parallel_tool_calls".into(), Value::Bool(false));
+    }
+    Ok(())
 }
 
 /// OpenAI `finish_reason` → Anthropic `stop_reason`.
@@ -537,6 +599,90 @@ impl IngressStream {
         self.done = true;
         Flow::End
     }
+
+    /// An in-band `{"error": ..}` chunk → an Anthropic `error` event; the stream ends.
+    fn upstream_error(&mut self, out: &mut BytesMut, err: &Value) -> Flow {
+        let msg = err
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("upstream error");
+        let status = err
+            .get("upstream_status")
+            .and_then(Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(500);
+        let ty = match err.get("type").and_then(Value::as_str) {
+            Some("service_unavailable_error") => "overloaded_error",
+            Some("rate_limit_error") => "rate_limit_error",
+            Some("timeout_error") => "timeout_error",
+            _ => anthropic_error_type(status, ErrorKind::UpstreamServerError),
+        };
+        self.error(out, ty, msg)
+    }
+
+    /// Content text → a `text_delta` (opening a text block if none is open).
+    fn text_delta(&mut self, out: &mut BytesMut, t: &str) {
+        let i = match self.open {
+            Open::Text(i) => i,
+            _ => {
+                self.close(out);
+                let i = self.next_block;
+                self.next_block += 1;
+                self.open = Open::Text(i);
+                write_event(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i,
+                        "content_block": {"type": "text", "text": ""}}),
+                );
+                i
+            }
+        };
+        write_event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": i,
+                "delta": {"type": "text_delta", "text": t}}),
+        );
+    }
+
+    /// A tool-call delta → a `tool_use` block start when its `index` is new, and its arguments
+    /// fragment as an `input_json_delta`.
+    fn tool_call_delta(&mut self, out: &mut BytesMut, c: &Value) {
+        let k = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let f = c.get("function").unwrap_or(&Value::Null);
+        let i = match self.open {
+            Open::Tool(i, open_k) if open_k == k => i,
+            _ => {
+                self.close(out);
+                let i = self.next_block;
+                self.next_block += 1;
+                self.open = Open::Tool(i, k);
+                write_event(
+                    out,
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": i,
+                        "content_block": {"type": "tool_use",
+                            "id": c.get("id").cloned().unwrap_or(Value::Null),
+                            "name": f.get("name").cloned().unwrap_or(Value::Null),
+                            "input": {}}}),
+                );
+                i
+            }
+        };
+        if let Some(a) = f
+            .get("arguments")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+        {
+            write_event(
+                out,
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": a}}),
+            );
+        }
+    }
 }
 
 impl StreamTranslator for IngressStream {
@@ -559,22 +705,7 @@ impl StreamTranslator for IngressStream {
             Err(_) => return self.error(out, "api_error", "the upstream sent an invalid chunk"),
         };
         if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
-            let msg = err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error");
-            let status = err
-                .get("upstream_status")
-                .and_then(Value::as_u64)
-                .and_then(|s| u16::try_from(s).ok())
-                .unwrap_or(500);
-            let ty = match err.get("type").and_then(Value::as_str) {
-                Some("service_unavailable_error") => "overloaded_error",
-                Some("rate_limit_error") => "rate_limit_error",
-                Some("timeout_error") => "timeout_error",
-                _ => anthropic_error_type(status, ErrorKind::UpstreamServerError),
-            };
-            return self.error(out, ty, msg);
+            return self.upstream_error(out, err);
         }
         self.start(out, &chunk);
         if let Some(u) = usage_of(&chunk) {
@@ -596,64 +727,11 @@ impl StreamTranslator for IngressStream {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
         {
-            let i = match self.open {
-                Open::Text(i) => i,
-                _ => {
-                    self.close(out);
-                    let i = self.next_block;
-                    self.next_block += 1;
-                    self.open = Open::Text(i);
-                    write_event(
-                        out,
-                        "content_block_start",
-                        &json!({"type": "content_block_start", "index": i,
-                            "content_block": {"type": "text", "text": ""}}),
-                    );
-                    i
-                }
-            };
-            write_event(
-                out,
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": i,
-                    "delta": {"type": "text_delta", "text": t}}),
-            );
+            self.text_delta(out, t);
         }
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
             for c in calls {
-                let k = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let f = c.get("function").unwrap_or(&Value::Null);
-                let i = match self.open {
-                    Open::Tool(i, open_k) if open_k == k => i,
-                    _ => {
-                        self.close(out);
-                        let i = self.next_block;
-                        self.next_block += 1;
-                        self.open = Open::Tool(i, k);
-                        write_event(
-                            out,
-                            "content_block_start",
-                            &json!({"type": "content_block_start", "index": i,
-                                "content_block": {"type": "tool_use",
-                                    "id": c.get("id").cloned().unwrap_or(Value::Null),
-                                    "name": f.get("name").cloned().unwrap_or(Value::Null),
-                                    "input": {}}}),
-                        );
-                        i
-                    }
-                };
-                if let Some(a) = f
-                    .get("arguments")
-                    .and_then(Value::as_str)
-                    .filter(|a| !a.is_empty())
-                {
-                    write_event(
-                        out,
-                        "content_block_delta",
-                        &json!({"type": "content_block_delta", "index": i,
-                            "delta": {"type": "input_json_delta", "partial_json": a}}),
-                    );
-                }
+                self.tool_call_delta(out, c);
             }
         }
         if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
