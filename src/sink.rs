@@ -48,13 +48,27 @@ const ACCESS_FIELD_MAX: usize = 128;
 /// let meter = UsageMeterLayer::new().sink(Arc::new(AccessLog::new()));
 /// # let _ = meter;
 /// ```
+///
+/// [`AccessLog::preformatted`] writes the same fields as one text line straight to stderr, for
+/// text logs: the `tracing` text formatter's escaping costs about 18,000 instructions a line.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AccessLog;
+pub struct AccessLog {
+    preformatted: bool,
+}
 
 impl AccessLog {
-    /// The access log.
+    /// The access log, each field a `tracing` field (for structured, e.g. JSON, logs).
     pub fn new() -> Self {
-        AccessLog
+        AccessLog {
+            preformatted: false,
+        }
+    }
+
+    /// The access log as one preformatted line written straight to stderr (`<time>  INFO access
+    /// request_id="…" key="…" …`), the way the text log shows an event: for the reference
+    /// gateway's `log_format = "text"`. Filtered like the `tracing` event (`tollgate::access`).
+    pub fn preformatted() -> Self {
+        AccessLog { preformatted: true }
     }
 }
 
@@ -94,6 +108,16 @@ impl RecordSink for AccessLog {
             crate::usage::UsageSource::None => "none",
         };
         let cost = r.cost_usd();
+        if self.preformatted {
+            let mut line = access_prefix();
+            access_fields(&mut line, r, served.as_ref(), usage, cost.as_deref());
+            line.push('\n');
+            // One write of the whole line to stderr, as the text log writes it: the `tracing`
+            // text formatter escapes a message character by character, which made this line
+            // a seventh of the gateway's instructions per request.
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+            return;
+        }
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             request_id = r.request_id.as_deref().map(bounded),
@@ -113,6 +137,65 @@ impl RecordSink for AccessLog {
             "access"
         );
     }
+}
+
+/// The start of a text access line, as the text log writes an event: the UTC time (RFC 3339,
+/// microseconds), the level, the message.
+fn access_prefix() -> String {
+    use std::fmt::Write as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (y, mo, d) = crate::pricing::PriceDate::from_unix_ms(now.as_millis() as u64).ymd();
+    let secs = now.as_secs() % 86_400;
+    let mut s = String::with_capacity(320);
+    let _ = write!(
+        s,
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z  INFO access",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_micros()
+    );
+    s
+}
+
+/// The fields of a text access line, `key=value …`: strings quoted (escaped), a field with no
+/// value left out.
+fn access_fields(
+    s: &mut String,
+    r: &UsageRecord,
+    served: Option<&Served<'_>>,
+    usage: &str,
+    cost: Option<&str>,
+) {
+    use std::fmt::Write as _;
+    let quoted = |s: &mut String, k: &str, v: Option<&str>| {
+        if let Some(v) = v {
+            let _ = write!(s, " {k}={v:?}");
+        }
+    };
+    quoted(s, "request_id", r.request_id.as_deref().map(bounded));
+    quoted(s, "key", r.key_id.as_deref());
+    quoted(s, "model", Some(bounded(&r.model)));
+    if let Some(sv) = served {
+        let _ = write!(s, " served={sv}");
+    }
+    let _ = write!(s, " status={} attempts={}", r.status, r.attempts);
+    if let Some(ms) = r.ttft_ms {
+        let _ = write!(s, " ttft_ms={}", ms.round() as u64);
+    }
+    let _ = write!(
+        s,
+        " total_ms={} prompt_tokens={} completion_tokens={}",
+        r.total_ms.round() as u64,
+        r.usage.prompt_tokens,
+        r.usage.completion_tokens
+    );
+    quoted(s, "usage", Some(usage));
+    quoted(s, "cost_usd", cost);
+    quoted(s, "outcome", Some(r.outcome.as_str()));
+    quoted(s, "error", r.error_kind.as_deref());
 }
 
 enum Msg {

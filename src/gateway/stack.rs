@@ -151,7 +151,12 @@ fn meter_layer(
     }
     // One `info` line per request under `tollgate::access`.
     if cfg.server.access_log.unwrap_or(true) {
-        meter = meter.sink(Arc::new(crate::sink::AccessLog::new()));
+        // Text logs get the access line preformatted (one message); JSON logs, the fields.
+        let access = match cfg.server.log_format {
+            Some(crate::config::LogFormat::Json) => crate::sink::AccessLog::new(),
+            _ => crate::sink::AccessLog::preformatted(),
+        };
+        meter = meter.sink(Arc::new(access));
     }
     meter
 }
