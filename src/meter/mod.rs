@@ -14,7 +14,7 @@
 //!
 //! Finalizing builds the record (usage from the upstream as the [`UsageReport`] tells it — the
 //! usage chunk of a stream, the `usage` of a JSON answer — marked `upstream`, `estimated` or
-//! `none`), prices it with the serving target's [`Price`](crate::usage::Price), sends it to
+//! `none`), prices it with the serving target's [`Price`], sends it to
 //! every sink and records the metrics in [`crate::metrics`]. The report is read when the
 //! meter's own body ends, after the inner body has ended or been dropped, so it is final.
 //!

@@ -34,7 +34,9 @@
 //! that [serves it](Provider::speaks_responses): an OpenAI-compatible provider configured with
 //! `responses = true` (the default for `kind = "openai"` at api.openai.com and for `azure`).
 //! For any other adapter, [`Dispatch`] translates it per attempt through chat completions
-//! ([`request_to_chat`], [`response_from_chat`], [`ResponsesStream`]); the Anthropic and
+//! ([`request_to_chat`],
+//! [`response_from_chat`](crate::translate::responses::response_from_chat),
+//! [`ResponsesStream`]); the Anthropic and
 //! Gemini adapters then translate that chat request with their own translators.
 
 use std::future::Future;
