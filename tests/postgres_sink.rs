@@ -111,7 +111,7 @@ mod pg {
             .capacity(20_000)
             .batch_size(1_000);
         let sink = PostgresSink::connect(cfg.clone()).await.unwrap();
-        // The migration ran: the version table says 1, and running it again is a no-op.
+        // The migration ran: the version table says 2, and running it again is a no-op.
         let v: i32 = admin
         .query_one(
             &format!("SELECT version FROM \"{schema}\".tollgate_schema_version WHERE component = 'tollgate_usage'"),
@@ -120,7 +120,8 @@ mod pg {
         .await
         .unwrap()
         .get(0);
-        assert_eq!(v, 1);
+        assert_eq!(v, tollgate::sink::postgres::SCHEMA_VERSION);
+        assert_eq!(v, 2);
         let again = PostgresSink::connect(cfg.clone()).await.unwrap();
         drop(again);
 

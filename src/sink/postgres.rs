@@ -59,7 +59,7 @@ mod spool;
 mod writer;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// A failure to connect, migrate or query.
 #[derive(Debug, thiserror::Error)]
@@ -314,38 +314,12 @@ pub async fn migrate(
         });
     }
     if found < 1 {
-        let t = &cfg.table;
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {table} (
-                id BIGSERIAL PRIMARY KEY,
-                day DATE NOT NULL,
-                started_at_ms BIGINT NOT NULL,
-                request_id TEXT,
-                key_id TEXT,
-                tenant TEXT,
-                model TEXT NOT NULL,
-                provider TEXT,
-                upstream_model TEXT,
-                variant TEXT,
-                attempts INTEGER NOT NULL,
-                stream BOOLEAN NOT NULL,
-                outcome TEXT NOT NULL,
-                status INTEGER NOT NULL,
-                error_kind TEXT,
-                prompt_tokens BIGINT NOT NULL,
-                completion_tokens BIGINT NOT NULL,
-                total_tokens BIGINT NOT NULL,
-                cached_tokens BIGINT NOT NULL,
-                cache_write_tokens BIGINT NOT NULL,
-                reasoning_tokens BIGINT NOT NULL,
-                usage_source TEXT NOT NULL,
-                cost_pico NUMERIC(20, 0),
-                ttft_ms DOUBLE PRECISION,
-                total_ms DOUBLE PRECISION NOT NULL,
-                overhead_us DOUBLE PRECISION);
-             CREATE INDEX IF NOT EXISTS \"{t}_day_key\" ON {table} (day, key_id);"
-        ))
-        .await?;
+        create_v1(&tx, &table, &cfg.table).await?;
+    }
+    if found < 2 {
+        alter_v2(&tx, &table).await?;
+    }
+    if found < SCHEMA_VERSION {
         tx.execute(
             &format!(
                 "INSERT INTO {versions} (component, version) VALUES ($1, $2)
@@ -359,10 +333,68 @@ pub async fn migrate(
     Ok(())
 }
 
+/// Schema version 1: the records table and its (day, key) index.
+async fn create_v1(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    t: &str,
+) -> Result<(), PostgresSinkError> {
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+            id BIGSERIAL PRIMARY KEY,
+            day DATE NOT NULL,
+            started_at_ms BIGINT NOT NULL,
+            request_id TEXT,
+            key_id TEXT,
+            tenant TEXT,
+            model TEXT NOT NULL,
+            provider TEXT,
+            upstream_model TEXT,
+            variant TEXT,
+            attempts INTEGER NOT NULL,
+            stream BOOLEAN NOT NULL,
+            outcome TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            error_kind TEXT,
+            prompt_tokens BIGINT NOT NULL,
+            completion_tokens BIGINT NOT NULL,
+            total_tokens BIGINT NOT NULL,
+            cached_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL,
+            usage_source TEXT NOT NULL,
+            cost_pico NUMERIC(20, 0),
+            ttft_ms DOUBLE PRECISION,
+            total_ms DOUBLE PRECISION NOT NULL,
+            overhead_us DOUBLE PRECISION);
+         CREATE INDEX IF NOT EXISTS \"{t}_day_key\" ON {table} (day, key_id);"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Schema version 2: why a usage is an estimate, and the units billed per image, character or
+/// second of audio.
+async fn alter_v2(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+) -> Result<(), PostgresSinkError> {
+    tx.batch_execute(&format!(
+        "ALTER TABLE {table}
+            ADD COLUMN IF NOT EXISTS usage_note TEXT,
+            ADD COLUMN IF NOT EXISTS images BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS characters BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS audio_ms BIGINT NOT NULL DEFAULT 0"
+    ))
+    .await?;
+    Ok(())
+}
+
 const COLUMNS: &str = "day, started_at_ms, request_id, key_id, tenant, model, provider, \
     upstream_model, variant, attempts, stream, outcome, status, error_kind, prompt_tokens, \
     completion_tokens, total_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, \
-    usage_source, cost_pico, ttft_ms, total_ms, overhead_us";
+    usage_source, cost_pico, ttft_ms, total_ms, overhead_us, usage_note, images, characters, \
+    audio_ms";
 
 /// Append `s` as a COPY text-format field.
 fn text(out: &mut String, s: Option<&str>) {
@@ -448,6 +480,12 @@ fn copy_line(out: &mut String, r: &UsageRecord) {
     float(out, Some(r.total_ms));
     out.push('\t');
     float(out, r.overhead_us);
+    out.push('\t');
+    text(out, r.usage_note.as_deref());
+    for v in [r.units.images, r.units.characters, r.units.audio_ms] {
+        out.push('\t');
+        num(out, Some(clamp(v)));
+    }
     out.push('\n');
 }
 
@@ -658,7 +696,23 @@ mod tests {
         copy_line(&mut s, &r);
         assert_eq!(
             s,
-            "2026-01-01\t1767225600000\ta\\tb\\\\c\\nd\t\\N\t\\N\tm\t\\N\t\\N\t\\N\t2\tt\tclient_disconnect\t499\t\\N\t0\t0\t0\t0\t0\t0\tnone\t\\N\t\\N\t1.5\t\\N\n"
+            "2026-01-01\t1767225600000\ta\\tb\\\\c\\nd\t\\N\t\\N\tm\t\\N\t\\N\t\\N\t2\tt\tclient_disconnect\t499\t\\N\t0\t0\t0\t0\t0\t0\tnone\t\\N\t\\N\t1.5\t\\N\t\\N\t0\t0\t0\n"
+        );
+        // Version 2's columns: the usage note and the units.
+        let r = UsageRecord {
+            usage_note: Some("upstream usage unreadable".into()),
+            units: crate::usage::Units {
+                images: 2,
+                characters: 12,
+                audio_ms: 3_000,
+            },
+            ..r
+        };
+        s.clear();
+        copy_line(&mut s, &r);
+        assert!(
+            s.ends_with("\tupstream usage unreadable\t2\t12\t3000\n"),
+            "{s}"
         );
         assert!(
             PostgresSinkConfig::new("x")
