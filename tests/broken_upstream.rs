@@ -7,7 +7,9 @@
 //!   event: its VmRSS is sampled while the upstream sends.
 //! - A 200 MB non-streaming answer passes through whole without the gateway holding it; one the
 //!   gateway must read whole to translate (the Anthropic face over an OpenAI upstream) is read up
-//!   to its 32 MiB cap and refused with a 502, not held.
+//!   to its 32 MiB cap and refused with a 502, not held. With smaller configured caps (`[server]
+//!   max_translated_body_bytes`, `max_translated_event_bytes`) an answer or event over them is
+//!   refused (502, or the in-band error) with its record, and one under them passes.
 //! - Absurd usage counts (2^64 − 1, negative, fractional, text, above `[usage]
 //!   max_usage_tokens`, parts larger than the whole) are recorded as `estimated` with a
 //!   `usage_note`, and a rate-limit reservation settles at what it reserved (the next request
@@ -555,3 +557,182 @@ async fn absurd_usage_is_recorded_as_an_estimate_and_settles_at_the_reservation(
     assert_eq!(r.usage.total_tokens, 17);
     assert_eq!(r.usage_note, None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The caps of translated answers: `[server] max_translated_body_bytes` and
+// `max_translated_event_bytes`.
+
+const XLATE_CAP: usize = 64 << 10;
+
+fn xlate_config(up: &ScriptedUpstream) -> String {
+    format!(
+        r#"
+[server]
+max_translated_body_bytes = {XLATE_CAP}
+max_translated_event_bytes = {XLATE_CAP}
+[auth]
+enabled = false
+[usage]
+jsonl = ""
+[providers.up]
+kind = "openai"
+base_url = "{url}"
+api_key = "sk-upstream-secret"
+[providers.claude]
+kind = "anthropic"
+base_url = "{url}"
+api_key = "sk-ant-upstream-secret"
+[models.m]
+targets = [{{ provider = "up", model = "up-model" }}]
+[models.c]
+targets = [{{ provider = "claude", model = "claude-x" }}]
+"#,
+        url = up.base_url()
+    )
+}
+
+/// An OpenAI chat answer whose content is `n` bytes of `x`.
+fn chat_answer_of(n: usize) -> String {
+    json_answer(r#"{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}"#)
+        .replace("Hello there!", &"x".repeat(n))
+}
+
+/// An Anthropic message whose text is `n` bytes of `x`.
+fn anthropic_answer_of(n: usize) -> String {
+    format!(
+        r#"{{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{{"type":"text","text":"{}"}}],"stop_reason":"end_turn","stop_sequence":null,"usage":{{"input_tokens":3,"output_tokens":1}}}}"#,
+        "x".repeat(n)
+    )
+}
+
+/// A non-streaming answer the gateway must read whole to translate: under the configured cap
+/// it is translated; over it the client gets 502 `upstream_protocol` in the face it asked
+/// with, naming the option, and the record says so. Both translating paths: the Anthropic
+/// face over an OpenAI upstream, and the OpenAI face over an Anthropic upstream.
+#[tokio::test]
+async fn a_translated_answer_over_the_configured_cap_is_refused_and_under_it_passes() {
+    let mut up = ScriptedUpstream::start().await;
+    let gw = Gateway::start(&xlate_config(&up)).await;
+    let messages = r#"{"model":"m","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let chat_req = r#"{"model":"c","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut n = 0;
+    for (size, ok) in [(XLATE_CAP / 2, true), (XLATE_CAP + 1024, false)] {
+        // The Anthropic face over an OpenAI upstream.
+        let call = tokio::spawn({
+            let addr = gw.addr;
+            async move {
+                let res = send(addr, "POST", "/v1/messages", &[], messages.to_owned()).await;
+                (res.status.as_u16(), res.json().await)
+            }
+        });
+        up.next().await.respond(
+            200,
+            &[("content-type", "application/json")],
+            chat_answer_of(size),
+        );
+        let (status, v) = call.await.unwrap();
+        n += 1;
+        let r = gw.records(n).await[n - 1].clone();
+        if ok {
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(v["content"][0]["text"].as_str().unwrap().len(), size);
+            assert_eq!(r.status, 200, "{r:?}");
+        } else {
+            assert_eq!(status, 502, "{v}");
+            assert_eq!(v["type"], "error", "Anthropic face: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("max_translated_body_bytes"), "{msg}");
+            assert_eq!(r.status, 502, "{r:?}");
+            assert_eq!(r.error_kind.as_deref(), Some("upstream_protocol"), "{r:?}");
+        }
+        // The OpenAI face over an Anthropic upstream.
+        let call = tokio::spawn({
+            let addr = gw.addr;
+            async move {
+                let res = chat(addr, chat_req, &[]).await;
+                (res.status.as_u16(), res.json().await)
+            }
+        });
+        up.next().await.respond(
+            200,
+            &[("content-type", "application/json")],
+            anthropic_answer_of(size),
+        );
+        let (status, v) = call.await.unwrap();
+        n += 1;
+        let r = gw.records(n).await[n - 1].clone();
+        if ok {
+            assert_eq!(status, 200, "{v}");
+            let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+            assert_eq!(text.len(), size);
+        } else {
+            assert_eq!(status, 502, "{v}");
+            assert_eq!(v["error"]["code"], "upstream_protocol", "OpenAI face: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("max_translated_body_bytes"), "{msg}");
+            assert_eq!(r.status, 502, "{r:?}");
+            assert_eq!(r.error_kind.as_deref(), Some("upstream_protocol"), "{r:?}");
+        }
+    }
+}
+
+/// A translated stream (the Anthropic face over an OpenAI upstream): an event under the
+/// configured cap passes; one growing over it ends the stream with the in-band error naming
+/// the option, and the record says `stream_error`.
+#[tokio::test]
+async fn a_translated_stream_event_over_the_configured_cap_is_cut_in_band() {
+    let mut up = ScriptedUpstream::start().await;
+    let gw = Gateway::start(&xlate_config(&up)).await;
+    let req = r#"{"model":"m","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let content_event = |n: usize| {
+        format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}},\"finish_reason\":null}}]}}\n\n",
+            "x".repeat(n)
+        )
+    };
+    for (i, (size, ok)) in [(XLATE_CAP / 2, true), (XLATE_CAP + 1024, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let call = tokio::spawn({
+            let addr = gw.addr;
+            async move {
+                let res = send(addr, "POST", "/v1/messages", &[], req.to_owned()).await;
+                (res.status.as_u16(), res.rest().await)
+            }
+        });
+        let tx = up.next().await.respond_stream();
+        assert!(tx.send(FIRST_EVENT).await);
+        // The event arrives in two reads: what the gateway holds is the event in progress
+        // (the first part: half of the small one, more than the cap of the large one).
+        let event = content_event(size);
+        let split = if ok { event.len() / 2 } else { XLATE_CAP + 512 };
+        assert!(tx.send(event[..split].to_owned()).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tx.send(event[split..].to_owned()).await;
+        let _ = tx.send(LAST_STREAM_EVENTS).await;
+        drop(tx);
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200);
+        let text = String::from_utf8_lossy(&body);
+        let r = gw.records(i + 1).await[i].clone();
+        if ok {
+            assert!(text.contains("event: message_stop"), "{text:.300}");
+            assert!(text.contains(&"x".repeat(size)), "the event passed whole");
+            assert_eq!(r.outcome, tollgate::usage::Outcome::Success, "{r:?}");
+        } else {
+            let last = text.trim_end().rsplit("\n\n").next().unwrap();
+            assert!(
+                last.starts_with("event: error\ndata: {")
+                    && last.contains("max_translated_event_bytes"),
+                "ends with the in-band error: {last:.300}"
+            );
+            assert!(!text.contains("message_stop"), "{text:.300}");
+            assert!(body.len() < XLATE_CAP, "the event was not forwarded");
+            assert_eq!(r.outcome, tollgate::usage::Outcome::StreamError, "{r:?}");
+            assert_eq!(r.error_kind.as_deref(), Some("upstream_protocol"), "{r:?}");
+        }
+    }
+}
+
+const LAST_STREAM_EVENTS: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: [DONE]\n\n";

@@ -35,6 +35,7 @@ fn call(api: Api, model: &str, body: &str, headers: HeaderMap) -> UpstreamCall {
         upstream_model: Arc::from(model),
         headers,
         connect_timeout: Some(Duration::from_secs(2)),
+        limits: Default::default(),
     }
 }
 

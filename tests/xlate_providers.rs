@@ -94,6 +94,7 @@ fn call(body: Value, model: &str) -> UpstreamCall {
         upstream_model: Arc::from(model),
         headers,
         connect_timeout: Some(Duration::from_secs(2)),
+        limits: Default::default(),
     }
 }
 

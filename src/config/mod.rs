@@ -117,6 +117,14 @@ pub struct ServerConfig {
     /// The most bytes one upstream SSE event (or a line without a line break) may hold
     /// (default 4 MiB); past it the stream ends with the in-band error, the event not held.
     pub max_sse_event_bytes: Option<usize>,
+    /// The most bytes one upstream SSE event may hold while the gateway translates the stream
+    /// (an Anthropic or Gemini upstream, the Anthropic face or the Responses API over chat)
+    /// (default 16 MiB); past it the stream ends with the in-band error (`upstream_protocol`).
+    pub max_translated_event_bytes: Option<usize>,
+    /// The most bytes of a non-streaming answer the gateway reads whole to translate it
+    /// (default 32 MiB); past it the request fails with 502 (`upstream_protocol`) and the
+    /// rest is not read. Pass-through answers are never held.
+    pub max_translated_body_bytes: Option<usize>,
     /// A request's head (request line and headers) must arrive within this many ms, else the
     /// connection is closed (default 30 000). On HTTP/1.1 the clock also runs while a kept-alive
     /// connection waits for its next request. Read at start.

@@ -31,6 +31,7 @@ use crate::route::{RouteHandle, RouteLayer};
 use crate::sink::JsonlSink;
 use crate::stream::StreamPassthroughLayer;
 use crate::timeout::TimeoutLayer;
+use crate::translate::TranslateLimits;
 
 /// Records a sink queues before it drops new ones, unless `[usage] queue` says otherwise.
 const DEFAULT_QUEUE: usize = 65_536;
@@ -100,6 +101,7 @@ pub(super) fn build(
         None => AuthLayer::disabled(),
     };
     let layers = Layers {
+        translate: translate_limits(cfg)?,
         max_body: cfg.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         stream: stream_layer(cfg),
         body_read_timeout: body_read_timeout(cfg)?,
@@ -189,8 +191,35 @@ fn body_read_timeout(cfg: &Config) -> Result<Duration, ConfigError> {
     }
 }
 
+/// `[server] max_translated_event_bytes` and `max_translated_body_bytes` (0 is refused).
+fn translate_limits(cfg: &Config) -> Result<TranslateLimits, ConfigError> {
+    let cap = |field: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(ConfigError::field(
+            &cfg.source,
+            &format!("server.{field}"),
+            "must be greater than 0",
+        )),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let d = TranslateLimits::default();
+    Ok(TranslateLimits {
+        max_event_bytes: cap(
+            "max_translated_event_bytes",
+            cfg.server.max_translated_event_bytes,
+            d.max_event_bytes,
+        )?,
+        max_body_bytes: cap(
+            "max_translated_body_bytes",
+            cfg.server.max_translated_body_bytes,
+            d.max_body_bytes,
+        )?,
+    })
+}
+
 /// The configured layers of one generation.
 struct Layers {
+    translate: TranslateLimits,
     max_body: usize,
     stream: StreamPassthroughLayer,
     body_read_timeout: Duration,
@@ -250,7 +279,7 @@ fn llm_service(l: Layers) -> HttpService {
         .layer(FallbackLayer::new())
         // per attempt: connect, first token, idle, total
         .layer(TimeoutLayer::new())
-        .service(Dispatch::new())
+        .service(Dispatch::new().translate_limits(l.translate))
 }
 
 fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {

@@ -38,7 +38,7 @@ use http_body_util::Full;
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::provider::headers::{HeaderPolicy, sensitive};
-use crate::provider::openai::{client_for, error_chain, read_capped, success_body};
+use crate::provider::openai::{client_for, error_chain, read_capped, read_whole, success_body};
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error};
 use crate::request::Api;
 use crate::secret::Secret;
@@ -53,8 +53,6 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// The largest error body read from an upstream.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// The largest non-streaming answer read from an upstream for translation.
-pub(crate) const MAX_RESPONSE_BODY: usize = 32 << 20;
 
 /// A provider configuration error (bad URL, bad header value).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -387,6 +385,7 @@ where
     M: FnOnce(StatusCode, &HeaderMap, &[u8], &Arc<str>) -> GatewayError + Send + 'static,
 {
     let stream = call.parsed.stream;
+    let limits = call.limits;
     let client = client_for(call.connect_timeout);
     Box::pin(async move {
         let client = client?;
@@ -401,12 +400,14 @@ where
         }
         if stream {
             let body = success_body(body, &name, true);
-            let mut res =
-                translated_response(true, Body::new(TranslateBody::new(body, translator)));
+            let body = TranslateBody::new(body, translator).max_event_bytes(limits.max_event_bytes);
+            let mut res = translated_response(true, Body::new(body));
             keep_upstream_id(&parts.headers, res.headers_mut());
             return Ok(res);
         }
-        let bytes = read_capped(body, MAX_RESPONSE_BODY).await;
+        let bytes = read_whole(body, limits.max_body_bytes)
+            .await
+            .map_err(|e| e.with_provider(name.clone()))?;
         let out = whole(&bytes).map_err(|e| e.with_provider(name.clone()))?;
         let mut res = translated_response(false, Body::full(out));
         keep_upstream_id(&parts.headers, res.headers_mut());

@@ -1622,6 +1622,7 @@ mod tests {
             upstream_model: Arc::from(model),
             headers: HeaderMap::new(),
             connect_timeout: None,
+            limits: Default::default(),
         }
     }
 

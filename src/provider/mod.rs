@@ -56,11 +56,11 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::request::{Api, ParsedRequest, parse_body};
 use crate::store::{ResponseStoreHandle, StoredResponse, new_response_id};
 use crate::target::Attempt;
-use crate::translate::TranslateBody;
 use crate::translate::ingress::{IngressStream, request_from_anthropic, response_to_anthropic};
 use crate::translate::responses::{
     ResponsesStream, input_items, request_to_chat, response_from_chat_with_id, with_history,
 };
+use crate::translate::{TranslateBody, TranslateLimits, answer_too_large};
 
 pub mod anthropic;
 pub mod gemini;
@@ -84,6 +84,10 @@ pub struct UpstreamCall {
     pub headers: HeaderMap,
     /// Connect deadline for this attempt, if any.
     pub connect_timeout: Option<Duration>,
+    /// The caps on what may be held while an answer is translated (`[server]
+    /// max_translated_event_bytes`, `max_translated_body_bytes`); adapters that translate
+    /// apply them, pass-through adapters hold nothing.
+    pub limits: TranslateLimits,
 }
 
 /// One upstream provider.
@@ -321,12 +325,21 @@ pub(crate) fn connect_error(provider: &Arc<str>, err: impl std::fmt::Display) ->
 /// ([`CREDENTIAL_HEADERS`]) are removed before anything goes upstream (and each adapter sends
 /// only its policy's allow-list of what is left).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Dispatch;
+pub struct Dispatch {
+    limits: TranslateLimits,
+}
 
 impl Dispatch {
-    /// The leaf.
+    /// The leaf, with the default [`TranslateLimits`].
     pub fn new() -> Self {
-        Dispatch
+        Dispatch::default()
+    }
+
+    /// The caps on what is held while an answer is translated (every attempt's
+    /// [`UpstreamCall::limits`]).
+    pub fn translate_limits(mut self, limits: TranslateLimits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -395,6 +408,7 @@ impl Service<Request<Full<Bytes>>> for Dispatch {
             upstream_model: attempt.target.upstream_model.clone(),
             headers: parts.headers,
             connect_timeout: attempt.timeouts.connect,
+            limits: self.limits,
         };
         let provider = &attempt.target.provider;
         let anthropic = call.parsed.api.is_anthropic();
@@ -463,9 +477,6 @@ impl Future for DispatchFuture {
     }
 }
 
-/// The largest chat answer read for translation back into an Anthropic message.
-const MAX_TRANSLATED_BODY: usize = 32 << 20;
-
 /// Serve an Anthropic-format request with a provider that speaks OpenAI chat: translate the
 /// request, call, translate the answer back (streams event by event).
 fn messages_via_chat(
@@ -495,6 +506,7 @@ fn messages_via_chat(
     chat.upstream_include_usage = stream;
     call.parsed = chat;
     let model = call.upstream_model.clone();
+    let limits = call.limits;
     let fut = provider.call(call);
     Box::pin(async move {
         let (mut parts, body) = fut.await?.into_parts();
@@ -504,21 +516,11 @@ fn messages_via_chat(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
             );
-            let body = TranslateBody::new(body, IngressStream::new(&model));
+            let body = TranslateBody::new(body, IngressStream::new(&model))
+                .max_event_bytes(limits.max_event_bytes);
             return Ok(Response::from_parts(parts, Body::new(body)));
         }
-        let bytes = match Limited::new(body, MAX_TRANSLATED_BODY).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                return Err(match e.downcast::<GatewayError>() {
-                    Ok(e) => *e,
-                    Err(e) => GatewayError::new(
-                        ErrorKind::UpstreamProtocol,
-                        format!("could not read the upstream answer: {e}"),
-                    ),
-                });
-            }
-        };
+        let bytes = read_translated(body, limits.max_body_bytes).await?;
         let out = response_to_anthropic(&bytes)?;
         parts.headers.insert(
             header::CONTENT_TYPE,
@@ -528,10 +530,12 @@ fn messages_via_chat(
     })
 }
 
-/// Read a whole (capped) translated-target answer for translation.
-async fn read_translated(body: Body) -> Result<Bytes, GatewayError> {
-    match Limited::new(body, MAX_TRANSLATED_BODY).collect().await {
+/// Read a whole translated-target answer for translation, at most `cap` bytes (past it, the
+/// error that names `[server] max_translated_body_bytes`; the rest is not read).
+async fn read_translated(body: Body, cap: usize) -> Result<Bytes, GatewayError> {
+    match Limited::new(body, cap).collect().await {
         Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(answer_too_large(cap)),
         Err(e) => Err(match e.downcast::<GatewayError>() {
             Ok(e) => *e,
             Err(e) => GatewayError::new(
@@ -684,6 +688,7 @@ fn responses_via_chat(
         let (chat, turn) = prepare_turn(&call, provider.name(), state).await?;
         call.parsed = chat;
         let model = call.upstream_model.clone();
+        let limits = call.limits;
         let id = turn.save.as_ref().map(|_| new_response_id());
         let (mut parts, body) = provider.call(call).await?.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -699,10 +704,10 @@ fn responses_via_chat(
                 }
                 t = t.with_id(id);
             }
-            let body = TranslateBody::new(body, t);
+            let body = TranslateBody::new(body, t).max_event_bytes(limits.max_event_bytes);
             return Ok(Response::from_parts(parts, Body::new(body)));
         }
-        let bytes = read_translated(body).await?;
+        let bytes = read_translated(body, limits.max_body_bytes).await?;
         let out = response_from_chat_with_id(&bytes, &turn.echo, id.clone())?;
         if let Some(save) = id.and_then(|id| turn.saver(id)) {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out) {

@@ -415,6 +415,30 @@ pub(crate) async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> 
     buf.freeze()
 }
 
+/// Read all of `body` for translation, at most `cap` bytes: past it, the error that names
+/// `[server] max_translated_body_bytes`, and the rest is not read (the connection is dropped).
+pub(crate) async fn read_whole(
+    mut body: hyper::body::Incoming,
+    cap: usize,
+) -> Result<Bytes, GatewayError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            GatewayError::new(
+                ErrorKind::UpstreamProtocol,
+                format!("could not read the upstream answer: {}", error_chain(&e)),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if data.len() > cap - buf.len() {
+                return Err(crate::translate::answer_too_large(cap));
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
 /// `e: cause: cause` — hyper-util's own `Display` hides the useful part in its sources.
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();

@@ -190,10 +190,48 @@ pub(crate) fn named_tool(f: &serde_json::Value) -> serde_json::Map<String, serde
     tool
 }
 
-/// The most bytes one upstream event may hold in a translated stream (16 MiB: four times the
-/// default of `[server] max_sse_event_bytes`, which the stream layer applies to what this
-/// body produces).
+/// The default of the most bytes one upstream event may hold in a translated stream (16 MiB:
+/// four times the default of `[server] max_sse_event_bytes`, which the stream layer applies to
+/// what this body produces); `[server] max_translated_event_bytes` sets it.
 pub const MAX_TRANSLATED_EVENT_BYTES: usize = 16 << 20;
+
+/// The default of the most bytes of a non-streaming answer read whole to translate it
+/// (32 MiB); `[server] max_translated_body_bytes` sets it.
+pub const MAX_TRANSLATED_BODY_BYTES: usize = 32 << 20;
+
+/// The caps on what the gateway holds while it translates an upstream's answer (the
+/// [`UpstreamCall::limits`](crate::provider::UpstreamCall::limits) of every attempt, set by
+/// [`Dispatch::translate_limits`](crate::provider::Dispatch::translate_limits)). A
+/// pass-through answer is never held, so these apply to translated ones only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranslateLimits {
+    /// The most bytes one upstream SSE event (or a line without a line break) may hold in a
+    /// translated stream; past it the stream ends with an `upstream_protocol` error.
+    pub max_event_bytes: usize,
+    /// The most bytes of a non-streaming answer read whole to translate it; past it the
+    /// request fails with an `upstream_protocol` error (502) and the rest is not read.
+    pub max_body_bytes: usize,
+}
+
+impl Default for TranslateLimits {
+    fn default() -> Self {
+        TranslateLimits {
+            max_event_bytes: MAX_TRANSLATED_EVENT_BYTES,
+            max_body_bytes: MAX_TRANSLATED_BODY_BYTES,
+        }
+    }
+}
+
+/// The error of a non-streaming answer over [`TranslateLimits::max_body_bytes`].
+pub(crate) fn answer_too_large(cap: usize) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::UpstreamProtocol,
+        format!(
+            "the upstream answer is larger than {cap} bytes, the most the gateway reads to \
+             translate it ([server] max_translated_body_bytes)"
+        ),
+    )
+}
 
 pin_project! {
     /// A response body translating an upstream SSE body on the fly, event by event, with no
@@ -205,6 +243,7 @@ pin_project! {
         #[pin]
         inner: B,
         scanner: SseScanner,
+        max_event: usize,
         translator: T,
         out: BytesMut,
         state: BodyState,
@@ -225,10 +264,20 @@ impl<B, T> TranslateBody<B, T> {
         TranslateBody {
             inner,
             scanner: SseScanner::with_max_event(MAX_TRANSLATED_EVENT_BYTES),
+            max_event: MAX_TRANSLATED_EVENT_BYTES,
             translator,
             out: BytesMut::with_capacity(1024),
             state: BodyState::Streaming,
         }
+    }
+
+    /// The most bytes one upstream event may hold (default [`MAX_TRANSLATED_EVENT_BYTES`]);
+    /// past it the body ends with an [`ErrorKind::UpstreamProtocol`] error and the event is
+    /// not held.
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.scanner = SseScanner::with_max_event(bytes);
+        self.max_event = bytes;
+        self
     }
 }
 
@@ -278,7 +327,9 @@ where
                 *this.state = BodyState::Closing(Some(GatewayError::new(
                     ErrorKind::UpstreamProtocol,
                     format!(
-                        "the upstream sent an event larger than {MAX_TRANSLATED_EVENT_BYTES} bytes"
+                        "the upstream sent an event larger than {} bytes ([server] \
+                         max_translated_event_bytes)",
+                        this.max_event
                     ),
                 )));
                 continue;
