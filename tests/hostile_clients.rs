@@ -14,7 +14,9 @@
 //! - oversized and too many headers get 431;
 //! - deep JSON gets 400, a 1 MB model name 400 with a short echo (401 without a key);
 //! - thousands of distinct unknown model names leave `/metrics` and the RSS bounded;
-//! - in process: a refusal before authentication is recorded with the model `unknown`.
+//! - in process: a refusal before authentication is recorded with the model `unknown`;
+//! - the admin listener (`[server] admin_listen`) has the same discipline: slowloris headers
+//!   are cut at the header timeout while it keeps answering a good client's `/healthz`.
 
 mod common;
 
@@ -745,4 +747,83 @@ async fn accept_failures_are_logged_at_most_once_a_second() {
     // One line a second (per worker), whatever the rate of failures.
     let most = 2 * (held.as_secs() as usize + 2);
     assert!(lines <= most, "{lines} lines in {held:?}: {text}");
+}
+
+/// The admin listener keeps the connection discipline of `[server]`: slowloris headers on it
+/// are cut at the header timeout (1 s, not the 30 s default), while a good operator client
+/// polling `/healthz` on it, and the good LLM client on the main listener, are answered
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_the_admin_listener_is_cut_and_it_keeps_answering() {
+    let up = MockServer::start().await.expect("mock upstream");
+    let cfg =
+        config(&up.base_url()).replace("[server]\n", "[server]\nadmin_listen = \"127.0.0.1:0\"\n");
+    let mut gw = GatewayProcess::start(&cfg);
+    let line = gw.next_line();
+    let admin: SocketAddr = line
+        .trim()
+        .strip_prefix("tollgate admin on http://")
+        .unwrap_or_else(|| panic!("no admin address: {line:?}"))
+        .parse()
+        .unwrap();
+    let good = Good::start(gw.addr);
+    // The operator: one /healthz after another, each on a new connection, each answered 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut ok = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let mut c = TcpStream::connect(admin).await.unwrap();
+                c.write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let res = read_response(&mut c, Duration::from_secs(2)).await;
+                assert_eq!(
+                    status_of(&res),
+                    Some(200),
+                    "{}",
+                    String::from_utf8_lossy(&res)
+                );
+                ok += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ok
+        }
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = TcpStream::connect(admin).await.unwrap();
+            let start = Instant::now();
+            c.write_all(b"GET /metrics HTTP/1.1\r\nx-slow: ")
+                .await
+                .unwrap();
+            // One byte every 100 ms, for up to 5 s: the header never ends.
+            for _ in 0..50 {
+                if c.write_all(b"a").await.is_err() {
+                    return start.elapsed();
+                }
+                let (_, closed) = read_until_closed(&mut c, Duration::from_millis(100)).await;
+                if closed {
+                    return start.elapsed();
+                }
+            }
+            panic!("a slowloris connection to the admin listener was still open after 5 s");
+        }));
+    }
+    for t in tasks {
+        let took = t.await.unwrap();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(3000),
+            "admin connection closed after {took:?}, the header timeout is 1 s"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let probes = probe.await.unwrap();
+    assert!(
+        probes >= 10,
+        "the admin listener answered only {probes} probes"
+    );
+    good.finish().await;
 }

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tollgate::config::{Config, DEFAULT_CONFIG, LogFormat, RuntimeKind};
-use tollgate::gateway::{Gateway, Reloader, serve_connections, serve_with};
+use tollgate::ext::DrainControl;
+use tollgate::gateway::{Gateway, Reloader, serve_with};
 
 const HELP: &str = "\
 tollgate reference gateway: one OpenAI-compatible endpoint in front of many providers
@@ -297,7 +298,9 @@ fn spawn_worker(
     Ok(done_rx)
 }
 
-/// `[server] admin_listen`: `/healthz` and `/metrics` on their own listener.
+/// `[server] admin_listen`: `/healthz` and `/metrics` on their own listener, with the
+/// connection discipline of `[server]` (header read and idle timeouts, header limits) and a
+/// connection cap of its own.
 async fn serve_admin(
     addr: &str,
     gateway: &Gateway,
@@ -308,11 +311,15 @@ async fn serve_admin(
     let listener = TcpListener::bind(addr).await.map_err(|e| fail(&e))?;
     let local = listener.local_addr().map_err(|e| fail(&e))?;
     let admin = gateway.admin();
+    let opts = gateway.admin_serve_options();
+    // Its own drain: the admin answers are immediate, and its loop must not move the LLM
+    // requests' drain.
+    let drain = DrainControl::new(gateway.drain_control().period());
     tokio::spawn(async move {
-        serve_connections(listener, admin, async move {
+        let stop = async move {
             let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+        };
+        serve_with(listener, admin, stop, &opts, drain).await;
     });
     Ok(local)
 }

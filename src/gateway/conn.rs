@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 128;
 /// Default cap on open client connections, before the file-descriptor limit lowers it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Cap on open connections of the admin listener (`[server] admin_listen`): operators' probes
+/// and scrapers need few, and a flood there must not take descriptors from the main listener.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Descriptors kept out of the connection budget (listeners, log and record files, DNS).
 const NOFILE_RESERVE: u64 = 64;
 /// The answer to a connection over the cap (then it is closed).
@@ -156,6 +159,15 @@ impl ServeOptions {
         self.max_connections = n;
         self.slots = Arc::new(Semaphore::new(n));
         self
+    }
+
+    /// The same discipline (timeouts, header limits) for another listener, with its own
+    /// connection count capped at `max_connections` (at most this value's cap): e.g. the admin
+    /// listener, whose connections neither count against the main listener's cap nor get
+    /// in before a full main listener's clients.
+    pub fn with_own_connections(&self, max_connections: usize) -> Self {
+        self.clone()
+            .max_connections(max_connections.min(self.max_connections))
     }
 
     /// The connection cap.

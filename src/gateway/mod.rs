@@ -70,9 +70,9 @@ use crate::meter::RecordSink;
 use crate::store::ResponseStoreHandle;
 
 pub use conn::{
-    DEFAULT_H2_MAX_STREAMS, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, ServeOptions,
-    default_max_connections, raise_nofile_limit,
+    DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_H2_MAX_STREAMS, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
+    ServeOptions, default_max_connections, raise_nofile_limit,
 };
 pub use ops::Admin;
 pub use reload::Reloader;
@@ -99,6 +99,8 @@ struct Shared {
     drain: DrainControl,
     /// The connection discipline of `[server]` (read at start; one connection count).
     serve: ServeOptions,
+    /// The same discipline for the admin listener, with its own, smaller connection count.
+    admin_serve: ServeOptions,
     #[cfg(feature = "postgres")]
     postgres: Option<Arc<crate::sink::postgres::PostgresSink>>,
 }
@@ -214,6 +216,7 @@ impl GatewayBuilder<'_> {
             drain: DrainControl::new(Duration::from_millis(
                 cfg.server.drain_ms.unwrap_or(DEFAULT_DRAIN_MS),
             )),
+            admin_serve: serve.with_own_connections(DEFAULT_ADMIN_MAX_CONNECTIONS),
             serve,
             #[cfg(feature = "postgres")]
             postgres,
@@ -304,6 +307,15 @@ impl Gateway {
     /// cap). Clones share one connection count: give the same value to every accept loop.
     pub fn serve_options(&self) -> ServeOptions {
         self.shared.serve.clone()
+    }
+
+    /// The connection discipline for the [admin service](Self::admin) on `[server]
+    /// admin_listen`: the header read and idle timeouts and header limits of `[server]`, and
+    /// a connection cap of its own ([`DEFAULT_ADMIN_MAX_CONNECTIONS`], or `max_connections` if
+    /// lower): a flood of either listener does not lock operators or clients out of the
+    /// other. Clones share one count.
+    pub fn admin_serve_options(&self) -> ServeOptions {
+        self.shared.admin_serve.clone()
     }
 
     /// Serve on `listener` until `shutdown` resolves, with [`serve_options`](Self::serve_options);
