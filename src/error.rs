@@ -86,8 +86,9 @@ pub enum ErrorKind {
     /// its upstream's 429 `Retry-After` is [`UpstreamRateLimited`](Self::UpstreamRateLimited)
     /// with `origin: "gateway"` instead).
     CircuitOpen,
-    /// The gateway is shutting down: a request still arriving is refused (503), and a stream
-    /// still running at the end of the drain period ends with an in-band error of this kind.
+    /// The gateway is shutting down: a request still arriving is refused (503), a request
+    /// still waiting for its upstream's answer at the end of the drain period is answered 503,
+    /// and a stream still running then ends with an in-band error of this kind.
     ShuttingDown,
     /// Bug or unexpected state inside the gateway (500).
     Internal,

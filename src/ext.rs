@@ -16,7 +16,7 @@
 //! | [`RouteDecision`] | Route | Fallback |
 //! | [`Attempt`] | Fallback (one per try) | Timeout, Dispatch |
 //! | [`ResponseStoreHandle`] | the [gateway](crate::gateway), on `/v1/responses…` (or your own `map_request`) | the Responses endpoint (`previous_response_id`, `store`) |
-//! | [`Drain`] | the server (the gateway's accept loop) | Parse (refuses a body still arriving at shutdown), StreamPassthrough (ends a stream in-band when the drain period is over) |
+//! | [`Drain`] | the server (the gateway's accept loop) | Parse (refuses a body still arriving at shutdown), StreamPassthrough (when the drain period is over: ends a stream in-band, answers 503 to a request still waiting for its answer) |
 //!
 //! **Up** (response extensions; the same on [`GatewayError::context`]):
 //!
@@ -123,15 +123,17 @@ pub enum DrainPhase {
     Serving,
     /// Shutdown began: no new connections; requests in flight may finish.
     Stopping,
-    /// The drain period is over: streams still running end now, with an in-band error.
+    /// The drain period is over: streams still running end now, with an in-band error, and
+    /// requests still waiting for their answer are answered 503.
     Over,
 }
 
 /// A request extension the server puts on each request: its view of the shutdown. Parse
 /// refuses a request body still arriving once shutdown began (a half-sent request does not
-/// hold the exit); the stream layer ends a stream still running when the drain period is over
-/// with the in-band error event, and its usage record is written as usual. Without it (a stack
-/// composed by hand), nothing changes.
+/// hold the exit); when the drain period is over, the stream layer ends a stream still
+/// running with the in-band error event, and answers 503 (`shutting_down`) to a request still
+/// waiting for its upstream's answer (the upstream call is dropped); usage records are written
+/// as usual. Without it (a stack composed by hand), nothing changes.
 #[derive(Debug, Clone)]
 pub struct Drain(watch::Receiver<DrainPhase>);
 

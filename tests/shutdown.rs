@@ -6,6 +6,9 @@
 //!   period finishes normally; no new connection is accepted; the process exits right after;
 //! - a half-sent request (headers, part of the body) and an idle keep-alive connection do not
 //!   hold the exit: with a 10 s drain period the process is gone in well under a second or two;
+//! - requests still waiting for their upstream's answer head at the end of the drain period
+//!   (OpenAI and Anthropic faces, stream or not) are answered 503 `shutting_down` with
+//!   `Retry-After` in their face, each with its usage record, and the process exits right after;
 //! - an idle gateway exits at once.
 
 mod common;
@@ -288,4 +291,72 @@ async fn an_idle_gateway_exits_at_once() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     let recs = records(&jsonl);
     assert_eq!(recs.len(), 1, "flushed before the exit: {recs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_the_upstream_get_503_at_the_drain_end() {
+    let mut up = ScriptedUpstream::start().await;
+    let dir = tempdir("stalled");
+    let jsonl = dir.join("usage.jsonl");
+    let mut gw = GatewayProcess::start(&config(&up, 600, &jsonl));
+    let addr = gw.addr;
+    let anthropic = r#"{"model":"m","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let requests = [
+        ("/v1/chat/completions", openai_stream()),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        ),
+        ("/v1/messages", anthropic),
+    ];
+    // Each reaches the upstream, which never answers: no head, no byte.
+    let mut clients = Vec::new();
+    let mut stalled = Vec::new();
+    for (path, body) in requests {
+        clients.push(tokio::spawn(async move {
+            let res = send(addr, "POST", path, &[], body.to_owned()).await;
+            let (status, headers) = (res.status, res.headers.clone());
+            let body = res.rest().await;
+            (status, headers, body, Instant::now())
+        }));
+        stalled.push(up.next().await);
+    }
+    let t = Instant::now();
+    sigterm(&gw);
+    exited(&mut gw, Duration::from_secs(5)).await;
+    let took = t.elapsed();
+    eprintln!("exit {took:?} after SIGTERM with 3 requests waiting upstream (drain_ms = 600)");
+    for (i, c) in clients.into_iter().enumerate() {
+        let (status, headers, body, at) = c.await.unwrap();
+        let answered = at.duration_since(t);
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(headers["retry-after"], "1");
+        assert!(
+            answered >= Duration::from_millis(550) && answered < Duration::from_millis(600 + 500),
+            "request {i} answered {answered:?} after SIGTERM, the drain period is 600 ms"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if i == 2 {
+            assert_eq!(v["type"], "error", "Anthropic face: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("shutting down"), "{v}");
+        } else {
+            assert_eq!(v["error"]["code"], "shutting_down", "OpenAI face: {v}");
+        }
+    }
+    assert!(
+        took < Duration::from_millis(600 + 1000),
+        "exited {took:?} after SIGTERM"
+    );
+    let recs = records(&jsonl);
+    assert_eq!(
+        recs.len(),
+        3,
+        "one record each, written before the exit: {recs:?}"
+    );
+    for r in &recs {
+        assert_eq!(r["status"], 503, "{r}");
+        assert_eq!(r["error_kind"], "shutting_down", "{r}");
+    }
+    drop(stalled);
 }

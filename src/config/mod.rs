@@ -111,8 +111,10 @@ pub struct ServerConfig {
     /// `admin_listen`) or `"off"`. Default: on `admin_listen` when it is set; else on the main
     /// listener when auth is off, and nowhere when auth is on.
     pub metrics: Option<MetricsPolicy>,
-    /// How long streams may run after shutdown began (SIGTERM), in ms (default 30 000); then
-    /// each ends with the in-band error event and its usage record. Read at start.
+    /// How long requests in flight may run after shutdown began (SIGTERM), in ms (default
+    /// 30 000); then each stream ends with the in-band error event, and a request still
+    /// waiting for its upstream's answer is answered 503 (`shutting_down`), each with its
+    /// usage record. Read at start.
     pub drain_ms: Option<u64>,
     /// The most bytes one upstream SSE event (or a line without a line break) may hold
     /// (default 4 MiB); past it the stream ends with the in-band error, the event not held.

@@ -16,7 +16,8 @@ use crate::config::{Config, ConfigError, HealthRegistry};
 /// limit applies to what the window already counted), usage options (the JSON-lines file and
 /// its queue: new records go to the new file; `report_cost`; `max_usage_tokens`), `[server]
 /// max_body_bytes`, `max_upload_bytes`, `max_sse_event_bytes`, `max_translated_event_bytes`,
-/// `max_translated_body_bytes` and `metrics` (`drain_ms` is read at start). Circuit state and latency history are kept per target.
+/// `max_translated_body_bytes` and `metrics` (`drain_ms` is read at start). Circuit state and
+/// latency history are kept per target.
 ///
 /// Refused, naming the field, because they need a restart: `[server] listen`, `workers`,
 /// `runtime`, `admin_listen`; `[limits] store`, `redis_url`, `redis_prefix`; `[responses]`;

@@ -38,8 +38,8 @@ const IN_HAND_POLL: Duration = Duration::from_millis(20);
 
 /// Drive one connection. Once shutdown began, hyper closes it if idle; one with no request in
 /// hand (a request head still arriving) would hold the exit until its head came, so it is
-/// dropped; one with requests in hand runs on (a body still arriving is refused by Parse, a
-/// stream ends at the end of the drain period).
+/// dropped; one with requests in hand runs on (a body still arriving is refused by Parse; a
+/// stream, or a request still waiting for its answer, ends at the end of the drain period).
 async fn run_connection(
     conn: impl Future<Output = Result<(), BoxError>>,
     in_hand: Arc<AtomicUsize>,
@@ -184,7 +184,9 @@ pub async fn serve_connections<S>(
 /// close at once (hyper's graceful shutdown), a connection whose request head is still arriving
 /// is dropped, and a request whose body is still arriving is answered 503 at once; streams run
 /// on until the drain period ends, then each ends with the in-band error event (its usage
-/// record written as for any failed stream); returns as soon as no connection is left.
+/// record written as for any failed stream), and a request still waiting for its answer's
+/// head is answered 503 `shutting_down` (with its record); returns as soon as no connection
+/// is left.
 pub async fn serve_with<S>(
     listener: TcpListener,
     service: S,
@@ -247,7 +249,7 @@ async fn finish(graceful: GracefulShutdown, drain: &DrainControl) {
     }
     tracing::warn!(
         drain_ms = drain.period().as_millis() as u64,
-        "streams still running at the end of the drain period; ending them"
+        "requests still running at the end of the drain period; ending them"
     );
     drain.advance(DrainPhase::Over);
     tokio::select! {

@@ -191,6 +191,12 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// End the stream in-band when `stop` resolves (the server's drain period is over).
+    pub(crate) fn with_stop(mut self, stop: DrainWait) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
     /// The upstream body.
     pub fn get_ref(&self) -> &B {
         &self.inner

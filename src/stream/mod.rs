@@ -182,7 +182,6 @@ where
                 let mut info = StreamInfo::new(parsed);
                 info.max_event = self.config.max_event;
                 info.max_usage = self.config.max_usage;
-                info.drain = drain;
                 Some(Observe::Stream(info))
             }
             Some(parsed) if parsed.api == Api::AudioSpeech => Some(Observe::Binary {
@@ -206,7 +205,7 @@ where
                 ));
             }
         };
-        ResponseFuture::new(self.inner.call(req), observe)
+        ResponseFuture::new(self.inner.call(req), observe, drain)
     }
 }
 
@@ -336,6 +335,48 @@ mod tests {
         assert!(facts.error && !facts.done);
         assert_eq!(facts.error_kind, Some("shutting_down"));
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_request_still_waiting_for_its_answer_is_answered_503_at_the_drain_end() {
+        for json in [
+            STREAM,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        ] {
+            let control = crate::ext::DrainControl::new(std::time::Duration::from_secs(1));
+            let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            struct Flag(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            // An upstream that never answers; the flag says when its call is dropped.
+            let upstream = service_fn({
+                let dropped = dropped.clone();
+                move |_req: Request<Bytes>| {
+                    let flag = Flag(dropped.clone());
+                    async move {
+                        let _flag = flag;
+                        std::future::pending::<Result<Response<Body>, GatewayError>>().await
+                    }
+                }
+            });
+            let mut req = request(json);
+            req.extensions_mut().insert(control.drain());
+            let mut fut = tokio_test::task::spawn(StreamPassthrough::new(upstream).oneshot(req));
+            assert_pending!(fut.poll());
+            // Shutdown began: it still waits.
+            control.advance(crate::ext::DrainPhase::Stopping);
+            assert_pending!(fut.poll());
+            // The drain period is over: 503 shutting_down, and the upstream call is dropped.
+            control.advance(crate::ext::DrainPhase::Over);
+            assert!(fut.is_woken());
+            let e = assert_ready!(fut.poll()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ShuttingDown, "{json}");
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        }
     }
 
     #[tokio::test]
