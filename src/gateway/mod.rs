@@ -28,8 +28,10 @@
 //!
 //! [`Gateway::serve`] (and [`serve_with`] with [`Gateway::serve_options`]) applies
 //! the connection discipline of `[server]`: header read and idle timeouts, header limits, the
-//! HTTP/2 stream cap and the connection cap ([`ServeOptions`]); the stack refuses a request
-//! without a valid key before reading its body, and holds all bodies in flight to one budget.
+//! HTTP/2 stream cap and the connection cap ([`ServeOptions`]; the
+//! [admin service](Gateway::admin) gets the same with a cap of its own,
+//! [`Gateway::admin_serve_options`]); the stack refuses a request without a valid key before
+//! reading its body, and holds all bodies in flight to one budget.
 //!
 //! Endpoints beside the LLM stack:
 //! - `GET /healthz` (`/health`): `{"status":"ok"}`.
