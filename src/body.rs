@@ -190,7 +190,9 @@ fn gather(first: &mut Option<Bytes>, buf: &mut BytesMut, data: Bytes) -> usize {
 fn batch(first: &mut Option<Bytes>, buf: &mut BytesMut) -> Option<Bytes> {
     match first.take() {
         Some(f) => Some(f),
-        None if !buf.is_empty() => Some(buf.split().freeze()),
+        // The whole buffer goes (not `split`, whose unused capacity would stay behind, shared
+        // with the frame, for as long as the stream lasts).
+        None if !buf.is_empty() => Some(std::mem::take(buf).freeze()),
         None => None,
     }
 }

@@ -219,7 +219,10 @@ impl HeaderPolicy {
     /// Keep only the exposed upstream response headers, and rename the upstream's request id to
     /// `x-upstream-request-id`: one pass over the upstream's headers into a new, small map.
     pub fn filter_response(&self, headers: &mut HeaderMap) {
-        let mut kept = HeaderMap::with_capacity(self.exposed.len() + 1);
+        // Sized by what it comes to hold (the few kept here and those the stack adds on the way
+        // out), not by the allow-list: hyper keeps this map's capacity for the connection's
+        // life (it parses the next request head into it), an open stream included.
+        let mut kept = HeaderMap::new();
         for (name, value) in headers.iter() {
             if self.exposed.contains(name) {
                 kept.append(name.clone(), value.clone());

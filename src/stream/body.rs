@@ -228,8 +228,12 @@ where
                 }
                 State::Streaming => {}
             }
-            // Complete events first: never wait for more data while one is ready.
-            if let Some(frame) = drain(this.scanner, this.chunk, this.observer) {
+            // Complete events first: never wait for more data while one is ready. `drain`
+            // takes every complete event, so the chunk is not needed after it: let it go, or
+            // an idle stream would pin the upstream connection's read buffer (hyper's 8 KiB,
+            // which also holds the response head) until the next frame.
+            let chunk = std::mem::take(this.chunk);
+            if let Some(frame) = drain(this.scanner, &chunk, this.observer) {
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
             if let Some(err) = cut_short(this.scanner, this.stop, this.observer, cx) {
@@ -815,6 +819,43 @@ mod tests {
         assert!(is_error_event(br#" { "error": {"message":"x"}}"#));
         assert!(!is_error_event(br#"{"choices":[],"error":null}"#));
         assert!(!is_error_event(br#"{"error":null,"choices":[]}"#));
+    }
+
+    /// Once the events of an upstream frame are handed on, an idle stream holds nothing of that
+    /// frame: it is a slice of hyper's connection read buffer (8 KiB, the response head
+    /// included), which would stay allocated until the next frame came — and hyper would read
+    /// the rest of the stream into a second one.
+    #[test]
+    fn an_idle_stream_holds_nothing_of_the_frame_it_handed_on() {
+        use futures_util::StreamExt;
+        use http_body::Body as _;
+        let parsed = crate::request::parse_body(
+            Api::ChatCompletions,
+            Bytes::from_static(
+                br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+            ),
+        )
+        .unwrap();
+        let event = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n";
+        // One complete event; then one complete event and the start of the next.
+        for tail in [&b""[..], &b"data: {\"choi"[..]] {
+            let upstream = Bytes::from([&event[..], tail].concat());
+            let frames =
+                futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(upstream.clone()))])
+                    .chain(futures_util::stream::pending());
+            let inner = crate::body::Body::new(http_body_util::StreamBody::new(frames));
+            let mut body = std::pin::pin!(ResponseBody::new(inner, &parsed, None));
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) else {
+                panic!("the first event is ready");
+            };
+            assert_eq!(frame.into_data().unwrap(), &event[..]);
+            assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+            assert!(
+                upstream.is_unique(),
+                "the body still holds the upstream frame"
+            );
+        }
     }
 
     #[test]

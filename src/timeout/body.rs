@@ -73,6 +73,10 @@ impl http_body::Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Some(f) = this.prefix.pop_front() {
+            if this.prefix.is_empty() {
+                // The replay is over: its buffer is not kept for the rest of the stream.
+                *this.prefix = VecDeque::new();
+            }
             return Poll::Ready(Some(Ok(f)));
         }
         if *this.failed {
