@@ -47,6 +47,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub(crate) mod items;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
