@@ -5,11 +5,15 @@
 //!
 //! - [`request_to_chat`]: a Responses body → a `chat/completions` body, and the [`Echo`] of the
 //!   request parameters a `response` object repeats.
-//! - [`response_from_chat`]: a `chat.completion` → a `response` object.
+//! - [`response_from_chat`]: a `chat.completion` → a `response` object; its
+//!   `reasoning_content` becomes a `reasoning` item before the message, in the
+//!   [`ReasoningForm`] the caller picks (the gateway: a summary for Anthropic's thinking).
 //! - [`ResponsesStream`]: `chat.completion.chunk` SSE → Responses SSE (`response.created`,
 //!   `response.in_progress`, `response.output_item.added`, `response.content_part.added`,
-//!   `response.output_text.delta`, `response.reasoning_text.delta`,
-//!   `response.function_call_arguments.delta`, the `…done` events, and exactly one terminal
+//!   `response.output_text.delta`, `response.reasoning_text.delta` (or, with
+//!   [`ReasoningForm::Summary`], `response.reasoning_summary_part.added` and
+//!   `response.reasoning_summary_text.delta`), `response.function_call_arguments.delta`, the
+//!   `…done` events, and exactly one terminal
 //!   `response.completed` | `response.incomplete` | `response.failed`), with increasing
 //!   `sequence_number`s.
 //!
