@@ -81,6 +81,14 @@ fn record() -> StoredResponse {
     )
 }
 
+/// The input-item list of a [`record`]: its one user message, with the id the gateway gives it.
+fn input_items_of(id: &str) -> serde_json::Value {
+    let item = format!("msg_{}_0", &id["resp_".len()..]);
+    serde_json::json!({"object": "list", "data": [{"id": item, "type": "message", "role": "user",
+        "status": "completed", "content": [{"type": "input_text", "text": "hi"}]}],
+        "first_id": item, "last_id": item, "has_more": false})
+}
+
 fn assert_not_found(status: StatusCode, body: &Bytes, id: &str) {
     assert_eq!(
         status,
@@ -114,6 +122,15 @@ async fn shared_between(one: &Gateway, two: &Gateway) {
         assert_not_found(status, &body, &id);
         // No key: 401 before the store is asked.
         let (status, _) = call(gw.addr, "GET", &id, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // Its input items, to its owner only.
+        let items = format!("{id}/input_items");
+        let (status, body) = call(gw.addr, "GET", &items, Some(KEY_A)).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(json(&body), input_items_of(&id));
+        let (status, body) = call(gw.addr, "GET", &items, Some(KEY_B)).await;
+        assert_not_found(status, &body, &id);
+        let (status, _) = call(gw.addr, "GET", &items, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let (status, body) = call(two.addr, "DELETE", &id, Some(KEY_A)).await;
@@ -172,6 +189,88 @@ async fn memory_store_serves_get_and_delete_per_key() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = call(gw.addr, "GET", &rec.id, Some(KEY_A)).await;
     assert_not_found(status, &body, &rec.id);
+}
+
+#[tokio::test]
+async fn memory_store_lists_input_items_per_key_with_paging() {
+    let gw = Gateway::start(&config("")).await;
+    let id = new_response_id();
+    let output = r#"[{"id":"msg_out","type":"message","role":"assistant","status":"completed","content":[{"type":"output_text","text":"4"}]}]"#;
+    // What the gateway keeps: the conversation so far, then the response's own output.
+    let rec = StoredResponse::with_id(
+        id.clone(),
+        Bytes::from(format!(
+            r#"{{"id":"{id}","object":"response","output":{output}}}"#
+        )),
+        Bytes::from(format!(
+            r#"[{{"id":"msg_1","role":"user","content":"2+2?"}},{{"id":"msg_2","type":"message","role":"assistant","content":[{{"type":"output_text","text":"4"}}]}},{{"id":"msg_3","role":"user","content":"and 3+3?"}},{}]"#,
+            &output[1..output.len() - 1]
+        )),
+        "m",
+        "mock/ok",
+    );
+    gw.gateway
+        .response_store()
+        .put("team-a", rec.clone())
+        .await
+        .unwrap();
+    let list = |query: &'static str, key: &'static str| {
+        let path = format!("{id}/input_items{query}");
+        async move { call(gw.addr, "GET", &path, Some(key)).await }
+    };
+    let ids = |body: &Bytes| -> Vec<String> {
+        json(body)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Newest first by default; the response's own output is not an input.
+    let (status, body) = list("", KEY_A).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(ids(&body), ["msg_3", "msg_2", "msg_1"]);
+    assert_eq!(json(&body)["data"][0]["content"][0]["text"], "and 3+3?");
+    // One page at a time, as the SDKs walk it (`after` = the last id of the page).
+    let (_, body) = list("?limit=2", KEY_A).await;
+    let page = json(&body);
+    assert_eq!(ids(&body), ["msg_3", "msg_2"]);
+    assert_eq!(
+        (&page["first_id"], &page["last_id"]),
+        (&"msg_3".into(), &"msg_2".into())
+    );
+    assert_eq!(page["has_more"], true);
+    let (_, body) = list("?limit=2&after=msg_2", KEY_A).await;
+    assert_eq!(ids(&body), ["msg_1"]);
+    assert_eq!(json(&body)["has_more"], false);
+    let (_, body) = list(
+        "?order=asc&before=msg_3&include[]=message.input_image.image_url",
+        KEY_A,
+    )
+    .await;
+    assert_eq!(ids(&body), ["msg_1", "msg_2"]);
+    // Bad queries: 400 naming the parameter.
+    for (q, param) in [
+        ("?limit=0", "limit"),
+        ("?order=sideways", "order"),
+        ("?after=msg_9", "after"),
+    ] {
+        let (status, body) = list(q, KEY_A).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
+        assert_eq!(json(&body)["error"]["param"], param, "{q}");
+    }
+    // Another key, an unknown id: 404 as for GET.
+    let (status, body) = list("", KEY_B).await;
+    assert_not_found(status, &body, &id);
+    let other = new_response_id();
+    let path = format!("{other}/input_items");
+    let (status, body) = call(gw.addr, "GET", &path, Some(KEY_A)).await;
+    assert_not_found(status, &body, &other);
+    // Gone with the response.
+    let (status, _) = call(gw.addr, "DELETE", &id, Some(KEY_A)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = list("", KEY_A).await;
+    assert_not_found(status, &body, &id);
 }
 
 #[tokio::test]

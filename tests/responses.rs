@@ -17,9 +17,13 @@ use serde_json::{Value, json};
 use tollgate::sse::SseScanner;
 use tollgate::translate::anthropic::{
     AnthropicOptions, AnthropicStream, request_to_anthropic, response_from_anthropic,
+    response_from_anthropic_with_reasoning,
 };
 use tollgate::translate::gemini::{GeminiStream, request_to_gemini, response_from_gemini};
-use tollgate::translate::responses::{Echo, ResponsesStream, request_to_chat, response_from_chat};
+use tollgate::translate::responses::{
+    Echo, ReasoningForm, ResponsesStream, request_to_chat, response_from_chat,
+    response_from_chat_with,
+};
 use tollgate::translate::{StreamTranslator, translate_chunks};
 use tollgate::usage::{Outcome, UsageSource};
 
@@ -346,7 +350,14 @@ const C_TOOLS_STREAM: &str = concat!(
 );
 
 fn stream_of(chunks: Vec<Bytes>) -> (Bytes, Option<tollgate::error::GatewayError>) {
-    let mut t = ResponsesStream::new("fallback-model", Echo::default());
+    stream_in(chunks, ReasoningForm::Text)
+}
+
+fn stream_in(
+    chunks: Vec<Bytes>,
+    form: ReasoningForm,
+) -> (Bytes, Option<tollgate::error::GatewayError>) {
+    let mut t = ResponsesStream::new("fallback-model", Echo::default()).with_reasoning_form(form);
     translate_chunks(&mut t, chunks)
 }
 
@@ -486,7 +497,16 @@ fn midstream_chat_error_becomes_error_and_response_failed() {
 
 /// Run `first` over `chunks`, each chunk's output as one piece into a [`ResponsesStream`]:
 /// the composed stream translation, fed the way the serving path feeds it.
-fn composed<A: StreamTranslator>(mut first: A, chunks: Vec<Bytes>) -> Bytes {
+fn composed<A: StreamTranslator>(first: A, chunks: Vec<Bytes>) -> Bytes {
+    composed_in(first, chunks, ReasoningForm::Text)
+}
+
+/// [`composed`], the reasoning presented in `form`.
+fn composed_in<A: StreamTranslator>(
+    mut first: A,
+    chunks: Vec<Bytes>,
+    form: ReasoningForm,
+) -> Bytes {
     let mut scanner = SseScanner::new();
     let mut mid = Vec::new();
     for c in chunks {
@@ -503,7 +523,7 @@ fn composed<A: StreamTranslator>(mut first: A, chunks: Vec<Bytes>) -> Bytes {
     }
     let _ = first.on_eof(&mut out);
     mid.push(out.freeze());
-    stream_of(mid).0
+    stream_in(mid, form).0
 }
 
 const A_TOOL_STREAM: &str = concat!(
@@ -559,6 +579,149 @@ fn anthropic_stream_to_responses_composed_for_every_split() {
         );
         assert_eq!(whole, parts, "split at {at}");
     }
+}
+
+/// An answer with thinking (Claude 4: a summary of the thinking, with its signature), then text.
+const A_THINKING_ANSWER: &[u8] = br#"{"id":"msg_03","type":"message","role":"assistant","model":"claude-x","content":[{"type":"thinking","thinking":"Paris in June: ","signature":"sig=="},{"type":"thinking","thinking":"warm.","signature":"sig2=="},{"type":"redacted_thinking","data":"opaque"},{"type":"text","text":"It is warm."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":20,"output_tokens":90,"output_tokens_details":{"thinking_tokens":70}}}"#;
+
+#[test]
+fn anthropic_thinking_answer_to_response_is_a_reasoning_summary_before_the_message() {
+    let chat = response_from_anthropic_with_reasoning(A_THINKING_ANSWER, CREATED, true).unwrap();
+    let echo = Echo::default();
+    let r = v(&response_from_chat_with(&chat, &echo, None, ReasoningForm::Summary).unwrap());
+    let out = r["output"].as_array().unwrap();
+    assert_eq!(out.len(), 2, "{r}");
+    assert_eq!(
+        out[0],
+        json!({"id": "rs_msg_03", "type": "reasoning",
+               "summary": [{"type": "summary_text", "text": "Paris in June: warm."}]})
+    );
+    assert_eq!(out[1]["type"], "message");
+    assert_eq!(out[1]["content"][0]["text"], "It is warm.");
+    assert_eq!(
+        r["usage"],
+        json!({"input_tokens": 20, "input_tokens_details": {"cached_tokens": 0},
+               "output_tokens": 90, "output_tokens_details": {"reasoning_tokens": 70},
+               "total_tokens": 110})
+    );
+    // The chat face is unchanged: thinking is not carried to chat clients.
+    let plain = v(&response_from_anthropic(A_THINKING_ANSWER, CREATED).unwrap());
+    assert!(
+        plain["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none(),
+        "{plain}"
+    );
+    assert_eq!(plain["choices"][0]["message"]["content"], "It is warm.");
+    assert_eq!(
+        plain["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        70
+    );
+}
+
+const A_THINKING_STREAM: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_04\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Paris in \\\"June\\\": \"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"warm.\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"EqQBCgIYAhIM==\"}}\n\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"It is warm.\"}}\n\n",
+    "event: content_block_stop\n",
+    "data: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":90,\"output_tokens_details\":{\"thinking_tokens\":70}}}\n\n",
+    "event: message_stop\n",
+    "data: {\"type\":\"message_stop\"}\n\n",
+);
+
+#[test]
+fn anthropic_thinking_stream_to_responses_is_a_reasoning_summary_for_every_split() {
+    let anth = || AnthropicStream::new(true, CREATED).with_reasoning(true);
+    let form = ReasoningForm::Summary;
+    let bytes = A_THINKING_STREAM.as_bytes();
+    let whole = composed_in(anth(), vec![Bytes::from_static(bytes)], form);
+    let evs = events(&whole);
+    check_sequence(&evs);
+    assert_eq!(
+        names(&evs),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let thought = "Paris in \"June\": warm.";
+    assert_eq!(
+        evs[2].1,
+        json!({"type": "response.output_item.added", "output_index": 0, "sequence_number": 2,
+               "item": {"id": "rs_msg_04", "type": "reasoning", "summary": []}})
+    );
+    assert_eq!(
+        evs[3].1,
+        json!({"type": "response.reasoning_summary_part.added", "item_id": "rs_msg_04",
+               "output_index": 0, "summary_index": 0, "sequence_number": 3,
+               "part": {"type": "summary_text", "text": ""}})
+    );
+    assert_eq!(
+        evs[4].1,
+        json!({"type": "response.reasoning_summary_text.delta", "item_id": "rs_msg_04",
+               "output_index": 0, "summary_index": 0, "delta": "Paris in \"June\": ",
+               "sequence_number": 4})
+    );
+    assert_eq!(evs[6].1["text"], thought);
+    assert_eq!(
+        evs[7].1["part"],
+        json!({"type": "summary_text", "text": thought})
+    );
+    let item = json!({"id": "rs_msg_04", "type": "reasoning",
+                      "summary": [{"type": "summary_text", "text": thought}]});
+    assert_eq!(evs[8].1["item"], item);
+    assert_eq!(evs[11].1["output_index"], 1);
+    let done = &evs.last().unwrap().1["response"];
+    assert_eq!(done["output"][0], item);
+    assert_eq!(done["output"][1]["content"][0]["text"], "It is warm.");
+    assert_eq!(done["usage"]["output_tokens"], 90);
+    assert_eq!(
+        done["usage"]["output_tokens_details"]["reasoning_tokens"],
+        70
+    );
+    for at in 0..=bytes.len() {
+        let parts = composed_in(anth(), split2(bytes, at), form);
+        assert_eq!(whole, parts, "split at {at}");
+    }
+    // Without reasoning asked for (a chat client's stream), thinking is skipped as before.
+    let plain = composed(
+        AnthropicStream::new(true, CREATED),
+        vec![Bytes::from_static(bytes)],
+    );
+    let evs = events(&plain);
+    check_sequence(&evs);
+    let done = &evs.last().unwrap().1["response"];
+    assert_eq!(done["output"].as_array().unwrap().len(), 1, "{done}");
+    assert_eq!(done["output"][0]["type"], "message");
 }
 
 const G_TEXT_STREAM: &str = concat!(
@@ -875,6 +1038,159 @@ async fn previous_response_id_continues_a_stored_conversation_on_a_translated_ta
     )
     .await;
     assert_eq!(res.status, 404);
+}
+
+/// `GET /v1/responses/{id}/input_items`.
+async fn input_items(gw: &common::Gateway, id: &str, query: &str) -> common::Streaming {
+    let path = format!("/v1/responses/{id}/input_items{query}");
+    common::send(gw.addr, "GET", &path, &[], "").await
+}
+
+#[tokio::test]
+async fn input_items_list_what_a_translated_response_was_given_history_included() {
+    let fake = fakes::openai_responses().await;
+    let gw = common::Gateway::start(&gateway_config(&fake)).await;
+    let r1 = post(&gw, r#"{"model":"chat-ok","input":"hi"}"#)
+        .await
+        .json()
+        .await;
+    let id1 = r1["id"].as_str().unwrap().to_owned();
+    stored(&gw, &id1).await;
+    let body = format!(
+        r#"{{"model":"chat-ok","previous_response_id":"{id1}","input":[{{"type":"message","role":"user","content":[{{"type":"input_text","text":"and then?"}}]}}],"stream":true}}"#
+    );
+    let evs = events(&post(&gw, &body).await.rest().await);
+    let id2 = evs.last().unwrap().1["response"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stored(&gw, &id2).await;
+    let res = input_items(&gw, &id2, "?order=asc").await;
+    assert_eq!(res.status, 200);
+    let list = res.json().await;
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["has_more"], false);
+    let data = list["data"].as_array().unwrap();
+    // turn 1's input, turn 1's output (its own id), turn 2's input: not turn 2's output
+    assert_eq!(data.len(), 3, "{list}");
+    assert_eq!(data[0]["role"], "user");
+    assert_eq!(
+        data[0]["content"],
+        json!([{"type": "input_text", "text": "hi"}])
+    );
+    assert_eq!(data[1], r1["output"][0]);
+    assert_eq!(data[2]["content"][0]["text"], "and then?");
+    for item in data {
+        assert_eq!(item["type"], "message", "{item}");
+        assert!(
+            item["id"].as_str().is_some_and(|i| i.starts_with("msg_")),
+            "{item}"
+        );
+    }
+    assert_eq!(list["first_id"], data[0]["id"]);
+    assert_eq!(list["last_id"], data[2]["id"]);
+    // the ids are stable: turn 1's input item is the same in both listings
+    let first = input_items(&gw, &id1, "").await.json().await;
+    assert_eq!(first["data"], json!([data[0]]));
+    // newest first by default, one page at a time
+    let page = input_items(&gw, &id2, "?limit=1").await.json().await;
+    assert_eq!(page["data"], json!([data[2]]));
+    assert_eq!(page["has_more"], true);
+    let after = format!("?limit=5&after={}", data[2]["id"].as_str().unwrap());
+    let rest = input_items(&gw, &id2, &after).await.json().await;
+    assert_eq!(rest["data"], json!([data[1], data[0]]));
+    // as GET: a response the gateway did not store (store: false, or passed through to a
+    // target that keeps its own) is 404
+    let r = post(&gw, r#"{"model":"chat-ok","input":"hi","store":false}"#)
+        .await
+        .json()
+        .await;
+    assert_eq!(
+        input_items(&gw, r["id"].as_str().unwrap(), "").await.status,
+        404
+    );
+    let r = post(&gw, r#"{"model":"native-ok","input":"hi"}"#)
+        .await
+        .json()
+        .await;
+    let res = input_items(&gw, r["id"].as_str().unwrap(), "").await;
+    assert_eq!(res.status, 404);
+    assert_eq!(res.json().await["error"]["type"], "invalid_request_error");
+}
+
+fn anthropic_config(fake: &fakes::Fake) -> String {
+    format!(
+        r#"
+[auth]
+enabled = false
+[usage]
+jsonl = ""
+[providers.anth]
+kind = "anthropic"
+base_url = "{}"
+api_key = "{}"
+[models.claude]
+targets = [{{ provider = "anth", model = "ok" }}]
+"#,
+        fake.base_url(),
+        fakes::ANTHROPIC_KEY,
+    )
+}
+
+#[tokio::test]
+async fn anthropic_thinking_becomes_a_reasoning_item_through_the_gateway() {
+    let fake = fakes::anthropic().await;
+    let gw = common::Gateway::start(&anthropic_config(&fake)).await;
+    let thought = fakes::THOUGHTS.concat();
+    let req =
+        r#"{"model":"claude","input":"hi","reasoning":{"effort":"low"},"max_output_tokens":2000}"#;
+    let r = post(&gw, req).await.json().await;
+    let seen = v(&fake.seen.lock().unwrap().last().unwrap().body);
+    assert_eq!(
+        seen["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    let out = r["output"].as_array().unwrap();
+    assert_eq!(out.len(), 2, "{r}");
+    assert_eq!(out[0]["type"], "reasoning");
+    assert_eq!(
+        out[0]["summary"],
+        json!([{"type": "summary_text", "text": thought}])
+    );
+    assert_eq!(out[1]["content"][0]["text"], "Hello there!");
+    assert_eq!(r["usage"]["output_tokens_details"]["reasoning_tokens"], 3);
+
+    let stream = req.replace("}", r#","stream":true}"#);
+    let evs = events(&post(&gw, &stream).await.rest().await);
+    check_sequence(&evs);
+    let deltas: Vec<&str> = evs
+        .iter()
+        .filter(|(n, _)| n == "response.reasoning_summary_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, fakes::THOUGHTS);
+    let done = &evs.last().unwrap().1["response"];
+    assert_eq!(done["output"][0]["summary"][0]["text"], thought.as_str());
+    assert_eq!(done["output"][1]["content"][0]["text"], "Hello there!");
+    assert_eq!(
+        done["usage"]["output_tokens_details"]["reasoning_tokens"],
+        3
+    );
+
+    // the chat face of the same target is unchanged: no reasoning in the answer
+    let chat = r#"{"model":"claude","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low","max_tokens":2000}"#;
+    let c = common::chat(gw.addr, chat, &[]).await.json().await;
+    assert_eq!(c["choices"][0]["message"]["content"], "Hello there!");
+    assert!(
+        c["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none(),
+        "{c}"
+    );
+    assert_eq!(
+        c["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        3
+    );
 }
 
 /// Acceptance 5 (the conversation half): two gateways sharing one Redis response store; a

@@ -37,8 +37,9 @@
 //! - `GET /healthz` (`/health`): `{"status":"ok"}`.
 //! - `GET /v1/models` (`/models`), `GET /v1/models/{id}`: the models the calling key may use;
 //!   with auth on, a request without a valid key gets 401.
-//! - `GET /v1/responses/{id}`, `DELETE /v1/responses/{id}` (also without `/v1`): the
-//!   calling key's stored response, from the [response store](crate::store) of
+//! - `GET /v1/responses/{id}`, `DELETE /v1/responses/{id}`,
+//!   `GET /v1/responses/{id}/input_items` (also without `/v1`): the calling key's stored
+//!   response (or a page of its input items), from the [response store](crate::store) of
 //!   `[responses]`; 404 for an unknown, expired or another key's id. `POST /v1/responses`
 //!   goes through the LLM stack, with the store's [`ResponseStoreHandle`] as a request
 //!   extension.

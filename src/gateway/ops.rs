@@ -16,6 +16,7 @@ use crate::body::Body;
 use crate::config::ModelInfo;
 use crate::error::{ErrorKind, GatewayError};
 use crate::store::ResponseStoreHandle;
+use crate::store::items::ItemsQuery;
 
 const CREATED: u64 = 1_767_225_600; // 2026-01-01
 
@@ -181,23 +182,28 @@ impl<B> Service<Request<B>> for Admin {
 pub(super) type OpFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-/// `GET` / `DELETE /v1/responses/{id}`, answered from the response store for the calling key;
-/// `None` for every other request (`POST /v1/responses` goes to the LLM stack).
+/// `GET` / `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`, answered
+/// from the response store for the calling key; `None` for every other request
+/// (`POST /v1/responses` goes to the LLM stack).
 pub(super) fn responses_endpoint<B>(
     stack: &Stack,
     store: &ResponseStoreHandle,
     req: &Request<B>,
 ) -> Option<OpFuture> {
     let path = req.uri().path();
-    let id = path
+    let rest = path
         .strip_prefix("/v1/responses/")
-        .or_else(|| path.strip_prefix("/responses/"))
-        .filter(|id| !id.is_empty() && !id.contains('/'))?;
-    let delete = match *req.method() {
-        Method::GET => false,
-        Method::DELETE => true,
-        _ => return None,
+        .or_else(|| path.strip_prefix("/responses/"))?;
+    let (id, op) = match (rest.strip_suffix("/input_items"), req.method()) {
+        (Some(id), &Method::GET) => (id, Op::Items),
+        (Some(_), _) => return None,
+        (None, &Method::GET) => (rest, Op::Get),
+        (None, &Method::DELETE) => (rest, Op::Delete),
+        (None, _) => return None,
     };
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
     let owner = match caller(stack, req.headers()) {
         Ok(key) => ResponseStoreHandle::owner_of(key.as_ref()).to_owned(),
         Err(e) => return Some(Box::pin(ready(Ok(e.into_response())))),
@@ -205,20 +211,39 @@ pub(super) fn responses_endpoint<B>(
     if !crate::store::is_response_id(id) {
         return Some(Box::pin(ready(Ok(response_not_found(None)))));
     }
+    let query = match op {
+        Op::Items => match ItemsQuery::parse(req.uri().query()) {
+            Ok(q) => Some(q),
+            Err(e) => return Some(Box::pin(ready(Ok(e.into_response())))),
+        },
+        _ => None,
+    };
     let (store, id) = (store.clone(), id.to_owned());
     Some(Box::pin(async move {
-        let res = match delete {
-            false => store.get(&owner, &id).await.map(|r| match r {
-                Some(r) => json(StatusCode::OK, r.response),
-                None => response_not_found(Some(&id)),
-            }),
-            true => store.delete(&owner, &id).await.map(|found| match found {
+        let res = match op {
+            Op::Delete => store.delete(&owner, &id).await.map(|found| match found {
                 true => deleted(&id),
                 false => response_not_found(Some(&id)),
+            }),
+            _ => store.get(&owner, &id).await.map(|r| match (r, &query) {
+                (None, _) => response_not_found(Some(&id)),
+                (Some(r), None) => json(StatusCode::OK, r.response),
+                (Some(r), Some(q)) => match crate::store::items::list(&r, q) {
+                    Ok(list) => json(StatusCode::OK, list),
+                    Err(e) => e.into_response(),
+                },
             }),
         };
         Ok(res.unwrap_or_else(|e| store_unavailable(&e)))
     }))
+}
+
+/// What a request to a stored response asks.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Delete,
+    Items,
 }
 
 /// 404 in OpenAI's words; the same whether the id is unknown, expired or another key's.

@@ -44,7 +44,7 @@ use crate::request::Api;
 use crate::secret::Secret;
 use crate::translate::anthropic::{
     AnthropicOptions, AnthropicStream, error_from_anthropic, request_to_anthropic,
-    response_from_anthropic,
+    response_from_anthropic_with_reasoning,
 };
 use crate::translate::{StreamTranslator, TranslateBody, unix_now};
 
@@ -476,7 +476,9 @@ impl Provider for AnthropicProvider {
         };
         let created = unix_now();
         let include_usage = call.parsed.wants_usage || call.parsed.upstream_include_usage;
+        let reasoning = call.parsed.reasoning_content;
         let translator = AnthropicStream::new(include_usage, created)
+            .with_reasoning(reasoning)
             .with_provider(self.name.clone())
             .with_scrub(self.policy.clone());
         send_translated(
@@ -485,7 +487,7 @@ impl Provider for AnthropicProvider {
             &call,
             req,
             translator,
-            move |b| response_from_anthropic(b, created),
+            move |b| response_from_anthropic_with_reasoning(b, created, reasoning),
             error_from_anthropic,
         )
     }

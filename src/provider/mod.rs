@@ -58,7 +58,8 @@ use crate::store::{ResponseStoreHandle, StoredResponse, new_response_id};
 use crate::target::Attempt;
 use crate::translate::ingress::{IngressStream, request_from_anthropic, response_to_anthropic};
 use crate::translate::responses::{
-    ResponsesStream, input_items, request_to_chat, response_from_chat_with_id, with_history,
+    ReasoningForm, ResponsesStream, input_items, request_to_chat, response_from_chat_with,
+    with_history,
 };
 use crate::translate::{TranslateBody, TranslateLimits, answer_too_large};
 
@@ -612,6 +613,8 @@ impl Turn {
         let mut conversation = self.conversation.clone();
         let (model, target) = (self.model.to_string(), self.target.clone());
         Some(move |response: &serde_json::Value| {
+            // The input items get ids (`GET /v1/responses/{id}/input_items` lists them).
+            crate::store::items::name_items(&mut conversation, &id);
             if let Some(out) = response.get("output").and_then(serde_json::Value::as_array) {
                 conversation.extend(out.iter().cloned());
             }
@@ -663,6 +666,8 @@ async fn prepare_turn(
     let mut parsed = parse_body(Api::ChatCompletions, chat)?;
     parsed.received_at = call.parsed.received_at;
     parsed.upstream_include_usage = call.parsed.stream;
+    // The upstream's reasoning becomes `reasoning` output items.
+    parsed.reasoning_content = true;
     history.extend(input_items(&req));
     let turn = Turn {
         echo,
@@ -690,6 +695,12 @@ fn responses_via_chat(
         let model = call.upstream_model.clone();
         let limits = call.limits;
         let id = turn.save.as_ref().map(|_| new_response_id());
+        // Anthropic's thinking blocks are summaries of the thinking (Claude 4); what chat
+        // targets send as `reasoning_content` is the chain of thought itself.
+        let form = match provider.speaks_anthropic() {
+            true => ReasoningForm::Summary,
+            false => ReasoningForm::Text,
+        };
         let (mut parts, body) = provider.call(call).await?.into_parts();
         parts.headers.remove(header::CONTENT_LENGTH);
         if stream {
@@ -697,7 +708,7 @@ fn responses_via_chat(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
             );
-            let mut t = ResponsesStream::new(&model, turn.echo.clone());
+            let mut t = ResponsesStream::new(&model, turn.echo.clone()).with_reasoning_form(form);
             if let Some(id) = id {
                 if let Some(save) = turn.saver(id.clone()) {
                     t = t.on_complete(Box::new(save));
@@ -708,7 +719,7 @@ fn responses_via_chat(
             return Ok(Response::from_parts(parts, Body::new(body)));
         }
         let bytes = read_translated(body, limits.max_body_bytes).await?;
-        let out = response_from_chat_with_id(&bytes, &turn.echo, id.clone())?;
+        let out = response_from_chat_with(&bytes, &turn.echo, id.clone(), form)?;
         if let Some(save) = id.and_then(|id| turn.saver(id)) {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out) {
                 save(&v);

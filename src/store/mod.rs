@@ -1,7 +1,8 @@
 //! The response store of the Responses API: what `POST /v1/responses` answered (and the
 //! conversation up to it), kept per virtual key with a TTL, so that a follow-up with
 //! `previous_response_id` can continue a conversation on a target that keeps no state of its
-//! own, and `GET` / `DELETE /v1/responses/{id}` can answer.
+//! own, and `GET` / `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`
+//! can answer (the input items: the conversation without the response's own output).
 //!
 //! - [`ResponseStore`] is the object-safe trait; [`MemoryResponseStore`] (bounded, the
 //!   default), [`RedisResponseStore`] (feature `redis`) and [`PostgresResponseStore`]
@@ -47,6 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+pub(crate) mod items;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -91,7 +93,8 @@ pub struct StoredResponse {
     /// The response object as returned to the client (JSON).
     pub response: Bytes,
     /// The conversation up to and including this response, as a JSON array of Responses
-    /// input items: what a follow-up with `previous_response_id` puts before its own input.
+    /// input items (the gateway gives each an `id`), ending with the response's `output`:
+    /// what a follow-up with `previous_response_id` puts before its own input.
     pub conversation: Bytes,
     /// The public model the client asked for.
     pub model: String,

@@ -700,18 +700,34 @@ struct WireMessage {
 }
 
 /// Translate an Anthropic Messages response into an OpenAI `chat.completion` body.
-/// `created` is the Unix time to report (Anthropic sends none).
+/// `created` is the Unix time to report (Anthropic sends none). `thinking` blocks are dropped
+/// (chat has no field for them); see [`response_from_anthropic_with_reasoning`].
 pub fn response_from_anthropic(body: &[u8], created: u64) -> Result<Bytes, GatewayError> {
+    response_from_anthropic_with_reasoning(body, created, false)
+}
+
+/// [`response_from_anthropic`], with the text of the `thinking` blocks (concatenated) as the
+/// message's non-standard `reasoning_content` when `reasoning` is set (what the Responses
+/// translation turns into a `reasoning` item). `redacted_thinking` has no text: dropped.
+pub fn response_from_anthropic_with_reasoning(
+    body: &[u8],
+    created: u64,
+    reasoning: bool,
+) -> Result<Bytes, GatewayError> {
     let m: WireMessage = serde_json::from_slice(body)
         .map_err(|e| protocol_error(format!("invalid Anthropic response: {e}")))?;
     let mut text = String::new();
     let mut has_text = false;
+    let mut thinking = String::new();
     let mut calls = Vec::new();
     for b in &m.content {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => {
                 has_text = true;
                 text.push_str(b.get("text").and_then(Value::as_str).unwrap_or(""));
+            }
+            Some("thinking") if reasoning => {
+                thinking.push_str(b.get("thinking").and_then(Value::as_str).unwrap_or(""));
             }
             Some("tool_use") => {
                 let args = b
@@ -732,8 +748,11 @@ pub fn response_from_anthropic(body: &[u8], created: u64) -> Result<Bytes, Gatew
         "content": if has_text { Value::String(text) } else { Value::Null },
         "refusal": null,
     });
-    if !calls.is_empty() {
-        if let Some(o) = message.as_object_mut() {
+    if let Some(o) = message.as_object_mut() {
+        if !thinking.is_empty() {
+            o.insert("reasoning_content".into(), Value::String(thinking));
+        }
+        if !calls.is_empty() {
             o.insert("tool_calls".into(), Value::Array(calls));
         }
     }
@@ -904,6 +923,8 @@ struct Block<'a> {
     id: Option<&'a RawValue>,
     #[serde(default, borrow)]
     name: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    thinking: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -914,6 +935,8 @@ struct Delta<'a> {
     text: Option<&'a RawValue>,
     #[serde(default, borrow)]
     partial_json: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    thinking: Option<&'a RawValue>,
     #[serde(default, borrow)]
     stop_reason: Option<Cow<'a, str>>,
 }
@@ -930,6 +953,8 @@ struct WireError<'a> {
 enum BlockKind {
     Text,
     Tool(u32),
+    /// A `thinking` block, translated when the stream carries reasoning.
+    Thinking,
     Ignored,
 }
 
@@ -948,8 +973,9 @@ enum Phase {
 ///   `model` Anthropic's, `created` the value given to [`new`](Self::new)).
 /// - text deltas → `delta.content`; a `tool_use` block → a tool-call start (`id`, `name`,
 ///   `arguments: ""`) with OpenAI's **tool ordinal** as `index` (not the content-block index);
-///   `input_json_delta` fragments → `arguments` fragments; thinking and server-tool blocks are
-///   skipped.
+///   `input_json_delta` fragments → `arguments` fragments; `thinking_delta`s → the non-standard
+///   `delta.reasoning_content` when [`with_reasoning`](Self::with_reasoning) is set, else
+///   skipped (with their `signature_delta`s, `redacted_thinking` and server-tool blocks).
 /// - the first `message_delta` with a `stop_reason` → the `finish_reason` chunk; usage is
 ///   cumulative: the last value of each counter wins.
 /// - `message_stop` → the usage chunk (`choices: []`) when `include_usage`, then `[DONE]`.
@@ -967,6 +993,7 @@ pub struct AnthropicStream {
     usage: UsageAcc,
     finish_sent: bool,
     phase: Phase,
+    reasoning: bool,
 }
 
 impl AnthropicStream {
@@ -985,7 +1012,15 @@ impl AnthropicStream {
             usage: UsageAcc::default(),
             finish_sent: false,
             phase: Phase::Start,
+            reasoning: false,
         }
+    }
+
+    /// Translate `thinking` blocks into `delta.reasoning_content` (for the Responses
+    /// translation; a chat client's stream never carries it).
+    pub fn with_reasoning(mut self, on: bool) -> Self {
+        self.reasoning = on;
+        self
     }
 
     /// Name the provider in in-band error events.
@@ -1090,6 +1125,15 @@ impl AnthropicStream {
                 }
             }
             "tool_use" => return self.on_tool_start(i, b.id, b.name, out),
+            "thinking" if self.reasoning => {
+                self.blocks[i] = BlockKind::Thinking;
+                if let Some(t) = b
+                    .thinking
+                    .filter(|t| is_json_string(t) && t.get() != "\"\"")
+                {
+                    self.choice(out, &[REASONING, t.get().as_bytes(), b"}", REST]);
+                }
+            }
             _ => self.blocks[i] = BlockKind::Ignored,
         }
         Flow::Continue
@@ -1146,6 +1190,14 @@ impl AnthropicStream {
             (Some("text_delta"), BlockKind::Text) => {
                 if let Some(t) = d.text.filter(|t| is_json_string(t) && t.get() != "\"\"") {
                     self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
+                }
+            }
+            (Some("thinking_delta"), BlockKind::Thinking) => {
+                if let Some(t) = d
+                    .thinking
+                    .filter(|t| is_json_string(t) && t.get() != "\"\"")
+                {
+                    self.choice(out, &[REASONING, t.get().as_bytes(), b"}", REST]);
                 }
             }
             (Some("input_json_delta"), BlockKind::Tool(k)) => {
@@ -1210,6 +1262,7 @@ impl AnthropicStream {
 }
 
 const REST: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}";
+const REASONING: &[u8] = b"{\"reasoning_content\":";
 
 impl StreamTranslator for AnthropicStream {
     fn on_event(&mut self, data: Option<&[u8]>, _raw: &[u8], out: &mut BytesMut) -> Flow {

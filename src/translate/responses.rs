@@ -5,11 +5,15 @@
 //!
 //! - [`request_to_chat`]: a Responses body → a `chat/completions` body, and the [`Echo`] of the
 //!   request parameters a `response` object repeats.
-//! - [`response_from_chat`]: a `chat.completion` → a `response` object.
+//! - [`response_from_chat`]: a `chat.completion` → a `response` object; its
+//!   `reasoning_content` becomes a `reasoning` item before the message, in the
+//!   [`ReasoningForm`] the caller picks (the gateway: a summary for Anthropic's thinking).
 //! - [`ResponsesStream`]: `chat.completion.chunk` SSE → Responses SSE (`response.created`,
 //!   `response.in_progress`, `response.output_item.added`, `response.content_part.added`,
-//!   `response.output_text.delta`, `response.reasoning_text.delta`,
-//!   `response.function_call_arguments.delta`, the `…done` events, and exactly one terminal
+//!   `response.output_text.delta`, `response.reasoning_text.delta` (or, with
+//!   [`ReasoningForm::Summary`], `response.reasoning_summary_part.added` and
+//!   `response.reasoning_summary_text.delta`), `response.function_call_arguments.delta`, the
+//!   `…done` events, and exactly one terminal
 //!   `response.completed` | `response.incomplete` | `response.failed`), with increasing
 //!   `sequence_number`s.
 //!
@@ -477,8 +481,12 @@ impl Ids {
     fn message(&self) -> String {
         format!("msg_{}", self.base)
     }
-    fn reasoning(&self) -> String {
-        format!("rs_{}", self.base)
+    /// The id of the `n`th reasoning item (0-based).
+    fn reasoning(&self, n: usize) -> String {
+        match n {
+            0 => format!("rs_{}", self.base),
+            n => format!("rs_{}_{n}", self.base),
+        }
     }
     fn call(&self, n: usize) -> String {
         format!("fc_{}_{n}", self.base)
@@ -539,9 +547,32 @@ fn message_json(id: &str, status: &str, text: &str, refusal: Option<&str>) -> Va
     json!({"id": id, "type": "message", "status": status, "role": "assistant", "content": content})
 }
 
-fn reasoning_json(id: &str, text: &str) -> Value {
-    json!({"id": id, "type": "reasoning", "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}]})
+/// How a `reasoning` output item carries the upstream's reasoning text (chat's
+/// `reasoning_content`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReasoningForm {
+    /// `content: [{type: reasoning_text}]` (and `summary: []`), streamed as
+    /// `response.reasoning_text.delta`/`.done`: the raw chain of thought, as open-weight
+    /// reasoning models send it.
+    #[default]
+    Text,
+    /// `summary: [{type: summary_text}]`, streamed as `response.reasoning_summary_part.added`,
+    /// `response.reasoning_summary_text.delta`/`.done`, `response.reasoning_summary_part.done`:
+    /// a summary of the thinking, which is what Anthropic's `thinking` blocks are.
+    Summary,
+}
+
+fn reasoning_json(id: &str, text: &str, form: ReasoningForm) -> Value {
+    match form {
+        ReasoningForm::Text => json!({"id": id, "type": "reasoning", "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}]}),
+        // An item still opening has no summary part yet (as `output_item.added` shows it).
+        ReasoningForm::Summary if text.is_empty() => {
+            json!({"id": id, "type": "reasoning", "summary": []})
+        }
+        ReasoningForm::Summary => json!({"id": id, "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": text}]}),
+    }
 }
 
 fn call_json(id: &str, status: &str, call_id: &str, name: &str, args: &str) -> Value {
@@ -560,6 +591,16 @@ pub fn response_from_chat_with_id(
     echo: &Echo,
     id: Option<String>,
 ) -> Result<Bytes, GatewayError> {
+    response_from_chat_with(body, echo, id, ReasoningForm::Text)
+}
+
+/// [`response_from_chat_with_id`], with the reasoning (`reasoning_content`) in `form`.
+pub fn response_from_chat_with(
+    body: &[u8],
+    echo: &Echo,
+    id: Option<String>,
+    form: ReasoningForm,
+) -> Result<Bytes, GatewayError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| protocol_error(format!("invalid chat.completion: {e}")))?;
     let choice = v
@@ -574,7 +615,7 @@ pub fn response_from_chat_with_id(
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let mut output = Vec::new();
     if let Some(r) = str_of(msg, "reasoning_content").filter(|r| !r.is_empty()) {
-        output.push(reasoning_json(&ids.reasoning(), &r));
+        output.push(reasoning_json(&ids.reasoning(0), &r, form));
     }
     let text = str_of(msg, "content").unwrap_or_default();
     let refusal = str_of(msg, "refusal");
@@ -683,6 +724,7 @@ enum Item {
     Reasoning {
         id: String,
         text: String,
+        form: ReasoningForm,
     },
     Message {
         id: String,
@@ -701,7 +743,7 @@ enum Item {
 impl Item {
     fn json(&self, status: &str) -> Value {
         match self {
-            Item::Reasoning { id, text } => reasoning_json(id, text),
+            Item::Reasoning { id, text, form } => reasoning_json(id, text, *form),
             Item::Message { id, text, refusal } => {
                 message_json(id, status, text, refusal.as_deref())
             }
@@ -744,6 +786,7 @@ pub struct ResponsesStream {
     /// Called once with the final response object (`response.completed` or
     /// `response.incomplete`): where the gateway stores it.
     on_complete: Option<OnComplete>,
+    reasoning_form: ReasoningForm,
 }
 
 /// What a [`ResponsesStream`] calls with the final response object.
@@ -789,7 +832,14 @@ impl ResponsesStream {
             done: false,
             response_id: None,
             on_complete: None,
+            reasoning_form: ReasoningForm::Text,
         }
+    }
+
+    /// Carry reasoning (`delta.reasoning_content`) in `form` (default [`ReasoningForm::Text`]).
+    pub fn with_reasoning_form(mut self, form: ReasoningForm) -> Self {
+        self.reasoning_form = form;
+        self
     }
 
     /// `event: NAME\ndata: {"type":"NAME",` + fields + `"sequence_number":N}\n\n`.
@@ -868,6 +918,13 @@ impl ResponsesStream {
         let at = self.output.len();
         let added = item.json("in_progress");
         let is_message = matches!(item, Item::Message { .. });
+        let is_summary = matches!(
+            item,
+            Item::Reasoning {
+                form: ReasoningForm::Summary,
+                ..
+            }
+        );
         self.output.push(item);
         self.open = Some(at);
         self.event(out, "response.output_item.added", |o| {
@@ -885,6 +942,15 @@ impl ResponsesStream {
                 );
             });
         }
+        if is_summary {
+            let (id, _) = self.item_ref(at);
+            self.event(out, "response.reasoning_summary_part.added", |o| {
+                write_item(o, &id, at);
+                o.extend_from_slice(
+                    b"\"summary_index\":0,\"part\":{\"type\":\"summary_text\",\"text\":\"\"},",
+                );
+            });
+        }
         at
     }
 
@@ -896,14 +962,9 @@ impl ResponsesStream {
         let (id, _) = self.item_ref(at);
         let done = self.output[at].json("completed");
         match &self.output[at] {
-            Item::Reasoning { text, .. } => {
-                let text = text.clone();
-                self.event(out, "response.reasoning_text.done", |o| {
-                    write_item(o, &id, at);
-                    o.extend_from_slice(b"\"content_index\":0,\"text\":");
-                    write_json_str(o, &text);
-                    o.extend_from_slice(b",");
-                });
+            Item::Reasoning { text, form, .. } => {
+                let (text, form) = (text.clone(), *form);
+                self.reasoning_done(out, &id, at, &text, form);
             }
             Item::Message { text, refusal, .. } => {
                 let (text, refusal) = (text.clone(), refusal.clone());
@@ -926,6 +987,39 @@ impl ResponsesStream {
             o.extend_from_slice(b"\"item\":");
             o.extend_from_slice(done.to_string().as_bytes());
             o.extend_from_slice(b",");
+        });
+    }
+
+    fn reasoning_done(
+        &mut self,
+        out: &mut BytesMut,
+        id: &str,
+        at: usize,
+        text: &str,
+        form: ReasoningForm,
+    ) {
+        if form == ReasoningForm::Text {
+            self.event(out, "response.reasoning_text.done", |o| {
+                write_item(o, id, at);
+                o.extend_from_slice(b"\"content_index\":0,\"text\":");
+                write_json_str(o, text);
+                o.extend_from_slice(b",");
+            });
+            return;
+        }
+        self.event(out, "response.reasoning_summary_text.done", |o| {
+            write_item(o, id, at);
+            o.extend_from_slice(b"\"summary_index\":0,\"text\":");
+            write_json_str(o, text);
+            o.extend_from_slice(b",");
+        });
+        self.event(out, "response.reasoning_summary_part.done", |o| {
+            write_item(o, id, at);
+            o.extend_from_slice(
+                b"\"summary_index\":0,\"part\":{\"type\":\"summary_text\",\"text\":",
+            );
+            write_json_str(o, text);
+            o.extend_from_slice(b"},");
         });
     }
 
@@ -968,23 +1062,34 @@ impl ResponsesStream {
         {
             Some(at) => at,
             None => {
-                let id = self.ids.reasoning();
-                self.open_item(
-                    out,
-                    Item::Reasoning {
-                        id,
-                        text: String::new(),
-                    },
-                )
+                let n = self
+                    .output
+                    .iter()
+                    .filter(|i| matches!(i, Item::Reasoning { .. }))
+                    .count();
+                let item = Item::Reasoning {
+                    id: self.ids.reasoning(n),
+                    text: String::new(),
+                    form: self.reasoning_form,
+                };
+                self.open_item(out, item)
             }
         };
         if let Item::Reasoning { text, .. } = &mut self.output[at] {
             text.push_str(t);
         }
         let (id, _) = self.item_ref(at);
-        self.event(out, "response.reasoning_text.delta", |o| {
+        let (name, index): (&str, &[u8]) = match self.reasoning_form {
+            ReasoningForm::Text => ("response.reasoning_text.delta", b"\"content_index\":0,"),
+            ReasoningForm::Summary => (
+                "response.reasoning_summary_text.delta",
+                b"\"summary_index\":0,",
+            ),
+        };
+        self.event(out, name, |o| {
             write_item(o, &id, at);
-            o.extend_from_slice(b"\"content_index\":0,\"delta\":");
+            o.extend_from_slice(index);
+            o.extend_from_slice(b"\"delta\":");
             write_json_str(o, t);
             o.extend_from_slice(b",");
         });

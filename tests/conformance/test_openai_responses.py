@@ -145,3 +145,56 @@ def test_previous_response_id_retrieve_and_delete(c, kind):
     assert deleted is None or getattr(deleted, "deleted", True)
     with pytest.raises(openai.NotFoundError):
         c.responses.retrieve(r1.id)
+
+
+def _stored(c, rid):
+    """The response `rid` once the gateway's store has it (written as the answer ends)."""
+    import time
+    import openai
+    for _ in range(100):
+        try:
+            return c.responses.retrieve(rid)
+        except openai.NotFoundError:
+            time.sleep(0.02)
+    raise AssertionError(f"{rid} was never stored")
+
+
+@pytest.mark.parametrize("kind", ["chat", "anthropic", "gemini"])
+def test_input_items_list_pages_through_the_conversation(c, kind):
+    import openai
+    r1 = c.responses.create(model=f"{kind}-ok", input="Say hi")
+    _stored(c, r1.id)
+    r2 = c.responses.create(model=f"{kind}-ok", previous_response_id=r1.id,
+                            input=[{"role": "user", "content": "Again?"}])
+    _stored(c, r2.id)
+    # limit=1: the SDK walks three pages (`after` = the last id of each)
+    items = list(c.responses.input_items.list(r2.id, limit=1, order="asc"))
+    assert [(i.type, i.role) for i in items] == [
+        ("message", "user"), ("message", "assistant"), ("message", "user")]
+    assert items[0].content[0].type == "input_text"
+    assert items[0].content[0].text == "Say hi"
+    assert items[1].id == r1.output[-1].id
+    assert items[1].content[0].text == "Hello there!"
+    assert items[2].content[0].text == "Again?"
+    newest = c.responses.input_items.list(r2.id)
+    assert [i.id for i in newest.data] == [i.id for i in reversed(items)]
+    assert newest.has_more is False
+    with pytest.raises(openai.NotFoundError):
+        c.responses.input_items.list("resp_" + "0" * 48)
+
+
+def test_anthropic_thinking_is_a_reasoning_summary(c):
+    args = dict(model="anthropic-ok", input="Say hi", reasoning={"effort": "low"},
+                max_output_tokens=2000)
+    r = c.responses.create(**args)
+    assert [o.type for o in r.output] == ["reasoning", "message"]
+    assert r.output[0].summary[0].type == "summary_text"
+    assert r.output[0].summary[0].text == "Weighing the words."
+    assert r.output_text == "Hello there!"
+    assert r.usage.output_tokens_details.reasoning_tokens == 3
+    with c.responses.stream(**args) as s:
+        deltas = [e.delta for e in s if e.type == "response.reasoning_summary_text.delta"]
+        final = s.get_final_response()
+    assert "".join(deltas) == "Weighing the words."
+    assert final.output[0].summary[0].text == "Weighing the words."
+    assert final.output_text == "Hello there!"

@@ -18,7 +18,9 @@
 //!   Gemini's 400 `API_KEY_INVALID`).
 //!
 //! Every answer: the text "Hello there!" (usage 11 prompt tokens of which 4 cached, 6 output) or
-//! one `get_weather({"location":"Paris"})` call (the OpenAI fake answers text only).
+//! one `get_weather({"location":"Paris"})` call (the OpenAI fake answers text only). A request
+//! to the Anthropic fake with `thinking: {type: enabled}` gets a `thinking` block first
+//! ([`THOUGHTS`], with a signature; `output_tokens_details.thinking_tokens: 3`).
 //!
 //! Each fake also answers the error cases of the pass-through table ([`CASES`]: `case-400`,
 //! `case-context-length`, `case-401`, `case-403`, `case-404`, `case-429`, `case-quota`,
@@ -412,8 +414,20 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
         (6, "end_turn")
     };
     let id = "msg_fake01";
+    // With thinking enabled, the answer opens with a thinking block (its signature last).
+    let thinking = req["thinking"]["type"] == "enabled";
+    let with_thinking = |mut usage: Value| {
+        if thinking {
+            usage["output_tokens_details"] = json!({"thinking_tokens": 3});
+        }
+        usage
+    };
     if !stream {
         let mut content = vec![];
+        if thinking {
+            content.push(json!({"type": "thinking", "thinking": THOUGHTS.concat(),
+                "signature": "EqFakeSig=="}));
+        }
         if tool {
             content.push(json!({"type": "text", "text": "Let me check."}));
             content.push(
@@ -428,9 +442,9 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
             &headers,
             json!({"id": id, "type": "message", "role": "assistant", "model": model,
                 "content": content, "stop_reason": stop_reason, "stop_sequence": null,
-                "usage": {"input_tokens": 7, "cache_creation_input_tokens": 0,
+                "usage": with_thinking(json!({"input_tokens": 7, "cache_creation_input_tokens": 0,
                     "cache_read_input_tokens": 4, "output_tokens": output_tokens,
-                    "service_tier": "standard"}}),
+                    "service_tier": "standard"}))}),
         );
     }
     let mut evs = vec![event(
@@ -439,9 +453,13 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
             "role": "assistant", "model": model, "content": [], "stop_reason": null,
             "stop_sequence": null, "usage": start_usage}}),
     )];
+    let text_at = usize::from(thinking);
+    if thinking {
+        evs.extend(thinking_events());
+    }
     evs.push(event(
         "content_block_start",
-        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_start", "index": text_at, "content_block": {"type": "text", "text": ""}}),
     ));
     evs.push(event("ping", json!({"type": "ping"})));
     let texts: Vec<&str> = if tool {
@@ -452,7 +470,7 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     if let Plan::Midstream(leak) = plan {
         evs.push(event(
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+            json!({"type": "content_block_delta", "index": text_at, "delta": {"type": "text_delta", "text": "Hello"}}),
         ));
         let message = if leak {
             format!("Overloaded (key {ANTHROPIC_KEY})")
@@ -468,29 +486,30 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     for t in texts {
         evs.push(event(
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+            json!({"type": "content_block_delta", "index": text_at, "delta": {"type": "text_delta", "text": t}}),
         ));
     }
     evs.push(event(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": text_at}),
     ));
     if tool {
+        let at = text_at + 1;
         evs.push(event(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use",
+            json!({"type": "content_block_start", "index": at, "content_block": {"type": "tool_use",
                 "id": "toolu_fake01", "name": "get_weather", "input": {}}}),
         ));
         for frag in ["", "{\"locati", "on\": \"Par", "is\"}"] {
             evs.push(event(
                 "content_block_delta",
-                json!({"type": "content_block_delta", "index": 1,
+                json!({"type": "content_block_delta", "index": at,
                     "delta": {"type": "input_json_delta", "partial_json": frag}}),
             ));
         }
         evs.push(event(
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_stop", "index": at}),
         ));
     }
     // cumulative usage: an intermediate count, then the final one
@@ -502,10 +521,39 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     evs.push(event(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-            "usage": {"output_tokens": output_tokens}}),
+            "usage": with_thinking(json!({"output_tokens": output_tokens}))}),
     ));
     evs.push(event("message_stop", json!({"type": "message_stop"})));
     sse_response(&headers, evs)
+}
+
+/// The thinking of the fake Anthropic API, as its deltas.
+pub const THOUGHTS: [&str; 2] = ["Weighing ", "the words."];
+
+/// A streamed thinking block at content index 0: start, deltas, signature, stop.
+fn thinking_events() -> Vec<String> {
+    let mut evs = vec![event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+    )];
+    for t in THOUGHTS {
+        evs.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": t}}),
+        ));
+    }
+    evs.push(event(
+        "content_block_delta",
+        json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "signature_delta", "signature": "EqFakeSig=="}}),
+    ));
+    evs.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    evs
 }
 
 // ---------------------------------------------------------------------------------------------
