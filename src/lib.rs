@@ -193,6 +193,7 @@ pub mod health;
 mod jsonscan;
 pub mod meter;
 pub mod metrics;
+pub mod money;
 mod order;
 pub mod pricing;
 pub mod provider;

@@ -549,19 +549,11 @@ pub struct UsageRecord {
 }
 
 impl UsageRecord {
-    /// The cost in USD as a decimal string with 12 places (exact), when priced.
+    /// The cost in USD as an exact decimal string (trailing zeros trimmed), when priced.
     pub fn cost_usd(&self) -> Option<String> {
-        self.cost_pico.map(pico_to_usd_string)
+        self.cost_pico
+            .map(|p| crate::money::Usd::from_pico(u128::from(p)).to_string())
     }
-}
-
-/// Format pico-USD as an exact decimal USD string (`"0.000012500000"`).
-pub fn pico_to_usd_string(pico: u64) -> String {
-    format!(
-        "{}.{:012}",
-        pico / 1_000_000_000_000,
-        pico % 1_000_000_000_000
-    )
 }
 
 /// A price in **micro-USD per million tokens**, which is exactly **pico-USD per token**: costs
@@ -591,8 +583,8 @@ impl Price {
     /// From USD per million tokens (as config writes it), rounded to the micro-dollar.
     pub fn from_usd_per_mtok(input: f64, output: f64) -> Price {
         Price {
-            input: usd_to_micros(input),
-            output: usd_to_micros(output),
+            input: crate::money::Usd::from_f64(input).micros(),
+            output: crate::money::Usd::from_f64(output).micros(),
             cached_input: None,
             cache_write: None,
             per_image: None,
@@ -625,24 +617,6 @@ impl Price {
             + u128::from(cached) * u128::from(self.cached_input.unwrap_or(self.input))
             + u128::from(write) * u128::from(self.cache_write.unwrap_or(self.input))
             + u128::from(u.completion_tokens) * u128::from(self.output)
-    }
-}
-
-/// USD (a config float) to integer pico-USD, rounded.
-pub fn usd_to_pico(usd: f64) -> u64 {
-    if usd.is_finite() && usd > 0.0 {
-        (usd * 1e12).round() as u64
-    } else {
-        0
-    }
-}
-
-/// USD (a config float) to integer micro-USD, rounded.
-pub fn usd_to_micros(usd: f64) -> u64 {
-    if usd.is_finite() && usd > 0.0 {
-        (usd * 1_000_000.0).round() as u64
-    } else {
-        0
     }
 }
 

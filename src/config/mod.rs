@@ -582,15 +582,18 @@ pub struct PriceConfig {
 impl PriceConfig {
     /// The runtime price.
     pub fn to_price(self) -> crate::usage::Price {
-        use crate::usage::usd_to_micros;
+        use crate::money::Usd;
+        // USD per million tokens (or characters) is micro-USD per million, = pico-USD per one.
+        let per_million = |usd: f64| Usd::from_f64(usd).micros();
+        let per_one = |usd: f64| Usd::from_f64(usd).pico_u64();
         crate::usage::Price {
-            input: usd_to_micros(self.input),
-            output: usd_to_micros(self.output),
-            cached_input: self.cached_input.map(usd_to_micros),
-            cache_write: self.cache_write.map(usd_to_micros),
-            per_image: self.per_image.map(crate::usage::usd_to_pico),
-            per_second: self.per_second.map(crate::usage::usd_to_pico),
-            per_character: self.per_million_characters.map(usd_to_micros),
+            input: per_million(self.input),
+            output: per_million(self.output),
+            cached_input: self.cached_input.map(per_million),
+            cache_write: self.cache_write.map(per_million),
+            per_image: self.per_image.map(per_one),
+            per_second: self.per_second.map(per_one),
+            per_character: self.per_million_characters.map(per_million),
         }
     }
 }

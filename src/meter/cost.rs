@@ -34,7 +34,8 @@ use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
 use crate::ext::ServedBy;
-use crate::pricing::{PriceDate, PriceHandle, pico_to_usd};
+use crate::money::Usd;
+use crate::pricing::{PriceDate, PriceHandle};
 use crate::request::ParsedRequest;
 use crate::usage::{Price, Usage};
 
@@ -265,7 +266,7 @@ fn cost_member(usage_obj: &[u8], price: &Price) -> Option<Bytes> {
     let usage: Usage = Usage::from_openai_json(&doc)?;
     let inner = usage_obj.get(1..usage_obj.len().saturating_sub(1))?;
     let empty = inner.iter().all(u8::is_ascii_whitespace);
-    let usd = pico_to_usd(price.cost_pico(&usage));
+    let usd = Usd::from_pico(price.cost_pico(&usage));
     let sep = if empty { "" } else { "," };
     Some(Bytes::from(format!("{sep}\"cost\":{usd}")))
 }

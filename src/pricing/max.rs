@@ -3,6 +3,7 @@
 //! [`MAX_PRICE_HEADER`](crate::route::MAX_PRICE_HEADER) header). See the
 //! [route module docs](crate::route) for how Route applies it.
 
+use crate::money::Usd;
 use crate::usage::Price;
 
 /// The most a request accepts to pay per token, per component, in **micro-USD per million
@@ -46,8 +47,8 @@ impl MaxPrice {
     /// A threshold in USD per million tokens (as config writes it), rounded to the
     /// micro-dollar once; comparisons are integer.
     pub fn usd(input: Option<f64>, output: Option<f64>) -> MaxPrice {
-        use crate::usage::usd_to_micros;
-        MaxPrice::micros(input.map(usd_to_micros), output.map(usd_to_micros))
+        let micros = |usd: f64| Usd::from_f64(usd).micros();
+        MaxPrice::micros(input.map(micros), output.map(micros))
     }
 
     /// Let targets without a known price through (or not).
@@ -113,7 +114,9 @@ impl MaxPrice {
             let (k, v) = part
                 .split_once('=')
                 .ok_or("expected `input=USD,output=USD`")?;
-            let v = parse_usd_micros(v.trim()).ok_or("prices must be non-negative decimals")?;
+            let v = Usd::parse(v.trim())
+                .and_then(Usd::micros_floor)
+                .ok_or("prices must be non-negative decimals")?;
             let slot = match k.trim().to_ascii_lowercase().as_str() {
                 "input" => &mut out.input,
                 "output" => &mut out.output,
@@ -141,40 +144,8 @@ impl MaxPrice {
     }
 }
 
-/// `micros` (micro-USD) as an exact decimal USD string: `3_000_000` → `3`, `250_000` → `0.25`.
-pub fn micros_to_usd(micros: u64) -> String {
-    usd(micros)
-}
-
-fn usd(micros: u64) -> String {
-    super::pico_to_usd(u128::from(micros) * 1_000_000)
-}
-
-/// A non-negative decimal (`15`, `0.25`, `.5`) as integer micro-units, without floats; digits
-/// past the sixth decimal are dropped (rounded down). `None` when malformed or too large.
-fn parse_usd_micros(s: &str) -> Option<u64> {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty() && frac.is_empty() {
-        return None;
-    }
-    if !whole
-        .bytes()
-        .chain(frac.bytes())
-        .all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let mut micros: u64 = 0;
-    for b in whole.bytes() {
-        micros = micros.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    micros = micros.checked_mul(1_000_000)?;
-    let mut scale = 100_000;
-    for b in frac.bytes().take(6) {
-        micros = micros.checked_add(u64::from(b - b'0') * scale)?;
-        scale /= 10;
-    }
-    Some(micros)
+fn usd(micros: u64) -> Usd {
+    Usd::from_micros(micros)
 }
 
 #[cfg(test)]
@@ -254,6 +225,6 @@ mod tests {
             t.describe(),
             "input 3 USD, output 15 USD per million tokens"
         );
-        assert_eq!(micros_to_usd(250_000), "0.25");
+        assert_eq!(usd(250_000).to_string(), "0.25");
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! All arithmetic is integer: a [`Price`] is micro-USD per million tokens (= pico-USD per
 //! token) and [`Price::cost_pico`] multiplies integers, so the cost of a day is exactly the sum
-//! of the costs of its requests. Decimal USD strings come from [`pico_to_usd`].
+//! of the costs of its requests. Amounts are [`Usd`](crate::money::Usd).
 //!
 //! The shipped table is a **starting point**: prices change and tiers (long context, batch,
 //! priority) are not modelled. Operators override entries in their configuration.
@@ -35,10 +35,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, PriceConfig};
+use crate::money::Usd;
 use crate::target::Target;
-use crate::usage::{Price, usd_to_micros};
+use crate::usage::Price;
 
-pub use self::max::{MaxPrice, micros_to_usd};
+pub use self::max::MaxPrice;
 pub use self::report::{
     SpendAccumulator, SpendGroup, SpendQuery, SpendReport, SpendRow, spend_report_jsonl,
     spend_report_jsonl_json, spend_report_records,
@@ -134,18 +135,6 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
-}
-
-/// Format pico-USD (10^-12 USD) as an exact decimal USD string with trailing zeros trimmed:
-/// `12_500_000` → `"0.0000125"`, `0` → `"0"`. It is also a valid JSON number.
-pub fn pico_to_usd(pico: u128) -> String {
-    let whole = pico / 1_000_000_000_000;
-    let frac = pico % 1_000_000_000_000;
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let f = format!("{frac:012}");
-    format!("{whole}.{}", f.trim_end_matches('0'))
 }
 
 /// A price effective from a date.
@@ -400,7 +389,7 @@ fn price_of(p: &PriceConfig, source: &str, field: &str) -> Result<Price, ConfigE
     Ok(p.to_price())
 }
 
-fn usd(v: &toml::Value, source: &str, field: &str) -> Result<u64, ConfigError> {
+fn usd(v: &toml::Value, source: &str, field: &str) -> Result<Usd, ConfigError> {
     let x = match v {
         toml::Value::Float(f) => *f,
         toml::Value::Integer(i) => *i as f64,
@@ -410,10 +399,10 @@ fn usd(v: &toml::Value, source: &str, field: &str) -> Result<u64, ConfigError> {
         return Err(ConfigError::field(
             source,
             field,
-            "must be a non-negative number (USD per million tokens)",
+            "must be a non-negative number of USD",
         ));
     }
-    Ok(usd_to_micros(x))
+    Ok(Usd::from_f64(x))
 }
 
 fn parse_entry(v: &toml::Value, source: &str, field: &str) -> Result<Dated, ConfigError> {
@@ -423,26 +412,25 @@ fn parse_entry(v: &toml::Value, source: &str, field: &str) -> Result<Dated, Conf
     let mut price = Price::default();
     let mut from = PriceDate::MIN;
     let (mut has_in, mut has_out) = (false, false);
+    // USD per million tokens (or characters) is micro-USD per million, = pico-USD per one.
+    let per_million = |v: &toml::Value, f: &str| usd(v, source, f).map(Usd::micros);
     for (k, v) in t {
         let f = format!("{field}.{k}");
         match k.as_str() {
             "input" => {
-                price.input = usd(v, source, &f)?;
+                price.input = per_million(v, &f)?;
                 has_in = true;
             }
             "output" => {
-                price.output = usd(v, source, &f)?;
+                price.output = per_million(v, &f)?;
                 has_out = true;
             }
-            "cached_input" => price.cached_input = Some(usd(v, source, &f)?),
-            "cache_write" => price.cache_write = Some(usd(v, source, &f)?),
+            "cached_input" => price.cached_input = Some(per_million(v, &f)?),
+            "cache_write" => price.cache_write = Some(per_million(v, &f)?),
             // USD per image / per second: stored as pico-USD per unit.
-            "per_image" => price.per_image = Some(usd(v, source, &f)?.saturating_mul(1_000_000)),
-            "per_second" => {
-                price.per_second = Some(usd(v, source, &f)?.saturating_mul(1_000_000));
-            }
-            // USD per million characters is pico-USD per character.
-            "per_million_characters" => price.per_character = Some(usd(v, source, &f)?),
+            "per_image" => price.per_image = Some(usd(v, source, &f)?.pico_u64()),
+            "per_second" => price.per_second = Some(usd(v, source, &f)?.pico_u64()),
+            "per_million_characters" => price.per_character = Some(per_million(v, &f)?),
             "from" => {
                 let text = match v {
                     toml::Value::Datetime(d) => d.to_string(),
@@ -670,15 +658,18 @@ mod tests {
                 })
                 .collect();
             let report = spend_report_records(records.iter(), &SpendQuery::default());
-            proptest::prop_assert_eq!(report.total_cost_usd, pico_to_usd(price.cost_pico(&total)));
+            proptest::prop_assert_eq!(report.total_cost_usd, Usd::from_pico(price.cost_pico(&total)).to_string());
         }
     }
 
     #[test]
     fn usd_strings_are_exact() {
-        assert_eq!(pico_to_usd(0), "0");
-        assert_eq!(pico_to_usd(12_500_000), "0.0000125");
-        assert_eq!(pico_to_usd(3_000_000_000_001), "3.000000000001");
+        assert_eq!(Usd::from_pico(0).to_string(), "0");
+        assert_eq!(Usd::from_pico(12_500_000).to_string(), "0.0000125");
+        assert_eq!(
+            Usd::from_pico(3_000_000_000_001).to_string(),
+            "3.000000000001"
+        );
         let p = Price {
             input: 150_000,
             output: 600_000,
@@ -696,6 +687,6 @@ mod tests {
             ..Usage::default()
         };
         // 7 * 0.15 + 4 * 0.075 + 6 * 0.6 (micro-USD) = 4.95 micro-USD
-        assert_eq!(pico_to_usd(p.cost_pico(&u)), "0.00000495");
+        assert_eq!(Usd::from_pico(p.cost_pico(&u)).to_string(), "0.00000495");
     }
 }

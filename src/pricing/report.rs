@@ -33,7 +33,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PriceDate, pico_to_usd};
+use super::PriceDate;
+use crate::money::Usd;
 use crate::usage::{UsageRecord, UsageSource};
 
 /// Which records a report covers. Every field is a filter; `None` keeps all.
@@ -250,7 +251,7 @@ impl SpendAccumulator {
             .map(|mut row| {
                 total += row.pico;
                 requests += row.requests;
-                row.cost_usd = pico_to_usd(row.pico);
+                row.cost_usd = Usd::from_pico(row.pico).to_string();
                 row.cost_pico = row.pico.to_string();
                 row
             })
@@ -258,7 +259,7 @@ impl SpendAccumulator {
         SpendReport {
             rows,
             requests,
-            total_cost_usd: pico_to_usd(total),
+            total_cost_usd: Usd::from_pico(total).to_string(),
             skipped_lines: self.skipped,
         }
     }

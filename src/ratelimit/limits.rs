@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::usage::usd_to_micros;
+use crate::money::Usd;
 
 /// The limits of one scope (a key, a model, or the whole gateway). Every field is optional;
 /// `None` means unlimited. Windows are **fixed** and aligned to UTC: the minute, the day and
@@ -20,11 +20,6 @@ pub struct Limits {
     pub budget_per_day_pico: Option<u64>,
     /// Spend per UTC calendar month, in pico-USD.
     pub budget_per_month_pico: Option<u64>,
-}
-
-/// USD to pico-USD (rounded to the micro-dollar first, as prices are).
-pub fn usd_to_pico(usd: f64) -> u64 {
-    usd_to_micros(usd).saturating_mul(1_000_000)
 }
 
 impl Limits {
@@ -49,12 +44,12 @@ impl Limits {
     }
     /// Set the daily budget in USD.
     pub fn usd_per_day(mut self, usd: f64) -> Self {
-        self.budget_per_day_pico = Some(usd_to_pico(usd));
+        self.budget_per_day_pico = Some(Usd::from_f64(usd).pico_u64());
         self
     }
     /// Set the monthly budget in USD.
     pub fn usd_per_month(mut self, usd: f64) -> Self {
-        self.budget_per_month_pico = Some(usd_to_pico(usd));
+        self.budget_per_month_pico = Some(Usd::from_f64(usd).pico_u64());
         self
     }
     /// Set the daily budget in pico-USD.

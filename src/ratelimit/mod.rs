@@ -74,7 +74,7 @@ use tower::Service;
 
 pub use future::RateLimitFuture;
 pub use layer::{Clock, DEFAULT_MAX_TOKENS, FailurePolicy, PriceFn, RateLimitLayer};
-pub use limits::{LimitKind, Limits, Scope, usd_to_pico};
+pub use limits::{LimitKind, Limits, Scope};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStore};
@@ -446,11 +446,7 @@ fn units_settlement(facts: &UsageFacts, price: Option<Price>) -> Option<Settleme
 }
 
 fn usd(pico: u64) -> String {
-    format!(
-        "${}.{:06}",
-        pico / 1_000_000_000_000,
-        (pico % 1_000_000_000_000) / 1_000_000
-    )
+    format!("${}", crate::money::Usd::from_pico(u128::from(pico)))
 }
 
 fn refusal_error(r: &Refusal) -> GatewayError {
@@ -616,7 +612,7 @@ mod tests {
         assert_eq!(e.status(), 429);
         assert_eq!(
             e.message(),
-            "The monthly budget of key 'k1' is exhausted: $4.999000 of $5.000000 spent; this request may cost up to $0.002000."
+            "The monthly budget of key 'k1' is exhausted: $4.999 of $5 spent; this request may cost up to $0.002."
         );
         assert_eq!(e.headers()["x-should-retry"], "false");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(100)));
