@@ -197,6 +197,7 @@ pub mod money;
 mod order;
 pub mod pricing;
 pub mod provider;
+mod query;
 pub mod ratelimit;
 #[cfg(feature = "gateway")]
 mod reqid;

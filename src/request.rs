@@ -39,7 +39,7 @@ pub use budget::{BodyBudget, BodyBudgetFuture, BodyBudgetLayer, DEFAULT_BODY_BUD
 pub use read_timeout::BodyReadTimeout;
 use read_timeout::TimedBody;
 pub use validate::ECHO_CHARS;
-pub(crate) use validate::prefix;
+pub(crate) use validate::{echo, prefix};
 
 /// Most levels of nesting in a request body (the top-level object is level 1): a deeper body
 /// is refused with a 400 at Parse and never forwarded.

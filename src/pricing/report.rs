@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PriceDate;
 use crate::money::Usd;
+use crate::query;
 use crate::usage::{UsageRecord, UsageSource};
 
 /// Which records a report covers. Every field is a filter; `None` keeps all.
@@ -58,17 +59,12 @@ impl SpendQuery {
     /// for a single day). Percent-escapes and `+` are decoded; unknown keys are an error.
     pub fn from_query_string(q: &str) -> Result<SpendQuery, String> {
         let mut out = SpendQuery::default();
-        for pair in q
-            .trim_start_matches('?')
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v).ok_or_else(|| format!("bad escape in `{pair}`"))?;
+        for (k, v) in query::pairs(q) {
+            let v = v.ok_or_else(|| format!("bad escape in the value of {}", query::echo(k)))?;
             let check_day = |v: &str| {
-                PriceDate::parse(v)
-                    .map(|_| v.to_owned())
-                    .ok_or_else(|| format!("`{k}` must be a date (YYYY-MM-DD), got `{v}`"))
+                PriceDate::parse(v).map(|_| v.to_owned()).ok_or_else(|| {
+                    format!("`{k}` must be a date (YYYY-MM-DD), got {}", query::echo(v))
+                })
             };
             match k {
                 "key_id" | "key" => out.key_id = Some(v),
@@ -81,7 +77,7 @@ impl SpendQuery {
                     out.from = Some(d.clone());
                     out.to = Some(d);
                 }
-                other => return Err(format!("unknown parameter `{other}`")),
+                other => return Err(format!("unknown parameter {}", query::echo(other))),
             }
         }
         Ok(out)
@@ -294,25 +290,6 @@ pub struct SpendGroup {
     pub reasoning_tokens: u64,
     /// Cost, pico-USD.
     pub cost_pico: u128,
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The report over `records` that match `query`.

@@ -13,6 +13,10 @@ use serde_json::{Map, Value, json};
 
 use super::StoredResponse;
 use crate::error::GatewayError;
+use crate::query;
+
+/// The parameters a listing reads (an escape error names one of them).
+const PARAMS: [&str; 4] = ["limit", "order", "after", "before"];
 
 /// Most items one page lists.
 const MAX_LIMIT: usize = 100;
@@ -41,9 +45,19 @@ impl ItemsQuery {
             after: None,
             before: None,
         };
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value);
+        for (key, value) in query::pairs(query.unwrap_or("")) {
+            let value = match (key, value) {
+                (_, Some(v)) => v,
+                ("limit" | "order" | "after" | "before", None) => {
+                    let param = PARAMS
+                        .iter()
+                        .find(|p| **p == key)
+                        .copied()
+                        .unwrap_or("query");
+                    return Err(bad(format!("Invalid escape in '{param}'."), param));
+                }
+                (_, None) => continue,
+            };
             match key {
                 "limit" => {
                     q.limit = value
@@ -53,8 +67,8 @@ impl ItemsQuery {
                         .ok_or_else(|| {
                             bad(
                                 format!(
-                                    "Invalid 'limit': '{}'; it must be an integer from 1 to {MAX_LIMIT}.",
-                                    value.escape_default()
+                                    "Invalid 'limit': {}; it must be an integer from 1 to {MAX_LIMIT}.",
+                                    query::echo(&value)
                                 ),
                                 "limit",
                             )
@@ -67,8 +81,8 @@ impl ItemsQuery {
                         _ => {
                             return Err(bad(
                                 format!(
-                                    "Invalid 'order': '{}'; it must be 'asc' or 'desc'.",
-                                    value.escape_default()
+                                    "Invalid 'order': {}; it must be 'asc' or 'desc'.",
+                                    query::echo(&value)
                                 ),
                                 "order",
                             ));
@@ -82,31 +96,6 @@ impl ItemsQuery {
         }
         Ok(q)
     }
-}
-
-/// `%XX` escapes and `+` (a space) decoded; an invalid escape is kept as written.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    // Two hex digits: at most 255.
-                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The id prefix of an item of `type` `ty`.
@@ -192,7 +181,11 @@ pub(crate) fn list(record: &StoredResponse, q: &ItemsQuery) -> Result<Bytes, Gat
             .position(|i| i.get("id").and_then(Value::as_str) == Some(id))
             .ok_or_else(|| {
                 bad(
-                    format!("No input item with id '{id}' in response '{}'.", record.id),
+                    format!(
+                        "No input item with id {} in response '{}'.",
+                        query::echo(id),
+                        record.id
+                    ),
                     param,
                 )
             })
@@ -319,6 +312,8 @@ mod tests {
             ("limit=101", "limit"),
             ("limit=x", "limit"),
             ("order=up", "order"),
+            ("order=%zz", "order"),
+            ("after=%E2%82", "after"),
         ] {
             let e = ItemsQuery::parse(Some(q)).unwrap_err();
             assert_eq!(e.status(), 400, "{q}");
@@ -330,5 +325,12 @@ mod tests {
         assert_eq!(ItemsQuery::parse(Some("limit=100")).unwrap().limit, 100);
         let q = ItemsQuery::parse(Some("after=msg%5Fx&foo")).unwrap();
         assert_eq!(q.after.as_deref(), Some("msg_x"));
+        // A client's long value comes back as a short prefix only.
+        let long = format!("order={}", "x".repeat(100_000));
+        let e = ItemsQuery::parse(Some(&long)).unwrap_err();
+        assert!(e.message().len() < 200, "{}", e.message().len());
+        let q = ItemsQuery::parse(Some(&format!("after={}", "y".repeat(100_000)))).unwrap();
+        let e = list(&five(), &q).unwrap_err();
+        assert!(e.message().len() < 200, "{}", e.message().len());
     }
 }
