@@ -1,7 +1,8 @@
 //! OpenAI chat ⇄ Anthropic Messages.
 //!
 //! - [`request_to_anthropic`]: an OpenAI `chat/completions` body → a Messages body.
-//! - [`response_from_anthropic`]: a Messages response → `chat.completion`.
+//! - [`response_from_anthropic`]: a Messages response → `chat.completion` (thinking as the
+//!   non-standard `reasoning_content` and `thinking_blocks`, as LiteLLM returns them).
 //! - [`AnthropicStream`]: Anthropic SSE events → `chat.completion.chunk` SSE bytes.
 //! - [`error_from_anthropic`]: an Anthropic error answer → [`GatewayError`].
 //!
@@ -10,7 +11,7 @@
 //! |---|---|
 //! | `system` / `developer` messages (anywhere) | `system` text blocks, in order |
 //! | `user` text / `image_url` (data URL → base64 source, http(s) → url source) / `file` (PDF data URL → document) | user content blocks (empty text dropped) |
-//! | `assistant` content + `tool_calls` | text blocks + `tool_use {id, name, input}` (`arguments` must be a JSON object, else 400; `""` → `{}`) |
+//! | `assistant` `thinking_blocks` (as an answer carried them) + content + `tool_calls` | the `thinking` / `redacted_thinking` blocks first and unchanged (a block of another shape is a 400 naming it), text blocks, `tool_use {id, name, input}` (`arguments` must be a JSON object, else 400; `""` → `{}`) |
 //! | `tool` messages (+ a following `user`) | one user turn, `tool_result` blocks first |
 //! | `max_completion_tokens` ?? `max_tokens` ?? [`AnthropicOptions::default_max_tokens`] | `max_tokens` |
 //! | `stop` (string or list) | `stop_sequences` (whitespace-only entries dropped: Anthropic rejects them) |

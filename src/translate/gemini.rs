@@ -11,14 +11,18 @@
 //! | `system` / `developer` messages | `systemInstruction.parts[].text` |
 //! | `user` / `assistant` | `contents[].role` `user` / `model` (consecutive turns merged) |
 //! | `image_url` data URL / http(s) URL | `inlineData {mimeType, data}` / `fileData {mimeType (from the extension), fileUri}` |
-//! | `assistant.tool_calls` | `functionCall {name, args}` (`arguments` must be a JSON object) |
+//! | `assistant.tool_calls` | `functionCall {name, args}` (`arguments` must be a JSON object), with `thoughtSignature` from the call's `extra_content.google.thought_signature` (as Google's OpenAI-compatible API carries it; not a string → 400) |
 //! | `tool` message | `functionResponse {name (looked up from tool_call_id), response: {content}}` in a user turn |
 //! | `tools` | `tools[{functionDeclarations[{name, description, parametersJsonSchema}]}]` |
 //! | `tool_choice` auto / required / none / named | `toolConfig.functionCallingConfig.mode` AUTO / ANY / NONE / ANY + `allowedFunctionNames` |
 //! | `max_completion_tokens` ?? `max_tokens` | `generationConfig.maxOutputTokens` |
 //! | `temperature`, `top_p`, `stop`, `n`, `seed`, `presence_penalty`, `frequency_penalty` | `temperature`, `topP`, `stopSequences`, `candidateCount`, `seed`, `presencePenalty`, `frequencyPenalty` |
 //! | `response_format` json_object / json_schema | `responseMimeType: application/json` (+ `responseJsonSchema`) |
-//! | `reasoning_effort` none·minimal / low / medium / high | `thinkingConfig.thinkingBudget` 0 / 1024 / 8192 / 24576 |
+//! | `reasoning_effort` none·minimal / low / medium / high | `thinkingConfig.thinkingBudget` 0 / 1024 / 8192 / 24576 (with `includeThoughts: true` above 0) |
+//!
+//! Back the other way, thought parts (`thought: true`) become the non-standard
+//! `reasoning_content`, and a `functionCall` part's `thoughtSignature` the tool call's
+//! `extra_content.google.thought_signature`.
 //!
 //! Dropped: `stream`, `stream_options` (the path decides), `user`, `safety_identifier`,
 //! `metadata`, `store`, `service_tier`, `prompt_cache_key`, `logit_bias`,

@@ -7,7 +7,9 @@
 //!   request parameters a `response` object repeats.
 //! - [`response_from_chat`]: a `chat.completion` → a `response` object; its
 //!   `reasoning_content` becomes a `reasoning` item before the message, in the
-//!   [`ReasoningForm`] the caller picks (the gateway: a summary for Anthropic's thinking).
+//!   [`ReasoningForm`] the caller picks (the gateway: a summary for Anthropic's thinking), and
+//!   its `thinking_blocks` (Anthropic's, signatures included) that item's `encrypted_content`:
+//!   the base64 of `{"thinking_blocks": [...]}`, opaque to clients, which send it back.
 //! - [`ResponsesStream`]: `chat.completion.chunk` SSE → Responses SSE (`response.created`,
 //!   `response.in_progress`, `response.output_item.added`, `response.content_part.added`,
 //!   `response.output_text.delta`, `response.reasoning_text.delta` (or, with
@@ -25,7 +27,8 @@
 //! | `message` items (`role` user·system·developer·assistant; `input_text`, `output_text`, `input_image` parts) | messages (`text` and `image_url` parts; assistant text joined) |
 //! | `function_call` items `{call_id, name, arguments}` | assistant `tool_calls` (consecutive calls in one message; `id` = `call_id`) |
 //! | `function_call_output` items `{call_id, output}` | `tool` messages (`tool_call_id` = `call_id`) |
-//! | `reasoning` items | dropped (earlier reasoning a chat target cannot take back; the answer does not depend on it) |
+//! | `reasoning` items with the `encrypted_content` this gateway wrote, for a target that speaks Anthropic ([`request_to_chat_with`]) | `thinking_blocks` of the assistant message that follows (its text or its calls): Anthropic's thinking blocks, unchanged, which a tool loop with thinking needs; any other `encrypted_content` is a 400 `invalid_encrypted_content` |
+//! | other `reasoning` items | dropped (earlier reasoning a chat target cannot take back; the answer does not depend on it) |
 //! | function `tools` (flat `{name, description, parameters, strict}`) | `tools` `{type: function, function: {…}}` |
 //! | `tool_choice` auto·none·required·`{type: function, name}` | the same in chat's shape |
 //! | `text.format` json_schema·json_object·text | `response_format` |
