@@ -174,7 +174,7 @@ async fn success_stream_records_exact_upstream_usage_and_reports_cost() {
     // 7 uncached * 0.15 + 4 cached * 0.075 + 8 * 0.60 micro-USD, as an exact decimal.
     let want = format!(
         "\"cost\":{}}}",
-        crate::money::Usd::from_pico(u128::from(cost_of(&EXACT))).to_string()
+        crate::money::Usd::from_pico(u128::from(cost_of(&EXACT)))
     );
     assert_eq!(want, "\"cost\":0.00000615}");
     assert!(usage_line.contains(&want), "{usage_line}");
@@ -200,7 +200,7 @@ async fn success_non_stream_records_exact_usage_and_reports_cost() {
     assert!(v["usage"]["cost"].is_number());
     let want = format!(
         "\"cost\":{}}}",
-        crate::money::Usd::from_pico(u128::from(r.cost_pico.unwrap())).to_string()
+        crate::money::Usd::from_pico(u128::from(r.cost_pico.unwrap()))
     );
     assert!(body.contains(&want), "{body}");
 }

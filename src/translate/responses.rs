@@ -245,44 +245,7 @@ fn input_item(
             }
             msgs.push(m);
         }
-        Some("function_call") => {
-            let call = json!({
-                "id": item.get("call_id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": item.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": item.get("arguments").cloned().unwrap_or(Value::from("{}")),
-                },
-            });
-            // Consecutive calls (and the text before them) form one assistant turn.
-            let joined = msgs.last_mut().and_then(|m| {
-                let m = m.as_object_mut()?;
-                (m.get("role")? == "assistant").then_some(m)
-            });
-            match joined {
-                Some(m) => {
-                    match m.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                        Some(calls) => calls.push(call),
-                        None => {
-                            m.insert("tool_calls".into(), Value::Array(vec![call]));
-                        }
-                    }
-                    if !thinking.is_empty() {
-                        let blocks = m.entry("thinking_blocks").or_insert_with(|| json!([]));
-                        if let Some(b) = blocks.as_array_mut() {
-                            b.extend(thinking);
-                        }
-                    }
-                }
-                None => {
-                    let mut m = json!({"role": "assistant", "content": null, "tool_calls": [call]});
-                    if !thinking.is_empty() {
-                        m["thinking_blocks"] = Value::Array(thinking);
-                    }
-                    msgs.push(m);
-                }
-            }
-        }
+        Some("function_call") => function_call_item(item, msgs, thinking),
         Some("function_call_output") => {
             let output = match item.get("output") {
                 Some(Value::String(s)) => Value::from(s.as_str()),
@@ -309,6 +272,44 @@ fn input_item(
         }
     }
     Ok(())
+}
+
+/// A `function_call` item → a tool call of the assistant turn it continues (consecutive calls,
+/// and the text before them, form one turn), or of a new one; `thinking`: the blocks of the
+/// `reasoning` items just before it.
+fn function_call_item(item: &Value, msgs: &mut Vec<Value>, thinking: Vec<Value>) {
+    let call = json!({
+        "id": item.get("call_id").cloned().unwrap_or(Value::Null),
+        "type": "function",
+        "function": {
+            "name": item.get("name").cloned().unwrap_or(Value::Null),
+            "arguments": item.get("arguments").cloned().unwrap_or(Value::from("{}")),
+        },
+    });
+    let joined = msgs.last_mut().and_then(|m| {
+        let m = m.as_object_mut()?;
+        (m.get("role")? == "assistant").then_some(m)
+    });
+    let Some(m) = joined else {
+        let mut m = json!({"role": "assistant", "content": null, "tool_calls": [call]});
+        if !thinking.is_empty() {
+            m["thinking_blocks"] = Value::Array(thinking);
+        }
+        msgs.push(m);
+        return;
+    };
+    match m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+        Some(calls) => calls.push(call),
+        None => {
+            m.insert("tool_calls".into(), Value::Array(vec![call]));
+        }
+    }
+    if !thinking.is_empty() {
+        let blocks = m.entry("thinking_blocks").or_insert_with(|| json!([]));
+        if let Some(b) = blocks.as_array_mut() {
+            b.extend(thinking);
+        }
+    }
 }
 
 fn is_assistant(item: &Value) -> bool {
