@@ -87,7 +87,6 @@ fn parsed() -> ParsedRequest {
         fallback_models: None,
         base64_embeddings: false,
         upstream_include_usage: false,
-        reasoning_content: false,
         units: Default::default(),
         body,
         layout: Default::default(),

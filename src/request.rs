@@ -206,11 +206,6 @@ pub struct ParsedRequest {
     pub base64_embeddings: bool,
     /// Ask the upstream for a usage chunk even if the client did not (set by StreamPassthrough).
     pub upstream_include_usage: bool,
-    /// Carry the upstream's reasoning (Anthropic `thinking`) into the chat answer as the
-    /// non-standard `reasoning_content` (message and deltas). Set by the Responses
-    /// translation, which turns it into `reasoning` items; a chat client's answer never
-    /// carries it.
-    pub reasoning_content: bool,
     /// What the request itself says it will be billed by: `n` images asked for, the characters
     /// of a speech `input` (zero elsewhere).
     pub units: Units,
@@ -825,7 +820,6 @@ pub fn parse_body(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError> 
         fallback_models,
         base64_embeddings,
         upstream_include_usage: false,
-        reasoning_content: false,
         units,
         body,
         layout,

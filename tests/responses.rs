@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use tollgate::sse::SseScanner;
 use tollgate::translate::anthropic::{
     AnthropicOptions, AnthropicStream, request_to_anthropic, response_from_anthropic,
-    response_from_anthropic_with_reasoning,
 };
 use tollgate::translate::gemini::{GeminiStream, request_to_gemini, response_from_gemini};
 use tollgate::translate::responses::{
@@ -581,20 +580,32 @@ fn anthropic_stream_to_responses_composed_for_every_split() {
     }
 }
 
+/// The `encrypted_content` the gateway gives a reasoning item standing for Anthropic `blocks`.
+fn encrypted(blocks: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(json!({"thinking_blocks": blocks}).to_string())
+}
+
 /// An answer with thinking (Claude 4: a summary of the thinking, with its signature), then text.
 const A_THINKING_ANSWER: &[u8] = br#"{"id":"msg_03","type":"message","role":"assistant","model":"claude-x","content":[{"type":"thinking","thinking":"Paris in June: ","signature":"sig=="},{"type":"thinking","thinking":"warm.","signature":"sig2=="},{"type":"redacted_thinking","data":"opaque"},{"type":"text","text":"It is warm."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":20,"output_tokens":90,"output_tokens_details":{"thinking_tokens":70}}}"#;
 
 #[test]
 fn anthropic_thinking_answer_to_response_is_a_reasoning_summary_before_the_message() {
-    let chat = response_from_anthropic_with_reasoning(A_THINKING_ANSWER, CREATED, true).unwrap();
+    let chat = response_from_anthropic(A_THINKING_ANSWER, CREATED).unwrap();
     let echo = Echo::default();
     let r = v(&response_from_chat_with(&chat, &echo, None, ReasoningForm::Summary).unwrap());
     let out = r["output"].as_array().unwrap();
     assert_eq!(out.len(), 2, "{r}");
+    let blocks = json!([
+        {"type": "thinking", "thinking": "Paris in June: ", "signature": "sig=="},
+        {"type": "thinking", "thinking": "warm.", "signature": "sig2=="},
+        {"type": "redacted_thinking", "data": "opaque"}
+    ]);
     assert_eq!(
         out[0],
         json!({"id": "rs_msg_03", "type": "reasoning",
-               "summary": [{"type": "summary_text", "text": "Paris in June: warm."}]})
+               "summary": [{"type": "summary_text", "text": "Paris in June: warm."}],
+               "encrypted_content": encrypted(&blocks)})
     );
     assert_eq!(out[1]["type"], "message");
     assert_eq!(out[1]["content"][0]["text"], "It is warm.");
@@ -604,15 +615,12 @@ fn anthropic_thinking_answer_to_response_is_a_reasoning_summary_before_the_messa
                "output_tokens": 90, "output_tokens_details": {"reasoning_tokens": 70},
                "total_tokens": 110})
     );
-    // The chat face is unchanged: thinking is not carried to chat clients.
-    let plain = v(&response_from_anthropic(A_THINKING_ANSWER, CREATED).unwrap());
-    assert!(
-        plain["choices"][0]["message"]
-            .get("reasoning_content")
-            .is_none(),
-        "{plain}"
-    );
-    assert_eq!(plain["choices"][0]["message"]["content"], "It is warm.");
+    // The chat face carries the thinking as LiteLLM does: text and the blocks as sent.
+    let plain = v(&chat);
+    let m = &plain["choices"][0]["message"];
+    assert_eq!(m["reasoning_content"], "Paris in June: warm.");
+    assert_eq!(m["thinking_blocks"], blocks);
+    assert_eq!(m["content"], "It is warm.");
     assert_eq!(
         plain["usage"]["completion_tokens_details"]["reasoning_tokens"],
         70
@@ -646,7 +654,7 @@ const A_THINKING_STREAM: &str = concat!(
 
 #[test]
 fn anthropic_thinking_stream_to_responses_is_a_reasoning_summary_for_every_split() {
-    let anth = || AnthropicStream::new(true, CREATED).with_reasoning(true);
+    let anth = || AnthropicStream::new(true, CREATED);
     let form = ReasoningForm::Summary;
     let bytes = A_THINKING_STREAM.as_bytes();
     let whole = composed_in(anth(), vec![Bytes::from_static(bytes)], form);
@@ -696,8 +704,10 @@ fn anthropic_thinking_stream_to_responses_is_a_reasoning_summary_for_every_split
         evs[7].1["part"],
         json!({"type": "summary_text", "text": thought})
     );
+    let blocks = json!([{"type": "thinking", "thinking": thought, "signature": "EqQBCgIYAhIM=="}]);
     let item = json!({"id": "rs_msg_04", "type": "reasoning",
-                      "summary": [{"type": "summary_text", "text": thought}]});
+                      "summary": [{"type": "summary_text", "text": thought}],
+                      "encrypted_content": encrypted(&blocks)});
     assert_eq!(evs[8].1["item"], item);
     assert_eq!(evs[11].1["output_index"], 1);
     let done = &evs.last().unwrap().1["response"];
@@ -712,16 +722,6 @@ fn anthropic_thinking_stream_to_responses_is_a_reasoning_summary_for_every_split
         let parts = composed_in(anth(), split2(bytes, at), form);
         assert_eq!(whole, parts, "split at {at}");
     }
-    // Without reasoning asked for (a chat client's stream), thinking is skipped as before.
-    let plain = composed(
-        AnthropicStream::new(true, CREATED),
-        vec![Bytes::from_static(bytes)],
-    );
-    let evs = events(&plain);
-    check_sequence(&evs);
-    let done = &evs.last().unwrap().1["response"];
-    assert_eq!(done["output"].as_array().unwrap().len(), 1, "{done}");
-    assert_eq!(done["output"][0]["type"], "message");
 }
 
 const G_TEXT_STREAM: &str = concat!(
@@ -1177,15 +1177,15 @@ async fn anthropic_thinking_becomes_a_reasoning_item_through_the_gateway() {
         3
     );
 
-    // the chat face of the same target is unchanged: no reasoning in the answer
+    // the chat face of the same target carries it as `reasoning_content` and `thinking_blocks`
     let chat = r#"{"model":"claude","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low","max_tokens":2000}"#;
     let c = common::chat(gw.addr, chat, &[]).await.json().await;
-    assert_eq!(c["choices"][0]["message"]["content"], "Hello there!");
-    assert!(
-        c["choices"][0]["message"]
-            .get("reasoning_content")
-            .is_none(),
-        "{c}"
+    let m = &c["choices"][0]["message"];
+    assert_eq!(m["content"], "Hello there!");
+    assert_eq!(m["reasoning_content"], thought.as_str());
+    assert_eq!(
+        m["thinking_blocks"],
+        json!([{"type": "thinking", "thinking": thought, "signature": fakes::sign_thought(&thought)}])
     );
     assert_eq!(
         c["usage"]["completion_tokens_details"]["reasoning_tokens"],

@@ -312,7 +312,9 @@ fn anthropic_text_response_golden() {
         v(&out),
         json!({
             "id": "chatcmpl-msg_01", "object": "chat.completion", "created": CREATED, "model": "claude-x",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": null},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": null,
+                             "reasoning_content": "hmm",
+                             "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "s"}]},
                          "logprobs": null, "finish_reason": "length"}],
             "usage": {"prompt_tokens": 18, "completion_tokens": 7, "total_tokens": 25,
                       "prompt_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 3},
@@ -612,6 +614,7 @@ const G_TEXT_STREAM: &str = concat!(
 const G_TEXT_EXPECTED: &str = concat!(
     "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
     "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"thinking...\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
     "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo \\\"w\\\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
     "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
     "data: {\"id\":\"chatcmpl-r1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-2.5-flash\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
@@ -718,7 +721,8 @@ fn gemini_text_response_golden() {
         v(&out),
         json!({
             "id": "chatcmpl-abc", "object": "chat.completion", "created": CREATED, "model": "gemini-2.5-pro",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": null},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there", "refusal": null,
+                             "reasoning_content": "thinking"},
                          "logprobs": null, "finish_reason": "length"}],
             "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20,
                       "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 0},
@@ -822,7 +826,7 @@ fn gemini_request_golden_full() {
             "generationConfig": {
                 "maxOutputTokens": 300, "temperature": 1.5, "topP": 0.9, "stopSequences": ["END"],
                 "candidateCount": 2, "seed": 7, "responseMimeType": "application/json",
-                "responseJsonSchema": {"type": "object"}, "thinkingConfig": {"thinkingBudget": 1024}
+                "responseJsonSchema": {"type": "object"}, "thinkingConfig": {"thinkingBudget": 1024, "includeThoughts": true}
             }
         })
     );

@@ -44,7 +44,7 @@ use crate::request::Api;
 use crate::secret::Secret;
 use crate::translate::anthropic::{
     AnthropicOptions, AnthropicStream, error_from_anthropic, request_to_anthropic,
-    response_from_anthropic_with_reasoning,
+    response_from_anthropic,
 };
 use crate::translate::{StreamTranslator, TranslateBody, unix_now};
 
@@ -476,9 +476,7 @@ impl Provider for AnthropicProvider {
         };
         let created = unix_now();
         let include_usage = call.parsed.wants_usage || call.parsed.upstream_include_usage;
-        let reasoning = call.parsed.reasoning_content;
         let translator = AnthropicStream::new(include_usage, created)
-            .with_reasoning(reasoning)
             .with_provider(self.name.clone())
             .with_scrub(self.policy.clone());
         send_translated(
@@ -487,7 +485,7 @@ impl Provider for AnthropicProvider {
             &call,
             req,
             translator,
-            move |b| response_from_anthropic_with_reasoning(b, created, reasoning),
+            move |b| response_from_anthropic(b, created),
             error_from_anthropic,
         )
     }

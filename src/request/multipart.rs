@@ -181,7 +181,6 @@ pub(super) fn parse(api: Api, body: Bytes) -> Result<ParsedRequest, GatewayError
         fallback_models: None,
         base64_embeddings: false,
         upstream_include_usage: false,
-        reasoning_content: false,
         units: Units::default(),
         body,
         layout: BodyLayout::default(),

@@ -1,7 +1,8 @@
 //! OpenAI chat ⇄ Anthropic Messages.
 //!
 //! - [`request_to_anthropic`]: an OpenAI `chat/completions` body → a Messages body.
-//! - [`response_from_anthropic`]: a Messages response → `chat.completion`.
+//! - [`response_from_anthropic`]: a Messages response → `chat.completion` (thinking as the
+//!   non-standard `reasoning_content` and `thinking_blocks`, as LiteLLM returns them).
 //! - [`AnthropicStream`]: Anthropic SSE events → `chat.completion.chunk` SSE bytes.
 //! - [`error_from_anthropic`]: an Anthropic error answer → [`GatewayError`].
 //!
@@ -10,7 +11,7 @@
 //! |---|---|
 //! | `system` / `developer` messages (anywhere) | `system` text blocks, in order |
 //! | `user` text / `image_url` (data URL → base64 source, http(s) → url source) / `file` (PDF data URL → document) | user content blocks (empty text dropped) |
-//! | `assistant` content + `tool_calls` | text blocks + `tool_use {id, name, input}` (`arguments` must be a JSON object, else 400; `""` → `{}`) |
+//! | `assistant` `thinking_blocks` (as an answer carried them) + content + `tool_calls` | the `thinking` / `redacted_thinking` blocks first and unchanged (a block of another shape is a 400 naming it), text blocks, `tool_use {id, name, input}` (`arguments` must be a JSON object, else 400; `""` → `{}`) |
 //! | `tool` messages (+ a following `user`) | one user turn, `tool_result` blocks first |
 //! | `max_completion_tokens` ?? `max_tokens` ?? [`AnthropicOptions::default_max_tokens`] | `max_tokens` |
 //! | `stop` (string or list) | `stop_sequences` (whitespace-only entries dropped: Anthropic rejects them) |
@@ -298,24 +299,55 @@ fn user_blocks(content: &Value, param: String) -> Result<Vec<Value>, GatewayErro
     }
 }
 
-/// Assistant message `i` → its text blocks, then a `tool_use` block per tool call.
+/// Assistant message `i` → its `thinking_blocks` (unchanged, first), its text blocks, then a
+/// `tool_use` block per tool call.
 fn assistant_blocks(
     i: usize,
     m: &Value,
     content: &Value,
     param: &str,
 ) -> Result<Vec<Value>, GatewayError> {
-    let mut blocks: Vec<Value> = text_of(content, param)?
-        .into_iter()
-        .filter(|t| !t.is_empty())
-        .map(text_block)
-        .collect();
+    let mut blocks = thinking_blocks(i, m)?;
+    blocks.extend(
+        text_of(content, param)?
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .map(text_block),
+    );
     if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
         for (j, c) in calls.iter().enumerate() {
             blocks.push(tool_use_block(i, j, c)?);
         }
     }
     Ok(blocks)
+}
+
+/// The `thinking_blocks` of assistant message `i` (as this translation returned them) → the
+/// Anthropic `thinking` / `redacted_thinking` blocks, unchanged: Anthropic refuses a tool-use
+/// loop with thinking whose earlier assistant turn lost them, or whose signature differs.
+fn thinking_blocks(i: usize, m: &Value) -> Result<Vec<Value>, GatewayError> {
+    let list = match m.get("thinking_blocks") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(bad(
+                "thinking_blocks must be an array",
+                format!("messages[{i}].thinking_blocks"),
+            ));
+        }
+    };
+    list.iter()
+        .enumerate()
+        .map(|(j, b)| {
+            super::thinking_block(b).ok_or_else(|| {
+                bad(
+                    "a thinking block must be {type: \"thinking\", thinking, signature} or \
+                     {type: \"redacted_thinking\", data}, as the answer carried it",
+                    format!("messages[{i}].thinking_blocks[{j}]"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Tool call `j` of message `i` → a `tool_use` block.
@@ -700,25 +732,17 @@ struct WireMessage {
 }
 
 /// Translate an Anthropic Messages response into an OpenAI `chat.completion` body.
-/// `created` is the Unix time to report (Anthropic sends none). `thinking` blocks are dropped
-/// (chat has no field for them); see [`response_from_anthropic_with_reasoning`].
+/// `created` is the Unix time to report (Anthropic sends none). `thinking` and
+/// `redacted_thinking` blocks become the message's non-standard `reasoning_content` (the
+/// thinking texts, concatenated) and `thinking_blocks` (each block as sent, signature
+/// included: a client continuing a tool-use loop sends them back), as LiteLLM does.
 pub fn response_from_anthropic(body: &[u8], created: u64) -> Result<Bytes, GatewayError> {
-    response_from_anthropic_with_reasoning(body, created, false)
-}
-
-/// [`response_from_anthropic`], with the text of the `thinking` blocks (concatenated) as the
-/// message's non-standard `reasoning_content` when `reasoning` is set (what the Responses
-/// translation turns into a `reasoning` item). `redacted_thinking` has no text: dropped.
-pub fn response_from_anthropic_with_reasoning(
-    body: &[u8],
-    created: u64,
-    reasoning: bool,
-) -> Result<Bytes, GatewayError> {
     let m: WireMessage = serde_json::from_slice(body)
         .map_err(|e| protocol_error(format!("invalid Anthropic response: {e}")))?;
     let mut text = String::new();
     let mut has_text = false;
     let mut thinking = String::new();
+    let mut blocks = Vec::new();
     let mut calls = Vec::new();
     for b in &m.content {
         match b.get("type").and_then(Value::as_str) {
@@ -726,8 +750,9 @@ pub fn response_from_anthropic_with_reasoning(
                 has_text = true;
                 text.push_str(b.get("text").and_then(Value::as_str).unwrap_or(""));
             }
-            Some("thinking") if reasoning => {
+            Some("thinking" | "redacted_thinking") => {
                 thinking.push_str(b.get("thinking").and_then(Value::as_str).unwrap_or(""));
+                blocks.extend(super::thinking_block(b));
             }
             Some("tool_use") => {
                 let args = b
@@ -751,6 +776,9 @@ pub fn response_from_anthropic_with_reasoning(
     if let Some(o) = message.as_object_mut() {
         if !thinking.is_empty() {
             o.insert("reasoning_content".into(), Value::String(thinking));
+        }
+        if !blocks.is_empty() {
+            o.insert("thinking_blocks".into(), Value::Array(blocks));
         }
         if !calls.is_empty() {
             o.insert("tool_calls".into(), Value::Array(calls));
@@ -925,6 +953,10 @@ struct Block<'a> {
     name: Option<&'a RawValue>,
     #[serde(default, borrow)]
     thinking: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    signature: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -937,6 +969,8 @@ struct Delta<'a> {
     partial_json: Option<&'a RawValue>,
     #[serde(default, borrow)]
     thinking: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    signature: Option<&'a RawValue>,
     #[serde(default, borrow)]
     stop_reason: Option<Cow<'a, str>>,
 }
@@ -953,8 +987,8 @@ struct WireError<'a> {
 enum BlockKind {
     Text,
     Tool(u32),
-    /// A `thinking` block, translated when the stream carries reasoning.
-    Thinking,
+    /// A `thinking` or `redacted_thinking` block (its ordinal among them).
+    Thinking(u32),
     Ignored,
 }
 
@@ -974,8 +1008,11 @@ enum Phase {
 /// - text deltas → `delta.content`; a `tool_use` block → a tool-call start (`id`, `name`,
 ///   `arguments: ""`) with OpenAI's **tool ordinal** as `index` (not the content-block index);
 ///   `input_json_delta` fragments → `arguments` fragments; `thinking_delta`s → the non-standard
-///   `delta.reasoning_content` when [`with_reasoning`](Self::with_reasoning) is set, else
-///   skipped (with their `signature_delta`s, `redacted_thinking` and server-tool blocks).
+///   `delta.reasoning_content`; when a `thinking` (or `redacted_thinking`) block ends, the
+///   whole block, signature included, as one entry of the non-standard `delta.thinking_blocks`
+///   (`{index, type: "thinking", thinking, signature}` or `{index, type: "redacted_thinking",
+///   data}`, `index` the block's ordinal among them, as the openai SDK's stream helper merges
+///   lists); server-tool blocks are skipped.
 /// - the first `message_delta` with a `stop_reason` → the `finish_reason` chunk; usage is
 ///   cumulative: the last value of each counter wins.
 /// - `message_stop` → the usage chunk (`choices: []`) when `include_usage`, then `[DONE]`.
@@ -993,7 +1030,12 @@ pub struct AnthropicStream {
     usage: UsageAcc,
     finish_sent: bool,
     phase: Phase,
-    reasoning: bool,
+    next_thinking: u32,
+    /// The thinking block being streamed: its text and signature (JSON-escaped, without the
+    /// quotes: fragments concatenate), or a redacted block's `data` (raw JSON).
+    thought: String,
+    signature: String,
+    redacted: Option<String>,
 }
 
 impl AnthropicStream {
@@ -1012,15 +1054,11 @@ impl AnthropicStream {
             usage: UsageAcc::default(),
             finish_sent: false,
             phase: Phase::Start,
-            reasoning: false,
+            next_thinking: 0,
+            thought: String::new(),
+            signature: String::new(),
+            redacted: None,
         }
-    }
-
-    /// Translate `thinking` blocks into `delta.reasoning_content` (for the Responses
-    /// translation; a chat client's stream never carries it).
-    pub fn with_reasoning(mut self, on: bool) -> Self {
-        self.reasoning = on;
-        self
     }
 
     /// Name the provider in in-band error events.
@@ -1125,17 +1163,75 @@ impl AnthropicStream {
                 }
             }
             "tool_use" => return self.on_tool_start(i, b.id, b.name, out),
-            "thinking" if self.reasoning => {
-                self.blocks[i] = BlockKind::Thinking;
-                if let Some(t) = b
-                    .thinking
-                    .filter(|t| is_json_string(t) && t.get() != "\"\"")
-                {
-                    self.choice(out, &[REASONING, t.get().as_bytes(), b"}", REST]);
-                }
-            }
+            "thinking" | "redacted_thinking" => self.on_thinking_start(i, &b, out),
             _ => self.blocks[i] = BlockKind::Ignored,
         }
+        Flow::Continue
+    }
+
+    /// A `thinking` or `redacted_thinking` block starts at content index `i`: its text (if any)
+    /// as `reasoning_content`; the block is kept until it ends.
+    fn on_thinking_start(&mut self, i: usize, b: &Block<'_>, out: &mut BytesMut) {
+        self.blocks[i] = BlockKind::Thinking(self.next_thinking);
+        self.next_thinking += 1;
+        self.thought.clear();
+        self.signature.clear();
+        self.redacted = None;
+        if b.ty == "redacted_thinking" {
+            self.redacted = Some(b.data.map_or("\"\"", RawValue::get).to_owned());
+            return;
+        }
+        if let Some(sig) = b.signature.filter(|v| is_json_string(v)) {
+            self.signature.push_str(unquote(sig));
+        }
+        self.on_thought(b.thinking, out);
+    }
+
+    /// A fragment of thinking text → `delta.reasoning_content`, and kept for the block.
+    fn on_thought(&mut self, t: Option<&RawValue>, out: &mut BytesMut) {
+        if let Some(t) = t.filter(|t| is_json_string(t) && t.get() != "\"\"") {
+            self.thought.push_str(unquote(t));
+            self.choice(out, &[REASONING, t.get().as_bytes(), b"}", REST]);
+        }
+    }
+
+    /// `content_block_stop`: a thinking block ends → the whole block as a `thinking_blocks`
+    /// delta.
+    fn on_block_stop(&mut self, index: Option<usize>, out: &mut BytesMut) -> Flow {
+        let kind = index.and_then(|i| self.blocks.get(i).copied());
+        let Some(BlockKind::Thinking(k)) = kind else {
+            return Flow::Continue;
+        };
+        let mut buf = [0u8; 20];
+        let idx = super::decimal(u64::from(k), &mut buf);
+        match self.redacted.take() {
+            Some(data) => self.choice(
+                out,
+                &[
+                    b"{\"thinking_blocks\":[{\"index\":",
+                    idx,
+                    b",\"type\":\"redacted_thinking\",\"data\":",
+                    data.as_bytes(),
+                    b"}]}",
+                    REST,
+                ],
+            ),
+            None => self.choice(
+                out,
+                &[
+                    b"{\"thinking_blocks\":[{\"index\":",
+                    idx,
+                    b",\"type\":\"thinking\",\"thinking\":\"",
+                    self.thought.as_bytes(),
+                    b"\",\"signature\":\"",
+                    self.signature.as_bytes(),
+                    b"\"}]}",
+                    REST,
+                ],
+            ),
+        }
+        self.thought.clear();
+        self.signature.clear();
         Flow::Continue
     }
 
@@ -1192,12 +1288,10 @@ impl AnthropicStream {
                     self.choice(out, &[b"{\"content\":", t.get().as_bytes(), b"}", REST]);
                 }
             }
-            (Some("thinking_delta"), BlockKind::Thinking) => {
-                if let Some(t) = d
-                    .thinking
-                    .filter(|t| is_json_string(t) && t.get() != "\"\"")
-                {
-                    self.choice(out, &[REASONING, t.get().as_bytes(), b"}", REST]);
+            (Some("thinking_delta"), BlockKind::Thinking(_)) => self.on_thought(d.thinking, out),
+            (Some("signature_delta"), BlockKind::Thinking(_)) => {
+                if let Some(sig) = d.signature.filter(|v| is_json_string(v)) {
+                    self.signature.push_str(unquote(sig));
                 }
             }
             (Some("input_json_delta"), BlockKind::Tool(k)) => {
@@ -1264,6 +1358,13 @@ impl AnthropicStream {
 const REST: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}";
 const REASONING: &[u8] = b"{\"reasoning_content\":";
 
+/// The escaped contents of a JSON string literal, without its quotes (fragments of one string
+/// concatenate into valid escaped contents).
+fn unquote(raw: &RawValue) -> &str {
+    let s = raw.get();
+    s.get(1..s.len().saturating_sub(1)).unwrap_or("")
+}
+
 impl StreamTranslator for AnthropicStream {
     fn on_event(&mut self, data: Option<&[u8]>, _raw: &[u8], out: &mut BytesMut) -> Flow {
         let Some(data) = data else {
@@ -1294,7 +1395,7 @@ impl StreamTranslator for AnthropicStream {
             ),
             ("content_block_start", _) => self.on_block_start(ev.index, ev.content_block, out),
             ("content_block_delta", _) => self.on_block_delta(ev.index, ev.delta, out),
-            ("content_block_stop", _) => Flow::Continue,
+            ("content_block_stop", _) => self.on_block_stop(ev.index, out),
             ("message_delta", _) => {
                 self.on_message_delta(ev.usage.as_ref(), ev.delta.as_ref(), out)
             }

@@ -11,14 +11,18 @@
 //! | `system` / `developer` messages | `systemInstruction.parts[].text` |
 //! | `user` / `assistant` | `contents[].role` `user` / `model` (consecutive turns merged) |
 //! | `image_url` data URL / http(s) URL | `inlineData {mimeType, data}` / `fileData {mimeType (from the extension), fileUri}` |
-//! | `assistant.tool_calls` | `functionCall {name, args}` (`arguments` must be a JSON object) |
+//! | `assistant.tool_calls` | `functionCall {name, args}` (`arguments` must be a JSON object), with `thoughtSignature` from the call's `extra_content.google.thought_signature` (as Google's OpenAI-compatible API carries it; not a string → 400) |
 //! | `tool` message | `functionResponse {name (looked up from tool_call_id), response: {content}}` in a user turn |
 //! | `tools` | `tools[{functionDeclarations[{name, description, parametersJsonSchema}]}]` |
 //! | `tool_choice` auto / required / none / named | `toolConfig.functionCallingConfig.mode` AUTO / ANY / NONE / ANY + `allowedFunctionNames` |
 //! | `max_completion_tokens` ?? `max_tokens` | `generationConfig.maxOutputTokens` |
 //! | `temperature`, `top_p`, `stop`, `n`, `seed`, `presence_penalty`, `frequency_penalty` | `temperature`, `topP`, `stopSequences`, `candidateCount`, `seed`, `presencePenalty`, `frequencyPenalty` |
 //! | `response_format` json_object / json_schema | `responseMimeType: application/json` (+ `responseJsonSchema`) |
-//! | `reasoning_effort` none·minimal / low / medium / high | `thinkingConfig.thinkingBudget` 0 / 1024 / 8192 / 24576 |
+//! | `reasoning_effort` none·minimal / low / medium / high | `thinkingConfig.thinkingBudget` 0 / 1024 / 8192 / 24576 (with `includeThoughts: true` above 0) |
+//!
+//! Back the other way, thought parts (`thought: true`) become the non-standard
+//! `reasoning_content`, and a `functionCall` part's `thoughtSignature` the tool call's
+//! `extra_content.google.thought_signature`.
 //!
 //! Dropped: `stream`, `stream_options` (the path decides), `user`, `safety_identifier`,
 //! `metadata`, `store`, `service_tier`, `prompt_cache_key`, `logit_bias`,
@@ -204,7 +208,10 @@ fn user_parts(content: &Value, param: String) -> Result<Vec<Value>, GatewayError
     })
 }
 
-/// One assistant `tool_calls[]` entry as a `functionCall` part (remembering its name by id).
+/// One assistant `tool_calls[]` entry as a `functionCall` part (remembering its name by id),
+/// with the `thoughtSignature` its answer carried (`extra_content.google.thought_signature`,
+/// as Google's OpenAI-compatible API puts it): Gemini refuses a function-calling turn whose
+/// earlier call lost it.
 fn function_call(
     c: &Value,
     p: String,
@@ -227,7 +234,18 @@ fn function_call(
     if let Some(id) = c.get("id").and_then(Value::as_str) {
         call_names.insert(id.to_owned(), name.to_owned());
     }
-    Ok(json!({"functionCall": {"name": name, "args": args}}))
+    let mut part = json!({"functionCall": {"name": name, "args": args}});
+    match c.pointer("/extra_content/google/thought_signature") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(sig)) => part["thoughtSignature"] = Value::from(sig.as_str()),
+        Some(_) => {
+            return Err(bad(
+                "thought_signature must be the string the answer carried",
+                format!("{p}.extra_content.google.thought_signature"),
+            ));
+        }
+    }
+    Ok(part)
 }
 
 /// The parts of an `assistant` message (`i`): its texts, then its function calls.
@@ -424,7 +442,12 @@ fn generation_config(req: &Map<String, Value>) -> Result<Map<String, Value>, Gat
             "high" => 24576,
             _ => return Err(unsupported("reasoning_effort")),
         };
-        gc.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+        // With a budget, the thought summaries come back (as `reasoning_content`).
+        let config = match budget {
+            0 => json!({"thinkingBudget": 0}),
+            b => json!({"thinkingBudget": b, "includeThoughts": true}),
+        };
+        gc.insert("thinkingConfig".into(), config);
     }
     Ok(gc)
 }
@@ -559,34 +582,65 @@ struct WireContent {
     parts: Vec<Value>,
 }
 
-/// A function call of a candidate: (Gemini id, name, arguments JSON).
-type Call = (Option<String>, String, String);
+/// A function call of a candidate.
+struct Call {
+    /// Gemini's call id, if it sent one.
+    id: Option<String>,
+    name: String,
+    /// The arguments, as JSON text.
+    args: String,
+    /// The part's `thoughtSignature`.
+    signature: Option<String>,
+}
 
-/// Text and function calls of one candidate's parts (thought parts skipped).
-fn split_parts(parts: &[Value]) -> (Option<String>, Vec<Call>) {
-    let mut text: Option<String> = None;
-    let mut calls = Vec::new();
-    for p in parts {
-        if p.get("thought").and_then(Value::as_bool) == Some(true) {
-            continue;
-        }
-        if let Some(t) = p.get("text").and_then(Value::as_str) {
-            text.get_or_insert_with(String::new).push_str(t);
-        } else if let Some(fc) = p.get("functionCall") {
-            let name = fc
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            let args = fc
+impl Call {
+    fn of(part: &Value, fc: &Value) -> Call {
+        let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Call {
+            id: str_of(fc, "id"),
+            name: str_of(fc, "name").unwrap_or_default(),
+            args: fc
                 .get("args")
                 .map(Value::to_string)
-                .unwrap_or_else(|| "{}".to_owned());
-            let id = fc.get("id").and_then(Value::as_str).map(str::to_owned);
-            calls.push((id, name, args));
+                .unwrap_or_else(|| "{}".to_owned()),
+            signature: str_of(part, "thoughtSignature"),
         }
     }
-    (text, calls)
+
+    /// The chat `tool_calls` entry, with id `id`.
+    fn json(self, id: String) -> Value {
+        let mut call = json!({"id": id, "type": "function",
+            "function": {"name": self.name, "arguments": self.args}});
+        if let Some(sig) = self.signature {
+            call["extra_content"] = json!({"google": {"thought_signature": sig}});
+        }
+        call
+    }
+}
+
+/// What one candidate's parts say: text, thought text and function calls.
+#[derive(Default)]
+struct Parts {
+    text: Option<String>,
+    thoughts: String,
+    calls: Vec<Call>,
+}
+
+/// Text, thought summaries (`thought: true` parts) and function calls of a candidate's parts.
+fn split_parts(parts: &[Value]) -> Parts {
+    let mut out = Parts::default();
+    for p in parts {
+        let thought = p.get("thought").and_then(Value::as_bool) == Some(true);
+        if let Some(t) = p.get("text").and_then(Value::as_str) {
+            match thought {
+                true => out.thoughts.push_str(t),
+                false => out.text.get_or_insert_with(String::new).push_str(t),
+            }
+        } else if let Some(fc) = p.get("functionCall") {
+            out.calls.push(Call::of(p, fc));
+        }
+    }
+    out
 }
 
 fn random_id() -> String {
@@ -612,21 +666,28 @@ pub fn response_from_gemini(body: &[u8], created: u64, model: &str) -> Result<By
     let mut call_no = 0usize;
     for (pos, c) in r.candidates.iter().enumerate() {
         let parts = c.content.as_ref().map(|c| &c.parts[..]).unwrap_or(&[]);
-        let (text, calls) = split_parts(parts);
+        let Parts {
+            text,
+            thoughts,
+            calls,
+        } = split_parts(parts);
         let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+        if !thoughts.is_empty() {
+            message["reasoning_content"] = Value::from(thoughts);
+        }
         let called = !calls.is_empty();
         if called {
             let list: Vec<Value> = calls
                 .into_iter()
-                .map(|(id, name, args)| {
-                    let id = id.unwrap_or_else(|| format!("call_{rid}_{call_no}"));
+                .map(|c| {
+                    let id =
+                        c.id.clone()
+                            .unwrap_or_else(|| format!("call_{rid}_{call_no}"));
                     call_no += 1;
-                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+                    c.json(id)
                 })
                 .collect();
-            if let Some(o) = message.as_object_mut() {
-                o.insert("tool_calls".into(), Value::Array(list));
-            }
+            message["tool_calls"] = Value::Array(list);
         }
         choices.push(json!({
             "index": c.index.unwrap_or(pos as u32),
@@ -816,8 +877,10 @@ struct CandState {
 /// only the new parts; no `[DONE]`) → OpenAI `chat.completion.chunk` SSE bytes.
 ///
 /// - the first chunk of each candidate → a `role: assistant` chunk;
-/// - text parts → `delta.content`; each `functionCall` part → one whole tool call (`id`,
-///   `name`, complete `arguments`) with the tool ordinal as `index`; thought parts skipped;
+/// - text parts → `delta.content`, thought parts (`thought: true`) → the non-standard
+///   `delta.reasoning_content`; each `functionCall` part → one whole tool call (`id`, `name`,
+///   complete `arguments`, and its `thoughtSignature` as
+///   `extra_content.google.thought_signature`) with the tool ordinal as `index`;
 /// - `finishReason` → a `finish_reason` chunk (`tool_calls` when the candidate called one);
 /// - `usageMetadata`: the last one wins; at the upstream's end, the usage chunk when
 ///   `include_usage`, then `[DONE]` — but only if every started candidate finished: a stream
@@ -944,8 +1007,9 @@ impl GeminiStream {
         }
     }
 
-    /// A `functionCall` part of choice `idx` (state slot `i`) as a `tool_calls` delta.
-    fn function_call(&mut self, out: &mut BytesMut, i: usize, idx: u32, fc: &Value) {
+    /// A `functionCall` part of choice `idx` (state slot `i`) as a `tool_calls` delta (its
+    /// `thoughtSignature` as `extra_content.google.thought_signature`).
+    fn function_call(&mut self, out: &mut BytesMut, i: usize, idx: u32, part: &Value, fc: &Value) {
         let k = self.cands[i].next_tool;
         self.cands[i].next_tool += 1;
         self.cands[i].called = true;
@@ -968,12 +1032,18 @@ impl GeminiStream {
         write_json_str(&mut buf, name);
         buf.extend_from_slice(b",\"arguments\":");
         write_json_str(&mut buf, &args);
-        buf.extend_from_slice(b"}}]}");
+        buf.extend_from_slice(b"}");
+        if let Some(sig) = part.get("thoughtSignature").and_then(Value::as_str) {
+            buf.extend_from_slice(b",\"extra_content\":{\"google\":{\"thought_signature\":");
+            write_json_str(&mut buf, sig);
+            buf.extend_from_slice(b"}}");
+        }
+        buf.extend_from_slice(b"}]}");
         self.choice(out, idx, &[&buf], None);
     }
 
-    /// One candidate (at position `pos` of its chunk): open, its text and function-call
-    /// deltas (thoughts skipped), and its finish, once.
+    /// One candidate (at position `pos` of its chunk): open, its text, thought and
+    /// function-call deltas, and its finish, once.
     fn candidate(&mut self, out: &mut BytesMut, pos: usize, c: &WireCandidate) {
         let idx = c.index.unwrap_or(pos as u32);
         let i = idx as usize;
@@ -983,18 +1053,19 @@ impl GeminiStream {
         self.open(out, i, idx);
         let parts = c.content.as_ref().map(|c| &c.parts[..]).unwrap_or(&[]);
         for p in parts {
-            if p.get("thought").and_then(Value::as_bool) == Some(true) {
-                continue;
-            }
             if let Some(t) = p.get("text").and_then(Value::as_str) {
                 if t.is_empty() {
                     continue;
                 }
+                let key: &[u8] = match p.get("thought").and_then(Value::as_bool) {
+                    Some(true) => b"{\"reasoning_content\":",
+                    _ => b"{\"content\":",
+                };
                 let mut lit = BytesMut::with_capacity(t.len() + 2);
                 write_json_str(&mut lit, t);
-                self.choice(out, idx, &[b"{\"content\":", &lit, b"}"], None);
+                self.choice(out, idx, &[key, &lit, b"}"], None);
             } else if let Some(fc) = p.get("functionCall") {
-                self.function_call(out, i, idx, fc);
+                self.function_call(out, i, idx, p, fc);
             }
         }
         if let Some(reason) = c.finish_reason.as_deref() {

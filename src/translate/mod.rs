@@ -176,6 +176,21 @@ pub(crate) fn function_tools<'a>(
         .collect()
 }
 
+/// One entry of a chat message's non-standard `thinking_blocks` (what the Anthropic
+/// translation returns, as LiteLLM does) as the Anthropic block it came from: `{type:
+/// "thinking", thinking, signature}` or `{type: "redacted_thinking", data}`, with nothing else
+/// (a streamed block's `index` is dropped). `None` when it is neither.
+pub(crate) fn thinking_block(b: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::json;
+    let s = |k: &str| b.get(k).and_then(serde_json::Value::as_str);
+    match s("type")? {
+        "thinking" => Some(json!({"type": "thinking", "thinking": s("thinking")?,
+            "signature": s("signature")?})),
+        "redacted_thinking" => Some(json!({"type": "redacted_thinking", "data": s("data")?})),
+        _ => None,
+    }
+}
+
 /// A provider tool declaration started from an OpenAI function: its `name` and, when set, its
 /// `description`.
 pub(crate) fn named_tool(f: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {

@@ -7,7 +7,9 @@
 //!   request parameters a `response` object repeats.
 //! - [`response_from_chat`]: a `chat.completion` → a `response` object; its
 //!   `reasoning_content` becomes a `reasoning` item before the message, in the
-//!   [`ReasoningForm`] the caller picks (the gateway: a summary for Anthropic's thinking).
+//!   [`ReasoningForm`] the caller picks (the gateway: a summary for Anthropic's thinking), and
+//!   its `thinking_blocks` (Anthropic's, signatures included) that item's `encrypted_content`:
+//!   the base64 of `{"thinking_blocks": [...]}`, opaque to clients, which send it back.
 //! - [`ResponsesStream`]: `chat.completion.chunk` SSE → Responses SSE (`response.created`,
 //!   `response.in_progress`, `response.output_item.added`, `response.content_part.added`,
 //!   `response.output_text.delta`, `response.reasoning_text.delta` (or, with
@@ -25,7 +27,8 @@
 //! | `message` items (`role` user·system·developer·assistant; `input_text`, `output_text`, `input_image` parts) | messages (`text` and `image_url` parts; assistant text joined) |
 //! | `function_call` items `{call_id, name, arguments}` | assistant `tool_calls` (consecutive calls in one message; `id` = `call_id`) |
 //! | `function_call_output` items `{call_id, output}` | `tool` messages (`tool_call_id` = `call_id`) |
-//! | `reasoning` items | dropped (earlier reasoning a chat target cannot take back; the answer does not depend on it) |
+//! | `reasoning` items with the `encrypted_content` this gateway wrote, for a target that speaks Anthropic ([`request_to_chat_with`]) | `thinking_blocks` of the assistant message that follows (its text or its calls): Anthropic's thinking blocks, unchanged, which a tool loop with thinking needs; any other `encrypted_content` is a 400 `invalid_encrypted_content` |
+//! | other `reasoning` items | dropped (earlier reasoning a chat target cannot take back; the answer does not depend on it) |
 //! | function `tools` (flat `{name, description, parameters, strict}`) | `tools` `{type: function, function: {…}}` |
 //! | `tool_choice` auto·none·required·`{type: function, name}` | the same in chat's shape |
 //! | `text.format` json_schema·json_object·text | `response_format` |
@@ -111,7 +114,17 @@ impl Echo {
 
 /// Translate a Responses request body into a chat completions body (the model name is kept:
 /// routing happens on it) and the [`Echo`] for the answer. See the module docs for the rules.
+/// `reasoning` input items are dropped: [`request_to_chat_with`] keeps the thinking they carry.
 pub fn request_to_chat(body: &[u8]) -> Result<(Bytes, Echo), GatewayError> {
+    request_to_chat_with(body, false)
+}
+
+/// [`request_to_chat`]; with `thinking` (for a target that speaks Anthropic), the thinking
+/// blocks a `reasoning` item carries in its `encrypted_content` (as [`response_from_chat`]
+/// put them there) become the `thinking_blocks` of the assistant message that follows it (its
+/// text, or its function calls); an `encrypted_content` this gateway did not produce is a 400
+/// naming it.
+pub fn request_to_chat_with(body: &[u8], thinking: bool) -> Result<(Bytes, Echo), GatewayError> {
     let req: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
     refuse_fields(&req)?;
@@ -127,8 +140,9 @@ pub fn request_to_chat(body: &[u8]) -> Result<(Bytes, Echo), GatewayError> {
     match req.get("input") {
         Some(Value::String(s)) => msgs.push(json!({"role": "user", "content": s})),
         Some(Value::Array(items)) => {
+            let mut pending = thinking.then(Vec::new);
             for (i, item) in items.iter().enumerate() {
-                input_item(item, i, &mut msgs)?;
+                input_item(item, i, &mut msgs, &mut pending)?;
             }
         }
         _ => {}
@@ -201,37 +215,37 @@ fn refuse_fields(req: &Map<String, Value>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// One input item, appended to `msgs` as chat messages.
-fn input_item(item: &Value, i: usize, msgs: &mut Vec<Value>) -> Result<(), GatewayError> {
+/// One input item, appended to `msgs` as chat messages. `pending`: the thinking blocks of
+/// the `reasoning` items not yet given to an assistant message (`None`: they are dropped).
+fn input_item(
+    item: &Value,
+    i: usize,
+    msgs: &mut Vec<Value>,
+    pending: &mut Option<Vec<Value>>,
+) -> Result<(), GatewayError> {
     let ty = item.get("type").and_then(Value::as_str);
-    match ty {
-        None | Some("message") => msgs.push(message_item(item, i)?),
-        Some("function_call") => {
-            let call = json!({
-                "id": item.get("call_id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": item.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": item.get("arguments").cloned().unwrap_or(Value::from("{}")),
-                },
-            });
-            // Consecutive calls (and the text before them) form one assistant turn.
-            let joined = msgs.last_mut().and_then(|m| {
-                let m = m.as_object_mut()?;
-                (m.get("role")? == "assistant").then_some(m)
-            });
-            match joined {
-                Some(m) => match m.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                    Some(calls) => calls.push(call),
-                    None => {
-                        m.insert("tool_calls".into(), Value::Array(vec![call]));
-                    }
-                },
-                None => {
-                    msgs.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}))
-                }
-            }
+    let thinking = match pending {
+        Some(p)
+            if matches!(ty, Some("function_call") | Some("reasoning")) || is_assistant(item) =>
+        {
+            std::mem::take(p)
         }
+        // Reasoning before anything but the assistant's own turn belongs to no turn.
+        Some(p) => {
+            p.clear();
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    match ty {
+        None | Some("message") => {
+            let mut m = message_item(item, i)?;
+            if !thinking.is_empty() {
+                m["thinking_blocks"] = Value::Array(thinking);
+            }
+            msgs.push(m);
+        }
+        Some("function_call") => function_call_item(item, msgs, thinking),
         Some("function_call_output") => {
             let output = match item.get("output") {
                 Some(Value::String(s)) => Value::from(s.as_str()),
@@ -244,7 +258,12 @@ fn input_item(item: &Value, i: usize, msgs: &mut Vec<Value>) -> Result<(), Gatew
                 "content": output,
             }));
         }
-        Some("reasoning") => {}
+        Some("reasoning") => {
+            if let Some(p) = pending {
+                p.extend(thinking);
+                p.extend(decode_thinking(item, i)?);
+            }
+        }
         Some(other) => {
             return Err(bad(
                 format!("input items of type '{other}' are not supported by this target"),
@@ -253,6 +272,86 @@ fn input_item(item: &Value, i: usize, msgs: &mut Vec<Value>) -> Result<(), Gatew
         }
     }
     Ok(())
+}
+
+/// A `function_call` item → a tool call of the assistant turn it continues (consecutive calls,
+/// and the text before them, form one turn), or of a new one; `thinking`: the blocks of the
+/// `reasoning` items just before it.
+fn function_call_item(item: &Value, msgs: &mut Vec<Value>, thinking: Vec<Value>) {
+    let call = json!({
+        "id": item.get("call_id").cloned().unwrap_or(Value::Null),
+        "type": "function",
+        "function": {
+            "name": item.get("name").cloned().unwrap_or(Value::Null),
+            "arguments": item.get("arguments").cloned().unwrap_or(Value::from("{}")),
+        },
+    });
+    let joined = msgs.last_mut().and_then(|m| {
+        let m = m.as_object_mut()?;
+        (m.get("role")? == "assistant").then_some(m)
+    });
+    let Some(m) = joined else {
+        let mut m = json!({"role": "assistant", "content": null, "tool_calls": [call]});
+        if !thinking.is_empty() {
+            m["thinking_blocks"] = Value::Array(thinking);
+        }
+        msgs.push(m);
+        return;
+    };
+    match m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+        Some(calls) => calls.push(call),
+        None => {
+            m.insert("tool_calls".into(), Value::Array(vec![call]));
+        }
+    }
+    if !thinking.is_empty() {
+        let blocks = m.entry("thinking_blocks").or_insert_with(|| json!([]));
+        if let Some(b) = blocks.as_array_mut() {
+            b.extend(thinking);
+        }
+    }
+}
+
+fn is_assistant(item: &Value) -> bool {
+    item.get("role").and_then(Value::as_str) == Some("assistant")
+}
+
+/// The `encrypted_content` of a `reasoning` item as this gateway writes it: the standard
+/// base64 of `{"thinking_blocks": [...]}`, the Anthropic blocks the item stands for.
+fn encode_thinking(blocks: &[Value]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(json!({"thinking_blocks": blocks}).to_string())
+}
+
+/// The thinking blocks of `reasoning` item `i` (none without `encrypted_content`); one this
+/// gateway did not write (or that was altered) is a 400 naming it.
+fn decode_thinking(item: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
+    use base64::Engine;
+    let Some(enc) = item.get("encrypted_content").filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let refuse = || {
+        GatewayError::bad_request(
+            "this reasoning item's encrypted_content was not produced by this gateway for an \
+             Anthropic target, or was altered: send the reasoning items back as they came",
+            None,
+        )
+        .with_param(format!("input[{i}].encrypted_content"))
+        .with_code("invalid_encrypted_content")
+    };
+    let bytes = enc
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or_else(refuse)?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|_| refuse())?;
+    let list = doc
+        .get("thinking_blocks")
+        .and_then(Value::as_array)
+        .filter(|l| !l.is_empty())
+        .ok_or_else(refuse)?;
+    list.iter()
+        .map(|b| super::thinking_block(b).ok_or_else(refuse))
+        .collect()
 }
 
 /// A `message` item → a chat message.
@@ -562,7 +661,17 @@ pub enum ReasoningForm {
     Summary,
 }
 
-fn reasoning_json(id: &str, text: &str, form: ReasoningForm) -> Value {
+/// A `reasoning` item; with `blocks` (Anthropic thinking blocks), their
+/// `encrypted_content`.
+fn reasoning_json(id: &str, text: &str, form: ReasoningForm, blocks: &[Value]) -> Value {
+    let mut item = reasoning_text_json(id, text, form);
+    if !blocks.is_empty() {
+        item["encrypted_content"] = Value::from(encode_thinking(blocks));
+    }
+    item
+}
+
+fn reasoning_text_json(id: &str, text: &str, form: ReasoningForm) -> Value {
     match form {
         ReasoningForm::Text => json!({"id": id, "type": "reasoning", "summary": [],
             "content": [{"type": "reasoning_text", "text": text}]}),
@@ -614,8 +723,16 @@ pub fn response_from_chat_with(
     );
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let mut output = Vec::new();
-    if let Some(r) = str_of(msg, "reasoning_content").filter(|r| !r.is_empty()) {
-        output.push(reasoning_json(&ids.reasoning(0), &r, form));
+    let reasoning = str_of(msg, "reasoning_content").unwrap_or_default();
+    let blocks: Vec<Value> = msg
+        .get("thinking_blocks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(super::thinking_block)
+        .collect();
+    if !reasoning.is_empty() || !blocks.is_empty() {
+        output.push(reasoning_json(&ids.reasoning(0), &reasoning, form, &blocks));
     }
     let text = str_of(msg, "content").unwrap_or_default();
     let refusal = str_of(msg, "refusal");
@@ -694,6 +811,8 @@ struct Delta<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    thinking_blocks: Option<Vec<Value>>,
     #[serde(borrow, default)]
     refusal: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -725,6 +844,8 @@ enum Item {
         id: String,
         text: String,
         form: ReasoningForm,
+        /// Anthropic thinking blocks (`delta.thinking_blocks`), kept as `encrypted_content`.
+        blocks: Vec<Value>,
     },
     Message {
         id: String,
@@ -743,7 +864,12 @@ enum Item {
 impl Item {
     fn json(&self, status: &str) -> Value {
         match self {
-            Item::Reasoning { id, text, form } => reasoning_json(id, text, *form),
+            Item::Reasoning {
+                id,
+                text,
+                form,
+                blocks,
+            } => reasoning_json(id, text, *form, blocks),
             Item::Message { id, text, refusal } => {
                 message_json(id, status, text, refusal.as_deref())
             }
@@ -1055,26 +1181,43 @@ impl ResponsesStream {
         });
     }
 
-    fn on_reasoning(&mut self, out: &mut BytesMut, t: &str) {
-        let at = match self
+    /// The open `reasoning` item, or a new one.
+    fn reasoning_at(&mut self, out: &mut BytesMut) -> usize {
+        if let Some(at) = self
             .open
             .filter(|&at| matches!(self.output[at], Item::Reasoning { .. }))
         {
-            Some(at) => at,
-            None => {
-                let n = self
-                    .output
-                    .iter()
-                    .filter(|i| matches!(i, Item::Reasoning { .. }))
-                    .count();
-                let item = Item::Reasoning {
-                    id: self.ids.reasoning(n),
-                    text: String::new(),
-                    form: self.reasoning_form,
-                };
-                self.open_item(out, item)
-            }
+            return at;
+        }
+        let n = self
+            .output
+            .iter()
+            .filter(|i| matches!(i, Item::Reasoning { .. }))
+            .count();
+        let item = Item::Reasoning {
+            id: self.ids.reasoning(n),
+            text: String::new(),
+            form: self.reasoning_form,
+            blocks: Vec::new(),
         };
+        self.open_item(out, item)
+    }
+
+    /// Anthropic thinking blocks (`delta.thinking_blocks`, each whole): kept by the open
+    /// reasoning item (a new one if none is open), for its `encrypted_content`.
+    fn on_thinking_blocks(&mut self, out: &mut BytesMut, list: &[Value]) {
+        let list: Vec<Value> = list.iter().filter_map(super::thinking_block).collect();
+        if list.is_empty() {
+            return;
+        }
+        let at = self.reasoning_at(out);
+        if let Item::Reasoning { blocks, .. } = &mut self.output[at] {
+            blocks.extend(list);
+        }
+    }
+
+    fn on_reasoning(&mut self, out: &mut BytesMut, t: &str) {
+        let at = self.reasoning_at(out);
         if let Item::Reasoning { text, .. } = &mut self.output[at] {
             text.push_str(t);
         }
@@ -1251,6 +1394,9 @@ impl ResponsesStream {
         if let Some(d) = &choice.delta {
             if let Some(t) = d.reasoning_content.as_deref().filter(|t| !t.is_empty()) {
                 self.on_reasoning(out, t);
+            }
+            if let Some(blocks) = &d.thinking_blocks {
+                self.on_thinking_blocks(out, blocks);
             }
             if let Some(t) = d.content.as_deref().filter(|t| !t.is_empty()) {
                 self.on_text(out, t);

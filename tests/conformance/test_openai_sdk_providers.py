@@ -153,3 +153,47 @@ def test_midstream_error_raises_api_error(c, kind):
 def test_client_timeout(c, kind):
     with pytest.raises(openai.APITimeoutError):
         c.with_options(timeout=1.0, max_retries=0).chat.completions.create(model=f"{kind}-slow", messages=MSGS)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+def test_tool_loop_with_thinking_over_two_turns(c, kind, stream):
+    """Thinking survives a tool-use loop: turn 1 returns it on the assistant message
+    (`reasoning_content`; Anthropic's signed `thinking_blocks`, Gemini's thought signature in
+    the tool call's `extra_content`), the SDK keeps those extra fields, and turn 2 sends the
+    message back as is. The fakes refuse a turn whose thinking block or signature was lost or
+    altered (as Anthropic and Gemini 3 do), so turn 2 answering shows it survived."""
+    args = dict(model=f"{kind}-tool", tools=TOOLS, reasoning_effort="low", max_tokens=2000)
+    q = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+    def turn(messages):
+        if not stream:
+            return c.chat.completions.create(messages=messages, **args).choices[0]
+        with c.chat.completions.stream(messages=messages, **args) as st:
+            for _ in st:
+                pass
+            return st.get_final_completion().choices[0]
+
+    first = turn(q)
+    msg = first.message
+    assert first.finish_reason == "tool_calls"
+    assert msg.reasoning_content == "Weighing the words."
+    call = msg.tool_calls[0]
+    if kind == "anthropic":
+        (block,) = msg.thinking_blocks
+        assert block["type"] == "thinking" and block["thinking"] == "Weighing the words."
+        assert len(block["signature"]) == 64
+    else:
+        assert len(call.extra_content["google"]["thought_signature"]) == 64
+    second = turn(q + [msg.to_dict(), {"role": "tool", "tool_call_id": call.id, "content": "sunny"}])
+    assert second.message.content == "Hello there!"
+    assert second.finish_reason == "stop"
+    # the same history without the thinking is refused by the upstream
+    lost = msg.to_dict()
+    lost.pop("thinking_blocks", None)
+    for tc in lost["tool_calls"]:
+        tc.pop("extra_content", None)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(
+            messages=q + [lost, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}], **args
+        )

@@ -70,6 +70,8 @@ struct State {
     /// Per scenario: requests answered so far (for `err-429`).
     counts: Mutex<HashMap<String, u32>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// The Gemini fake's `thoughtSignature`s given out with function calls.
+    issued: Mutex<std::collections::HashSet<String>>,
 }
 
 impl State {
@@ -250,6 +252,23 @@ enum Plan {
     Case(Case),
 }
 
+/// What a scenario asks for, given the request: a `tool` scenario whose conversation already
+/// ends with the tool's result answers with text (the second turn of a tool loop).
+fn plan_for(state: &State, model: &str, answered_tool: bool) -> Plan {
+    match plan(state, model) {
+        Plan::Tool if answered_tool => Plan::Text,
+        p => p,
+    }
+}
+
+/// The signature the fakes give a thought: `hex(sha256(secret + text))`, so a client (or a
+/// gateway) that changes the thought or drops the signature is caught.
+pub fn sign_thought(text: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("fake-thinking-secret:{text}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn plan(state: &State, model: &str) -> Plan {
     if let Some((_, c)) = CASES.iter().find(|(m, _)| *m == model) {
         return Plan::Case(*c);
@@ -395,7 +414,14 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     if model == "slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let plan = plan(&state, &model);
+    let thinking = req["thinking"]["type"] == "enabled";
+    if thinking {
+        if let Err(message) = check_thinking(&req["messages"]) {
+            return anthropic_error(400, "invalid_request_error", &message, &[]);
+        }
+    }
+    let answered = last_content_has(&req["messages"], "tool_result");
+    let plan = plan_for(&state, &model, answered);
     if let Plan::Case(c) = plan {
         return anthropic_case(c);
     }
@@ -415,7 +441,6 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     };
     let id = "msg_fake01";
     // With thinking enabled, the answer opens with a thinking block (its signature last).
-    let thinking = req["thinking"]["type"] == "enabled";
     let with_thinking = |mut usage: Value| {
         if thinking {
             usage["output_tokens_details"] = json!({"thinking_tokens": 3});
@@ -426,7 +451,7 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
         let mut content = vec![];
         if thinking {
             content.push(json!({"type": "thinking", "thinking": THOUGHTS.concat(),
-                "signature": "EqFakeSig=="}));
+                "signature": sign_thought(&THOUGHTS.concat())}));
         }
         if tool {
             content.push(json!({"type": "text", "text": "Let me check."}));
@@ -527,6 +552,50 @@ async fn anthropic_answer(state: Arc<State>, seen: Seen) -> Res {
     sse_response(&headers, evs)
 }
 
+/// Whether the last message's content holds a block (or part) of type `ty`.
+fn last_content_has(messages: &Value, ty: &str) -> bool {
+    let last = messages.as_array().and_then(|m| m.last());
+    let content = last.map_or(&Value::Null, |m| &m["content"]);
+    content
+        .as_array()
+        .is_some_and(|c| c.iter().any(|b| b["type"] == ty))
+}
+
+/// Anthropic's rules for a conversation with thinking enabled: an assistant turn that used a
+/// tool starts with its thinking block, and every thinking block comes back unchanged (its
+/// signature matches). `Err`: Anthropic's 400 message.
+fn check_thinking(messages: &Value) -> Result<(), String> {
+    let turns = messages.as_array().map_or(&[][..], |m| &m[..]);
+    for (i, m) in turns.iter().enumerate() {
+        let Some(blocks) = m["content"].as_array().filter(|_| m["role"] == "assistant") else {
+            continue;
+        };
+        let first = blocks
+            .first()
+            .map_or("", |b| b["type"].as_str().unwrap_or(""));
+        if blocks.iter().any(|b| b["type"] == "tool_use")
+            && !matches!(first, "thinking" | "redacted_thinking")
+        {
+            return Err(format!(
+                "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but \
+                 found `{first}`. When `thinking` is enabled, a final `assistant` message must \
+                 start with a thinking block (preceeding the lastmost set of `tool_use` and \
+                 `tool_result` blocks). We recommend you include thinking blocks from previous \
+                 turns. To avoid this requirement, disable `thinking`."
+            ));
+        }
+        for (j, b) in blocks.iter().enumerate() {
+            let text = b["thinking"].as_str().unwrap_or("");
+            if b["type"] == "thinking" && b["signature"].as_str() != Some(&sign_thought(text)) {
+                return Err(format!(
+                    "messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The thinking of the fake Anthropic API, as its deltas.
 pub const THOUGHTS: [&str; 2] = ["Weighing ", "the words."];
 
@@ -547,7 +616,7 @@ fn thinking_events() -> Vec<String> {
     evs.push(event(
         "content_block_delta",
         json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "signature_delta", "signature": "EqFakeSig=="}}),
+            "delta": {"type": "signature_delta", "signature": sign_thought(&THOUGHTS.concat())}}),
     ));
     evs.push(event(
         "content_block_stop",
@@ -658,6 +727,49 @@ fn gemini_case(c: Case) -> Res {
     }
 }
 
+/// The `thoughtSignature` the fake Gemini API gives a call of `name` with `args`.
+fn call_signature(name: &str, args: &Value) -> String {
+    sign_thought(&format!("{name}{args}"))
+}
+
+/// Gemini 3's rule for function calling: a `functionCall` part the model made comes back with
+/// the `thoughtSignature` it was given (a missing one is refused only for calls the fake signed,
+/// in a request that thinks). `Err`: Gemini's 400 message.
+fn check_signatures(state: &State, contents: &Value, thinks: bool) -> Result<(), String> {
+    let issued = state.issued.lock().unwrap();
+    let turns = contents.as_array().map_or(&[][..], |c| &c[..]);
+    for (i, c) in turns.iter().enumerate() {
+        let parts = c["parts"].as_array().map_or(&[][..], |p| &p[..]);
+        for (j, p) in parts.iter().enumerate() {
+            let Some(fc) = p.get("functionCall") else {
+                continue;
+            };
+            let expected = call_signature(fc["name"].as_str().unwrap_or(""), &fc["args"]);
+            match p["thoughtSignature"].as_str() {
+                Some(sig) if sig != expected => {
+                    return Err(format!(
+                        "Corrupted thought signature at contents[{i}].parts[{j}]."
+                    ));
+                }
+                None if thinks && issued.contains(&expected) => {
+                    return Err(format!(
+                        "Function call is missing a thought_signature in functionCall parts. \
+                         This is required for tools to work correctly, and missing \
+                         thought_signature may lead to degraded model performance. Additional \
+                         data, function call `default_api:{}` , position {}. Please refer to \
+                         https://ai.google.dev/gemini-api/docs/thought-signatures for more \
+                         details.",
+                        fc["name"].as_str().unwrap_or(""),
+                        j + 1
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn gemini_chunk(parts: Value, finish: Option<&str>, usage: Option<Value>, model: &str) -> Value {
     let mut cand = json!({"content": {"role": "model", "parts": parts}, "index": 0});
     if let Some(f) = finish {
@@ -706,7 +818,18 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
     if model == "slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let plan = plan(&state, &model);
+    let thinks = req["generationConfig"]["thinkingConfig"]["thinkingBudget"]
+        .as_u64()
+        .is_some_and(|b| b > 0);
+    if let Err(message) = check_signatures(&state, &req["contents"], thinks) {
+        return gemini_error(400, &message, None);
+    }
+    let answered = req["contents"]
+        .as_array()
+        .and_then(|c| c.last())
+        .and_then(|c| c["parts"].as_array())
+        .is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some()));
+    let plan = plan_for(&state, &model, answered);
     if let Plan::Case(c) = plan {
         return gemini_case(c);
     }
@@ -715,12 +838,31 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
     }
     let usage = json!({"promptTokenCount": 11, "candidatesTokenCount": 6, "totalTokenCount": 17,
         "cachedContentTokenCount": 4});
-    let call = json!([{"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}}]);
+    // Like Gemini 3 when it thinks (a thinking budget above 0): a function call carries a
+    // thought signature; with `includeThoughts`, a thought summary comes first.
+    let thinking = &req["generationConfig"]["thinkingConfig"];
+    let args = json!({"location": "Paris"});
+    let mut call = json!([{"functionCall": {"name": "get_weather", "args": args}}]);
+    if thinks {
+        let sig = call_signature("get_weather", &args);
+        state.issued.lock().unwrap().insert(sig.clone());
+        call[0]["thoughtSignature"] = json!(sig);
+    }
+    let thoughts = thinking["includeThoughts"] == true;
+    let with_thought = |parts: Value| match thoughts {
+        true => {
+            let mut all = vec![json!({"text": THOUGHTS.concat(), "thought": true})];
+            all.extend(parts.as_array().cloned().unwrap_or_default());
+            Value::Array(all)
+        }
+        false => parts,
+    };
     if !stream {
         let parts = match plan {
             Plan::Tool => call,
             _ => json!([{"text": WORDS.concat()}]),
         };
+        let parts = with_thought(parts);
         return json_response(
             200,
             &[],
@@ -729,6 +871,14 @@ async fn gemini_answer(state: Arc<State>, seen: Seen) -> Res {
     }
     let data = |v: Value| format!("data: {v}\r\n\r\n");
     let mut evs = Vec::new();
+    if thoughts {
+        evs.push(data(gemini_chunk(
+            with_thought(json!([])),
+            None,
+            None,
+            &model,
+        )));
+    }
     match plan {
         Plan::Tool => evs.push(data(gemini_chunk(call, Some("STOP"), Some(usage), &model))),
         Plan::Midstream(leak) => {
