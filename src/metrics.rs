@@ -38,6 +38,9 @@ pub const RECORDS_DROPPED: &str = "tollgate_usage_records_dropped_total";
 /// Gauge of the bytes of usage records a sink holds in its local spool file while its
 /// database is away; label `sink`.
 pub const SPOOL_BYTES: &str = "tollgate_usage_spool_bytes";
+/// Counter of upstream access-token fetches (Entra ID, service accounts); labels `provider`,
+/// `outcome` = `ok` | `refused` | `unavailable`.
+pub const UPSTREAM_TOKEN_FETCHES: &str = "tollgate_upstream_token_fetches_total";
 
 /// `2xx`, `4xx`, `5xx` (bounded label for a status code).
 pub fn status_class(status: u16) -> &'static str {

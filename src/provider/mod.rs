@@ -64,6 +64,7 @@ use crate::translate::responses::{
 use crate::translate::{TranslateBody, TranslateLimits, answer_too_large};
 
 pub mod anthropic;
+pub mod credentials;
 pub mod gemini;
 pub mod headers;
 pub mod mock;

@@ -45,6 +45,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{Body, BoxError, ReadCoalesce};
 use crate::error::{ErrorKind, GatewayError};
+use crate::provider::credentials::{BearerToken, TokenSource};
 use crate::provider::headers::HeaderPolicy;
 use crate::provider::{BoxFuture, Provider, UpstreamCall, connect_error, upstream_error};
 use crate::request::Api;
@@ -91,9 +92,19 @@ pub struct OpenAiProviderBuilder {
     headers: Vec<(String, Secret)>,
     policy: HeaderPolicy,
     responses: bool,
+    token: Option<TokenSource>,
 }
 
 impl OpenAiProviderBuilder {
+    /// Authenticate with a short-lived bearer token from `source` (Azure OpenAI with
+    /// Microsoft Entra ID, see [`credentials`](crate::provider::credentials)) instead of an
+    /// API key: every call sends `Authorization: Bearer <token>`. Refused together with
+    /// [`api_key`](Self::api_key).
+    pub fn bearer_token(mut self, source: TokenSource) -> Self {
+        self.token = Some(source);
+        self
+    }
+
     /// Whether the upstream serves the Responses API (`POST {base_url}/responses`): requests
     /// to `/v1/responses` are then passed through (model replaced) instead of translated
     /// through chat completions. Default `false`.
@@ -175,6 +186,11 @@ impl OpenAiProviderBuilder {
             uri_for(Api::AudioTranslations)?,
             uri_for(Api::Responses)?,
         ];
+        if self.token.is_some() && self.api_key.is_some() {
+            return Err(err(
+                "an API key and a bearer-token source are exclusive".to_owned()
+            ));
+        }
         let auth = match &self.api_key {
             None => None,
             Some(key) => {
@@ -213,6 +229,7 @@ impl OpenAiProviderBuilder {
             headers,
             policy: Arc::new(self.policy.with_secrets_of(&sent)),
             responses: self.responses,
+            token: self.token,
         })
     }
 }
@@ -229,6 +246,8 @@ pub struct OpenAiProvider {
     policy: Arc<HeaderPolicy>,
     /// Serves the Responses API natively.
     responses: bool,
+    /// Short-lived bearer tokens instead of a key.
+    token: Option<TokenSource>,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -237,6 +256,7 @@ impl std::fmt::Debug for OpenAiProvider {
             .field("name", &self.name)
             .field("base_url", &self.base_url)
             .field("auth", &self.auth.as_ref().map(|(h, _)| h))
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -257,6 +277,7 @@ impl OpenAiProvider {
             headers: Vec::new(),
             policy: HeaderPolicy::default(),
             responses: false,
+            token: None,
         }
     }
 
@@ -355,8 +376,13 @@ impl Provider for OpenAiProvider {
         let name = self.name.clone();
         let policy = self.policy.clone();
         let stream = call.parsed.stream;
+        let source = self.token.clone();
         Box::pin(async move {
-            let (req, client) = prepared?;
+            let (mut req, client) = prepared?;
+            let token = match &source {
+                Some(s) => Some(with_bearer(s, &mut req).await?),
+                None => None,
+            };
             let res = client
                 .request(req)
                 .await
@@ -371,9 +397,43 @@ impl Provider for OpenAiProvider {
             }
             let bytes = read_capped(body, MAX_ERROR_BODY).await;
             let e = upstream_error(parts.status, &parts.headers, &bytes, &name);
-            Err(policy.scrub(e))
+            Err(refused_token(
+                source.as_ref(),
+                token.as_ref(),
+                parts.status,
+                policy.scrub(e),
+            ))
         })
     }
+}
+
+/// Put `source`'s current token on `req` (`Authorization: Bearer`, sensitive); the token is
+/// returned for [`refused_token`].
+pub(crate) async fn with_bearer<B>(
+    source: &TokenSource,
+    req: &mut Request<B>,
+) -> Result<Arc<BearerToken>, GatewayError> {
+    let token = source.token().await?;
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, token.header_value().clone());
+    Ok(token)
+}
+
+/// An upstream's error to a call made with `token`: the token scrubbed from it, and forgotten
+/// when the upstream answered 401 (revoked or expired early: the next call fetches a new one).
+pub(crate) fn refused_token(
+    source: Option<&TokenSource>,
+    token: Option<&Arc<BearerToken>>,
+    status: http::StatusCode,
+    e: GatewayError,
+) -> GatewayError {
+    let (Some(source), Some(token)) = (source, token) else {
+        return e;
+    };
+    if status == http::StatusCode::UNAUTHORIZED {
+        source.invalidate(token);
+    }
+    token.scrub(e)
 }
 
 /// The body of a 2xx upstream answer, as the stack's [`Body`]: a transport failure becomes an
