@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cloud::{CloudAuth, cloud_auth};
 use super::presets::{Adapter, preset};
 use super::{Config, ConfigError, TimeoutsConfig, interpolate};
 use arc_swap::ArcSwap;
@@ -15,7 +16,7 @@ use crate::provider::anthropic::AnthropicProvider;
 use crate::provider::gemini::GeminiProvider;
 use crate::provider::headers::HeaderPolicy;
 use crate::provider::mock::MockProvider;
-use crate::provider::openai::{AuthStyle, OpenAiProvider};
+use crate::provider::openai::{AuthStyle, OpenAiProvider, OpenAiProviderBuilder};
 use crate::ratelimit::{FailurePolicy, LimitStore, Limits, MemoryStore, RateLimitLayer};
 use crate::route::{
     ClientControl, Condition, ModelRoute, RoutePolicy, RouteTable, RouteTableBuilder, Rule,
@@ -476,11 +477,13 @@ fn build_provider(
         Some(k) => Some(interpolate(k, file, &field("api_key"))?),
         None => None,
     };
-    let base_url = match (&p.base_url, pre.base_url) {
-        (Some(u), _) => interpolate(u, file, &field("base_url"))?,
-        (None, Some(u)) => u.to_owned(),
-        (None, None) if pre.adapter == Adapter::Mock => String::new(),
-        (None, None) => {
+    let cloud = cloud_auth(name, p, pre.adapter, file)?;
+    let base_url = match (&p.base_url, pre.base_url, &cloud) {
+        (Some(u), _, _) => interpolate(u, file, &field("base_url"))?,
+        (None, Some(u), _) => u.to_owned(),
+        (None, None, CloudAuth::Vertex(v)) => v.base_url.clone(),
+        (None, None, _) if pre.adapter == Adapter::Mock => String::new(),
+        (None, None, _) => {
             return Err(ConfigError::field(
                 file,
                 &field("base_url"),
@@ -488,7 +491,8 @@ fn build_provider(
             ));
         }
     };
-    if pre.needs_key && api_key.as_deref().is_none_or(str::is_empty) {
+    let keyed = matches!(cloud, CloudAuth::Key);
+    if keyed && pre.needs_key && api_key.as_deref().is_none_or(str::is_empty) {
         return Err(ConfigError::field(
             file,
             &field("api_key"),
@@ -499,36 +503,50 @@ fn build_provider(
     Ok(match pre.adapter {
         Adapter::Mock => Arc::new(MockProvider::new(name)),
         Adapter::OpenAi => {
-            // The Responses API is passed through to OpenAI itself and Azure by default.
-            let native =
-                matches!(p.kind.as_str(), "azure") || (p.kind == "openai" && p.base_url.is_none());
-            let mut b = OpenAiProvider::builder(name, base_url)
-                .header_policy(policy)
-                .responses(p.responses.unwrap_or(native));
-            if let Some(k) = api_key.filter(|k| !k.is_empty()) {
-                b = b.api_key(Secret::new(k));
-            }
-            if let Some(h) = p.auth_header.as_deref().or(pre.auth_header) {
-                b = b.auth(
-                    AuthStyle::header(h)
-                        .map_err(|e| ConfigError::field(file, &field("auth_header"), e))?,
-                );
-            }
-            if let Some(q) = &p.query {
-                b = b.query(interpolate(q, file, &field("query"))?);
-            }
-            for (k, v) in &p.headers {
-                b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
-            }
-            Arc::new(
-                b.build()
-                    .map_err(|e| ConfigError::field(file, &field("base_url"), e))?,
-            )
+            let b = OpenAiProvider::builder(name, base_url).header_policy(policy);
+            build_openai(name, b, pre.auth_header, api_key, cloud, p, file)?
         }
         Adapter::Anthropic | Adapter::Gemini => {
-            build_translating(name, pre.adapter, &base_url, api_key, p, policy, file)?
+            let key = api_key.filter(|k| !k.is_empty()).map(Secret::new);
+            build_translating(name, pre.adapter, &base_url, key, cloud, p, policy, file)?
         }
     })
+}
+
+/// An OpenAI-compatible provider of `[providers]`.
+fn build_openai(
+    name: &str,
+    mut b: OpenAiProviderBuilder,
+    preset_auth_header: Option<&str>,
+    api_key: Option<String>,
+    cloud: CloudAuth,
+    p: &super::ProviderConfig,
+    file: &str,
+) -> Result<Arc<dyn Provider>, ConfigError> {
+    let field = |f: &str| format!("providers.{name}.{f}");
+    // The Responses API is passed through to OpenAI itself and Azure by default.
+    let native = matches!(p.kind.as_str(), "azure") || (p.kind == "openai" && p.base_url.is_none());
+    b = b.responses(p.responses.unwrap_or(native));
+    if let Some(k) = api_key.filter(|k| !k.is_empty()) {
+        b = b.api_key(Secret::new(k));
+    }
+    if let CloudAuth::Entra(source) = cloud {
+        b = b.bearer_token(source);
+    }
+    if let Some(h) = p.auth_header.as_deref().or(preset_auth_header) {
+        b = b.auth(
+            AuthStyle::header(h).map_err(|e| ConfigError::field(file, &field("auth_header"), e))?,
+        );
+    }
+    if let Some(q) = &p.query {
+        b = b.query(interpolate(q, file, &field("query"))?);
+    }
+    for (k, v) in &p.headers {
+        b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
+    }
+    Ok(Arc::new(b.build().map_err(|e| {
+        ConfigError::field(file, &field("base_url"), e)
+    })?))
 }
 
 /// A model's target with the name of the split variant it belongs to, if any.
@@ -702,17 +720,18 @@ fn header_policy(
         .map_err(|e| ConfigError::field(file, &field("expose_headers"), e))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_translating(
     name: &str,
     adapter: Adapter,
     base_url: &str,
-    api_key: Option<String>,
+    key: Option<Secret>,
+    cloud: CloudAuth,
     p: &super::ProviderConfig,
     policy: HeaderPolicy,
     file: &str,
 ) -> Result<Arc<dyn Provider>, ConfigError> {
     let field = |f: &str| format!("providers.{name}.{f}");
-    let key = api_key.filter(|k| !k.is_empty()).map(Secret::new);
     match adapter {
         Adapter::Anthropic => {
             let mut b = AnthropicProvider::builder(name, base_url).header_policy(policy);
@@ -733,6 +752,9 @@ fn build_translating(
             let mut b = GeminiProvider::builder(name, base_url).header_policy(policy);
             if let Some(k) = key {
                 b = b.api_key(k);
+            }
+            if let CloudAuth::Vertex(v) = cloud {
+                b = b.vertex(v.project, v.location).bearer_token(v.source);
             }
             for (k, v) in &p.headers {
                 b = b.header(k.as_str(), interpolate(v, file, &field("headers"))?);
@@ -756,9 +778,15 @@ mod tests {
     fn every_preset_builds_and_routes() {
         let mut text = String::new();
         for kind in super::super::presets::KINDS {
-            text.push_str(&format!(
-                "[providers.p-{kind}]\nkind = \"{kind}\"\napi_key = \"k\"\n"
-            ));
+            if *kind == "vertex" {
+                text.push_str(&format!(
+                    "[providers.p-vertex]\nkind = \"vertex\"\nlocation = \"us-central1\"\ncredentials_file = \"{SERVICE_ACCOUNT}\"\n"
+                ));
+            } else {
+                text.push_str(&format!(
+                    "[providers.p-{kind}]\nkind = \"{kind}\"\napi_key = \"k\"\n"
+                ));
+            }
             if *kind == "azure" {
                 text.push_str("base_url = \"https://x.openai.azure.com/openai/deployments/d\"\nquery = \"api-version=2024-10-21\"\n");
             }
@@ -774,7 +802,72 @@ mod tests {
         assert_eq!(rt.providers["p-gemini"].kind(), "gemini");
         assert_eq!(rt.providers["p-deepseek"].kind(), "openai");
         assert_eq!(rt.providers["p-mock"].kind(), "mock");
+        assert_eq!(rt.providers["p-vertex"].kind(), "vertex");
         assert_eq!(rt.models.len(), super::super::presets::KINDS.len());
+    }
+
+    /// The throwaway test service account (tests/fixtures).
+    const SERVICE_ACCOUNT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/vertex-test-service-account.json"
+    );
+
+    #[test]
+    fn token_auth_settings_are_checked_naming_the_field() {
+        let entra = "[providers.a]\nkind = \"azure\"\nbase_url = \"https://x.openai.azure.com/openai/v1\"\nauth = \"entra\"\n";
+        let full = format!(
+            "{entra}tenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-never-printed\"\n"
+        );
+        let rt = cfg(&full)
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        assert_eq!(rt.providers["a"].kind(), "openai");
+        let vertex = format!(
+            "[providers.v]\nkind = \"vertex\"\nlocation = \"europe-west4\"\ncredentials_file = \"{SERVICE_ACCOUNT}\"\n"
+        );
+        cfg(&vertex)
+            .build_runtime(&mut HealthRegistry::new())
+            .unwrap();
+        let cases = [
+            (format!("{entra}client_id = \"c\"\nclient_secret = \"s\"\n"), "providers.a.tenant_id: is required"),
+            (format!("{full}api_key = \"k\"\n"), "providers.a.api_key: is not used with auth = \"entra\""),
+            (format!("{full}project = \"p\"\n"), "providers.a.project: is used only for kind `vertex`"),
+            (format!("{entra}tenant_id = \"a/b\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"), "providers.a.tenant_id"),
+            (
+                "[providers.a]\nkind = \"openai\"\napi_key = \"k\"\ntenant_id = \"t\"\n".to_owned(),
+                "providers.a.tenant_id: is used only with auth = \"entra\" or kind = \"vertex\"",
+            ),
+            (
+                "[providers.a]\nkind = \"anthropic\"\nauth = \"entra\"\n".to_owned(),
+                "providers.a.auth: `entra` is not supported for kind `anthropic`",
+            ),
+            (
+                "[providers.v]\nkind = \"vertex\"\nlocation = \"us-central1\"\n".to_owned(),
+                "providers.v.credentials_file: is required",
+            ),
+            (
+                "[providers.v]\nkind = \"vertex\"\nlocation = \"us-central1\"\ncredentials_file = \"/nonexistent/sa.json\"\n".to_owned(),
+                "providers.v.credentials_file: cannot read `/nonexistent/sa.json`",
+            ),
+            (
+                vertex.replace("location = \"europe-west4\"\n", ""),
+                "providers.v.location: is required",
+            ),
+            (
+                format!("{vertex}project = \"a/b\"\n"),
+                "providers.v.project: `a/b` must be letters",
+            ),
+            (format!("{vertex}api_key = \"k\"\n"), "providers.v.api_key: is not used"),
+        ];
+        for (text, want) in cases {
+            let e = cfg(&text)
+                .build_runtime(&mut HealthRegistry::new())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}\nwanted: {want}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
     }
 
     #[test]

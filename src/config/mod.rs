@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 mod build;
+mod cloud;
 pub mod presets;
 mod responses;
 mod source_error;
@@ -412,6 +413,28 @@ pub struct ProviderConfig {
     pub connect_timeout_ms: Option<u64>,
     /// Anthropic: `max_tokens` sent when the client gives none.
     pub default_max_tokens: Option<u64>,
+    /// How the gateway authenticates upstream: `api_key` (the default; `api_key`, if any),
+    /// `entra` (OpenAI-compatible kinds, e.g. `azure`: Microsoft Entra ID client credentials,
+    /// `tenant_id`, `client_id`, `client_secret`), or `service_account` (`vertex`, its only
+    /// and default way: `credentials_file`).
+    pub auth: Option<String>,
+    /// `auth = "entra"`: the directory (tenant) id or domain.
+    pub tenant_id: Option<String>,
+    /// `auth = "entra"`: the application (client) id.
+    pub client_id: Option<String>,
+    /// `auth = "entra"`: the client secret; usually `${ENV_VAR}`.
+    pub client_secret: Option<String>,
+    /// `auth = "entra"`: the Entra authority (default `https://login.microsoftonline.com`).
+    pub authority: Option<String>,
+    /// The OAuth scope asked for (default: `https://cognitiveservices.azure.com/.default` for
+    /// `entra`, `https://www.googleapis.com/auth/cloud-platform` for `vertex`).
+    pub scope: Option<String>,
+    /// `vertex`: the Google Cloud project (default: the key file's `project_id`).
+    pub project: Option<String>,
+    /// `vertex`: the region (`us-central1`, …) or `global`.
+    pub location: Option<String>,
+    /// `vertex`: the service-account key file (JSON); may be `${ENV_VAR}`.
+    pub credentials_file: Option<String>,
     /// OpenAI-compatible: the upstream serves the Responses API (`/v1/responses` is passed
     /// through, not translated through chat completions). Default: true for `azure` and for
     /// `openai` without a `base_url` (api.openai.com), false otherwise.

@@ -83,6 +83,13 @@ pub fn preset(kind: &str) -> Option<Preset> {
             auth_header: Some("x-goog-api-key"),
             needs_key: true,
         },
+        "vertex" => Preset {
+            adapter: Adapter::Gemini,
+            // `https://{location}-aiplatform.googleapis.com`, from `location`.
+            base_url: None,
+            auth_header: None,
+            needs_key: false,
+        },
         "mock" => Preset {
             adapter: Adapter::Mock,
             base_url: None,
@@ -110,6 +117,7 @@ pub const KINDS: &[&str] = &[
     "llamacpp",
     "anthropic",
     "gemini",
+    "vertex",
     "mock",
 ];
 

@@ -9,6 +9,14 @@
 //! token limit → `context_length_exceeded`, …), the credentials this adapter sent scrubbed from
 //! the message. Headers follow the provider's [`HeaderPolicy`].
 //!
+//!
+//! **Vertex AI** (kind `"vertex"`): the same wire format at
+//! `{base}/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent`
+//! (base `https://{location}-aiplatform.googleapis.com`, or `https://aiplatform.googleapis.com`
+//! for the `global` location), authenticated with a service account's short-lived bearer token
+//! ([`vertex`](GeminiProviderBuilder::vertex),
+//! [`bearer_token`](GeminiProviderBuilder::bearer_token)).
+//!
 //! ```
 //! use tollgate::provider::gemini::GeminiProvider;
 //! use tollgate::secret::Secret;
@@ -28,12 +36,14 @@ use http::{HeaderMap, Response, Uri};
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::provider::anthropic::{ProviderConfigError, json_post, send_translated};
+use crate::provider::credentials::TokenSource;
 use crate::provider::headers::{HeaderPolicy, sensitive};
+use crate::provider::openai::{refused_token, with_bearer};
 use crate::provider::{BoxFuture, Provider, UpstreamCall};
 use crate::request::Api;
 use crate::secret::Secret;
 use crate::translate::gemini::{
-    GeminiStream, error_from_gemini, gemini_path, request_to_gemini, response_from_gemini,
+    GeminiStream, error_from_gemini, request_to_gemini, response_from_gemini,
 };
 use crate::translate::unix_now;
 
@@ -45,9 +55,42 @@ pub struct GeminiProviderBuilder {
     api_key: Option<Secret>,
     headers: Vec<(String, String)>,
     policy: HeaderPolicy,
+    vertex: Option<(String, String)>,
+    token: Option<TokenSource>,
+}
+
+/// `https://{location}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com` for
+/// `global`): Vertex AI's endpoint for `location`.
+pub fn vertex_base_url(location: &str) -> String {
+    match location {
+        "global" => "https://aiplatform.googleapis.com".to_owned(),
+        l => format!("https://{l}-aiplatform.googleapis.com"),
+    }
+}
+
+/// A Google Cloud project id or location: letters, digits, `-`, `_`, `.` and `:` (a
+/// domain-scoped project), nothing that would change the URL's path.
+pub(crate) fn path_segment_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 impl GeminiProviderBuilder {
+    /// Serve Gemini models on Vertex AI in `project` at `location` (`us-central1`, `global`):
+    /// requests go to `{base}/v1/projects/{project}/locations/{location}/publishers/google/models/…`.
+    /// Pair with [`bearer_token`](Self::bearer_token).
+    pub fn vertex(mut self, project: impl Into<String>, location: impl Into<String>) -> Self {
+        self.vertex = Some((project.into(), location.into()));
+        self
+    }
+    /// Authenticate with a short-lived bearer token from `source` (a service account, see
+    /// [`credentials`](crate::provider::credentials)): every call sends
+    /// `Authorization: Bearer <token>`. Refused together with [`api_key`](Self::api_key).
+    pub fn bearer_token(mut self, source: TokenSource) -> Self {
+        self.token = Some(source);
+        self
+    }
     /// An extra header on every upstream request (its value is treated as sensitive).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -66,9 +109,29 @@ impl GeminiProviderBuilder {
     /// Validate and build.
     pub fn build(self) -> Result<GeminiProvider, ProviderConfigError> {
         let base = self.base_url.trim_end_matches('/').to_owned();
-        let _: Uri = format!("{base}/v1beta/models/m:generateContent")
+        let models = match &self.vertex {
+            None => format!("{base}/v1beta/models/"),
+            Some((project, location)) => {
+                for (what, v) in [("project", project), ("location", location)] {
+                    if !path_segment_ok(v) {
+                        return Err(ProviderConfigError(format!(
+                            "{what} {v:?} must be letters, digits, `-`, `_`, `.` or `:`"
+                        )));
+                    }
+                }
+                format!(
+                    "{base}/v1/projects/{project}/locations/{location}/publishers/google/models/"
+                )
+            }
+        };
+        let _: Uri = format!("{models}m:generateContent")
             .parse()
             .map_err(|e| ProviderConfigError(format!("bad base_url {:?}: {e}", self.base_url)))?;
+        if self.token.is_some() && self.api_key.is_some() {
+            return Err(ProviderConfigError(
+                "an API key and a bearer-token source are exclusive".into(),
+            ));
+        }
         let mut headers = HeaderMap::new();
         for (k, v) in &self.headers {
             let k = HeaderName::try_from(k.as_str())
@@ -85,9 +148,15 @@ impl GeminiProviderBuilder {
         }
         Ok(GeminiProvider {
             name: self.name,
-            base,
+            kind: if self.vertex.is_some() {
+                "vertex"
+            } else {
+                "gemini"
+            },
+            models,
             policy: Arc::new(self.policy.with_secrets_of(&headers)),
             headers,
+            token: self.token,
         })
     }
 }
@@ -95,16 +164,20 @@ impl GeminiProviderBuilder {
 /// The Gemini adapter (kind `"gemini"`).
 pub struct GeminiProvider {
     name: Arc<str>,
-    base: String,
+    kind: &'static str,
+    /// `{base}/v1beta/models/` (Gemini API) or `{base}/v1/projects/…/models/` (Vertex AI).
+    models: String,
     headers: HeaderMap,
     policy: Arc<HeaderPolicy>,
+    token: Option<TokenSource>,
 }
 
 impl std::fmt::Debug for GeminiProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GeminiProvider")
             .field("name", &self.name)
-            .field("base", &self.base)
+            .field("models", &self.models)
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -122,6 +195,8 @@ impl GeminiProvider {
             api_key: None,
             headers: Vec::new(),
             policy: HeaderPolicy::default(),
+            vertex: None,
+            token: None,
         }
     }
 }
@@ -132,7 +207,7 @@ impl Provider for GeminiProvider {
     }
 
     fn kind(&self) -> &'static str {
-        "gemini"
+        self.kind
     }
 
     fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>> {
@@ -149,7 +224,12 @@ impl Provider for GeminiProvider {
         }
         let stream = call.parsed.stream;
         let prepared = request_to_gemini(&call.parsed.body).and_then(|body| {
-            let url = format!("{}{}", self.base, gemini_path(&call.upstream_model, stream));
+            let url = format!(
+                "{}{}{}",
+                self.models,
+                call.upstream_model,
+                model_method(stream)
+            );
             let uri: Uri = url.parse().map_err(|_| {
                 GatewayError::internal(format!(
                     "the upstream model {:?} does not make a valid URL",
@@ -175,14 +255,42 @@ impl Provider for GeminiProvider {
         let translator = GeminiStream::new(include_usage, created, &model)
             .with_provider(self.name.clone())
             .with_scrub(self.policy.clone());
-        send_translated(
-            self.name.clone(),
-            self.policy.clone(),
-            &call,
-            req,
-            translator,
-            move |b| response_from_gemini(b, created, &model),
-            error_from_gemini,
-        )
+        let (name, policy) = (self.name.clone(), self.policy.clone());
+        let whole = move |b: &[u8]| response_from_gemini(b, created, &model);
+        let Some(source) = self.token.clone() else {
+            return send_translated(
+                name,
+                policy,
+                &call,
+                req,
+                translator,
+                whole,
+                error_from_gemini,
+            );
+        };
+        Box::pin(async move {
+            let mut req = req;
+            let token = with_bearer(&source, &mut req).await?;
+            send_translated(
+                name,
+                policy,
+                &call,
+                req,
+                translator,
+                whole,
+                error_from_gemini,
+            )
+            .await
+            .map_err(|e| refused_token(Some(&source), Some(&token), e))
+        })
+    }
+}
+
+/// The method part of a model's URL (after `models/{model}`).
+fn model_method(stream: bool) -> &'static str {
+    if stream {
+        ":streamGenerateContent?alt=sse"
+    } else {
+        ":generateContent"
     }
 }

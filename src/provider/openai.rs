@@ -400,7 +400,6 @@ impl Provider for OpenAiProvider {
             Err(refused_token(
                 source.as_ref(),
                 token.as_ref(),
-                parts.status,
                 policy.scrub(e),
             ))
         })
@@ -424,13 +423,12 @@ pub(crate) async fn with_bearer<B>(
 pub(crate) fn refused_token(
     source: Option<&TokenSource>,
     token: Option<&Arc<BearerToken>>,
-    status: http::StatusCode,
     e: GatewayError,
 ) -> GatewayError {
     let (Some(source), Some(token)) = (source, token) else {
         return e;
     };
-    if status == http::StatusCode::UNAUTHORIZED {
+    if e.upstream_status_code() == Some(401) {
         source.invalidate(token);
     }
     token.scrub(e)
