@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use common::GatewayProcess;
 
-const CLIENT_ID: &str = "5f1c2d3e-aaaa-bbbb-cccc-0123456789ab";
+const CLIENT_ID: &str = "5f1c2d3e-0000-4000-8000-0123456789ab"; // README's
 const CLIENT_SECRET: &str = "entra-client-secret-Zq8~never-print-me";
 const TENANT: &str = "contoso.onmicrosoft.com";
 const AZURE_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
@@ -797,6 +797,63 @@ targets = [{{ provider = "vertex", model = "gemini-2.5-flash" }}]
     assert_eq!(run.chat("flash", true).await.0, 200);
     assert_eq!(issuer.fetches.load(Ordering::SeqCst), 2);
     assert_eq!(issuer.served().last().unwrap(), &issuer.issued(2));
+    let _ = std::fs::remove_file(&sa);
+    run.assert_log_clean(&secrets(&issuer));
+}
+
+// ---------------------------------------------------------------------------------------------
+// README's examples, pointed at the fakes, serve.
+
+fn readme_block(needle: &str) -> String {
+    let readme = include_str!("../README.md");
+    readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .find(|b| b.contains(needle))
+        .unwrap_or_else(|| panic!("README has a toml block with {needle}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_examples_serve_through_the_fakes() {
+    const OFF: &str = "\n[auth]\nenabled = false\n";
+    let issuer = Issuer::new(3600);
+    let token = entra_endpoint(issuer.clone()).await;
+    let upstream = azure_upstream(issuer.clone()).await;
+    let block = readme_block("auth = \"entra\"");
+    let config = block
+        .replace(
+            "https://my-resource.openai.azure.com",
+            &format!("http://{upstream}"),
+        )
+        .replace("${AZURE_CLIENT_SECRET}", "${CLOUD_AUTH_TEST_SECRET}")
+        .replace(
+            "auth = \"entra\"",
+            &format!("auth = \"entra\"\nauthority = \"http://{token}\""),
+        );
+    let run = Run::start(&(config + OFF));
+    let (status, body) = run.chat("gpt-4o", false).await;
+    assert_eq!(status, 200, "{body}");
+    run.assert_log_clean(&secrets(&issuer));
+
+    let issuer = Issuer::new(3600);
+    let token = google_endpoint(issuer.clone()).await;
+    let upstream = vertex_upstream(issuer.clone()).await;
+    let sa = service_account_file(token);
+    let config = readme_block("kind = \"vertex\"")
+        .replace(
+            "${GOOGLE_APPLICATION_CREDENTIALS}",
+            &sa.display().to_string(),
+        )
+        .replace(
+            "kind = \"vertex\"",
+            &format!("kind = \"vertex\"\nbase_url = \"http://{upstream}\""),
+        );
+    let run = Run::start(&(config + OFF));
+    let (status, body) = run.chat("gemini-2.5-flash", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Vertex"), "{body}");
     let _ = std::fs::remove_file(&sa);
     run.assert_log_clean(&secrets(&issuer));
 }

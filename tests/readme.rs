@@ -532,7 +532,17 @@ async fn every_readme_config_block_starts() {
         let names = env_names(block);
         let gw = common::GatewayProcess::start_with(block, |cmd| {
             for n in &names {
-                cmd.env(n, format!("http://127.0.0.1:9/test-value-of-{n}"));
+                match n.as_str() {
+                    // a key file, read at start: the throwaway test service account
+                    "GOOGLE_APPLICATION_CREDENTIALS" => cmd.env(
+                        n,
+                        concat!(
+                            env!("CARGO_MANIFEST_DIR"),
+                            "/tests/fixtures/vertex-test-service-account.json"
+                        ),
+                    ),
+                    _ => cmd.env(n, format!("http://127.0.0.1:9/test-value-of-{n}")),
+                };
             }
             cmd.current_dir(&dir);
         });
