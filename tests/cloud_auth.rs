@@ -674,6 +674,36 @@ async fn a_wrong_client_secret_is_refused_by_the_endpoint_and_never_echoed() {
     assert!(!log.contains("wrong-secret-value"), "{log}");
 }
 
+#[tokio::test]
+async fn a_reload_that_keeps_the_credentials_keeps_the_token() {
+    let issuer = Issuer::new(3600);
+    let token = entra_endpoint(issuer.clone()).await;
+    let upstream = azure_upstream(issuer.clone()).await;
+    let config = entra_config(token, upstream);
+    let run = Run::start(&config);
+    assert_eq!(run.chat("gpt", false).await.0, 200);
+    assert_eq!(run.chat("gpt-new", false).await.0, 404);
+    let more = "[models.gpt-new]\ntargets = [{ provider = \"azure\", model = \"gpt-4.1\" }]\n";
+    std::fs::write(&run.gw.config, format!("{config}{more}")).unwrap();
+    run.gw.sighup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.chat("gpt-new", false).await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload did not apply in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(run.chat("gpt", true).await.0, 200);
+    assert_eq!(
+        issuer.fetches.load(Ordering::SeqCst),
+        1,
+        "the token survived the reload"
+    );
+    assert!(issuer.served().iter().all(|t| *t == issuer.issued(1)));
+    run.assert_log_clean(&secrets(&issuer));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Vertex AI with a service account.
 

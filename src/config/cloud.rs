@@ -157,7 +157,7 @@ fn entra(
                     .unwrap_or("authority");
                 ConfigError::field(file, &field(f), e)
             })?;
-    Ok(TokenSource::new(name, fetcher))
+    Ok(TokenSource::shared(name, fetcher))
 }
 
 fn vertex_settings(
@@ -200,7 +200,7 @@ fn vertex_settings(
     let fetcher = ServiceAccountJwt::new(Arc::new(account), &scope)
         .map_err(|e| ConfigError::field(file, &cf, format!("`{path}`: {e}")))?;
     Ok(Vertex {
-        source: TokenSource::new(name, fetcher),
+        source: TokenSource::shared(name, fetcher),
         base_url: vertex_base_url(&location),
         project,
         location,

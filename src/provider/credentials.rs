@@ -22,6 +22,9 @@
 //!   header values; the token endpoint's answer body is never logged or echoed (only its OAuth
 //!   `error` code); an upstream error that quotes the token has it replaced with `[redacted]`.
 //!
+//! - **Kept across reloads.** [`TokenSource::shared`] (what the config uses) returns the live
+//!   source of the same provider and credentials, so a reload that keeps them keeps the token.
+//!
 //! Fetches are counted in [`UPSTREAM_TOKEN_FETCHES`](crate::metrics::UPSTREAM_TOKEN_FETCHES)
 //! (labels `provider`, `outcome` = `ok` | `refused` | `unavailable`).
 //!
@@ -49,7 +52,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -59,6 +62,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Full;
+use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, GatewayError};
@@ -140,6 +144,11 @@ pub trait TokenFetcher: Send + Sync + 'static {
     fn endpoint(&self) -> &str;
     /// Ask for a new token.
     fn fetch(&self) -> BoxFuture<Result<FetchedToken, TokenError>>;
+    /// A digest of everything that decides which token is issued (endpoint, client, secret or
+    /// key, scope), for [`TokenSource::shared`]; `None` (the default): never shared.
+    fn identity(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// A cached token: the `Authorization` value to send, and when to stop using it.
@@ -224,6 +233,33 @@ impl TokenSource {
             current: ArcSwapOption::empty(),
             refresh: Arc::new(tokio::sync::Mutex::new(None)),
         }))
+    }
+
+    /// Like [`new`](Self::new), but while a source with the same provider name and fetcher
+    /// [`identity`](TokenFetcher::identity) is alive, that one (and its token) is returned: a
+    /// config reload that keeps a provider's credentials keeps its token instead of fetching
+    /// a new one.
+    pub fn shared(provider: impl Into<Arc<str>>, fetcher: impl TokenFetcher) -> TokenSource {
+        type Live = Vec<([u8; 32], Arc<str>, Weak<Inner>)>;
+        static LIVE: Mutex<Live> = Mutex::new(Vec::new());
+        let provider = provider.into();
+        let Some(id) = fetcher.identity() else {
+            return TokenSource::new(provider, fetcher);
+        };
+        let mut live = LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.retain(|(_, _, w)| w.strong_count() > 0);
+        let found = live
+            .iter()
+            .find(|(i, p, _)| *i == id && *p == provider)
+            .and_then(|(_, _, w)| w.upgrade());
+        if let Some(inner) = found {
+            return TokenSource(inner);
+        }
+        let source = TokenSource::new(provider.clone(), fetcher);
+        live.push((id, provider, Arc::downgrade(&source.0)));
+        source
     }
 
     /// The token endpoint's URL.
@@ -577,6 +613,15 @@ impl TokenFetcher for EntraClientCredentials {
         let form = Bytes::copy_from_slice(self.form.expose().as_bytes());
         Box::pin(post_form(self.uri.clone(), form))
     }
+
+    fn identity(&self) -> Option<[u8; 32]> {
+        let mut h = Sha256::new();
+        h.update(b"entra\0");
+        h.update(self.endpoint.as_bytes());
+        h.update(b"\0");
+        h.update(self.form.expose().as_bytes());
+        Some(h.finalize().into())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,6 +775,21 @@ impl TokenFetcher for ServiceAccountJwt {
         });
         let uri = self.uri.clone();
         Box::pin(async move { post_form(uri, form?).await })
+    }
+
+    fn identity(&self) -> Option<[u8; 32]> {
+        let mut h = Sha256::new();
+        for part in [
+            "service_account",
+            &self.account.token_uri,
+            &self.account.client_email,
+            &self.scope,
+        ] {
+            h.update(part.as_bytes());
+            h.update(b"\0");
+        }
+        h.update(self.account.key.public().as_ref());
+        Some(h.finalize().into())
     }
 }
 

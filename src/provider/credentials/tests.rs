@@ -313,3 +313,29 @@ fn bad_key_files_name_the_field_never_the_key() {
     let e = ServiceAccount::from_json(v.to_string().as_bytes()).unwrap_err();
     assert!(e.0.contains("service_account"), "{e}");
 }
+
+#[tokio::test]
+async fn sources_with_the_same_identity_share_their_token() {
+    let entra = |secret: &str| {
+        EntraClientCredentials::new(
+            "http://127.0.0.1:9",
+            "t",
+            "app",
+            Secret::new(secret),
+            AZURE_COGNITIVE_SERVICES_SCOPE,
+        )
+        .unwrap()
+    };
+    let a = TokenSource::shared("shared-test", entra("one-secret-value"));
+    let b = TokenSource::shared("shared-test", entra("one-secret-value"));
+    assert!(Arc::ptr_eq(&a.0, &b.0));
+    let other = TokenSource::shared("shared-test", entra("another-secret-value"));
+    assert!(!Arc::ptr_eq(&a.0, &other.0));
+    let renamed = TokenSource::shared("shared-test-2", entra("one-secret-value"));
+    assert!(!Arc::ptr_eq(&a.0, &renamed.0));
+    // once every holder is gone, a new source starts afresh
+    let weak = Arc::downgrade(&a.0);
+    drop((a, b));
+    assert!(weak.upgrade().is_none());
+    let _ = TokenSource::shared("shared-test", entra("one-secret-value"));
+}
