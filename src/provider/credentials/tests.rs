@@ -6,7 +6,7 @@ use super::*;
 /// A fetcher that counts its fetches and answers from a script (last entry repeats).
 struct Scripted {
     fetches: Arc<AtomicU32>,
-    script: Arc<Mutex<Vec<Result<u64, TokenError>>>>,
+    script: Script,
     delay: Duration,
 }
 
@@ -35,13 +35,9 @@ impl TokenFetcher for Scripted {
     }
 }
 
-fn source(
-    script: Vec<Result<u64, TokenError>>,
-) -> (
-    TokenSource,
-    Arc<AtomicU32>,
-    Arc<Mutex<Vec<Result<u64, TokenError>>>>,
-) {
+type Script = Arc<Mutex<Vec<Result<u64, TokenError>>>>;
+
+fn source(script: Vec<Result<u64, TokenError>>) -> (TokenSource, Arc<AtomicU32>, Script) {
     let fetches = Arc::new(AtomicU32::new(0));
     let script = Arc::new(Mutex::new(script));
     let f = Scripted {
