@@ -477,6 +477,9 @@ impl Run {
             .unwrap();
         let key_part = &key_line[key_line.len() - 40..key_line.len() - 10];
         assert!(!log.contains(key_part), "the log holds the private key");
+        if let Some(dir) = self.log.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
