@@ -8,6 +8,9 @@
 //! continued through `previous_response_id` (earlier inputs and outputs), then the request's
 //! own `input`. A record's conversation is exactly that followed by the response's output.
 
+// The listing is served by the gateway (feature `gateway`); the layers alone only name items.
+#![cfg_attr(not(feature = "gateway"), allow(dead_code))]
+
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
