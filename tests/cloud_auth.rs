@@ -516,20 +516,18 @@ fn secrets(issuer: &Issuer) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Azure OpenAI with Entra ID.
 
-#[tokio::test]
-async fn azure_entra_one_token_serves_many_concurrent_requests() {
-    let issuer = Issuer::new(3600);
-    issuer.delay_ms.store(300, Ordering::SeqCst);
-    let token = entra_endpoint(issuer.clone()).await;
-    let upstream = azure_upstream(issuer.clone()).await;
-    let run = Run::start(&entra_config(token, upstream));
-    // 24 requests at once, spread over the gateway's worker runtimes, all waiting for the
-    // first token
-    let calls: Vec<_> = (0..24)
+/// `n` chat requests for `model` at once (request `i` streams when `stream(i)`), spread over the
+/// gateway's worker runtimes; their statuses and bodies, in order.
+async fn concurrent(
+    addr: SocketAddr,
+    n: usize,
+    model: &'static str,
+    stream: fn(usize) -> bool,
+) -> Vec<(u16, String)> {
+    let calls: Vec<_> = (0..n)
         .map(|i| {
-            let addr = run.gw.addr;
             tokio::spawn(async move {
-                let body = json!({"model": "gpt", "stream": i % 2 == 0,
+                let body = json!({"model": model, "stream": stream(i),
                     "messages": [{"role": "user", "content": "hi"}]});
                 let res = common::chat(addr, &body.to_string(), &[]).await;
                 let status = res.status.as_u16();
@@ -540,8 +538,24 @@ async fn azure_entra_one_token_serves_many_concurrent_requests() {
             })
         })
         .collect();
+    let mut out = Vec::with_capacity(n);
     for c in calls {
-        let (status, body) = c.await.unwrap();
+        out.push(c.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn azure_entra_one_token_serves_many_concurrent_requests() {
+    let issuer = Issuer::new(3600);
+    issuer.delay_ms.store(300, Ordering::SeqCst);
+    let token = entra_endpoint(issuer.clone()).await;
+    let upstream = azure_upstream(issuer.clone()).await;
+    let run = Run::start(&entra_config(token, upstream));
+    // 24 requests at once, spread over the gateway's worker runtimes, all waiting for the
+    // first token
+    let calls = concurrent(run.gw.addr, 24, "gpt", |i| i % 2 == 0).await;
+    for (status, body) in calls {
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("Hello from Azure"), "{body}");
     }
@@ -746,23 +760,8 @@ targets = [{{ provider = "vertex", model = "gemini-2.5-flash" }}]
 "#,
         sa.display()
     ));
-    let calls: Vec<_> = (0..12)
-        .map(|i| {
-            let addr = run.gw.addr;
-            tokio::spawn(async move {
-                let body = json!({"model": "flash", "stream": i % 2 == 1,
-                    "messages": [{"role": "user", "content": "hi"}]});
-                let res = common::chat(addr, &body.to_string(), &[]).await;
-                let status = res.status.as_u16();
-                (
-                    status,
-                    String::from_utf8(res.rest().await.to_vec()).unwrap(),
-                )
-            })
-        })
-        .collect();
-    for (i, c) in calls.into_iter().enumerate() {
-        let (status, body) = c.await.unwrap();
+    let calls = concurrent(run.gw.addr, 12, "flash", |i| i % 2 == 1).await;
+    for (i, (status, body)) in calls.into_iter().enumerate() {
         assert_eq!(status, 200, "{body}");
         if i % 2 == 1 {
             // translated to OpenAI chunks, ending in [DONE]
