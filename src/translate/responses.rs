@@ -399,6 +399,23 @@ impl Carried {
         self.blocks.is_empty() && self.sigs.is_empty()
     }
 
+    /// What a chat assistant message carries: its `thinking_blocks`, its tool calls'
+    /// signatures.
+    fn of_message(msg: &Value) -> Carried {
+        let list = |k: &str| msg.get(k).and_then(Value::as_array).into_iter().flatten();
+        Carried {
+            blocks: list("thinking_blocks")
+                .filter_map(super::thinking_block)
+                .collect(),
+            sigs: list("tool_calls")
+                .filter_map(|c| {
+                    let id = c.get("id").and_then(Value::as_str)?;
+                    Some((id.to_owned(), Value::from(signature_of(c)?)))
+                })
+                .collect(),
+        }
+    }
+
     fn encode(&self) -> String {
         use base64::Engine;
         let mut doc = Map::new();
@@ -846,20 +863,7 @@ pub fn response_from_chat_with(
     let mut output = Vec::new();
     let reasoning = str_of(msg, "reasoning_content").unwrap_or_default();
     let calls = msg.get("tool_calls").and_then(Value::as_array);
-    let carried = Carried {
-        blocks: msg
-            .get("thinking_blocks")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(super::thinking_block)
-            .collect(),
-        sigs: calls
-            .into_iter()
-            .flatten()
-            .filter_map(|c| Some((str_of(c, "id")?, Value::from(signature_of(c)?))))
-            .collect(),
-    };
+    let carried = Carried::of_message(msg);
     if !reasoning.is_empty() || !carried.is_empty() {
         // Only signatures: an item that carries them, with no text.
         let bare = reasoning.is_empty() && carried.blocks.is_empty();
