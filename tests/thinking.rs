@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use tollgate::translate::anthropic::{AnthropicOptions, AnthropicStream, request_to_anthropic};
 use tollgate::translate::gemini::{GeminiStream, request_to_gemini, response_from_gemini};
 use tollgate::translate::responses::{
-    Echo, ReasoningForm, request_to_chat_with, response_from_chat_with,
+    CarryBack, Echo, ReasoningForm, ResponsesStream, request_to_chat_for, request_to_chat_with,
+    response_from_chat_with,
 };
 use tollgate::translate::translate_chunks;
 
@@ -316,6 +317,201 @@ fn responses_reasoning_items_carry_the_blocks_as_encrypted_content_and_back() {
     }
 }
 
+/// The base64 `encrypted_content` of a reasoning item carrying `sigs` (call_id → signature).
+fn sig_content(sigs: Value) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(json!({"thought_signatures": sigs}).to_string())
+}
+
+/// A Responses request sending `items` back after the question, with the tool's result.
+fn gemini_loop_request(items: &[Value], call_id: &str) -> Value {
+    let mut input = vec![json!({"role": "user", "content": "Weather?"})];
+    input.extend(items.iter().cloned());
+    input.push(json!({"type": "function_call_output", "call_id": call_id, "output": "18C"}));
+    json!({"model": "g", "input": input, "reasoning": {"effort": "low"}})
+}
+
+#[test]
+fn responses_reasoning_items_carry_gemini_thought_signatures_and_back() {
+    let body = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Plan: look it up.","thought":true},{"functionCall":{"name":"get_weather","args":{"city":"Paris"}},"thoughtSignature":"CiQB0e2Kb=="},{"functionCall":{"name":"get_time","args":{}}}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":3,"totalTokenCount":12,"thoughtsTokenCount":4},"modelVersion":"gemini-3-pro","responseId":"r7"}"#;
+    let chat = response_from_gemini(body, CREATED, "g").unwrap();
+    let r =
+        v(&response_from_chat_with(&chat, &Echo::default(), None, ReasoningForm::Text).unwrap());
+    let sigs = json!({"call_r7_0": "CiQB0e2Kb=="});
+    assert_eq!(
+        r["output"],
+        json!([
+            {"id": "rs_r7", "type": "reasoning", "summary": [],
+                "content": [{"type": "reasoning_text", "text": "Plan: look it up."}],
+                "encrypted_content": sig_content(sigs.clone())},
+            {"id": "fc_r7_0", "type": "function_call", "status": "completed",
+                "call_id": "call_r7_0", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            {"id": "fc_r7_1", "type": "function_call", "status": "completed",
+                "call_id": "call_r7_1", "name": "get_time", "arguments": "{}"}
+        ])
+    );
+    // sent back (as the SDKs do): the signature on its call, and on to Gemini's functionCall
+    let out = r["output"].as_array().unwrap();
+    let req = gemini_loop_request(out, "call_r7_0");
+    let (c, _) = request_to_chat_for(req.to_string().as_bytes(), CarryBack::Gemini).unwrap();
+    let c = v(&c);
+    let calls = &c["messages"][1]["tool_calls"];
+    assert_eq!(
+        calls[0]["extra_content"],
+        json!({"google": {"thought_signature": "CiQB0e2Kb=="}})
+    );
+    assert!(calls[1].get("extra_content").is_none(), "{c}");
+    assert!(c["messages"][1].get("thinking_blocks").is_none(), "{c}");
+    let g = v(&request_to_gemini(c.to_string().as_bytes()).unwrap());
+    assert_eq!(
+        g["contents"][1]["parts"][0]["thoughtSignature"],
+        "CiQB0e2Kb=="
+    );
+    assert!(
+        g["contents"][1]["parts"][1]
+            .get("thoughtSignature")
+            .is_none()
+    );
+    // signatures without thought text: a bare reasoning item of their own
+    let bare = chat_without_reasoning(&chat);
+    let r =
+        v(&response_from_chat_with(&bare, &Echo::default(), None, ReasoningForm::Text).unwrap());
+    assert_eq!(
+        r["output"][0],
+        json!({"id": "rs_r7", "type": "reasoning", "summary": [],
+            "encrypted_content": sig_content(sigs.clone())})
+    );
+    assert_eq!(r["output"][1]["type"], "function_call");
+    // for an Anthropic target the signatures are dropped, for a chat target the items unread
+    for carry in [CarryBack::Anthropic, CarryBack::Nothing] {
+        let (c, _) = request_to_chat_for(req.to_string().as_bytes(), carry).unwrap();
+        let c = v(&c);
+        assert!(
+            c["messages"][1]["tool_calls"][0]
+                .get("extra_content")
+                .is_none()
+        );
+        assert!(c["messages"][1].get("thinking_blocks").is_none());
+    }
+    // an encrypted_content this gateway did not write, or altered: 400 naming it
+    for bad in [
+        json!("not base64!"),
+        json!("e30="),
+        json!(sig_content(json!({}))),
+        json!(sig_content(json!({"call_r7_0": 7}))),
+        json!(sig_content(json!(["CiQB0e2Kb=="]))),
+    ] {
+        let mut r = req.clone();
+        r["input"][1]["encrypted_content"] = bad.clone();
+        let e = request_to_chat_for(r.to_string().as_bytes(), CarryBack::Gemini).unwrap_err();
+        assert_eq!(e.status(), 400, "{bad}");
+        assert_eq!(e.to_json()["error"]["param"], "input[1].encrypted_content");
+        assert_eq!(e.to_json()["error"]["code"], "invalid_encrypted_content");
+    }
+}
+
+/// A `chat.completion` without its `reasoning_content`.
+fn chat_without_reasoning(chat: &[u8]) -> Vec<u8> {
+    let mut c = v(chat);
+    c["choices"][0]["message"]
+        .as_object_mut()
+        .unwrap()
+        .remove("reasoning_content");
+    c.to_string().into_bytes()
+}
+
+/// A Gemini-shaped chat stream: thought text, a signed call (the open reasoning item carries
+/// its signature), text, another signed call (a bare reasoning item opens for it).
+const G_SIGNED_TOOL_STREAM: &str = concat!(
+    "data: {\"id\":\"chatcmpl-r8\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-3-pro\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r8\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-3-pro\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"Plan.\"},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r8\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-3-pro\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"},\"extra_content\":{\"google\":{\"thought_signature\":\"SIGa\"}}}]},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r8\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-3-pro\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"And:\"},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r8\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-3-pro\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"},\"extra_content\":{\"google\":{\"thought_signature\":\"SIGb\"}}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+    "data: {\"id\":\"chatcmpl-r8\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gemini-3-pro\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+#[test]
+fn responses_stream_carries_gemini_thought_signatures_for_every_split() {
+    let bytes = G_SIGNED_TOOL_STREAM.as_bytes();
+    let run = |chunks: Vec<Bytes>| {
+        let mut t = ResponsesStream::new("g", Echo::default());
+        let (out, err) = translate_chunks(&mut t, chunks);
+        assert!(err.is_none());
+        out
+    };
+    let whole = run(vec![Bytes::from_static(bytes)]);
+    let data: Vec<&str> = std::str::from_utf8(&whole)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    // between response.created/in_progress and response.completed: the reasoning item that
+    // was open carries call_a's signature; a bare one opens for call_b's, before its call
+    let expected = [
+        r#"{"type":"response.output_item.added","output_index":0,"item":{"content":[{"text":"","type":"reasoning_text"}],"id":"rs_r8","summary":[],"type":"reasoning"},"sequence_number":2}"#,
+        r#"{"type":"response.reasoning_text.delta","item_id":"rs_r8","output_index":0,"content_index":0,"delta":"Plan.","sequence_number":3}"#,
+        r#"{"type":"response.reasoning_text.done","item_id":"rs_r8","output_index":0,"content_index":0,"text":"Plan.","sequence_number":4}"#,
+        r#"{"type":"response.output_item.done","output_index":0,"item":{"content":[{"text":"Plan.","type":"reasoning_text"}],"encrypted_content":"eyJ0aG91Z2h0X3NpZ25hdHVyZXMiOnsiY2FsbF9hIjoiU0lHYSJ9fQ==","id":"rs_r8","summary":[],"type":"reasoning"},"sequence_number":5}"#,
+        r#"{"type":"response.output_item.added","output_index":1,"item":{"arguments":"","call_id":"call_a","id":"fc_r8_0","name":"f","status":"in_progress","type":"function_call"},"sequence_number":6}"#,
+        r#"{"type":"response.function_call_arguments.delta","item_id":"fc_r8_0","output_index":1,"delta":"{}","sequence_number":7}"#,
+        r#"{"type":"response.function_call_arguments.done","item_id":"fc_r8_0","output_index":1,"name":"f","arguments":"{}","sequence_number":8}"#,
+        r#"{"type":"response.output_item.done","output_index":1,"item":{"arguments":"{}","call_id":"call_a","id":"fc_r8_0","name":"f","status":"completed","type":"function_call"},"sequence_number":9}"#,
+        r#"{"type":"response.output_item.added","output_index":2,"item":{"content":[{"annotations":[],"logprobs":[],"text":"","type":"output_text"}],"id":"msg_r8","role":"assistant","status":"in_progress","type":"message"},"sequence_number":10}"#,
+        r#"{"type":"response.content_part.added","item_id":"msg_r8","output_index":2,"content_index":0,"part":{"type":"output_text","text":"","annotations":[],"logprobs":[]},"sequence_number":11}"#,
+        r#"{"type":"response.output_text.delta","item_id":"msg_r8","output_index":2,"content_index":0,"delta":"And:","logprobs":[],"sequence_number":12}"#,
+        r#"{"type":"response.output_text.done","item_id":"msg_r8","output_index":2,"content_index":0,"text":"And:","logprobs":[],"sequence_number":13}"#,
+        r#"{"type":"response.content_part.done","item_id":"msg_r8","output_index":2,"content_index":0,"part":{"type":"output_text","text":"And:","annotations":[],"logprobs":[]},"sequence_number":14}"#,
+        r#"{"type":"response.output_item.done","output_index":2,"item":{"content":[{"annotations":[],"logprobs":[],"text":"And:","type":"output_text"}],"id":"msg_r8","role":"assistant","status":"completed","type":"message"},"sequence_number":15}"#,
+        r#"{"type":"response.output_item.added","output_index":3,"item":{"id":"rs_r8_1","summary":[],"type":"reasoning"},"sequence_number":16}"#,
+        r#"{"type":"response.output_item.done","output_index":3,"item":{"encrypted_content":"eyJ0aG91Z2h0X3NpZ25hdHVyZXMiOnsiY2FsbF9iIjoiU0lHYiJ9fQ==","id":"rs_r8_1","summary":[],"type":"reasoning"},"sequence_number":17}"#,
+        r#"{"type":"response.output_item.added","output_index":4,"item":{"arguments":"","call_id":"call_b","id":"fc_r8_1","name":"g","status":"in_progress","type":"function_call"},"sequence_number":18}"#,
+        r#"{"type":"response.function_call_arguments.delta","item_id":"fc_r8_1","output_index":4,"delta":"{}","sequence_number":19}"#,
+        r#"{"type":"response.function_call_arguments.done","item_id":"fc_r8_1","output_index":4,"name":"g","arguments":"{}","sequence_number":20}"#,
+        r#"{"type":"response.output_item.done","output_index":4,"item":{"arguments":"{}","call_id":"call_b","id":"fc_r8_1","name":"g","status":"completed","type":"function_call"},"sequence_number":21}"#,
+    ];
+    assert_eq!(data[2..data.len() - 1], expected);
+    let done: Vec<Value> = expected
+        .iter()
+        .map(|e| v(e.as_bytes()))
+        .filter(|e| e["type"] == "response.output_item.done")
+        .map(|e| e["item"].clone())
+        .collect();
+    let completed = v(data.last().unwrap().as_bytes());
+    assert_eq!(completed["type"], "response.completed");
+    assert_eq!(completed["response"]["output"], Value::Array(done.clone()));
+    assert_eq!(
+        done[0]["encrypted_content"],
+        sig_content(json!({"call_a": "SIGa"}))
+    );
+    assert_eq!(
+        done[3]["encrypted_content"],
+        sig_content(json!({"call_b": "SIGb"}))
+    );
+    // the output sent back: each signature on its call, for Gemini
+    let req = gemini_loop_request(&done, "call_b");
+    let (c, _) = request_to_chat_for(req.to_string().as_bytes(), CarryBack::Gemini).unwrap();
+    let calls: Vec<Value> = v(&c)["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["tool_calls"].as_array().cloned().unwrap_or_default())
+        .map(|c| json!([c["id"], c["extra_content"]["google"]["thought_signature"]]))
+        .collect();
+    assert_eq!(
+        calls,
+        [json!(["call_a", "SIGa"]), json!(["call_b", "SIGb"])]
+    );
+    for at in 0..=bytes.len() {
+        let chunks = vec![
+            Bytes::copy_from_slice(&bytes[..at]),
+            Bytes::copy_from_slice(&bytes[at..]),
+        ];
+        assert_eq!(run(chunks), whole, "split at {at}");
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Through the gateway, over real sockets
 
@@ -558,5 +754,79 @@ async fn responses_tool_loop_with_anthropic_thinking_items_and_previous_response
         let e = res.json().await;
         let says = e["error"]["message"].as_str().unwrap();
         assert!(says.contains("Expected `thinking`"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn responses_tool_loop_with_gemini_thought_signatures_items_and_previous_response_id() {
+    let (a, g) = (fakes::anthropic().await, fakes::gemini().await);
+    let gw = common::Gateway::start(&config(&a, &g)).await;
+    let question = json!({"role": "user", "content": "Weather in Paris?"});
+    let body = |input: Value, prev: Option<&str>, stream: bool| {
+        let mut b = responses_body(input, prev, stream);
+        b["model"] = json!("gemini-tool");
+        b
+    };
+    let seen_sig = || {
+        let seen = v(&g.seen.lock().unwrap().last().unwrap().body);
+        seen["contents"][1]["parts"][0]["thoughtSignature"].clone()
+    };
+    for stream in [false, true] {
+        let r1 = responses(&gw, &body(json!([question]), None, stream)).await;
+        let out = r1["output"].as_array().unwrap();
+        let types: Vec<&str> = out.iter().map(|o| o["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["reasoning", "function_call"], "{r1}");
+        assert_eq!(
+            out[0]["content"][0]["text"],
+            fakes::THOUGHTS.concat(),
+            "{r1}"
+        );
+        let call_id = out[1]["call_id"].as_str().unwrap();
+        let enc = out[0]["encrypted_content"].as_str().unwrap();
+        let doc = v(&base64::engine::general_purpose::STANDARD
+            .decode(enc)
+            .unwrap());
+        let sig = doc["thought_signatures"][call_id].clone();
+        assert!(sig.as_str().is_some_and(|s| s.len() == 64), "{doc}");
+        let result = json!({"type": "function_call_output", "call_id": call_id, "output": "sunny"});
+
+        // explicit items: the client sends the output back; Gemini gets the signature
+        let mut input = vec![question.clone()];
+        input.extend(out.iter().cloned());
+        input.push(result.clone());
+        let r2 = responses(&gw, &body(Value::Array(input), None, stream)).await;
+        assert_eq!(r2["status"], "completed");
+        assert_eq!(
+            r2["output"].as_array().unwrap().last().unwrap()["content"][0]["text"],
+            "Hello there!"
+        );
+        assert_eq!(seen_sig(), sig, "stream {stream}");
+
+        // previous_response_id: the stored conversation keeps the reasoning item
+        let id = r1["id"].as_str().unwrap();
+        let mut r3 = None;
+        for _ in 0..100 {
+            let b = body(json!([result]), Some(id), stream);
+            let res = common::send(gw.addr, "POST", "/v1/responses", &[], b.to_string()).await;
+            if res.status == 200 {
+                r3 = Some(res.rest().await);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let r3 = r3.unwrap_or_else(|| panic!("the stored response {id} was never continued"));
+        assert!(
+            String::from_utf8_lossy(&r3).contains("Hello there"),
+            "stream {stream}"
+        );
+        assert_eq!(seen_sig(), sig, "stream {stream}");
+
+        // the items without the reasoning one: Gemini refuses (what the carrying prevents)
+        let b = body(json!([question, out[1], result]), None, stream);
+        let res = common::send(gw.addr, "POST", "/v1/responses", &[], b.to_string()).await;
+        assert_eq!(res.status, 400, "stream {stream}");
+        let e = res.json().await;
+        let says = e["error"]["message"].as_str().unwrap();
+        assert!(says.contains("thought_signature"), "{e}");
     }
 }

@@ -34,7 +34,7 @@
 //! that [serves it](Provider::speaks_responses): an OpenAI-compatible provider configured with
 //! `responses = true` (the default for `kind = "openai"` at api.openai.com and for `azure`).
 //! For any other adapter, [`Dispatch`] translates it per attempt through chat completions
-//! ([`request_to_chat_with`],
+//! ([`request_to_chat_for`],
 //! [`response_from_chat`](crate::translate::responses::response_from_chat),
 //! [`ResponsesStream`]); the Anthropic and
 //! Gemini adapters then translate that chat request with their own translators.
@@ -58,8 +58,8 @@ use crate::store::{ResponseStoreHandle, StoredResponse, new_response_id};
 use crate::target::Attempt;
 use crate::translate::ingress::{IngressStream, request_from_anthropic, response_to_anthropic};
 use crate::translate::responses::{
-    ReasoningForm, ResponsesStream, input_items, request_to_chat_with, response_from_chat_with,
-    with_history,
+    CarryBack, ReasoningForm, ResponsesStream, input_items, request_to_chat_for,
+    response_from_chat_with, with_history,
 };
 use crate::translate::{TranslateBody, TranslateLimits, answer_too_large};
 
@@ -636,12 +636,12 @@ impl Turn {
 }
 
 /// Resolve `previous_response_id` from the store and translate the request: the chat
-/// request and the [`Turn`]. `thinking`: the target speaks Anthropic, so the thinking blocks
-/// `reasoning` items carry go back to it.
+/// request and the [`Turn`]. `carry`: what `reasoning` items give back to the target
+/// (Anthropic's thinking blocks, Gemini's thought signatures).
 async fn prepare_turn(
     call: &UpstreamCall,
     provider: &str,
-    thinking: bool,
+    carry: CarryBack,
     state: Option<ResponseState>,
 ) -> Result<(ParsedRequest, Turn), GatewayError> {
     use serde_json::Value;
@@ -660,7 +660,7 @@ async fn prepare_turn(
         None => call.parsed.body.clone(),
     };
     let save = state.filter(|_| req.get("store").and_then(Value::as_bool) != Some(false));
-    let (chat, mut echo) = request_to_chat_with(&body, thinking)?;
+    let (chat, mut echo) = request_to_chat_for(&body, carry)?;
     echo.set(
         "previous_response_id",
         prev.map_or(Value::Null, Value::from),
@@ -691,8 +691,12 @@ fn responses_via_chat(
 ) -> BoxFuture<Result<Response<Body>, GatewayError>> {
     Box::pin(async move {
         let stream = call.parsed.stream;
-        let thinking = provider.speaks_anthropic();
-        let (chat, turn) = prepare_turn(&call, provider.name(), thinking, state).await?;
+        let carry = match (provider.speaks_anthropic(), provider.kind()) {
+            (true, _) => CarryBack::Anthropic,
+            (false, "gemini") => CarryBack::Gemini,
+            _ => CarryBack::Nothing,
+        };
+        let (chat, turn) = prepare_turn(&call, provider.name(), carry, state).await?;
         call.parsed = chat;
         let model = call.upstream_model.clone();
         let limits = call.limits;

@@ -8,8 +8,13 @@
 //! - [`response_from_chat`]: a `chat.completion` → a `response` object; its
 //!   `reasoning_content` becomes a `reasoning` item before the message, in the
 //!   [`ReasoningForm`] the caller picks (the gateway: a summary for Anthropic's thinking), and
-//!   its `thinking_blocks` (Anthropic's, signatures included) that item's `encrypted_content`:
-//!   the base64 of `{"thinking_blocks": [...]}`, opaque to clients, which send it back.
+//!   its `thinking_blocks` (Anthropic's, signatures included) and its tool calls' thought
+//!   signatures (Gemini's `extra_content.google.thought_signature`) that item's
+//!   `encrypted_content`: the base64 of `{"thinking_blocks": [...], "thought_signatures":
+//!   {call_id: signature}}`, opaque to clients, which send it back. Signatures without
+//!   reasoning text get a reasoning item of their own (`summary: []`); in a stream, it opens
+//!   when a signed call does (unless a reasoning item is open: that one carries them), just
+//!   before the call's item.
 //! - [`ResponsesStream`]: `chat.completion.chunk` SSE → Responses SSE (`response.created`,
 //!   `response.in_progress`, `response.output_item.added`, `response.content_part.added`,
 //!   `response.output_text.delta`, `response.reasoning_text.delta` (or, with
@@ -27,7 +32,8 @@
 //! | `message` items (`role` user·system·developer·assistant; `input_text`, `output_text`, `input_image` parts) | messages (`text` and `image_url` parts; assistant text joined) |
 //! | `function_call` items `{call_id, name, arguments}` | assistant `tool_calls` (consecutive calls in one message; `id` = `call_id`) |
 //! | `function_call_output` items `{call_id, output}` | `tool` messages (`tool_call_id` = `call_id`) |
-//! | `reasoning` items with the `encrypted_content` this gateway wrote, for a target that speaks Anthropic ([`request_to_chat_with`]) | `thinking_blocks` of the assistant message that follows (its text or its calls): Anthropic's thinking blocks, unchanged, which a tool loop with thinking needs; any other `encrypted_content` is a 400 `invalid_encrypted_content` |
+//! | `reasoning` items with the `encrypted_content` this gateway wrote, for a target that speaks Anthropic ([`CarryBack::Anthropic`]) | `thinking_blocks` of the assistant message that follows (its text or its calls): Anthropic's thinking blocks, unchanged, which a tool loop with thinking needs; any other `encrypted_content` is a 400 `invalid_encrypted_content` |
+//! | the same, for a Gemini target ([`CarryBack::Gemini`]) | each thought signature on the tool call with its `call_id` (`extra_content.google.thought_signature`), which Gemini 3 needs back in a tool loop; the same 400 |
 //! | other `reasoning` items | dropped (earlier reasoning a chat target cannot take back; the answer does not depend on it) |
 //! | function `tools` (flat `{name, description, parameters, strict}`) | `tools` `{type: function, function: {…}}` |
 //! | `tool_choice` auto·none·required·`{type: function, name}` | the same in chat's shape |
@@ -116,7 +122,20 @@ impl Echo {
 /// routing happens on it) and the [`Echo`] for the answer. See the module docs for the rules.
 /// `reasoning` input items are dropped: [`request_to_chat_with`] keeps the thinking they carry.
 pub fn request_to_chat(body: &[u8]) -> Result<(Bytes, Echo), GatewayError> {
-    request_to_chat_with(body, false)
+    request_to_chat_for(body, CarryBack::Nothing)
+}
+
+/// What the `encrypted_content` of `reasoning` input items gives back to the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CarryBack {
+    /// Nothing: `reasoning` items are dropped (unread).
+    Nothing,
+    /// Anthropic's thinking blocks, as the `thinking_blocks` of the assistant message that
+    /// follows the item.
+    Anthropic,
+    /// Gemini's thought signatures, each on the tool call it was given with
+    /// (`extra_content.google.thought_signature`, matched by `call_id`).
+    Gemini,
 }
 
 /// [`request_to_chat`]; with `thinking` (for a target that speaks Anthropic), the thinking
@@ -125,6 +144,17 @@ pub fn request_to_chat(body: &[u8]) -> Result<(Bytes, Echo), GatewayError> {
 /// text, or its function calls); an `encrypted_content` this gateway did not produce is a 400
 /// naming it.
 pub fn request_to_chat_with(body: &[u8], thinking: bool) -> Result<(Bytes, Echo), GatewayError> {
+    let carry = match thinking {
+        true => CarryBack::Anthropic,
+        false => CarryBack::Nothing,
+    };
+    request_to_chat_for(body, carry)
+}
+
+/// [`request_to_chat`], giving back to the target what `reasoning` items carry (`carry`); an
+/// `encrypted_content` this gateway did not produce is a 400 naming it (unless `carry` is
+/// [`CarryBack::Nothing`]).
+pub fn request_to_chat_for(body: &[u8], carry: CarryBack) -> Result<(Bytes, Echo), GatewayError> {
     let req: Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}"), None))?;
     refuse_fields(&req)?;
@@ -140,9 +170,15 @@ pub fn request_to_chat_with(body: &[u8], thinking: bool) -> Result<(Bytes, Echo)
     match req.get("input") {
         Some(Value::String(s)) => msgs.push(json!({"role": "user", "content": s})),
         Some(Value::Array(items)) => {
-            let mut pending = thinking.then(Vec::new);
+            let mut pending = Pending {
+                blocks: (carry == CarryBack::Anthropic).then(Vec::new),
+                sigs: (carry == CarryBack::Gemini).then(Map::new),
+            };
             for (i, item) in items.iter().enumerate() {
                 input_item(item, i, &mut msgs, &mut pending)?;
+            }
+            if let Some(sigs) = pending.sigs.filter(|s| !s.is_empty()) {
+                attach_signatures(&mut msgs, &sigs);
             }
         }
         _ => {}
@@ -215,16 +251,25 @@ fn refuse_fields(req: &Map<String, Value>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// One input item, appended to `msgs` as chat messages. `pending`: the thinking blocks of
-/// the `reasoning` items not yet given to an assistant message (`None`: they are dropped).
+/// What `reasoning` input items carried, on its way to the chat messages.
+struct Pending {
+    /// The thinking blocks of the `reasoning` items not yet given to an assistant message
+    /// (`None`: they are dropped).
+    blocks: Option<Vec<Value>>,
+    /// Every thought signature, by `call_id` (`None`: they are dropped).
+    sigs: Option<Map<String, Value>>,
+}
+
+/// One input item, appended to `msgs` as chat messages; `pending`: what `reasoning` items
+/// carry back.
 fn input_item(
     item: &Value,
     i: usize,
     msgs: &mut Vec<Value>,
-    pending: &mut Option<Vec<Value>>,
+    pending: &mut Pending,
 ) -> Result<(), GatewayError> {
     let ty = item.get("type").and_then(Value::as_str);
-    let thinking = match pending {
+    let thinking = match &mut pending.blocks {
         Some(p)
             if matches!(ty, Some("function_call") | Some("reasoning")) || is_assistant(item) =>
         {
@@ -258,12 +303,17 @@ fn input_item(
                 "content": output,
             }));
         }
-        Some("reasoning") => {
-            if let Some(p) = pending {
+        Some("reasoning") if pending.blocks.is_some() || pending.sigs.is_some() => {
+            let carried = Carried::decode(item, i)?;
+            if let Some(p) = &mut pending.blocks {
                 p.extend(thinking);
-                p.extend(decode_thinking(item, i)?);
+                p.extend(carried.blocks);
+            }
+            if let Some(s) = &mut pending.sigs {
+                s.extend(carried.sigs);
             }
         }
+        Some("reasoning") => {}
         Some(other) => {
             return Err(bad(
                 format!("input items of type '{other}' are not supported by this target"),
@@ -316,42 +366,114 @@ fn is_assistant(item: &Value) -> bool {
     item.get("role").and_then(Value::as_str) == Some("assistant")
 }
 
-/// The `encrypted_content` of a `reasoning` item as this gateway writes it: the standard
-/// base64 of `{"thinking_blocks": [...]}`, the Anthropic blocks the item stands for.
-fn encode_thinking(blocks: &[Value]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(json!({"thinking_blocks": blocks}).to_string())
+/// Put each thought signature on the assistant tool call with its `call_id`, where Gemini's
+/// chat translator takes it (`extra_content.google.thought_signature`).
+fn attach_signatures(msgs: &mut [Value], sigs: &Map<String, Value>) {
+    let calls = msgs
+        .iter_mut()
+        .filter_map(|m| m.get_mut("tool_calls").and_then(Value::as_array_mut))
+        .flatten();
+    for call in calls {
+        let sig = call
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| sigs.get(id));
+        if let Some(sig) = sig {
+            call["extra_content"] = json!({"google": {"thought_signature": sig}});
+        }
+    }
 }
 
-/// The thinking blocks of `reasoning` item `i` (none without `encrypted_content`); one this
-/// gateway did not write (or that was altered) is a 400 naming it.
-fn decode_thinking(item: &Value, i: usize) -> Result<Vec<Value>, GatewayError> {
-    use base64::Engine;
-    let Some(enc) = item.get("encrypted_content").filter(|v| !v.is_null()) else {
-        return Ok(Vec::new());
-    };
-    let refuse = || {
-        GatewayError::bad_request(
-            "this reasoning item's encrypted_content was not produced by this gateway for an \
-             Anthropic target, or was altered: send the reasoning items back as they came",
-            None,
-        )
-        .with_param(format!("input[{i}].encrypted_content"))
-        .with_code("invalid_encrypted_content")
-    };
-    let bytes = enc
-        .as_str()
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        .ok_or_else(refuse)?;
-    let doc: Value = serde_json::from_slice(&bytes).map_err(|_| refuse())?;
-    let list = doc
-        .get("thinking_blocks")
-        .and_then(Value::as_array)
-        .filter(|l| !l.is_empty())
-        .ok_or_else(refuse)?;
-    list.iter()
-        .map(|b| super::thinking_block(b).ok_or_else(refuse))
-        .collect()
+/// What a `reasoning` item's `encrypted_content` carries, as this gateway writes it: the
+/// standard base64 of `{"thinking_blocks": [...], "thought_signatures": {call_id: sig}}` (each
+/// member only when not empty): Anthropic's thinking blocks the item stands for, and Gemini's
+/// thought signatures of the function calls after it.
+#[derive(Debug, Default)]
+struct Carried {
+    blocks: Vec<Value>,
+    sigs: Map<String, Value>,
+}
+
+impl Carried {
+    fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.sigs.is_empty()
+    }
+
+    /// What a chat assistant message carries: its `thinking_blocks`, its tool calls'
+    /// signatures.
+    fn of_message(msg: &Value) -> Carried {
+        let list = |k: &str| msg.get(k).and_then(Value::as_array).into_iter().flatten();
+        Carried {
+            blocks: list("thinking_blocks")
+                .filter_map(super::thinking_block)
+                .collect(),
+            sigs: list("tool_calls")
+                .filter_map(|c| {
+                    let id = c.get("id").and_then(Value::as_str)?;
+                    Some((id.to_owned(), Value::from(signature_of(c)?)))
+                })
+                .collect(),
+        }
+    }
+
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let mut doc = Map::new();
+        if !self.blocks.is_empty() {
+            doc.insert("thinking_blocks".into(), Value::Array(self.blocks.clone()));
+        }
+        if !self.sigs.is_empty() {
+            doc.insert(
+                "thought_signatures".into(),
+                Value::Object(self.sigs.clone()),
+            );
+        }
+        base64::engine::general_purpose::STANDARD.encode(Value::Object(doc).to_string())
+    }
+
+    /// What `reasoning` item `i` carries (nothing without `encrypted_content`); one this
+    /// gateway did not write (or that was altered) is a 400 naming it.
+    fn decode(item: &Value, i: usize) -> Result<Carried, GatewayError> {
+        use base64::Engine;
+        let Some(enc) = item.get("encrypted_content").filter(|v| !v.is_null()) else {
+            return Ok(Carried::default());
+        };
+        let refuse = || {
+            GatewayError::bad_request(
+                "this reasoning item's encrypted_content was not produced by this gateway, or \
+                 was altered: send the reasoning items back as they came",
+                None,
+            )
+            .with_param(format!("input[{i}].encrypted_content"))
+            .with_code("invalid_encrypted_content")
+        };
+        let bytes = enc
+            .as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .ok_or_else(refuse)?;
+        let doc: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| refuse())?;
+        let mut out = Carried::default();
+        for (k, v) in doc {
+            match (k.as_str(), v) {
+                ("thinking_blocks", Value::Array(list)) if !list.is_empty() => {
+                    out.blocks = list
+                        .iter()
+                        .map(|b| super::thinking_block(b).ok_or_else(refuse))
+                        .collect::<Result<_, _>>()?;
+                }
+                ("thought_signatures", Value::Object(sigs))
+                    if !sigs.is_empty() && sigs.values().all(Value::is_string) =>
+                {
+                    out.sigs = sigs;
+                }
+                _ => return Err(refuse()),
+            }
+        }
+        match out.is_empty() {
+            true => Err(refuse()),
+            false => Ok(out),
+        }
+    }
 }
 
 /// A `message` item → a chat message.
@@ -661,14 +783,30 @@ pub enum ReasoningForm {
     Summary,
 }
 
-/// A `reasoning` item; with `blocks` (Anthropic thinking blocks), their
-/// `encrypted_content`.
-fn reasoning_json(id: &str, text: &str, form: ReasoningForm, blocks: &[Value]) -> Value {
-    let mut item = reasoning_text_json(id, text, form);
-    if !blocks.is_empty() {
-        item["encrypted_content"] = Value::from(encode_thinking(blocks));
+/// A `reasoning` item; with something `carried` (Anthropic thinking blocks, Gemini thought
+/// signatures), its `encrypted_content`. A `bare` item has no text (`summary: []`): one that
+/// only carries.
+fn reasoning_json(
+    id: &str,
+    text: &str,
+    form: ReasoningForm,
+    carried: &Carried,
+    bare: bool,
+) -> Value {
+    let mut item = match bare {
+        true => json!({"id": id, "type": "reasoning", "summary": []}),
+        false => reasoning_text_json(id, text, form),
+    };
+    if !carried.is_empty() {
+        item["encrypted_content"] = Value::from(carried.encode());
     }
     item
+}
+
+/// The thought signature a chat tool call carries (`extra_content.google.thought_signature`).
+fn signature_of(call: &Value) -> Option<&str> {
+    call.pointer("/extra_content/google/thought_signature")
+        .and_then(Value::as_str)
 }
 
 fn reasoning_text_json(id: &str, text: &str, form: ReasoningForm) -> Value {
@@ -724,19 +862,16 @@ pub fn response_from_chat_with(
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let mut output = Vec::new();
     let reasoning = str_of(msg, "reasoning_content").unwrap_or_default();
-    let blocks: Vec<Value> = msg
-        .get("thinking_blocks")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(super::thinking_block)
-        .collect();
-    if !reasoning.is_empty() || !blocks.is_empty() {
-        output.push(reasoning_json(&ids.reasoning(0), &reasoning, form, &blocks));
+    let calls = msg.get("tool_calls").and_then(Value::as_array);
+    let carried = Carried::of_message(msg);
+    if !reasoning.is_empty() || !carried.is_empty() {
+        // Only signatures: an item that carries them, with no text.
+        let bare = reasoning.is_empty() && carried.blocks.is_empty();
+        let id = ids.reasoning(0);
+        output.push(reasoning_json(&id, &reasoning, form, &carried, bare));
     }
     let text = str_of(msg, "content").unwrap_or_default();
     let refusal = str_of(msg, "refusal");
-    let calls = msg.get("tool_calls").and_then(Value::as_array);
     if !text.is_empty() || refusal.is_some() || calls.is_none_or(Vec::is_empty) {
         output.push(message_json(
             &ids.message(),
@@ -827,6 +962,9 @@ struct ToolDelta<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     function: Option<FnDelta<'a>>,
+    /// Gemini's thought signature (`{"google": {"thought_signature": …}}`).
+    #[serde(default)]
+    extra_content: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -844,8 +982,11 @@ enum Item {
         id: String,
         text: String,
         form: ReasoningForm,
-        /// Anthropic thinking blocks (`delta.thinking_blocks`), kept as `encrypted_content`.
-        blocks: Vec<Value>,
+        /// Anthropic thinking blocks (`delta.thinking_blocks`) and Gemini thought signatures
+        /// (on `tool_calls` deltas), kept as `encrypted_content`.
+        carried: Carried,
+        /// Opened for a thought signature alone: no text, and none of the text events.
+        bare: bool,
     },
     Message {
         id: String,
@@ -868,8 +1009,9 @@ impl Item {
                 id,
                 text,
                 form,
-                blocks,
-            } => reasoning_json(id, text, *form, blocks),
+                carried,
+                bare,
+            } => reasoning_json(id, text, *form, carried, *bare),
             Item::Message { id, text, refusal } => {
                 message_json(id, status, text, refusal.as_deref())
             }
@@ -1048,6 +1190,7 @@ impl ResponsesStream {
             item,
             Item::Reasoning {
                 form: ReasoningForm::Summary,
+                bare: false,
                 ..
             }
         );
@@ -1088,6 +1231,7 @@ impl ResponsesStream {
         let (id, _) = self.item_ref(at);
         let done = self.output[at].json("completed");
         match &self.output[at] {
+            Item::Reasoning { bare: true, .. } => {}
             Item::Reasoning { text, form, .. } => {
                 let (text, form) = (text.clone(), *form);
                 self.reasoning_done(out, &id, at, &text, form);
@@ -1181,12 +1325,13 @@ impl ResponsesStream {
         });
     }
 
-    /// The open `reasoning` item, or a new one.
-    fn reasoning_at(&mut self, out: &mut BytesMut) -> usize {
-        if let Some(at) = self
-            .open
-            .filter(|&at| matches!(self.output[at], Item::Reasoning { .. }))
-        {
+    /// The open `reasoning` item (one with text, unless `bare_ok`), or a new one (`bare`
+    /// when it is opened only to carry).
+    fn reasoning_at(&mut self, out: &mut BytesMut, bare_ok: bool, bare: bool) -> usize {
+        if let Some(at) = self.open.filter(|&at| match &self.output[at] {
+            Item::Reasoning { bare, .. } => bare_ok || !bare,
+            _ => false,
+        }) {
             return at;
         }
         let n = self
@@ -1198,9 +1343,19 @@ impl ResponsesStream {
             id: self.ids.reasoning(n),
             text: String::new(),
             form: self.reasoning_form,
-            blocks: Vec::new(),
+            carried: Carried::default(),
+            bare,
         };
         self.open_item(out, item)
+    }
+
+    /// A tool call's thought signature (Gemini's), as it opens: kept by the open reasoning
+    /// item (a new, bare one if none is open), which the call's item then closes.
+    fn on_signature(&mut self, out: &mut BytesMut, call_id: &str, sig: &str) {
+        let at = self.reasoning_at(out, true, true);
+        if let Item::Reasoning { carried, .. } = &mut self.output[at] {
+            carried.sigs.insert(call_id.to_owned(), Value::from(sig));
+        }
     }
 
     /// Anthropic thinking blocks (`delta.thinking_blocks`, each whole): kept by the open
@@ -1210,14 +1365,14 @@ impl ResponsesStream {
         if list.is_empty() {
             return;
         }
-        let at = self.reasoning_at(out);
-        if let Item::Reasoning { blocks, .. } = &mut self.output[at] {
-            blocks.extend(list);
+        let at = self.reasoning_at(out, true, false);
+        if let Item::Reasoning { carried, .. } = &mut self.output[at] {
+            carried.blocks.extend(list);
         }
     }
 
     fn on_reasoning(&mut self, out: &mut BytesMut, t: &str) {
-        let at = self.reasoning_at(out);
+        let at = self.reasoning_at(out, false, false);
         if let Item::Reasoning { text, .. } = &mut self.output[at] {
             text.push_str(t);
         }
@@ -1316,10 +1471,18 @@ impl ResponsesStream {
                     .filter(|i| matches!(i, Item::Call { .. }))
                     .count();
                 let f = c.function.as_ref();
+                let call_id = c.id.as_deref().unwrap_or("");
+                let sig = c.extra_content.as_ref().and_then(|e| {
+                    e.pointer("/google/thought_signature")
+                        .and_then(Value::as_str)
+                });
+                if let Some(sig) = sig.filter(|_| !call_id.is_empty()) {
+                    self.on_signature(out, call_id, sig);
+                }
                 let item = Item::Call {
                     id: self.ids.call(n),
                     index: c.index,
-                    call_id: c.id.as_deref().unwrap_or("").to_owned(),
+                    call_id: call_id.to_owned(),
                     name: f.and_then(|f| f.name.as_deref()).unwrap_or("").to_owned(),
                     args: String::new(),
                 };

@@ -198,3 +198,28 @@ def test_anthropic_thinking_is_a_reasoning_summary(c):
     assert "".join(deltas) == "Weighing the words."
     assert final.output[0].summary[0].text == "Weighing the words."
     assert final.output_text == "Hello there!"
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_loop_with_thinking_sends_the_reasoning_items_back(c, kind, stream):
+    """A tool loop with thinking, the output sent back as it came (`input += response.output`):
+    the reasoning item's encrypted_content carries Anthropic's thinking blocks or Gemini's
+    thought signatures, which the upstream needs; without that item it refuses the turn."""
+    import openai
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    args = dict(model=f"{kind}-tool", tools=TOOLS, reasoning={"effort": "low"},
+                max_output_tokens=2000)
+    if stream:
+        with c.responses.stream(input=[question], **args) as s:
+            r1 = s.get_final_response()
+    else:
+        r1 = c.responses.create(input=[question], **args)
+    assert r1.output[0].type == "reasoning" and r1.output[0].encrypted_content
+    call = [o for o in r1.output if o.type == "function_call"][0]
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
+    r2 = c.responses.create(input=[question, *r1.output, result], **args)
+    assert r2.output_text == "Hello there!"
+    lost = [o for o in r1.output if o.type != "reasoning"]
+    with pytest.raises(openai.BadRequestError):
+        c.responses.create(input=[question, *lost, result], **args)
