@@ -64,11 +64,13 @@ use crate::translate::responses::{
 use crate::translate::{TranslateBody, TranslateLimits, answer_too_large};
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod credentials;
 pub mod gemini;
 pub mod headers;
 pub mod mock;
 pub mod openai;
+pub mod sigv4;
 
 /// A boxed, `Send` future (the leaf is where dynamic dispatch happens).
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
