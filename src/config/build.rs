@@ -843,6 +843,7 @@ mod tests {
         assert_eq!(rt.providers["p-deepseek"].kind(), "openai");
         assert_eq!(rt.providers["p-mock"].kind(), "mock");
         assert_eq!(rt.providers["p-vertex"].kind(), "vertex");
+        assert_eq!(rt.providers["p-bedrock"].kind(), "bedrock");
         assert_eq!(rt.models.len(), super::super::presets::KINDS.len());
     }
 
@@ -851,6 +852,61 @@ mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/vertex-test-service-account.json"
     );
+
+    #[test]
+    fn bedrock_settings_are_checked_naming_the_field() {
+        let full = "[providers.b]\nkind = \"bedrock\"\nregion = \"eu-west-1\"\naccess_key_id = \"AKID\"\nsecret_access_key = \"aws-s3cr3t-never-printed\"\n";
+        let rt = cfg(full).build_runtime(&mut HealthRegistry::new()).unwrap();
+        assert_eq!(rt.providers["b"].kind(), "bedrock");
+        let cases = [
+            (
+                full.replace("region = \"eu-west-1\"\n", ""),
+                "providers.b.region: is required",
+            ),
+            (
+                full.replace("eu-west-1", "eu/west"),
+                "providers.b.region: `eu/west` must be",
+            ),
+            (
+                full.replace("secret_access_key = \"aws-s3cr3t-never-printed\"\n", ""),
+                "providers.b.secret_access_key: is required",
+            ),
+            (
+                full.replace("access_key_id = \"AKID\"\n", ""),
+                "providers.b.access_key_id: is required",
+            ),
+            (
+                format!("{full}api_key = \"k\"\n"),
+                "providers.b.api_key: is not used with kind `bedrock`",
+            ),
+            (
+                format!("{full}auth = \"entra\"\n"),
+                "providers.b.auth: `entra` is not supported for kind `bedrock`",
+            ),
+            (
+                format!("{full}tenant_id = \"t\"\n"),
+                "providers.b.tenant_id: is used only with",
+            ),
+            (
+                format!("{full}[providers.b.headers]\nx-a = \"1\"\n"),
+                "providers.b.headers: is not supported",
+            ),
+            (
+                "[providers.a]\nkind = \"openai\"\napi_key = \"k\"\nregion = \"us-east-1\"\n"
+                    .to_owned(),
+                "providers.a.region: is used only for kind `bedrock`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = cfg(&text)
+                .build_runtime(&mut HealthRegistry::new())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+    }
 
     #[test]
     fn token_auth_settings_are_checked_naming_the_field() {
