@@ -328,6 +328,14 @@ fn answer(seen: &Seen) -> Res {
             "throttlingException",
             "Too many tokens, please wait before trying again.",
         )]),
+        "midstream-throttled.model-v1:0" if stream => {
+            let mut frames = text_stream()[..2].to_vec();
+            frames.push(exception(
+                "throttlingException",
+                "Too many tokens, please wait before trying again.",
+            ));
+            eventstream(frames)
+        }
         CLAUDE => {
             let tools = body.get("toolConfig").is_some();
             match (stream, tools && !answers_tool(&body)) {
@@ -496,6 +504,12 @@ targets = [
 
 [models.throttled]
 targets = [{{ provider = "bedrock", model = "throttled.model-v1:0" }}]
+
+[models.midstream]
+targets = [
+  {{ provider = "bedrock", model = "midstream-throttled.model-v1:0" }},
+  {{ provider = "bedrock-plain", model = "{CLAUDE}" }},
+]
 "#
     )
 }
@@ -704,6 +718,29 @@ async fn throttling_is_a_429_and_falls_back_to_the_next_target() {
             "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream",
         ]
     );
+    run.assert_log_clean();
+}
+
+#[tokio::test]
+async fn an_exception_after_the_first_byte_ends_the_stream_in_band_without_done() {
+    let (upstream, seen) = fake_bedrock().await;
+    let run = Run::start(&config(upstream));
+    let (status, _, body) = run.chat(hi("midstream", true)).await;
+    assert_eq!(status, 200, "{body}");
+    let (chunks, done) = chunks(&body);
+    assert!(!done, "no [DONE] after an error: {body}");
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"]["content"], "Hello",
+        "{body}"
+    );
+    let err = &chunks.last().unwrap()["error"];
+    assert_eq!(err["code"], "rate_limit_exceeded", "{body}");
+    assert!(
+        err["message"].as_str().unwrap().contains("Too many tokens"),
+        "{body}"
+    );
+    // committed: the second target is not tried
+    assert_eq!(seen.lock().unwrap().len(), 1);
     run.assert_log_clean();
 }
 

@@ -943,12 +943,10 @@ impl BedrockStream {
                     self.delta(out, block, d);
                 }
             }
-            "messageStop" => {
-                if !self.stopped {
-                    self.stopped = true;
-                    let f = finish_reason(ev.stop_reason.as_deref().unwrap_or("end_turn"));
-                    self.choice(out, &[b"{}"], Some(f));
-                }
+            "messageStop" if !self.stopped => {
+                self.stopped = true;
+                let f = finish_reason(ev.stop_reason.as_deref().unwrap_or("end_turn"));
+                self.choice(out, &[b"{}"], Some(f));
             }
             "metadata" => {
                 if let Some(u) = ev.usage {
@@ -1283,5 +1281,10 @@ mod tests {
             502,
             "InternalServerException",
         );
+        h.insert("x-amzn-errortype", "ThrottlingException".parse().unwrap());
+        h.insert("retry-after", "7".parse().unwrap());
+        let e = error_from_bedrock(StatusCode::TOO_MANY_REQUESTS, &h, b"{}", &p);
+        assert_eq!(e.status().as_u16(), 429);
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
     }
 }
