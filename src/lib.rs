@@ -22,7 +22,7 @@
 //!         Route              model name -> RouteDecision (alias, pin, split, tier, rules)
 //!         Fallback           tries targets in order until the commit point; attempts header
 //!         Timeout            per attempt: connect, first token, idle gap, total
-//! leaf:   Dispatch           Attempt -> Provider (OpenAI-compatible, Anthropic, Gemini, mock)
+//! leaf:   Dispatch           Attempt -> Provider (OpenAI-compatible, Anthropic, Gemini, Bedrock, mock)
 //! ```
 //!
 //! Ordering rules:

@@ -13,6 +13,7 @@ use crate::auth::{AuthLayer, KeyEntry, KeyValidator, StaticKeys, ValidateFuture}
 use crate::health::{BreakerConfig, DEFAULT_MAX_RETRY_AFTER, Health};
 use crate::provider::Provider;
 use crate::provider::anthropic::AnthropicProvider;
+use crate::provider::bedrock::BedrockProvider;
 use crate::provider::gemini::GeminiProvider;
 use crate::provider::headers::HeaderPolicy;
 use crate::provider::mock::MockProvider;
@@ -482,6 +483,7 @@ fn build_provider(
         (Some(u), _, _) => interpolate(u, file, &field("base_url"))?,
         (None, Some(u), _) => u.to_owned(),
         (None, None, CloudAuth::Vertex(v)) => v.base_url.clone(),
+        (None, None, CloudAuth::Bedrock(b)) => b.base_url.clone(),
         (None, None, _) if pre.adapter == Adapter::Mock => String::new(),
         (None, None, _) => {
             return Err(ConfigError::field(
@@ -506,11 +508,45 @@ fn build_provider(
             let b = OpenAiProvider::builder(name, base_url).header_policy(policy);
             build_openai(name, b, pre.auth_header, api_key, cloud, p, file)?
         }
+        Adapter::Bedrock => build_bedrock(name, base_url, cloud, p, policy, file)?,
         Adapter::Anthropic | Adapter::Gemini => {
             let key = api_key.filter(|k| !k.is_empty()).map(Secret::new);
             build_translating(name, pre.adapter, &base_url, key, cloud, p, policy, file)?
         }
     })
+}
+
+/// An Amazon Bedrock provider of `[providers]`.
+fn build_bedrock(
+    name: &str,
+    base_url: String,
+    cloud: CloudAuth,
+    p: &super::ProviderConfig,
+    policy: HeaderPolicy,
+    file: &str,
+) -> Result<Arc<dyn Provider>, ConfigError> {
+    let field = |f: &str| format!("providers.{name}.{f}");
+    let CloudAuth::Bedrock(b) = cloud else {
+        return Err(ConfigError::field(
+            file,
+            &field("kind"),
+            "kind `bedrock` needs AWS credentials",
+        ));
+    };
+    if !p.headers.is_empty() {
+        return Err(ConfigError::field(
+            file,
+            &field("headers"),
+            "is not supported for kind `bedrock` (every header sent is signed)",
+        ));
+    }
+    let provider = BedrockProvider::builder(name, b.region)
+        .base_url(base_url)
+        .credentials(b.credentials)
+        .header_policy(policy)
+        .build()
+        .map_err(|e| ConfigError::field(file, &field("base_url"), e))?;
+    Ok(Arc::new(provider))
 }
 
 /// An OpenAI-compatible provider of `[providers]`.
@@ -782,6 +818,10 @@ mod tests {
                 text.push_str(&format!(
                     "[providers.p-vertex]\nkind = \"vertex\"\nlocation = \"us-central1\"\ncredentials_file = \"{SERVICE_ACCOUNT}\"\n"
                 ));
+            } else if *kind == "bedrock" {
+                text.push_str(
+                    "[providers.p-bedrock]\nkind = \"bedrock\"\nregion = \"us-east-1\"\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"s\"\n",
+                );
             } else {
                 text.push_str(&format!(
                     "[providers.p-{kind}]\nkind = \"{kind}\"\napi_key = \"k\"\n"
@@ -803,6 +843,7 @@ mod tests {
         assert_eq!(rt.providers["p-deepseek"].kind(), "openai");
         assert_eq!(rt.providers["p-mock"].kind(), "mock");
         assert_eq!(rt.providers["p-vertex"].kind(), "vertex");
+        assert_eq!(rt.providers["p-bedrock"].kind(), "bedrock");
         assert_eq!(rt.models.len(), super::super::presets::KINDS.len());
     }
 
@@ -811,6 +852,61 @@ mod tests {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/vertex-test-service-account.json"
     );
+
+    #[test]
+    fn bedrock_settings_are_checked_naming_the_field() {
+        let full = "[providers.b]\nkind = \"bedrock\"\nregion = \"eu-west-1\"\naccess_key_id = \"AKID\"\nsecret_access_key = \"aws-s3cr3t-never-printed\"\n";
+        let rt = cfg(full).build_runtime(&mut HealthRegistry::new()).unwrap();
+        assert_eq!(rt.providers["b"].kind(), "bedrock");
+        let cases = [
+            (
+                full.replace("region = \"eu-west-1\"\n", ""),
+                "providers.b.region: is required",
+            ),
+            (
+                full.replace("eu-west-1", "eu/west"),
+                "providers.b.region: `eu/west` must be",
+            ),
+            (
+                full.replace("secret_access_key = \"aws-s3cr3t-never-printed\"\n", ""),
+                "providers.b.secret_access_key: is required",
+            ),
+            (
+                full.replace("access_key_id = \"AKID\"\n", ""),
+                "providers.b.access_key_id: is required",
+            ),
+            (
+                format!("{full}api_key = \"k\"\n"),
+                "providers.b.api_key: is not used with kind `bedrock`",
+            ),
+            (
+                format!("{full}auth = \"entra\"\n"),
+                "providers.b.auth: `entra` is not supported for kind `bedrock`",
+            ),
+            (
+                format!("{full}tenant_id = \"t\"\n"),
+                "providers.b.tenant_id: is used only with",
+            ),
+            (
+                format!("{full}[providers.b.headers]\nx-a = \"1\"\n"),
+                "providers.b.headers: is not supported",
+            ),
+            (
+                "[providers.a]\nkind = \"openai\"\napi_key = \"k\"\nregion = \"us-east-1\"\n"
+                    .to_owned(),
+                "providers.a.region: is used only for kind `bedrock`",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = cfg(&text)
+                .build_runtime(&mut HealthRegistry::new())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want:?} not in {e:?}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+    }
 
     #[test]
     fn token_auth_settings_are_checked_naming_the_field() {

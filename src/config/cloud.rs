@@ -1,16 +1,20 @@
 //! Providers that authenticate with short-lived tokens instead of a static key:
 //! `auth = "entra"` (Azure OpenAI with Microsoft Entra ID) and `kind = "vertex"` (Gemini on
-//! Vertex AI with a service account). See [`crate::provider::credentials`].
+//! Vertex AI with a service account), and `kind = "bedrock"` (Amazon Bedrock with AWS
+//! credentials, every call signed with SigV4). See [`crate::provider::credentials`] and
+//! [`crate::provider::sigv4`].
 
 use std::sync::Arc;
 
 use super::presets::Adapter;
 use super::{ConfigError, ProviderConfig, interpolate};
+use crate::provider::bedrock::{bedrock_base_url, region_ok};
 use crate::provider::credentials::{
     AZURE_COGNITIVE_SERVICES_SCOPE, EntraClientCredentials, GOOGLE_CLOUD_PLATFORM_SCOPE,
     ServiceAccount, ServiceAccountJwt, TokenSource,
 };
 use crate::provider::gemini::{path_segment_ok, vertex_base_url};
+use crate::provider::sigv4::AwsCredentials;
 use crate::secret::Secret;
 
 /// The default Entra authority.
@@ -24,6 +28,16 @@ pub(super) enum CloudAuth {
     Entra(TokenSource),
     /// Vertex AI with a service account.
     Vertex(Vertex),
+    /// Amazon Bedrock with AWS credentials (SigV4).
+    Bedrock(Bedrock),
+}
+
+/// An Amazon Bedrock provider's settings.
+pub(super) struct Bedrock {
+    pub(super) region: String,
+    pub(super) credentials: AwsCredentials,
+    /// The default base URL for `region`.
+    pub(super) base_url: String,
 }
 
 /// A Vertex AI provider's settings.
@@ -44,6 +58,21 @@ pub(super) fn cloud_auth(
 ) -> Result<CloudAuth, ConfigError> {
     let field = |f: &str| format!("providers.{name}.{f}");
     let vertex = p.kind == "vertex";
+    if p.kind == "bedrock" {
+        return match p.auth.as_deref() {
+            None | Some("sigv4") => {
+                refuse_unused(p, "sigv4", file, &field)?;
+                bedrock_settings(p, file, &field).map(CloudAuth::Bedrock)
+            }
+            Some(other) => Err(ConfigError::field(
+                file,
+                &field("auth"),
+                format!(
+                    "`{other}` is not supported for kind `bedrock`; expected `sigv4` (its only way)"
+                ),
+            )),
+        };
+    }
     let auth = match (p.auth.as_deref(), vertex) {
         (None, false) | (Some("api_key"), false) => "api_key",
         (None, true) | (Some("service_account"), true) => "service_account",
@@ -91,7 +120,18 @@ fn refuse_unused(
         ("credentials_file", p.credentials_file.is_some()),
     ];
     let token = [("scope", p.scope.is_some())];
+    let aws = [
+        ("region", p.region.is_some()),
+        ("access_key_id", p.access_key_id.is_some()),
+        ("secret_access_key", p.secret_access_key.is_some()),
+        ("session_token", p.session_token.is_some()),
+    ];
     let (unused, why): (Vec<(&str, bool)>, &str) = match auth {
+        "sigv4" => (
+            entra.into_iter().chain(vertex).chain(token).collect(),
+            "only with auth = \"entra\" or kind = \"vertex\"",
+        ),
+        _ if aws.iter().any(|(_, set)| *set) => (aws.into(), "only for kind `bedrock`"),
         "entra" => (vertex.into(), "only for kind `vertex`"),
         "service_account" => (entra.into(), "only with auth = \"entra\""),
         _ => (
@@ -104,6 +144,13 @@ fn refuse_unused(
             file,
             &field(f),
             format!("is used {why}"),
+        ));
+    }
+    if auth == "sigv4" && p.api_key.is_some() {
+        return Err(ConfigError::field(
+            file,
+            &field("api_key"),
+            "is not used with kind `bedrock` (set access_key_id and secret_access_key)",
         ));
     }
     if auth != "api_key" && p.api_key.is_some() {
@@ -204,5 +251,45 @@ fn vertex_settings(
         base_url: vertex_base_url(&location),
         project,
         location,
+    })
+}
+
+fn bedrock_settings(
+    p: &ProviderConfig,
+    file: &str,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Bedrock, ConfigError> {
+    let region = required(p.region.as_ref(), "region", file, field)?;
+    if !region_ok(&region) {
+        return Err(ConfigError::field(
+            file,
+            &field("region"),
+            format!("`{region}` must be lower-case letters, digits and `-` (e.g. `us-east-1`)"),
+        ));
+    }
+    let access_key_id = required(p.access_key_id.as_ref(), "access_key_id", file, field)?;
+    let secret = required(
+        p.secret_access_key.as_ref(),
+        "secret_access_key",
+        file,
+        field,
+    )?;
+    let session_token = match &p.session_token {
+        Some(_) => Some(Secret::new(required(
+            p.session_token.as_ref(),
+            "session_token",
+            file,
+            field,
+        )?)),
+        None => None,
+    };
+    Ok(Bedrock {
+        base_url: bedrock_base_url(&region),
+        region,
+        credentials: AwsCredentials {
+            access_key_id,
+            secret_access_key: Secret::new(secret),
+            session_token,
+        },
     })
 }

@@ -383,7 +383,8 @@ pub struct TimeoutsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// `openai` (any OpenAI-compatible server), `anthropic`, `gemini`, `mock`, or a preset:
+    /// `openai` (any OpenAI-compatible server), `anthropic`, `gemini`, `vertex`, `bedrock`,
+    /// `mock`, or a preset:
     /// `azure`, `deepseek`, `mistral`, `qwen`, `groq`, `together`, `fireworks`, `openrouter`,
     /// `xai`, `vllm`, `ollama`, `llamacpp`.
     pub kind: String,
@@ -435,6 +436,14 @@ pub struct ProviderConfig {
     pub location: Option<String>,
     /// `vertex`: the service-account key file (JSON); may be `${ENV_VAR}`.
     pub credentials_file: Option<String>,
+    /// `bedrock`: the AWS region (`us-east-1`).
+    pub region: Option<String>,
+    /// `bedrock`: the AWS access key id; usually `${AWS_ACCESS_KEY_ID}`.
+    pub access_key_id: Option<String>,
+    /// `bedrock`: the AWS secret access key; usually `${AWS_SECRET_ACCESS_KEY}`.
+    pub secret_access_key: Option<String>,
+    /// `bedrock`: the session token of temporary credentials; usually `${AWS_SESSION_TOKEN}`.
+    pub session_token: Option<String>,
     /// OpenAI-compatible: the upstream serves the Responses API (`/v1/responses` is passed
     /// through, not translated through chat completions). Default: true for `azure` and for
     /// `openai` without a `base_url` (api.openai.com), false otherwise.

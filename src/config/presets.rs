@@ -10,6 +10,8 @@ pub enum Adapter {
     Anthropic,
     /// Gemini generateContent, translated.
     Gemini,
+    /// Amazon Bedrock Converse, translated and SigV4-signed.
+    Bedrock,
     /// The scripted in-process mock.
     Mock,
 }
@@ -90,6 +92,13 @@ pub fn preset(kind: &str) -> Option<Preset> {
             auth_header: None,
             needs_key: false,
         },
+        "bedrock" => Preset {
+            adapter: Adapter::Bedrock,
+            // `https://bedrock-runtime.{region}.amazonaws.com`, from `region`.
+            base_url: None,
+            auth_header: None,
+            needs_key: false,
+        },
         "mock" => Preset {
             adapter: Adapter::Mock,
             base_url: None,
@@ -118,6 +127,7 @@ pub const KINDS: &[&str] = &[
     "anthropic",
     "gemini",
     "vertex",
+    "bedrock",
     "mock",
 ];
 

@@ -6,7 +6,7 @@
 //!   `data: [DONE]`) — translating adapters translate, pass-through adapters pass through.
 //! - `Err(GatewayError)` for everything else, classified with [`upstream_error`] (OpenAI-compatible
 //!   upstreams: the upstream's `message`, `type`, `code` and `param` pass through) or the
-//!   translating adapter's mapping table (Anthropic, Gemini: the meaning is kept —
+//!   translating adapter's mapping table (Anthropic, Gemini, Bedrock: the meaning is kept —
 //!   `context_length_exceeded`, `insufficient_quota`, `rate_limit_exceeded`, overloaded → 503):
 //!   the status class kept, `Retry-After` (`retry-after-ms`, `retry-after` seconds or HTTP date)
 //!   parsed, the provider named, the message scrubbed of the credentials the adapter sent.
@@ -37,7 +37,7 @@
 //! ([`request_to_chat_for`],
 //! [`response_from_chat`](crate::translate::responses::response_from_chat),
 //! [`ResponsesStream`]); the Anthropic and
-//! Gemini adapters then translate that chat request with their own translators.
+//! Gemini and Bedrock adapters then translate that chat request with their own translators.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,11 +64,13 @@ use crate::translate::responses::{
 use crate::translate::{TranslateBody, TranslateLimits, answer_too_large};
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod credentials;
 pub mod gemini;
 pub mod headers;
 pub mod mock;
 pub mod openai;
+pub mod sigv4;
 
 /// A boxed, `Send` future (the leaf is where dynamic dispatch happens).
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -96,7 +98,7 @@ pub struct UpstreamCall {
 pub trait Provider: Send + Sync + 'static {
     /// The provider's configured name (bounded: used in metrics labels).
     fn name(&self) -> &str;
-    /// The adapter kind: `openai`, `anthropic`, `gemini`, `mock`.
+    /// The adapter kind: `openai`, `anthropic`, `gemini`, `vertex`, `bedrock`, `mock`.
     fn kind(&self) -> &'static str;
     /// Make the call. See the module docs for the contract.
     fn call(&self, call: UpstreamCall) -> BoxFuture<Result<Response<Body>, GatewayError>>;

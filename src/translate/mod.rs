@@ -35,6 +35,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::sse::{SseEvent, SseScanner};
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod ingress;
 pub mod responses;
